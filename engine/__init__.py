@@ -1,0 +1,1 @@
+"""BackSaas engine: schema -> storage -> APIs. A library; it never imports the gateway."""

@@ -1,0 +1,88 @@
+"""TenantRuntime: everything compiled from one tenant's deployed schema version, and the registry caching them.
+
+A runtime is built once per (tenant, schema version) and never on the hot path again: the registry
+keeps the most recently used ones (LRU) and rebuilds only when the tenant's deployed version changes.
+Resolving a tenant costs one query (its row and current version together); compiling costs a YAML
+parse and table construction, paid once per version.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import sqlalchemy as sa
+
+from engine import catalog
+from engine.database import Database
+from engine.errors import TenantNotFound, TenantSuspended
+from engine.schema import Schema, load_schema
+from engine.storage import naming
+from engine.storage.tables import build_metadata
+
+
+@dataclass(frozen=True)
+class TenantRuntime:
+    slug: str
+    tenant_id: str
+    version: int
+    checksum: str
+    model: Schema
+    pg_schema: str
+    role: str
+    tables: Mapping[str, sa.Table]
+
+    @classmethod
+    def compile(cls, db: Database, slug: str, tenant_id: str, version: catalog.SchemaVersion) -> TenantRuntime:
+        model = load_schema(version.source, f"{slug} v{version.version}")
+        pg_schema = naming.schema_name(slug)
+        tables = {t.name: t for t in build_metadata(model, pg_schema).tables.values()}
+        return cls(slug, tenant_id, version.version, version.checksum, model, pg_schema, db.role(slug),
+                   MappingProxyType(tables))
+
+
+@dataclass(frozen=True)
+class TenantState:
+    tenant_id: str
+    status: str
+    version: int | None
+
+
+class RuntimeRegistry:
+    def __init__(self, db: Database, capacity: int = 512) -> None:
+        self.db = db
+        self.capacity = capacity
+        self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
+
+    async def _state(self, slug: str) -> TenantState | None:
+        tenants = catalog.platform_tables()["tenants"]
+        versions = catalog.platform_tables()["schema_versions"]
+        latest = (sa.select(sa.func.max(versions.c.version)).where(versions.c.tenant_id == tenants.c.id)
+                  .scalar_subquery())
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"))
+                                      .where(tenants.c.slug == slug))).first()
+        return TenantState(str(row.id), row.status, row.version) if row else None
+
+    async def get(self, slug: str) -> TenantRuntime:
+        """The runtime of an active tenant; 404 for unknown or deleted, 403 for suspended."""
+        state = await self._state(slug)
+        if state is None or state.status in ("deleted", "pending", "failed") or state.version is None:
+            raise TenantNotFound(f"no tenant '{slug}'")
+        if state.status == "suspended":
+            raise TenantSuspended(f"tenant '{slug}' is suspended")
+        cached = self._runtimes.get(slug)
+        if cached is not None and cached.version == state.version:
+            self._runtimes.move_to_end(slug)
+            return cached
+        async with self.db.engine.connect() as conn:
+            version = await catalog.current_version(conn, state.tenant_id)
+        if version is None:  # the tenant was purged between the two reads
+            raise TenantNotFound(f"no tenant '{slug}'")
+        runtime = TenantRuntime.compile(self.db, slug, state.tenant_id, version)
+        self._runtimes[slug] = runtime
+        while len(self._runtimes) > self.capacity:
+            self._runtimes.popitem(last=False)
+        return runtime

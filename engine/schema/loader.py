@@ -1,0 +1,212 @@
+"""YAML text -> a checked, immutable `Schema`, or `SchemaInvalid` listing every problem with its line.
+
+Three passes, all of which always run so that one report holds everything wrong with a file:
+1. YAML, with the line of every key recorded and duplicate keys caught (PyYAML would silently keep the last);
+2. the published JSON Schema of the format (`schema.json`), for structure;
+3. the semantic rules in `engine.schema.semantics`, which read the raw data defensively.
+Only a file with no problem at all becomes a model. Nothing here touches a database.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from engine.errors import Problem, SchemaInvalid
+from engine.schema import semantics
+from engine.schema.model import (
+    NO_DEFAULT,
+    Entity,
+    Field,
+    Grant,
+    Hook,
+    Ref,
+    Schema,
+    freeze,
+)
+
+PathKey = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without implicit timestamps: `2024-01-01` stays the string the JSON API will see."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@cache
+def meta_schema() -> dict[str, Any]:
+    """The published JSON Schema of the schema format."""
+    return json.loads(resources.files("engine.schema").joinpath("schema.json").read_text())
+
+
+def dotted(path: PathKey) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class LineMap:
+    """The line of each key and list item, so any problem found on the data can be located."""
+
+    def __init__(self) -> None:
+        self.lines: dict[PathKey, int] = {}
+
+    def line_of(self, path: PathKey) -> int | None:
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def record(self, node: yaml.Node, path: PathKey, problems: list[Problem]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    problems.append(Problem(dotted((*path, key)),
+                                            f"duplicate key '{key}' (first defined on line {seen[key]})", line))
+                    continue
+                seen[key] = line
+                self.lines[(*path, key)] = line
+                self.record(value_node, (*path, key), problems)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.lines[(*path, index)] = item.start_mark.line + 1
+                self.record(item, (*path, index), problems)
+
+
+def parse_yaml(text: str) -> tuple[Any, LineMap, list[Problem]]:
+    lines = LineMap()
+    problems: list[Problem] = []
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines, [Problem("", "the file is empty", 1)]
+        lines.lines[()] = node.start_mark.line + 1
+        lines.record(node, (), problems)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        return None, lines, [Problem("", f"invalid YAML: {exc.problem or exc}", mark.line + 1 if mark else None)]
+    except yaml.YAMLError as exc:
+        return None, lines, [Problem("", f"invalid YAML: {exc}")]
+    finally:
+        loader.dispose()
+    return data, lines, problems
+
+
+def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
+    problems = []
+    for error in Draft202012Validator(meta_schema()).iter_errors(data):
+        path: PathKey = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - allowed):
+                known = ", ".join(sorted(allowed))
+                problems.append(Problem(dotted((*path, key)), f"unknown key '{key}' (expected one of: {known})",
+                                        lines.line_of((*path, key))))
+            continue
+        message = error.message
+        if error.validator == "pattern" and error.schema.get("pattern") == meta_schema()["$defs"]["identifier"]["pattern"]:
+            message = (f"{error.instance!r} is not a valid name: lowercase letters, digits and _, "
+                       "starting with a letter, at most 63 characters")
+        elif error.validator == "oneOf" and path and "hooks" in path:
+            message = f"{error.instance!r} is neither a function name `module.function` nor {{webhook: URL, secret: NAME}}"
+        problems.append(Problem(dotted(path), message, lines.line_of(path)))
+    return problems
+
+
+def load_schema(text: str, source: str = "<schema>") -> Schema:
+    """Parse and check a schema; raise `SchemaInvalid` with every problem, in file order."""
+    data, lines, problems = parse_yaml(text)
+    if data is not None:
+        problems += structural_problems(data, lines)
+        problems += [Problem(dotted(p), msg, lines.line_of(p)) for p, msg in semantics.check(data)]
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise SchemaInvalid(_unique(problems), source)
+    return build_model(semantics.with_builtin_users(data))
+
+
+def load_schema_file(path: str | Path) -> Schema:
+    path = Path(path)
+    return load_schema(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    return [p for p in problems if not (p in seen or seen.add(p))]
+
+
+def build_model(data: dict[str, Any]) -> Schema:
+    """The model of data that passed every check (so no validation happens here)."""
+    entities = []
+    for name, spec in data["entities"].items():
+        fields = tuple(_build_field(fname, fspec, name, data) for fname, fspec in (spec.get("fields") or {}).items())
+        grants = tuple(Grant(action, role, scope)
+                       for action, roles in (spec.get("permissions") or {}).items()
+                       for role, scope in (roles or {}).items())
+        hooks = tuple(_build_hook(event, item)
+                      for event, items in (spec.get("hooks") or {}).items() for item in items or ())
+        entities.append(Entity(
+            name=name,
+            fields=fields,
+            owner=bool(spec.get("owner", False)),
+            indexes=tuple(tuple(ix) for ix in spec.get("indexes") or ()),
+            unique=tuple(tuple(ix) for ix in spec.get("unique") or ()),
+            permissions=grants,
+            hooks=hooks,
+            renamed_from=spec.get("renamed_from"),
+            description=spec.get("description"),
+        ))
+    return Schema(name=data["name"], entities=tuple(entities), roles=tuple(data.get("roles") or ()),
+                  version=data.get("version"), description=data.get("description"))
+
+
+def _build_field(name: str, spec: dict[str, Any], entity: str, data: dict[str, Any]) -> Field:
+    ref = None
+    if spec["type"] == "ref":
+        ref = Ref(to=spec["to"], on_delete=spec.get("on_delete", "restrict"),
+                  reverse=spec.get("reverse") or entity)
+    return Field(
+        name=name,
+        type=spec["type"],
+        required=bool(spec.get("required", False)),
+        unique=bool(spec.get("unique", False)),
+        default=freeze(spec["default"]) if "default" in spec else NO_DEFAULT,
+        max_length=spec.get("max_length"),
+        min_length=spec.get("min_length"),
+        format=spec.get("format"),
+        pattern=spec.get("pattern"),
+        minimum=spec.get("minimum"),
+        maximum=spec.get("maximum"),
+        precision=spec.get("precision"),
+        scale=spec.get("scale"),
+        values=tuple(spec.get("values") or ()),
+        items=spec.get("items"),
+        ref=ref,
+        renamed_from=spec.get("renamed_from"),
+        description=spec.get("description"),
+        internal=bool(spec.get("internal", False)),
+    )
+
+
+def _build_hook(event: str, item: str | dict[str, Any]) -> Hook:
+    if isinstance(item, str):
+        return Hook(event=event, function=item)
+    return Hook(event=event, webhook=item["webhook"], secret=item.get("secret"), is_async=bool(item.get("async")))
+

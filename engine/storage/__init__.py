@@ -1,0 +1,1 @@
+"""Model -> tables in a tenant's Postgres schema; the migration planner and the deploy that applies it."""

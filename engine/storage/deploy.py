@@ -1,0 +1,173 @@
+"""Applying schemas to the database: tenant schemas and roles, and deploys of new schema versions.
+
+A deploy is one transaction: lock the tenant, read its recorded version, plan from the recorded model
+to the new one, run every step as the tenant's own role, record the new version. Any failure rolls all
+of it back (PostgreSQL DDL is transactional), so the database is exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine import catalog
+from engine.database import Database
+from engine.errors import MigrationFailed, MigrationRefused, TenantNotFound, VersionConflict
+from engine.schema import Schema, load_schema
+from engine.storage import naming
+from engine.storage.planner import MigrationPlan, Step, plan_migration, quote
+
+Progress = Callable[[int, int, Step], None]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    slug: str
+    version: int  # the version now deployed (unchanged when the source was identical)
+    checksum: str
+    plan: MigrationPlan
+    changed: bool
+
+
+@dataclass(frozen=True)
+class PlannedDeploy:
+    """A dry run: the plan, and the checksum of the version it was planned against."""
+
+    slug: str
+    plan: MigrationPlan
+    base_checksum: str | None
+    base_version: int
+
+
+def pg_message(exc: DBAPIError) -> str:
+    """The server's own message, without the driver's wrapping."""
+    cause = exc.orig.__cause__ if exc.orig is not None and exc.orig.__cause__ is not None else exc.orig
+    return str(cause).strip()
+
+
+async def lock_tenant(conn: AsyncConnection, slug: str) -> None:
+    """Serialise deploys of one tenant across every process (released at commit or rollback)."""
+    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"backsaas.deploy.{slug}"})
+
+
+async def create_tenant_schema(conn: AsyncConnection, db: Database, slug: str) -> None:
+    """The tenant's NOLOGIN role and the schema it owns, plus the trigger function its tables use.
+
+    The role is no superuser and owns nothing else, so a transaction that has done `SET LOCAL ROLE` to
+    it cannot touch another tenant's schema even if the application errs.
+    """
+    role, schema = quote(db.role(slug)), quote(naming.schema_name(slug))
+    exists = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.role(slug)})
+    if not exists:
+        await conn.exec_driver_sql(f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
+    await conn.exec_driver_sql(f"GRANT {role} TO CURRENT_USER")
+    await conn.exec_driver_sql(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+    await conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
+    await conn.exec_driver_sql(
+        f"CREATE FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN NEW.updated_at := now(); RETURN NEW; END$$")
+    await conn.exec_driver_sql(f"REVOKE EXECUTE ON FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() FROM PUBLIC")
+    await conn.exec_driver_sql("RESET ROLE")
+
+
+async def nonempty_tables(conn: AsyncConnection, pg_schema: str, model: Schema | None) -> set[str]:
+    """The entities of `model` whose tables hold at least one row, in one statement."""
+    if model is None:
+        return set()
+    probes = [sa.select(sa.literal(e.name).label("name"))
+              .where(sa.exists(sa.select(sa.literal(1)).select_from(sa.table(e.name, schema=pg_schema))))
+              for e in model.entities]
+    return set((await conn.execute(sa.union_all(*probes))).scalars())
+
+
+async def _plan(conn: AsyncConnection, db: Database, slug: str, new: Schema, allow_destructive: bool
+                ) -> tuple[catalog.TenantRow, catalog.SchemaVersion | None, MigrationPlan]:
+    tenant = await catalog.find_tenant(conn, slug)
+    if tenant is None:
+        raise TenantNotFound(f"no tenant '{slug}'")
+    current = await catalog.current_version(conn, tenant.id)
+    old = load_schema(current.source, f"{slug} v{current.version}") if current else None
+    pg_schema = naming.schema_name(slug)
+    nonempty = await nonempty_tables(conn, pg_schema, old)
+    return tenant, current, plan_migration(old, new, pg_schema, nonempty=nonempty, allow_destructive=allow_destructive)
+
+
+async def plan_deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False) -> PlannedDeploy:
+    """A dry run of `deploy`: what would run, and against which version. Changes nothing."""
+    new = load_schema(source, slug)
+    async with db.begin() as conn:
+        _, current, plan = await _plan(conn, db, slug, new, allow_destructive)
+        await conn.rollback()
+    return PlannedDeploy(slug, plan, current.checksum if current else None, current.version if current else 0)
+
+
+async def apply_plan(conn: AsyncConnection, db: Database, slug: str, plan: MigrationPlan,
+                     progress: Progress | None = None) -> None:
+    """Run every step as the tenant's role, inside the caller's transaction."""
+    await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")
+    for number, step in enumerate(plan.steps, start=1):
+        for statement in step.sql:
+            try:
+                await conn.exec_driver_sql(statement)
+            except DBAPIError as exc:
+                raise MigrationFailed(f"step {number} ({step.description}) failed: {pg_message(exc)}; "
+                                      "nothing was changed", hint=statement) from exc
+        if progress:
+            progress(number, len(plan.steps), step)
+    await conn.exec_driver_sql("RESET ROLE")
+
+
+async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str, *, allow_destructive: bool = False,
+                    expected_checksum: str | None = None, deployed_by: str | None = None,
+                    progress: Progress | None = None) -> Deployment:
+    """`deploy` inside a transaction the caller owns (tenant provisioning adds its own steps to it)."""
+    new = load_schema(source, slug)
+    await lock_tenant(conn, slug)
+    tenant, current, plan = await _plan(conn, db, slug, new, allow_destructive)
+    if expected_checksum is not None and (current.checksum if current else None) != expected_checksum:
+        raise VersionConflict(f"tenant '{slug}' was deployed since this plan was made "
+                              f"(now version {current.version if current else 0}); plan again")
+    if not plan.ok:
+        raise MigrationRefused(f"the deploy of '{slug}' was refused: {len(plan.blockers)} problem(s)",
+                               details=list(plan.blockers))
+    if current is not None and current.checksum == catalog.checksum(source):
+        return Deployment(slug, current.version, current.checksum, plan, changed=False)
+    await apply_plan(conn, db, slug, plan, progress)
+    version = (current.version if current else 0) + 1
+    recorded = await catalog.record_version(conn, tenant.id, version, source, [s.as_dict() for s in plan.steps],
+                                            deployed_by)
+    return Deployment(slug, version, recorded.checksum, plan, changed=True)
+
+
+async def deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False,
+                 expected_checksum: str | None = None, deployed_by: str | None = None,
+                 progress: Progress | None = None) -> Deployment:
+    """Plan and apply `source` for tenant `slug` in one transaction, and record it as a new version.
+
+    Raises `SchemaInvalid` (bad file), `MigrationRefused` (blocked or destructive steps),
+    `VersionConflict` (the deployed version is not the one `expected_checksum` names) or
+    `MigrationFailed` (the database refused a step); in every case nothing is changed.
+    """
+    async with db.begin() as conn:
+        return await deploy_in(conn, db, slug, source, allow_destructive=allow_destructive,
+                               expected_checksum=expected_checksum, deployed_by=deployed_by, progress=progress)
+
+
+async def deploy_platform(db: Database, progress: Progress | None = None) -> Deployment:
+    """Deploy `platform.yaml` as the system tenant, creating its schema and row on the very first run."""
+    source = catalog.PLATFORM_SCHEMA_PATH.read_text(encoding="utf-8")
+    slug = naming.SYSTEM_TENANT
+    async with db.begin() as conn:
+        await lock_tenant(conn, slug)
+        if not await catalog.system_deployed(conn):
+            await create_tenant_schema(conn, db, slug)
+            plan = plan_migration(None, catalog.platform_model(), naming.SYSTEM_TENANT)
+            await apply_plan(conn, db, slug, plan, progress)
+            tenant = await catalog.insert_tenant(conn, slug, "BackSaas platform", "active")
+            recorded = await catalog.record_version(conn, tenant.id, 1, source, [s.as_dict() for s in plan.steps], None)
+            return Deployment(slug, 1, recorded.checksum, plan, changed=True)
+        return await deploy_in(conn, db, slug, source, progress=progress)

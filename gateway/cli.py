@@ -1,0 +1,309 @@
+"""`backsaas`: the command line. Every command is a thin shell over engine and platform functions.
+
+The database is `DATABASE_URL` when set, else the embedded PostgreSQL in `./.backsaas/pgdata`
+(started here, stopped when the command exits: SIGTERM included, which is turned into a normal exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from engine import catalog
+from engine.database import Database
+from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
+from engine.errors import BackSaasError, SchemaInvalid
+from engine.schema import load_schema_file
+from engine.storage.deploy import Deployment, deploy, deploy_platform, plan_deploy
+from engine.storage.deploy import Progress as StepProgress
+from engine.storage.planner import MigrationPlan
+from functions.tenants import create_tenant
+from functions.users import UserExists, create_platform_admin
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SCHEMA = REPO / "schemas" / "blog.yaml"
+DEMO_TENANT = "demo"
+DEMO_ADMIN = "admin@backsaas.local"
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def terminate_normally(signum: int, frame: Any) -> None:
+    """SIGTERM -> SystemExit, so exit handlers (the embedded server's stop) run."""
+    raise SystemExit(128 + signum)
+
+
+def database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    pgdata = data_directory(Path.cwd())
+    first = not (pgdata / "PG_VERSION").exists()
+    with err.status(f"{'Initialising' if first else 'Starting'} embedded PostgreSQL in {pgdata} ..."):
+        server = EmbeddedPostgres.start(pgdata)
+        asyncio.run(ensure_database(server.url("postgres"), DATABASE))
+    return server.url(DATABASE)
+
+
+def with_database(work: Callable[[Database], Awaitable[T]], url: str | None = None,
+                  platform_progress: StepProgress | None = None) -> T:
+    """Run `work` against the platform database, the system tenant deployed first."""
+    async def run() -> T:
+        db = await Database.connect(url or database_url())
+        try:
+            await deploy_platform(db, platform_progress)
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def step_progress(label: str) -> tuple[Progress, StepProgress]:
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   console=err, transient=True)
+    task = bar.add_task("", total=None)
+
+    def advance(number: int, total: int, step: Any) -> None:
+        bar.update(task, completed=number, total=total, description=step.description)
+
+    return bar, advance
+
+
+def print_plan(plan: MigrationPlan) -> None:
+    if not plan.steps:
+        out.print("No changes.")
+    for number, step in enumerate(plan.steps, start=1):
+        flag = " [red](destructive)[/red]" if step.destructive else ""
+        out.print(f"[bold]{number}. {step.description}[/bold]{flag}")
+        for statement in step.sql:
+            out.print(f"   {statement};", highlight=False, markup=False)
+    for blocker in plan.blockers:
+        err.print(f"[red]refused:[/red] {blocker.path}: {blocker.message}", highlight=False)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_schema_check(args: argparse.Namespace) -> int:
+    model = load_schema_file(args.file)
+    names = ", ".join(e.name for e in model.entities)
+    out.print(f"{args.file}: ok ({len(model.entities)} entities: {names})")
+    return 0
+
+
+def cmd_schema_plan(args: argparse.Namespace) -> int:
+    source = Path(args.file).read_text(encoding="utf-8")
+    planned = with_database(lambda db: plan_deploy(db, args.tenant, source, allow_destructive=args.allow_destructive))
+    if args.json:
+        out.print_json(json.dumps({"tenant": planned.slug, "base_version": planned.base_version,
+                                   "base_checksum": planned.base_checksum,
+                                   "steps": [s.as_dict() for s in planned.plan.steps],
+                                   "blockers": [b.as_dict() for b in planned.plan.blockers]}))
+    else:
+        out.print(f"Plan for tenant {planned.slug} from version {planned.base_version}:")
+        print_plan(planned.plan)
+    return 0 if planned.plan.ok else 1
+
+
+def print_deployment(deployment: Deployment, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps({"tenant": deployment.slug, "version": deployment.version,
+                                   "checksum": deployment.checksum, "changed": deployment.changed,
+                                   "steps": [s.as_dict() for s in deployment.plan.steps]}))
+    elif deployment.changed:
+        out.print(f"Tenant {deployment.slug} is at version {deployment.version} ({len(deployment.plan.steps)} steps).")
+    else:
+        out.print(f"Tenant {deployment.slug} already runs this schema (version {deployment.version}).")
+
+
+def cmd_schema_apply(args: argparse.Namespace) -> int:
+    source = Path(args.file).read_text(encoding="utf-8")
+    url = database_url()
+    bar, advance = step_progress("Applying")
+    with bar:
+        deployment = with_database(lambda db: deploy(db, args.tenant, source, allow_destructive=args.allow_destructive,
+                                                     progress=advance), url)
+    print_deployment(deployment, args.json)
+    return 0
+
+
+def cmd_tenant_create(args: argparse.Namespace) -> int:
+    source = Path(args.schema).read_text(encoding="utf-8") if args.schema else None
+    url = database_url()
+    bar, advance = step_progress("Provisioning")
+    with bar:
+        deployment = with_database(lambda db: create_tenant(db, args.slug, name=args.name, source=source,
+                                                            progress=advance), url)
+    print_deployment(deployment, args.json)
+    return 0
+
+
+def cmd_tenant_list(args: argparse.Namespace) -> int:
+    async def work(db: Database) -> list[catalog.TenantRow]:
+        async with db.begin() as conn:
+            return await catalog.list_tenants(conn)
+
+    tenants = with_database(work)
+    if args.json:
+        out.print_json(json.dumps([{"id": t.id, "slug": t.slug, "name": t.name, "status": t.status, "plan": t.plan,
+                                    "created_at": t.created_at.isoformat()} for t in tenants]))
+        return 0
+    table = Table("slug", "name", "status", "plan", "created")
+    for t in tenants:
+        table.add_row(t.slug, t.name, t.status, t.plan, t.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+    return 0
+
+
+def cmd_admin_create(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            err.print("The passwords differ.")
+            return 1
+    user_id = with_database(lambda db: create_platform_admin(db, args.email, password))
+    out.print(f"Platform admin {args.email} created (id {user_id}).")
+    return 0
+
+
+def prepare_demo(db: Database) -> Awaitable[tuple[str, str]]:
+    """The demo tenant (schemas/blog.yaml) and a platform admin whose password is kept in .backsaas/."""
+    async def work() -> tuple[str, str]:
+        async with db.begin() as conn:
+            exists = await catalog.find_tenant(conn, DEMO_TENANT)
+        if exists is None:
+            await create_tenant(db, DEMO_TENANT, name="Demo blog", source=DEMO_SCHEMA.read_text(encoding="utf-8"))
+        login = Path.cwd() / ".backsaas" / "demo-login.json"
+        if login.exists():
+            saved = json.loads(login.read_text())
+            return saved["email"], saved["password"]
+        password = secrets.token_urlsafe(12)
+        try:
+            await create_platform_admin(db, DEMO_ADMIN, password)
+        except UserExists:
+            return DEMO_ADMIN, "(set before; see .backsaas/demo-login.json)"
+        login.parent.mkdir(parents=True, exist_ok=True)
+        login.write_text(json.dumps({"email": DEMO_ADMIN, "password": password}))
+        login.chmod(0o600)
+        return DEMO_ADMIN, password
+
+    return work()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    url = database_url()
+
+    async def bootstrap(db: Database) -> tuple[str, str] | None:
+        return await prepare_demo(db) if args.demo else None
+
+    bar, advance = step_progress("Deploying platform.yaml")
+    with bar:
+        login = with_database(bootstrap, url, advance)
+    base = f"http://{args.host}:{args.port}"
+    out.print(f"BackSaas on {base}  (health: {base}/healthz)")
+    out.print(f"  platform API: {base}/api/platform/")
+    if login:
+        out.print(f"  demo tenant:  {base}/api/tenants/{DEMO_TENANT}/  or  http://{DEMO_TENANT}.localhost:{args.port}/")
+        out.print(f"  platform admin login: {login[0]} / {login[1]}")
+    os.environ["BACKSAAS_DATABASE_URL"] = url
+    uvicorn.run("gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                reload=args.reload, reload_dirs=[str(REPO)] if args.reload else None, access_log=False,
+                log_level="warning", timeout_graceful_shutdown=10)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backsaas", description="BackSaas: schema-driven backend-as-a-service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP gateway (deploys platform.yaml first)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--reload", action="store_true", help="restart when the code changes (development)")
+    serve.add_argument("--demo", action="store_true", help="also create the demo tenant (schemas/blog.yaml) and an admin")
+    serve.set_defaults(run=cmd_serve)
+
+    schema = commands.add_parser("schema", help="check, plan and apply tenant schemas").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    check = schema.add_parser("check", help="check a schema file; exit 1 and list every error if it is bad")
+    check.add_argument("file")
+    check.set_defaults(run=cmd_schema_check)
+    for name, run, text in (("plan", cmd_schema_plan, "show the steps and SQL a deploy would run (changes nothing)"),
+                            ("apply", cmd_schema_apply, "deploy a schema to a tenant in one transaction")):
+        sub = schema.add_parser(name, help=text)
+        sub.add_argument("--tenant", required=True, help="tenant slug")
+        sub.add_argument("file")
+        sub.add_argument("--allow-destructive", action="store_true", help="allow drops and narrowing changes")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.set_defaults(run=run)
+
+    tenant = commands.add_parser("tenant", help="create and list tenants").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    create = tenant.add_parser("create", help="provision a tenant: schema, role and its first schema version")
+    create.add_argument("slug")
+    create.add_argument("--name", help="display name (default: the slug)")
+    create.add_argument("--schema", help="schema file to deploy (default: an empty schema)")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    create.set_defaults(run=cmd_tenant_create)
+    listing = tenant.add_parser("list", help="list tenants")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=cmd_tenant_list)
+
+    admin = commands.add_parser("admin", help="platform administrators").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    admin_create = admin.add_parser("create", help="create a platform admin (password prompted)")
+    admin_create.add_argument("--email", required=True)
+    admin_create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    admin_create.set_defaults(run=cmd_admin_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, terminate_normally)
+    from gateway.logs import configure_logging
+
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except SchemaInvalid as error:
+        err.print(error.report(), highlight=False, markup=False)
+        return 1
+    except BackSaasError as error:
+        err.print(f"error ({error.code}): {error.message}", highlight=False, markup=False)
+        for problem in error.details:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        if error.hint:
+            err.print(f"  hint: {error.hint}", highlight=False, markup=False)
+        return 1
+    except FileNotFoundError as error:
+        err.print(f"error: {error.strerror}: {error.filename}", highlight=False, markup=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
