@@ -38,8 +38,8 @@ DEMO_SCHEMA = REPO / "schemas" / "blog.yaml"
 DEMO_TENANT = "demo"
 DEMO_ADMIN = "admin@backsaas.local"
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 

@@ -120,6 +120,8 @@ def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
                 problems.append(Problem(dotted((*path, key)), f"unknown key '{key}' (expected one of: {known})",
                                         lines.line_of((*path, key))))
             continue
+        if "propertyNames" in error.relative_schema_path:
+            path = (*path, error.instance)  # point at the offending key itself
         message = error.message
         if error.validator == "pattern" and error.schema.get("pattern") == meta_schema()["$defs"]["identifier"]["pattern"]:
             message = (f"{error.instance!r} is not a valid name: lowercase letters, digits and _, "

@@ -29,6 +29,7 @@ from engine.storage.tables import (
     build_column,
     build_metadata,
     column_type,
+    default_sql,
     foreign_keys,
     index_sets,
     server_default,
@@ -111,8 +112,9 @@ def touch_trigger_sql(pg_schema: str, table: str) -> str:
 ConstraintKey = tuple[Any, ...]
 
 
-def constraint_keys(entity: Entity, column_map: dict[str, str] | None = None) -> dict[ConstraintKey, str]:
-    """key -> current name; `column_map` translates old column names into the new model's."""
+def constraint_keys(entity: Entity, column_map: dict[str, str] | None = None,
+                    entity_map: dict[str, str] | None = None) -> dict[ConstraintKey, str]:
+    """key -> current name; `column_map` and `entity_map` translate an old model's names into the new one's."""
     def cols(columns: Iterable[str]) -> tuple[str, ...] | None:
         if column_map is None:
             return tuple(columns)
@@ -128,6 +130,7 @@ def constraint_keys(entity: Entity, column_map: dict[str, str] | None = None) ->
         if f.type == "enum":
             keys[("check", cols([f.column]), f.values)] = naming.check_name(entity.name, f.column)
     for column, target, on_delete in foreign_keys(entity):
+        target = (entity_map or {}).get(target, target)
         keys[("fk", cols([column]), target, on_delete)] = naming.foreign_key_name(entity.name, column)
     return keys
 
@@ -144,6 +147,7 @@ class _Planner:
     allow_destructive: bool
     phases: dict[str, list[Step]] = field(default_factory=lambda: {p: [] for p in PHASES})
     blockers: list[Problem] = field(default_factory=list)
+    entity_renames: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.new_tables = build_metadata(self.new, self.pg_schema).tables
@@ -167,6 +171,8 @@ class _Planner:
     def plan(self) -> MigrationPlan:
         old_entities = {e.name: e for e in self.old.entities} if self.old else {}
         new_names = {e.name for e in self.new.entities}
+        self.entity_renames = {e.renamed_from: e.name for e in self.new.entities
+                               if e.renamed_from in old_entities and e.renamed_from not in new_names}
         matched: set[str] = set()
         for entity in self.new.entities:
             if entity.name in old_entities:
@@ -264,9 +270,9 @@ class _Planner:
         if old.required != new.required:
             if new.required:
                 sql: list[str] = []
-                if new.has_default and new.default is not None:
-                    default_sql = server_default(new)
-                    sql.append(f"UPDATE {self.qualified(after.name)} SET {quote(new.column)} = {default_sql} "
+                fill = default_sql(new)
+                if fill is not None:
+                    sql.append(f"UPDATE {self.qualified(after.name)} SET {quote(new.column)} = {fill} "
                                f"WHERE {quote(new.column)} IS NULL")
                 elif table in self.nonempty:
                     self.block(target, f"cannot make {target} required: {before.name} has rows and the field has no "
@@ -277,19 +283,18 @@ class _Planner:
             else:
                 self.add("alter", "alter_field", target, f"make {target} optional",
                          alembic_sql(lambda op: op.alter_column(after.name, new.column, nullable=True, schema=self.pg_schema)))
-        old_default, new_default = server_default(old), server_default(new)
-        if (old_default is None) != (new_default is None) or (old_default is not None and new_default is not None
-                                                                and old_default.text != new_default.text):
-            description = f"drop the default of {target}" if new_default is None else f"set the default of {target}"
+        if default_sql(old) != default_sql(new):
+            description = f"drop the default of {target}" if default_sql(new) is None else f"set the default of {target}"
             self.add("alter", "alter_field", target, description,
-                     alembic_sql(lambda op: op.alter_column(after.name, new.column, server_default=new_default,
-                                                            existing_server_default=old_default, schema=self.pg_schema)))
+                     alembic_sql(lambda op: op.alter_column(after.name, new.column, server_default=server_default(new),
+                                                            existing_server_default=server_default(old),
+                                                            schema=self.pg_schema)))
         return True
 
     def change_type(self, entity: Entity, old: Field, new: Field) -> bool:
         target = f"{entity.name}.{new.name}"
         if old.type == "ref" and new.type == "ref":
-            if old.ref and new.ref and old.ref.to != new.ref.to:
+            if old.ref and new.ref and self.entity_renames.get(old.ref.to, old.ref.to) != new.ref.to:
                 self.block(target, f"cannot point {target} at {new.ref.to} instead of {old.ref.to}; add a new field instead")
                 return False
             return True
@@ -313,7 +318,7 @@ class _Planner:
     # -- constraints and indexes --
 
     def change_constraints(self, before: Entity, after: Entity, column_map: dict[str, str]) -> None:
-        old_keys = constraint_keys(before, column_map)
+        old_keys = constraint_keys(before, column_map, self.entity_renames)
         new_keys = constraint_keys(after)
         table = self.table(after.name)
         new_objects = {c.name: c for c in (*table.constraints, *table.indexes)}
@@ -335,7 +340,7 @@ class _Planner:
 
     def drop_constraint(self, before: Entity, after: Entity, key: ConstraintKey, name: str) -> None:
         kind = key[0]
-        target = f"{after.name}.{name}"
+        target = f"{after.name}.{','.join(key[1])}"
         if kind == "index":
             self.add("drop_constraints", "drop_index", target, f"drop index {name}",
                      [f"DROP INDEX {quote(self.pg_schema)}.{quote(name)}"])
@@ -352,7 +357,7 @@ class _Planner:
 
     def add_constraint(self, entity: Entity, key: ConstraintKey, construct: Any) -> None:
         kind = key[0]
-        target = f"{entity.name}.{construct.name}"
+        target = f"{entity.name}.{','.join(key[1])}"
         if kind == "index":
             self.add("add_constraints", "add_index", target, f"add index {construct.name}", [ddl(CreateIndex(construct))])
             return

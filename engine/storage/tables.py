@@ -64,12 +64,18 @@ def render_literal(value: Any, type_: TypeEngine[Any]) -> str:
     return str(sa.literal(value, type_).compile(dialect=DIALECT, compile_kwargs={"literal_binds": True}))
 
 
-def server_default(field: Field) -> sa.TextClause | None:
+def default_sql(field: Field) -> str | None:
+    """The SQL expression of a field's default, or None."""
     if not field.has_default or field.default is None:
         return None
     if field.default == "now" and field.type in ("date", "datetime"):
-        return sa.text("CURRENT_DATE" if field.type == "date" else "now()")
-    return sa.text(render_literal(field.default, column_type(field)))
+        return "CURRENT_DATE" if field.type == "date" else "now()"
+    return render_literal(field.default, column_type(field))
+
+
+def server_default(field: Field) -> sa.TextClause | None:
+    sql = default_sql(field)
+    return sa.text(sql.replace(":", "\\:")) if sql is not None else None  # a literal colon is not a bind
 
 
 def build_column(field: Field) -> sa.Column[Any]:

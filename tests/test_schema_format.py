@@ -1,0 +1,166 @@
+"""The schema format: what loads, what is refused, and how the refusal reads (every error, with its line)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from engine.errors import SchemaInvalid
+from engine.schema import load_schema, load_schema_file, meta_schema
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def problems_of(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(SchemaInvalid) as caught:
+        load_schema(textwrap.dedent(text))
+    return [(p.line, p.path, p.message) for p in caught.value.details]
+
+
+def test_blog_example_loads_with_relations_and_builtin_users():
+    model = load_schema_file(REPO / "schemas" / "blog.yaml")
+    post = model.entity("post")
+    assert post is not None and post.field("author").column == "author_id"
+    assert post.field("author").ref.reverse == "posts"
+    assert model.entity("comment").field("post").ref.on_delete == "cascade"
+    assert {f.name for f in model.entity("users").fields} >= {"email", "password_hash", "roles", "verified"}
+    assert model.all_roles == ("anon", "authenticated", "admin", "service", "editor", "member")
+
+
+def test_platform_yaml_is_an_ordinary_schema():
+    model = load_schema_file(REPO / "platform.yaml")
+    assert {"tenants", "memberships", "schema_versions", "api_keys", "invitations", "plans", "subscriptions",
+            "usage_daily", "audit_log", "users"} <= {e.name for e in model.entities}
+
+
+def test_published_meta_schema_is_valid_draft_2020_12_and_accepts_the_examples():
+    Draft202012Validator.check_schema(meta_schema())
+    on_disk = json.loads((REPO / "engine" / "schema" / "schema.json").read_text())
+    assert on_disk == meta_schema()
+
+
+def test_every_type_and_option_becomes_the_model():
+    model = load_schema(textwrap.dedent("""
+        name: shop
+        roles: [clerk]
+        entities:
+          product:
+            owner: true
+            fields:
+              sku:      {type: string, max_length: 20, min_length: 3, pattern: "^[A-Z0-9-]+$", required: true, unique: true}
+              notes:    {type: text}
+              stock:    {type: integer, minimum: 0, default: 0}
+              sold:     {type: bigint}
+              weight:   {type: number, maximum: 1000.5}
+              price:    {type: decimal, precision: 10, scale: 2, default: 9.99}
+              active:   {type: boolean, default: true}
+              launch:   {type: date, default: 2024-01-31}
+              seen_at:  {type: datetime, default: now}
+              ref_code: {type: uuid}
+              attrs:    {type: json, default: {colour: red}}
+              size:     {type: enum, values: [s, m, l]}
+              labels:   {type: array, items: string}
+              parent:   {type: ref, to: product, on_delete: set_null, reverse: children}
+            indexes: [[size, launch]]
+            unique: [[sku, size]]
+            permissions:
+              read: {anon: all}
+              update: {clerk: own}
+            hooks:
+              before_create: [shop.normalise]
+              after_create: [{webhook: "https://example.com/h", secret: SHOP_SECRET, async: true}]
+    """))
+    product = model.entity("product")
+    types = {f.name: f.type for f in product.fields}
+    assert types == {"sku": "string", "notes": "text", "stock": "integer", "sold": "bigint", "weight": "number",
+                     "price": "decimal", "active": "boolean", "launch": "date", "seen_at": "datetime", "ref_code": "uuid",
+                     "attrs": "json", "size": "enum", "labels": "array", "parent": "ref"}
+    assert product.field("launch").default == "2024-01-31"  # a date stays the string the API sends
+    assert product.field("attrs").default["colour"] == "red"
+    assert product.indexes == (("size", "launch"),) and product.unique == (("sku", "size"),)
+    assert [(h.event, h.function, h.webhook, h.is_async) for h in product.hooks] == [
+        ("before_create", "shop.normalise", None, False), ("after_create", None, "https://example.com/h", True)]
+    assert {(g.action, g.role, g.scope) for g in product.permissions} == {("read", "anon", "all"), ("update", "clerk", "own")}
+
+
+def test_loaded_model_is_immutable():
+    model = load_schema("name: s\nentities:\n  a:\n    fields:\n      j: {type: json, default: {k: [1]}}\n")
+    entity = model.entity("a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entity.name = "b"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        entity.field("j").default["k"] = 2  # type: ignore[index]
+    assert entity.field("j").default["k"] == (1,)
+
+
+@pytest.mark.parametrize(("text", "line", "path", "fragment"), [
+    ("name: s\nentities:\n  a:\n    fields:\n      b: {type: ref, to: nowhere}\n",
+     5, "entities.a.fields.b.to", "unknown entity 'nowhere'"),
+    ("name: s\nentities:\n  a:\n    fields:\n      x: {type: text}\n      x: {type: integer}\n",
+     6, "entities.a.fields.x", "duplicate key 'x' (first defined on line 5)"),
+    ("name: s\nentities:\n  a:\n    fields:\n      order: {type: text}\n",
+     5, "entities.a.fields.order", "reserved word"),
+    ("name: s\nentities:\n  Bad-Name:\n    fields: {}\n",
+     3, "entities.Bad-Name", "not a valid name"),
+    ("name: s\nentities:\n  a:\n    fields:\n      t: {type: text}\n    indexes: [[t, nope]]\n",
+     6, "entities.a.indexes[0][1]", "unknown field 'nope'"),
+    ("name: s\nentities:\n  a:\n    fields:\n      n: {type: integer, default: many}\n",
+     5, "entities.a.fields.n.default", "'many' is not of type 'integer'"),
+    ("name: s\nentities:\n  a:\n    fields:\n      t: {type: text}\n    permissions:\n      read: {ghost: all}\n",
+     7, "entities.a.permissions.read.ghost", "role 'ghost' is not declared"),
+    ("name: s\nentities:\n  a:\n    fields:\n      id: {type: uuid}\n",
+     5, "entities.a.fields.id", "implicit column"),
+    ("name: s\nentities:\n  a:\n    fields:\n      b: {type: ref, to: a}\n      b_id: {type: uuid}\n",
+     6, "entities.a.fields.b_id", "would clash"),
+    ("name: s\nentities:\n  a:\n    fields:\n      t: {type: text}\n    permissions:\n      update: {authenticated: own}\n",
+     7, "entities.a.permissions.update.authenticated", "needs `owner: true`"),
+    ("name: s\nentities:\n  a:\n    fields:\n      s: {type: string, max_length: 3, default: toolong}\n",
+     5, "entities.a.fields.s.default", "is too long"),
+    ("name: s\nentities:\n  a:\n    fields:\n      s: {type: integer, max_length: 3}\n",
+     5, "entities.a.fields.s.max_length", "applies to string or text fields"),
+    ("name: s\nentities:\n  a:\n    fields:\n      p: {type: ref, to: b}\n      q: {type: ref, to: b}\n  b:\n    fields: {}\n",
+     6, "entities.a.fields.q", "must name their reverses"),
+    ("name: s\nentities:\n  a:\n    fields:\n      k: {type: enum}\n",
+     5, "entities.a.fields.k", "'values' is a required property"),
+    ("name: s\nentities:\n  a:\n    colour: red\n",
+     4, "entities.a.colour", "unknown key 'colour'"),
+])
+def test_semantic_and_structural_errors_name_their_line_and_path(text, line, path, fragment):
+    found = problems_of(text)
+    assert any(at == line and where == path and fragment in message for at, where, message in found), found
+
+
+def test_invalid_yaml_is_reported_with_its_line():
+    (line, path, message), = problems_of("name: s\nentities:\n  a:\n    fields: {x: {type: text}\n  b: 1\n")
+    assert line == 5 and path == "" and message.startswith("invalid YAML")
+
+
+def test_a_file_with_twenty_errors_is_reported_whole_in_file_order():
+    bad_fields = "\n".join(f"      f{i}: {{type: integer, default: x{i}}}" for i in range(18))
+    text = f"name: s\nroles: [admin]\nentities:\n  a:\n    fields:\n{bad_fields}\n    indexes: [[missing]]\n"
+    found = problems_of(text)
+    assert len(found) == 20
+    assert [line for line, _, _ in found] == sorted(line for line, _, _ in found)
+    assert found[0][:2] == (2, "roles[0]")
+    assert found[1][:2] == (6, "entities.a.fields.f0.default")
+    assert found[-1][:2] == (24, "entities.a.indexes[0][0]")
+
+
+def test_schema_check_cli_exits_1_and_lists_every_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: s\nentities:\n  a:\n    fields:\n      b: {type: ref, to: nowhere}\n      order: {type: text}\n")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", str(bad)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{bad}:5: entities.a.fields.b.to: unknown entity 'nowhere'" in result.stderr
+    assert f"{bad}:6: entities.a.fields.order:" in result.stderr
+    good = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", str(REPO / "schemas" / "blog.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert good.returncode == 0 and "ok" in good.stdout
