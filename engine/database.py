@@ -26,15 +26,21 @@ def async_url(url: str) -> str:
 @dataclass
 class Database:
     engine: AsyncEngine
-    name: str  # the current database: part of every tenant role's name
-    server_version: int  # e.g. 150020 or 180006
+    name: str  # the database's name: part of every tenant role's name
+
+    @classmethod
+    def open(cls, url: str, *, pool_size: int = 5) -> Database:
+        """A pool on `url`; connections are made on first use, so a server that is down now is not fatal."""
+        parsed = make_url(async_url(url))
+        engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=10)
+        return cls(engine, parsed.database or parsed.username or "postgres")
 
     @classmethod
     async def connect(cls, url: str, *, pool_size: int = 5) -> Database:
-        engine = create_async_engine(async_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=False)
-        async with engine.connect() as conn:
-            row = (await conn.execute(sa.text("SELECT current_database(), current_setting('server_version_num')::int"))).one()
-        return cls(engine, row[0], row[1])
+        """`open`, then make sure the server answers (commands want to fail early)."""
+        database = cls.open(url, pool_size=pool_size)
+        await database.ping()
+        return database
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

@@ -101,6 +101,11 @@ class TenantExists(BackSaasError):
     status = 409
 
 
+class DatabaseUnavailable(BackSaasError):
+    code = "database_unavailable"
+    status = 503
+
+
 class InvalidInput(BackSaasError):
     code = "invalid_input"
     status = 400

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import sqlalchemy as sa
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog
 from engine.database import Database
-from engine.errors import TenantNotFound, TenantSuspended
+from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.schema import Schema, load_schema
 from engine.storage import naming
 from engine.storage.tables import build_metadata
@@ -61,9 +62,12 @@ class RuntimeRegistry:
         versions = catalog.platform_tables()["schema_versions"]
         latest = (sa.select(sa.func.max(versions.c.version)).where(versions.c.tenant_id == tenants.c.id)
                   .scalar_subquery())
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"))
-                                      .where(tenants.c.slug == slug))).first()
+        try:
+            async with self.db.engine.connect() as conn:
+                row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"))
+                                          .where(tenants.c.slug == slug))).first()
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         return TenantState(str(row.id), row.status, row.version) if row else None
 
     async def get(self, slug: str) -> TenantRuntime:

@@ -48,9 +48,10 @@ def field_json_schema(field: Field) -> dict[str, Any]:
         if value is not None:
             schema[keyword] = value
     if field.type == "decimal" and field.precision is not None:
-        bound = 10 ** (field.precision - (field.scale or 0))
-        schema["exclusiveMaximum"] = bound
-        schema["exclusiveMinimum"] = -bound
+        scale = field.scale or 0
+        largest = 10 ** (field.precision - scale) - 10 ** -scale  # numeric(5,2) holds at most 999.99
+        schema["maximum"] = min(largest, schema.get("maximum", largest))
+        schema["minimum"] = max(-largest, schema.get("minimum", -largest))
     return schema
 
 

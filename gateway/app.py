@@ -152,15 +152,18 @@ class AccessLog:
 def create_app(database_url: str, *, base_domain: str = "localhost") -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = await Database.connect(database_url)
+        db = Database.open(database_url)
         app.state.db = db
         app.state.registry = RuntimeRegistry(db)
-        log.info("gateway.started", database=db.name, server_version=db.server_version)
+        log.info("gateway.started", database=db.name)
         try:
             yield
         finally:
             await db.close()
             log.info("gateway.stopped")
+
+    async def unknown_route(request: Request, exc: Exception) -> Response:
+        return not_found(f"no route {request.method} {request.url.path}")
 
     app = Starlette(
         routes=[
@@ -170,14 +173,10 @@ def create_app(database_url: str, *, base_domain: str = "localhost") -> Starlett
             Mount("/api/tenants/{slug}", app=TenantApp()),
         ],
         lifespan=lifespan,
+        exception_handlers={404: unknown_route},
     )
     app.add_middleware(HostTenancy, base_domain=base_domain)
     app.add_middleware(AccessLog)
-
-    @app.exception_handler(404)
-    async def unknown_route(request: Request, exc: Exception) -> Response:
-        return not_found(f"no route {request.method} {request.url.path}")
-
     return app
 
 

@@ -1,0 +1,100 @@
+"""The platform is the tenant `system`: platform.yaml deployed by the engine, and tenants provisioned through it."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+
+from engine import catalog
+from engine.database import Database
+from engine.errors import InvalidInput, MigrationFailed, SchemaInvalid, TenantExists
+from engine.storage.deploy import deploy_platform
+from functions.tenants import create_tenant
+from functions.users import UserExists, create_platform_admin
+
+
+async def test_platform_yaml_is_deployed_into_the_system_schema(db: Database):
+    async with db.begin() as conn:
+        tables = set((await conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'system'"))).scalars())
+        owner = await conn.scalar(sa.text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'system'"))
+    assert {e.name for e in catalog.platform_model().entities} == tables
+    assert owner == db.role("system")
+
+
+async def test_the_system_tenant_is_a_row_of_its_own_tenants_table_with_its_version(db: Database):
+    async with db.begin() as conn:
+        system = await catalog.find_tenant(conn, "system")
+        version = await catalog.current_version(conn, system.id)
+    assert system.status == "active"
+    assert version.version == 1 and version.source == catalog.PLATFORM_SCHEMA_PATH.read_text()
+
+
+async def test_redeploying_an_unchanged_platform_yaml_changes_nothing(db: Database):
+    again = await deploy_platform(db)
+    assert not again.changed and again.version == 1
+
+
+async def test_tenant_create_provisions_schema_role_and_version(db: Database):
+    done = await create_tenant(db, "acme", name="Acme Inc", source="name: acme\nentities:\n  widget:\n    fields: {}\n")
+    assert done.version == 1
+    async with db.begin() as conn:
+        listed = {t.slug: t for t in await catalog.list_tenants(conn)}
+        role = await conn.scalar(sa.text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 't_acme'"))
+    assert listed["acme"].name == "Acme Inc" and listed["acme"].status == "active"
+    assert role == db.role("acme")
+
+
+async def test_a_tenant_without_a_schema_gets_the_builtin_users_entity(db: Database):
+    await create_tenant(db, "blank-one")
+    async with db.begin() as conn:
+        tables = set((await conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 't_blank_one'"))).scalars())
+    assert tables == {"users"}
+
+
+@pytest.mark.parametrize("slug", ["ab", "Upper", "9lives", "system", "api", "has_underscore", "x" * 41])
+async def test_invalid_or_reserved_slugs_are_refused(db: Database, slug: str):
+    with pytest.raises(InvalidInput) as refused:
+        await create_tenant(db, slug)
+    assert refused.value.details[0].path == "slug"
+
+
+async def test_a_duplicate_slug_is_refused(db: Database):
+    await create_tenant(db, "twice")
+    with pytest.raises(TenantExists):
+        await create_tenant(db, "twice")
+
+
+async def test_a_tenant_whose_schema_fails_leaves_no_row_schema_or_role(db: Database):
+    with pytest.raises(SchemaInvalid):
+        await create_tenant(db, "broken", source="name: b\nentities:\n  a:\n    fields:\n      x: {type: ref, to: nope}\n")
+    # a schema that passes the checks but that the database refuses: an index over more than 32 columns
+    fields = "".join(f"      f{i}: {{type: integer}}\n" for i in range(33))
+    columns = ", ".join(f"f{i}" for i in range(33))
+    with pytest.raises(MigrationFailed, match="cannot use more than 32 columns"):
+        await create_tenant(db, "broken", source=f"name: b\nentities:\n  a:\n    fields:\n{fields}    indexes: [[{columns}]]\n")
+    async with db.begin() as conn:
+        assert await catalog.find_tenant(conn, "broken") is None
+        assert await conn.scalar(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname = 't_broken'")) == 0
+        assert await conn.scalar(sa.text("SELECT count(*) FROM pg_roles WHERE rolname = :r"), {"r": db.role("broken")}) == 0
+
+
+async def test_admin_create_stores_an_argon2_hash_and_the_platform_admin_role(db: Database):
+    user_id = await create_platform_admin(db, "Root@Example.com", "correct horse battery")
+    users = catalog.platform_tables()["users"]
+    async with db.begin() as conn:
+        row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).one()
+    assert row.email == "root@example.com" and row.roles == ["platform_admin"] and row.verified
+    assert row.password_hash.startswith("$argon2") and PasswordHasher().verify(row.password_hash, "correct horse battery")
+    with pytest.raises(UserExists):
+        await create_platform_admin(db, "root@example.com", "another password!")
+
+
+@pytest.mark.parametrize(("email", "password", "field"), [
+    ("a@b.c", "short", "password"), ("long.address@b.c", "long.address@b.c", "password"), ("no-at-sign", "long enough pw", "email")])
+async def test_admin_create_refuses_weak_passwords_and_bad_emails(db: Database, email: str, password: str, field: str):
+    with pytest.raises(InvalidInput) as refused:
+        await create_platform_admin(db, email, password)
+    assert refused.value.details[0].path == field
