@@ -60,7 +60,8 @@ async def snapshot(db: Database, slug: str) -> list[tuple]:
             "SELECT table_name, column_name, udt_name, is_nullable, column_default FROM information_schema.columns "
             "WHERE table_schema = :s ORDER BY 1, 2"), {"s": schema})).all()
         cons = (await conn.execute(sa.text(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = CAST(:s AS regnamespace) ORDER BY 1"),
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = CAST(:s AS regnamespace) ORDER BY 1"),
             {"s": schema})).all()
         idx = (await conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = :s ORDER BY 1"),
                                   {"s": schema})).all()
@@ -118,7 +119,8 @@ async def test_add_and_drop_index(db: Database):
 
 async def test_rename_field_keeps_its_data_and_renames_its_constraints(db: Database):
     slug = await tenant(db, rows=1)
-    renamed = BASE.replace("      kind:  {type: enum, values: [a, b]}", "      category: {type: enum, values: [a, b], renamed_from: kind}")
+    renamed = BASE.replace("      kind:  {type: enum, values: [a, b]}",
+                           "      category: {type: enum, values: [a, b], renamed_from: kind}")
     done = await deploy(db, slug, renamed)
     assert kinds(done) == ["rename_field", "rename_check"]
     (row,) = await sql(db, slug, f"SELECT category FROM t_{slug.replace('-', '_')}.note")
@@ -132,7 +134,8 @@ async def test_rename_entity_keeps_rows_and_relations(db: Database):
     slug = await tenant(db, source, rows=1)
     schema = f"t_{slug.replace('-', '_')}"
     await sql(db, slug, f"INSERT INTO {schema}.tag (note_id) SELECT id FROM {schema}.note")
-    renamed = source.replace("  note:\n    fields:", "  memo:\n    renamed_from: note\n    fields:").replace("to: note", "to: memo")
+    renamed = (source.replace("  note:\n    fields:", "  memo:\n    renamed_from: note\n    fields:")
+               .replace("to: note", "to: memo"))
     done = await deploy(db, slug, renamed)
     assert kinds(done)[0] == "rename_entity"
     (row,) = await sql(db, slug, f"SELECT m.title FROM {schema}.memo m JOIN {schema}.tag t ON t.note_id = m.id")
@@ -144,7 +147,7 @@ async def test_change_of_default_and_of_nullability(db: Database):
     slug = await tenant(db, rows=1)
     changed = BASE.replace("body:  {type: text}", "body:  {type: text, default: 'see: here', required: true}")
     done = await deploy(db, slug, changed)
-    assert sorted(s.description for s in done.plan.steps) == [f"make note.body required", "set the default of note.body"]
+    assert sorted(s.description for s in done.plan.steps) == ["make note.body required", "set the default of note.body"]
     cols = await columns(db, slug)
     assert cols["body"].is_nullable == "NO" and cols["body"].column_default == "'see: here'::text"
     (row,) = await sql(db, slug, f"SELECT body FROM t_{slug.replace('-', '_')}.note")
@@ -173,7 +176,8 @@ async def test_widening_integer_to_bigint_longer_string_and_more_enum_values(db:
 
 async def test_narrowing_and_drops_are_refused_without_allow_destructive(db: Database):
     slug = await tenant(db, rows=1)
-    narrower = BASE.replace("max_length: 50", "max_length: 10").replace("[a, b]", "[a]").replace("      body:  {type: text}\n", "")
+    narrower = (BASE.replace("max_length: 50", "max_length: 10").replace("[a, b]", "[a]")
+                .replace("      body:  {type: text}\n", ""))
     before = await snapshot(db, slug)
     with pytest.raises(MigrationRefused) as refused:
         await deploy(db, slug, narrower)
@@ -197,7 +201,8 @@ async def test_a_failing_apply_leaves_the_database_and_version_untouched(db: Dat
     await sql(db, slug, f"UPDATE t_{slug.replace('-', '_')}.note SET title = 'same'")
     # the first steps succeed, then a unique constraint fails on the duplicate titles: all must roll back
     failing = BASE.replace("      kind:", "      extra: {type: text}\n      kind:").replace(
-        "title: {type: string, max_length: 50, required: true}", "title: {type: string, max_length: 50, required: true, unique: true}")
+        "title: {type: string, max_length: 50, required: true}",
+        "title: {type: string, max_length: 50, required: true, unique: true}")
     before = await snapshot(db, slug)
     with pytest.raises(MigrationFailed, match="could not create unique index"):
         await deploy(db, slug, failing)

@@ -93,7 +93,10 @@ async def test_admin_create_stores_an_argon2_hash_and_the_platform_admin_role(db
 
 
 @pytest.mark.parametrize(("email", "password", "field"), [
-    ("a@b.c", "short", "password"), ("long.address@b.c", "long.address@b.c", "password"), ("no-at-sign", "long enough pw", "email")])
+    ("a@b.c", "short", "password"),
+    ("long.address@b.c", "long.address@b.c", "password"),
+    ("no-at-sign", "long enough pw", "email"),
+])
 async def test_admin_create_refuses_weak_passwords_and_bad_emails(db: Database, email: str, password: str, field: str):
     with pytest.raises(InvalidInput) as refused:
         await create_platform_admin(db, email, password)

@@ -34,8 +34,9 @@ from engine.schema.model import (
 PathKey = tuple[str | int, ...]
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML without implicit timestamps: `2024-01-01` stays the string the JSON API will see."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML (libyaml's parser when present) without implicit timestamps: `2024-01-01` stays the
+    string the JSON API will see."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -48,6 +49,11 @@ _Loader.yaml_implicit_resolvers = {
 def meta_schema() -> dict[str, Any]:
     """The published JSON Schema of the schema format."""
     return json.loads(resources.files("engine.schema").joinpath("schema.json").read_text())
+
+
+@cache
+def meta_validator() -> Draft202012Validator:
+    return Draft202012Validator(meta_schema())
 
 
 def dotted(path: PathKey) -> str:
@@ -111,7 +117,7 @@ def parse_yaml(text: str) -> tuple[Any, LineMap, list[Problem]]:
 
 def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
     problems = []
-    for error in Draft202012Validator(meta_schema()).iter_errors(data):
+    for error in meta_validator().iter_errors(data):
         path: PathKey = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = set(error.schema.get("properties", {}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -62,16 +63,18 @@ async def create_tenant_schema(conn: AsyncConnection, db: Database, slug: str) -
     """
     role, schema = quote(db.role(slug)), quote(naming.schema_name(slug))
     exists = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.role(slug)})
-    if not exists:
-        await conn.exec_driver_sql(f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
-    await conn.exec_driver_sql(f"GRANT {role} TO CURRENT_USER")
-    await conn.exec_driver_sql(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
-    await conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
-    await conn.exec_driver_sql(
+    script = [] if exists else [f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"]
+    script += [
+        f"GRANT {role} TO CURRENT_USER",
+        f"CREATE SCHEMA {schema} AUTHORIZATION {role}",
+        f"SET LOCAL ROLE {role}",
         f"CREATE FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$BEGIN NEW.updated_at := now(); RETURN NEW; END$$")
-    await conn.exec_driver_sql(f"REVOKE EXECUTE ON FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() FROM PUBLIC")
-    await conn.exec_driver_sql("RESET ROLE")
+        "$$BEGIN NEW.updated_at := now(); RETURN NEW; END$$",
+        f"REVOKE EXECUTE ON FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() FROM PUBLIC",
+        "RESET ROLE",
+    ]
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.execute(";\n".join(script))
 
 
 async def nonempty_tables(conn: AsyncConnection, pg_schema: str, model: Schema | None) -> set[str]:
@@ -107,15 +110,19 @@ async def plan_deploy(db: Database, slug: str, source: str, *, allow_destructive
 
 async def apply_plan(conn: AsyncConnection, db: Database, slug: str, plan: MigrationPlan,
                      progress: Progress | None = None) -> None:
-    """Run every step as the tenant's role, inside the caller's transaction."""
-    await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")
+    """Run every step as the tenant's role, inside the caller's transaction.
+
+    Each step's statements go to the server as one simple-protocol script: one round trip per step,
+    and no prepared statements for DDL that runs once.
+    """
+    await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")  # also opens the transaction
+    driver = (await conn.get_raw_connection()).driver_connection
     for number, step in enumerate(plan.steps, start=1):
-        for statement in step.sql:
-            try:
-                await conn.exec_driver_sql(statement)
-            except DBAPIError as exc:
-                raise MigrationFailed(f"step {number} ({step.description}) failed: {pg_message(exc)}; "
-                                      "nothing was changed", hint=statement) from exc
+        try:
+            await driver.execute(";\n".join(step.sql))
+        except asyncpg.PostgresError as exc:
+            raise MigrationFailed(f"step {number} ({step.description}) failed: {exc}; nothing was changed",
+                                  hint=";\n".join(step.sql)) from exc
         if progress:
             progress(number, len(plan.steps), step)
     await conn.exec_driver_sql("RESET ROLE")

@@ -1,0 +1,109 @@
+"""The `backsaas` command line, run as a user runs it, against the module's database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTES = "name: notes\nentities:\n  note:\n    fields:\n      title: {type: string, required: true}\n      body: {type: text}\n"
+
+
+@pytest.fixture(scope="module")
+def backsaas(database_url: str, tmp_path_factory: pytest.TempPathFactory):
+    cwd = tmp_path_factory.mktemp("cli")
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DATABASE_URL": database_url}
+        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=120)
+
+    run.cwd = cwd  # type: ignore[attr-defined]
+    return run
+
+
+def write(directory: Path, name: str, text: str) -> str:
+    path = directory / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_help_lists_every_command(backsaas):
+    result = backsaas("--help")
+    assert result.returncode == 0
+    for command in ("serve", "schema", "tenant", "admin"):
+        assert command in result.stdout
+    for group, actions in (("schema", ("check", "plan", "apply")), ("tenant", ("create", "list")), ("admin", ("create",))):
+        text = backsaas(group, "--help").stdout
+        assert all(action in text for action in actions)
+    serve = backsaas("serve", "--help").stdout
+    assert all(flag in serve for flag in ("--host", "--port", "--workers", "--reload"))
+
+
+def test_tenant_create_and_list(backsaas):
+    created = backsaas("tenant", "create", "cli-notes", "--name", "CLI notes",
+                       "--schema", write(backsaas.cwd, "notes.yaml", NOTES), "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["version"] == 1
+    listed = json.loads(backsaas("tenant", "list", "--json").stdout)
+    assert {"cli-notes", "system"} <= {t["slug"] for t in listed}
+    assert next(t for t in listed if t["slug"] == "cli-notes")["name"] == "CLI notes"
+    table = backsaas("tenant", "list").stdout
+    assert "cli-notes" in table and "active" in table
+
+
+def test_tenant_create_refuses_a_bad_slug(backsaas):
+    result = backsaas("tenant", "create", "No")
+    assert result.returncode == 1 and "invalid_input" in result.stderr and "slug" in result.stderr
+
+
+def test_schema_plan_shows_sql_and_changes_nothing_then_apply_deploys_it(backsaas):
+    backsaas("tenant", "create", "cli-plan", "--schema", write(backsaas.cwd, "plan1.yaml", NOTES))
+    newer = write(backsaas.cwd, "plan2.yaml", NOTES + "      stars: {type: integer, default: 0}\n")
+    planned = backsaas("schema", "plan", "--tenant", "cli-plan", newer)
+    assert planned.returncode == 0, planned.stderr
+    assert "add field note.stars" in planned.stdout and "ALTER TABLE t_cli_plan.note ADD COLUMN stars INTEGER" in planned.stdout
+    assert json.loads(backsaas("schema", "plan", "--tenant", "cli-plan", newer, "--json").stdout)["base_version"] == 1
+    applied = backsaas("schema", "apply", "--tenant", "cli-plan", newer, "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["version"] == 2
+    again = backsaas("schema", "plan", "--tenant", "cli-plan", newer)
+    assert "No changes." in again.stdout
+
+
+def test_destructive_apply_needs_the_flag(backsaas):
+    backsaas("tenant", "create", "cli-drop", "--schema", write(backsaas.cwd, "drop1.yaml", NOTES))
+    smaller = write(backsaas.cwd, "drop2.yaml", NOTES.replace("      body: {type: text}\n", ""))
+    planned = backsaas("schema", "plan", "--tenant", "cli-drop", smaller)
+    assert planned.returncode == 1 and "(destructive)" in planned.stdout and "refused" in planned.stderr
+    refused = backsaas("schema", "apply", "--tenant", "cli-drop", smaller)
+    assert refused.returncode == 1 and "migration_refused" in refused.stderr
+    allowed = backsaas("schema", "apply", "--tenant", "cli-drop", smaller, "--allow-destructive")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_schema_apply_of_a_bad_file_lists_every_error(backsaas):
+    backsaas("tenant", "create", "cli-bad", "--schema", write(backsaas.cwd, "bad1.yaml", NOTES))
+    bad = write(backsaas.cwd, "bad2.yaml", NOTES + "      who: {type: ref, to: ghost}\n      limit: {type: text}\n")
+    result = backsaas("schema", "apply", "--tenant", "cli-bad", bad)
+    assert result.returncode == 1
+    assert "7: entities.note.fields.who.to: unknown entity 'ghost'" in result.stderr
+    assert "8: entities.note.fields.limit:" in result.stderr
+
+
+def test_schema_apply_to_an_unknown_tenant_fails_cleanly(backsaas):
+    result = backsaas("schema", "apply", "--tenant", "nobody", write(backsaas.cwd, "n.yaml", NOTES))
+    assert result.returncode == 1 and "tenant_not_found" in result.stderr
+
+
+def test_admin_create_reads_the_password_from_stdin(backsaas):
+    result = backsaas("admin", "create", "--email", "ops@example.com", "--password-stdin", stdin="a long passphrase\n")
+    assert result.returncode == 0, result.stderr
+    assert "Platform admin ops@example.com created" in result.stdout
+    again = backsaas("admin", "create", "--email", "ops@example.com", "--password-stdin", stdin="a long passphrase\n")
+    assert again.returncode == 1 and "user_exists" in again.stderr
