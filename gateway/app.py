@@ -76,7 +76,7 @@ async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
                         for f in e.fields if not f.internal]}
             for e in runtime.model.entities
         ],
-        "urls": {"rest": f"{base}/rest/v1", "graphql": f"{base}/graphql/v1", "auth": f"{base}/auth/v1"},
+        "base_url": base,
     })
 
 
