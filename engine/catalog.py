@@ -3,6 +3,10 @@
 The engine keeps no catalogue of its own beside the platform's data: which tenants exist and which
 schema each one runs are rows of the system tenant, built from `platform.yaml` by the same code that
 builds every tenant's tables. Statements here are SQLAlchemy Core on those tables; values are bound.
+
+Deploying a new `platform.yaml` reads the deployed version before migrating to the new one, so the
+columns read on that path are a contract every platform.yaml keeps: tenants (id, slug, name, status,
+plan, created_at) and schema_versions (tenant, version, source, checksum, created_at).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class SchemaVersion:
     source: str
     checksum: str
     created_at: datetime
+    actor: str | None = None  # read in the history only: not part of the bootstrap contract
 
 
 async def system_deployed(conn: AsyncConnection) -> bool:
@@ -104,16 +109,19 @@ async def current_version(conn: AsyncConnection, tenant_id: str) -> SchemaVersio
 async def version_history(conn: AsyncConnection, tenant_id: str) -> list[SchemaVersion]:
     versions = platform_tables()["schema_versions"]
     rows = await conn.execute(
-        sa.select(versions.c.tenant_id, versions.c.version, versions.c.source, versions.c.checksum, versions.c.created_at)
+        sa.select(versions.c.tenant_id, versions.c.version, versions.c.source, versions.c.checksum, versions.c.actor,
+                  versions.c.created_at)
         .where(versions.c.tenant_id == tenant_id).order_by(versions.c.version))
-    return [SchemaVersion(str(r.tenant_id), r.version, r.source, r.checksum, r.created_at) for r in rows]
+    return [SchemaVersion(str(r.tenant_id), r.version, r.source, r.checksum, r.created_at, r.actor) for r in rows]
 
 
 async def record_version(conn: AsyncConnection, tenant_id: str, version: int, source: str,
-                         steps: list[dict[str, Any]], deployed_by: str | None) -> SchemaVersion:
+                         steps: list[dict[str, Any]], actor: str, deployed_by: str | None = None) -> SchemaVersion:
+    """Keep a deployed version: its source, checksum, steps, and who deployed it (`actor` describes them,
+    `deployed_by` is their platform account when they have one)."""
     versions = platform_tables()["schema_versions"]
     row = (await conn.execute(
         versions.insert().values(tenant_id=tenant_id, version=version, source=source, checksum=checksum(source),
-                                 steps=steps, deployed_by_id=deployed_by)
+                                 steps=steps, actor=actor, deployed_by_id=deployed_by)
         .returning(versions.c.created_at))).one()
-    return SchemaVersion(tenant_id, version, source, checksum(source), row.created_at)
+    return SchemaVersion(tenant_id, version, source, checksum(source), row.created_at, actor)

@@ -33,7 +33,7 @@ def empty_schema(slug: str) -> str:
 
 
 async def create_tenant(db: Database, slug: str, *, name: str | None = None, source: str | None = None,
-                        progress: Progress | None = None) -> Deployment:
+                        actor: str = "engine", progress: Progress | None = None) -> Deployment:
     """Provision tenant `slug` running `source` (an empty schema if None) and return its first deployment."""
     problems = slug_problems(slug)
     if problems:
@@ -43,4 +43,4 @@ async def create_tenant(db: Database, slug: str, *, name: str | None = None, sou
             raise TenantExists(f"tenant '{slug}' already exists")
         await catalog.insert_tenant(conn, slug, name or slug, "active")
         await create_tenant_schema(conn, db, slug)
-        return await deploy_in(conn, db, slug, source or empty_schema(slug), progress=progress)
+        return await deploy_in(conn, db, slug, source or empty_schema(slug), actor=actor, progress=progress)

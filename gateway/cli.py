@@ -41,6 +41,7 @@ DEMO_ADMIN = "admin@backsaas.local"
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+ACTOR = f"cli:{getpass.getuser()}"
 
 
 def terminate_normally(signum: int, frame: Any) -> None:
@@ -66,7 +67,7 @@ def with_database(work: Callable[[Database], Awaitable[T]], url: str | None = No
     async def run() -> T:
         db = await Database.connect(url or database_url())
         try:
-            await deploy_platform(db, platform_progress)
+            await deploy_platform(db, platform_progress, actor=ACTOR)
             return await work(db)
         finally:
             await db.close()
@@ -138,7 +139,7 @@ def cmd_schema_apply(args: argparse.Namespace) -> int:
     bar, advance = step_progress("Applying")
     with bar:
         deployment = with_database(lambda db: deploy(db, args.tenant, source, allow_destructive=args.allow_destructive,
-                                                     progress=advance), url)
+                                                     actor=ACTOR, progress=advance), url)
     print_deployment(deployment, args.json)
     return 0
 
@@ -149,7 +150,7 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
     bar, advance = step_progress("Provisioning")
     with bar:
         deployment = with_database(lambda db: create_tenant(db, args.slug, name=args.name, source=source,
-                                                            progress=advance), url)
+                                                            actor=ACTOR, progress=advance), url)
     print_deployment(deployment, args.json)
     return 0
 
@@ -190,7 +191,8 @@ def prepare_demo(db: Database) -> Awaitable[tuple[str, str]]:
         async with db.begin() as conn:
             exists = await catalog.find_tenant(conn, DEMO_TENANT)
         if exists is None:
-            await create_tenant(db, DEMO_TENANT, name="Demo blog", source=DEMO_SCHEMA.read_text(encoding="utf-8"))
+            await create_tenant(db, DEMO_TENANT, name="Demo blog", source=DEMO_SCHEMA.read_text(encoding="utf-8"),
+                                actor=ACTOR)
         login = Path.cwd() / ".backsaas" / "demo-login.json"
         if login.exists():
             saved = json.loads(login.read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
 import os
 import subprocess
@@ -9,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from engine import catalog
+from engine.database import Database
 
 REPO = Path(__file__).resolve().parent.parent
 NOTES = "name: notes\nentities:\n  note:\n    fields:\n      title: {type: string, required: true}\n      body: {type: text}\n"
@@ -24,7 +29,18 @@ def backsaas(database_url: str, tmp_path_factory: pytest.TempPathFactory):
                               capture_output=True, text=True, timeout=120)
 
     run.cwd = cwd  # type: ignore[attr-defined]
+    run.url = database_url  # type: ignore[attr-defined]
     return run
+
+
+async def deployed_by(url: str, slug: str) -> list[str]:
+    db = await Database.connect(url)
+    try:
+        async with db.begin() as conn:
+            tenant = await catalog.find_tenant(conn, slug)
+            return [v.actor for v in await catalog.version_history(conn, tenant.id)]
+    finally:
+        await db.close()
 
 
 def write(directory: Path, name: str, text: str) -> str:
@@ -72,6 +88,7 @@ def test_schema_plan_shows_sql_and_changes_nothing_then_apply_deploys_it(backsaa
     applied = backsaas("schema", "apply", "--tenant", "cli-plan", newer, "--json")
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["version"] == 2
+    assert asyncio.run(deployed_by(backsaas.url, "cli-plan")) == [f"cli:{getpass.getuser()}"] * 2
     again = backsaas("schema", "plan", "--tenant", "cli-plan", newer)
     assert "No changes." in again.stdout
 

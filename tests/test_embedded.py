@@ -16,7 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import psutil
 import pytest
 
@@ -147,13 +147,13 @@ def test_serve_runs_on_embedded_postgres_and_sigterm_stops_it(project: Path):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 time.sleep(0.2)
-        assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "database": "ok"}
-        assert httpx.get(f"{base}/api/platform/").json()["tenant"] == "system"
-        demo = httpx.get(f"{base}/api/tenants/demo/").json()
+        assert httpx2.get(f"{base}/readyz").json() == {"status": "ok", "database": "ok"}
+        assert httpx2.get(f"{base}/api/platform/").json()["tenant"] == "system"
+        demo = httpx2.get(f"{base}/api/tenants/demo/").json()
         assert {"author", "post", "comment"} <= {e["name"] for e in demo["entities"]}
         pgdata = data_directory(project)
         postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])

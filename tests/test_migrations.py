@@ -79,6 +79,7 @@ async def test_first_deploy_records_version_1_with_source_and_checksum(db: Datab
         row = await catalog.find_tenant(conn, slug)
         (version,) = await catalog.version_history(conn, row.id)
     assert version.version == 1 and version.source == BASE and version.checksum == catalog.checksum(BASE)
+    assert version.actor == "engine" and version.created_at is not None
 
 
 async def test_add_entity_with_a_relation(db: Database):

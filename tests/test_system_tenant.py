@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -12,6 +15,7 @@ from engine.errors import InvalidInput, MigrationFailed, SchemaInvalid, TenantEx
 from engine.storage.deploy import deploy_platform
 from functions.tenants import create_tenant
 from functions.users import UserExists, create_platform_admin
+from tests.conftest import driver_url, with_database
 
 
 async def test_platform_yaml_is_deployed_into_the_system_schema(db: Database):
@@ -34,6 +38,28 @@ async def test_the_system_tenant_is_a_row_of_its_own_tenants_table_with_its_vers
 async def test_redeploying_an_unchanged_platform_yaml_changes_nothing(db: Database):
     again = await deploy_platform(db)
     assert not again.changed and again.version == 1
+
+
+async def test_an_older_platform_is_migrated_to_the_current_platform_yaml(server_url: str):
+    current = catalog.PLATFORM_SCHEMA_PATH.read_text()
+    older = current.replace("      storage_bytes: {type: bigint, required: true, default: 0, minimum: 0}\n", "")
+    assert older != current
+    name = f"bst_upgrade_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(driver_url(server_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        db = await Database.connect(with_database(server_url, name))
+        await deploy_platform(db, source=older)
+        upgraded = await deploy_platform(db)
+        assert upgraded.version == 2 and [s.kind for s in upgraded.plan.steps] == ["add_field"]
+        async with db.begin() as conn:
+            system = await catalog.find_tenant(conn, "system")
+            assert [v.actor for v in await catalog.version_history(conn, system.id)] == ["engine", "engine"]
+        await db.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{name}_system"')
+        await admin.close()
 
 
 async def test_tenant_create_provisions_schema_role_and_version(db: Database):

@@ -129,7 +129,7 @@ async def apply_plan(conn: AsyncConnection, db: Database, slug: str, plan: Migra
 
 
 async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str, *, allow_destructive: bool = False,
-                    expected_checksum: str | None = None, deployed_by: str | None = None,
+                    expected_checksum: str | None = None, actor: str = "engine", deployed_by: str | None = None,
                     progress: Progress | None = None) -> Deployment:
     """`deploy` inside a transaction the caller owns (tenant provisioning adds its own steps to it)."""
     new = load_schema(source, slug)
@@ -146,12 +146,12 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
     await apply_plan(conn, db, slug, plan, progress)
     version = (current.version if current else 0) + 1
     recorded = await catalog.record_version(conn, tenant.id, version, source, [s.as_dict() for s in plan.steps],
-                                            deployed_by)
+                                            actor, deployed_by)
     return Deployment(slug, version, recorded.checksum, plan, changed=True)
 
 
 async def deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False,
-                 expected_checksum: str | None = None, deployed_by: str | None = None,
+                 expected_checksum: str | None = None, actor: str = "engine", deployed_by: str | None = None,
                  progress: Progress | None = None) -> Deployment:
     """Plan and apply `source` for tenant `slug` in one transaction, and record it as a new version.
 
@@ -161,20 +161,22 @@ async def deploy(db: Database, slug: str, source: str, *, allow_destructive: boo
     """
     async with db.begin() as conn:
         return await deploy_in(conn, db, slug, source, allow_destructive=allow_destructive,
-                               expected_checksum=expected_checksum, deployed_by=deployed_by, progress=progress)
+                               expected_checksum=expected_checksum, actor=actor, deployed_by=deployed_by,
+                               progress=progress)
 
 
-async def deploy_platform(db: Database, progress: Progress | None = None) -> Deployment:
-    """Deploy `platform.yaml` as the system tenant, creating its schema and row on the very first run."""
-    source = catalog.PLATFORM_SCHEMA_PATH.read_text(encoding="utf-8")
+async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
+                          source: str | None = None) -> Deployment:
+    """Deploy `platform.yaml` (or `source`) as the system tenant, creating its schema and row on the very first run."""
+    source = source or catalog.PLATFORM_SCHEMA_PATH.read_text(encoding="utf-8")
     slug = naming.SYSTEM_TENANT
     async with db.begin() as conn:
         await lock_tenant(conn, slug)
         if not await catalog.system_deployed(conn):
             await create_tenant_schema(conn, db, slug)
-            plan = plan_migration(None, catalog.platform_model(), naming.SYSTEM_TENANT)
+            plan = plan_migration(None, load_schema(source, "platform.yaml"), naming.SYSTEM_TENANT)
             await apply_plan(conn, db, slug, plan, progress)
             tenant = await catalog.insert_tenant(conn, slug, "BackSaas platform", "active")
-            recorded = await catalog.record_version(conn, tenant.id, 1, source, [s.as_dict() for s in plan.steps], None)
+            recorded = await catalog.record_version(conn, tenant.id, 1, source, [s.as_dict() for s in plan.steps], actor)
             return Deployment(slug, 1, recorded.checksum, plan, changed=True)
-        return await deploy_in(conn, db, slug, source, progress=progress)
+        return await deploy_in(conn, db, slug, source, actor=actor, progress=progress)
