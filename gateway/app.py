@@ -58,15 +58,9 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-def tenant_base(request: Request, runtime: TenantRuntime) -> str:
-    root = str(request.base_url).rstrip("/")
-    return root + request.scope.get("root_path", "") if request.scope.get("backsaas.by_host") else root + (
-        "/api/platform" if runtime.slug == SYSTEM_TENANT else f"/api/tenants/{runtime.slug}")
-
-
 async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
     """What a tenant runs: its deployed schema version and entities."""
-    base = tenant_base(request, runtime)
+    base = str(request.url.replace(path=request.scope.get("root_path", ""), query="")).rstrip("/")
     return JSONResponse({
         "tenant": runtime.slug,
         "schema": {"name": runtime.model.name, "version": runtime.version, "checksum": runtime.checksum},
@@ -85,7 +79,11 @@ TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {("GET", "/"): tenant_inde
 
 
 class TenantApp:
-    """ASGI app for everything under a tenant's base URL; the slug comes from the path or the host."""
+    """ASGI app for everything under a tenant's base URL.
+
+    The slug is fixed (`/api/platform`), in the path (`/api/tenants/{slug}`, mounted: `root_path` is then
+    the tenant's base) or in the host (`HostTenancy`: the base is the server's root).
+    """
 
     def __init__(self, fixed_slug: str | None = None) -> None:
         self.fixed_slug = fixed_slug
@@ -99,7 +97,7 @@ class TenantApp:
             await error_response(error)(scope, receive, send)
             return
         scope["backsaas.tenant"] = runtime.slug
-        path = scope["path"][len(scope.get("root_path", "")):] if not scope.get("backsaas.by_host") else scope["path"]
+        path = scope["path"][len(scope.get("root_path", "")):]
         handler = TENANT_ROUTES.get((request.method, path))
         response = await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
         await response(scope, receive, send)
@@ -116,8 +114,9 @@ class HostTenancy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
-            if host.endswith(self.suffix) and host[: -len(self.suffix)] and "." not in host[: -len(self.suffix)]:
-                scope = {**scope, "backsaas.slug": host[: -len(self.suffix)], "backsaas.by_host": True}
+            slug = host[: -len(self.suffix)] if host.endswith(self.suffix) else ""
+            if slug and "." not in slug:
+                scope["backsaas.slug"] = slug
                 await self.tenant_app(scope, receive, send)
                 return
         await self.app(scope, receive, send)
