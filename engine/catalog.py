@@ -69,33 +69,30 @@ async def system_deployed(conn: AsyncConnection) -> bool:
     return bool(found)
 
 
+def _tenant_columns() -> tuple[sa.Column[Any], ...]:
+    tenants = platform_tables()["tenants"]
+    return tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status, tenants.c.plan, tenants.c.created_at
+
+
+def _tenant(row: sa.Row[Any]) -> TenantRow:
+    return TenantRow(str(row.id), row.slug, row.name, row.status, row.plan, row.created_at)
+
+
 async def find_tenant(conn: AsyncConnection, slug: str) -> TenantRow | None:
     tenants = platform_tables()["tenants"]
-    row = (await conn.execute(
-        sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status, tenants.c.plan, tenants.c.created_at)
-        .where(tenants.c.slug == slug))).first()
-    return TenantRow(str(row.id), row.slug, row.name, row.status, row.plan, row.created_at) if row else None
+    row = (await conn.execute(sa.select(*_tenant_columns()).where(tenants.c.slug == slug))).first()
+    return _tenant(row) if row else None
 
 
 async def list_tenants(conn: AsyncConnection) -> list[TenantRow]:
     tenants = platform_tables()["tenants"]
-    rows = await conn.execute(
-        sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status, tenants.c.plan, tenants.c.created_at)
-        .order_by(tenants.c.slug))
-    return [TenantRow(str(r.id), r.slug, r.name, r.status, r.plan, r.created_at) for r in rows]
+    return [_tenant(r) for r in await conn.execute(sa.select(*_tenant_columns()).order_by(tenants.c.slug))]
 
 
 async def insert_tenant(conn: AsyncConnection, slug: str, name: str, status: str) -> TenantRow:
     tenants = platform_tables()["tenants"]
-    row = (await conn.execute(
-        tenants.insert().values(slug=slug, name=name, status=status)
-        .returning(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status, tenants.c.plan, tenants.c.created_at))).one()
-    return TenantRow(str(row.id), row.slug, row.name, row.status, row.plan, row.created_at)
-
-
-async def set_tenant_status(conn: AsyncConnection, tenant_id: str, status: str) -> None:
-    tenants = platform_tables()["tenants"]
-    await conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(status=status))
+    statement = tenants.insert().values(slug=slug, name=name, status=status).returning(*_tenant_columns())
+    return _tenant((await conn.execute(statement)).one())
 
 
 async def current_version(conn: AsyncConnection, tenant_id: str) -> SchemaVersion | None:
