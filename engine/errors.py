@@ -109,3 +109,97 @@ class DatabaseUnavailable(BackSaasError):
 class InvalidInput(BackSaasError):
     code = "invalid_input"
     status = 400
+
+
+# -- the REST dialect's errors, with PostgREST's codes so that its clients recognise them ------------
+
+
+class QueryParseError(BackSaasError):
+    """A malformed select, filter, order or range (PostgREST's PGRST100)."""
+
+    code = "PGRST100"
+    status = 400
+
+
+class UnknownColumn(BackSaasError):
+    code = "42703"
+    status = 400
+
+
+class UnknownRelation(BackSaasError):
+    code = "PGRST200"
+    status = 400
+
+
+class UnknownEntity(BackSaasError):
+    code = "42P01"
+    status = 404
+
+
+class NotAcceptable(BackSaasError):
+    """`Accept: application/vnd.pgrst.object+json` and the result is not exactly one row."""
+
+    code = "PGRST116"
+    status = 406
+
+
+class RangeNotSatisfiable(BackSaasError):
+    code = "PGRST103"
+    status = 416
+
+
+class InvalidBody(BackSaasError):
+    """A body that is not JSON, or objects with different keys in one bulk insert."""
+
+    code = "PGRST102"
+    status = 400
+
+
+class UnfilteredWrite(BackSaasError):
+    code = "21000"  # what PostgREST's pg-safeupdate answers to an UPDATE or DELETE without WHERE
+    status = 400
+
+
+class ValidationFailed(BackSaasError):
+    code = "validation_failed"
+    status = 422
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "hint": self.hint,
+                "details": [{"field": p.path, "message": p.message} for p in self.details]}
+
+
+class Forbidden(BackSaasError):
+    code = "42501"
+    status = 403
+
+
+class SchemaNotExposed(BackSaasError):
+    code = "PGRST106"
+    status = 406
+
+
+class DatabaseError(BackSaasError):
+    """An error the database raised for a request, mapped to its status; `code` is the SQLSTATE."""
+
+    def __init__(self, sqlstate: str, status: int, message: str, detail: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = sqlstate
+        self.status = status
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.detail, "hint": self.hint}
+
+
+SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23502": 400, "23514": 400, "42501": 403, "42P10": 400,
+                   "42883": 400, "42804": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503}
+
+
+def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
+    """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values
+    (class 22: invalid text, out of range, bad date), 503 for what a retry may fix."""
+    status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else
+                                               503 if sqlstate.startswith(("08", "53")) else 500)
+    return DatabaseError(sqlstate, status, message, detail, hint)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -19,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engine import catalog
 from engine.database import Database
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
+from engine.query.plan import Relation, relations_of
 from engine.schema import Schema, load_schema
 from engine.storage import naming
 from engine.storage.tables import build_metadata
@@ -34,6 +36,9 @@ class TenantRuntime:
     pg_schema: str
     role: str
     tables: Mapping[str, sa.Table]
+    relations: Mapping[str, Mapping[str, Relation]]
+    statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # compiled per request shape
+    validators: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per (entity, partial)
 
     @classmethod
     def compile(cls, db: Database, slug: str, tenant_id: str, version: catalog.SchemaVersion) -> TenantRuntime:
@@ -41,7 +46,7 @@ class TenantRuntime:
         pg_schema = naming.schema_name(slug)
         tables = {t.name: t for t in build_metadata(model, pg_schema).tables.values()}
         return cls(slug, tenant_id, version.version, version.checksum, model, pg_schema, db.role(slug),
-                   MappingProxyType(tables))
+                   MappingProxyType(tables), MappingProxyType(relations_of(model)))
 
 
 @dataclass(frozen=True)

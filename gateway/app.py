@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.database import Database
 from engine.errors import BackSaasError
+from engine.rest.api import RestApi
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 
@@ -74,6 +75,25 @@ async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
     })
 
 
+REST_PREFIX = "/rest/v1/"
+REST_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
+
+
+async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> Response:
+    """`/rest/v1/{entity}`: the HTTP request handed to the engine's REST dialect, its answer handed back."""
+    if request.method not in REST_METHODS:
+        return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
+                             "details": None, "hint": f"use one of {', '.join(REST_METHODS)}"},
+                            status_code=405, headers={"Allow": ", ".join(REST_METHODS)})
+    api = RestApi(runtime, request.app.state.db)
+    try:
+        result = await api.handle(request.method, entity, request.query_params.multi_items(), request.headers,
+                                  await request.body())
+    except BackSaasError as error:
+        return error_response(error)
+    return Response(result.body, status_code=result.status, headers=dict(result.headers))
+
+
 TenantHandler = Callable[[Request, TenantRuntime], Awaitable[Response]]
 TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {("GET", "/"): tenant_index, ("GET", ""): tenant_index}
 
@@ -98,8 +118,11 @@ class TenantApp:
             return
         scope["backsaas.tenant"] = runtime.slug
         path = scope["path"][len(scope.get("root_path", "")):]
-        handler = TENANT_ROUTES.get((request.method, path))
-        response = await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
+        if path.startswith(REST_PREFIX) and path != REST_PREFIX:
+            response = await rest_entity(request, runtime, path[len(REST_PREFIX):])
+        else:
+            handler = TENANT_ROUTES.get((request.method, path))
+            response = await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
         await response(scope, receive, send)
 
 

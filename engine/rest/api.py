@@ -1,0 +1,330 @@
+"""One REST request against one tenant: GET/HEAD, POST, PATCH, DELETE on `/rest/v1/{entity}`.
+
+Thin on purpose: parse the dialect (`params`, `prefer`), authorize, plan, take the statement for that
+plan's shape from the runtime's cache (compiled on first use), run it in one transaction as the tenant's
+role, and shape the response. Reads and writes alike are ONE statement whose result is the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from engine.authz import Caller, authorize
+from engine.database import Database
+from engine.errors import (
+    InvalidBody,
+    NotAcceptable,
+    QueryParseError,
+    RangeNotSatisfiable,
+    SchemaNotExposed,
+    UnfilteredWrite,
+    UnknownColumn,
+    UnknownEntity,
+    ValidationFailed,
+    database_error,
+)
+from engine.query.plan import Condition, Filter, ReadPlan
+from engine.query.sql import CompiledRead, _Builder, compile_statement, condition_sql
+from engine.rest.params import ReadParser
+from engine.runtime import TenantRuntime
+from engine.schema.model import OWNER_COLUMN, Entity
+from engine.validation import BodyValidator
+
+OBJECT_MEDIA = "application/vnd.pgrst.object+json"
+JSON_MEDIA = "application/json; charset=utf-8"
+EXPOSED_PROFILES = ("public", "")
+
+
+@dataclass(frozen=True)
+class RestResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Prefer:
+    returning: str = "minimal"  # representation | minimal | headers-only
+    count: str | None = None  # exact | planned | estimated
+    resolution: str | None = None  # merge-duplicates | ignore-duplicates
+
+    @classmethod
+    def parse(cls, header: str, default_return: str) -> Prefer:
+        values = dict(part.strip().partition("=")[::2] for part in header.split(",") if "=" in part)
+        return cls(values.get("return", default_return), values.get("count"), values.get("resolution"))
+
+
+def parse_range(header: str | None) -> tuple[int | None, int | None]:
+    """`Range: 0-9` -> (limit 10, offset 0); `10-` -> (None, 10)."""
+    if not header:
+        return None, None
+    unit, _, spec = header.rpartition("=")
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not first.isdigit() or (last and not last.isdigit()) or (unit and unit.strip() != "items"):
+        raise QueryParseError(f"Range '{header}': expected first-last, e.g. 0-9")
+    if last and int(last) < int(first):
+        raise RangeNotSatisfiable(f"Range '{header}': the last item comes before the first")
+    return (int(last) - int(first) + 1 if last else None), int(first)
+
+
+ROOT_OPTIONS = ("select", "columns", "on_conflict", "order", "limit", "offset")
+
+
+def _has_filters(params: list[tuple[str, str]]) -> bool:
+    """Whether the query string restricts the root rows (embedded filters do not)."""
+    return any(key in ("or", "and", "not.or", "not.and") or ("." not in key and key not in ROOT_OPTIONS)
+               for key, _ in params)
+
+
+class RestApi:
+    """The REST dialect over one tenant runtime (stateless but for the runtime's statement cache)."""
+
+    def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller | None = None) -> None:
+        self.runtime = runtime
+        self.db = db
+        self.caller = caller or Caller()
+
+    async def handle(self, method: str, entity_name: str, params: list[tuple[str, str]], headers: Mapping[str, str],
+                     body: bytes) -> RestResponse:
+        profile = headers.get("accept-profile" if method in ("GET", "HEAD") else "content-profile", "")
+        if profile not in EXPOSED_PROFILES:
+            raise SchemaNotExposed(f"schema '{profile}' is not exposed", hint="use the profile 'public' or none")
+        entity = self.runtime.model.entity(entity_name)
+        if entity is None:
+            raise UnknownEntity(f"relation '{entity_name}' does not exist",
+                                hint=f"entities: {', '.join(e.name for e in self.runtime.model.entities)}")
+        if method in ("GET", "HEAD"):
+            return await self.read(entity, params, headers, head=method == "HEAD")
+        if method == "POST":
+            return await self.insert(entity, params, headers, body)
+        if method == "PATCH":
+            return await self.update(entity, params, headers, body)
+        return await self.delete(entity, params, headers)
+
+    # -- planning --
+
+    def plan(self, entity: Entity, action: str, params: list[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
+        scope = authorize(self.caller, entity, action)
+        parser = ReadParser(self.runtime.model, self.runtime.relations)
+        plan = parser.parse(entity.name, params)
+        if scope == "own":  # the caller's own rows only: a predicate in the plan, like any filter
+            parser.values.append(self.caller.user_id)
+            own = Filter(OWNER_COLUMN, "eq", len(parser.values) - 1)
+            items = (own,) if plan.where is None else (own, plan.where)
+            plan = replace(plan, where=Condition("and", items))
+        return plan, parser.values
+
+    def statement(self, key: Any, build: Any) -> CompiledRead:
+        cached = self.runtime.statements.get(key)
+        if cached is None:
+            cached = self.runtime.statements[key] = compile_statement(build())
+        return cached
+
+    async def run(self, compiled: CompiledRead, values: list[Any]) -> asyncpg.Record:
+        try:
+            async with self.db.as_role(self.runtime.role) as conn:
+                return await conn.fetchrow(compiled.sql, *compiled.arguments(values))
+        except asyncpg.PostgresError as exc:
+            raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
+                                 getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
+
+    # -- reads --
+
+    async def read(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str], *,
+                   head: bool) -> RestResponse:
+        limit, offset = parse_range(headers.get("range"))
+        plan, values = self.plan(entity, "read", params)
+        if limit is not None or offset is not None:  # the Range header wins over limit= and offset=
+            plan = replace(plan, limit=limit, offset=offset)
+        prefer = Prefer.parse(headers.get("prefer", ""), "representation")
+        count = prefer.count in ("exact", "planned", "estimated")
+        compiled = self.statement(("read", plan, count), lambda: _read(plan, self.runtime, count))
+        row = await self.run(compiled, values)
+        return self.respond_rows(row, plan, headers, status=200, count=count, head=head)
+
+    def respond_rows(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str], *, status: int,
+                     count: bool = False, head: bool = False, extra: list[tuple[str, str]] | None = None) -> RestResponse:
+        body: str = row["body"]
+        rows: int = row["page_rows"]
+        total = row["total"] if count else None
+        offset = plan.offset or 0
+        if total is not None and offset > 0 and offset >= total and rows == 0:
+            raise RangeNotSatisfiable(f"offset {offset} is beyond the {total} rows", hint=f"Content-Range: */{total}")
+        span = f"{offset}-{offset + rows - 1}" if rows else "*"
+        response_headers = [("Content-Range", f"{span}/{total if total is not None else '*'}"), *(extra or [])]
+        if OBJECT_MEDIA in headers.get("accept", ""):
+            if rows != 1:
+                raise NotAcceptable("JSON object requested, multiple (or no) rows returned",
+                                    hint=f"the result holds {rows} rows")
+            body = body[1:-1]
+            response_headers.append(("Content-Type", f"{OBJECT_MEDIA}; charset=utf-8"))
+        else:
+            response_headers.append(("Content-Type", JSON_MEDIA))
+        return RestResponse(status, response_headers, b"" if head else body.encode())
+
+    # -- writes --
+
+    def parse_body(self, body: bytes) -> Any:
+        try:
+            return orjson.loads(body or b"null")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+
+    def validate(self, entity: Entity, payload: Any, *, partial: bool) -> None:
+        validator = self.runtime.validators.get((entity.name, partial))
+        if validator is None:
+            validator = self.runtime.validators[(entity.name, partial)] = BodyValidator(entity, partial=partial)
+        if isinstance(payload, list):
+            problems = [p for i, item in enumerate(payload) for p in validator.problems(item, f"[{i}].")]
+        else:
+            problems = validator.problems(payload)
+        if problems:
+            raise ValidationFailed(f"{len(problems)} invalid field(s) in the body", details=problems)
+
+    async def insert(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
+                     body: bytes) -> RestResponse:
+        payload = self.parse_body(body)
+        objects = payload if isinstance(payload, list) else [payload]
+        if not objects or not all(isinstance(o, dict) for o in objects):
+            raise InvalidBody("expected a JSON object or a non-empty array of objects")
+        columns_param = dict(params).get("columns")
+        keys = tuple(columns_param.split(",")) if columns_param else tuple(objects[0])
+        if not columns_param and any(set(o) != set(keys) for o in objects):
+            raise InvalidBody("all objects of a bulk insert must have the same keys", hint="or list them in columns=")
+        self.validate(entity, objects if isinstance(payload, list) else objects[0], partial=False)
+        prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
+        conflict = tuple(c.strip() for c in dict(params).get("on_conflict", "").split(",") if c.strip())
+        visible = self.runtime.tables[entity.name].c
+        for column in (*keys, *conflict):
+            if column not in visible:
+                raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
+        plan, values = self.plan(entity, "create", [(k, v) for k, v in params if k in ("select",)])
+        values.append(orjson.dumps(objects).decode())
+        representation = prefer.returning == "representation"
+        shape = ("insert", plan, keys, conflict, prefer.resolution, representation)
+        compiled = self.statement(shape, lambda: _insert(self.runtime, plan, keys, conflict, prefer.resolution,
+                                                         len(values) - 1, representation))
+        row = await self.run(compiled, values)
+        extra = []
+        if not isinstance(payload, list) and row["first_id"] is not None:
+            extra.append(("Location", f"/{entity.name}?id=eq.{row['first_id']}"))
+        if representation:
+            return self.respond_rows(row, plan, headers, status=201, extra=extra)
+        return RestResponse(201, [("Content-Range", f"*/{row['page_rows']}"), *extra], b"")
+
+    async def update(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
+                     body: bytes) -> RestResponse:
+        if not _has_filters(params):
+            raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
+        payload = self.parse_body(body)
+        if not isinstance(payload, dict) or not payload:
+            raise InvalidBody("expected a JSON object with the fields to change")
+        self.validate(entity, payload, partial=True)
+        plan, values = self.plan(entity, "update", params)
+        values.append(orjson.dumps(payload).decode())
+        prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
+        representation = prefer.returning == "representation"
+        keys = tuple(payload)
+        compiled = self.statement(("update", plan, keys, representation),
+                                  lambda: _update(self.runtime, plan, keys, len(values) - 1, representation))
+        row = await self.run(compiled, values)
+        return self.respond_written(row, plan, headers, representation)
+
+    async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> RestResponse:
+        if not _has_filters(params):
+            raise UnfilteredWrite("DELETE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
+        plan, values = self.plan(entity, "delete", params)
+        prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
+        representation = prefer.returning == "representation"
+        compiled = self.statement(("delete", plan, representation), lambda: _delete(self.runtime, plan, representation))
+        row = await self.run(compiled, values)
+        return self.respond_written(row, plan, headers, representation)
+
+    def respond_written(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str],
+                        representation: bool) -> RestResponse:
+        if representation:
+            return self.respond_rows(row, replace(plan, offset=None), headers, status=200)
+        return RestResponse(204, [("Content-Range", f"*/{row['page_rows']}")], b"")
+
+
+# -- statements -------------------------------------------------------------------------------------
+
+
+def _body_select(builder: _Builder, plan: ReadPlan, source: sa.FromClause,
+                 count: sa.ColumnElement[Any] | None = None) -> sa.Select[Any]:
+    """body (the rows as JSON text), page_rows, total, first_id: the one row every REST statement returns."""
+    rows = builder.rows(plan, source=source).subquery("page")
+    body = sa.func.coalesce(sa.func.json_agg(rows.table_valued()), sa.literal_column("'[]'::json"))
+    return sa.select(sa.cast(body, sa.Text).label("body"),
+                     sa.func.count().label("page_rows"), (count if count is not None else sa.null()).label("total"),
+                     sa.func.min(sa.cast(rows.c.id, sa.Text)).label("first_id") if "id" in rows.c else
+                     sa.null().label("first_id")).select_from(rows)
+
+
+def _read(plan: ReadPlan, runtime: TenantRuntime, count: bool) -> sa.Select[Any]:
+    builder = _Builder(runtime.tables)
+    return _body_select(builder, plan, runtime.tables[plan.entity], builder.count(plan) if count else None)
+
+
+def _returned(plan: ReadPlan, representation: bool) -> ReadPlan:
+    """The plan applied to the written rows: the requested select (or just the id), no filters or paging."""
+    if not representation:
+        plan = replace(plan, columns=tuple(c for c in plan.columns if c.column == "id")[:1], embeds=())
+    return replace(plan, where=None, order=(), limit=None, offset=None)
+
+
+def _json_source(runtime: TenantRuntime, entity: str, param: int, *, many: bool) -> sa.FromClause:
+    table = runtime.tables[entity]
+    row_type = sa.literal_column(f"NULL::{_qualified(table)}")
+    body = sa.cast(sa.bindparam(f"v{param}", type_=sa.Text()), postgresql.JSON)
+    function = sa.func.json_populate_recordset if many else sa.func.json_populate_record
+    return function(row_type, body).table_valued(*table.c.keys()).alias("j")
+
+
+def _qualified(table: sa.Table) -> str:
+    preparer = postgresql.dialect().identifier_preparer
+    return f"{preparer.quote(table.schema or '')}.{preparer.quote(table.name)}"
+
+
+def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], conflict: tuple[str, ...],
+            resolution: str | None, param: int, representation: bool) -> sa.Select[Any]:
+    table = runtime.tables[plan.entity]
+    source = _json_source(runtime, plan.entity, param, many=True)
+    statement = postgresql.insert(table).from_select(list(keys), sa.select(*(source.c[k] for k in keys)))
+    if resolution == "merge-duplicates":
+        target = list(conflict) or ["id"]
+        updates = {k: statement.excluded[k] for k in keys if k not in target}
+        statement = (statement.on_conflict_do_update(index_elements=target, set_=updates) if updates
+                     else statement.on_conflict_do_nothing(index_elements=target))
+    elif resolution == "ignore-duplicates":
+        statement = statement.on_conflict_do_nothing(index_elements=list(conflict) or ["id"])
+    written = statement.returning(*table.c).cte("written")
+    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
+
+
+def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
+            representation: bool) -> sa.Select[Any]:
+    table = runtime.tables[plan.entity]
+    source = _json_source(runtime, plan.entity, param, many=False)
+    statement = sa.update(table).values({k: source.c[k] for k in keys})
+    if plan.where is not None:
+        statement = statement.where(condition_sql(plan.where, table))
+    written = statement.returning(*table.c).cte("written")
+    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
+
+
+def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.Select[Any]:
+    table = runtime.tables[plan.entity]
+    statement = sa.delete(table)
+    if plan.where is not None:
+        statement = statement.where(condition_sql(plan.where, table))
+    written = statement.returning(*table.c).cte("written")
+    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
+

@@ -1,0 +1,233 @@
+"""PostgREST's query string -> a `ReadPlan` and its parameter values.
+
+Knows the dialect (`select=`, `col=op.value`, `not.`, `or=(...)`, `order=`, `limit`, `offset`, the same
+on embedded resources with a `path.` prefix) and the model (which names are columns and relations);
+knows nothing of SQL or HTTP. Every problem is a `QueryParseError`, `UnknownColumn` or `UnknownRelation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import QueryParseError, UnknownColumn, UnknownRelation
+from engine.query.plan import IS_VALUES, OPERATORS, Column, Condition, Embed, Filter, Order, ReadPlan, Relation
+from engine.schema.model import OWNER_COLUMN, Entity, Schema
+
+RESERVED = ("select", "order", "limit", "offset", "on_conflict", "columns", "or", "and")
+TEXT_TYPES = ("string", "text", "enum")
+
+
+def visible_columns(entity: Entity) -> dict[str, str]:
+    """column -> field type, for the columns a client may read and filter on (never internal ones)."""
+    columns = {"id": "uuid"}
+    for f in entity.fields:
+        if not f.internal:
+            columns[f.column] = "uuid" if f.type == "ref" else f.type
+    columns.update({"created_at": "datetime", "updated_at": "datetime"})
+    if entity.owner:
+        columns[OWNER_COLUMN] = "uuid"
+    return columns
+
+
+def split_top(text: str, separator: str = ",") -> list[str]:
+    """Split on `separator` outside parentheses and double quotes."""
+    parts, depth, quoted, current = [], 0, False, []
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+            if depth < 0:
+                raise QueryParseError(f"unbalanced parentheses in '{text}'")
+        if char == separator and depth == 0 and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth or quoted:
+        raise QueryParseError(f"unbalanced parentheses or quotes in '{text}'")
+    parts.append("".join(current))
+    return parts
+
+
+def unquote(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+@dataclass
+class _Level:
+    """What the query string says about one level of the tree (the root or an embed path)."""
+
+    select: str | None = None
+    filters: list[tuple[str, str]] = field(default_factory=list)
+    logic: list[tuple[str, str]] = field(default_factory=list)
+    order: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+
+
+class ReadParser:
+    """Parses one request; `values` collects the filter values in parameter order."""
+
+    def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]]) -> None:
+        self.model = model
+        self.relations = relations
+        self.values: list[Any] = []
+
+    def parse(self, entity: str, params: Iterable[tuple[str, str]]) -> ReadPlan:
+        levels: dict[tuple[str, ...], _Level] = {(): _Level()}
+        for key, value in params:
+            *path, last = key.split(".")
+            if last == "or" and path and path[-1] == "not":
+                path, last = path[:-1], "not.or"
+            elif last == "and" and path and path[-1] == "not":
+                path, last = path[:-1], "not.and"
+            level = levels.setdefault(tuple(path), _Level())
+            if last == "select" and not path:
+                level.select = value
+            elif last in ("order", "limit", "offset"):
+                setattr(level, last, value)
+            elif last in ("or", "and", "not.or", "not.and"):
+                level.logic.append((last, value))
+            elif last in ("on_conflict", "columns") and not path:
+                continue  # write options, read by the write path
+            else:
+                level.filters.append((last, value))
+        plan = self.level(entity, (), levels, levels[()].select)
+        unused = [".".join(p) for p in levels if p and not self._used(plan, p)]
+        if unused:
+            raise UnknownRelation(f"'{unused[0]}' is not an embedded resource of this request",
+                                  hint="filters, order and limits on an embed need it in select=")
+        return plan
+
+    def _used(self, plan: ReadPlan, path: tuple[str, ...]) -> bool:
+        for embed in plan.embeds:
+            if embed.alias == path[0]:
+                return len(path) == 1 or self._used(embed.plan, path[1:])
+        return False
+
+    def level(self, entity_name: str, path: tuple[str, ...], levels: dict[tuple[str, ...], _Level],
+              select: str | None) -> ReadPlan:
+        entity = self.model.entity(entity_name)
+        assert entity is not None
+        columns = visible_columns(entity)
+        spec = levels.get(path, _Level())
+        selected, embeds = self.select(entity, columns, select or "*", path, levels)
+        conditions: list[Filter | Condition] = [self.filter(columns, name, value) for name, value in spec.filters]
+        for kind, value in spec.logic:
+            conditions.append(self.logic(columns, kind, value))
+        where = Condition("and", tuple(conditions)) if conditions else None
+        return ReadPlan(entity_name, selected, embeds, where, self.order(columns, spec.order),
+                        self.count("limit", spec.limit), self.count("offset", spec.offset))
+
+    def select(self, entity: Entity, columns: dict[str, str], text: str, path: tuple[str, ...],
+               levels: dict[tuple[str, ...], _Level]) -> tuple[tuple[Column, ...], tuple[Embed, ...]]:
+        selected: list[Column] = []
+        embeds: list[Embed] = []
+        for raw in split_top(text):
+            item = raw.strip()
+            if not item:
+                raise QueryParseError(f"empty item in select='{text}'")
+            alias, _, rest = item.partition(":") if ":" in item.split("(")[0] else ("", "", item)
+            if "(" in rest:
+                if not rest.endswith(")"):
+                    raise QueryParseError(f"'{item}' in select= is missing its closing parenthesis")
+                name, inner = rest[: rest.index("(")].strip(), rest[rest.index("(") + 1: -1]
+                if "!" in name:
+                    raise QueryParseError(f"embed hints ('{name}') are not supported", hint="name the relation instead")
+                relation = self.relations[entity.name].get(name)
+                if relation is None:
+                    raise UnknownRelation(f"could not find a relationship between '{entity.name}' and '{name}'",
+                                          hint=f"relations of {entity.name}: {', '.join(sorted(self.relations[entity.name]))}")
+                alias = alias.strip() or name
+                child = self.level(relation.target, (*path, alias), levels, inner or "*")
+                embeds.append(Embed(alias, relation, child))
+            elif rest.strip() == "*":
+                selected += [Column(c, c, t == "decimal") for c, t in columns.items()]
+            else:
+                name = rest.strip()
+                if "::" in name or "->" in name:
+                    raise QueryParseError(f"casts and JSON paths in select= ('{name}') are not supported")
+                if name not in columns:
+                    raise UnknownColumn(f"column '{name}' of '{entity.name}' does not exist",
+                                        hint=f"columns: {', '.join(columns)}")
+                selected.append(Column(alias.strip() or name, name, columns[name] == "decimal"))
+        return tuple(dict.fromkeys(selected)), tuple(embeds)
+
+    def filter(self, columns: dict[str, str], name: str, text: str) -> Filter:
+        if name not in columns:
+            raise UnknownColumn(f"column '{name}' does not exist", hint=f"columns: {', '.join(columns)}")
+        negate = text.startswith("not.")
+        if negate:
+            text = text[4:]
+        op, dot, value = text.partition(".")
+        if not dot or op not in OPERATORS:
+            raise QueryParseError(f"'{name}={text}': expected operator.value with an operator of {', '.join(OPERATORS)}")
+        if op == "is":
+            if value.lower() not in IS_VALUES:
+                raise QueryParseError(f"'{name}=is.{value}': is. takes null, true, false or unknown")
+            return Filter(name, f"is_{value.lower()}", -1, negate)
+        if op in ("like", "ilike"):
+            if columns[name] not in TEXT_TYPES:
+                raise QueryParseError(f"'{name}' is a {columns[name]} column: {op} applies to text")
+            value = value.replace("*", "%")
+        if op == "in":
+            if not (value.startswith("(") and value.endswith(")")):
+                raise QueryParseError(f"'{name}=in.{value}': in. takes a list in parentheses, e.g. in.(1,2)")
+            items = [unquote(v.strip()) for v in split_top(value[1:-1])] if value[1:-1].strip() else []
+            self.values.append(items)
+        else:
+            self.values.append(unquote(value))
+        return Filter(name, op, len(self.values) - 1, negate)
+
+    def logic(self, columns: dict[str, str], kind: str, text: str) -> Condition:
+        negate = kind.startswith("not.")
+        kind = kind.removeprefix("not.")
+        if not (text.startswith("(") and text.endswith(")")):
+            raise QueryParseError(f"{kind}={text}: expected a list in parentheses, e.g. {kind}=(a.eq.1,b.gt.2)")
+        items: list[Filter | Condition] = []
+        for raw in split_top(text[1:-1]):
+            item = raw.strip()
+            inner_negate = item.startswith("not.") and item[4:].split("(")[0] in ("and", "or")
+            head = item[4:] if inner_negate else item
+            if head.split("(")[0] in ("and", "or") and "(" in head:
+                sub = head.split("(")[0]
+                items.append(self.logic(columns, ("not." if inner_negate else "") + sub, head[len(sub):]))
+                continue
+            name, dot, rest = item.partition(".")
+            if not dot:
+                raise QueryParseError(f"'{item}' in {kind}=: expected column.operator.value")
+            items.append(self.filter(columns, name, rest))
+        return Condition(kind, tuple(items), negate)
+
+    def order(self, columns: dict[str, str], text: str | None) -> tuple[Order, ...]:
+        if not text:
+            return ()
+        orders = []
+        for raw in text.split(","):
+            name, *modifiers = raw.strip().split(".")
+            if name not in columns:
+                raise UnknownColumn(f"cannot order by '{name}': no such column", hint=f"columns: {', '.join(columns)}")
+            descending, nulls = False, None
+            for modifier in modifiers:
+                if modifier in ("asc", "desc"):
+                    descending = modifier == "desc"
+                elif modifier in ("nullsfirst", "nullslast"):
+                    nulls = modifier[5:]
+                else:
+                    raise QueryParseError(f"'{raw}' in order=: expected asc, desc, nullsfirst or nullslast")
+            orders.append(Order(name, descending, nulls))
+        return tuple(orders)
+
+    @staticmethod
+    def count(name: str, text: str | None) -> int | None:
+        if text is None:
+            return None
+        if not text.isdigit():
+            raise QueryParseError(f"{name}={text}: expected a whole number")
+        return int(text)
+
