@@ -32,7 +32,7 @@ from engine.errors import (
 )
 from engine.query.plan import Condition, Filter, ReadPlan
 from engine.query.sql import CompiledRead, _Builder, compile_statement, condition_sql
-from engine.rest.params import ReadParser
+from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import BodyValidator
@@ -195,12 +195,12 @@ class RestApi:
         if not objects or not all(isinstance(o, dict) for o in objects):
             raise InvalidBody("expected a JSON object or a non-empty array of objects")
         columns_param = dict(params).get("columns")
-        keys = tuple(columns_param.split(",")) if columns_param else tuple(objects[0])
+        keys = tuple(unquote(c.strip()) for c in columns_param.split(",")) if columns_param else tuple(objects[0])
         if not columns_param and any(set(o) != set(keys) for o in objects):
             raise InvalidBody("all objects of a bulk insert must have the same keys", hint="or list them in columns=")
         self.validate(entity, objects if isinstance(payload, list) else objects[0], partial=False)
         prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
-        conflict = tuple(c.strip() for c in dict(params).get("on_conflict", "").split(",") if c.strip())
+        conflict = tuple(unquote(c.strip()) for c in dict(params).get("on_conflict", "").split(",") if c.strip())
         visible = self.runtime.tables[entity.name].c
         for column in (*keys, *conflict):
             if column not in visible:

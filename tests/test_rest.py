@@ -1,0 +1,256 @@
+"""The REST dialect, driven by PostgREST's own Python client (`postgrest`) against a running gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from postgrest import APIError, CountMethod, SyncPostgrestClient
+
+from engine.database import Database
+from functions.tenants import create_tenant
+from tests.server import running_gateway
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+async def blog(db: Database) -> Database:
+    await create_tenant(db, "blog", source=(REPO / "schemas" / "blog.yaml").read_text())
+    await create_tenant(db, "other", source=(REPO / "schemas" / "blog.yaml").read_text())
+    return db
+
+
+@pytest.fixture(scope="module")
+def base(blog: Database, database_url: str) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base: str) -> SyncPostgrestClient:
+    return SyncPostgrestClient(f"{base}/api/tenants/blog/rest/v1")
+
+
+@pytest.fixture(scope="module")
+def seeded(client: SyncPostgrestClient) -> dict[str, str]:
+    authors = client.from_("author").insert([{"name": "Ann", "email": "ann@example.com"},
+                                             {"name": "Bob", "email": "bob@example.com"}]).execute().data
+    ids = {a["name"]: a["id"] for a in authors}
+    posts = [
+        {"title": "First", "status": "published", "author_id": ids["Ann"], "rating": 4.5, "tags": ["a", "b"]},
+        {"title": "Second", "status": "draft", "author_id": ids["Ann"], "rating": 2.0, "tags": []},
+        {"title": "Third", "status": "published", "author_id": ids["Bob"], "rating": None, "tags": ["c"]},
+        {"title": "Fourth, with a comma", "status": "published", "author_id": ids["Bob"], "rating": 5.0, "tags": []},
+    ]
+    created = client.from_("post").insert(posts).execute().data
+    first = next(p["id"] for p in created if p["title"] == "First")
+    client.from_("comment").insert([{"post_id": first, "body": f"comment {i}"} for i in range(5)]).execute()
+    return {**ids, "first": first}
+
+
+def titles(response) -> list[str]:
+    return [row["title"] for row in response.data]
+
+
+@pytest.mark.parametrize(("method", "args", "expected"), [
+    ("eq", ("status", "draft"), ["Second"]),
+    ("neq", ("status", "draft"), ["First", "Fourth, with a comma", "Third"]),
+    ("gt", ("rating", 4.5), ["Fourth, with a comma"]),
+    ("gte", ("rating", 4.5), ["First", "Fourth, with a comma"]),
+    ("lt", ("rating", 4.5), ["Second"]),
+    ("lte", ("rating", 2), ["Second"]),
+    ("like", ("title", "*ir*"), ["First", "Third"]),
+    ("ilike", ("title", "f*"), ["First", "Fourth, with a comma"]),
+    ("in_", ("title", ["First", "Fourth, with a comma"]), ["First", "Fourth, with a comma"]),
+    ("is_", ("rating", "null"), ["Third"]),
+])
+def test_every_filter_operator(client, seeded, method, args, expected):
+    query = getattr(client.from_("post").select("title"), method)(*args).order("title")
+    assert titles(query.execute()) == expected
+
+
+def test_not_negates_a_filter(client, seeded):
+    assert titles(client.from_("post").select("title").not_.eq("status", "published").execute()) == ["Second"]
+    assert titles(client.from_("post").select("title").not_.is_("rating", "null").order("title").execute()) == [
+        "First", "Fourth, with a comma", "Second"]
+
+
+def test_or_and_nested_and(client, seeded):
+    response = client.from_("post").select("title").or_("status.eq.draft,and(rating.gte.5,status.eq.published)") \
+        .order("title").execute()
+    assert titles(response) == ["Fourth, with a comma", "Second"]
+
+
+def test_embed_many_to_one_and_one_to_many_with_their_own_order_and_limit(client, seeded):
+    post = client.from_("post").select("title,author(name),comments(body)").eq("id", seeded["first"]) \
+        .order("body", foreign_table="comments", desc=True).limit(2, foreign_table="comments").execute().data[0]
+    assert post["author"] == {"name": "Ann"}
+    assert [c["body"] for c in post["comments"]] == ["comment 4", "comment 3"]
+    authors = client.from_("author").select("name,posts(title)").order("name").execute().data
+    assert [(a["name"], sorted(p["title"] for p in a["posts"])) for a in authors] == [
+        ("Ann", ["First", "Second"]), ("Bob", ["Fourth, with a comma", "Third"])]
+
+
+def test_embeds_nest_to_any_depth_with_renames(client, seeded):
+    authors = client.from_("author").select("who:name,posts(headline:title,comments(body))").eq("name", "Ann") \
+        .execute().data
+    assert authors[0]["who"] == "Ann"
+    first = next(p for p in authors[0]["posts"] if p["headline"] == "First")
+    assert len(first["comments"]) == 5
+
+
+def test_order_with_nulls_first_and_last(client, seeded):
+    last = client.from_("post").select("title").order("rating", desc=True, nullsfirst=False).execute()
+    assert titles(last)[-1] == "Third"
+    first = client.from_("post").select("title").order("rating", nullsfirst=True).execute()
+    assert titles(first)[0] == "Third"
+
+
+def test_limit_offset_and_range_with_exact_count(client, seeded):
+    response = client.from_("post").select("title", count=CountMethod.exact).order("title").range(1, 2).execute()
+    assert titles(response) == ["Fourth, with a comma", "Second"] and response.count == 4
+    page = client.from_("post").select("title").order("title").limit(1).offset(3).execute()
+    assert titles(page) == ["Third"]
+
+
+def test_content_range_header(base, seeded):
+    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title&limit=2", headers={"Prefer": "count=exact"})
+    assert response.headers["content-range"] == "0-1/4"
+
+
+def test_single_object_or_406(client, seeded):
+    one = client.from_("post").select("title").eq("title", "First").single().execute()
+    assert one.data == {"title": "First"}
+    with pytest.raises(APIError) as many:
+        client.from_("post").select("title").single().execute()
+    assert many.value.code == "PGRST116"
+
+
+def test_head_returns_headers_only(base, seeded):
+    response = httpx.head(f"{base}/api/tenants/blog/rest/v1/post", headers={"Prefer": "count=exact"})
+    assert response.status_code == 200 and response.content == b"" and response.headers["content-range"].endswith("/4")
+
+
+def test_insert_one_returns_location_and_representation(base, client, seeded):
+    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "Cy"},
+                          headers={"Prefer": "return=representation"})
+    assert response.status_code == 201
+    created = response.json()[0]
+    assert response.headers["location"] == f"/author?id=eq.{created['id']}"
+    minimal = httpx.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "Di"})
+    assert minimal.status_code == 201 and minimal.content == b"" and "location" in minimal.headers
+
+
+def test_bulk_insert_is_all_or_nothing(client, seeded):
+    with pytest.raises(APIError) as failed:
+        client.from_("author").insert([{"name": "Ok", "email": "ok@example.com"},
+                                       {"name": "Dup", "email": "ann@example.com"}]).execute()
+    assert failed.value.code == "23505"
+    assert client.from_("author").select("name").eq("name", "Ok").execute().data == []
+
+
+def test_upsert_merge_and_ignore_duplicates(client, seeded):
+    merged = client.from_("author").upsert({"email": "ann@example.com", "name": "Ann B."}, on_conflict="email").execute()
+    assert merged.data[0]["name"] == "Ann B." and merged.data[0]["id"] == seeded["Ann"]
+    ignored = client.from_("author").upsert({"email": "ann@example.com", "name": "Nope"}, on_conflict="email",
+                                            ignore_duplicates=True).execute()
+    assert ignored.data == []
+    assert client.from_("author").select("name").eq("id", seeded["Ann"]).execute().data == [{"name": "Ann B."}]
+    client.from_("author").update({"name": "Ann"}).eq("id", seeded["Ann"]).execute()
+
+
+def test_update_returns_changed_rows(client, seeded):
+    changed = client.from_("post").update({"rating": 3}).eq("title", "Second").execute()
+    assert [(p["title"], p["rating"]) for p in changed.data] == [("Second", 3)]
+    client.from_("post").update({"rating": 2}).eq("title", "Second").execute()
+
+
+def test_delete_returns_deleted_rows(client, seeded):
+    client.from_("author").insert({"name": "Temp"}).execute()
+    deleted = client.from_("author").delete().eq("name", "Temp").execute()
+    assert [a["name"] for a in deleted.data] == ["Temp"]
+
+
+@pytest.mark.parametrize("method", ["patch", "delete"])
+def test_unfiltered_update_or_delete_is_refused(base, method):
+    response = httpx.request(method.upper(), f"{base}/api/tenants/blog/rest/v1/post", json={"rating": 1})
+    assert response.status_code == 400 and response.json()["code"] == "21000"
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("nowhere", 404, "42P01"),
+    ("post?nope=eq.1", 400, "42703"),
+    ("post?select=nope", 400, "42703"),
+    ("post?title=zz.1", 400, "PGRST100"),
+    ("post?title=eq", 400, "PGRST100"),
+    ("post?rating=gt.high", 400, "22P02"),
+    ("post?id=eq.not-a-uuid", 400, "22P02"),
+    ("post?published_at=gt.someday", 400, "22007"),
+    ("post?select=*,nothing(*)", 400, "PGRST200"),
+    ("post?order=title.sideways", 400, "PGRST100"),
+    ("post?limit=-1", 400, "PGRST100"),
+    ("post?or=(title.eq.a", 400, "PGRST100"),
+])
+def test_read_errors_have_postgrest_shape_and_status(base, path, status, code):
+    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/{path}")
+    body = response.json()
+    assert response.status_code == status and body["code"] == code, body
+    assert set(body) == {"code", "message", "details", "hint"}
+
+
+@pytest.mark.parametrize(("entity", "body", "status", "code"), [
+    ("post", b"{not json", 400, "PGRST102"),
+    ("post", b"[1, 2]", 400, "PGRST102"),
+    ("post", b'[{"title": "a"}, {"body": "b"}]', 400, "PGRST102"),
+    ("post", b'{"title": "x", "author_id": "00000000-0000-0000-0000-000000000000"}', 409, "23503"),
+    ("author", b'{"email": "a@b.c"}', 422, "validation_failed"),
+])
+def test_write_errors_have_their_status(base, entity, body, status, code):
+    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/{entity}", content=body,
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == status and response.json()["code"] == code, response.json()
+
+
+def test_validation_lists_every_field_error(base):
+    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/post",
+                          json={"rating": 5.5, "status": "gone", "id": "x", "extra": 1, "tags": "no"})
+    assert response.status_code == 422
+    details = {d["field"]: d["message"] for d in response.json()["details"]}
+    assert details == {
+        "title": "is required", "rating": "5.5 is greater than the maximum of 5",
+        "status": "'gone' is not one of ['draft', 'published']", "id": "is read-only",
+        "extra": "is not a field of this entity", "tags": "'no' is not of type 'array', 'null'"}
+
+
+def test_formats_are_checked(base):
+    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "E", "email": "not-an-email"})
+    assert response.status_code == 422 and response.json()["details"][0]["field"] == "email"
+
+
+def test_internal_fields_are_neither_readable_nor_writable(base):
+    read = httpx.get(f"{base}/api/tenants/blog/rest/v1/users?select=password_hash")
+    assert read.status_code == 400
+    written = httpx.post(f"{base}/api/tenants/blog/rest/v1/users", json={"email": "u@example.com", "password_hash": "x"})
+    assert written.status_code == 422
+
+
+def test_another_tenants_rows_are_not_visible_through_this_tenants_url(base, client, seeded):
+    other = SyncPostgrestClient(f"{base}/api/tenants/other/rest/v1")
+    assert other.from_("post").select("title").execute().data == []
+    other.from_("author").insert({"name": "Other"}).execute()
+    assert client.from_("author").select("name").eq("name", "Other").execute().data == []
+
+
+def test_supabase_profile_headers_are_accepted_and_others_refused(base, seeded):
+    ok = httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title", headers={"Accept-Profile": "public"})
+    assert ok.status_code == 200
+    refused = httpx.get(f"{base}/api/tenants/blog/rest/v1/post", headers={"Accept-Profile": "t_other"})
+    assert refused.status_code == 406 and refused.json()["code"] == "PGRST106"
+
+
+def test_json_types_timestamps_with_offset_and_uuids_as_strings(client, seeded):
+    post = client.from_("post").select("id,created_at,tags,meta").eq("id", seeded["first"]).single().execute().data
+    assert post["created_at"].endswith("+00:00") and isinstance(post["id"], str) and post["tags"] == ["a", "b"]
