@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.database import Database
 from engine.errors import BackSaasError
 from engine.rest.api import RestApi
+from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 
@@ -94,8 +95,21 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
     return Response(result.body, status_code=result.status, headers=dict(result.headers))
 
 
+async def rest_openapi(request: Request, runtime: TenantRuntime) -> Response:
+    """`GET /rest/v1/`: the tenant's OpenAPI 3.1 document, built once per runtime and base URL."""
+    server = str(request.url.replace(path=request.scope.get("root_path", "") + "/rest/v1", query=""))
+    key = ("openapi", server)
+    document = runtime.statements.get(key)
+    if document is None:
+        document = runtime.statements[key] = orjson.dumps(openapi_document(runtime, server))
+    return Response(document, media_type="application/openapi+json")
+
+
 TenantHandler = Callable[[Request, TenantRuntime], Awaitable[Response]]
-TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {("GET", "/"): tenant_index, ("GET", ""): tenant_index}
+TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {
+    ("GET", "/"): tenant_index, ("GET", ""): tenant_index,
+    ("GET", "/rest/v1/"): rest_openapi, ("GET", "/rest/v1"): rest_openapi,
+}
 
 
 class TenantApp:

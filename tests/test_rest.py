@@ -254,3 +254,17 @@ def test_supabase_profile_headers_are_accepted_and_others_refused(base, seeded):
 def test_json_types_timestamps_with_offset_and_uuids_as_strings(client, seeded):
     post = client.from_("post").select("id,created_at,tags,meta").eq("id", seeded["first"]).single().execute().data
     assert post["created_at"].endswith("+00:00") and isinstance(post["id"], str) and post["tags"] == ["a", "b"]
+
+
+def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(base, seeded):
+    from openapi_spec_validator import validate
+
+    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/openapi+json")
+    document = response.json()
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {"/author", "/post", "/comment", "/users"}
+    assert set(document["paths"]["/post"]) == {"get", "head", "post", "patch", "delete"}
+    assert document["components"]["schemas"]["post_create"]["required"] == ["title"]
+    assert document["servers"][0]["url"] == f"{base}/api/tenants/blog/rest/v1"
