@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
@@ -31,6 +32,29 @@ def async_url(url: str) -> str:
 def driver_url(url: str) -> str:
     """The URL as asyncpg itself takes it."""
     return make_url(async_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class RoleConnection(asyncpg.Connection):
+    """An asyncpg connection that remembers the role it has been switched to."""
+
+    __slots__ = ("acting_role",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acting_role: str | None = None
+
+    async def act_as(self, role: str) -> None:
+        if self.acting_role != role:
+            self.acting_role = None  # unknown until the server confirms
+            await self.execute(f"SET ROLE {quote_identifier(role)}")
+            self.acting_role = role
+
+
+async def keep_role(conn: asyncpg.Connection) -> None:
+    """Pool reset: end any transaction left open, keep the session's role (asyncpg's default `RESET ALL`
+    would clear it and cost a round trip per request)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 @dataclass
@@ -66,23 +90,22 @@ class Database:
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(driver_url(self.url), min_size=1, max_size=self.pool_size * 2)
+            self._pool = await asyncpg.create_pool(driver_url(self.url), min_size=1, max_size=self.pool_size * 2,
+                                                   connection_class=RoleConnection, reset=keep_role)
         return self._pool
 
     @asynccontextmanager
     async def as_role(self, role: str) -> AsyncIterator[asyncpg.Connection]:
-        """One transaction as `role` on the request pool: `BEGIN; SET LOCAL ROLE` in one round trip,
-        COMMIT when the block ends, ROLLBACK when it raises."""
+        """A request-pool connection acting as `role` (a tenant's role: never the pool's login user).
+
+        The role is set per session and kept across uses (`SET ROLE` only when it differs), so a
+        one-statement request costs one round trip; every use sets the role it needs before anything
+        runs, and the pool's reset never clears it behind our back.
+        """
         pool = await self.pool()
         async with pool.acquire() as conn:
-            await conn.execute(f"BEGIN; SET LOCAL ROLE {quote_identifier(role)}")
-            try:
-                yield conn
-            except BaseException:
-                if not conn.is_closed():
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+            await conn.act_as(role)
+            yield conn
 
     def role(self, slug: str) -> str:
         return naming.role_name(self.name, slug)

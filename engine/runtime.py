@@ -8,22 +8,29 @@ parse and table construction, paid once per version.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog
-from engine.database import Database
+from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.query.plan import Relation, relations_of
 from engine.schema import Schema, load_schema
 from engine.storage import naming
+from engine.storage.deploy import CHANGES_CHANNEL
 from engine.storage.tables import build_metadata
+
+LISTEN_RETRY_SECONDS = 5.0
+log = structlog.get_logger("backsaas.registry")
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,56 @@ class TenantState:
 
 
 class RuntimeRegistry:
+    """Tenant slug -> compiled runtime, and the tenant's status, cached in this process.
+
+    The cache is trusted only while a LISTEN connection on `CHANGES_CHANNEL` is up: triggers on the
+    system tenant's `tenants` and `schema_versions` tables NOTIFY the slug on every change, from any
+    process, and the entry is dropped. Without the listener every request asks the database.
+    """
+
     def __init__(self, db: Database, capacity: int = 512) -> None:
         self.db = db
         self.capacity = capacity
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
+        self._states: dict[str, TenantState] = {}
+        self._generation = 0  # bumped by every notification: a read that raced one is not cached
+        self._listener: asyncpg.Connection | None = None
+        self._next_attempt = 0.0
+
+    async def start(self) -> None:
+        """Listen for tenant changes (retried later, with caching off meanwhile, if the database is down)."""
+        self._next_attempt = time.monotonic() + LISTEN_RETRY_SECONDS
+        try:
+            listener = await asyncpg.connect(driver_url(self.db.url))
+            await listener.add_listener(CHANGES_CHANNEL, self._changed)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("registry.listen_failed", error=str(exc))
+            return
+        listener.add_termination_listener(self._lost)
+        self._states.clear()
+        self._listener = listener
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
+
+    def _changed(self, conn: object, pid: int, channel: str, slug: str) -> None:
+        self._generation += 1
+        self._states.pop(slug, None)
+
+    def _lost(self, conn: object) -> None:
+        log.warning("registry.listener_lost")
+        self._listener = None
+        self._states.clear()
 
     async def _state(self, slug: str) -> TenantState | None:
+        if self._listener is None and time.monotonic() >= self._next_attempt:
+            await self.start()
+        cached = self._states.get(slug)
+        if cached is not None and self._listener is not None:
+            return cached
+        generation = self._generation
         tenants = catalog.platform_tables()["tenants"]
         versions = catalog.platform_tables()["schema_versions"]
         latest = (sa.select(sa.func.max(versions.c.version)).where(versions.c.tenant_id == tenants.c.id)
@@ -73,7 +124,12 @@ class RuntimeRegistry:
                                           .where(tenants.c.slug == slug))).first()
         except (OSError, OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
-        return TenantState(str(row.id), row.status, row.version) if row else None
+        if row is None:
+            return None  # unknown slugs are not cached: anyone can ask for any number of them
+        state = TenantState(str(row.id), row.status, row.version)
+        if self._listener is not None and generation == self._generation:
+            self._states[slug] = state
+        return state
 
     async def get(self, slug: str) -> TenantRuntime:
         """The runtime of an active tenant; 404 for unknown or deleted, 403 for suspended."""

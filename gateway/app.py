@@ -190,11 +190,13 @@ def create_app(database_url: str, *, base_domain: str = "localhost") -> Starlett
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database.open(database_url)
         app.state.db = db
-        app.state.registry = RuntimeRegistry(db)
+        app.state.registry = registry = RuntimeRegistry(db)
+        await registry.start()
         log.info("gateway.started", database=db.name)
         try:
             yield
         finally:
+            await registry.close()
             await db.close()
             log.info("gateway.stopped")
 

@@ -104,3 +104,21 @@ async def test_a_deploy_is_served_without_restarting(tenants: Database, client: 
     assert body["schema"]["version"] == 2 and "tag" in {e["name"] for e in body["entities"]}
     async with tenants.begin() as conn:
         assert await conn.scalar(sa.text("SELECT to_regclass('t_blog.tag') IS NOT NULL"))
+
+
+async def test_a_status_change_reaches_a_running_gateway_at_once(tenants: Database, client: TestClient):
+    import asyncio
+
+    assert client.get("/api/tenants/blog/").status_code == 200  # resolved, and cached
+    rows = catalog.platform_tables()["tenants"]
+    async with tenants.begin() as conn:
+        await conn.execute(rows.update().where(rows.c.slug == "blog").values(status="suspended"))
+    try:
+        for _ in range(50):  # the NOTIFY crosses processes asynchronously; it lands within milliseconds
+            if client.get("/api/tenants/blog/").status_code == 403:
+                break
+            await asyncio.sleep(0.02)
+        assert client.get("/api/tenants/blog/").json()["code"] == "tenant_suspended"
+    finally:
+        async with tenants.begin() as conn:
+            await conn.execute(rows.update().where(rows.c.slug == "blog").values(status="active"))

@@ -178,3 +178,9 @@ async def test_the_superuser_connection_is_not_what_tenant_work_runs_as(kitchen:
         current = await conn.scalar(sa.text("SELECT current_user"))
         superuser = await conn.scalar(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
     assert current == kitchen.role("kitchen") and superuser is False
+
+
+async def test_request_connections_switch_roles_between_tenants(kitchen: Database):
+    for slug in ("kitchen", "system", "kitchen"):
+        async with kitchen.as_role(kitchen.role(slug)) as conn:
+            assert await conn.fetchval("SELECT current_user") == kitchen.role(slug)

@@ -23,6 +23,7 @@ from engine.storage import naming
 from engine.storage.planner import MigrationPlan, Step, plan_migration, quote
 
 Progress = Callable[[int, int, Step], None]
+CHANGES_CHANNEL = "backsaas_tenants"  # NOTIFY'd with a tenant's slug whenever its row or versions change
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,29 @@ async def deploy(db: Database, slug: str, source: str, *, allow_destructive: boo
                                progress=progress)
 
 
+def notify_triggers_sql(channel: str) -> str:
+    """Triggers telling every process which tenant changed (its row, or its deployed versions)."""
+    return f"""
+CREATE OR REPLACE FUNCTION system.backsaas_notify_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  changed text;
+BEGIN
+  IF TG_TABLE_NAME = 'tenants' THEN
+    IF TG_OP = 'DELETE' THEN changed := OLD.slug; ELSE changed := NEW.slug; END IF;
+    IF TG_OP = 'UPDATE' AND NEW.slug <> OLD.slug THEN PERFORM pg_notify('{channel}', OLD.slug); END IF;
+  ELSE
+    SELECT slug INTO changed FROM system.tenants
+     WHERE id = CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END;
+  END IF;
+  IF changed IS NOT NULL THEN PERFORM pg_notify('{channel}', changed); END IF;
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER tenants_notify AFTER INSERT OR UPDATE OR DELETE ON system.tenants
+  FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant();
+CREATE OR REPLACE TRIGGER schema_versions_notify AFTER INSERT OR UPDATE OR DELETE ON system.schema_versions
+  FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant()"""
+
+
 async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
                           source: str | None = None) -> Deployment:
     """Deploy `platform.yaml` (or `source`) as the system tenant, creating its schema and row on the very first run."""
@@ -178,5 +202,11 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
             await apply_plan(conn, db, slug, plan, progress)
             tenant = await catalog.insert_tenant(conn, slug, "BackSaas platform", "active")
             recorded = await catalog.record_version(conn, tenant.id, 1, source, [s.as_dict() for s in plan.steps], actor)
-            return Deployment(slug, 1, recorded.checksum, plan, changed=True)
-        return await deploy_in(conn, db, slug, source, actor=actor, progress=progress)
+            deployment = Deployment(slug, 1, recorded.checksum, plan, changed=True)
+        else:
+            deployment = await deploy_in(conn, db, slug, source, actor=actor, progress=progress)
+        await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")
+        driver = (await conn.get_raw_connection()).driver_connection
+        await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
+        await conn.exec_driver_sql("RESET ROLE")
+        return deployment
