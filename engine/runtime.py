@@ -25,6 +25,7 @@ from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.query.plan import Relation, relations_of
 from engine.schema import Schema, load_schema
+from engine.schema.model import visible_columns
 from engine.storage import naming
 from engine.storage.deploy import CHANGES_CHANNEL
 from engine.storage.tables import build_metadata
@@ -44,8 +45,10 @@ class TenantRuntime:
     role: str
     tables: Mapping[str, sa.Table]
     relations: Mapping[str, Mapping[str, Relation]]
+    columns: Mapping[str, Mapping[str, str]]  # entity -> the columns clients may read and filter on
     statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # compiled per request shape
     validators: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per (entity, partial)
+    reads: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # prepared reads, by request
 
     @classmethod
     def compile(cls, db: Database, slug: str, tenant_id: str, version: catalog.SchemaVersion) -> TenantRuntime:
@@ -53,7 +56,8 @@ class TenantRuntime:
         pg_schema = naming.schema_name(slug)
         tables = {t.name: t for t in build_metadata(model, pg_schema).tables.values()}
         return cls(slug, tenant_id, version.version, version.checksum, model, pg_schema, db.role(slug),
-                   MappingProxyType(tables), MappingProxyType(relations_of(model)))
+                   MappingProxyType(tables), MappingProxyType(relations_of(model)),
+                   MappingProxyType({e.name: MappingProxyType(visible_columns(e)) for e in model.entities}))
 
 
 @dataclass(frozen=True)

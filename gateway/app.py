@@ -1,4 +1,4 @@
-"""The HTTP gateway: a Starlette app that resolves the tenant of each request and hands it on.
+"""The HTTP gateway: resolves the tenant of each request and hands it to the engine.
 
 Tenant resolution (DESIGN.md, request flow step 1): the host `{slug}.{BASE_DOMAIN}`, else the path
 prefix `/api/tenants/{slug}`, with `/api/platform` for the system tenant. Outside any tenant it
@@ -18,7 +18,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.database import Database
@@ -77,6 +77,8 @@ async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
 
 
 REST_PREFIX = "/rest/v1/"
+PLATFORM_BASE = "/api/platform"
+TENANTS_BASE = "/api/tenants/"
 REST_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
 
 
@@ -87,11 +89,7 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
                              "details": None, "hint": f"use one of {', '.join(REST_METHODS)}"},
                             status_code=405, headers={"Allow": ", ".join(REST_METHODS)})
     api = RestApi(runtime, request.app.state.db)
-    try:
-        result = await api.handle(request.method, entity, request.query_params.multi_items(), request.headers,
-                                  await request.body())
-    except BackSaasError as error:
-        return error_response(error)
+    result = await api.handle(request.method, entity, request.scope["query_string"], request.headers, await request.body())
     return Response(result.body, status_code=result.status, headers=dict(result.headers))
 
 
@@ -113,50 +111,71 @@ TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {
 
 
 class TenantApp:
-    """ASGI app for everything under a tenant's base URL.
+    """ASGI app for everything under a tenant's base URL (`scope["root_path"]` is that base).
 
-    The slug is fixed (`/api/platform`), in the path (`/api/tenants/{slug}`, mounted: `root_path` is then
-    the tenant's base) or in the host (`HostTenancy`: the base is the server's root).
+    Plain ASGI and outside Starlette's router on purpose: this is the hot path. It renders the engine's
+    errors itself and turns anything unexpected into a JSON 500 without a stack trace (which is logged).
     """
 
-    def __init__(self, fixed_slug: str | None = None) -> None:
-        self.fixed_slug = fixed_slug
+    def __init__(self, starlette: Starlette) -> None:
+        self.starlette = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self.starlette
         request = Request(scope, receive)
-        slug = self.fixed_slug or scope.get("backsaas.slug") or request.path_params.get("slug", "")
         try:
-            runtime = await request.app.state.registry.get(slug)
+            response = await self.respond(request, scope)
         except BackSaasError as error:
-            await error_response(error)(scope, receive, send)
-            return
-        scope["backsaas.tenant"] = runtime.slug
-        path = scope["path"][len(scope.get("root_path", "")):]
-        if path.startswith(REST_PREFIX) and path != REST_PREFIX:
-            response = await rest_entity(request, runtime, path[len(REST_PREFIX):])
-        else:
-            handler = TENANT_ROUTES.get((request.method, path))
-            response = await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
+            response = error_response(error)
+        except Exception:
+            log.exception("request.failed", path=scope["path"], tenant=scope.get("backsaas.tenant"))
+            response = JSONResponse({"code": "internal_error", "message": "the server failed to answer this request",
+                                     "details": None, "hint": None}, status_code=500)
         await response(scope, receive, send)
 
+    async def respond(self, request: Request, scope: Scope) -> Response:
+        runtime = await self.starlette.state.registry.get(scope["backsaas.slug"])
+        scope["backsaas.tenant"] = runtime.slug
+        path = scope["path"][len(scope["root_path"]):]
+        if path.startswith(REST_PREFIX) and path != REST_PREFIX:
+            return await rest_entity(request, runtime, path[len(REST_PREFIX):])
+        handler = TENANT_ROUTES.get((request.method, path))
+        return await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
 
-class HostTenancy:
-    """Routes `{slug}.{BASE_DOMAIN}` hosts to the tenant app before path routing sees them."""
 
-    def __init__(self, app: ASGIApp, base_domain: str) -> None:
-        self.app = app
+class TenantRouting:
+    """Finds the tenant of a request before anything else: the host `{slug}.{BASE_DOMAIN}`, else the
+    path `/api/tenants/{slug}/...` or `/api/platform/...`; everything else goes to Starlette."""
+
+    def __init__(self, starlette: Starlette, base_domain: str) -> None:
+        self.starlette = starlette
+        self.tenant_app = TenantApp(starlette)
         self.suffix = "." + base_domain.lower().strip(".")
-        self.tenant_app = TenantApp()
+
+    def tenant_of(self, scope: Scope) -> tuple[str, str] | None:
+        """(slug, base path) of a tenant request, or None."""
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
+        slug = host[: -len(self.suffix)] if host.endswith(self.suffix) else ""
+        if slug and "." not in slug:
+            return slug, ""
+        path: str = scope["path"]
+        if path == PLATFORM_BASE or path.startswith(PLATFORM_BASE + "/"):
+            return SYSTEM_TENANT, PLATFORM_BASE
+        if path.startswith(TENANTS_BASE):
+            slug = path[len(TENANTS_BASE):].split("/", 1)[0]
+            if slug:
+                return slug, TENANTS_BASE + slug
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
-            slug = host[: -len(self.suffix)] if host.endswith(self.suffix) else ""
-            if slug and "." not in slug:
-                scope["backsaas.slug"] = slug
+            found = self.tenant_of(scope)
+            if found is not None:
+                scope["backsaas.slug"] = found[0]
+                scope["root_path"] = scope.get("root_path", "") + found[1]
                 await self.tenant_app(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await self.starlette(scope, receive, send)
 
 
 class AccessLog:
@@ -185,7 +204,7 @@ class AccessLog:
                      tenant=scope.get("backsaas.tenant"), ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def create_app(database_url: str, *, base_domain: str = "localhost") -> Starlette:
+def create_app(database_url: str, *, base_domain: str = "localhost") -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database.open(database_url)
@@ -203,22 +222,12 @@ def create_app(database_url: str, *, base_domain: str = "localhost") -> Starlett
     async def unknown_route(request: Request, exc: Exception) -> Response:
         return not_found(f"no route {request.method} {request.url.path}")
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Mount("/api/platform", app=TenantApp(SYSTEM_TENANT)),
-            Mount("/api/tenants/{slug}", app=TenantApp()),
-        ],
-        lifespan=lifespan,
-        exception_handlers={404: unknown_route},
-    )
-    app.add_middleware(HostTenancy, base_domain=base_domain)
-    app.add_middleware(AccessLog)
-    return app
+    starlette = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)], lifespan=lifespan,
+                          exception_handlers={404: unknown_route})
+    return AccessLog(TenantRouting(starlette, base_domain))
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """The factory uvicorn imports in each worker; `backsaas serve` sets the variables."""
     from gateway.logs import configure_logging
 

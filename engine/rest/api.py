@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 import orjson
@@ -38,6 +39,7 @@ from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import BodyValidator
 
 OBJECT_MEDIA = "application/vnd.pgrst.object+json"
+READ_CACHE_SIZE = 2048  # prepared reads kept per runtime, by exact request
 JSON_MEDIA = "application/json; charset=utf-8"
 EXPOSED_PROFILES = ("public", "")
 
@@ -91,8 +93,9 @@ class RestApi:
         self.db = db
         self.caller = caller or Caller()
 
-    async def handle(self, method: str, entity_name: str, params: list[tuple[str, str]], headers: Mapping[str, str],
+    async def handle(self, method: str, entity_name: str, query: bytes, headers: Mapping[str, str],
                      body: bytes) -> RestResponse:
+        """Answer one request; `query` is the raw query string (parsed only when no cached read has it)."""
         profile = headers.get("accept-profile" if method in ("GET", "HEAD") else "content-profile", "")
         if profile not in EXPOSED_PROFILES:
             raise SchemaNotExposed(f"schema '{profile}' is not exposed", hint="use the profile 'public' or none")
@@ -101,7 +104,8 @@ class RestApi:
             raise UnknownEntity(f"relation '{entity_name}' does not exist",
                                 hint=f"entities: {', '.join(e.name for e in self.runtime.model.entities)}")
         if method in ("GET", "HEAD"):
-            return await self.read(entity, params, headers, head=method == "HEAD")
+            return await self.read(entity, query, headers, head=method == "HEAD")
+        params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
         if method == "POST":
             return await self.insert(entity, params, headers, body)
         if method == "PATCH":
@@ -112,7 +116,7 @@ class RestApi:
 
     def plan(self, entity: Entity, action: str, params: list[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
         scope = authorize(self.caller, entity, action)
-        parser = ReadParser(self.runtime.model, self.runtime.relations)
+        parser = ReadParser(self.runtime.model, self.runtime.relations, self.runtime.columns)
         plan = parser.parse(entity.name, params)
         if scope == "own":  # the caller's own rows only: a predicate in the plan, like any filter
             parser.values.append(self.caller.user_id)
@@ -137,17 +141,29 @@ class RestApi:
 
     # -- reads --
 
-    async def read(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str], *,
-                   head: bool) -> RestResponse:
-        limit, offset = parse_range(headers.get("range"))
-        plan, values = self.plan(entity, "read", params)
-        if limit is not None or offset is not None:  # the Range header wins over limit= and offset=
-            plan = replace(plan, limit=limit, offset=offset)
-        prefer = Prefer.parse(headers.get("prefer", ""), "representation")
-        count = prefer.count in ("exact", "planned", "estimated")
-        compiled = self.statement(("read", plan, count), lambda: _read(plan, self.runtime, count))
+    async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> RestResponse:
+        key = (entity.name, query, headers.get("range"), headers.get("prefer"), self.caller)
+        prepared = self.runtime.reads.get(key)
+        if prepared is None:
+            prepared = self.prepare_read(entity, query, headers)
+            if len(self.runtime.reads) >= READ_CACHE_SIZE:
+                del self.runtime.reads[next(iter(self.runtime.reads))]
+            self.runtime.reads[key] = prepared
+        plan, values, compiled, count = prepared
         row = await self.run(compiled, values)
         return self.respond_rows(row, plan, headers, status=200, count=count, head=head)
+
+    def prepare_read(self, entity: Entity, query: bytes, headers: Mapping[str, str]
+                     ) -> tuple[ReadPlan, list[Any], CompiledRead, bool]:
+        """Everything a read needs before the database: a pure function of the request, so the runtime
+        keeps it for repeated requests (the same query string costs one dict lookup)."""
+        limit, offset = parse_range(headers.get("range"))
+        plan, values = self.plan(entity, "read", parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
+        if limit is not None or offset is not None:  # the Range header wins over limit= and offset=
+            plan = replace(plan, limit=limit, offset=offset)
+        count = Prefer.parse(headers.get("prefer", ""), "representation").count in ("exact", "planned", "estimated")
+        compiled = self.statement(("read", plan, count), lambda: _read(plan, self.runtime, count))
+        return plan, values, compiled, count
 
     def respond_rows(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str], *, status: int,
                      count: bool = False, head: bool = False, extra: list[tuple[str, str]] | None = None) -> RestResponse:

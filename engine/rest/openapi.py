@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.rest.params import visible_columns
 from engine.runtime import TenantRuntime
-from engine.schema.model import Entity
+from engine.schema.model import Entity, visible_columns
 from engine.validation import entity_json_schema, field_json_schema
 
 ERROR = {"$ref": "#/components/schemas/Error"}

@@ -13,22 +13,10 @@ from typing import Any
 
 from engine.errors import QueryParseError, UnknownColumn, UnknownRelation
 from engine.query.plan import IS_VALUES, OPERATORS, Column, Condition, Embed, Filter, Order, ReadPlan, Relation
-from engine.schema.model import OWNER_COLUMN, Entity, Schema
+from engine.schema.model import Entity, Schema
 
 RESERVED = ("select", "order", "limit", "offset", "on_conflict", "columns", "or", "and")
 TEXT_TYPES = ("string", "text", "enum")
-
-
-def visible_columns(entity: Entity) -> dict[str, str]:
-    """column -> field type, for the columns a client may read and filter on (never internal ones)."""
-    columns = {"id": "uuid"}
-    for f in entity.fields:
-        if not f.internal:
-            columns[f.column] = "uuid" if f.type == "ref" else f.type
-    columns.update({"created_at": "datetime", "updated_at": "datetime"})
-    if entity.owner:
-        columns[OWNER_COLUMN] = "uuid"
-    return columns
 
 
 def split_top(text: str, separator: str = ",") -> list[str]:
@@ -73,9 +61,11 @@ class _Level:
 class ReadParser:
     """Parses one request; `values` collects the filter values in parameter order."""
 
-    def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]]) -> None:
+    def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]],
+                 columns: Mapping[str, Mapping[str, str]]) -> None:
         self.model = model
         self.relations = relations
+        self.columns = columns  # entity -> visible_columns(entity), computed once per runtime
         self.values: list[Any] = []
 
     def parse(self, entity: str, params: Iterable[tuple[str, str]]) -> ReadPlan:
@@ -113,8 +103,8 @@ class ReadParser:
     def level(self, entity_name: str, path: tuple[str, ...], levels: dict[tuple[str, ...], _Level],
               select: str | None) -> ReadPlan:
         entity = self.model.entity(entity_name)
-        assert entity is not None
-        columns = visible_columns(entity)
+        assert entity is not None  # relations only ever point at entities of the same model
+        columns = self.columns[entity_name]
         spec = levels.get(path, _Level())
         selected, embeds = self.select(entity, columns, select or "*", path, levels)
         conditions: list[Filter | Condition] = [self.filter(columns, name, value) for name, value in spec.filters]
@@ -124,7 +114,7 @@ class ReadParser:
         return ReadPlan(entity_name, selected, embeds, where, self.order(columns, spec.order),
                         self.count("limit", spec.limit), self.count("offset", spec.offset))
 
-    def select(self, entity: Entity, columns: dict[str, str], text: str, path: tuple[str, ...],
+    def select(self, entity: Entity, columns: Mapping[str, str], text: str, path: tuple[str, ...],
                levels: dict[tuple[str, ...], _Level]) -> tuple[tuple[Column, ...], tuple[Embed, ...]]:
         selected: list[Column] = []
         embeds: list[Embed] = []
@@ -158,7 +148,7 @@ class ReadParser:
                 selected.append(Column(alias.strip() or name, name, columns[name] == "decimal"))
         return tuple(dict.fromkeys(selected)), tuple(embeds)
 
-    def filter(self, columns: dict[str, str], name: str, text: str) -> Filter:
+    def filter(self, columns: Mapping[str, str], name: str, text: str) -> Filter:
         if name not in columns:
             raise UnknownColumn(f"column '{name}' does not exist", hint=f"columns: {', '.join(columns)}")
         negate = text.startswith("not.")
@@ -184,7 +174,7 @@ class ReadParser:
             self.values.append(unquote(value))
         return Filter(name, op, len(self.values) - 1, negate)
 
-    def logic(self, columns: dict[str, str], kind: str, text: str) -> Condition:
+    def logic(self, columns: Mapping[str, str], kind: str, text: str) -> Condition:
         negate = kind.startswith("not.")
         kind = kind.removeprefix("not.")
         if not (text.startswith("(") and text.endswith(")")):
@@ -204,7 +194,7 @@ class ReadParser:
             items.append(self.filter(columns, name, rest))
         return Condition(kind, tuple(items), negate)
 
-    def order(self, columns: dict[str, str], text: str | None) -> tuple[Order, ...]:
+    def order(self, columns: Mapping[str, str], text: str | None) -> tuple[Order, ...]:
         if not text:
             return ()
         orders = []

@@ -155,3 +155,15 @@ class Schema:
     @property
     def all_roles(self) -> tuple[str, ...]:
         return (*BUILTIN_ROLES, *self.roles)
+
+
+def visible_columns(entity: Entity) -> dict[str, str]:
+    """column -> field type, for the columns a client may read and filter on (never internal ones)."""
+    columns = {"id": "uuid"}
+    for f in entity.fields:
+        if not f.internal:
+            columns[f.column] = "uuid" if f.type == "ref" else f.type
+    columns.update({"created_at": "datetime", "updated_at": "datetime"})
+    if entity.owner:
+        columns[OWNER_COLUMN] = "uuid"
+    return columns
