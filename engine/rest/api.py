@@ -274,14 +274,14 @@ class RestApi:
 
 
 def _body_select(builder: _Builder, plan: ReadPlan, source: sa.FromClause,
-                 count: sa.ColumnElement[Any] | None = None) -> sa.Select[Any]:
+                 count: sa.ColumnElement[Any] | None = None, *, first_id: sa.ColumnElement[Any] | None = None
+                 ) -> sa.Select[Any]:
     """body (the rows as JSON text), page_rows, total, first_id: the one row every REST statement returns."""
     rows = builder.rows(plan, source=source).subquery("page")
     body = sa.func.coalesce(sa.func.json_agg(rows.table_valued()), sa.literal_column("'[]'::json"))
-    return sa.select(sa.cast(body, sa.Text).label("body"),
-                     sa.func.count().label("page_rows"), (count if count is not None else sa.null()).label("total"),
-                     sa.func.min(sa.cast(rows.c.id, sa.Text)).label("first_id") if "id" in rows.c else
-                     sa.null().label("first_id")).select_from(rows)
+    return sa.select(sa.cast(body, sa.Text).label("body"), sa.func.count().label("page_rows"),
+                     (count if count is not None else sa.null()).label("total"),
+                     (first_id if first_id is not None else sa.null()).label("first_id")).select_from(rows)
 
 
 def _read(plan: ReadPlan, runtime: TenantRuntime, count: bool) -> sa.Select[Any]:
@@ -294,6 +294,11 @@ def _returned(plan: ReadPlan, representation: bool) -> ReadPlan:
     if not representation:
         plan = replace(plan, columns=tuple(c for c in plan.columns if c.column == "id")[:1], embeds=())
     return replace(plan, where=None, order=(), limit=None, offset=None)
+
+
+def _returning(table: sa.Table, representation: bool) -> list[sa.Column[Any]]:
+    """What a write returns to the statement around it: every column when the rows are sent back, else the id."""
+    return list(table.c) if representation else [table.c.id]
 
 
 def _json_source(runtime: TenantRuntime, entity: str, param: int, *, many: bool) -> sa.FromClause:
@@ -321,8 +326,9 @@ def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], confl
                      else statement.on_conflict_do_nothing(index_elements=target))
     elif resolution == "ignore-duplicates":
         statement = statement.on_conflict_do_nothing(index_elements=list(conflict) or ["id"])
-    written = statement.returning(*table.c).cte("written")
-    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
+    written = statement.returning(*_returning(table, representation)).cte("written")
+    first_id = sa.select(sa.cast(written.c.id, sa.Text)).limit(1).scalar_subquery()  # for Location
+    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written, first_id=first_id)
 
 
 def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
@@ -332,7 +338,7 @@ def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param
     statement = sa.update(table).values({k: source.c[k] for k in keys})
     if plan.where is not None:
         statement = statement.where(condition_sql(plan.where, table))
-    written = statement.returning(*table.c).cte("written")
+    written = statement.returning(*_returning(table, representation)).cte("written")
     return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
 
 
@@ -341,6 +347,6 @@ def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.
     statement = sa.delete(table)
     if plan.where is not None:
         statement = statement.where(condition_sql(plan.where, table))
-    written = statement.returning(*table.c).cte("written")
+    written = statement.returning(*_returning(table, representation)).cte("written")
     return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
 
