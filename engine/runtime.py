@@ -48,7 +48,7 @@ class TenantRuntime:
     columns: Mapping[str, Mapping[str, str]]  # entity -> the columns clients may read and filter on
     statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # compiled per request shape
     validators: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per (entity, partial)
-    reads: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # prepared reads, by request
+    prepared: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # prepared requests
 
     @classmethod
     def compile(cls, db: Database, slug: str, tenant_id: str, version: catalog.SchemaVersion) -> TenantRuntime:

@@ -95,10 +95,12 @@ class _Builder:
             if order.nulls:
                 clause = clause.nulls_first() if order.nulls == "first" else clause.nulls_last()
             statement = statement.order_by(clause)
+        # literals, not parameters: they are part of the plan (and of its cache key), and a prepared
+        # statement's generic plan would otherwise not know the LIMIT and pick a full sort over a top-N one
         if plan.limit is not None:
-            statement = statement.limit(plan.limit)
+            statement = statement.limit(sa.literal_column(str(int(plan.limit))))
         if plan.offset is not None:
-            statement = statement.offset(plan.offset)
+            statement = statement.offset(sa.literal_column(str(int(plan.offset))))
         return statement
 
     def embed(self, kind: str, plan: ReadPlan, link: tuple[str, ColumnElement[Any]]) -> ColumnElement[Any]:

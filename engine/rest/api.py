@@ -39,7 +39,7 @@ from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import BodyValidator
 
 OBJECT_MEDIA = "application/vnd.pgrst.object+json"
-READ_CACHE_SIZE = 2048  # prepared reads kept per runtime, by exact request
+PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
 JSON_MEDIA = "application/json; charset=utf-8"
 EXPOSED_PROFILES = ("public", "")
 
@@ -125,6 +125,17 @@ class RestApi:
             plan = replace(plan, where=Condition("and", items))
         return plan, parser.values
 
+    def prepared(self, key: Any, prepare: Any) -> Any:
+        """What a request needs before the database (plan, values, statement) is a pure function of the
+        request, so the runtime keeps it, bounded, for requests that repeat (one dict lookup)."""
+        found = self.runtime.prepared.get(key)
+        if found is None:
+            found = prepare()
+            if len(self.runtime.prepared) >= PREPARED_CACHE_SIZE:
+                del self.runtime.prepared[next(iter(self.runtime.prepared))]
+            self.runtime.prepared[key] = found
+        return found
+
     def statement(self, key: Any, build: Any) -> CompiledRead:
         cached = self.runtime.statements.get(key)
         if cached is None:
@@ -142,21 +153,13 @@ class RestApi:
     # -- reads --
 
     async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> RestResponse:
-        key = (entity.name, query, headers.get("range"), headers.get("prefer"), self.caller)
-        prepared = self.runtime.reads.get(key)
-        if prepared is None:
-            prepared = self.prepare_read(entity, query, headers)
-            if len(self.runtime.reads) >= READ_CACHE_SIZE:
-                del self.runtime.reads[next(iter(self.runtime.reads))]
-            self.runtime.reads[key] = prepared
-        plan, values, compiled, count = prepared
+        key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), self.caller)
+        plan, values, compiled, count = self.prepared(key, lambda: self.prepare_read(entity, query, headers))
         row = await self.run(compiled, values)
         return self.respond_rows(row, plan, headers, status=200, count=count, head=head)
 
     def prepare_read(self, entity: Entity, query: bytes, headers: Mapping[str, str]
                      ) -> tuple[ReadPlan, list[Any], CompiledRead, bool]:
-        """Everything a read needs before the database: a pure function of the request, so the runtime
-        keeps it for repeated requests (the same query string costs one dict lookup)."""
         limit, offset = parse_range(headers.get("range"))
         plan, values = self.plan(entity, "read", parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
         if limit is not None or offset is not None:  # the Range header wins over limit= and offset=
@@ -221,13 +224,17 @@ class RestApi:
         for column in (*keys, *conflict):
             if column not in visible:
                 raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
-        plan, values = self.plan(entity, "create", [(k, v) for k, v in params if k in ("select",)])
-        values.append(orjson.dumps(objects).decode())
         representation = prefer.returning == "representation"
-        shape = ("insert", plan, keys, conflict, prefer.resolution, representation)
-        compiled = self.statement(shape, lambda: _insert(self.runtime, plan, keys, conflict, prefer.resolution,
-                                                         len(values) - 1, representation))
-        row = await self.run(compiled, values)
+
+        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
+            plan, values = self.plan(entity, "create", [(k, v) for k, v in params if k == "select"])
+            compiled = self.statement(("insert", plan, keys, conflict, prefer.resolution, representation),
+                                      lambda: _insert(self.runtime, plan, keys, conflict, prefer.resolution,
+                                                      len(values), representation))
+            return plan, values, compiled
+
+        plan, values, compiled = self.prepared(("insert", entity.name, tuple(params), prefer, self.caller, keys), prepare)
+        row = await self.run(compiled, [*values, orjson.dumps(objects).decode()])
         extra = []
         if not isinstance(payload, list) and row["first_id"] is not None:
             extra.append(("Location", f"/{entity.name}?id=eq.{row['first_id']}"))
@@ -243,23 +250,32 @@ class RestApi:
         if not isinstance(payload, dict) or not payload:
             raise InvalidBody("expected a JSON object with the fields to change")
         self.validate(entity, payload, partial=True)
-        plan, values = self.plan(entity, "update", params)
-        values.append(orjson.dumps(payload).decode())
         prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
         representation = prefer.returning == "representation"
         keys = tuple(payload)
-        compiled = self.statement(("update", plan, keys, representation),
-                                  lambda: _update(self.runtime, plan, keys, len(values) - 1, representation))
-        row = await self.run(compiled, values)
+
+        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
+            plan, values = self.plan(entity, "update", params)
+            compiled = self.statement(("update", plan, keys, representation),
+                                      lambda: _update(self.runtime, plan, keys, len(values), representation))
+            return plan, values, compiled
+
+        plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.caller, keys), prepare)
+        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()])
         return self.respond_written(row, plan, headers, representation)
 
     async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> RestResponse:
         if not _has_filters(params):
             raise UnfilteredWrite("DELETE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
-        plan, values = self.plan(entity, "delete", params)
         prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
         representation = prefer.returning == "representation"
-        compiled = self.statement(("delete", plan, representation), lambda: _delete(self.runtime, plan, representation))
+
+        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
+            plan, values = self.plan(entity, "delete", params)
+            return plan, values, self.statement(("delete", plan, representation),
+                                                lambda: _delete(self.runtime, plan, representation))
+
+        plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.caller), prepare)
         row = await self.run(compiled, values)
         return self.respond_written(row, plan, headers, representation)
 
