@@ -268,3 +268,14 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(base, seed
     assert set(document["paths"]["/post"]) == {"get", "head", "post", "patch", "delete"}
     assert document["components"]["schemas"]["post_create"]["required"] == ["title"]
     assert document["servers"][0]["url"] == f"{base}/api/tenants/blog/rest/v1"
+
+
+def test_supabase_sdk_reads_embeds_and_writes(base, seeded):
+    from supabase import create_client
+
+    client = create_client(f"{base}/api/tenants/blog", "a-key-until-the-identity-issue-lands")
+    posts = client.table("post").select("title,author(name)").eq("title", "First").execute().data
+    assert posts == [{"title": "First", "author": {"name": "Ann"}}]
+    created = client.table("author").insert({"name": "Via SDK"}).execute().data
+    assert created[0]["name"] == "Via SDK"
+    assert client.table("author").delete().eq("id", created[0]["id"]).execute().data[0]["name"] == "Via SDK"
