@@ -82,15 +82,61 @@ TENANTS_BASE = "/api/tenants/"
 REST_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
 
 
-async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> Response:
+MAX_BODY = 10 * 1024 * 1024
+
+
+class PayloadTooLarge(BackSaasError):
+    code = "payload_too_large"
+    status = 413
+
+
+class RawResponse:
+    """An ASGI response from the engine's (status, headers, body), with nothing computed on the way."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
+        headers.append((b"content-length", str(len(self.body)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lowercase name; repeated ones joined by commas, as HTTP allows."""
+    headers: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        name, text = key.decode("latin-1").lower(), value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {text}" if name in headers else text
+    return headers
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> Response | RawResponse:
     """`/rest/v1/{entity}`: the HTTP request handed to the engine's REST dialect, its answer handed back."""
     if request.method not in REST_METHODS:
         return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
                              "details": None, "hint": f"use one of {', '.join(REST_METHODS)}"},
                             status_code=405, headers={"Allow": ", ".join(REST_METHODS)})
     api = RestApi(runtime, request.app.state.db)
-    result = await api.handle(request.method, entity, request.scope["query_string"], request.headers, await request.body())
-    return Response(result.body, status_code=result.status, headers=dict(result.headers))
+    body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
+    result = await api.handle(request.method, entity, request.scope["query_string"], request_headers(request.scope), body)
+    return RawResponse(result.status, result.headers, result.body)
 
 
 async def rest_openapi(request: Request, runtime: TenantRuntime) -> Response:
@@ -123,6 +169,7 @@ class TenantApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self.starlette
         request = Request(scope, receive)
+        response: Response | RawResponse
         try:
             response = await self.respond(request, scope)
         except BackSaasError as error:
@@ -133,7 +180,7 @@ class TenantApp:
                                      "details": None, "hint": None}, status_code=500)
         await response(scope, receive, send)
 
-    async def respond(self, request: Request, scope: Scope) -> Response:
+    async def respond(self, request: Request, scope: Scope) -> Response | RawResponse:
         runtime = await self.starlette.state.registry.get(scope["backsaas.slug"])
         scope["backsaas.tenant"] = runtime.slug
         path = scope["path"][len(scope["root_path"]):]

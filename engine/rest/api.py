@@ -290,12 +290,14 @@ class RestApi:
 
 
 def _body_select(builder: _Builder, plan: ReadPlan, source: sa.FromClause,
-                 count: sa.ColumnElement[Any] | None = None, *, first_id: sa.ColumnElement[Any] | None = None
-                 ) -> sa.Select[Any]:
-    """body (the rows as JSON text), page_rows, total, first_id: the one row every REST statement returns."""
-    rows = builder.rows(plan, source=source).subquery("page")
-    body = sa.func.coalesce(sa.func.json_agg(rows.table_valued()), sa.literal_column("'[]'::json"))
-    return sa.select(sa.cast(body, sa.Text).label("body"), sa.func.count().label("page_rows"),
+                 count: sa.ColumnElement[Any] | None = None, *, first_id: sa.ColumnElement[Any] | None = None,
+                 representation: bool = True) -> sa.Select[Any]:
+    """body (the rows as JSON text, or NULL when not asked for), page_rows, total, first_id: the one row
+    every REST statement returns."""
+    rows = builder.rows(plan, source=source).subquery("page") if representation else source
+    body = sa.cast(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), sa.literal_column("'[]'::json")), sa.Text) \
+        if representation else sa.null()
+    return sa.select(body.label("body"), sa.func.count().label("page_rows"),
                      (count if count is not None else sa.null()).label("total"),
                      (first_id if first_id is not None else sa.null()).label("first_id")).select_from(rows)
 
@@ -305,10 +307,8 @@ def _read(plan: ReadPlan, runtime: TenantRuntime, count: bool) -> sa.Select[Any]
     return _body_select(builder, plan, runtime.tables[plan.entity], builder.count(plan) if count else None)
 
 
-def _returned(plan: ReadPlan, representation: bool) -> ReadPlan:
-    """The plan applied to the written rows: the requested select (or just the id), no filters or paging."""
-    if not representation:
-        plan = replace(plan, columns=tuple(c for c in plan.columns if c.column == "id")[:1], embeds=())
+def _returned(plan: ReadPlan) -> ReadPlan:
+    """The plan applied to the rows a write returned: the requested select, no filters or paging."""
     return replace(plan, where=None, order=(), limit=None, offset=None)
 
 
@@ -344,7 +344,7 @@ def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], confl
         statement = statement.on_conflict_do_nothing(index_elements=list(conflict) or ["id"])
     written = statement.returning(*_returning(table, representation)).cte("written")
     first_id = sa.select(sa.cast(written.c.id, sa.Text)).limit(1).scalar_subquery()  # for Location
-    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written, first_id=first_id)
+    return _body_select(_Builder(runtime.tables), plan, written, first_id=first_id, representation=representation)
 
 
 def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
@@ -355,7 +355,7 @@ def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param
     if plan.where is not None:
         statement = statement.where(condition_sql(plan.where, table))
     written = statement.returning(*_returning(table, representation)).cte("written")
-    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
+    return _body_select(_Builder(runtime.tables), _returned(plan), written, representation=representation)
 
 
 def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.Select[Any]:
@@ -364,5 +364,5 @@ def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.
     if plan.where is not None:
         statement = statement.where(condition_sql(plan.where, table))
     written = statement.returning(*_returning(table, representation)).cte("written")
-    return _body_select(_Builder(runtime.tables), _returned(plan, representation), written)
+    return _body_select(_Builder(runtime.tables), _returned(plan), written, representation=representation)
 
