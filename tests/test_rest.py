@@ -279,3 +279,11 @@ def test_supabase_sdk_reads_embeds_and_writes(base, seeded):
     created = client.table("author").insert({"name": "Via SDK"}).execute().data
     assert created[0]["name"] == "Via SDK"
     assert client.table("author").delete().eq("id", created[0]["id"]).execute().data[0]["name"] == "Via SDK"
+
+
+def test_oversized_bodies_and_unsupported_methods_are_refused(base):
+    too_big = httpx.post(f"{base}/api/tenants/blog/rest/v1/post", content=b"[" + b" " * (11 * 1024 * 1024) + b"]",
+                         headers={"Content-Type": "application/json"})
+    assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
+    put = httpx.put(f"{base}/api/tenants/blog/rest/v1/post", json={})
+    assert put.status_code == 405 and "PATCH" in put.headers["allow"]
