@@ -287,3 +287,26 @@ def test_oversized_bodies_and_unsupported_methods_are_refused(base):
     assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
     put = httpx.put(f"{base}/api/tenants/blog/rest/v1/post", json={})
     assert put.status_code == 405 and "PATCH" in put.headers["allow"]
+
+
+def test_filters_on_an_embed_filter_the_embedded_rows_only(client, seeded):
+    posts = client.from_("post").select("title,comments(body)").eq("id", seeded["first"]) \
+        .eq("comments.body", "comment 2").execute().data
+    assert posts == [{"title": "First", "comments": [{"body": "comment 2"}]}]
+
+
+@pytest.fixture(scope="module")
+async def shop(db: Database) -> None:
+    await create_tenant(db, "shop", source="name: shop\nentities:\n  item:\n    fields:\n"
+                                           "      price: {type: decimal, precision: 8, scale: 2}\n"
+                                           "      launch: {type: date}\n      big: {type: bigint}\n")
+
+
+def test_decimals_are_strings_and_dates_iso(base, shop):
+    rest = f"{base}/api/tenants/shop/rest/v1/item"
+    created = httpx.post(rest, json={"price": "12.30", "launch": "2024-02-29", "big": 9007199254740993},
+                         headers={"Prefer": "return=representation"}).json()[0]
+    assert created["price"] == "12.30" and created["launch"] == "2024-02-29" and created["big"] == 9007199254740993
+    assert httpx.get(rest, params={"price": "gte.12.3", "select": "price"}).json() == [{"price": "12.30"}]
+    too_precise = httpx.post(rest, json={"price": 1234567.891})
+    assert too_precise.status_code == 422 and too_precise.json()["details"][0]["field"] == "price"
