@@ -142,10 +142,12 @@ class RestApi:
             cached = self.runtime.statements[key] = compile_statement(build())
         return cached
 
-    async def run(self, compiled: CompiledRead, values: list[Any]) -> asyncpg.Record:
+    async def run(self, compiled: CompiledRead, values: list[Any], *, many: bool = False) -> Any:
+        """Execute one statement as the tenant's role: its one row, or all its rows with `many`."""
         try:
             async with self.db.as_role(self.runtime.role) as conn:
-                return await conn.fetchrow(compiled.sql, *compiled.arguments(values))
+                fetch = conn.fetch if many else conn.fetchrow
+                return await fetch(compiled.sql, *compiled.arguments(values))
         except asyncpg.PostgresError as exc:
             raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
                                  getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
@@ -234,13 +236,17 @@ class RestApi:
             return plan, values, compiled
 
         plan, values, compiled = self.prepared(("insert", entity.name, tuple(params), prefer, self.caller, keys), prepare)
-        row = await self.run(compiled, [*values, orjson.dumps(objects).decode()])
-        extra = []
-        if not isinstance(payload, list) and row["first_id"] is not None:
-            extra.append(("Location", f"/{entity.name}?id=eq.{row['first_id']}"))
+        arguments = [*values, orjson.dumps(objects).decode()]
+        if representation:
+            row = await self.run(compiled, arguments)
+            first_id, count = row["first_id"], row["page_rows"]
+        else:  # the statement returns the new ids alone (no body to build)
+            ids = await self.run(compiled, arguments, many=True)
+            first_id, count = (ids[0]["id"] if ids else None), len(ids)
+        extra = [("Location", f"/{entity.name}?id=eq.{first_id}")] if not isinstance(payload, list) and first_id else []
         if representation:
             return self.respond_rows(row, plan, headers, status=201, extra=extra)
-        return RestResponse(201, [("Content-Range", f"*/{row['page_rows']}"), *extra], b"")
+        return RestResponse(201, [("Content-Range", f"*/{count}"), *extra], b"")
 
     async def update(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> RestResponse:
@@ -331,7 +337,7 @@ def _qualified(table: sa.Table) -> str:
 
 
 def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], conflict: tuple[str, ...],
-            resolution: str | None, param: int, representation: bool) -> sa.Select[Any]:
+            resolution: str | None, param: int, representation: bool) -> sa.Executable:
     table = runtime.tables[plan.entity]
     source = _json_source(runtime, plan.entity, param, many=True)
     statement = postgresql.insert(table).from_select(list(keys), sa.select(*(source.c[k] for k in keys)))
@@ -342,9 +348,11 @@ def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], confl
                      else statement.on_conflict_do_nothing(index_elements=target))
     elif resolution == "ignore-duplicates":
         statement = statement.on_conflict_do_nothing(index_elements=list(conflict) or ["id"])
-    written = statement.returning(*_returning(table, representation)).cte("written")
+    if not representation:
+        return statement.returning(sa.cast(table.c.id, sa.Text).label("id"))
+    written = statement.returning(*table.c).cte("written")
     first_id = sa.select(sa.cast(written.c.id, sa.Text)).limit(1).scalar_subquery()  # for Location
-    return _body_select(_Builder(runtime.tables), plan, written, first_id=first_id, representation=representation)
+    return _body_select(_Builder(runtime.tables), plan, written, first_id=first_id)
 
 
 def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
