@@ -70,7 +70,9 @@ def condition_sql(condition: Condition, table: sa.FromClause) -> ColumnElement[b
     return sa.not_(combined) if condition.negate else combined
 
 
-class _Builder:
+class StatementBuilder:
+    """Builds the SELECTs of one statement; every level gets its own table alias (t0, t1, ...)."""
+
     def __init__(self, tables: Mapping[str, sa.Table]) -> None:
         self.tables = tables
         self.names = itertools.count()
@@ -135,17 +137,3 @@ def compile_statement(statement: sa.Executable) -> CompiledRead:
     slots = tuple(int(n[1:]) if n.startswith("v") and n[1:].isdigit() else None for n in names)
     constants = tuple(None if n.startswith("v") and n[1:].isdigit() else compiled.params[n] for n in names)
     return CompiledRead(str(compiled), slots, constants)
-
-
-def read_statement(plan: ReadPlan, tables: Mapping[str, sa.Table], *, count: bool) -> sa.Select[Any]:
-    """SELECT body (json text), page_rows, total (or NULL) for a read."""
-    builder = _Builder(tables)
-    rows = builder.rows(plan).subquery("page")
-    body = sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY)
-    total = builder.count(plan) if count else sa.null()
-    return sa.select(sa.cast(body, sa.Text).label("body"), sa.func.count().label("page_rows"),
-                     total.label("total")).select_from(rows)
-
-
-def compile_read(plan: ReadPlan, tables: Mapping[str, sa.Table], *, count: bool) -> CompiledRead:
-    return compile_statement(read_statement(plan, tables, count=count))

@@ -32,7 +32,7 @@ from engine.errors import (
     database_error,
 )
 from engine.query.plan import Condition, Filter, ReadPlan
-from engine.query.sql import CompiledRead, _Builder, compile_statement, condition_sql
+from engine.query.sql import CompiledRead, StatementBuilder, compile_statement, condition_sql
 from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
@@ -295,7 +295,7 @@ class RestApi:
 # -- statements -------------------------------------------------------------------------------------
 
 
-def _body_select(builder: _Builder, plan: ReadPlan, source: sa.FromClause,
+def _body_select(builder: StatementBuilder, plan: ReadPlan, source: sa.FromClause,
                  count: sa.ColumnElement[Any] | None = None, *, first_id: sa.ColumnElement[Any] | None = None,
                  representation: bool = True) -> sa.Select[Any]:
     """body (the rows as JSON text, or NULL when not asked for), page_rows, total, first_id: the one row
@@ -309,7 +309,7 @@ def _body_select(builder: _Builder, plan: ReadPlan, source: sa.FromClause,
 
 
 def _read(plan: ReadPlan, runtime: TenantRuntime, count: bool) -> sa.Select[Any]:
-    builder = _Builder(runtime.tables)
+    builder = StatementBuilder(runtime.tables)
     return _body_select(builder, plan, runtime.tables[plan.entity], builder.count(plan) if count else None)
 
 
@@ -352,7 +352,7 @@ def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], confl
         return statement.returning(sa.cast(table.c.id, sa.Text).label("id"))
     written = statement.returning(*table.c).cte("written")
     first_id = sa.select(sa.cast(written.c.id, sa.Text)).limit(1).scalar_subquery()  # for Location
-    return _body_select(_Builder(runtime.tables), plan, written, first_id=first_id)
+    return _body_select(StatementBuilder(runtime.tables), plan, written, first_id=first_id)
 
 
 def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
@@ -363,7 +363,7 @@ def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param
     if plan.where is not None:
         statement = statement.where(condition_sql(plan.where, table))
     written = statement.returning(*_returning(table, representation)).cte("written")
-    return _body_select(_Builder(runtime.tables), _returned(plan), written, representation=representation)
+    return _body_select(StatementBuilder(runtime.tables), _returned(plan), written, representation=representation)
 
 
 def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.Select[Any]:
@@ -372,5 +372,5 @@ def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.
     if plan.where is not None:
         statement = statement.where(condition_sql(plan.where, table))
     written = statement.returning(*_returning(table, representation)).cte("written")
-    return _body_select(_Builder(runtime.tables), _returned(plan), written, representation=representation)
+    return _body_select(StatementBuilder(runtime.tables), _returned(plan), written, representation=representation)
 

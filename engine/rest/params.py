@@ -15,7 +15,6 @@ from engine.errors import QueryParseError, UnknownColumn, UnknownRelation
 from engine.query.plan import IS_VALUES, OPERATORS, Column, Condition, Embed, Filter, Order, ReadPlan, Relation
 from engine.schema.model import Entity, Schema
 
-RESERVED = ("select", "order", "limit", "offset", "on_conflict", "columns", "or", "and")
 TEXT_TYPES = ("string", "text", "enum")
 
 
