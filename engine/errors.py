@@ -170,7 +170,7 @@ class ValidationFailed(BackSaasError):
 
 
 class Forbidden(BackSaasError):
-    code = "42501"
+    code = "permission_denied"
     status = 403
 
 

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog
+from engine.authz import Authorizer
 from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.query.plan import Relation, relations_of
@@ -46,6 +47,7 @@ class TenantRuntime:
     tables: Mapping[str, sa.Table]
     relations: Mapping[str, Mapping[str, Relation]]
     columns: Mapping[str, Mapping[str, str]]  # entity -> the columns clients may read and filter on
+    authorizer: Authorizer
     statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # compiled per request shape
     validators: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per (entity, partial)
     prepared: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # prepared requests
@@ -57,7 +59,8 @@ class TenantRuntime:
         tables = {t.name: t for t in build_metadata(model, pg_schema).tables.values()}
         return cls(slug, tenant_id, version.version, version.checksum, model, pg_schema, db.role(slug),
                    MappingProxyType(tables), MappingProxyType(relations_of(model)),
-                   MappingProxyType({e.name: MappingProxyType(visible_columns(e)) for e in model.entities}))
+                   MappingProxyType({e.name: MappingProxyType(visible_columns(e)) for e in model.entities}),
+                   Authorizer.for_schema(model, slug))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from engine.database import Database
 from engine.errors import (
     InvalidBody,
     NotAcceptable,
+    Problem,
     QueryParseError,
     RangeNotSatisfiable,
     SchemaNotExposed,
@@ -36,7 +37,7 @@ from engine.query.sql import CompiledRead, StatementBuilder, compile_statement, 
 from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
-from engine.validation import BodyValidator
+from engine.validation import READ_ONLY, BodyValidator
 
 OBJECT_MEDIA = "application/vnd.pgrst.object+json"
 PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
@@ -115,7 +116,7 @@ class RestApi:
     # -- planning --
 
     def plan(self, entity: Entity, action: str, params: list[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
-        scope = authorize(self.caller, entity, action)
+        scope = authorize(self.runtime.authorizer, self.caller, entity.name, action)
         parser = ReadParser(self.runtime.model, self.runtime.relations, self.runtime.columns)
         plan = parser.parse(entity.name, params)
         if scope == "own":  # the caller's own rows only: a predicate in the plan, like any filter
@@ -217,12 +218,18 @@ class RestApi:
             raise InvalidBody("expected a JSON object or a non-empty array of objects")
         columns_param = dict(params).get("columns")
         keys = tuple(unquote(c.strip()) for c in columns_param.split(",")) if columns_param else tuple(objects[0])
+        if columns_param and any(k in READ_ONLY for k in keys):  # body keys are checked by the validator
+            raise ValidationFailed("read-only fields cannot be written",
+                                   details=[Problem(k, "is read-only") for k in keys if k in READ_ONLY])
         if not columns_param and any(set(o) != set(keys) for o in objects):
             raise InvalidBody("all objects of a bulk insert must have the same keys", hint="or list them in columns=")
         self.validate(entity, objects if isinstance(payload, list) else objects[0], partial=False)
+        if entity.owner and self.caller.user_id is not None:  # set from the caller, never from the body
+            objects = [{**o, OWNER_COLUMN: self.caller.user_id} for o in objects]
+            keys = (*keys, OWNER_COLUMN)
         prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
         conflict = tuple(unquote(c.strip()) for c in dict(params).get("on_conflict", "").split(",") if c.strip())
-        visible = self.runtime.tables[entity.name].c
+        visible = self.runtime.columns[entity.name]
         for column in (*keys, *conflict):
             if column not in visible:
                 raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
