@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from engine.database import Database  # noqa: E402
 from engine.embedded import EmbeddedPostgres, data_directory  # noqa: E402
 from engine.storage.deploy import deploy_platform  # noqa: E402
+from functions.keys import create_api_key  # noqa: E402
 from functions.tenants import create_tenant  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def on(url: str, database: str) -> str:
     return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
-async def prepare(url: str) -> tuple[str, list[str]]:
+async def prepare(url: str) -> tuple[str, list[str], str]:
     db = await Database.connect(url)
     await deploy_platform(db)
     await create_tenant(db, "bench", source=(REPO / "schemas" / "blog.yaml").read_text())
@@ -66,8 +67,9 @@ async def prepare(url: str) -> tuple[str, list[str]]:
               FROM generate_series(1, 1000) i""")
         posts = [r["id"] for r in await conn.fetch("SELECT id::text FROM t_bench.post ORDER BY title LIMIT 20")]
     role = db.role("bench")
+    key = (await create_api_key(db, "bench", "service", "service")).key
     await db.close()
-    return role, posts
+    return role, posts, key
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -83,8 +85,10 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
     raise RuntimeError(f"{command[0]} did not start: {process.stderr.read().decode() if process.stderr else ''}")
 
 
-def wrk(url: str, seconds: int, connections: int, lua: str | None) -> tuple[float, float, float]:
+def wrk(url: str, seconds: int, connections: int, lua: str | None, headers: dict[str, str]) -> tuple[float, float, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
     if lua:
         command += ["-s", lua]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
@@ -100,7 +104,8 @@ def wrk(url: str, seconds: int, connections: int, lua: str | None) -> tuple[floa
     return rate, percentile("50"), percentile("99")
 
 
-async def python_load(url: str, seconds: int, connections: int, body: str | None) -> tuple[float, float, float]:
+async def python_load(url: str, seconds: int, connections: int, body: str | None,
+                      headers: dict[str, str]) -> tuple[float, float, float]:
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
 
@@ -112,7 +117,7 @@ async def python_load(url: str, seconds: int, connections: int, body: str | None
             response.raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
 
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=connections)) as client:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=connections), headers=headers) as client:
         began = time.monotonic()
         await asyncio.gather(*(worker(client) for _ in range(connections)))
         elapsed = time.monotonic() - began
@@ -129,15 +134,16 @@ async def transactions(url: str) -> int:
         await conn.close()
 
 
-def measure(url: str, seconds: int, connections: int, body: str | None, db_url: str) -> tuple[float, float, float, float]:
+def measure(url: str, seconds: int, connections: int, body: str | None, db_url: str,
+            headers: dict[str, str]) -> tuple[float, float, float, float]:
     lua = None
     if body is not None:
         lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
         lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
         lua.close()
     use_wrk = shutil.which("wrk") is not None
-    run = (lambda s: wrk(url, s, connections, lua.name if lua else None)) if use_wrk else \
-        (lambda s: asyncio.run(python_load(url, s, connections, body)))
+    run = (lambda s: wrk(url, s, connections, lua.name if lua else None, headers)) if use_wrk else \
+        (lambda s: asyncio.run(python_load(url, s, connections, body, headers)))
     run(1)  # warm up: runtimes compiled, statements prepared, pools full
     time.sleep(1.0)  # pg_stat_database is updated by the backends at most every second
     before = asyncio.run(transactions(db_url))
@@ -165,7 +171,8 @@ def main() -> None:
 
     asyncio.run(create())
     url = on(server, database)
-    role, posts = asyncio.run(prepare(url))
+    role, posts, key = asyncio.run(prepare(url))
+    headers = {"apikey": key}  # the engine is called with the tenant's service key, as a backend would
     engine_port, baseline_port = free_port(), free_port()
     engine = start([sys.executable, "-m", "gateway.cli", "serve", "--port", str(engine_port), "--workers", "2"],
                    {"DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "warning"}, engine_port)
@@ -189,8 +196,8 @@ def main() -> None:
         print(f"{'request':28}{'engine req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}"
               f"{'baseline req/s':>16}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'ratio':>7}")
         for name, engine_url, baseline_url, body in cases:
-            runs = [(measure(engine_url, args.seconds, args.connections, body, url),
-                     measure(baseline_url, args.seconds, args.connections, body, url)) for _ in range(args.rounds)]
+            runs = [(measure(engine_url, args.seconds, args.connections, body, url, headers),
+                     measure(baseline_url, args.seconds, args.connections, body, url, {})) for _ in range(args.rounds)]
             e = max((r[0] for r in runs), key=lambda m: m[0])
             b = max((r[1] for r in runs), key=lambda m: m[0])
             print(f"{name:28}{e[0]:>13.0f}{e[1]:>8.2f}{e[2]:>8.2f}{e[3]:>7.2f}"

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +33,7 @@ from engine.storage.deploy import CHANGES_CHANNEL
 from engine.storage.tables import build_metadata
 
 LISTEN_RETRY_SECONDS = 5.0
+MAX_CACHED_KEYS = 10_000  # unknown keys are cached too (as None), so the cache is bounded
 log = structlog.get_logger("backsaas.registry")
 
 
@@ -64,6 +66,14 @@ class TenantRuntime:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    tenant_id: str
+    role: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
 class TenantState:
     tenant_id: str
     status: str
@@ -83,6 +93,7 @@ class RuntimeRegistry:
         self.capacity = capacity
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._states: dict[str, TenantState] = {}
+        self._keys: dict[tuple[str, str], ApiKey | None] = {}  # (slug, key hash) -> key
         self._generation = 0  # bumped by every notification: a read that raced one is not cached
         self._listener: asyncpg.Connection | None = None
         self._next_attempt = 0.0
@@ -108,11 +119,14 @@ class RuntimeRegistry:
     def _changed(self, conn: object, pid: int, channel: str, slug: str) -> None:
         self._generation += 1
         self._states.pop(slug, None)
+        for key in [k for k in self._keys if k[0] == slug]:
+            del self._keys[key]
 
     def _lost(self, conn: object) -> None:
         log.warning("registry.listener_lost")
         self._listener = None
         self._states.clear()
+        self._keys.clear()
 
     async def _state(self, slug: str) -> TenantState | None:
         if self._listener is None and time.monotonic() >= self._next_attempt:
@@ -137,6 +151,24 @@ class RuntimeRegistry:
         if self._listener is not None and generation == self._generation:
             self._states[slug] = state
         return state
+
+    async def api_key(self, slug: str, hashed: str) -> ApiKey | None:
+        """The key with this hash, whichever tenant it belongs to (the caller compares), or None."""
+        cache_key = (slug, hashed)
+        if self._listener is not None and cache_key in self._keys:
+            return self._keys[cache_key]
+        generation = self._generation
+        keys = catalog.platform_tables()["api_keys"]
+        try:
+            async with self.db.engine.connect() as conn:
+                row = (await conn.execute(sa.select(keys.c.tenant_id, keys.c.role, keys.c.expires_at, keys.c.revoked_at)
+                                          .where(keys.c.key_hash == hashed))).first()
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
+        found = ApiKey(str(row.tenant_id), row.role, row.expires_at, row.revoked_at) if row else None
+        if self._listener is not None and generation == self._generation and len(self._keys) < MAX_CACHED_KEYS:
+            self._keys[cache_key] = found
+        return found
 
     async def get(self, slug: str) -> TenantRuntime:
         """The runtime of an active tenant; 404 for unknown or deleted, 403 for suspended."""

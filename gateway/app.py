@@ -27,6 +27,7 @@ from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
+from gateway.auth import authenticate
 
 log = structlog.get_logger("backsaas.gateway")
 
@@ -133,9 +134,11 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
         return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
                              "details": None, "hint": f"use one of {', '.join(REST_METHODS)}"},
                             status_code=405, headers={"Allow": ", ".join(REST_METHODS)})
-    api = RestApi(runtime, request.app.state.db)
+    headers = request_headers(request.scope)
+    caller = await authenticate(request.app.state.registry, runtime, headers)
+    api = RestApi(runtime, request.app.state.db, caller)
     body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
-    result = await api.handle(request.method, entity, request.scope["query_string"], request_headers(request.scope), body)
+    result = await api.handle(request.method, entity, request.scope["query_string"], headers, body)
     return RawResponse(result.status, result.headers, result.body)
 
 

@@ -15,6 +15,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from engine.schema import load_schema_file
 from engine.storage.deploy import Deployment, deploy, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
+from functions.keys import NewKey, create_api_key, list_api_keys, revoke_api_key
 from functions.tenants import create_tenant
 from functions.users import UserExists, create_platform_admin
 
@@ -144,14 +146,56 @@ def cmd_schema_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+async def provision(db: Database, slug: str, name: str | None, source: str | None,
+                    progress: StepProgress | None = None) -> tuple[Deployment, list[NewKey]]:
+    """A tenant and its two starting keys: `anon` for public clients, `service` for servers."""
+    deployment = await create_tenant(db, slug, name=name, source=source, actor=ACTOR, progress=progress)
+    keys = [await create_api_key(db, slug, role, role) for role in ("anon", "service")]
+    return deployment, keys
+
+
 def cmd_tenant_create(args: argparse.Namespace) -> int:
     source = Path(args.schema).read_text(encoding="utf-8") if args.schema else None
     url = database_url()
     bar, advance = step_progress("Provisioning")
     with bar:
-        deployment = with_database(lambda db: create_tenant(db, args.slug, name=args.name, source=source,
-                                                            actor=ACTOR, progress=advance), url)
-    print_deployment(deployment, args.json)
+        deployment, keys = with_database(lambda db: provision(db, args.slug, args.name, source, advance), url)
+    if args.json:
+        out.print_json(json.dumps({"tenant": deployment.slug, "version": deployment.version,
+                                   "keys": {k.role: k.key for k in keys}}))
+        return 0
+    print_deployment(deployment, False)
+    for key in keys:
+        out.print(f"  {key.role} key (shown once): {key.key}", highlight=False)
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    expires = datetime.fromisoformat(args.expires) if args.expires else None
+    key = with_database(lambda db: create_api_key(db, args.tenant, args.name, args.role, expires))
+    if args.json:
+        out.print_json(json.dumps({"name": key.name, "role": key.role, "key": key.key}))
+    else:
+        out.print(f"Key {key.name} ({key.role}) for {args.tenant}, shown once: {key.key}", highlight=False)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    keys = with_database(lambda db: list_api_keys(db, args.tenant))
+    if args.json:
+        out.print_json(json.dumps(keys, default=str))
+        return 0
+    table = Table("name", "role", "prefix", "expires", "revoked")
+    for k in keys:
+        table.add_row(str(k["name"]), str(k["role"]), str(k["prefix"]), str(k["expires_at"] or ""),
+                      str(k["revoked_at"] or ""))
+    out.print(table)
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    with_database(lambda db: revoke_api_key(db, args.tenant, args.name))
+    out.print(f"Key {args.name} of {args.tenant} revoked.")
     return 0
 
 
@@ -185,27 +229,30 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_demo(db: Database) -> Awaitable[tuple[str, str]]:
+def prepare_demo(db: Database) -> Awaitable[dict[str, str]]:
     """The demo tenant (schemas/blog.yaml) and a platform admin whose password is kept in .backsaas/."""
-    async def work() -> tuple[str, str]:
+    async def work() -> dict[str, str]:
+        login = Path.cwd() / ".backsaas" / "demo-login.json"
         async with db.begin() as conn:
             exists = await catalog.find_tenant(conn, DEMO_TENANT)
-        if exists is None:
-            await create_tenant(db, DEMO_TENANT, name="Demo blog", source=DEMO_SCHEMA.read_text(encoding="utf-8"),
-                                actor=ACTOR)
-        login = Path.cwd() / ".backsaas" / "demo-login.json"
-        if login.exists():
-            saved = json.loads(login.read_text())
-            return saved["email"], saved["password"]
-        password = secrets.token_urlsafe(12)
-        try:
-            await create_platform_admin(db, DEMO_ADMIN, password)
-        except UserExists:
-            return DEMO_ADMIN, "(set before; see .backsaas/demo-login.json)"
-        login.parent.mkdir(parents=True, exist_ok=True)
-        login.write_text(json.dumps({"email": DEMO_ADMIN, "password": password}))
-        login.chmod(0o600)
-        return DEMO_ADMIN, password
+        if exists is None or not login.exists():
+            if exists is None:
+                _, keys = await provision(db, DEMO_TENANT, "Demo blog", DEMO_SCHEMA.read_text(encoding="utf-8"))
+            else:  # the saved login is gone: issue fresh keys under new names
+                suffix = secrets.token_hex(3)
+                keys = [await create_api_key(db, DEMO_TENANT, f"{role}-{suffix}", role) for role in ("anon", "service")]
+            password = secrets.token_urlsafe(12)
+            try:
+                await create_platform_admin(db, DEMO_ADMIN, password)
+            except UserExists:
+                password = "(set before this data directory lost its demo-login.json)"
+            login.parent.mkdir(parents=True, exist_ok=True)
+            login.write_text(json.dumps({"email": DEMO_ADMIN, "password": password,
+                                         **{f"{k.role}_key": k.key for k in keys}}))
+            login.chmod(0o600)
+        return json.loads(login.read_text())
+
+    return work()
 
     return work()
 
@@ -215,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     url = database_url()
 
-    async def bootstrap(db: Database) -> tuple[str, str] | None:
+    async def bootstrap(db: Database) -> dict[str, str] | None:
         return await prepare_demo(db) if args.demo else None
 
     bar, advance = step_progress("Deploying platform.yaml")
@@ -226,7 +273,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     out.print(f"  platform API: {base}/api/platform/")
     if login:
         out.print(f"  demo tenant:  {base}/api/tenants/{DEMO_TENANT}/  or  http://{DEMO_TENANT}.localhost:{args.port}/")
-        out.print(f"  platform admin login: {login[0]} / {login[1]}")
+        out.print(f"  platform admin login: {login['email']} / {login['password']}")
+        out.print(f"  demo anon key:    {login['anon_key']}", highlight=False)
+        out.print(f"  demo service key: {login['service_key']}", highlight=False)
+        out.print(f"  try: curl -H 'apikey: {login['anon_key']}' {base}/api/tenants/{DEMO_TENANT}/rest/v1/post",
+                  highlight=False)
     os.environ["BACKSAAS_DATABASE_URL"] = url
     uvicorn.run("gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 reload=args.reload, reload_dirs=[str(REPO)] if args.reload else None, access_log=False,
@@ -274,6 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing = tenant.add_parser("list", help="list tenants")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=cmd_tenant_list)
+
+    key = commands.add_parser("key", help="API keys of a tenant").add_subparsers(dest="action", required=True,
+                                                                                 metavar="ACTION")
+    key_create = key.add_parser("create", help="create an API key (shown once)")
+    key_create.add_argument("--tenant", required=True)
+    key_create.add_argument("--name", required=True)
+    key_create.add_argument("--role", required=True, help="anon, service, or a role of the tenant's schema")
+    key_create.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2027-01-01T00:00:00+00:00)")
+    key_create.add_argument("--json", action="store_true", help="machine-readable output")
+    key_create.set_defaults(run=cmd_key_create)
+    key_list = key.add_parser("list", help="list a tenant's keys (never the keys themselves)")
+    key_list.add_argument("--tenant", required=True)
+    key_list.add_argument("--json", action="store_true", help="machine-readable output")
+    key_list.set_defaults(run=cmd_key_list)
+    key_revoke = key.add_parser("revoke", help="revoke a key, at once on every server process")
+    key_revoke.add_argument("--tenant", required=True)
+    key_revoke.add_argument("--name", required=True)
+    key_revoke.set_defaults(run=cmd_key_revoke)
 
     admin = commands.add_parser("admin", help="platform administrators").add_subparsers(
         dest="action", required=True, metavar="ACTION")

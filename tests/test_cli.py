@@ -124,3 +124,18 @@ def test_admin_create_reads_the_password_from_stdin(backsaas):
     assert "Platform admin ops@example.com created" in result.stdout
     again = backsaas("admin", "create", "--email", "ops@example.com", "--password-stdin", stdin="a long passphrase\n")
     assert again.returncode == 1 and "user_exists" in again.stderr
+
+
+def test_tenant_create_issues_anon_and_service_keys_and_keys_can_be_managed(backsaas):
+    created = json.loads(backsaas("tenant", "create", "cli-keys", "--json").stdout)
+    assert set(created["keys"]) == {"anon", "service"} and created["keys"]["service"].startswith("bsk_")
+    made = backsaas("key", "create", "--tenant", "cli-keys", "--name", "ci", "--role", "service", "--json")
+    assert made.returncode == 0 and json.loads(made.stdout)["key"].startswith("bsk_")
+    listed = json.loads(backsaas("key", "list", "--tenant", "cli-keys", "--json").stdout)
+    assert [k["name"] for k in listed] == ["anon", "ci", "service"]
+    assert all("key" not in k and "key_hash" not in k for k in listed)  # never shown again
+    assert backsaas("key", "revoke", "--tenant", "cli-keys", "--name", "ci").returncode == 0
+    again = backsaas("key", "revoke", "--tenant", "cli-keys", "--name", "ci")
+    assert again.returncode == 1 and "key_not_found" in again.stderr
+    bad_role = backsaas("key", "create", "--tenant", "cli-keys", "--name", "x", "--role", "wizard")
+    assert bad_role.returncode == 1 and "role" in bad_role.stderr

@@ -10,6 +10,7 @@ import pytest
 from postgrest import APIError, CountMethod, SyncPostgrestClient
 
 from engine.database import Database
+from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from tests.server import running_gateway
 
@@ -24,14 +25,34 @@ async def blog(db: Database) -> Database:
 
 
 @pytest.fixture(scope="module")
+async def keys(blog: Database) -> dict[str, str]:
+    made = {}
+    for slug in ("blog", "other"):
+        for role in ("service", "anon"):
+            made[f"{slug}_{role}"] = (await create_api_key(blog, slug, role, role)).key
+    return made
+
+
+def key_headers(key: str) -> dict[str, str]:
+    """What Supabase's clients send: the key as `apikey` and as the bearer."""
+    return {"apikey": key, "Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
 def base(blog: Database, database_url: str) -> Iterator[str]:
     with running_gateway(database_url) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def client(base: str) -> SyncPostgrestClient:
-    return SyncPostgrestClient(f"{base}/api/tenants/blog/rest/v1")
+def http(base: str, keys: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(headers=key_headers(keys["blog_service"])) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(base: str, keys: dict[str, str]) -> SyncPostgrestClient:
+    return SyncPostgrestClient(f"{base}/api/tenants/blog/rest/v1", headers=key_headers(keys["blog_service"]))
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +137,8 @@ def test_limit_offset_and_range_with_exact_count(client, seeded):
     assert titles(page) == ["Third"]
 
 
-def test_content_range_header(base, seeded):
-    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title&limit=2", headers={"Prefer": "count=exact"})
+def test_content_range_header(http, base, seeded):
+    response = http.get(f"{base}/api/tenants/blog/rest/v1/post?select=title&limit=2", headers={"Prefer": "count=exact"})
     assert response.headers["content-range"] == "0-1/4"
 
 
@@ -129,18 +150,18 @@ def test_single_object_or_406(client, seeded):
     assert many.value.code == "PGRST116"
 
 
-def test_head_returns_headers_only(base, seeded):
-    response = httpx.head(f"{base}/api/tenants/blog/rest/v1/post", headers={"Prefer": "count=exact"})
+def test_head_returns_headers_only(http, base, seeded):
+    response = http.head(f"{base}/api/tenants/blog/rest/v1/post", headers={"Prefer": "count=exact"})
     assert response.status_code == 200 and response.content == b"" and response.headers["content-range"].endswith("/4")
 
 
-def test_insert_one_returns_location_and_representation(base, client, seeded):
-    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "Cy"},
+def test_insert_one_returns_location_and_representation(http, base, client, seeded):
+    response = http.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "Cy"},
                           headers={"Prefer": "return=representation"})
     assert response.status_code == 201
     created = response.json()[0]
     assert response.headers["location"] == f"/author?id=eq.{created['id']}"
-    minimal = httpx.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "Di"})
+    minimal = http.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "Di"})
     assert minimal.status_code == 201 and minimal.content == b"" and "location" in minimal.headers
 
 
@@ -175,8 +196,8 @@ def test_delete_returns_deleted_rows(client, seeded):
 
 
 @pytest.mark.parametrize("method", ["patch", "delete"])
-def test_unfiltered_update_or_delete_is_refused(base, method):
-    response = httpx.request(method.upper(), f"{base}/api/tenants/blog/rest/v1/post", json={"rating": 1})
+def test_unfiltered_update_or_delete_is_refused(http, base, method):
+    response = http.request(method.upper(), f"{base}/api/tenants/blog/rest/v1/post", json={"rating": 1})
     assert response.status_code == 400 and response.json()["code"] == "21000"
 
 
@@ -194,8 +215,8 @@ def test_unfiltered_update_or_delete_is_refused(base, method):
     ("post?limit=-1", 400, "PGRST100"),
     ("post?or=(title.eq.a", 400, "PGRST100"),
 ])
-def test_read_errors_have_postgrest_shape_and_status(base, path, status, code):
-    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/{path}")
+def test_read_errors_have_postgrest_shape_and_status(http, base, path, status, code):
+    response = http.get(f"{base}/api/tenants/blog/rest/v1/{path}")
     body = response.json()
     assert response.status_code == status and body["code"] == code, body
     assert set(body) == {"code", "message", "details", "hint"}
@@ -208,14 +229,14 @@ def test_read_errors_have_postgrest_shape_and_status(base, path, status, code):
     ("post", b'{"title": "x", "author_id": "00000000-0000-0000-0000-000000000000"}', 409, "23503"),
     ("author", b'{"email": "a@b.c"}', 422, "validation_failed"),
 ])
-def test_write_errors_have_their_status(base, entity, body, status, code):
-    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/{entity}", content=body,
+def test_write_errors_have_their_status(http, base, entity, body, status, code):
+    response = http.post(f"{base}/api/tenants/blog/rest/v1/{entity}", content=body,
                           headers={"Content-Type": "application/json"})
     assert response.status_code == status and response.json()["code"] == code, response.json()
 
 
-def test_validation_lists_every_field_error(base):
-    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/post",
+def test_validation_lists_every_field_error(http, base):
+    response = http.post(f"{base}/api/tenants/blog/rest/v1/post",
                           json={"rating": 5.5, "status": "gone", "id": "x", "extra": 1, "tags": "no"})
     assert response.status_code == 422
     details = {d["field"]: d["message"] for d in response.json()["details"]}
@@ -225,29 +246,29 @@ def test_validation_lists_every_field_error(base):
         "extra": "is not a field of this entity", "tags": "'no' is not of type 'array', 'null'"}
 
 
-def test_formats_are_checked(base):
-    response = httpx.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "E", "email": "not-an-email"})
+def test_formats_are_checked(http, base):
+    response = http.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "E", "email": "not-an-email"})
     assert response.status_code == 422 and response.json()["details"][0]["field"] == "email"
 
 
-def test_internal_fields_are_neither_readable_nor_writable(base):
-    read = httpx.get(f"{base}/api/tenants/blog/rest/v1/users?select=password_hash")
+def test_internal_fields_are_neither_readable_nor_writable(http, base):
+    read = http.get(f"{base}/api/tenants/blog/rest/v1/users?select=password_hash")
     assert read.status_code == 400
-    written = httpx.post(f"{base}/api/tenants/blog/rest/v1/users", json={"email": "u@example.com", "password_hash": "x"})
+    written = http.post(f"{base}/api/tenants/blog/rest/v1/users", json={"email": "u@example.com", "password_hash": "x"})
     assert written.status_code == 422
 
 
-def test_another_tenants_rows_are_not_visible_through_this_tenants_url(base, client, seeded):
-    other = SyncPostgrestClient(f"{base}/api/tenants/other/rest/v1")
+def test_another_tenants_rows_are_not_visible_through_this_tenants_url(base, client, seeded, keys):
+    other = SyncPostgrestClient(f"{base}/api/tenants/other/rest/v1", headers=key_headers(keys["other_service"]))
     assert other.from_("post").select("title").execute().data == []
     other.from_("author").insert({"name": "Other"}).execute()
     assert client.from_("author").select("name").eq("name", "Other").execute().data == []
 
 
-def test_supabase_profile_headers_are_accepted_and_others_refused(base, seeded):
-    ok = httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title", headers={"Accept-Profile": "public"})
+def test_supabase_profile_headers_are_accepted_and_others_refused(http, base, seeded):
+    ok = http.get(f"{base}/api/tenants/blog/rest/v1/post?select=title", headers={"Accept-Profile": "public"})
     assert ok.status_code == 200
-    refused = httpx.get(f"{base}/api/tenants/blog/rest/v1/post", headers={"Accept-Profile": "t_other"})
+    refused = http.get(f"{base}/api/tenants/blog/rest/v1/post", headers={"Accept-Profile": "t_other"})
     assert refused.status_code == 406 and refused.json()["code"] == "PGRST106"
 
 
@@ -256,10 +277,10 @@ def test_json_types_timestamps_with_offset_and_uuids_as_strings(client, seeded):
     assert post["created_at"].endswith("+00:00") and isinstance(post["id"], str) and post["tags"] == ["a", "b"]
 
 
-def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(base, seeded):
+def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(http, base, seeded):
     from openapi_spec_validator import validate
 
-    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/")
+    response = http.get(f"{base}/api/tenants/blog/rest/v1/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/openapi+json")
     document = response.json()
     validate(document)
@@ -270,10 +291,10 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(base, seed
     assert document["servers"][0]["url"] == f"{base}/api/tenants/blog/rest/v1"
 
 
-def test_supabase_sdk_reads_embeds_and_writes(base, seeded):
+def test_supabase_sdk_reads_embeds_and_writes(base, seeded, keys):
     from supabase import create_client
 
-    client = create_client(f"{base}/api/tenants/blog", "a-key-until-the-identity-issue-lands")
+    client = create_client(f"{base}/api/tenants/blog", keys["blog_service"])
     posts = client.table("post").select("title,author(name)").eq("title", "First").execute().data
     assert posts == [{"title": "First", "author": {"name": "Ann"}}]
     created = client.table("author").insert({"name": "Via SDK"}).execute().data
@@ -281,11 +302,11 @@ def test_supabase_sdk_reads_embeds_and_writes(base, seeded):
     assert client.table("author").delete().eq("id", created[0]["id"]).execute().data[0]["name"] == "Via SDK"
 
 
-def test_oversized_bodies_and_unsupported_methods_are_refused(base):
-    too_big = httpx.post(f"{base}/api/tenants/blog/rest/v1/post", content=b"[" + b" " * (11 * 1024 * 1024) + b"]",
+def test_oversized_bodies_and_unsupported_methods_are_refused(http, base):
+    too_big = http.post(f"{base}/api/tenants/blog/rest/v1/post", content=b"[" + b" " * (11 * 1024 * 1024) + b"]",
                          headers={"Content-Type": "application/json"})
     assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
-    put = httpx.put(f"{base}/api/tenants/blog/rest/v1/post", json={})
+    put = http.put(f"{base}/api/tenants/blog/rest/v1/post", json={})
     assert put.status_code == 405 and "PATCH" in put.headers["allow"]
 
 
@@ -296,17 +317,81 @@ def test_filters_on_an_embed_filter_the_embedded_rows_only(client, seeded):
 
 
 @pytest.fixture(scope="module")
-async def shop(db: Database) -> None:
+async def shop(db: Database) -> httpx.Client:
     await create_tenant(db, "shop", source="name: shop\nentities:\n  item:\n    fields:\n"
                                            "      price: {type: decimal, precision: 8, scale: 2}\n"
                                            "      launch: {type: date}\n      big: {type: bigint}\n")
+    return httpx.Client(headers=key_headers((await create_api_key(db, "shop", "service", "service")).key))
 
 
 def test_decimals_are_strings_and_dates_iso(base, shop):
+    http = shop
     rest = f"{base}/api/tenants/shop/rest/v1/item"
-    created = httpx.post(rest, json={"price": "12.30", "launch": "2024-02-29", "big": 9007199254740993},
+    created = http.post(rest, json={"price": "12.30", "launch": "2024-02-29", "big": 9007199254740993},
                          headers={"Prefer": "return=representation"}).json()[0]
     assert created["price"] == "12.30" and created["launch"] == "2024-02-29" and created["big"] == 9007199254740993
-    assert httpx.get(rest, params={"price": "gte.12.3", "select": "price"}).json() == [{"price": "12.30"}]
-    too_precise = httpx.post(rest, json={"price": 1234567.891})
+    assert http.get(rest, params={"price": "gte.12.3", "select": "price"}).json() == [{"price": "12.30"}]
+    too_precise = http.post(rest, json={"price": 1234567.891})
     assert too_precise.status_code == 422 and too_precise.json()["details"][0]["field"] == "price"
+
+
+def test_requests_without_a_key_act_as_anon(base, seeded):
+    read = httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title&limit=1")
+    assert read.status_code == 200 and len(read.json()) == 1  # blog.yaml lets anon read posts
+    write = httpx.post(f"{base}/api/tenants/blog/rest/v1/post", json={"title": "anonymous"})
+    assert write.status_code == 403 and write.json()["code"] == "permission_denied"
+
+
+def test_the_anon_key_is_the_anon_role(base, keys, seeded):
+    headers = key_headers(keys["blog_anon"])
+    assert httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title", headers=headers).status_code == 200
+    assert httpx.delete(f"{base}/api/tenants/blog/rest/v1/post?id=eq.{seeded['first']}", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize(("headers", "code"), [
+    ({"apikey": "bsk_not-a-real-key"}, "invalid_api_key"),
+    ({"apikey": "plainly wrong"}, "invalid_api_key"),
+    ({"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoic2VydmljZSJ9."}, "invalid_api_key"),
+])
+def test_unknown_keys_and_tokens_are_401(base, headers, code):
+    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/post", headers=headers)
+    assert response.status_code == 401 and response.json()["code"] == code
+
+
+def test_another_tenants_key_is_401_tenant_mismatch_and_reveals_nothing(base, keys, seeded):
+    for method in ("GET", "POST", "PATCH", "DELETE"):
+        response = httpx.request(method, f"{base}/api/tenants/blog/rest/v1/post?id=eq.{seeded['first']}",
+                                 headers=key_headers(keys["other_service"]), json={"title": "x"})
+        assert response.status_code == 401 and response.json()["code"] == "tenant_mismatch"
+        assert "First" not in response.text
+
+
+def test_a_bearer_that_differs_from_the_key_is_refused(base, keys):
+    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/post",
+                         headers={"apikey": keys["blog_anon"], "Authorization": f"Bearer {keys['blog_service']}"})
+    assert response.status_code == 401 and response.json()["code"] == "invalid_token"
+
+
+async def test_a_revoked_key_is_refused_at_once(base, blog):
+    import asyncio
+
+    from functions.keys import revoke_api_key
+
+    key = (await create_api_key(blog, "blog", "short-lived", "service")).key
+    url = f"{base}/api/tenants/blog/rest/v1/post?select=title&limit=1"
+    async with httpx.AsyncClient(headers=key_headers(key)) as http:
+        assert (await http.get(url)).status_code == 200  # now cached by the gateway
+        await revoke_api_key(blog, "blog", "short-lived")
+        for _ in range(50):  # the NOTIFY reaches the gateway within milliseconds
+            if (await http.get(url)).status_code == 401:
+                break
+            await asyncio.sleep(0.02)
+        assert (await http.get(url)).json()["code"] == "key_revoked"
+
+
+async def test_an_expired_key_is_refused(base, blog):
+    from datetime import UTC, datetime, timedelta
+
+    key = (await create_api_key(blog, "blog", "expired", "service", datetime.now(UTC) - timedelta(seconds=1))).key
+    response = httpx.get(f"{base}/api/tenants/blog/rest/v1/post", headers=key_headers(key))
+    assert response.status_code == 401 and response.json()["code"] == "key_expired"

@@ -19,6 +19,7 @@ from schemathesis.checks import (
 )
 
 from engine.database import Database
+from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from tests.server import running_gateway
 
@@ -31,16 +32,21 @@ word = st.one_of(st.sampled_from(COLUMNS), text)
 
 
 @pytest.fixture(scope="module")
-def base(db: Database, database_url: str) -> Iterator[str]:
-    import asyncio  # noqa: F401 - the tenant is made by the async fixture below
+async def service_key(db: Database) -> str:
+    await create_tenant(db, "blog", source=(REPO / "schemas" / "blog.yaml").read_text())
+    return (await create_api_key(db, "blog", "service", "service")).key
 
+
+@pytest.fixture(scope="module")
+def base(service_key: str, database_url: str) -> Iterator[str]:
     with running_gateway(database_url) as url:
         yield url
 
 
-@pytest.fixture(scope="module", autouse=True)
-async def blog(db: Database) -> None:
-    await create_tenant(db, "blog", source=(REPO / "schemas" / "blog.yaml").read_text())
+@pytest.fixture(scope="module")
+def http(service_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(headers={"apikey": service_key}) as client:
+        yield client
 
 
 def assert_clean(response: httpx.Response) -> None:
@@ -65,16 +71,16 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 @given(params=st.lists(st.one_of(filters, logic, st.tuples(st.just("select"), selects),
                                  st.tuples(st.just("order"), orders),
                                  st.tuples(st.sampled_from(["limit", "offset"]), text)), max_size=4))
-def test_random_query_strings_never_get_a_server_error(base, params):
-    assert_clean(httpx.get(f"{base}/api/tenants/blog/rest/v1/post", params=params))
+def test_random_query_strings_never_get_a_server_error(base, http, params):
+    assert_clean(http.get(f"{base}/api/tenants/blog/rest/v1/post", params=params))
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(json_values, st.dictionaries(st.sampled_from(COLUMNS), json_values, max_size=5)),
        method=st.sampled_from(["POST", "PATCH"]))
-def test_random_bodies_never_get_a_server_error(base, body, method):
+def test_random_bodies_never_get_a_server_error(base, http, body, method):
     url = f"{base}/api/tenants/blog/rest/v1/post" + ("?title=eq.x" if method == "PATCH" else "")
-    assert_clean(httpx.request(method, url, json=body))
+    assert_clean(http.request(method, url, json=body))
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +94,6 @@ schema = schemathesis.pytest.from_fixture("openapi")
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
-def test_every_operation_conforms_to_the_openapi_document(case):
-    case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
-                                   response_schema_conformance])
+def test_every_operation_conforms_to_the_openapi_document(case, service_key):
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    case.call_and_validate(headers={"apikey": service_key}, checks=checks)

@@ -167,7 +167,7 @@ async def deploy(db: Database, slug: str, source: str, *, allow_destructive: boo
 
 
 def notify_triggers_sql(channel: str) -> str:
-    """Triggers telling every process which tenant changed (its row, or its deployed versions)."""
+    """Triggers telling every process which tenant changed (its row, its deployed versions, its keys)."""
     return f"""
 CREATE OR REPLACE FUNCTION system.backsaas_notify_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -186,6 +186,8 @@ END $$;
 CREATE OR REPLACE TRIGGER tenants_notify AFTER INSERT OR UPDATE OR DELETE ON system.tenants
   FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant();
 CREATE OR REPLACE TRIGGER schema_versions_notify AFTER INSERT OR UPDATE OR DELETE ON system.schema_versions
+  FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant();
+CREATE OR REPLACE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON system.api_keys
   FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant()"""
 
 

@@ -1,0 +1,88 @@
+"""API keys of a tenant: named, with a role, optionally expiring, revocable at once; shown once.
+
+Only a SHA-256 hash of a key is stored (keys are 256-bit random, so a fast hash is enough); the gateway
+looks keys up by that hash. Revocation is a row update, which the NOTIFY trigger on `api_keys` carries
+to every server process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from engine import catalog
+from engine.database import Database
+from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
+from engine.schema import load_schema
+
+KEY_PREFIX = "bsk_"
+
+
+class KeyExists(BackSaasError):
+    code = "key_exists"
+    status = 409
+
+
+class KeyNotFound(BackSaasError):
+    code = "key_not_found"
+    status = 404
+
+
+@dataclass(frozen=True)
+class NewKey:
+    name: str
+    role: str
+    key: str  # the only time the key is visible
+    expires_at: datetime | None
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_api_key(db: Database, slug: str, name: str, role: str, expires_at: datetime | None = None) -> NewKey:
+    """A new key for tenant `slug` acting as `role` (anon, service, or a role the tenant's schema knows)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    keys = catalog.platform_tables()["api_keys"]
+    try:
+        async with db.begin() as conn:
+            tenant = await catalog.find_tenant(conn, slug)
+            if tenant is None:
+                raise TenantNotFound(f"no tenant '{slug}'")
+            version = await catalog.current_version(conn, tenant.id)
+            roles = load_schema(version.source).all_roles if version else ()
+            if role not in roles:
+                raise InvalidInput(f"tenant '{slug}' has no role '{role}'",
+                                   details=[Problem("role", f"expected one of {', '.join(roles)}")])
+            await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, prefix=key[:12],
+                                                    key_hash=key_hash(key), expires_at=expires_at))
+    except IntegrityError as exc:
+        raise KeyExists(f"tenant '{slug}' already has a key named '{name}'") from exc
+    return NewKey(name, role, key, expires_at)
+
+
+async def revoke_api_key(db: Database, slug: str, name: str) -> None:
+    keys = catalog.platform_tables()["api_keys"]
+    tenants = catalog.platform_tables()["tenants"]
+    async with db.begin() as conn:
+        result = await conn.execute(
+            keys.update().where(keys.c.name == name, keys.c.revoked_at.is_(None),
+                                keys.c.tenant_id == sa.select(tenants.c.id).where(tenants.c.slug == slug).scalar_subquery())
+            .values(revoked_at=sa.func.now()))
+    if result.rowcount == 0:
+        raise KeyNotFound(f"tenant '{slug}' has no active key named '{name}'")
+
+
+async def list_api_keys(db: Database, slug: str) -> list[dict[str, object]]:
+    keys = catalog.platform_tables()["api_keys"]
+    tenants = catalog.platform_tables()["tenants"]
+    async with db.begin() as conn:
+        rows = await conn.execute(
+            sa.select(keys.c.name, keys.c.role, keys.c.prefix, keys.c.expires_at, keys.c.revoked_at, keys.c.created_at)
+            .join(tenants, tenants.c.id == keys.c.tenant_id).where(tenants.c.slug == slug).order_by(keys.c.name))
+        return [dict(r._mapping) for r in rows]
