@@ -7,6 +7,7 @@ serves `/healthz` and `/readyz`. Errors are rendered here, once, from the engine
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,7 +37,10 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except TypeError:  # e.g. a lone surrogate echoed from the request: escape it rather than fail
+            return json.dumps(content, default=str).encode()
 
 
 def error_response(error: BackSaasError) -> JSONResponse:
@@ -174,9 +178,10 @@ class TenantApp:
         request = Request(scope, receive)
         response: Response | RawResponse
         try:
-            response = await self.respond(request, scope)
-        except BackSaasError as error:
-            response = error_response(error)
+            try:
+                response = await self.respond(request, scope)
+            except BackSaasError as error:
+                response = error_response(error)
         except Exception:
             log.exception("request.failed", path=scope["path"], tenant=scope.get("backsaas.tenant"))
             response = JSONResponse({"code": "internal_error", "message": "the server failed to answer this request",

@@ -24,7 +24,7 @@ def running_gateway(database_url: str) -> Iterator[str]:
     """Serve the gateway on the module's database; yields its base URL and stops it afterwards."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(database_url), host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
+                                           access_log=False, lifespan="on", loop="asyncio"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
