@@ -213,6 +213,7 @@ def test_unfiltered_update_or_delete_is_refused(http, base, method):
     ("post?select=*,nothing(*)", 400, "PGRST200"),
     ("post?order=title.sideways", 400, "PGRST100"),
     ("post?limit=-1", 400, "PGRST100"),
+    ("post?limit=%C2%B2", 400, "PGRST100"),
     ("post?or=(title.eq.a", 400, "PGRST100"),
 ])
 def test_read_errors_have_postgrest_shape_and_status(http, base, path, status, code):
@@ -395,3 +396,8 @@ async def test_an_expired_key_is_refused(base, blog):
     key = (await create_api_key(blog, "blog", "expired", "service", datetime.now(UTC) - timedelta(seconds=1))).key
     response = httpx.get(f"{base}/api/tenants/blog/rest/v1/post", headers=key_headers(key))
     assert response.status_code == 401 and response.json()["code"] == "key_expired"
+
+
+def test_a_range_with_non_ascii_digits_is_400(http, base):
+    response = http.get(f"{base}/api/tenants/blog/rest/v1/post", headers={"Range": "0-\u00b2".encode("latin-1")})
+    assert response.status_code == 400 and response.json()["code"] == "PGRST100"

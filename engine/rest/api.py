@@ -64,13 +64,17 @@ class Prefer:
         return cls(values.get("return", default_return), values.get("count"), values.get("resolution"))
 
 
+def _whole(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def parse_range(header: str | None) -> tuple[int | None, int | None]:
     """`Range: 0-9` -> (limit 10, offset 0); `10-` -> (None, 10)."""
     if not header:
         return None, None
     unit, _, spec = header.rpartition("=")
     first, dash, last = spec.strip().partition("-")
-    if not dash or not first.isdigit() or (last and not last.isdigit()) or (unit and unit.strip() != "items"):
+    if not dash or not _whole(first) or (last and not _whole(last)) or (unit and unit.strip() != "items"):
         raise QueryParseError(f"Range '{header}': expected first-last, e.g. 0-9")
     if last and int(last) < int(first):
         raise RangeNotSatisfiable(f"Range '{header}': the last item comes before the first")

@@ -216,7 +216,7 @@ class ReadParser:
     def count(name: str, text: str | None) -> int | None:
         if text is None:
             return None
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # '²'.isdigit() is true, int('²') fails
             raise QueryParseError(f"{name}={text}: expected a whole number")
         return int(text)
 
