@@ -39,11 +39,10 @@ SCOPES = ("all", "own")
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is acting: their roles in the tenant and, for a signed-in user, their id.
+    """Who is acting: their roles in the tenant and, for a signed-in user, their id (the gateway builds
+    it from the request's key; no credentials is the `anon` role)."""
 
-    Until authentication lands (issue 4), the gateway acts as the tenant's admin."""
-
-    roles: tuple[str, ...] = ("admin",)
+    roles: tuple[str, ...]
     user_id: str | None = None
 
 

@@ -93,10 +93,10 @@ def _has_filters(params: list[tuple[str, str]]) -> bool:
 class RestApi:
     """The REST dialect over one tenant runtime (stateless but for the runtime's statement cache)."""
 
-    def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller | None = None) -> None:
+    def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller) -> None:
         self.runtime = runtime
         self.db = db
-        self.caller = caller or Caller()
+        self.caller = caller
 
     async def handle(self, method: str, entity_name: str, query: bytes, headers: Mapping[str, str],
                      body: bytes) -> RestResponse:
