@@ -21,10 +21,16 @@ NOTES = """
 name: notes
 roles: [member, editor]
 entities:
+  board:
+    fields:
+      name: {type: text}
+    permissions:
+      read:   {member: all}
   note:
     owner: true
     fields:
-      text: {type: text, required: true}
+      text:  {type: text, required: true}
+      board: {type: ref, to: board, reverse: notes}
     permissions:
       read:   {anon: all, member: own}
       create: {member: all}
@@ -119,3 +125,17 @@ async def db_user(db: Database, user_id: str) -> None:
     async with db.as_role(db.role("notes")) as conn:
         await conn.execute("INSERT INTO t_notes.users (id, email) VALUES ($1, $2)", uuid.UUID(user_id),
                            f"{user_id}@example.com")
+
+
+async def test_own_scope_applies_inside_embeds(db, runtime):
+    x, y = Caller(("member",), str(uuid.uuid4())), Caller(("member",), str(uuid.uuid4()))
+    await db_user(db, x.user_id)
+    await db_user(db, y.user_id)
+    service = RestApi(runtime, db, Caller(("service",)))
+    board = orjson.loads((await service.handle("POST", "board", b"", {"prefer": "return=representation"},
+                                               b'{"name": "shared"}')).body)[0]
+    for caller in (x, y):
+        await call(db, runtime, caller, "POST", body={"text": f"on the board {caller.user_id[:4]}", "board_id": board["id"]})
+    seen = orjson.loads((await RestApi(runtime, db, x).handle(
+        "GET", "board", f"select=name,notes(text)&id=eq.{board['id']}".encode(), {}, b"")).body)
+    assert [n["text"] for n in seen[0]["notes"]] == [f"on the board {x.user_id[:4]}"]  # y's note stays hidden

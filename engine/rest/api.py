@@ -32,7 +32,7 @@ from engine.errors import (
     ValidationFailed,
     database_error,
 )
-from engine.query.plan import Condition, Filter, ReadPlan
+from engine.query.plan import ReadPlan
 from engine.query.sql import CompiledRead, StatementBuilder, compile_statement, condition_sql
 from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
@@ -120,15 +120,13 @@ class RestApi:
     # -- planning --
 
     def plan(self, entity: Entity, action: str, params: list[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
-        scope = authorize(self.runtime.authorizer, self.caller, entity.name, action)
-        parser = ReadParser(self.runtime.model, self.runtime.relations, self.runtime.columns)
-        plan = parser.parse(entity.name, params)
-        if scope == "own":  # the caller's own rows only: a predicate in the plan, like any filter
-            parser.values.append(self.caller.user_id)
-            own = Filter(OWNER_COLUMN, "eq", len(parser.values) - 1)
-            items = (own,) if plan.where is None else (own, plan.where)
-            plan = replace(plan, where=Condition("and", items))
-        return plan, parser.values
+        """The plan of the request, every level of it authorized for this caller (row scopes included)."""
+        def scope(entity_name: str, level_action: str) -> str:
+            return authorize(self.runtime.authorizer, self.caller, entity_name, level_action)
+
+        parser = ReadParser(self.runtime.model, self.runtime.relations, self.runtime.columns, scope,
+                            self.caller.user_id)
+        return parser.parse(entity.name, params, action), parser.values
 
     def prepared(self, key: Any, prepare: Any) -> Any:
         """What a request needs before the database (plan, values, statement) is a pure function of the

@@ -7,13 +7,15 @@ knows nothing of SQL or HTTP. Every problem is a `QueryParseError`, `UnknownColu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import QueryParseError, UnknownColumn, UnknownRelation
 from engine.query.plan import IS_VALUES, OPERATORS, Column, Condition, Embed, Filter, Order, ReadPlan, Relation
-from engine.schema.model import Entity, Schema
+from engine.schema.model import OWNER_COLUMN, Entity, Schema
+
+Scope = Callable[[str, str], str]
 
 TEXT_TYPES = ("string", "text", "enum")
 
@@ -61,13 +63,17 @@ class ReadParser:
     """Parses one request; `values` collects the filter values in parameter order."""
 
     def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]],
-                 columns: Mapping[str, Mapping[str, str]]) -> None:
+                 columns: Mapping[str, Mapping[str, str]], scope: Scope, user_id: str | None) -> None:
         self.model = model
         self.relations = relations
         self.columns = columns  # entity -> visible_columns(entity), computed once per runtime
+        self.scope = scope  # (entity, action) -> "all" | "own", raising when the caller may not
+        self.user_id = user_id
         self.values: list[Any] = []
 
-    def parse(self, entity: str, params: Iterable[tuple[str, str]]) -> ReadPlan:
+    def parse(self, entity: str, params: Iterable[tuple[str, str]], action: str = "read") -> ReadPlan:
+        """The plan of a request whose root does `action`; every embedded level is a read, authorized
+        on its own, and an `own` scope at any level becomes `owner_id = caller` in that level's filter."""
         levels: dict[tuple[str, ...], _Level] = {(): _Level()}
         for key, value in params:
             *path, last = key.split(".")
@@ -86,7 +92,7 @@ class ReadParser:
                 continue  # write options, read by the write path
             else:
                 level.filters.append((last, value))
-        plan = self.level(entity, (), levels, levels[()].select)
+        plan = self.level(entity, (), levels, levels[()].select, action)
         unused = [".".join(p) for p in levels if p and not self._used(plan, p)]
         if unused:
             raise UnknownRelation(f"'{unused[0]}' is not an embedded resource of this request",
@@ -100,13 +106,17 @@ class ReadParser:
         return False
 
     def level(self, entity_name: str, path: tuple[str, ...], levels: dict[tuple[str, ...], _Level],
-              select: str | None) -> ReadPlan:
+              select: str | None, action: str = "read") -> ReadPlan:
         entity = self.model.entity(entity_name)
         assert entity is not None  # relations only ever point at entities of the same model
         columns = self.columns[entity_name]
+        conditions: list[Filter | Condition] = []
+        if self.scope(entity_name, action) == "own":
+            self.values.append(self.user_id)
+            conditions.append(Filter(OWNER_COLUMN, "eq", len(self.values) - 1))
         spec = levels.get(path, _Level())
         selected, embeds = self.select(entity, columns, select or "*", path, levels)
-        conditions: list[Filter | Condition] = [self.filter(columns, name, value) for name, value in spec.filters]
+        conditions += [self.filter(columns, name, value) for name, value in spec.filters]
         for kind, value in spec.logic:
             conditions.append(self.logic(columns, kind, value))
         where = Condition("and", tuple(conditions)) if conditions else None
