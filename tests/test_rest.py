@@ -409,3 +409,12 @@ def test_an_embed_is_authorized_like_a_read_of_its_own(base, seeded):
     assert embedded.status_code == 403 and embedded.json()["code"] == "permission_denied"
     assert "@" not in embedded.text
     assert httpx.get(f"{base}/api/tenants/blog/rest/v1/comment?select=body").status_code == 200
+
+
+def test_a_single_object_write_that_touches_several_rows_is_406_and_changes_nothing(http, base, seeded):
+    headers = {"Accept": "application/vnd.pgrst.object+json", "Prefer": "return=representation"}
+    response = http.patch(f"{base}/api/tenants/blog/rest/v1/post?status=eq.published", json={"views": 99},
+                          headers=headers)
+    assert response.status_code == 406 and response.json()["code"] == "PGRST116"
+    views = http.get(f"{base}/api/tenants/blog/rest/v1/post?select=views&status=eq.published").json()
+    assert all(v["views"] != 99 for v in views)

@@ -145,12 +145,23 @@ class RestApi:
             cached = self.runtime.statements[key] = compile_statement(build())
         return cached
 
-    async def run(self, compiled: CompiledRead, values: list[Any], *, many: bool = False) -> Any:
-        """Execute one statement as the tenant's role: its one row, or all its rows with `many`."""
+    async def run(self, compiled: CompiledRead, values: list[Any], *, many: bool = False,
+                  single: bool = False) -> Any:
+        """Execute one statement as the tenant's role: its one row, or all its rows with `many`.
+
+        `single` (a write whose client asked for exactly one object) wraps it in a transaction that is
+        rolled back unless exactly one row was written, as PostgREST does: a 406 never leaves a change."""
         try:
             async with self.db.as_role(self.runtime.role) as conn:
                 fetch = conn.fetch if many else conn.fetchrow
-                return await fetch(compiled.sql, *compiled.arguments(values))
+                if not single:
+                    return await fetch(compiled.sql, *compiled.arguments(values))
+                async with conn.transaction():
+                    row = await fetch(compiled.sql, *compiled.arguments(values))
+                    if row["page_rows"] != 1:
+                        raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
+                                            hint=f"the statement matched {row['page_rows']} rows")
+                    return row
         except asyncpg.PostgresError as exc:
             raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
                                  getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
@@ -247,7 +258,7 @@ class RestApi:
         plan, values, compiled = self.prepared(("insert", entity.name, tuple(params), prefer, self.caller, keys), prepare)
         arguments = [*values, orjson.dumps(objects).decode()]
         if representation:
-            row = await self.run(compiled, arguments)
+            row = await self.run(compiled, arguments, single=OBJECT_MEDIA in headers.get("accept", ""))
             first_id, count = row["first_id"], row["page_rows"]
         else:  # the statement returns the new ids alone (no body to build)
             ids = await self.run(compiled, arguments, many=True)
@@ -276,7 +287,8 @@ class RestApi:
             return plan, values, compiled
 
         plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.caller, keys), prepare)
-        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()])
+        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()],
+                             single=representation and OBJECT_MEDIA in headers.get("accept", ""))
         return self.respond_written(row, plan, headers, representation)
 
     async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> RestResponse:
@@ -291,7 +303,7 @@ class RestApi:
                                                 lambda: _delete(self.runtime, plan, representation))
 
         plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.caller), prepare)
-        row = await self.run(compiled, values)
+        row = await self.run(compiled, values, single=representation and OBJECT_MEDIA in headers.get("accept", ""))
         return self.respond_written(row, plan, headers, representation)
 
     def respond_written(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str],
