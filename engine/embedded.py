@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fasteners
 import psutil
 
 DATABASE = "backsaas"
@@ -77,10 +78,14 @@ class EmbeddedPostgres:
     @classmethod
     def start(cls, pgdata: Path) -> EmbeddedPostgres:
         """Start (or join) the server for `pgdata`, initialising it on first use; stopped at exit."""
+        # One process at a time: the wheel checks-then-creates the data directory and its system user
+        # outside its own lock, so two pytest-xdist workers starting the same server at once failed
+        # (FileExistsError, `useradd` exit 9); the handle file pruned here is shared by them too.
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        prune_dead_handles(pgdata)
         wheel = _import_wheel()
-        return cls(pgdata, wheel.get_server(pgdata, cleanup_mode="stop"))
+        with fasteners.InterProcessLock(pgdata.parent / f".{pgdata.name}.lock"):
+            prune_dead_handles(pgdata)
+            return cls(pgdata, wheel.get_server(pgdata, cleanup_mode="stop"))
 
     def url(self, database: str = DATABASE) -> str:
         return str(self.server.get_uri(database))
