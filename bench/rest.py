@@ -3,12 +3,20 @@
     python bench/rest.py [--seconds 10] [--connections 32] [--database-url URL]
 
 Both servers run with 2 workers (`backsaas serve --workers 2`, `uvicorn --workers 2`) on one scratch
-database holding the blog schema with 1,000 posts, and answer the same four requests: list 20 posts
-with a filter and an order, get one post by id, list 20 posts with their author embedded, insert one
-comment. The load comes from wrk (Debian's package) when installed, else from a Python load generator.
+database holding the blog schema with 1,000 posts, and answer the same requests: list 20 posts with a
+filter and an order, get one post by id, list 20 posts with their author embedded (by REST, then by
+GraphQL as one query), insert one comment, and insert one comment into tenants whose comments have a
+no-op `before_create` hook (`examples.noop`) or an `after_create` webhook (delivered meanwhile from the
+outbox to a local receiver). The load comes from wrk (Debian's package) when installed, else from a
+Python load generator.
 Printed per request: req/s, p50 and p99 for both (the best of `--rounds` alternating runs, which
 damps the noise of a small machine shared by the servers, PostgreSQL and the load generator), the ratio
 engine/baseline, and the database transactions per request (each a round trip of a one-statement request).
+
+Then the cost of identity: a tenant whose entries are readable by anon and by their owner (`own`), 20 of
+one user's 200 entries read (a) anonymously with an explicit `owner_id` filter and (b) with that user's
+access token (JWT verification, Casbin decision, the `own` scope compiled into the same filter); the
+ratio b/a is what authentication and authorization cost.
 """
 
 from __future__ import annotations
@@ -52,10 +60,19 @@ def on(url: str, database: str) -> str:
     return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
-async def prepare(url: str) -> tuple[str, list[str], str]:
+async def prepare(url: str) -> tuple[str, list[str], dict[str, str], dict[str, str]]:
+    """The bench role, 20 post ids, a service key per tenant, and a post of each hooked tenant."""
     db = await Database.connect(url)
     await deploy_platform(db)
     await create_tenant(db, "bench", source=(REPO / "schemas" / "blog.yaml").read_text())
+    await create_tenant(db, "journal", source=JOURNAL)
+    blog = (REPO / "schemas" / "blog.yaml").read_text()
+    hooked = blog.replace("      update: {authenticated: own}\n      delete: {authenticated: own, admin: all}",
+                          "      update: {authenticated: own}\n      delete: {authenticated: own, admin: all}\n"
+                          "    hooks:\n      EVENT: [HOOK]")
+    await create_tenant(db, "hooked", source=hooked.replace("EVENT", "before_create").replace("HOOK", "examples.noop"))
+    webhook = f'{{webhook: "http://127.0.0.1:{RECEIVER_PORT}/hook", secret: BENCH_WEBHOOK_SECRET}}'
+    await create_tenant(db, "webhooked", source=hooked.replace("EVENT", "after_create").replace("HOOK", webhook))
     async with db.as_role(db.role("bench")) as conn:
         await conn.execute("""
             INSERT INTO t_bench.author (name, email) SELECT 'author ' || i, 'a' || i || '@example.com'
@@ -66,10 +83,60 @@ async def prepare(url: str) -> tuple[str, list[str], str]:
                      (i % 50) / 10.0, now() - i * interval '1 hour', ARRAY['t' || (i % 7)]
               FROM generate_series(1, 1000) i""")
         posts = [r["id"] for r in await conn.fetch("SELECT id::text FROM t_bench.post ORDER BY title LIMIT 20")]
-    role = db.role("bench")
-    key = (await create_api_key(db, "bench", "service", "service")).key
+    first_posts = {}
+    for slug in ("hooked", "webhooked"):
+        async with db.as_role(db.role(slug)) as conn:
+            first_posts[slug] = await conn.fetchval(f"INSERT INTO t_{slug}.post (title) VALUES ('a post') RETURNING id::text")
+    keys = {slug: (await create_api_key(db, slug, "service", "service")).key for slug in ("bench", "hooked", "webhooked")}
     await db.close()
-    return role, posts, key
+    return db.role("bench"), posts, keys, first_posts
+
+
+RECEIVER_PORT = 0  # set in main(): where the webhook line's receiver listens
+
+
+def receiver(port: int) -> subprocess.Popen[bytes]:
+    """A webhook receiver answering 200 to everything (uvicorn, one process)."""
+    app = ("async def app(scope, receive, send):\n"
+           "    while (await receive()).get('more_body'): pass\n"
+           "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+           "    await send({'type': 'http.response.body', 'body': b''})\n")
+    code = f"import uvicorn\n{app}uvicorn.run(app, port={port}, log_level='warning')"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+JOURNAL = """
+name: journal
+entities:
+  entry:
+    owner: true
+    fields:
+      text: {type: text, required: true}
+    permissions:
+      read:   {anon: all, authenticated: own}
+      create: {authenticated: all}
+"""
+
+
+def sign_in(rest_base: str, email: str) -> dict[str, str]:
+    """A journal user's session (signed up on first call), with 200 entries of their own."""
+    auth = f"{rest_base}/api/tenants/journal/auth/v1"
+    credentials = {"email": email, "password": "a bench passphrase"}
+    session = httpx.post(f"{auth}/signup", json=credentials)
+    if session.status_code != 200:
+        session = httpx.post(f"{auth}/token?grant_type=password", json=credentials)
+    session.raise_for_status()
+    return session.json()
+
+
+def seed_journal(rest_base: str) -> tuple[str, str]:
+    """(user id, access token) of the measured user; a second user's entries sit beside theirs."""
+    for email in ("other@example.com", "writer@example.com"):
+        session = sign_in(rest_base, email)
+        entries = [{"text": f"entry {i} of {email}"} for i in range(200)]
+        httpx.post(f"{rest_base}/api/tenants/journal/rest/v1/entry", json=entries,
+                   headers={"Authorization": f"Bearer {session['access_token']}"}).raise_for_status()
+    return session["user"]["id"], session["access_token"]
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -171,39 +238,70 @@ def main() -> None:
 
     asyncio.run(create())
     url = on(server, database)
-    role, posts, key = asyncio.run(prepare(url))
-    headers = {"apikey": key}  # the engine is called with the tenant's service key, as a backend would
+    global RECEIVER_PORT
+    RECEIVER_PORT = free_port()
+    webhook_receiver = receiver(RECEIVER_PORT)
+    role, posts, keys, first_posts = asyncio.run(prepare(url))
+    headers = {"apikey": keys["bench"]}  # the engine is called with the tenant's service key, as a backend would
     engine_port, baseline_port = free_port(), free_port()
     engine = start([sys.executable, "-m", "gateway.cli", "serve", "--port", str(engine_port), "--workers", "2"],
-                   {"DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "warning"}, engine_port)
+                   {"DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "warning", "BENCH_WEBHOOK_SECRET": "bench"}, engine_port)
     baseline = start([sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "baseline_app:app",
                       "--port", str(baseline_port), "--workers", "2", "--log-level", "warning", "--no-access-log"],
                      {"BENCH_DATABASE_URL": url, "BENCH_ROLE": role}, baseline_port)
     rest = f"http://127.0.0.1:{engine_port}/api/tenants/bench/rest/v1"
     hand = f"http://127.0.0.1:{baseline_port}"
     comment = json.dumps({"post_id": posts[0], "body": "a comment"})
-    cases = [
+    graphql = f"http://127.0.0.1:{engine_port}/api/tenants/bench/graphql/v1"
+    embed_query = json.dumps({"query": "{ post(order_by: {created_at: desc}, limit: 20) { id title author { name } } }"})
+    def hooked(slug: str) -> tuple[str, str, dict[str, str]]:
+        return (rest.replace("/bench/", f"/{slug}/") + "/comment",
+                json.dumps({"post_id": first_posts[slug], "body": "a comment"}), {"apikey": keys[slug]})
+
+    cases = [  # (name, engine URL, engine body, baseline URL, baseline body[, engine headers])
         ("list 20, filter + order", f"{rest}/post?select=id,title,status,rating&status=eq.published"
-                                    "&order=published_at.desc&limit=20", f"{hand}/list?status=published", None),
-        ("get one by id", f"{rest}/post?id=eq.{posts[1]}", f"{hand}/get?id={posts[1]}", None),
-        ("list 20 + embedded author", f"{rest}/post?select=id,title,author(name)&order=created_at.desc&limit=20",
+                                    "&order=published_at.desc&limit=20", None, f"{hand}/list?status=published", None),
+        ("get one by id", f"{rest}/post?id=eq.{posts[1]}", None, f"{hand}/get?id={posts[1]}", None),
+        ("list 20 + embedded author", f"{rest}/post?select=id,title,author(name)&order=created_at.desc&limit=20", None,
          f"{hand}/embed", None),
-        ("insert one", f"{rest}/comment", f"{hand}/insert", comment),
+        ("GraphQL, same as embed", graphql, embed_query, f"{hand}/embed", None),
+        ("insert one", f"{rest}/comment", comment, f"{hand}/insert", comment),
+        ("insert, no-op before-hook", *hooked("hooked")[:2], f"{hand}/insert", comment, hooked("hooked")[2]),
+        ("insert, webhook hook", *hooked("webhooked")[:2], f"{hand}/insert", comment, hooked("webhooked")[2]),
     ]
     try:
         print(f"load: {'wrk' if shutil.which('wrk') else 'python'} -c{args.connections}, {args.seconds}s per run, "
               f"best of {args.rounds} alternating runs; servers with 2 workers; {os.cpu_count()} cores")
         print(f"{'request':28}{'engine req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}"
               f"{'baseline req/s':>16}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'ratio':>7}")
-        for name, engine_url, baseline_url, body in cases:
-            runs = [(measure(engine_url, args.seconds, args.connections, body, url, headers),
-                     measure(baseline_url, args.seconds, args.connections, body, url, {})) for _ in range(args.rounds)]
+        for name, engine_url, engine_body, baseline_url, baseline_body, *engine_headers in cases:
+            runs = [(measure(engine_url, args.seconds, args.connections, engine_body, url,
+                             engine_headers[0] if engine_headers else headers),
+                     measure(baseline_url, args.seconds, args.connections, baseline_body, url, {}))
+                    for _ in range(args.rounds)]
             e = max((r[0] for r in runs), key=lambda m: m[0])
             b = max((r[1] for r in runs), key=lambda m: m[0])
             print(f"{name:28}{e[0]:>13.0f}{e[1]:>8.2f}{e[2]:>8.2f}{e[3]:>7.2f}"
                   f"{b[0]:>16.0f}{b[1]:>8.2f}{b[2]:>8.2f}{b[3]:>7.2f}{e[0] / b[0]:>7.2f}")
+        user_id, _ = seed_journal(f"http://127.0.0.1:{engine_port}")
+        entries = f"http://127.0.0.1:{engine_port}/api/tenants/journal/rest/v1/entry?select=id,text&order=created_at.desc" \
+                  "&limit=20"
+        print(f"\nidentity cost: 20 of one user's 200 entries (another user's 200 beside them), best of {args.rounds}")
+        print(f"{'request':40}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}")
+        best: dict[str, tuple[float, float, float, float]] = {}
+        for _ in range(args.rounds):
+            token = sign_in(f"http://127.0.0.1:{engine_port}", "writer@example.com")["access_token"]  # fresh: 15 min
+            for label, target, auth in (("anon, explicit owner_id filter", f"{entries}&owner_id=eq.{user_id}", {}),
+                                        ("user JWT, own scope", entries, {"Authorization": f"Bearer {token}"})):
+                m = measure(target, args.seconds, args.connections, None, url, auth)
+                best[label] = max(best.get(label, m), m, key=lambda r: r[0])
+        for label, m in best.items():
+            print(f"{label:40}{m[0]:>8.0f}{m[1]:>8.2f}{m[2]:>8.2f}{m[3]:>7.2f}")
+        anon_rate, jwt_rate = (m[0] for m in best.values())
+        print(f"ratio JWT/anon {jwt_rate / anon_rate:.2f} (authentication + authorization cost "
+              f"{(1 - jwt_rate / anon_rate) * 100:.0f}% of throughput)")
     finally:
-        for process in (engine, baseline):
+        for process in (engine, baseline, webhook_receiver):
             process.terminate()
             process.wait(timeout=30)
 

@@ -111,6 +111,44 @@ class InvalidInput(BackSaasError):
     status = 400
 
 
+class Unauthorized(BackSaasError):
+    """Credentials that do not hold: an unknown, revoked or expired key, a bad or expired token, or a
+    token of another tenant (`tenant_mismatch`); the code says which."""
+
+    status = 401
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TooManyAttempts(BackSaasError):
+    """Too many failed sign-ins for an account or from an address; `retry_after` is in seconds."""
+
+    code = "over_request_rate_limit"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, hint=f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class AuthFailed(BackSaasError):
+    """A refused identity operation in GoTrue's own codes (`invalid_credentials`, `refresh_token_not_found`,
+    `refresh_token_already_used`, `session_not_found`, `user_already_exists`, `weak_password`, ...)."""
+
+    def __init__(self, code: str, status: int, message: str, *, details: list[Problem] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.code = code
+        self.status = status
+
+    def as_dict(self) -> dict[str, Any]:
+        body = super().as_dict()
+        if self.code == "weak_password":  # what Supabase's SDKs read the reasons from
+            body["weak_password"] = {"reasons": [p.message for p in self.details]}
+        return body
+
+
 # -- the REST dialect's errors, with PostgREST's codes so that its clients recognise them ------------
 
 

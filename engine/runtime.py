@@ -23,14 +23,18 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog
 from engine.authz import Authorizer
+from engine.changes import ChangeHub
 from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
+from engine.identity.signing import Keyring, load_keyring
 from engine.query.plan import Relation, relations_of
 from engine.schema import Schema, load_schema
-from engine.schema.model import visible_columns
+from engine.schema.model import Entity, visible_columns
 from engine.storage import naming
-from engine.storage.deploy import CHANGES_CHANNEL
+from engine.storage.deploy import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SIGNING_KEYS_CHANGED
 from engine.storage.tables import build_metadata
+from engine.validation import BodyValidator
+from engine.writes import EntityHooks, compile_hooks
 
 LISTEN_RETRY_SECONDS = 5.0
 MAX_CACHED_KEYS = 10_000  # unknown keys are cached too (as None), so the cache is bounded
@@ -53,6 +57,22 @@ class TenantRuntime:
     statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # compiled per request shape
     validators: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per (entity, partial)
     prepared: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # prepared requests
+
+    def body_validator(self, entity: Entity, *, partial: bool) -> BodyValidator:
+        """The request-body validator of an entity (create or partial update), compiled on first use."""
+        validator = self.validators.get((entity.name, partial))
+        if validator is None:
+            validator = self.validators[(entity.name, partial)] = BodyValidator(entity, partial=partial)
+        return validator
+
+    def hooks(self, entity: str, action: str) -> EntityHooks:
+        """The hooks that run when `entity` is written by `action` (resolved once per runtime)."""
+        key = ("hooks", entity, action)
+        found = self.statements.get(key)
+        if found is None:
+            model_entity = self.model.entity(entity)
+            found = self.statements[key] = compile_hooks(model_entity, action) if model_entity else EntityHooks()
+        return found
 
     @classmethod
     def compile(cls, db: Database, slug: str, tenant_id: str, version: catalog.SchemaVersion) -> TenantRuntime:
@@ -78,19 +98,24 @@ class TenantState:
     tenant_id: str
     status: str
     version: int | None
+    limits: Mapping[str, Any] = field(default_factory=dict)  # the tenant's plan's `limits`
 
 
 class RuntimeRegistry:
     """Tenant slug -> compiled runtime, and the tenant's status, cached in this process.
 
-    The cache is trusted only while a LISTEN connection on `CHANGES_CHANNEL` is up: triggers on the
+    It also carries the change feed of tenants' tables (`CHANGES_FEED`) to `changes`, the hub GraphQL
+    subscriptions wait on. The cache is trusted only while a LISTEN connection on `CHANGES_CHANNEL` is up: triggers on the
     system tenant's `tenants` and `schema_versions` tables NOTIFY the slug on every change, from any
     process, and the entry is dropped. Without the listener every request asks the database.
     """
 
-    def __init__(self, db: Database, capacity: int = 512) -> None:
+    def __init__(self, db: Database, capacity: int = 512, jwt_secret: str | None = None) -> None:
         self.db = db
         self.capacity = capacity
+        self.jwt_secret = jwt_secret  # BACKSAAS_JWT_SECRET: signs instead of the stored key when set
+        self._keyring: Keyring | None = None
+        self.changes = ChangeHub()
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._states: dict[str, TenantState] = {}
         self._keys: dict[tuple[str, str], ApiKey | None] = {}  # (slug, key hash) -> key
@@ -104,12 +129,14 @@ class RuntimeRegistry:
         try:
             listener = await asyncpg.connect(driver_url(self.db.url))
             await listener.add_listener(CHANGES_CHANNEL, self._changed)
+            await listener.add_listener(CHANGES_FEED, self._table_changed)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("registry.listen_failed", error=str(exc))
             return
         listener.add_termination_listener(self._lost)
         self._states.clear()
         self._listener = listener
+        self.changes.changed_all()  # whatever changed while nobody listened
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -118,15 +145,25 @@ class RuntimeRegistry:
 
     def _changed(self, conn: object, pid: int, channel: str, slug: str) -> None:
         self._generation += 1
+        if slug == SIGNING_KEYS_CHANGED:
+            self._keyring = None
+            return
+        if slug == PLANS_CHANGED:
+            self._states.clear()
+            return
         self._states.pop(slug, None)
         for key in [k for k in self._keys if k[0] == slug]:
             del self._keys[key]
+
+    def _table_changed(self, conn: object, pid: int, channel: str, table: str) -> None:
+        self.changes.changed(table)
 
     def _lost(self, conn: object) -> None:
         log.warning("registry.listener_lost")
         self._listener = None
         self._states.clear()
         self._keys.clear()
+        self._keyring = None
 
     async def _state(self, slug: str) -> TenantState | None:
         if self._listener is None and time.monotonic() >= self._next_attempt:
@@ -137,17 +174,20 @@ class RuntimeRegistry:
         generation = self._generation
         tenants = catalog.platform_tables()["tenants"]
         versions = catalog.platform_tables()["schema_versions"]
+        plans = catalog.platform_tables()["plans"]
         latest = (sa.select(sa.func.max(versions.c.version)).where(versions.c.tenant_id == tenants.c.id)
                   .scalar_subquery())
+        limits = sa.select(plans.c.limits).where(plans.c.code == tenants.c.plan).scalar_subquery()
         try:
             async with self.db.engine.connect() as conn:
-                row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"))
+                row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"),
+                                                    limits.label("limits"))
                                           .where(tenants.c.slug == slug))).first()
         except (OSError, OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if row is None:
             return None  # unknown slugs are not cached: anyone can ask for any number of them
-        state = TenantState(str(row.id), row.status, row.version)
+        state = TenantState(str(row.id), row.status, row.version, MappingProxyType(dict(row.limits or {})))
         if self._listener is not None and generation == self._generation:
             self._states[slug] = state
         return state
@@ -170,8 +210,26 @@ class RuntimeRegistry:
             self._keys[cache_key] = found
         return found
 
+    async def keyring(self) -> Keyring:
+        """The access-token keys, held in memory while the listener is up (reloaded after a rotation)."""
+        if self._keyring is not None and self._listener is not None:
+            return self._keyring
+        generation = self._generation
+        try:
+            async with self.db.engine.connect() as conn:
+                keyring = await load_keyring(conn, self.jwt_secret)
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
+        if self._listener is not None and generation == self._generation:
+            self._keyring = keyring
+        return keyring
+
     async def get(self, slug: str) -> TenantRuntime:
         """The runtime of an active tenant; 404 for unknown or deleted, 403 for suspended."""
+        return (await self.resolve(slug))[0]
+
+    async def resolve(self, slug: str) -> tuple[TenantRuntime, Mapping[str, Any]]:
+        """The runtime of an active tenant and its plan's limits (which change without a deploy)."""
         state = await self._state(slug)
         if state is None or state.status in ("deleted", "pending", "failed") or state.version is None:
             raise TenantNotFound(f"no tenant '{slug}'")
@@ -180,7 +238,7 @@ class RuntimeRegistry:
         cached = self._runtimes.get(slug)
         if cached is not None and cached.version == state.version:
             self._runtimes.move_to_end(slug)
-            return cached
+            return cached, state.limits
         async with self.db.engine.connect() as conn:
             version = await catalog.current_version(conn, state.tenant_id)
         if version is None:  # the tenant was purged between the two reads
@@ -189,4 +247,4 @@ class RuntimeRegistry:
         self._runtimes[slug] = runtime
         while len(self._runtimes) > self.capacity:
             self._runtimes.popitem(last=False)
-        return runtime
+        return runtime, state.limits

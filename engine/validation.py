@@ -35,7 +35,7 @@ _SCALAR: dict[str, dict[str, Any]] = {
 def field_json_schema(field: Field) -> dict[str, Any]:
     """The JSON Schema of one non-null value of `field`."""
     if field.type == "json":
-        return {}
+        return thaw(field.schema) if field.schema is not None else {}
     if field.type == "enum":
         return {"enum": list(field.values)}
     if field.type == "ref":

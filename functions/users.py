@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 
 from engine import catalog
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidInput, Problem
+from engine.identity.passwords import hash_password, password_problems
 
 PLATFORM_ADMIN = "platform_admin"
-MIN_PASSWORD_LENGTH = 10
-hasher = PasswordHasher()
 
 
 class UserExists(BackSaasError):
     code = "user_exists"
     status = 409
-
-
-def password_problems(email: str, password: str) -> list[Problem]:
-    problems = []
-    if len(password) < MIN_PASSWORD_LENGTH:
-        problems.append(Problem("password", f"must be at least {MIN_PASSWORD_LENGTH} characters"))
-    if password.strip().lower() == email.strip().lower():
-        problems.append(Problem("password", "must not be the email address"))
-    return problems
 
 
 async def create_platform_admin(db: Database, email: str, password: str) -> str:
@@ -39,7 +28,7 @@ async def create_platform_admin(db: Database, email: str, password: str) -> str:
     try:
         async with db.begin() as conn:
             row = (await conn.execute(users.insert().values(
-                email=email, password_hash=hasher.hash(password), roles=[PLATFORM_ADMIN], verified=True,
+                email=email, password_hash=await hash_password(password), roles=[PLATFORM_ADMIN], verified=True,
             ).returning(users.c.id))).one()
     except IntegrityError as exc:
         raise UserExists(f"a platform account with email {email} exists") from exc

@@ -7,28 +7,43 @@ serves `/healthz` and `/readyz`. Errors are rendered here, once, from the engine
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.http.ides import get_graphql_ide_html
 
+from engine import catalog, realtime
+from engine.authz import unrestricted
 from engine.database import Database
-from engine.errors import BackSaasError
+from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TooManyAttempts
+from engine.graphql.api import GraphQLApi
+from engine.identity.gotrue import AuthApi
+from engine.identity.throttle import LoginThrottle
+from engine.invoke import invoke
+from engine.outbox import Dispatcher, event_deliveries, list_events, redeliver
 from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from gateway.auth import authenticate
+from gateway.graphql_ws import serve_graphql_ws
 
 log = structlog.get_logger("backsaas.gateway")
 
@@ -43,8 +58,14 @@ class JSONResponse(Response):
             return json.dumps(content, default=str).encode()
 
 
+@functools.cache
+def graphql_ide_html() -> str:
+    return get_graphql_ide_html("graphiql")
+
+
 def error_response(error: BackSaasError) -> JSONResponse:
-    return JSONResponse(error.as_dict(), status_code=error.status)
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyAttempts) else None
+    return JSONResponse(error.as_dict(), status_code=error.status, headers=headers)
 
 
 def not_found(message: str) -> JSONResponse:
@@ -82,6 +103,10 @@ async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
 
 
 REST_PREFIX = "/rest/v1/"
+AUTH_PREFIX = "/auth/v1/"
+FUNCTIONS_PREFIX = "/functions/v1/"
+EVENTS_BASE = "/events/v1"
+TENANT_SURFACES = ("/rest/v1", "/auth/v1", "/graphql/v1", "/functions/v1")  # what X-Tenant-ID may address
 PLATFORM_BASE = "/api/platform"
 TENANTS_BASE = "/api/tenants/"
 REST_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
@@ -138,12 +163,96 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
         return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
                              "details": None, "hint": f"use one of {', '.join(REST_METHODS)}"},
                             status_code=405, headers={"Allow": ", ".join(REST_METHODS)})
-    headers = request_headers(request.scope)
-    caller = await authenticate(request.app.state.registry, runtime, headers)
-    api = RestApi(runtime, request.app.state.db, caller)
+    headers = request.scope["backsaas.headers"]
+    if request.method == "GET" and "text/event-stream" in headers.get("accept", ""):
+        events = await realtime.stream(runtime, request.app.state.db, request.scope["backsaas.caller"],
+                                       request.app.state.registry.changes, entity, request.scope["query_string"],
+                                       headers.get("last-event-id"))
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    api = RestApi(runtime, request.app.state.db, request.scope["backsaas.caller"])
     body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
     result = await api.handle(request.method, entity, request.scope["query_string"], headers, body)
     return RawResponse(result.status, result.headers, result.body)
+
+
+async def auth_endpoint(request: Request, runtime: TenantRuntime, route: str) -> RawResponse:
+    """`/auth/v1/{route}`: the tenant's identity endpoints (GoTrue protocol)."""
+    headers = request.scope["backsaas.headers"]
+    registry: RuntimeRegistry = request.app.state.registry
+    client = request.scope.get("client")
+    api = AuthApi(runtime, request.app.state.db, await registry.keyring(), request.app.state.throttle,
+                  request.scope["backsaas.caller"], client[0] if client else None)
+    body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
+    result = await api.handle(request.method, route, request.scope["query_string"], headers, body)
+    return RawResponse(result.status, result.headers, result.body)
+
+
+async def graphql_endpoint(request: Request, runtime: TenantRuntime) -> Response | RawResponse:
+    """`/graphql/v1`: GraphQL over HTTP (GET or POST); a browser's GET without a query gets GraphiQL."""
+    if request.method not in ("GET", "POST"):
+        return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
+                             "details": None, "hint": "use GET or POST"}, status_code=405, headers={"Allow": "GET, POST"})
+    if request.method == "GET" and "query" not in request.query_params \
+            and "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(graphql_ide_html())
+    api = GraphQLApi(runtime, request.app.state.db, request.scope["backsaas.caller"], request.scope["backsaas.limits"])
+    body = await read_body(request.receive) if request.method == "POST" else b""
+    result = await api.handle(request.method, request.query_params, body)
+    return RawResponse(result.status, result.headers, result.body)
+
+
+async def function_endpoint(request: Request, runtime: TenantRuntime, name: str) -> Response | RawResponse:
+    """`/functions/v1/{name}`: a function the tenant's schema exposes (POST JSON)."""
+    if request.method != "POST":
+        return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
+                             "details": None, "hint": "use POST"}, status_code=405, headers={"Allow": "POST"})
+    status, body = await invoke(runtime, request.app.state.db, request.scope["backsaas.caller"], name,
+                                await read_body(request.receive))
+    return RawResponse(status, [("Content-Type", "application/json")] if body else [], body)
+
+
+EVENT_STATUSES = ("pending", "delivering", "delivered", "dead")
+
+
+async def events_endpoint(request: Request, runtime: TenantRuntime, rest: str) -> Response:
+    """`/events/v1`: the tenant's outbox for its admins — `GET` lists events (`?status=dead`), `GET
+    /events/v1/{id}/deliveries` is an event's delivery log, `POST /events/v1/{id}/redeliver` puts a dead or
+    delivered event back in the queue."""
+    caller = request.scope["backsaas.caller"]
+    if not unrestricted(caller):
+        raise Forbidden("the outbox is for the tenant's admins (admin or service)")
+    db: Database = request.app.state.db
+    if request.method == "GET" and rest in ("", "/"):
+        status = request.query_params.get("status")
+        if status is not None and status not in EVENT_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(EVENT_STATUSES)}",
+                               details=[Problem("status", f"'{status}' is not a status")])
+        return JSONResponse(await list_events(db, runtime.tenant_id, status))
+    parts = rest.strip("/").split("/")
+    if len(parts) != 2 or (request.method, parts[1]) not in (("POST", "redeliver"), ("GET", "deliveries")):
+        return not_found(f"no route {request.method} /events/v1{rest}")
+    try:
+        event_id = str(uuid.UUID(parts[0]))
+    except ValueError:
+        raise InvalidInput("not an event id", details=[Problem("id", f"'{parts[0]}' is not a UUID")]) from None
+    if parts[1] == "deliveries":
+        log = await event_deliveries(db, runtime.tenant_id, event_id)
+        return JSONResponse(log) if log is not None else not_found(f"tenant '{runtime.slug}' has no event {event_id}")
+    if not await redeliver(db, runtime.slug, event_id):
+        return not_found(f"tenant '{runtime.slug}' has no dead or delivered event {event_id}")
+    return JSONResponse({"id": event_id, "status": "pending"}, status_code=202)
+
+
+async def tenant_settings(request: Request, runtime: TenantRuntime) -> Response:
+    """`GET {tenant}/settings`: the tenant's settings (general, features, limits, integrations), read-only,
+    for its admins; they are written through the platform (`tenants.settings`, checked by its JSON Schema)."""
+    if not unrestricted(request.scope["backsaas.caller"]):
+        raise Forbidden("the tenant's settings are for its admins (admin or service)")
+    tenants = catalog.platform_tables()["tenants"]
+    async with request.app.state.db.engine.connect() as conn:
+        settings = await conn.scalar(sa.select(tenants.c.settings).where(tenants.c.id == runtime.tenant_id))
+    return JSONResponse(settings or {})
 
 
 async def rest_openapi(request: Request, runtime: TenantRuntime) -> Response:
@@ -160,7 +269,9 @@ TenantHandler = Callable[[Request, TenantRuntime], Awaitable[Response]]
 TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {
     ("GET", "/"): tenant_index, ("GET", ""): tenant_index,
     ("GET", "/rest/v1/"): rest_openapi, ("GET", "/rest/v1"): rest_openapi,
+    ("GET", "/settings"): tenant_settings,
 }
+GRAPHQL_PATHS = ("/graphql/v1", "/graphql/v1/")
 
 
 class TenantApp:
@@ -188,12 +299,39 @@ class TenantApp:
                                      "details": None, "hint": None}, status_code=500)
         await response(scope, receive, send)
 
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """WebSockets of a tenant: GraphQL subscriptions at /graphql/v1; refused before accepting otherwise."""
+        path = scope["path"][len(scope["root_path"]):]
+        if path not in GRAPHQL_PATHS:
+            await send({"type": "websocket.close", "code": 4404, "reason": "no such endpoint"})
+            return
+        registry: RuntimeRegistry = self.starlette.state.registry
+        try:
+            runtime, limits = await registry.resolve(scope["backsaas.slug"])
+        except BackSaasError as error:
+            await send({"type": "websocket.close", "code": 4404 if error.status == 404 else 4403, "reason": error.code})
+            return
+        await serve_graphql_ws(WebSocket(scope, receive, send), registry, runtime, limits, self.starlette.state.db,
+                               request_headers(scope), scope.get("backsaas.tenant_header", False))
+
     async def respond(self, request: Request, scope: Scope) -> Response | RawResponse:
-        runtime = await self.starlette.state.registry.get(scope["backsaas.slug"])
+        registry = self.starlette.state.registry
+        runtime, scope["backsaas.limits"] = await registry.resolve(scope["backsaas.slug"])
         scope["backsaas.tenant"] = runtime.slug
+        scope["backsaas.headers"] = headers = request_headers(scope)
+        scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
+                                                      tenant_from_header=scope.get("backsaas.tenant_header", False))
         path = scope["path"][len(scope["root_path"]):]
         if path.startswith(REST_PREFIX) and path != REST_PREFIX:
             return await rest_entity(request, runtime, path[len(REST_PREFIX):])
+        if path.startswith(AUTH_PREFIX):
+            return await auth_endpoint(request, runtime, path[len(AUTH_PREFIX):])
+        if path in GRAPHQL_PATHS:
+            return await graphql_endpoint(request, runtime)
+        if path == EVENTS_BASE or path.startswith(EVENTS_BASE + "/"):
+            return await events_endpoint(request, runtime, path[len(EVENTS_BASE):])
+        if path.startswith(FUNCTIONS_PREFIX):
+            return await function_endpoint(request, runtime, path[len(FUNCTIONS_PREFIX):])
         handler = TENANT_ROUTES.get((request.method, path))
         return await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
 
@@ -208,7 +346,7 @@ class TenantRouting:
         self.suffix = "." + base_domain.lower().strip(".")
 
     def tenant_of(self, scope: Scope) -> tuple[str, str] | None:
-        """(slug, base path) of a tenant request, or None."""
+        """(slug, base path) of a tenant request by its host or path, or None."""
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
         slug = host[: -len(self.suffix)] if host.endswith(self.suffix) else ""
         if slug and "." not in slug:
@@ -223,12 +361,26 @@ class TenantRouting:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             found = self.tenant_of(scope)
+            named = next((v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k == b"x-tenant-id"), "")
+            if found is not None and named and named != found[0]:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 4400, "reason": "X-Tenant-ID contradicts the URL"})
+                    return
+                await error_response(InvalidInput(f"X-Tenant-ID '{named}' contradicts the tenant of the URL "
+                                                  f"'{found[0]}'"))(scope, receive, send)
+                return
+            if found is None and named and scope["path"].startswith(TENANT_SURFACES):
+                found = (named, "")  # honoured only for a platform admin or the tenant's service key
+                scope["backsaas.tenant_header"] = True
             if found is not None:
                 scope["backsaas.slug"] = found[0]
                 scope["root_path"] = scope.get("root_path", "") + found[1]
-                await self.tenant_app(scope, receive, send)
+                if scope["type"] == "websocket":
+                    await self.tenant_app.websocket(scope, receive, send)
+                else:
+                    await self.tenant_app(scope, receive, send)
                 return
         await self.starlette(scope, receive, send)
 
@@ -259,17 +411,24 @@ class AccessLog:
                      tenant=scope.get("backsaas.tenant"), ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def create_app(database_url: str, *, base_domain: str = "localhost") -> ASGIApp:
+def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret: str | None = None,
+               redis_url: str | None = None, outbox: dict[str, Any] | None = None) -> ASGIApp:
+    """The gateway; `outbox` tunes its dispatcher (`Dispatcher`'s keyword arguments)."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database.open(database_url)
         app.state.db = db
-        app.state.registry = registry = RuntimeRegistry(db)
+        app.state.registry = registry = RuntimeRegistry(db, jwt_secret=jwt_secret)
+        app.state.throttle = LoginThrottle(redis_url)
         await registry.start()
+        dispatcher = asyncio.create_task(Dispatcher(db, registry, **(outbox or {})).run())
         log.info("gateway.started", database=db.name)
         try:
             yield
         finally:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
             await registry.close()
             await db.close()
             log.info("gateway.stopped")
@@ -287,4 +446,11 @@ def app_from_env() -> ASGIApp:
     from gateway.logs import configure_logging
 
     configure_logging()
-    return create_app(os.environ["BACKSAAS_DATABASE_URL"], base_domain=os.environ.get("BASE_DOMAIN", "localhost"))
+    outbox = {key: float(os.environ[name]) for key, name in (("base_delay", "BACKSAAS_OUTBOX_BASE_DELAY"),
+                                                             ("max_attempts", "BACKSAAS_OUTBOX_MAX_ATTEMPTS"))
+              if os.environ.get(name)}
+    if "max_attempts" in outbox:
+        outbox["max_attempts"] = int(outbox["max_attempts"])
+    return create_app(os.environ["BACKSAAS_DATABASE_URL"], base_domain=os.environ.get("BASE_DOMAIN", "localhost"),
+                      jwt_secret=os.environ.get("BACKSAAS_JWT_SECRET") or None,
+                      redis_url=os.environ.get("REDIS_URL") or None, outbox=outbox)

@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,13 +26,21 @@ from rich.table import Table
 from engine import catalog
 from engine.database import Database
 from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
-from engine.errors import BackSaasError, SchemaInvalid
+from engine.errors import BackSaasError, InvalidInput, Problem, SchemaInvalid, TenantNotFound
+from engine.identity.signing import rotate_signing_key
 from engine.schema import load_schema_file
 from engine.storage.deploy import Deployment, deploy, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
 from functions.keys import NewKey, create_api_key, list_api_keys, revoke_api_key
-from functions.tenants import create_tenant
+from functions.tenants import (
+    activate_tenant,
+    create_tenant,
+    delete_tenant,
+    purge_tenants,
+    restore_tenant,
+    suspend_tenant,
+)
 from functions.users import UserExists, create_platform_admin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,6 +224,107 @@ def cmd_tenant_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenant_suspend(args: argparse.Namespace) -> int:
+    with_database(lambda db: suspend_tenant(db, args.slug, args.reason))
+    out.print(f"Tenant {args.slug} suspended; its sessions are revoked.")
+    return 0
+
+
+def cmd_tenant_activate(args: argparse.Namespace) -> int:
+    with_database(lambda db: activate_tenant(db, args.slug))
+    out.print(f"Tenant {args.slug} is active again.")
+    return 0
+
+
+def cmd_tenant_delete(args: argparse.Namespace) -> int:
+    with_database(lambda db: delete_tenant(db, args.slug))
+    out.print(f"Tenant {args.slug} deleted: its APIs answer 404; its data is kept until `backsaas tenant purge`.")
+    return 0
+
+
+def cmd_tenant_restore(args: argparse.Namespace) -> int:
+    with_database(lambda db: restore_tenant(db, args.slug))
+    out.print(f"Tenant {args.slug} restored.")
+    return 0
+
+
+def cmd_tenant_purge(args: argparse.Namespace) -> int:
+    purged = with_database(lambda db: purge_tenants(db, timedelta(days=args.older_than_days)))
+    if args.json:
+        out.print_json(json.dumps({"purged": purged}))
+    else:
+        out.print(f"Purged {len(purged)} tenant(s){': ' + ', '.join(purged) if purged else ''}.")
+    return 0
+
+
+def cmd_tenant_show(args: argparse.Namespace) -> int:
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.begin() as conn:
+            tenant = await catalog.find_tenant(conn, args.slug)
+            if tenant is None:
+                raise TenantNotFound(f"no tenant '{args.slug}'")
+            history = await catalog.version_history(conn, tenant.id)
+        current = history[-1] if history else None
+        return {"id": tenant.id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status,
+                "plan": tenant.plan, "created_at": tenant.created_at.isoformat(),
+                "version": current.version if current else None, "checksum": current.checksum if current else None,
+                "keys": [k["name"] for k in await list_api_keys(db, args.slug) if k["revoked_at"] is None]}
+
+    shown = with_database(work)
+    if args.json:
+        out.print_json(json.dumps(shown))
+        return 0
+    table = Table("field", "value", show_header=False)
+    for key, value in shown.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    out.print(table)
+    return 0
+
+
+def cmd_schema_history(args: argparse.Namespace) -> int:
+    async def work(db: Database) -> list[catalog.SchemaVersion]:
+        async with db.begin() as conn:
+            tenant = await catalog.find_tenant(conn, args.tenant)
+            if tenant is None:
+                raise TenantNotFound(f"no tenant '{args.tenant}'")
+            return await catalog.version_history(conn, tenant.id)
+
+    history = with_database(work)
+    if args.json:
+        out.print_json(json.dumps([{"version": v.version, "checksum": v.checksum, "actor": v.actor,
+                                    "created_at": v.created_at.isoformat()} for v in history]))
+        return 0
+    table = Table("version", "checksum", "by", "deployed")
+    for v in history:
+        table.add_row(str(v.version), v.checksum[:12], v.actor or "", v.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+    return 0
+
+
+def cmd_schema_rollback(args: argparse.Namespace) -> int:
+    """Deploy an earlier version's source again: planned and checked like any deploy, recorded as a new version."""
+    async def work(db: Database) -> Deployment:
+        async with db.begin() as conn:
+            tenant = await catalog.find_tenant(conn, args.tenant)
+            if tenant is None:
+                raise TenantNotFound(f"no tenant '{args.tenant}'")
+            history = {v.version: v for v in await catalog.version_history(conn, tenant.id)}
+        if args.to not in history:
+            raise InvalidInput(f"tenant '{args.tenant}' has no version {args.to}",
+                               details=[Problem("to", f"versions: {', '.join(map(str, sorted(history)))}")])
+        return await deploy(db, args.tenant, history[args.to].source, allow_destructive=args.allow_destructive,
+                            actor=f"{ACTOR} (rollback to v{args.to})")
+
+    print_deployment(with_database(work), args.json)
+    return 0
+
+
+def cmd_auth_rotate_key(args: argparse.Namespace) -> int:
+    kid = with_database(rotate_signing_key)
+    out.print(f"New signing key {kid}; tokens signed with the previous key stay valid until they expire.")
+    return 0
+
+
 def cmd_admin_create(args: argparse.Namespace) -> int:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -313,8 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--allow-destructive", action="store_true", help="allow drops and narrowing changes")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(run=run)
+    history = schema.add_parser("history", help="a tenant's deployed versions")
+    history.add_argument("--tenant", required=True, help="tenant slug")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.set_defaults(run=cmd_schema_history)
+    rollback = schema.add_parser("rollback", help="deploy an earlier version again (planned like any deploy)")
+    rollback.add_argument("--tenant", required=True, help="tenant slug")
+    rollback.add_argument("--to", type=int, required=True, help="the version to go back to")
+    rollback.add_argument("--allow-destructive", action="store_true", help="allow drops and narrowing changes")
+    rollback.add_argument("--json", action="store_true", help="machine-readable output")
+    rollback.set_defaults(run=cmd_schema_rollback)
 
-    tenant = commands.add_parser("tenant", help="create and list tenants").add_subparsers(
+    tenant = commands.add_parser("tenant", help="tenants: create, list, show and their lifecycle").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     create = tenant.add_parser("create", help="provision a tenant: schema, role and its first schema version")
     create.add_argument("slug")
@@ -325,6 +444,32 @@ def build_parser() -> argparse.ArgumentParser:
     listing = tenant.add_parser("list", help="list tenants")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=cmd_tenant_list)
+    suspend = tenant.add_parser("suspend", help="suspend a tenant: its APIs answer 403, its sessions are revoked")
+    suspend.add_argument("slug")
+    suspend.add_argument("--reason", required=True)
+    suspend.set_defaults(run=cmd_tenant_suspend)
+    activate = tenant.add_parser("activate", help="reactivate a suspended tenant")
+    activate.add_argument("slug")
+    activate.set_defaults(run=cmd_tenant_activate)
+    show = tenant.add_parser("show", help="a tenant's status, deployed version and keys")
+    show.add_argument("slug")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(run=cmd_tenant_show)
+    delete = tenant.add_parser("delete", help="soft-delete a tenant (APIs answer 404; data kept until purged)")
+    delete.add_argument("slug")
+    delete.set_defaults(run=cmd_tenant_delete)
+    restore = tenant.add_parser("restore", help="undo a soft delete")
+    restore.add_argument("slug")
+    restore.set_defaults(run=cmd_tenant_restore)
+    purge = tenant.add_parser("purge", help="destroy tenants deleted longer ago than the retention period")
+    purge.add_argument("--older-than-days", type=float, default=30.0, help="retention in days (default 30)")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+    purge.set_defaults(run=cmd_tenant_purge)
+
+    auth = commands.add_parser("auth", help="end-user identity").add_subparsers(dest="action", required=True,
+                                                                               metavar="ACTION")
+    rotate = auth.add_parser("rotate-key", help="new access-token signing key (the previous one still verifies)")
+    rotate.set_defaults(run=cmd_auth_rotate_key)
 
     key = commands.add_parser("key", help="API keys of a tenant").add_subparsers(dest="action", required=True,
                                                                                  metavar="ACTION")

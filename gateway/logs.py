@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(level: str | None = None) -> None:
+def configure_logging(level: str | None = None, stream: TextIO | None = None) -> None:
+    """Configure structlog once per process; `stream` is where lines go (stderr, looked up now)."""
     level_name = (level or os.environ.get("BACKSAAS_LOG_LEVEL", "info")).upper()
     renderer = (structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
                 else structlog.processors.JSONRenderer())
@@ -21,6 +23,6 @@ def configure_logging(level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )

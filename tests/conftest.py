@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,8 +22,14 @@ from sqlalchemy.engine import make_url
 from engine.database import Database
 from engine.embedded import EmbeddedPostgres, data_directory
 from engine.storage.deploy import deploy_platform
+from gateway.logs import configure_logging
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The gateway threads of the tests log to the process's real stderr, never to pytest's per-test capture:
+# a server thread writing to a capture file that pytest is closing at the end of a test crashed the
+# interpreter (a segfault inside buffered IO), taking the xdist worker down with it.
+configure_logging("warning", stream=sys.__stderr__)
 
 
 def with_database(url: str, name: str) -> str:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -20,10 +21,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_gateway(database_url: str) -> Iterator[str]:
+def running_gateway(database_url: str, **options: Any) -> Iterator[str]:
     """Serve the gateway on the module's database; yields its base URL and stops it afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(database_url), host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(database_url, **options), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="on", loop="asyncio"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -55,6 +55,7 @@ def authorizer() -> Authorizer:
     (("editor",), "note", "update", "all"),
     (("admin",), "secret", "delete", "all"),
     (("service",), "note", "read", "all"),  # service bypasses row scopes
+    (("platform_admin",), "secret", "update", "all"),  # a platform admin, in any tenant
     (("anon",), "note", "delete", None),
     (("member",), "secret", "read", None),  # absent action: nobody but admin
     (("authenticated",), "note", "read", None),

@@ -54,7 +54,8 @@ def test_help_lists_every_command(backsaas):
     assert result.returncode == 0
     for command in ("serve", "schema", "tenant", "admin"):
         assert command in result.stdout
-    for group, actions in (("schema", ("check", "plan", "apply")), ("tenant", ("create", "list")), ("admin", ("create",))):
+    for group, actions in (("schema", ("check", "plan", "apply")), ("tenant", ("create", "list", "suspend", "activate")),
+                           ("admin", ("create",)), ("auth", ("rotate-key",))):
         text = backsaas(group, "--help").stdout
         assert all(action in text for action in actions)
     serve = backsaas("serve", "--help").stdout
@@ -139,3 +140,51 @@ def test_tenant_create_issues_anon_and_service_keys_and_keys_can_be_managed(back
     assert again.returncode == 1 and "key_not_found" in again.stderr
     bad_role = backsaas("key", "create", "--tenant", "cli-keys", "--name", "x", "--role", "wizard")
     assert bad_role.returncode == 1 and "role" in bad_role.stderr
+
+
+def test_tenant_suspend_needs_a_reason_and_only_moves_from_the_right_state(backsaas):
+    assert backsaas("tenant", "create", "cli-life").returncode == 0
+    assert backsaas("tenant", "suspend", "cli-life").returncode == 2  # argparse: --reason is required
+    suspended = backsaas("tenant", "suspend", "cli-life", "--reason", "abuse report")
+    assert suspended.returncode == 0, suspended.stderr
+    again = backsaas("tenant", "suspend", "cli-life", "--reason", "again")
+    assert again.returncode == 1 and "transition_refused" in again.stderr
+    assert backsaas("tenant", "activate", "cli-life").returncode == 0
+    assert backsaas("tenant", "activate", "cli-life").returncode == 1
+    assert backsaas("tenant", "suspend", "system", "--reason", "no").returncode == 1
+
+
+def test_auth_rotate_key_prints_the_new_key_id(backsaas):
+    rotated = backsaas("auth", "rotate-key")
+    assert rotated.returncode == 0 and "New signing key" in rotated.stdout
+
+
+def test_tenant_show_delete_restore_and_purge(backsaas):
+    assert backsaas("tenant", "create", "cli-gone", "--schema", write(backsaas.cwd, "n.yaml", NOTES)).returncode == 0
+    shown_run = backsaas("tenant", "show", "cli-gone", "--json")
+    assert shown_run.returncode == 0, shown_run.stderr
+    shown = json.loads(shown_run.stdout)
+    assert shown["status"] == "active" and shown["version"] == 1 and sorted(shown["keys"]) == ["anon", "service"]
+    assert backsaas("tenant", "delete", "cli-gone").returncode == 0
+    assert json.loads(backsaas("tenant", "show", "cli-gone", "--json").stdout)["status"] == "deleted"
+    assert json.loads(backsaas("tenant", "purge", "--json").stdout) == {"purged": []}  # within the retention
+    assert backsaas("tenant", "restore", "cli-gone").returncode == 0
+    assert backsaas("tenant", "delete", "cli-gone").returncode == 0
+    purged = backsaas("tenant", "purge", "--older-than-days", "0", "--json")
+    assert json.loads(purged.stdout) == {"purged": ["cli-gone"]}
+    gone = backsaas("tenant", "show", "cli-gone")
+    assert gone.returncode == 1 and "tenant_not_found" in gone.stderr
+
+
+def test_schema_history_and_rollback(backsaas):
+    notes = write(backsaas.cwd, "h1.yaml", NOTES)
+    assert backsaas("tenant", "create", "cli-hist", "--schema", notes).returncode == 0
+    wider = write(backsaas.cwd, "h2.yaml", NOTES.replace("fields:", "fields:\n      extra: {type: text}", 1))
+    assert backsaas("schema", "apply", "--tenant", "cli-hist", wider).returncode == 0
+    history = json.loads(backsaas("schema", "history", "--tenant", "cli-hist", "--json").stdout)
+    assert [v["version"] for v in history] == [1, 2]
+    refused = backsaas("schema", "rollback", "--tenant", "cli-hist", "--to", "1")
+    assert refused.returncode == 1 and "migration_refused" in refused.stderr  # dropping `extra` is destructive
+    back = backsaas("schema", "rollback", "--tenant", "cli-hist", "--to", "1", "--allow-destructive", "--json")
+    assert back.returncode == 0 and json.loads(back.stdout)["version"] == 3
+    assert backsaas("schema", "rollback", "--tenant", "cli-hist", "--to", "9").returncode == 1

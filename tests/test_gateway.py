@@ -97,10 +97,16 @@ def test_unknown_routes_are_json_404(client: TestClient):
 
 
 async def test_a_deploy_is_served_without_restarting(tenants: Database, client: TestClient):
+    import asyncio
+
     from engine.storage.deploy import deploy
 
     await deploy(tenants, "blog", BLOG + "  tag:\n    fields: {}\n")
-    body = client.get("/api/tenants/blog/").json()
+    for _ in range(50):  # the NOTIFY crosses processes asynchronously; it lands within milliseconds
+        body = client.get("/api/tenants/blog/").json()
+        if body["schema"]["version"] == 2:
+            break
+        await asyncio.sleep(0.02)
     assert body["schema"]["version"] == 2 and "tag" in {e["name"] for e in body["entities"]}
     async with tenants.begin() as conn:
         assert await conn.scalar(sa.text("SELECT to_regclass('t_blog.tag') IS NOT NULL"))

@@ -63,7 +63,7 @@ orders = st.lists(st.builds(lambda c, d: f"{c}{d}", word, st.sampled_from(["", "
                   max_size=3).map(",".join)
 logic = st.builds(lambda k, items: (k, f"({','.join(items)})"), st.sampled_from(["or", "and", "not.or"]),
                   st.lists(st.builds(lambda c, o, v: f"{c}.{o}.{v}", word, st.sampled_from(OPERATORS), text), max_size=3))
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text,
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text,
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=8)
 
 

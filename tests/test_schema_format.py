@@ -75,7 +75,8 @@ def test_every_type_and_option_becomes_the_model():
               update: {clerk: own}
             hooks:
               before_create: [shop.normalise]
-              after_create: [{webhook: "https://example.com/h", secret: SHOP_SECRET, async: true}]
+              after_create: [{webhook: "https://example.com/h", secret: SHOP_SECRET}, {function: shop.audit, async: true,
+                              timeout: 2}]
     """))
     product = model.entity("product")
     types = {f.name: f.type for f in product.fields}
@@ -86,7 +87,9 @@ def test_every_type_and_option_becomes_the_model():
     assert product.field("attrs").default["colour"] == "red"
     assert product.indexes == (("size", "launch"),) and product.unique == (("sku", "size"),)
     assert [(h.event, h.function, h.webhook, h.is_async) for h in product.hooks] == [
-        ("before_create", "shop.normalise", None, False), ("after_create", None, "https://example.com/h", True)]
+        ("before_create", "shop.normalise", None, False), ("after_create", None, "https://example.com/h", True),
+        ("after_create", "shop.audit", None, True)]
+    assert product.hooks[2].timeout == 2
     assert {(g.action, g.role, g.scope) for g in product.permissions} == {("read", "anon", "all"), ("update", "clerk", "own")}
 
 
@@ -164,3 +167,66 @@ def test_schema_check_cli_exits_1_and_lists_every_error(tmp_path):
     good = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", str(REPO / "schemas" / "blog.yaml")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert good.returncode == 0 and "ok" in good.stdout
+
+
+MEMBERSHIP_SCHEMA = """
+name: orgs
+roles: [lead]
+entities:
+  tenants:
+    fields:
+      slug: {type: string}
+  memberships:
+    fields:
+      user:   {type: ref, to: users}
+      tenant: {type: ref, to: tenants}
+      role:   {type: enum, values: [lead, admin]}
+  project:
+    fields:
+      tenant: {type: ref, to: tenants}
+    permissions:
+      read:   {lead: member}
+      update: {lead: member}
+  loose:
+    fields:
+      x: {type: text}
+    permissions:
+      read: {lead: member, authenticated: member}
+"""
+
+
+def test_member_scope_is_for_reads_and_deletes_of_tenant_rows_by_membership_roles():
+    messages = {(path, message) for _, path, message in problems_of(MEMBERSHIP_SCHEMA)}
+    assert ("entities.project.permissions.update.lead",
+            "scope 'member' applies to read and delete only (a write could move a row to another tenant)") in messages
+    assert ("entities.loose.permissions.read.lead",
+            "scope 'member' needs the entity to be `tenants` or to have a ref `tenant` to tenants") in messages
+    assert ("entities.loose.permissions.read.authenticated",
+            "'authenticated' is not a membership role (one of lead, admin)") in messages
+    assert not any(path.startswith("entities.project.permissions.read") for path, _ in messages)
+
+
+def test_the_readmes_schema_example_loads_and_names_installed_hooks():
+    from engine.hooks import missing_handlers
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("## The schema format, by example")[1].split("```yaml")[1].split("```")[0]
+    assert missing_handlers(load_schema(example)) == []
+
+
+def test_json_fields_may_declare_the_json_schema_of_their_values():
+    found = problems_of("""
+        name: s
+        entities:
+          a:
+            fields:
+              good: {type: json, default: {n: 1}, schema: {type: object, properties: {n: {type: integer}}}}
+              bad_default: {type: json, default: {n: "x"}, schema: {type: object, properties: {n: {type: integer}}}}
+              broken: {type: json, schema: {type: nonsense}}
+              wrong_type: {type: text, schema: {type: object}}
+    """)
+    messages = {(path, message.split(":")[0]) for _, path, message in found}
+    assert ("entities.a.fields.bad_default.default", "default {'n'") in messages
+    assert ("entities.a.fields.broken.schema", "not a valid JSON Schema") in messages
+    assert ("entities.a.fields.wrong_type.schema", "'schema' applies to json fields, not text") in messages
+    assert not any(path.startswith("entities.a.fields.good") for _, path, _ in found)

@@ -1,5 +1,6 @@
 """The one seam every operation passes through: may this caller do this action on this entity, and on
-which rows (`all`, or `own`: the rows whose owner_id is the caller).
+which rows (`all`; `own`: the rows whose owner_id is the caller; `member`: in the system tenant, the rows
+of the tenants where the caller's membership role is granted the action).
 
 Casbin decides (RBAC with domains; the domain is the tenant). Each tenant runtime holds its own
 enforcer with only its own policies, generated from the schema's `permissions` when the runtime
@@ -9,13 +10,14 @@ stays the single source of every answer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from casbin import Enforcer
 from casbin.model import Model
 
-from engine.errors import Forbidden
-from engine.schema.model import Schema
+from engine.errors import Forbidden, Problem
+from engine.schema.model import USERS, Schema
 
 MODEL = """
 [request_definition]
@@ -33,27 +35,49 @@ e = some(where (p.eft == allow))
 [matchers]
 m = g(r.sub, p.sub, r.dom) && r.dom == p.dom && (p.obj == "*" || r.obj == p.obj) && (p.act == "*" || r.act == p.act)
 """
-UNRESTRICTED = ("admin", "service")  # every entity, every action, every row (within their tenant only)
+UNRESTRICTED = ("admin", "service", "platform_admin")  # every entity, action and row: admin and service within
+# their tenant only; platform_admin (a system-tenant account's role) in every tenant
 SCOPES = ("all", "own")
+MEMBER = "member"  # scope: rows of the tenants where the caller's membership role is granted it
+MEMBERSHIPS = "memberships"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is acting: their roles in the tenant and, for a signed-in user, their id (the gateway builds
-    it from the request's key; no credentials is the `anon` role)."""
+    """Who is acting: their roles in the tenant and, for a signed-in user, their id and session (the
+    gateway builds it from the request's key or access token; no credentials is the `anon` role)."""
 
     roles: tuple[str, ...]
     user_id: str | None = None
+    session_id: str | None = None
+
+
+def membership_subject(role: str) -> str:
+    """Membership roles are Casbin subjects of their own (`member:admin` is not the built-in `admin`)."""
+    return f"member:{role}"
+
+
+def membership_roles(model: Schema) -> tuple[str, ...]:
+    entity = model.entity(MEMBERSHIPS)
+    role = next((f for f in entity.fields if f.name == "role"), None) if entity else None
+    return tuple(role.values) if role and role.values else ()
 
 
 def policies(model: Schema, tenant: str) -> tuple[list[list[str]], list[list[str]]]:
-    """(p rules, g rules) of one tenant: `p role tenant entity action:scope`, and every schema role
-    inheriting what `authenticated` may do."""
+    """(p rules, g rules) of one tenant: `p role tenant entity action:scope` (a `member` grant's subject is
+    the membership role's), and every schema role inheriting what `authenticated` may do."""
     rules = [[role, tenant, "*", "*"] for role in UNRESTRICTED]
     for entity in model.entities:
-        rules += [[g.role, tenant, entity.name, f"{g.action}:{g.scope}"] for g in entity.permissions]
+        rules += [[membership_subject(g.role) if g.scope == MEMBER else g.role, tenant, entity.name,
+                   f"{g.action}:{g.scope}"] for g in entity.permissions]
+    rules += [[role, tenant, function_object(f.name), "invoke:all"] for f in model.functions for role in f.roles]
     groupings = [[role, "authenticated", tenant] for role in model.roles]
     return rules, groupings
+
+
+def function_object(name: str) -> str:
+    """The Casbin object of an exposed function (entities and functions share a tenant's policies)."""
+    return f"function:{name}"
 
 
 @dataclass
@@ -62,7 +86,9 @@ class Authorizer:
 
     tenant: str
     enforcer: Enforcer
+    memberships: tuple[str, ...] = ()  # the membership roles of the schema (the system tenant's)
     decisions: dict[tuple[tuple[str, ...], str, str], str | None] = field(default_factory=dict)
+    member_decisions: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def for_schema(cls, model: Schema, tenant: str) -> Authorizer:
@@ -73,7 +99,7 @@ class Authorizer:
         enforcer.add_policies(rules)
         if groupings:
             enforcer.add_grouping_policies(groupings)
-        return cls(tenant, enforcer)
+        return cls(tenant, enforcer, membership_roles(model))
 
     def scope(self, roles: tuple[str, ...], entity: str, action: str) -> str | None:
         """`all`, `own`, or None (denied): the widest scope any of the roles grants."""
@@ -85,12 +111,43 @@ class Authorizer:
                 None)
         return self.decisions[key]
 
+    def member_roles(self, entity: str, action: str) -> tuple[str, ...]:
+        """The membership roles granted `action` on `entity` for their tenants' rows."""
+        key = (entity, action)
+        if key not in self.member_decisions:
+            self.member_decisions[key] = tuple(
+                role for role in self.memberships
+                if self.enforcer.enforce(membership_subject(role), self.tenant, entity, f"{action}:{MEMBER}"))
+        return self.member_decisions[key]
+
+
+def unrestricted(caller: Caller) -> bool:
+    """Whether the caller holds a role that may do anything in the tenant (admin, service, platform_admin)."""
+    return any(role in UNRESTRICTED for role in caller.roles)
+
+
+PRIVILEGED_USER_FIELDS = ("roles", "verified")
+
+
+def guard_user_fields(entity: str, caller: Caller, objects: Iterable[object]) -> None:
+    """Whoever may edit users must not grant themselves roles: only unrestricted callers set these fields."""
+    if entity != USERS or unrestricted(caller):
+        return
+    privileged = sorted({k for o in objects if isinstance(o, dict) for k in o if k in PRIVILEGED_USER_FIELDS})
+    if privileged:
+        raise Forbidden(f"only admin and service may set {', '.join(privileged)} of users",
+                        details=[Problem(k, "is writable by admin and service only") for k in privileged])
+
 
 def authorize(authorizer: Authorizer, caller: Caller, entity: str, action: str) -> str:
-    """The row scope the caller has for `action` on `entity`; `Forbidden` when they have none.
+    """The row scope the caller has for `action` on `entity` (`all`, `member`, `own`); `Forbidden` when none.
 
-    `own` needs a signed-in caller: without a user id there are no rows of one's own."""
+    `member` and `own` need a signed-in caller: without a user id there are no rows of one's own."""
     scope = authorizer.scope(caller.roles, entity, action)
-    if scope is None or (scope == "own" and caller.user_id is None):
+    if scope == "all":
+        return scope
+    if caller.user_id is not None and authorizer.member_roles(entity, action):
+        return MEMBER
+    if scope is None or caller.user_id is None:
         raise Forbidden(f"{' or '.join(caller.roles) or 'this caller'} may not {action} {entity}")
     return scope

@@ -35,12 +35,30 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class Membership:
+    """A `member` row scope: `column` (a tenant id) is a tenant where the user (parameter `param`) holds a
+    membership with one of `roles`."""
+
+    column: str
+    param: int
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Condition:
     """`and` / `or` of filters and nested conditions."""
 
     kind: str  # and | or
-    items: tuple[Filter | Condition, ...]
+    items: tuple[Filter | Membership | RelationFilter | Condition, ...]
     negate: bool = False
+
+
+@dataclass(frozen=True)
+class RelationFilter:
+    """Rows with a related row (one-to-many: at least one) matching `where` (GraphQL's `{author: {...}}`)."""
+
+    relation: Relation
+    where: Condition
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,7 @@ class Order:
     column: str
     descending: bool = False
     nulls: str | None = None  # first | last
+    through: tuple[Relation, ...] = ()  # many-to-one relations leading to the column (GraphQL order_by)
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ class Column:
     alias: str
     column: str
     as_text: bool = False  # decimals are sent as strings
+    constant: str | None = None  # a constant instead of the column (GraphQL's __typename)
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,31 @@ class ReadPlan:
     order: tuple[Order, ...] = ()
     limit: int | None = None  # a plan value, not a parameter: it changes the SQL little and is bounded
     offset: int | None = None
+    distinct: tuple[str, ...] = ()  # DISTINCT ON these columns (GraphQL distinct_on)
+    aggregates: tuple[Aggregate, ...] = ()  # aggregate embeds (GraphQL's `posts_aggregate`)
 
+
+@dataclass(frozen=True)
+class AggregateField:
+    """`count` (of rows, or of `columns`' values, `distinct` or not), or `sum|avg|min|max { alias: column }`."""
+
+    alias: str
+    function: str
+    columns: tuple[tuple[str, str], ...] = ()  # (alias, column)
+    distinct: bool = False
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """`{alias}: {name}_aggregate { aggregate { count sum {..} } nodes {..} }`, at the root (`relation`
+    None) or embedded: the rows of `plan` (filter, order, page) summarised under each `summaries` alias
+    and listed, as `plan` selects them, under each `nodes` alias."""
+
+    alias: str
+    relation: Relation | None
+    plan: ReadPlan
+    summaries: tuple[tuple[str, tuple[AggregateField, ...]], ...] = ()
+    nodes: tuple[str, ...] = ()
 
 def relations_of(model: Schema) -> dict[str, dict[str, Relation]]:
     """entity -> embed name -> Relation, named as PostgREST names embeds.

@@ -19,7 +19,18 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
-from engine.query.plan import Condition, Filter, ReadPlan
+from engine.authz import MEMBERSHIPS
+from engine.query.plan import (
+    Aggregate,
+    AggregateField,
+    Column,
+    Condition,
+    Filter,
+    Membership,
+    Order,
+    ReadPlan,
+    RelationFilter,
+)
 
 DIALECT = AsyncpgDialect()
 EMPTY_ARRAY = sa.literal_column("'[]'::json")
@@ -64,9 +75,30 @@ def filter_sql(item: Filter, table: sa.FromClause) -> ColumnElement[bool]:
     return sa.not_(expression) if item.negate else expression
 
 
-def condition_sql(condition: Condition, table: sa.FromClause) -> ColumnElement[bool]:
-    parts = [filter_sql(i, table) if isinstance(i, Filter) else condition_sql(i, table) for i in condition.items]
-    combined = sa.and_(*parts) if condition.kind == "and" else sa.or_(*parts)
+def membership_sql(item: Membership, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
+    memberships = tables[MEMBERSHIPS]
+    roles = [sa.literal_column(f"'{role}'") for role in item.roles]  # identifiers of the model, never input
+    return table.c[item.column].in_(
+        sa.select(memberships.c.tenant_id).where(memberships.c.user_id == value_param(item.param, sa.Uuid()),
+                                                 memberships.c.role.in_(roles)))
+
+
+def relation_filter_sql(item: RelationFilter, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
+    related = tables[item.relation.target].alias()
+    return sa.exists(sa.select(sa.literal_column("1")).select_from(related).where(
+        related.c[item.relation.target_column] == table.c[item.relation.source_column],
+        condition_sql(item.where, related, tables)))
+
+
+def condition_sql(condition: Condition, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
+    parts = [filter_sql(i, table) if isinstance(i, Filter)
+             else membership_sql(i, table, tables) if isinstance(i, Membership)
+             else relation_filter_sql(i, table, tables) if isinstance(i, RelationFilter)
+             else condition_sql(i, table, tables) for i in condition.items]
+    if not parts:  # GraphQL's `{}` and `_and: []` hold for every row
+        combined: ColumnElement[bool] = sa.true()
+    else:
+        combined = sa.and_(*parts) if condition.kind == "and" else sa.or_(*parts)
     return sa.not_(combined) if condition.negate else combined
 
 
@@ -82,17 +114,24 @@ class StatementBuilder:
         """The selected rows of one level, as a SELECT of labelled columns (from `source`, e.g. the rows
         a write returned, instead of the entity's table when given)."""
         table = (source if source is not None else self.tables[plan.entity]).alias(f"t{next(self.names)}")
-        columns: list[ColumnElement[Any]] = [
-            (sa.cast(table.c[c.column], sa.Text) if c.as_text else table.c[c.column]).label(c.alias) for c in plan.columns]
+        columns: list[ColumnElement[Any]] = [self.column(c, table).label(c.alias) for c in plan.columns]
         columns += [self.embed(e.relation.kind, e.plan, (e.relation.target_column, table.c[e.relation.source_column]))
                     .label(e.alias) for e in plan.embeds]
+        columns += [self.aggregate(a, (a.relation.target_column, table.c[a.relation.source_column])).label(a.alias)
+                    for a in plan.aggregates if a.relation is not None]
         statement = sa.select(*columns).select_from(table)
         if link is not None:
             statement = statement.where(table.c[link[0]] == link[1]).correlate(link[1].table)
         if plan.where is not None:
-            statement = statement.where(condition_sql(plan.where, table))
-        for order in plan.order:
-            column = table.c[order.column]
+            statement = statement.where(condition_sql(plan.where, table, self.tables))
+        orders = list(plan.order)
+        if plan.distinct:  # PostgreSQL wants DISTINCT ON's columns to lead the ORDER BY
+            statement = statement.ext(postgresql.distinct_on(*(table.c[c] for c in plan.distinct)))
+            leading = [o.column for o in orders[:len(plan.distinct)] if not o.through]
+            if leading != list(plan.distinct):
+                orders = [Order(c) for c in plan.distinct] + orders
+        for order in orders:
+            column = self.order_expression(order, table)
             clause = column.desc() if order.descending else column.asc()
             if order.nulls:
                 clause = clause.nulls_first() if order.nulls == "first" else clause.nulls_last()
@@ -105,6 +144,56 @@ class StatementBuilder:
             statement = statement.offset(sa.literal_column(str(int(plan.offset))))
         return statement
 
+    @staticmethod
+    def column(column: Column, table: sa.FromClause) -> ColumnElement[Any]:
+        if column.constant is not None:  # a name of the model (a GraphQL type name), never input
+            return sa.literal_column(f"'{column.constant}'", sa.Text)
+        return sa.cast(table.c[column.column], sa.Text) if column.as_text else table.c[column.column]
+
+    def order_expression(self, order: Order, table: sa.FromClause) -> ColumnElement[Any]:
+        """The column to order by, or for an order through relations the related row's column."""
+        if not order.through:
+            return table.c[order.column]
+        relation, rest = order.through[0], order.through[1:]
+        related = self.tables[relation.target].alias(f"t{next(self.names)}")
+        inner = self.order_expression(Order(order.column, through=rest), related)
+        return sa.select(inner).select_from(related).where(
+            related.c[relation.target_column] == table.c[relation.source_column]).scalar_subquery()
+
+    def aggregate(self, aggregate: Aggregate, link: tuple[str, ColumnElement[Any]] | None = None) -> ColumnElement[Any]:
+        """One JSON object: each summary over the rows of the aggregate's plan, and the rows themselves."""
+        table = self.tables[aggregate.plan.entity]
+        every_column = tuple(Column(c, c) for c in table.c.keys())
+        base_plan = ReadPlan(aggregate.plan.entity, every_column, where=aggregate.plan.where, order=aggregate.plan.order,
+                             limit=aggregate.plan.limit, offset=aggregate.plan.offset, distinct=aggregate.plan.distinct)
+        parts: list[ColumnElement[Any]] = []
+        base = self.rows(base_plan, link).subquery(f"r{next(self.names)}")
+        for alias, fields in aggregate.summaries:
+            parts += [sa.literal_column(f"'{alias}'"),
+                      sa.func.json_build_object(*(p for f in fields for p in self.summary(f, base)))]
+        for alias in aggregate.nodes:
+            node_plan = ReadPlan(aggregate.plan.entity, aggregate.plan.columns, aggregate.plan.embeds,
+                                 order=aggregate.plan.order, aggregates=aggregate.plan.aggregates)
+            nodes = self.rows(node_plan, source=self.rows(base_plan, link).subquery()).subquery(f"r{next(self.names)}")
+            parts += [sa.literal_column(f"'{alias}'"),
+                      sa.select(sa.func.coalesce(sa.func.json_agg(nodes.table_valued()), EMPTY_ARRAY)).scalar_subquery()]
+        return sa.select(sa.func.json_build_object(*parts)).select_from(base).scalar_subquery()
+
+    @staticmethod
+    def summary(field: AggregateField, rows: sa.FromClause) -> list[ColumnElement[Any]]:
+        """(key, value) of one aggregate field; aliases and columns are names of the model or of the
+        validated document (GraphQL names), rendered as literals."""
+        key = sa.literal_column(f"'{field.alias}'")
+        if field.function == "count":
+            if not field.columns:
+                return [key, sa.func.count()]
+            counted: ColumnElement[Any] = (rows.c[field.columns[0][1]] if len(field.columns) == 1
+                                           else sa.tuple_(*(rows.c[c] for _, c in field.columns)))
+            return [key, sa.func.count(sa.distinct(counted)) if field.distinct else sa.func.count(counted)]
+        function = getattr(sa.func, field.function)
+        return [key, sa.func.json_build_object(*(p for alias, column in field.columns
+                                                 for p in (sa.literal_column(f"'{alias}'"), function(rows.c[column]))))]
+
     def embed(self, kind: str, plan: ReadPlan, link: tuple[str, ColumnElement[Any]]) -> ColumnElement[Any]:
         rows = self.rows(plan, link).subquery(f"r{next(self.names)}")
         if kind == "one":
@@ -115,7 +204,7 @@ class StatementBuilder:
         table = self.tables[plan.entity].alias(f"t{next(self.names)}")
         statement = sa.select(sa.func.count()).select_from(table)
         if plan.where is not None:
-            statement = statement.where(condition_sql(plan.where, table))
+            statement = statement.where(condition_sql(plan.where, table, self.tables))
         return statement.scalar_subquery()
 
 
@@ -137,3 +226,16 @@ def compile_statement(statement: sa.Executable) -> CompiledRead:
     slots = tuple(int(n[1:]) if n.startswith("v") and n[1:].isdigit() else None for n in names)
     constants = tuple(None if n.startswith("v") and n[1:].isdigit() else compiled.params[n] for n in names)
     return CompiledRead(str(compiled), slots, constants)
+
+
+def json_source(table: sa.Table, param: int, *, many: bool) -> sa.FromClause:
+    """The rows of a JSON parameter (an object, or an array with `many`) typed as `table`'s rows."""
+    row_type = sa.literal_column(f"NULL::{qualified(table)}")
+    body = sa.cast(sa.bindparam(f"v{param}", type_=sa.Text()), postgresql.JSON)
+    function = sa.func.json_populate_recordset if many else sa.func.json_populate_record
+    return function(row_type, body).table_valued(*table.c.keys()).alias("j")
+
+
+def qualified(table: sa.Table) -> str:
+    preparer = postgresql.dialect().identifier_preparer
+    return f"{preparer.quote(table.schema or '')}.{preparer.quote(table.name)}"

@@ -7,7 +7,8 @@ role, and shape the response. Reads and writes alike are ONE statement whose res
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -17,7 +18,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from engine.authz import Caller, authorize
+from engine.answer import Answer
+from engine.authz import Caller, authorize, guard_user_fields
 from engine.database import Database
 from engine.errors import (
     InvalidBody,
@@ -33,11 +35,12 @@ from engine.errors import (
     database_error,
 )
 from engine.query.plan import ReadPlan
-from engine.query.sql import CompiledRead, StatementBuilder, compile_statement, condition_sql
+from engine.query.sql import CompiledRead, StatementBuilder, compile_statement, condition_sql, json_source
 from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
-from engine.validation import READ_ONLY, BodyValidator
+from engine.validation import READ_ONLY
+from engine.writes import HookedWriter
 
 OBJECT_MEDIA = "application/vnd.pgrst.object+json"
 PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
@@ -45,11 +48,6 @@ JSON_MEDIA = "application/json; charset=utf-8"
 EXPOSED_PROFILES = ("public", "")
 
 
-@dataclass(frozen=True)
-class RestResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
 
 
 @dataclass(frozen=True)
@@ -93,13 +91,29 @@ def _has_filters(params: list[tuple[str, str]]) -> bool:
 class RestApi:
     """The REST dialect over one tenant runtime (stateless but for the runtime's statement cache)."""
 
-    def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller) -> None:
+    def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller,
+                 conn: asyncpg.Connection | None = None) -> None:
         self.runtime = runtime
         self.db = db
         self.caller = caller
+        self.conn = conn  # a hook's or function's transaction to run in, instead of a pooled connection
+        self.who = (caller.roles, caller.user_id)  # what a prepared request depends on (not the session)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection statements run on, acting as the tenant's role; errors become the catalogue's."""
+        try:
+            if self.conn is not None:
+                yield self.conn
+            else:
+                async with self.db.as_role(self.runtime.role) as conn:
+                    yield conn
+        except asyncpg.PostgresError as exc:
+            raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
+                                 getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
 
     async def handle(self, method: str, entity_name: str, query: bytes, headers: Mapping[str, str],
-                     body: bytes) -> RestResponse:
+                     body: bytes) -> Answer:
         """Answer one request; `query` is the raw query string (parsed only when no cached read has it)."""
         profile = headers.get("accept-profile" if method in ("GET", "HEAD") else "content-profile", "")
         if profile not in EXPOSED_PROFILES:
@@ -125,7 +139,7 @@ class RestApi:
             return authorize(self.runtime.authorizer, self.caller, entity_name, level_action)
 
         parser = ReadParser(self.runtime.model, self.runtime.relations, self.runtime.columns, scope,
-                            self.caller.user_id)
+                            self.caller.user_id, self.runtime.authorizer.member_roles)
         return parser.parse(entity.name, params, action), parser.values
 
     def prepared(self, key: Any, prepare: Any) -> Any:
@@ -151,25 +165,21 @@ class RestApi:
 
         `single` (a write whose client asked for exactly one object) wraps it in a transaction that is
         rolled back unless exactly one row was written, as PostgREST does: a 406 never leaves a change."""
-        try:
-            async with self.db.as_role(self.runtime.role) as conn:
-                fetch = conn.fetch if many else conn.fetchrow
-                if not single:
-                    return await fetch(compiled.sql, *compiled.arguments(values))
-                async with conn.transaction():
-                    row = await fetch(compiled.sql, *compiled.arguments(values))
-                    if row["page_rows"] != 1:
-                        raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
-                                            hint=f"the statement matched {row['page_rows']} rows")
-                    return row
-        except asyncpg.PostgresError as exc:
-            raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
-                                 getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
+        async with self.connection() as conn:
+            fetch = conn.fetch if many else conn.fetchrow
+            if not single:
+                return await fetch(compiled.sql, *compiled.arguments(values))
+            async with conn.transaction():
+                row = await fetch(compiled.sql, *compiled.arguments(values))
+                if row["page_rows"] != 1:
+                    raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
+                                        hint=f"the statement matched {row['page_rows']} rows")
+                return row
 
     # -- reads --
 
-    async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> RestResponse:
-        key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), self.caller)
+    async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> Answer:
+        key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), self.who)
         plan, values, compiled, count = self.prepared(key, lambda: self.prepare_read(entity, query, headers))
         row = await self.run(compiled, values)
         return self.respond_rows(row, plan, headers, status=200, count=count, head=head)
@@ -185,7 +195,7 @@ class RestApi:
         return plan, values, compiled, count
 
     def respond_rows(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str], *, status: int,
-                     count: bool = False, head: bool = False, extra: list[tuple[str, str]] | None = None) -> RestResponse:
+                     count: bool = False, head: bool = False, extra: list[tuple[str, str]] | None = None) -> Answer:
         body: str = row["body"]
         rows: int = row["page_rows"]
         total = row["total"] if count else None
@@ -202,7 +212,7 @@ class RestApi:
             response_headers.append(("Content-Type", f"{OBJECT_MEDIA}; charset=utf-8"))
         else:
             response_headers.append(("Content-Type", JSON_MEDIA))
-        return RestResponse(status, response_headers, b"" if head else body.encode())
+        return Answer(status, response_headers, b"" if head else body.encode())
 
     # -- writes --
 
@@ -213,9 +223,8 @@ class RestApi:
             raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
 
     def validate(self, entity: Entity, payload: Any, *, partial: bool) -> None:
-        validator = self.runtime.validators.get((entity.name, partial))
-        if validator is None:
-            validator = self.runtime.validators[(entity.name, partial)] = BodyValidator(entity, partial=partial)
+        guard_user_fields(entity.name, self.caller, payload if isinstance(payload, list) else [payload])
+        validator = self.runtime.body_validator(entity, partial=partial)
         if isinstance(payload, list):
             problems = [p for i, item in enumerate(payload) for p in validator.problems(item, f"[{i}].")]
         else:
@@ -224,7 +233,7 @@ class RestApi:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in the body", details=problems)
 
     async def insert(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
-                     body: bytes) -> RestResponse:
+                     body: bytes) -> Answer:
         payload = self.parse_body(body)
         objects = payload if isinstance(payload, list) else [payload]
         if not objects or not all(isinstance(o, dict) for o in objects):
@@ -237,6 +246,11 @@ class RestApi:
         if not columns_param and any(set(o) != set(keys) for o in objects):
             raise InvalidBody("all objects of a bulk insert must have the same keys", hint="or list them in columns=")
         self.validate(entity, objects if isinstance(payload, list) else objects[0], partial=False)
+        if self.runtime.hooks(entity.name, "create"):
+            if dict(params).get("on_conflict") or "resolution=" in headers.get("prefer", ""):
+                raise InvalidBody(f"upserts are not supported on '{entity.name}': it has hooks",
+                                  hint="insert, or update the existing row")
+            return await self.hooked_insert(entity, objects, params, headers, single_object=not isinstance(payload, list))
         if entity.owner and self.caller.user_id is not None:  # set from the caller, never from the body
             objects = [{**o, OWNER_COLUMN: self.caller.user_id} for o in objects]
             keys = (*keys, OWNER_COLUMN)
@@ -255,7 +269,7 @@ class RestApi:
                                                       len(values), representation))
             return plan, values, compiled
 
-        plan, values, compiled = self.prepared(("insert", entity.name, tuple(params), prefer, self.caller, keys), prepare)
+        plan, values, compiled = self.prepared(("insert", entity.name, tuple(params), prefer, self.who, keys), prepare)
         arguments = [*values, orjson.dumps(objects).decode()]
         if representation:
             row = await self.run(compiled, arguments, single=OBJECT_MEDIA in headers.get("accept", ""))
@@ -266,16 +280,18 @@ class RestApi:
         extra = [("Location", f"/{entity.name}?id=eq.{first_id}")] if not isinstance(payload, list) and first_id else []
         if representation:
             return self.respond_rows(row, plan, headers, status=201, extra=extra)
-        return RestResponse(201, [("Content-Range", f"*/{count}"), *extra], b"")
+        return Answer(201, [("Content-Range", f"*/{count}"), *extra], b"")
 
     async def update(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
-                     body: bytes) -> RestResponse:
+                     body: bytes) -> Answer:
         if not _has_filters(params):
             raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
         payload = self.parse_body(body)
         if not isinstance(payload, dict) or not payload:
             raise InvalidBody("expected a JSON object with the fields to change")
         self.validate(entity, payload, partial=True)
+        if self.runtime.hooks(entity.name, "update"):
+            return await self.hooked_change(entity, "update", params, headers, payload)
         prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
         representation = prefer.returning == "representation"
         keys = tuple(payload)
@@ -286,14 +302,16 @@ class RestApi:
                                       lambda: _update(self.runtime, plan, keys, len(values), representation))
             return plan, values, compiled
 
-        plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.caller, keys), prepare)
+        plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
         row = await self.run(compiled, [*values, orjson.dumps(payload).decode()],
                              single=representation and OBJECT_MEDIA in headers.get("accept", ""))
         return self.respond_written(row, plan, headers, representation)
 
-    async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> RestResponse:
+    async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> Answer:
         if not _has_filters(params):
             raise UnfilteredWrite("DELETE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
+        if self.runtime.hooks(entity.name, "delete"):
+            return await self.hooked_change(entity, "delete", params, headers, None)
         prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
         representation = prefer.returning == "representation"
 
@@ -302,15 +320,65 @@ class RestApi:
             return plan, values, self.statement(("delete", plan, representation),
                                                 lambda: _delete(self.runtime, plan, representation))
 
-        plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.caller), prepare)
+        plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
         row = await self.run(compiled, values, single=representation and OBJECT_MEDIA in headers.get("accept", ""))
         return self.respond_written(row, plan, headers, representation)
 
+    # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --
+
+    async def hooked_insert(self, entity: Entity, objects: list[dict[str, Any]], params: list[tuple[str, str]],
+                            headers: Mapping[str, str], *, single_object: bool) -> Answer:
+        select = [(k, v) for k, v in params if k == "select"]
+        async with self.connection() as conn, conn.transaction():
+            rows = await HookedWriter(self.runtime, self.caller, conn, self.db).insert(entity, objects)
+            ids = [r["id"] for r in rows]
+            extra = [("Location", f"/{entity.name}?id=eq.{ids[0]}")] if single_object and ids else []
+            if Prefer.parse(headers.get("prefer", ""), "minimal").returning != "representation":
+                return Answer(201, [("Content-Range", f"*/{len(ids)}"), *extra], b"")
+            return await self.rows_by_id(conn, entity, "create", select, ids, headers, 201, extra)
+
+    async def hooked_change(self, entity: Entity, action: str, params: list[tuple[str, str]],
+                            headers: Mapping[str, str], patch: dict[str, Any] | None) -> Answer:
+        plan, values = self.plan(entity, action, params)
+        select = [(k, v) for k, v in params if k == "select"]
+        representation = Prefer.parse(headers.get("prefer", ""), "minimal").returning == "representation"
+        async with self.connection() as conn, conn.transaction():
+            writer = HookedWriter(self.runtime, self.caller, conn, self.db)
+            olds = await writer.lock(entity, plan.where, values)
+            ids = [o["id"] for o in olds]
+            response = None
+            if representation and action == "delete":  # the body is read before the rows go
+                response = await self.rows_by_id(conn, entity, action, select, ids, headers, 200, [])
+            if action == "delete":
+                await writer.delete(entity, olds)
+            else:
+                await writer.update(entity, olds, patch or {})
+            if representation and response is None:
+                response = await self.rows_by_id(conn, entity, action, select, ids, headers, 200, [])
+            if response is None:
+                if OBJECT_MEDIA in headers.get("accept", "") and len(ids) != 1:
+                    raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed")
+                response = Answer(204, [("Content-Range", f"*/{len(ids)}")], b"")
+            return response
+
+    async def rows_by_id(self, conn: asyncpg.Connection, entity: Entity, action: str, select: list[tuple[str, str]],
+                         ids: list[str], headers: Mapping[str, str], status: int,
+                         extra: list[tuple[str, str]]) -> Answer:
+        """The written rows as the request selects them (one object or 406, when asked for)."""
+        plan, values = self.plan(entity, action, [*select, ("id", f"in.({','.join(ids)})")] if ids else
+                                 [*select, ("id", "is.null")])
+        compiled = compile_statement(_read(plan, self.runtime, False))
+        row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
+        if OBJECT_MEDIA in headers.get("accept", "") and row["page_rows"] != 1:
+            raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
+                                hint=f"the request matched {row['page_rows']} rows")
+        return self.respond_rows(row, plan, headers, status=status, extra=extra)
+
     def respond_written(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str],
-                        representation: bool) -> RestResponse:
+                        representation: bool) -> Answer:
         if representation:
             return self.respond_rows(row, replace(plan, offset=None), headers, status=200)
-        return RestResponse(204, [("Content-Range", f"*/{row['page_rows']}")], b"")
+        return Answer(204, [("Content-Range", f"*/{row['page_rows']}")], b"")
 
 
 # -- statements -------------------------------------------------------------------------------------
@@ -344,23 +412,10 @@ def _returning(table: sa.Table, representation: bool) -> list[sa.Column[Any]]:
     return list(table.c) if representation else [table.c.id]
 
 
-def _json_source(runtime: TenantRuntime, entity: str, param: int, *, many: bool) -> sa.FromClause:
-    table = runtime.tables[entity]
-    row_type = sa.literal_column(f"NULL::{_qualified(table)}")
-    body = sa.cast(sa.bindparam(f"v{param}", type_=sa.Text()), postgresql.JSON)
-    function = sa.func.json_populate_recordset if many else sa.func.json_populate_record
-    return function(row_type, body).table_valued(*table.c.keys()).alias("j")
-
-
-def _qualified(table: sa.Table) -> str:
-    preparer = postgresql.dialect().identifier_preparer
-    return f"{preparer.quote(table.schema or '')}.{preparer.quote(table.name)}"
-
-
 def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], conflict: tuple[str, ...],
             resolution: str | None, param: int, representation: bool) -> sa.Executable:
     table = runtime.tables[plan.entity]
-    source = _json_source(runtime, plan.entity, param, many=True)
+    source = json_source(table, param, many=True)
     statement = postgresql.insert(table).from_select(list(keys), sa.select(*(source.c[k] for k in keys)))
     if resolution == "merge-duplicates":
         target = list(conflict) or ["id"]
@@ -379,10 +434,10 @@ def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], confl
 def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
             representation: bool) -> sa.Select[Any]:
     table = runtime.tables[plan.entity]
-    source = _json_source(runtime, plan.entity, param, many=False)
+    source = json_source(table, param, many=False)
     statement = sa.update(table).values({k: source.c[k] for k in keys})
     if plan.where is not None:
-        statement = statement.where(condition_sql(plan.where, table))
+        statement = statement.where(condition_sql(plan.where, table, runtime.tables))
     written = statement.returning(*_returning(table, representation)).cte("written")
     return _body_select(StatementBuilder(runtime.tables), _returned(plan), written, representation=representation)
 
@@ -391,7 +446,7 @@ def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.
     table = runtime.tables[plan.entity]
     statement = sa.delete(table)
     if plan.where is not None:
-        statement = statement.where(condition_sql(plan.where, table))
+        statement = statement.where(condition_sql(plan.where, table, runtime.tables))
     written = statement.returning(*_returning(table, representation)).cte("written")
     return _body_select(StatementBuilder(runtime.tables), _returned(plan), written, representation=representation)
 

@@ -11,11 +11,24 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.authz import MEMBER
 from engine.errors import QueryParseError, UnknownColumn, UnknownRelation
-from engine.query.plan import IS_VALUES, OPERATORS, Column, Condition, Embed, Filter, Order, ReadPlan, Relation
+from engine.query.plan import (
+    IS_VALUES,
+    OPERATORS,
+    Column,
+    Condition,
+    Embed,
+    Filter,
+    Membership,
+    Order,
+    ReadPlan,
+    Relation,
+)
 from engine.schema.model import OWNER_COLUMN, Entity, Schema
 
 Scope = Callable[[str, str], str]
+MemberRoles = Callable[[str, str], tuple[str, ...]]
 
 TEXT_TYPES = ("string", "text", "enum")
 
@@ -63,12 +76,14 @@ class ReadParser:
     """Parses one request; `values` collects the filter values in parameter order."""
 
     def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]],
-                 columns: Mapping[str, Mapping[str, str]], scope: Scope, user_id: str | None) -> None:
+                 columns: Mapping[str, Mapping[str, str]], scope: Scope, user_id: str | None,
+                 member_roles: MemberRoles = lambda entity, action: ()) -> None:
         self.model = model
         self.relations = relations
         self.columns = columns  # entity -> visible_columns(entity), computed once per runtime
-        self.scope = scope  # (entity, action) -> "all" | "own", raising when the caller may not
+        self.scope = scope  # (entity, action) -> "all" | "own" | "member", raising when the caller may not
         self.user_id = user_id
+        self.member_roles = member_roles  # (entity, action) -> the membership roles a `member` scope admits
         self.values: list[Any] = []
 
     def parse(self, entity: str, params: Iterable[tuple[str, str]], action: str = "read") -> ReadPlan:
@@ -111,9 +126,14 @@ class ReadParser:
         assert entity is not None  # relations only ever point at entities of the same model
         columns = self.columns[entity_name]
         conditions: list[Filter | Condition] = []
-        if self.scope(entity_name, action) == "own":
+        scope = self.scope(entity_name, action)
+        if scope == "own":
             self.values.append(self.user_id)
             conditions.append(Filter(OWNER_COLUMN, "eq", len(self.values) - 1))
+        elif scope == MEMBER:
+            self.values.append(self.user_id)
+            conditions.append(Membership("id" if entity_name == "tenants" else "tenant_id", len(self.values) - 1,
+                                         self.member_roles(entity_name, action)))
         spec = levels.get(path, _Level())
         selected, embeds = self.select(entity, columns, select or "*", path, levels)
         conditions += [self.filter(columns, name, value) for name, value in spec.filters]

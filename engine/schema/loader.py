@@ -23,6 +23,7 @@ from engine.schema import semantics
 from engine.schema.model import (
     NO_DEFAULT,
     Entity,
+    ExposedFunction,
     Field,
     Grant,
     Hook,
@@ -133,7 +134,8 @@ def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
             message = (f"{error.instance!r} is not a valid name: lowercase letters, digits and _, "
                        "starting with a letter, at most 63 characters")
         elif error.validator == "oneOf" and path and "hooks" in path:
-            message = f"{error.instance!r} is neither a function name `module.function` nor {{webhook: URL, secret: NAME}}"
+            message = (f"{error.instance!r} is neither a function name `module.function`, "
+                       "{function: ..., async: ..., timeout: ...} nor {webhook: URL, secret: NAME}")
         problems.append(Problem(dotted(path), message, lines.line_of(path)))
     return problems
 
@@ -174,6 +176,7 @@ def build_model(data: dict[str, Any]) -> Schema:
             name=name,
             fields=fields,
             owner=bool(spec.get("owner", False)),
+            realtime=bool(spec.get("realtime", False)),
             indexes=tuple(tuple(ix) for ix in spec.get("indexes") or ()),
             unique=tuple(tuple(ix) for ix in spec.get("unique") or ()),
             permissions=grants,
@@ -181,8 +184,12 @@ def build_model(data: dict[str, Any]) -> Schema:
             renamed_from=spec.get("renamed_from"),
             description=spec.get("description"),
         ))
+    functions = tuple(ExposedFunction(name, spec["handler"], freeze(spec["input"]) if "input" in spec else None,
+                                      tuple(spec.get("roles") or ()), float(spec.get("timeout", 10.0)),
+                                      spec.get("description"))
+                      for name, spec in (data.get("functions") or {}).items())
     return Schema(name=data["name"], entities=tuple(entities), roles=tuple(data.get("roles") or ()),
-                  version=data.get("version"), description=data.get("description"))
+                  version=data.get("version"), description=data.get("description"), functions=functions)
 
 
 def _build_field(name: str, spec: dict[str, Any], entity: str, data: dict[str, Any]) -> Field:
@@ -210,11 +217,15 @@ def _build_field(name: str, spec: dict[str, Any], entity: str, data: dict[str, A
         renamed_from=spec.get("renamed_from"),
         description=spec.get("description"),
         internal=bool(spec.get("internal", False)),
+        schema=freeze(spec["schema"]) if "schema" in spec else None,
     )
 
 
 def _build_hook(event: str, item: str | dict[str, Any]) -> Hook:
     if isinstance(item, str):
         return Hook(event=event, function=item)
-    return Hook(event=event, webhook=item["webhook"], secret=item.get("secret"), is_async=bool(item.get("async")))
+    if "function" in item:
+        return Hook(event=event, function=item["function"], is_async=bool(item.get("async")),
+                    timeout=float(item.get("timeout", 5.0)))
+    return Hook(event=event, webhook=item["webhook"], secret=item.get("secret"), is_async=True)
 

@@ -81,6 +81,7 @@ class Field:
     renamed_from: str | None = None
     description: str | None = None
     internal: bool = False  # engine-managed (e.g. users.password_hash): never read or written through the APIs
+    schema: Any = None  # json fields: the JSON Schema their values match (frozen)
 
     @property
     def column(self) -> str:
@@ -101,11 +102,26 @@ class Grant:
 
 @dataclass(frozen=True)
 class Hook:
+    """A function in functions/ (`module.function`) or a webhook URL, run at `event`."""
+
     event: str
     function: str | None = None
     webhook: str | None = None
-    secret: str | None = None
-    is_async: bool = False
+    secret: str | None = None  # the environment variable holding a webhook's signing secret
+    is_async: bool = False  # after commit, from the outbox (webhooks always are)
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ExposedFunction:
+    """A function clients call at POST /functions/v1/{name}."""
+
+    name: str
+    handler: str
+    input: Any = None  # JSON Schema of the body (frozen), or None for any JSON
+    roles: tuple[str, ...] = ()
+    timeout: float = 10.0
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,7 @@ class Entity:
     name: str
     fields: tuple[Field, ...]
     owner: bool = False
+    realtime: bool = False  # its changes are logged (backsaas_changes) and streamed as SSE
     indexes: tuple[tuple[str, ...], ...] = ()
     unique: tuple[tuple[str, ...], ...] = ()
     permissions: tuple[Grant, ...] = ()
@@ -144,6 +161,7 @@ class Schema:
     roles: tuple[str, ...] = ()
     version: int | None = None
     description: str | None = None
+    functions: tuple[ExposedFunction, ...] = ()
     _by_name: Mapping[str, Entity] = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

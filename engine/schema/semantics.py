@@ -10,6 +10,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
 from engine.schema.model import (
     ACTIONS,
     BUILTIN_ROLES,
@@ -55,6 +58,7 @@ TYPE_KEYWORDS = {
     "scale": ("decimal",),
     "values": ("enum",),
     "items": ("array",),
+    "schema": ("json",),
     "to": ("ref",),
     "on_delete": ("ref",),
     "reverse": ("ref",),
@@ -94,12 +98,39 @@ def check(data: Any) -> list[Finding]:
         at = ("entities", name)
         if name in RESERVED_WORDS:
             findings.append((at, f"'{name}' is a reserved word and cannot name an entity"))
+        if name.startswith("backsaas_"):
+            findings.append((at, f"'{name}': names starting with backsaas_ are the engine's"))
         findings += _check_fields(at, spec, entities)
         findings += _check_index_lists(at, spec)
         findings += _check_permissions(at, spec, known_roles)
+        findings += _check_member_scope(at, name, spec, entities)
+        findings += _check_hooks(at, spec)
     findings += _check_reverses(entities)
     findings += _check_renames(entities)
+    findings += _check_functions(_mapping(data.get("functions")), known_roles)
     return findings
+
+
+def _check_hooks(at: tuple[str, ...], spec: dict[str, Any]) -> Iterator[Finding]:
+    """Webhooks and async functions run after commit: they cannot refuse or alter a change."""
+    for event, items in _mapping(spec.get("hooks")).items():
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            after_commit = isinstance(item, dict) and ("webhook" in item or item.get("async") is True)
+            if after_commit and not event.startswith("after_"):
+                yield (*at, "hooks", event, index), "webhooks and async functions run after commit: use an after_* event"
+
+
+def _check_functions(functions: dict[str, Any], roles: set[str]) -> Iterator[Finding]:
+    for name, spec in functions.items():
+        spec = _mapping(spec)
+        for index, role in enumerate(spec.get("roles") or () if isinstance(spec.get("roles"), list) else ()):
+            if role not in roles:
+                yield ("functions", name, "roles", index), f"role '{role}' is not declared"
+        if isinstance(spec.get("input"), dict):
+            try:
+                Draft202012Validator.check_schema(spec["input"])
+            except SchemaError as error:
+                yield ("functions", name, "input"), f"not a valid JSON Schema: {error.message}"
 
 
 def _check_roles(roles: list[str]) -> Iterator[Finding]:
@@ -135,6 +166,12 @@ def _check_field(here: tuple[str, ...], name: str, fspec: dict[str, Any], entiti
         if keyword in fspec and ftype not in types:
             yield (*here, keyword), f"'{keyword}' applies to {' or '.join(types)} fields, not {ftype}"
     yield from _check_bounds(here, fspec)
+    if isinstance(fspec.get("schema"), dict):
+        try:
+            Draft202012Validator.check_schema(fspec["schema"])
+        except SchemaError as error:
+            yield (*here, "schema"), f"not a valid JSON Schema: {error.message}"
+            return
     if isinstance(fspec.get("pattern"), str):
         try:
             re.compile(fspec["pattern"])
@@ -209,6 +246,40 @@ def _check_permissions(at: tuple[str, ...], spec: dict[str, Any], roles: set[str
                 yield here, f"role '{role}' is not declared (declare it under roles:, or use {', '.join(BUILTIN_ROLES)})"
             if scope == "own" and spec.get("owner") is not True:
                 yield here, "scope 'own' needs `owner: true` on the entity"
+
+
+MEMBER_ACTIONS = ("read", "delete")
+
+
+def membership_roles(entities: dict[str, Any]) -> tuple[str, ...]:
+    """The roles a `memberships` entity (ref `user`, ref `tenant` to `tenants`, enum `role`) hands out."""
+    fields = _mapping(_mapping(entities.get("memberships")).get("fields"))
+    user, tenant, role = (_mapping(fields.get(n)) for n in ("user", "tenant", "role"))
+    if user.get("to") != USERS or tenant.get("to") != "tenants" or role.get("type") != "enum":
+        return ()
+    return tuple(v for v in role.get("values") or () if isinstance(v, str))
+
+
+def _check_member_scope(at: tuple[str, ...], name: str, spec: dict[str, Any],
+                        entities: dict[str, Any]) -> Iterator[Finding]:
+    permissions = _mapping(spec.get("permissions"))
+    roles = membership_roles(entities)
+    by_tenant = name == "tenants" or _mapping(_mapping(spec.get("fields")).get("tenant")).get("to") == "tenants"
+    for action in ACTIONS:
+        for role, scope in _mapping(permissions.get(action)).items():
+            if scope != "member":
+                continue
+            here = (*at, "permissions", action, role)
+            if action not in MEMBER_ACTIONS:
+                yield here, f"scope 'member' applies to {' and '.join(MEMBER_ACTIONS)} only (a write could move a row " \
+                            "to another tenant)"
+            if not roles:
+                yield here, "scope 'member' needs a `memberships` entity with refs `user` (to users) and `tenant` " \
+                            "(to tenants) and an enum `role`"
+            elif role not in roles:
+                yield here, f"'{role}' is not a membership role (one of {', '.join(roles)})"
+            if not by_tenant:
+                yield here, "scope 'member' needs the entity to be `tenants` or to have a ref `tenant` to tenants"
 
 
 def _check_reverses(entities: dict[str, Any]) -> Iterator[Finding]:

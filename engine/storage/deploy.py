@@ -17,13 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
 from engine.database import Database
-from engine.errors import MigrationFailed, MigrationRefused, TenantNotFound, VersionConflict
+from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
+from engine.hooks import missing_handlers
+from engine.identity.signing import ensure_signing_key
 from engine.schema import Schema, load_schema
 from engine.storage import naming
 from engine.storage.planner import MigrationPlan, Step, plan_migration, quote
 
 Progress = Callable[[int, int, Step], None]
-CHANGES_CHANNEL = "backsaas_tenants"  # NOTIFY'd with a tenant's slug whenever its row or versions change
+CHANGES_CHANNEL = "backsaas_tenants"  # NOTIFY'd with a tenant's slug whenever its row, versions, keys or members change
+CHANGES_FEED = "backsaas_changes"  # NOTIFY'd with `schema.table` by every statement writing a tenant's table
+SIGNING_KEYS_CHANGED = "#signing_keys"  # the payload when the token signing keys change (no slug holds '#')
+OUTBOX_CHANNEL = "backsaas_outbox"  # NOTIFY'd when events are written to the outbox (or redelivered)
+PLANS_CHANGED = "#plans"  # the payload when a plan (and so some tenants' limits) changes
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ async def nonempty_tables(conn: AsyncConnection, pg_schema: str, model: Schema |
 
 async def _plan(conn: AsyncConnection, db: Database, slug: str, new: Schema, allow_destructive: bool
                 ) -> tuple[catalog.TenantRow, catalog.SchemaVersion | None, MigrationPlan]:
+    missing = missing_handlers(new)
+    if missing:  # installed code is part of what a schema needs: checked before anything is planned
+        raise SchemaInvalid(missing, slug)
     tenant = await catalog.find_tenant(conn, slug)
     if tenant is None:
         raise TenantNotFound(f"no tenant '{slug}'")
@@ -145,6 +154,7 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
     if current is not None and current.checksum == catalog.checksum(source):
         return Deployment(slug, current.version, current.checksum, plan, changed=False)
     await apply_plan(conn, db, slug, plan, progress)
+    await install_change_feed(conn, db, slug, new)
     version = (current.version if current else 0) + 1
     recorded = await catalog.record_version(conn, tenant.id, version, source, [s.as_dict() for s in plan.steps],
                                             actor, deployed_by)
@@ -166,8 +176,53 @@ async def deploy(db: Database, slug: str, source: str, *, allow_destructive: boo
                                progress=progress)
 
 
+def change_feed_sql(pg_schema: str, model: Schema) -> str:
+    """What every deploy (re)installs, idempotently, as the tenant's role:
+
+    - on every table, a statement trigger NOTIFYing `schema.table` on `CHANGES_FEED` (once per table and
+      transaction: PostgreSQL folds identical notifications) — what GraphQL subscriptions wake on;
+    - for `realtime: true` entities, a row trigger appending each change to `backsaas_changes` (the log
+      Server-Sent Events are read from and resumed by id; a day of it is kept), and none on the others.
+    """
+    schema = quote(pg_schema)
+    notify = f"{schema}.{quote(naming.CHANGE_FUNCTION)}()"
+    log = f"{schema}.{quote(naming.LOG_FUNCTION)}()"
+    script = [f"CREATE OR REPLACE FUNCTION {notify} RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+              f"PERFORM pg_notify('{CHANGES_FEED}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); RETURN NULL; END$$"]
+    if any(e.realtime for e in model.entities):  # the log exists once some entity streams its changes
+        script += [
+            f"CREATE TABLE IF NOT EXISTS {schema}.{quote(naming.CHANGE_LOG)} (id bigserial PRIMARY KEY, "
+            "entity text NOT NULL, action text NOT NULL, record jsonb, old jsonb, at timestamptz NOT NULL DEFAULT now())",
+            f"CREATE INDEX IF NOT EXISTS {quote(naming.CHANGE_LOG + '_entity_id')} ON "
+            f"{schema}.{quote(naming.CHANGE_LOG)} (entity, id)",
+            f"CREATE OR REPLACE FUNCTION {log} RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+            f"INSERT INTO {schema}.{quote(naming.CHANGE_LOG)} (entity, action, record, old) VALUES (TG_TABLE_NAME, "
+            "CASE TG_OP WHEN 'INSERT' THEN 'create' WHEN 'UPDATE' THEN 'update' ELSE 'delete' END, "
+            "CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END, "
+            "CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END); "
+            f"IF random() < 0.001 THEN DELETE FROM {schema}.{quote(naming.CHANGE_LOG)} "
+            "WHERE at < now() - interval '1 day'; END IF; RETURN NULL; END$$",
+        ]
+    for entity in model.entities:
+        table = f"{schema}.{quote(entity.name)}"
+        script.append(f"CREATE OR REPLACE TRIGGER {quote(naming.change_trigger_name(entity.name))} AFTER INSERT OR "
+                      f"UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {notify}")
+        log_trigger = quote(naming.log_trigger_name(entity.name))
+        script.append(f"CREATE OR REPLACE TRIGGER {log_trigger} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                      f"FOR EACH ROW EXECUTE FUNCTION {log}" if entity.realtime
+                      else f"DROP TRIGGER IF EXISTS {log_trigger} ON {table}")
+    return ";\n".join(script)
+
+
+async def install_change_feed(conn: AsyncConnection, db: Database, slug: str, model: Schema) -> None:
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.execute(f"SET LOCAL ROLE {quote(db.role(slug))};\n"
+                         f"{change_feed_sql(naming.schema_name(slug), model)};\nRESET ROLE")
+
+
 def notify_triggers_sql(channel: str) -> str:
-    """Triggers telling every process which tenant changed (its row, its deployed versions, its keys)."""
+    """Triggers telling every process which tenant changed (its row, versions, API keys, members), and when
+    the token signing keys changed."""
     return f"""
 CREATE OR REPLACE FUNCTION system.backsaas_notify_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -188,7 +243,22 @@ CREATE OR REPLACE TRIGGER tenants_notify AFTER INSERT OR UPDATE OR DELETE ON sys
 CREATE OR REPLACE TRIGGER schema_versions_notify AFTER INSERT OR UPDATE OR DELETE ON system.schema_versions
   FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant();
 CREATE OR REPLACE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON system.api_keys
-  FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant()"""
+  FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant();
+CREATE OR REPLACE TRIGGER memberships_notify AFTER INSERT OR UPDATE OR DELETE ON system.memberships
+  FOR EACH ROW EXECUTE FUNCTION system.backsaas_notify_tenant();
+CREATE OR REPLACE FUNCTION system.backsaas_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify(TG_ARGV[0], TG_ARGV[1]);  -- (channel, payload) given by the trigger
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER signing_keys_notify AFTER INSERT OR UPDATE OR DELETE ON system.signing_keys
+  FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify('{channel}', '{SIGNING_KEYS_CHANGED}');
+CREATE OR REPLACE TRIGGER plans_notify AFTER INSERT OR UPDATE OR DELETE ON system.plans
+  FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify('{channel}', '{PLANS_CHANGED}');
+CREATE OR REPLACE TRIGGER events_notify AFTER INSERT OR UPDATE OF status ON system.events
+  FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify('{OUTBOX_CHANNEL}', '');
+DROP FUNCTION IF EXISTS system.backsaas_notify_signing_keys(), system.backsaas_notify_plans(),
+  system.backsaas_notify_outbox()"""
 
 
 async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
@@ -200,8 +270,10 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await lock_tenant(conn, slug)
         if not await catalog.system_deployed(conn):
             await create_tenant_schema(conn, db, slug)
-            plan = plan_migration(None, load_schema(source, "platform.yaml"), naming.SYSTEM_TENANT)
+            model = load_schema(source, "platform.yaml")
+            plan = plan_migration(None, model, naming.SYSTEM_TENANT)
             await apply_plan(conn, db, slug, plan, progress)
+            await install_change_feed(conn, db, slug, model)
             tenant = await catalog.insert_tenant(conn, slug, "BackSaas platform", "active")
             recorded = await catalog.record_version(conn, tenant.id, 1, source, [s.as_dict() for s in plan.steps], actor)
             deployment = Deployment(slug, 1, recorded.checksum, plan, changed=True)
@@ -211,4 +283,5 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         driver = (await conn.get_raw_connection()).driver_connection
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
+        await ensure_signing_key(conn)
         return deployment

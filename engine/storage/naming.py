@@ -60,3 +60,14 @@ def trigger_name(table: str) -> str:
 
 
 TOUCH_FUNCTION = "backsaas_touch_updated_at"
+CHANGE_FUNCTION = "backsaas_notify_change"
+LOG_FUNCTION = "backsaas_log_change"
+CHANGE_LOG = "backsaas_changes"  # a realtime entity's changes, for Server-Sent Events
+
+
+def log_trigger_name(table: str) -> str:
+    return fit(f"{table}_log_change")
+
+
+def change_trigger_name(table: str) -> str:
+    return fit(f"{table}_notify_change")

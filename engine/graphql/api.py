@@ -1,0 +1,322 @@
+"""One GraphQL request against one tenant (`/graphql/v1`, GET or POST).
+
+A document is parsed and validated against the caller's role's schema once, and each operation compiled
+once per (runtime version, roles, document, operation, shaping variables): a repeated query costs two
+dict lookups and one SQL statement. Introspection runs in graphql-core over the same schema. Mutations
+run their root fields in order in one transaction (`engine.graphql.mutations`). Errors answer 200 with
+`errors[].extensions.code`, as GraphQL servers do; only a malformed HTTP request is a 4xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import sqlalchemy as sa
+from graphql import GraphQLError as CoreError
+from graphql import GraphQLSchema, execute, parse, validate
+from graphql.execution.values import get_variable_values
+from graphql.language import ast
+from graphql.validation import ValidationContext, ValidationRule
+
+from engine.answer import Answer
+from engine.authz import Caller, authorize
+from engine.database import Database
+from engine.errors import BackSaasError, InvalidBody
+from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error
+from engine.graphql.mutations import MutationRunner
+from engine.graphql.schema import build_schema, graph_relations
+from engine.query.sql import EMPTY_ARRAY, StatementBuilder, compile_statement
+from engine.runtime import TenantRuntime
+
+DEFAULT_LIMITS = {"max_depth": 12, "max_cost": 500}  # a plan's `limits.graphql` overrides them
+CACHE_SIZE = 1024
+INTROSPECTION = ("__schema", "__type", "__typename")
+JSON = [("Content-Type", "application/json")]
+
+
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed, validated document and what its operations need."""
+
+    node: ast.DocumentNode
+    fragments: Mapping[str, ast.FragmentDefinitionNode]
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    sql: str
+    slots: tuple[int | None, ...]
+    constants: tuple[Any, ...]
+    build: Any  # (variables, user id) -> values
+    entities: frozenset[str]  # what it reads
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A validated subscription: its statement, the request's variables, and the tables it watches."""
+
+    compiled: CompiledQuery
+    variables: dict[str, Any]
+    tables: frozenset[str]
+
+
+def plan_limits(max_depth: int, max_cost: int) -> type[ValidationRule]:
+    class PlanLimits(ValidationRule):
+        """Refuses, before anything runs, operations nested deeper than the tenant's plan allows or
+        selecting more fields (its cost: every field selected, fragments expanded) than it allows."""
+
+        def enter_operation_definition(self, node: ast.OperationDefinitionNode, *_: Any) -> None:
+            depth = _depth(node.selection_set, self.context, 0)
+            if depth > max_depth:
+                self.report_error(CoreError(f"the query is {depth} levels deep; the plan allows {max_depth}",
+                                            node, extensions={"code": "query-too-deep"}))
+            cost = _cost(node.selection_set, self.context)
+            if cost > max_cost:
+                self.report_error(CoreError(f"the query selects {cost} fields; the plan allows {max_cost}",
+                                            node, extensions={"code": "query-too-costly"}))
+
+    return PlanLimits
+
+
+def _cost(selection_set: ast.SelectionSetNode | None, context: ValidationContext,
+          seen: frozenset[str] = frozenset()) -> int:
+    cost = 0
+    for selection in selection_set.selections if selection_set else ():
+        if isinstance(selection, ast.FieldNode):
+            cost += 1 + _cost(selection.selection_set, context, seen)
+        elif isinstance(selection, ast.InlineFragmentNode):
+            cost += _cost(selection.selection_set, context, seen)
+        elif isinstance(selection, ast.FragmentSpreadNode) and selection.name.value not in seen:
+            fragment = context.get_fragment(selection.name.value)
+            if fragment is not None:
+                cost += _cost(fragment.selection_set, context, seen | {selection.name.value})
+    return cost
+
+
+def _depth(selection_set: ast.SelectionSetNode | None, context: ValidationContext, level: int,
+           seen: frozenset[str] = frozenset()) -> int:
+    deepest = level
+    for selection in selection_set.selections if selection_set else ():
+        if isinstance(selection, ast.FieldNode) and selection.selection_set:
+            deepest = max(deepest, _depth(selection.selection_set, context, level + 1, seen))
+        elif isinstance(selection, ast.InlineFragmentNode):
+            deepest = max(deepest, _depth(selection.selection_set, context, level, seen))
+        elif isinstance(selection, ast.FragmentSpreadNode) and selection.name.value not in seen:
+            fragment = context.get_fragment(selection.name.value)
+            if fragment is not None:
+                deepest = max(deepest, _depth(fragment.selection_set, context, level, seen | {selection.name.value}))
+    return deepest
+
+
+def coerce_variables(schema: GraphQLSchema, operation: ast.OperationDefinitionNode,
+                     variables: dict[str, Any]) -> dict[str, Any]:
+    """The request's variables checked and coerced to the operation's declared types."""
+    coerced = get_variable_values(schema, operation.variable_definitions or (), variables)
+    if isinstance(coerced, list):
+        raise GraphQLError("validation-failed", coerced[0].message)
+    return dict(getattr(coerced, "coerced", coerced))  # graphql-core 3.3 wraps them, 3.2 does not
+
+
+def error_body(errors: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps({"errors": errors})
+
+
+def problem(code: str, message: str, path: list[str | int] | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {"message": message, "extensions": {"code": code}}
+    if path:
+        found["path"] = path
+    return found
+
+
+class GraphQLApi:
+    def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller,
+                 limits: Mapping[str, Any] | None = None) -> None:
+        self.runtime, self.db, self.caller = runtime, db, caller
+        given = (limits or {}).get("graphql")
+        chosen = {**DEFAULT_LIMITS, **(given if isinstance(given, dict) else {})}
+        self.limits = (int(chosen["max_depth"]), int(chosen["max_cost"]))
+
+    def schema(self) -> GraphQLSchema:
+        key = ("graphql-schema", self.caller.roles)
+        found = self.runtime.statements.get(key)
+        if found is None:
+            found = self.runtime.statements[key] = build_schema(self.runtime.model, self.runtime.authorizer,
+                                                                self.caller.roles)
+        return found
+
+    def remember(self, key: Any, value: Any) -> Any:
+        cache = self.runtime.statements
+        if len(cache) >= CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[key] = value
+        return value
+
+    async def handle(self, method: str, query: Mapping[str, str], body: bytes) -> Answer:
+        request = self.request(method, query, body)
+        document_text, operation_name, variables = request
+        try:
+            return await self.run(document_text, operation_name, variables)
+        except GraphQLError as error:
+            return Answer(200, JSON, error_body([problem(error.code, error.message, error.path)]))
+        except BackSaasError as error:  # the engine's errors (authorization, validation), in GraphQL's shape
+            code = ENGINE_CODES.get(error.code, error.code)
+            details = [{"field": p.path, "message": p.message} for p in error.details]
+            body = problem(code, error.message)
+            if details:
+                body["extensions"]["details"] = details
+            return Answer(200, JSON, error_body([body]))
+
+    @staticmethod
+    def request(method: str, query: Mapping[str, str], body: bytes) -> tuple[str, str | None, dict[str, Any]]:
+        """(document, operation name, variables) of a GET (query string) or POST (JSON body)."""
+        if method == "GET":
+            payload: Any = dict(query)
+            if "variables" in payload:
+                try:
+                    payload["variables"] = orjson.loads(payload["variables"])
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidBody("variables is not JSON") from exc
+        else:
+            try:
+                payload = orjson.loads(body or b"null")
+            except orjson.JSONDecodeError as exc:
+                raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            raise InvalidBody("expected a JSON object with a `query` string", hint='{"query": "{ post { id } }"}')
+        variables = payload.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise InvalidBody("`variables` must be an object")
+        name = payload.get("operationName")
+        return payload["query"], name if isinstance(name, str) else None, variables
+
+    def document(self, text: str, schema: GraphQLSchema) -> Document:
+        digest = hashlib.sha256(text.encode()).digest()
+        key = ("graphql-document", self.caller.roles, self.limits, digest)
+        found = self.runtime.statements.get(key)
+        if found is not None:
+            return found
+        try:
+            node = parse(text)
+        except CoreError as error:
+            raise GraphQLError("parse-failed", error.message) from error
+        errors = validate(schema, node, rules=None) + validate(schema, node, [plan_limits(*self.limits)])
+        if errors:
+            first = errors[0]
+            code = (first.extensions or {}).get("code", "validation-failed")
+            raise GraphQLError(code, first.message)
+        fragments = {d.name.value: d for d in node.definitions if isinstance(d, ast.FragmentDefinitionNode)}
+        return self.remember(key, Document(node, fragments, digest))
+
+    @staticmethod
+    def operation(document: Document, name: str | None) -> ast.OperationDefinitionNode:
+        operations = [d for d in document.node.definitions if isinstance(d, ast.OperationDefinitionNode)]
+        if name is not None:
+            operations = [o for o in operations if o.name and o.name.value == name]
+        if len(operations) != 1:
+            raise GraphQLError("validation-failed", "name the operation to run (operationName)" if name is None
+                               else f"no operation named '{name}'")
+        return operations[0]
+
+    async def run(self, text: str, operation_name: str | None, variables: dict[str, Any]) -> Answer:
+        schema = self.schema()
+        document = self.document(text, schema)
+        operation = self.operation(document, operation_name)
+        coerced = coerce_variables(schema, operation, variables)
+        roots = [s for s in operation.selection_set.selections if isinstance(s, ast.FieldNode)]
+        introspects = any(f.name.value in ("__schema", "__type") for f in roots)
+        if introspects or (roots and all(f.name.value in INTROSPECTION for f in roots)):
+            result = execute(schema, document.node, variable_values=variables, operation_name=operation_name)
+            errors = [problem("validation-failed", e.message) for e in result.errors or ()]
+            return Answer(200, JSON, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
+        if operation.operation == ast.OperationType.MUTATION:
+            data = await MutationRunner(self, schema, document, coerced).run(operation)
+            return Answer(200, JSON, b'{"data":' + data + b"}")
+        compiled = self.compiled(schema, document, operation, coerced)
+        return Answer(200, JSON, b'{"data":' + (await self.execute(compiled, coerced)).encode() + b"}")
+
+    async def execute(self, compiled: CompiledQuery, variables: Mapping[str, Any]) -> str:
+        """The `data` of a compiled query for these variables: one statement, its text as is."""
+        values = compiled.build(variables, self.caller.user_id)
+        arguments = [values[s] if s is not None else c for s, c in zip(compiled.slots, compiled.constants, strict=True)]
+        return await self.fetch(compiled.sql, arguments)
+
+    def subscription(self, text: str, operation_name: str | None, variables: dict[str, Any]) -> Subscription:
+        """A `subscription` document compiled like the query it mirrors (errors raise `GraphQLError`)."""
+        schema = self.schema()
+        document = self.document(text, schema)
+        operation = self.operation(document, operation_name)
+        if operation.operation != ast.OperationType.SUBSCRIPTION:
+            raise GraphQLError("validation-failed", "only subscription operations run over this protocol's subscribe "
+                                                    "here; send queries and mutations over HTTP")
+        coerced = coerce_variables(schema, operation, variables)
+        compiled = self.compiled(schema, document, operation, coerced)
+        tables = frozenset(f"{self.runtime.pg_schema}.{e}" for e in compiled.entities)
+        return Subscription(compiled, coerced, tables)
+
+    def compiler(self, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> QueryCompiler:
+        def scope(entity: str, action: str) -> str:
+            return authorize(self.runtime.authorizer, self.caller, entity, action)
+
+        relations = self.runtime.statements.get("graphql-relations")
+        if relations is None:
+            relations = self.runtime.statements["graphql-relations"] = graph_relations(self.runtime.model)
+        return QueryCompiler(schema, relations, self.runtime.columns, document.fragments, Values(variables), scope,
+                             self.runtime.authorizer.member_roles)
+
+    def compiled(self, schema: GraphQLSchema, document: Document, operation: ast.OperationDefinitionNode,
+                 variables: Mapping[str, Any]) -> CompiledQuery:
+        """The operation's statement: by (roles, signed in or not, document, operation), then by its shaping
+        variables."""
+        name = operation.name.value if operation.name else None
+        signed_in = self.caller.user_id is not None  # the user id itself is a parameter, not part of the statement
+        base = ("graphql-op", self.caller.roles, signed_in, document.digest, name)
+        shape_names = self.runtime.statements.get(base)
+        if shape_names is not None:
+            key = (base, tuple((n, orjson.dumps(variables.get(n), option=orjson.OPT_SORT_KEYS)) for n in shape_names))
+            found = self.runtime.statements.get(key)
+            if found is not None:
+                return found
+        compiler = self.compiler(schema, document, variables)
+        builder = StatementBuilder(self.runtime.tables)
+        parts: list[Any] = []
+        for field in compiler.fields(operation.selection_set):
+            alias = field.alias.value if field.alias else field.name.value
+            parts += [sa.literal_column(f"'{alias}'"), self.root(compiler, builder, field)]
+        statement = sa.select(sa.cast(sa.func.json_build_object(*parts), sa.Text))
+        rendered = compile_statement(statement)
+        compiled = CompiledQuery(rendered.sql, rendered.slots, rendered.constants, compiler.values.builder(),
+                                 frozenset(compiler.entities))
+        shape = tuple(sorted(compiler.values.shape))
+        self.remember(base, shape)
+        key = (base, tuple((n, orjson.dumps(variables.get(n), option=orjson.OPT_SORT_KEYS)) for n in shape))
+        return self.remember(key, compiled)
+
+    def root(self, compiler: QueryCompiler, builder: StatementBuilder, field: ast.FieldNode) -> Any:
+        name = field.name.value
+        if name == "__typename":
+            return sa.literal_column("'query_root'")
+        if name in self.runtime.columns:
+            rows = builder.rows(compiler.plan(name, field)).subquery()
+            return sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY)).scalar_subquery()
+        if name.endswith("_by_pk") and name[:-6] in self.runtime.columns:
+            rows = builder.rows(compiler.plan(name[:-6], field, by_pk=True)).subquery()
+            return sa.select(sa.func.to_json(rows.table_valued())).scalar_subquery()
+        if name.endswith("_aggregate") and name[:-10] in self.runtime.columns:
+            alias = field.alias.value if field.alias else name
+            return builder.aggregate(compiler.aggregate(alias, None, name[:-10], field))
+        raise GraphQLError("validation-failed", f"no field '{name}' on query_root")
+
+    async def fetch(self, sql: str, arguments: list[Any]) -> str:
+        try:
+            async with self.db.as_role(self.runtime.role) as conn:
+                return await conn.fetchval(sql, *arguments)
+        except asyncpg.PostgresError as exc:
+            raise as_graphql_error(exc) from exc

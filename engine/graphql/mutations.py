@@ -1,0 +1,306 @@
+"""GraphQL mutations: every root field, in order, in ONE transaction as the tenant's role.
+
+The same checks as REST's write path: Casbin per entity and action, row scopes in the WHERE of updates
+and deletes, `owner_id` from the caller, bodies validated by the entity's JSON Schema, users' `roles`
+and `verified` reserved to admins. `update_*` and `delete_*` are one statement each (a CTE whose
+returned rows the same read builder turns into `returning`); inserts go row by row so that nested
+object relations are inserted first and array relations after, with their keys filled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+import sqlalchemy as sa
+from graphql import GraphQLSchema
+from graphql.language import ast
+from sqlalchemy.dialects import postgresql
+
+from engine.authz import authorize, guard_user_fields
+from engine.errors import Problem, ValidationFailed
+from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error
+from engine.graphql.schema import conflict_targets
+from engine.query.plan import Condition, Filter, ReadPlan
+from engine.query.sql import EMPTY_ARRAY, StatementBuilder, compile_statement, condition_sql, json_source
+from engine.schema.model import OWNER_COLUMN
+from engine.writes import HookedWriter
+
+if TYPE_CHECKING:
+    from engine.graphql.api import Document, GraphQLApi
+
+
+class MutationRunner:
+    def __init__(self, api: GraphQLApi, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> None:
+        self.api, self.schema, self.document, self.variables = api, schema, document, variables
+        self.runtime, self.caller = api.runtime, api.caller
+
+    async def run(self, operation: ast.OperationDefinitionNode) -> bytes:
+        results: list[tuple[str, bytes]] = []
+        try:
+            async with self.api.db.as_role(self.runtime.role) as conn, conn.transaction():
+                for field in self.api.compiler(self.schema, self.document, self.variables).fields(operation.selection_set):
+                    alias = field.alias.value if field.alias else field.name.value
+                    try:
+                        results.append((alias, await self.field(conn, field)))
+                    except GraphQLError as error:
+                        error.path = [alias]
+                        raise
+        except asyncpg.PostgresError as exc:
+            raise as_graphql_error(exc) from exc
+        return b"{" + b",".join(orjson.dumps(alias) + b":" + value for alias, value in results) + b"}"
+
+    def compiler(self) -> QueryCompiler:
+        return self.api.compiler(self.schema, self.document, self.variables)
+
+    async def field(self, conn: asyncpg.Connection, field: ast.FieldNode) -> bytes:
+        name = field.name.value
+        if name == "__typename":
+            return b'"mutation_root"'
+        compiler = self.compiler()
+        args = {a.name.value: compiler.values.resolve(a.value) for a in field.arguments or ()}
+        kind, _, rest = name.partition("_")
+        for suffix in ("_one", "_by_pk", "_many"):
+            if rest.endswith(suffix) and rest[:-len(suffix)] in self.runtime.columns:
+                entity, variant = rest[:-len(suffix)], suffix
+                break
+        else:
+            entity, variant = rest, ""
+        if kind == "insert":
+            objects = [args["object"]] if variant == "_one" else list(args.get("objects") or [])
+            ids = [await self.insert(conn, entity, o, args.get("on_conflict")) for o in objects]
+            written = [i for i in ids if i is not None]
+            if variant == "_one":
+                return await self.one_by_id(conn, entity, written[0] if written else None, field)
+            return await self.response_by_ids(conn, entity, written, field)
+        if kind == "update" and variant == "_many":
+            answers = [await self.update(conn, entity, u.get("where") or {}, u, field) for u in args["updates"]]
+            return b"[" + b",".join(answers) + b"]"
+        if variant == "_by_pk":
+            key = args["pk_columns"]["id"] if kind == "update" else args["id"]
+            where = {"id": {"_eq": key}}
+            if kind == "update":
+                return await self.update(conn, entity, where, args, field, single=True)
+            return await self.delete(conn, entity, where, field, single=True)
+        if kind == "update":
+            return await self.update(conn, entity, args["where"], args, field)
+        return await self.delete(conn, entity, args["where"], field)
+
+    # -- inserts --
+
+    def validate(self, entity: str, values: dict[str, Any], *, partial: bool, prefix: str = "") -> None:
+        model_entity = self.runtime.model.entity(entity)
+        assert model_entity is not None
+        guard_user_fields(entity, self.caller, [values])
+        problems = self.runtime.body_validator(model_entity, partial=partial).problems(values, prefix)
+        if problems:
+            raise ValidationFailed(f"{len(problems)} invalid field(s) in {entity}", details=problems)
+
+    async def insert(self, conn: asyncpg.Connection, entity: str, obj: Mapping[str, Any],
+                     on_conflict: Mapping[str, Any] | None, prefix: str = "") -> str | None:
+        """Insert one object with its nested relations; its id (None when on_conflict did nothing)."""
+        authorize(self.runtime.authorizer, self.caller, entity, "create")
+        relations = self.api.compiler(self.schema, self.document, self.variables).relations[entity]
+        columns = {k: v for k, v in obj.items() if k not in relations}
+        children = []
+        for key, nested in obj.items():
+            if key not in relations:
+                continue
+            relation = relations[key]
+            if relation.kind == "one":
+                parent = await self.insert(conn, relation.target, (nested or {}).get("data") or {}, None,
+                                           f"{prefix}{key}.data.")
+                columns[relation.source_column] = parent
+            else:
+                children += [(relation, child) for child in (nested or {}).get("data") or []]
+        model_entity = self.runtime.model.entity(entity)
+        assert model_entity is not None
+        if self.runtime.hooks(entity, "create"):
+            if on_conflict:
+                raise GraphQLError("validation-failed", f"on_conflict is not supported on '{entity}': it has hooks")
+            new_id = (await HookedWriter(self.runtime, self.caller, conn, self.api.db)
+                      .insert(model_entity, [columns]))[0]["id"]
+            for index, (relation, child) in enumerate(children):
+                await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
+                                  f"{prefix}{relation.name}.data[{index}].")
+            return new_id
+        self.validate(entity, columns, partial=False, prefix=prefix)
+        if model_entity is not None and model_entity.owner and self.caller.user_id is not None:
+            columns[OWNER_COLUMN] = self.caller.user_id
+        table = self.runtime.tables[entity]
+        source = json_source(table, 0, many=False)
+        keys = list(columns)
+        statement = postgresql.insert(table).from_select(keys, sa.select(*(source.c[k] for k in keys)))
+        if on_conflict:
+            model_entity = self.runtime.model.entity(entity)
+            assert model_entity is not None
+            targets = list(conflict_targets(model_entity)[on_conflict["constraint"]])
+            updates = on_conflict.get("update_columns") or []
+            if on_conflict.get("where") is not None:
+                raise GraphQLError("validation-failed", "on_conflict.where is not supported; filter with update_*")
+            statement = (statement.on_conflict_do_update(index_elements=targets,
+                                                         set_={c: statement.excluded[c] for c in updates})
+                         if updates else statement.on_conflict_do_nothing(index_elements=targets))
+        compiled = compile_statement(statement.returning(sa.cast(table.c.id, sa.Text)))
+        new_id = await conn.fetchval(compiled.sql, *compiled.arguments([orjson.dumps(columns).decode()]))
+        for index, (relation, child) in enumerate(children):
+            if new_id is None:
+                break
+            await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
+                              f"{prefix}{relation.name}.data[{index}].")
+        return new_id
+
+    # -- responses --
+
+    def returning_plan(self, compiler: QueryCompiler, entity: str, selection: ast.SelectionSetNode | None,
+                       extra: list[Any] | None = None) -> ReadPlan:
+        """The rows a response lists, read through the caller's read scope (as Hasura's `returning`)."""
+        fake = ast.FieldNode(name=ast.NameNode(value=entity), arguments=(), selection_set=selection)
+        plan = compiler.plan(entity, fake)
+        if extra:
+            where = Condition("and", tuple([*(plan.where.items if plan.where else ()), *extra]))
+            plan = ReadPlan(plan.entity, plan.columns, plan.embeds, where, plan.order, plan.limit, plan.offset,
+                            plan.distinct, plan.aggregates)
+        return plan
+
+    async def fetch(self, conn: asyncpg.Connection, compiler: QueryCompiler, statement: sa.Select[Any]) -> bytes:
+        compiled = compile_statement(statement)
+        values = compiler.values.builder()(self.variables, self.caller.user_id)
+        result = await conn.fetchval(compiled.sql, *compiled.arguments(values))
+        return (result or "null").encode()
+
+    def response_parts(self, field: ast.FieldNode, compiler: QueryCompiler
+                       ) -> tuple[list[tuple[str, str]], ast.SelectionSetNode | None]:
+        """(alias, what) of a mutation_response selection, and the `returning` selection."""
+        parts, returning = [], None
+        for part in compiler.fields(field.selection_set):
+            alias = part.alias.value if part.alias else part.name.value
+            parts.append((alias, part.name.value))
+            if part.name.value == "returning":
+                returning = part.selection_set
+        return parts, returning
+
+    async def one_by_id(self, conn: asyncpg.Connection, entity: str, row_id: str | None, field: ast.FieldNode) -> bytes:
+        if row_id is None:
+            return b"null"
+        compiler = self.compiler()
+        plan = self.returning_plan(compiler, entity, field.selection_set,
+                                   [Filter("id", "eq", compiler.values.add(Slot(constant=row_id)))])
+        rows = StatementBuilder(self.runtime.tables).rows(plan).subquery()
+        return await self.fetch(conn, compiler, sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text)))
+
+    async def response_by_ids(self, conn: asyncpg.Connection, entity: str, ids: list[str], field: ast.FieldNode) -> bytes:
+        compiler = self.compiler()
+        parts, selection = self.response_parts(field, compiler)
+        builder = StatementBuilder(self.runtime.tables)
+        rows = []
+        for position, row_id in enumerate(ids if selection is not None else ()):
+            plan = self.returning_plan(compiler, entity, selection,
+                                       [Filter("id", "eq", compiler.values.add(Slot(constant=row_id)))])
+            row = sa.select(sa.func.to_json(builder.rows(plan).subquery().table_valued())).scalar_subquery()
+            rows.append(sa.select(sa.literal_column(str(position)).label("o"), row.label("v")))
+        listed: Any = sa.cast(EMPTY_ARRAY, postgresql.JSON)
+        if rows:  # in insertion order
+            ordered = sa.union_all(*rows).subquery("ordered")
+            listed = (sa.select(sa.func.json_agg(postgresql.aggregate_order_by(ordered.c.v, ordered.c.o)))
+                      .where(ordered.c.v.is_not(None)).scalar_subquery())
+        values: list[Any] = []
+        for alias, what in parts:
+            values.append(sa.literal_column(f"'{alias}'"))
+            values.append(sa.literal_column(str(len(ids))) if what == "affected_rows"
+                          else sa.literal_column(f"'{entity}_mutation_response'") if what == "__typename"
+                          else sa.func.coalesce(listed, EMPTY_ARRAY))
+        return await self.fetch(conn, compiler, sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text)))
+
+    # -- updates and deletes --
+
+    def scoped_where(self, compiler: QueryCompiler, entity: str, action: str, where: Any) -> Condition:
+        return Condition("and", (*compiler.scope_conditions(entity, action), compiler.condition(entity, where)))
+
+    async def written_response(self, conn: asyncpg.Connection, compiler: QueryCompiler, entity: str,
+                               written: Any, field: ast.FieldNode, single: bool) -> bytes:
+        builder = StatementBuilder(self.runtime.tables)
+        if single:
+            plan = self.returning_plan(compiler, entity, field.selection_set)
+            plan = ReadPlan(plan.entity, plan.columns, plan.embeds, None, (), 1, None, (), plan.aggregates)
+            rows = builder.rows(plan, source=written).subquery()
+            statement = sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text))
+            return await self.fetch(conn, compiler, statement)
+        parts, selection = self.response_parts(field, compiler)
+        values: list[Any] = []
+        for alias, what in parts:
+            values.append(sa.literal_column(f"'{alias}'"))
+            if what == "affected_rows":
+                values.append(sa.select(sa.func.count()).select_from(written).scalar_subquery())
+            elif what == "__typename":
+                values.append(sa.literal_column(f"'{entity}_mutation_response'"))
+            else:
+                plan = self.returning_plan(compiler, entity, selection)
+                plan = ReadPlan(plan.entity, plan.columns, plan.embeds, None, (), None, None, (), plan.aggregates)
+                rows = builder.rows(plan, source=written).subquery()
+                values.append(sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY))
+                              .scalar_subquery())
+        return await self.fetch(conn, compiler, sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text)))
+
+    async def locked(self, conn: asyncpg.Connection, compiler: QueryCompiler, entity: str, condition: Condition
+                     ) -> tuple[HookedWriter, list[dict[str, Any]]]:
+        """For an entity with hooks: the writer, and the rows the write will touch, locked."""
+        writer = HookedWriter(self.runtime, self.caller, conn, self.api.db)
+        model_entity = self.runtime.model.entity(entity)
+        assert model_entity is not None
+        values = compiler.values.builder()(self.variables, self.caller.user_id)
+        return writer, await writer.lock(model_entity, condition, values)
+
+    async def hooked_response(self, conn: asyncpg.Connection, entity: str, ids: list[str], field: ast.FieldNode,
+                              single: bool) -> bytes:
+        if single:
+            return await self.one_by_id(conn, entity, ids[0] if ids else None, field)
+        return await self.response_by_ids(conn, entity, ids, field)
+
+    async def update(self, conn: asyncpg.Connection, entity: str, where: Any, args: Mapping[str, Any],
+                     field: ast.FieldNode, *, single: bool = False) -> bytes:
+        compiler = self.compiler()
+        condition = self.scoped_where(compiler, entity, "update", where)
+        changes = dict(args.get("_set") or {})
+        increments = dict(args.get("_inc") or {})
+        if self.runtime.hooks(entity, "update"):
+            if increments:
+                raise GraphQLError("validation-failed", f"_inc is not supported on '{entity}': it has hooks; use _set")
+            writer, olds = await self.locked(conn, compiler, entity, condition)
+            model_entity = self.runtime.model.entity(entity)
+            assert model_entity is not None
+            await writer.update(model_entity, olds, changes)
+            return await self.hooked_response(conn, entity, [o["id"] for o in olds], field, single)
+        self.validate(entity, changes, partial=True, prefix="_set.")
+        if not changes and not increments:
+            raise ValidationFailed("nothing to update", details=[Problem("_set", "give _set or _inc")])
+        table = self.runtime.tables[entity]
+        values: dict[str, Any] = {}
+        if changes:
+            source = json_source(table, compiler.values.add(Slot(constant=orjson.dumps(changes).decode())), many=False)
+            values.update({k: sa.select(source.c[k]).scalar_subquery() for k in changes})
+        for column, amount in increments.items():
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool):
+                raise ValidationFailed("_inc takes numbers", details=[Problem(f"_inc.{column}", "must be a number")])
+            values[column] = table.c[column] + sa.cast(sa.literal(amount), table.c[column].type)
+        statement = sa.update(table).values(values).where(condition_sql(condition, table, self.runtime.tables))
+        written = statement.returning(*table.c).cte("written")
+        return await self.written_response(conn, compiler, entity, written, field, single)
+
+    async def delete(self, conn: asyncpg.Connection, entity: str, where: Any, field: ast.FieldNode, *,
+                     single: bool = False) -> bytes:
+        compiler = self.compiler()
+        condition = self.scoped_where(compiler, entity, "delete", where)
+        if self.runtime.hooks(entity, "delete"):
+            writer, olds = await self.locked(conn, compiler, entity, condition)
+            response = await self.hooked_response(conn, entity, [o["id"] for o in olds], field, single)
+            model_entity = self.runtime.model.entity(entity)
+            assert model_entity is not None
+            await writer.delete(model_entity, olds)
+            return response
+        table = self.runtime.tables[entity]
+        statement = sa.delete(table).where(condition_sql(condition, table, self.runtime.tables))
+        written = statement.returning(*table.c).cte("written")
+        return await self.written_response(conn, compiler, entity, written, field, single)

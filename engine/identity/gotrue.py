@@ -1,0 +1,316 @@
+"""`/auth/v1` of a tenant, in the protocol of Supabase Auth (GoTrue), so Supabase's SDKs sign in unchanged.
+
+Routes: `POST /signup`, `POST /token?grant_type=password|refresh_token`, `POST /logout?scope=global|local|
+others`, `GET /user`, `PUT /user`. Users are rows of the tenant's own `users` entity, read and written
+as the tenant's database role; sessions, refresh tokens and audit events are the system tenant's, written
+in the same transaction. `user_metadata` is the tenant's own extension fields of `users` (validated like
+any body), `app_metadata` carries the provider and roles.
+
+Sign-up confirms at once (there is no mailer): the account can sign in immediately, `verified` stays
+false until the tenant's admin sets it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine import audit
+from engine.answer import Answer
+from engine.authz import Caller
+from engine.database import Database, quote_identifier
+from engine.errors import AuthFailed, InvalidBody, Problem, Unauthorized, ValidationFailed
+from engine.identity import sessions
+from engine.identity.passwords import hash_password, password_problems, verify_password
+from engine.identity.signing import ACCESS_TOKEN_SECONDS, AUDIENCE, Keyring
+from engine.identity.throttle import LoginThrottle
+from engine.runtime import TenantRuntime
+from engine.schema.model import USERS
+from engine.validation import READ_ONLY
+
+BUILTIN_USER_COLUMNS = ("id", "email", "password_hash", "roles", "verified", "created_at", "updated_at")
+JSON = [("Content-Type", "application/json"), ("X-Supabase-Api-Version", "2024-01-01")]
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+
+
+def _answer(status: int, payload: Any = None) -> Answer:
+    return Answer(status, JSON, b"" if payload is None else orjson.dumps(payload))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class AuthApi:
+    """One tenant's identity endpoints; `caller` is what the gateway authenticated (a user's access
+    token for /logout and /user)."""
+
+    def __init__(self, runtime: TenantRuntime, db: Database, keyring: Keyring, throttle: LoginThrottle,
+                 caller: Caller, client_ip: str | None) -> None:
+        self.runtime, self.db, self.keyring, self.throttle = runtime, db, keyring, throttle
+        self.caller, self.ip = caller, client_ip
+        self.users = runtime.tables[USERS]
+        entity = runtime.model.entity(USERS)
+        assert entity is not None  # every schema has the built-in users entity
+        self.entity = entity
+        self.metadata_fields = tuple(f.column for f in entity.fields
+                                     if not f.internal and f.column not in BUILTIN_USER_COLUMNS
+                                     and f.column not in READ_ONLY)
+
+    async def handle(self, method: str, path: str, query: bytes, headers: Mapping[str, str],
+                     body: bytes) -> Answer:
+        params = dict(parse_qsl(query.decode("utf-8", "replace")))
+        route = (method, path.strip("/"))
+        if route == ("POST", "signup"):
+            return await self.signup(self.json(body), headers)
+        if route == ("POST", "token"):
+            grant = params.get("grant_type")
+            if grant == "password":
+                return await self.password_grant(self.json(body), headers)
+            if grant == "refresh_token":
+                return await self.refresh_grant(self.json(body))
+            raise AuthFailed("unsupported_grant_type", 400, f"grant_type must be password or refresh_token, not {grant!r}")
+        if route == ("POST", "logout"):
+            return await self.logout(params.get("scope", "global"))
+        if route == ("GET", "user"):
+            return _answer(200, await self.current_user())
+        if route == ("PUT", "user"):
+            return _answer(200, await self.update_user(self.json(body)))
+        raise AuthFailed("not_found", 404, f"no auth route {method} /auth/v1/{path.strip('/')}")
+
+    # -- plumbing --
+
+    @staticmethod
+    def json(body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise InvalidBody("expected a JSON object")
+        return payload
+
+    async def as_tenant(self, conn: AsyncConnection) -> None:
+        """Each operation is one transaction (`db.begin()`); its statements on the tenant's tables run
+        between `as_tenant` and `as_platform`, under the tenant's own database role."""
+        await conn.execute(sa.text(f"SET LOCAL ROLE {quote_identifier(self.runtime.role)}"))
+
+    @staticmethod
+    async def as_platform(conn: AsyncConnection) -> None:
+        await conn.execute(sa.text("RESET ROLE"))
+
+    def signed_in(self) -> Caller:
+        if self.caller.user_id is None or self.caller.session_id is None:
+            raise Unauthorized("no_authorization", "this endpoint needs a user's access token as the bearer")
+        return self.caller
+
+    def user_json(self, row: Any) -> dict[str, Any]:
+        confirmed = _iso(row.created_at)
+        return {
+            "id": str(row.id), "aud": AUDIENCE, "role": "authenticated", "email": row.email, "phone": "",
+            "email_confirmed_at": confirmed, "confirmed_at": confirmed,
+            "app_metadata": {"provider": "email", "providers": ["email"], "roles": list(row.roles or []),
+                             "tenant": self.runtime.slug},
+            "user_metadata": {c: _plain(getattr(row, c)) for c in self.metadata_fields},
+            "identities": [], "is_anonymous": False, "verified": row.verified,
+            "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
+        }
+
+    def user_columns(self) -> list[sa.ColumnElement[Any]]:
+        return [self.users.c[c] for c in (*BUILTIN_USER_COLUMNS, *self.metadata_fields)]
+
+    def token_roles(self, row: Any) -> list[str]:
+        known = set(self.runtime.model.all_roles) - {"anon"}
+        return ["authenticated", *(r for r in row.roles or () if r in known and r != "authenticated")]
+
+    def session_json(self, row: Any, session: sessions.Session) -> dict[str, Any]:
+        claims = {"sub": str(row.id), "tenant": self.runtime.slug, "roles": self.token_roles(row),
+                  "role": "authenticated", "email": row.email, "session_id": session.id}
+        token, expires_at = self.keyring.issue(claims)
+        return {"access_token": token, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
+                "expires_at": expires_at, "refresh_token": session.refresh_token, "user": self.user_json(row)}
+
+    def metadata_values(self, data: Any) -> dict[str, Any]:
+        """`data` / user_metadata: only the tenant's own fields of users, validated like a body."""
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValidationFailed("data must be an object", details=[Problem("data", "must be an object")])
+        unknown = [k for k in data if k not in self.metadata_fields]
+        if unknown:
+            raise ValidationFailed("unknown user metadata", details=[
+                Problem(f"data.{k}", "is not a field of users" if k not in BUILTIN_USER_COLUMNS
+                        else "cannot be set through user metadata") for k in unknown])
+        return data
+
+    def check_metadata(self, values: dict[str, Any], *, partial: bool) -> None:
+        problems = self.runtime.body_validator(self.entity, partial=partial).problems(values)
+        if problems:
+            raise ValidationFailed(f"{len(problems)} invalid field(s)",
+                                   details=[Problem(p.path if p.path == "email" else f"data.{p.path}", p.message)
+                                            for p in problems])
+
+    def credentials(self, body: dict[str, Any]) -> tuple[str, str]:
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not EMAIL.match(email.strip()):
+            raise ValidationFailed("a valid email is required", details=[Problem("email", "is not an email address")])
+        if not isinstance(password, str) or not password:
+            raise ValidationFailed("a password is required", details=[Problem("password", "is required")])
+        return email.strip().lower(), password
+
+    # -- routes --
+
+    async def signup(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
+        email, password = self.credentials(body)
+        problems = password_problems(email, password)
+        if problems:
+            raise AuthFailed("weak_password", 422, "the password is too weak", details=problems)
+        data = self.metadata_values(body.get("data"))
+        self.check_metadata({"email": email, **data}, partial=False)
+        hashed = await hash_password(password)
+        try:
+            async with self.db.begin() as conn:
+                await self.as_tenant(conn)
+                row = (await conn.execute(self.users.insert().values(email=email, password_hash=hashed, **data)
+                                          .returning(*self.user_columns()))).one()
+                await self.as_platform(conn)
+                session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
+                                                       user_agent=headers.get("user-agent"))
+                await audit.record(conn, "auth.signup", tenant_id=self.runtime.tenant_id, entity=USERS,
+                                   record_id=str(row.id), ip=self.ip, data={"email": email})
+        except IntegrityError as exc:
+            if _unique_violation(exc):
+                raise AuthFailed("user_already_exists", 422, "User already registered",
+                                 details=[Problem("email", "is taken")]) from exc
+            raise
+        return _answer(200, self.session_json(row, session))
+
+    async def password_grant(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
+        email, password = self.credentials(body)
+        await self.throttle.check(self.runtime.slug, email, self.ip)
+        async with self.db.begin() as conn:
+            await self.as_tenant(conn)
+            row = (await conn.execute(sa.select(*self.user_columns()).where(self.users.c.email == email))).first()
+        if not await verify_password(row.password_hash if row else None, password):
+            await self.throttle.failed(self.runtime.slug, email, self.ip)
+            async with self.db.begin() as conn:
+                await audit.record(conn, "auth.login_failed", tenant_id=self.runtime.tenant_id, ip=self.ip,
+                                   data={"email": email, "known_account": row is not None})
+            raise AuthFailed("invalid_credentials", 400, "Invalid login credentials")
+        async with self.db.begin() as conn:
+            session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
+                                                   user_agent=headers.get("user-agent"))
+            await audit.record(conn, "auth.login", tenant_id=self.runtime.tenant_id, entity=USERS,
+                               record_id=str(row.id), ip=self.ip, data={"session": session.id})
+        return _answer(200, self.session_json(row, session))
+
+    async def refresh_grant(self, body: dict[str, Any]) -> Answer:
+        token = body.get("refresh_token")
+        if not isinstance(token, str) or not token:
+            raise ValidationFailed("refresh_token is required", details=[Problem("refresh_token", "is required")])
+        async with self.db.begin() as conn:
+            rotated = await sessions.rotate(conn, self.runtime.tenant_id, token)
+            if isinstance(rotated, sessions.Reused):
+                await audit.record(conn, "auth.refresh_token_reused", tenant_id=self.runtime.tenant_id, ip=self.ip,
+                                   entity=USERS, record_id=rotated.user_id, data={"session": rotated.session_id})
+            else:
+                await self.as_tenant(conn)
+                row = (await conn.execute(sa.select(*self.user_columns())
+                                          .where(self.users.c.id == rotated.user_id))).first()
+                if row is None:
+                    raise AuthFailed("user_not_found", 400, "the session's user no longer exists")
+        if isinstance(rotated, sessions.Reused):  # the revocation is committed; now refuse
+            raise AuthFailed("refresh_token_already_used", 400,
+                             "Invalid Refresh Token: Already Used (the session has been revoked)")
+        return _answer(200, self.session_json(row, rotated))
+
+    async def logout(self, scope: str) -> Answer:
+        caller = self.signed_in()
+        if scope not in ("global", "local", "others"):
+            raise AuthFailed("validation_failed", 400, "scope must be global, local or others")
+        async with self.db.begin() as conn:
+            await sessions.revoke(conn, self.runtime.tenant_id, "logout", user_id=caller.user_id,
+                                  session_id=caller.session_id if scope == "local" else None,
+                                  keep_session=caller.session_id if scope == "others" else None)
+            await audit.record(conn, "auth.logout", tenant_id=self.runtime.tenant_id, entity=USERS,
+                               record_id=caller.user_id, ip=self.ip, data={"scope": scope})
+        return _answer(204)
+
+    async def live_user(self, conn: AsyncConnection, caller: Caller) -> Any:
+        """The signed-in user's row, if their session is still live (a token of an ended session is refused)."""
+        if not _is_uuid(caller.session_id) or not await sessions.is_live(conn, self.runtime.tenant_id,
+                                                                         str(caller.session_id)):
+            raise AuthFailed("session_not_found", 403, "Session from session_id claim in JWT does not exist")
+        await self.as_tenant(conn)
+        row = (await conn.execute(sa.select(*self.user_columns()).where(self.users.c.id == caller.user_id))).first()
+        if row is None:
+            raise AuthFailed("user_not_found", 404, "User from sub claim in JWT does not exist")
+        return row
+
+    async def current_user(self) -> dict[str, Any]:
+        caller = self.signed_in()
+        async with self.db.begin() as conn:
+            return self.user_json(await self.live_user(conn, caller))
+
+    async def update_user(self, body: dict[str, Any]) -> dict[str, Any]:
+        caller = self.signed_in()
+        changes: dict[str, Any] = dict(self.metadata_values(body.get("data")))
+        if "email" in body:
+            email = body["email"]
+            if not isinstance(email, str) or not EMAIL.match(email.strip()):
+                raise ValidationFailed("not an email address", details=[Problem("email", "is not an email address")])
+            changes["email"] = email.strip().lower()
+        self.check_metadata(changes, partial=True)
+        if "password" in body:
+            async with self.db.begin() as conn:
+                current = await self.live_user(conn, caller)
+            problems = password_problems(changes.get("email", current.email), body["password"])
+            if problems:
+                raise AuthFailed("weak_password", 422, "the password is too weak", details=problems)
+            changes["password_hash"] = await hash_password(body["password"])
+        try:
+            async with self.db.begin() as conn:
+                row = await self.live_user(conn, caller)
+                if changes:
+                    row = (await conn.execute(self.users.update().where(self.users.c.id == caller.user_id)
+                                              .values(**changes).returning(*self.user_columns()))).one()
+                await self.as_platform(conn)
+                await audit.record(conn, "auth.user_updated", tenant_id=self.runtime.tenant_id, entity=USERS,
+                                   record_id=caller.user_id, ip=self.ip,
+                                   data={"fields": sorted(k if k != "password_hash" else "password" for k in changes)})
+        except IntegrityError as exc:
+            if _unique_violation(exc):
+                raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
+                                 details=[Problem("email", "is taken")]) from exc
+            raise
+        return self.user_json(row)
+
+
+def _unique_violation(exc: IntegrityError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "23505"
+
+
+def _is_uuid(value: str | None) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _plain(value: Any) -> Any:
+    """A column value as JSON can carry it (dates and decimals as text)."""
+    if isinstance(value, (str, int, float, bool, list, dict)) or value is None:
+        return value
+    return str(value)

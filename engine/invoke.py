@@ -1,0 +1,65 @@
+"""`POST /functions/v1/{name}`: a function the tenant's schema exposes, called with a JSON body.
+
+Who may call it is Casbin policy (`roles:` of the function; admin and service always may), the body
+is checked against the function's JSON Schema (`input:`, every error listed, 422), and the function
+runs in one transaction as the tenant's role with the caller's data API and its time limit: whatever
+it writes is kept only if it returns normally. It is the path Supabase's `functions.invoke` calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from jsonschema import Draft202012Validator, ValidationError
+
+from engine.authz import Caller, function_object, unrestricted
+from engine.data import DataApi
+from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed
+from engine.hooks import HookContext, HookFailed, call, resolve
+from engine.schema.model import thaw
+from engine.validation import FORMAT_CHECKER
+
+
+class FunctionNotFound(BackSaasError):
+    code = "function_not_found"
+    status = 404
+
+
+def _where(error: ValidationError) -> str:
+    """The dotted path of a JSON Schema error (for a missing property, the property's own path)."""
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        path += missing[:1]
+    return ".".join(path)
+
+
+async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) -> tuple[int, bytes]:
+    exposed = next((f for f in runtime.model.functions if f.name == name), None)
+    if exposed is None:
+        raise FunctionNotFound(f"tenant '{runtime.slug}' exposes no function '{name}'",
+                               hint=", ".join(f.name for f in runtime.model.functions) or None)
+    if not unrestricted(caller) and runtime.authorizer.scope(caller.roles, function_object(name), "invoke") is None:
+        raise Forbidden(f"{' or '.join(caller.roles)} may not invoke {name}")
+    try:
+        payload = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+    if exposed.input is not None:
+        validator = runtime.validators.get(("function", name))
+        if validator is None:  # compiled once per runtime, like the entities' body validators
+            validator = runtime.validators[("function", name)] = Draft202012Validator(thaw(exposed.input),
+                                                                                      format_checker=FORMAT_CHECKER)
+        problems = [Problem(_where(e), e.message) for e in validator.iter_errors(payload)]
+        if problems:
+            raise ValidationFailed(f"{len(problems)} problem(s) with the input of {name}", details=problems)
+    fn = resolve(exposed.handler, "function")
+    if fn is None:
+        raise HookFailed(f"the function '{exposed.handler}' is not installed on this server")
+    async with db.as_role(runtime.role) as conn, conn.transaction():
+        context = HookContext(runtime.slug, caller, f"function:{name}", DataApi(runtime, db, caller, conn),
+                              structlog.get_logger("backsaas.functions").bind(tenant=runtime.slug, function=name))
+        result = await call(fn, exposed.handler, exposed.timeout, context, payload)
+    return (204, b"") if result is None else (200, orjson.dumps(result))

@@ -1,0 +1,197 @@
+"""Writes to entities that have hooks: row by row where hooks need the rows, all in the caller's transaction.
+
+An entity without hooks is written by REST and GraphQL in one statement each. With hooks, a write is:
+lock the matching rows (`SELECT ... FOR UPDATE`, through the caller's row scope), run the `before_*`
+hooks per row (they may alter the change or refuse it), validate what they return, write, run the
+synchronous `after_*` hooks (a failure rolls everything back), and put one outbox event per webhook
+and async hook in `system.events` in the same transaction, for the dispatcher to deliver after commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql
+
+from engine.authz import Caller, guard_user_fields
+from engine.database import quote_identifier
+from engine.errors import BackSaasError, ValidationFailed
+from engine.hooks import Change, HookContext, call, resolve
+from engine.query.plan import Condition
+from engine.query.sql import CompiledRead, compile_statement, condition_sql, json_source
+from engine.schema.model import OWNER_COLUMN, Entity, Hook
+
+Row = dict[str, Any]
+ENQUEUE = "INSERT INTO system.events (tenant_id, entity, action, kind, target, secret_name, payload, caller)"
+ENQUEUE_COLUMNS = ("tenant_id uuid, entity text, action text, kind text, target text, secret_name text, "
+                   "payload jsonb, caller jsonb")
+
+
+@dataclass(frozen=True)
+class EntityHooks:
+    """The hooks of one entity and event, resolved to functions when the runtime compiles."""
+
+    before: tuple[tuple[Hook, Any], ...] = ()
+    after: tuple[tuple[Hook, Any], ...] = ()  # synchronous after_* hooks
+    deferred: tuple[Hook, ...] = ()  # webhooks and async after_* functions: the outbox
+
+    def __bool__(self) -> bool:
+        return bool(self.before or self.after or self.deferred)
+
+
+def compile_hooks(entity: Entity, action: str) -> EntityHooks:
+    def functions(event: str) -> tuple[tuple[Hook, Any], ...]:
+        return tuple((h, resolve(h.function)) for h in entity.hooks
+                     if h.event == event and h.function and not h.is_async)
+
+    deferred = tuple(h for h in entity.hooks if h.event == f"after_{action}" and h.is_async)
+    return EntityHooks(functions(f"before_{action}"), functions(f"after_{action}"), deferred)
+
+
+class HookedWriter:
+    """Writes of one request on its connection (already in a transaction, acting as the tenant's role)."""
+
+    def __init__(self, runtime: Any, caller: Caller, conn: asyncpg.Connection, db: Any) -> None:
+        self.runtime, self.caller, self.conn, self.db = runtime, caller, conn, db
+
+    def context(self, event: str) -> HookContext:
+        from engine.data import DataApi  # the data API writes through REST, which writes through here
+
+        return HookContext(self.runtime.slug, self.caller, event,
+                           DataApi(self.runtime, self.db, self.caller, self.conn),
+                           structlog.get_logger("backsaas.hooks").bind(tenant=self.runtime.slug, event=event))
+
+    async def run_hooks(self, hooks: Sequence[tuple[Hook, Any]], change: Change, *, alter: bool) -> Row | None:
+        record = change.record
+        for declared, fn in hooks:
+            returned = await call(fn, declared.function or "", declared.timeout, self.context(declared.event),
+                                  Change(change.entity, change.action, record, change.old))
+            if alter and isinstance(returned, dict):
+                record = returned
+        return record
+
+    def validate(self, entity: Entity, values: Row, *, partial: bool) -> None:
+        guard_user_fields(entity.name, self.caller, [values])
+        problems = self.runtime.body_validator(entity, partial=partial).problems(values)
+        if problems:
+            raise ValidationFailed(f"{len(problems)} invalid field(s) in the body (after the hooks)", details=problems)
+
+    def compiled(self, key: Any, build: Callable[[], sa.Executable]) -> CompiledRead:
+        """A statement of this runtime, rendered once per shape (rendering costs more than running it)."""
+        found = self.runtime.statements.get(("writes", key))
+        if found is None:
+            found = self.runtime.statements[("writes", key)] = compile_statement(build())
+        return found
+
+    async def rows(self, key: Any, build: Callable[[], sa.Executable], values: Sequence[Any] = ()) -> list[Row]:
+        compiled = self.compiled(key, build)
+        records = await self.conn.fetch(compiled.sql, *compiled.arguments(list(values)))
+        return [orjson.loads(r[0]) for r in records]
+
+    def as_json(self, table: sa.Table) -> Any:
+        return sa.literal_column(f"to_jsonb({quote_identifier(table.name)}.*)::text")
+
+    # -- the three writes --
+
+    async def insert(self, entity: Entity, objects: Sequence[Row]) -> list[Row]:
+        hooks = compile_hooks(entity, "create")
+        table = self.runtime.tables[entity.name]
+        written = []
+        for obj in objects:
+            values = await self.run_hooks(hooks.before, Change(entity.name, "create", dict(obj)), alter=True) or {}
+            self.validate(entity, values, partial=False)
+            if entity.owner and self.caller.user_id is not None:
+                values = {**values, OWNER_COLUMN: self.caller.user_id}
+            keys = list(values)
+
+            def build(keys: list[str] = keys) -> sa.Executable:
+                source = json_source(table, 0, many=False)
+                return (postgresql.insert(table).from_select(keys, sa.select(*(source.c[k] for k in keys)))
+                        .returning(self.as_json(table)))
+
+            written += await self.rows(("insert", entity.name, tuple(keys)), build, [orjson.dumps(values).decode()])
+        await self.after(entity, hooks, "create", [(row, None) for row in written])
+        return written
+
+    async def lock(self, entity: Entity, where: Condition | None, values: Sequence[Any]) -> list[Row]:
+        """The rows a write will touch, locked for it (the condition carries the caller's row scope)."""
+        table = self.runtime.tables[entity.name]
+
+        def build() -> sa.Executable:
+            statement = sa.select(self.as_json(table)).select_from(table).with_for_update()
+            if where is not None:
+                statement = statement.where(condition_sql(where, table, self.runtime.tables))
+            return statement
+
+        return await self.rows(("lock", entity.name, where), build, values)
+
+    async def update(self, entity: Entity, olds: Sequence[Row], patch: Row) -> list[Row]:
+        hooks = compile_hooks(entity, "update")
+        table = self.runtime.tables[entity.name]
+        pairs = []
+        for old in olds:
+            changes = await self.run_hooks(hooks.before, Change(entity.name, "update", dict(patch), old), alter=True)
+            changes = changes or {}
+            self.validate(entity, changes, partial=True)
+            if not changes:
+                pairs.append((old, old))
+                continue
+            def build(keys: tuple[str, ...] = tuple(changes)) -> sa.Executable:
+                source = json_source(table, 0, many=False)
+                return (sa.update(table).values({k: sa.select(source.c[k]).scalar_subquery() for k in keys})
+                        .where(table.c.id == sa.cast(sa.bindparam("v1", type_=sa.Text()), sa.Uuid()))
+                        .returning(self.as_json(table)))
+
+            new = await self.rows(("update", entity.name, tuple(changes)), build,
+                                  [orjson.dumps(changes).decode(), old["id"]])
+            pairs += [(row, old) for row in new]
+        await self.after(entity, hooks, "update", pairs)
+        return [new for new, _ in pairs]
+
+    async def delete(self, entity: Entity, olds: Sequence[Row]) -> None:
+        hooks = compile_hooks(entity, "delete")
+        table = self.runtime.tables[entity.name]
+        for old in olds:
+            await self.run_hooks(hooks.before, Change(entity.name, "delete", None, old), alter=False)
+        if olds:
+            ids = sa.cast(sa.bindparam("v0", type_=postgresql.ARRAY(sa.Text())), postgresql.ARRAY(sa.Uuid()))
+            compiled = self.compiled(("delete", entity.name), lambda: sa.delete(table).where(table.c.id == sa.any_(ids)))
+            await self.conn.execute(compiled.sql, *compiled.arguments([[o["id"] for o in olds]]))
+        await self.after(entity, hooks, "delete", [(None, old) for old in olds])
+
+    # -- after the write --
+
+    async def after(self, entity: Entity, hooks: Any, action: str, pairs: Sequence[tuple[Row | None, Row | None]]
+                    ) -> None:
+        for record, old in pairs:
+            await self.run_hooks(hooks.after, Change(entity.name, action, record, old), alter=False)
+        if hooks.deferred and pairs:
+            await self.enqueue(entity, action, hooks.deferred, pairs)
+
+    async def enqueue(self, entity: Entity, action: str, deferred: Sequence[Hook],
+                      pairs: Sequence[tuple[Row | None, Row | None]]) -> None:
+        """One outbox event per change and webhook/async hook, in this transaction (written by the engine
+        as the platform, between `RESET ROLE` and `SET ROLE` back to the tenant's role)."""
+        at = datetime.now(UTC).isoformat()
+        rows = [{"tenant_id": self.runtime.tenant_id, "entity": entity.name, "action": action,
+                 "kind": "webhook" if hook.webhook else "function", "target": hook.webhook or hook.function,
+                 "secret_name": hook.secret,
+                 "payload": {"tenant": self.runtime.slug, "entity": entity.name, "action": action,
+                             "record": record, "old_record": old, "at": at},
+                 "caller": {"roles": list(self.caller.roles), "user_id": self.caller.user_id}}
+                for record, old in pairs for hook in deferred]
+        body = orjson.dumps(rows).decode()
+        tag = "$outbox_" + secrets.token_hex(8) + "$"  # a dollar quote no JSON text of ours contains
+        if tag in body:
+            raise BackSaasError("could not quote an outbox event")  # 2^-64: never, but never silently
+        # one round trip: the role switch, the insert and the switch back, as one simple-protocol string
+        await self.conn.execute(f"RESET ROLE; {ENQUEUE} SELECT * FROM jsonb_to_recordset({tag}{body}{tag}::jsonb) AS "
+                                f"e({ENQUEUE_COLUMNS}); SET ROLE {quote_identifier(self.runtime.role)}")

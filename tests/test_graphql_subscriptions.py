@@ -1,0 +1,162 @@
+"""GraphQL subscriptions over WebSocket (`graphql-transport-ws`), driven by `gql`'s websockets transport:
+changes made through REST on ANOTHER server process reach subscribers, filtered by their permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from gql import Client, gql
+from gql.transport.exceptions import TransportConnectionFailed, TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+from websockets.exceptions import ConnectionClosed
+
+from engine.database import Database
+from engine.identity.signing import load_keyring
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from tests.server import free_port, running_gateway
+
+SCHEMA = """
+name: live
+entities:
+  message:
+    fields:
+      text:   {type: text, required: true}
+      public: {type: boolean, required: true, default: true}
+    permissions:
+      read: {anon: all, authenticated: all}
+  note:
+    owner: true
+    fields:
+      text: {type: text, required: true}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
+"""
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> dict[str, str]:
+    await create_tenant(db, "live", source=SCHEMA)
+    return {role: (await create_api_key(db, "live", role, role)).key for role in ("anon", "service")}
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def other_process(keys: dict[str, str], database_url: str) -> Iterator[str]:
+    """A second gateway, in a process of its own, on the same database."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "gateway.app:app_from_env", "--factory",
+                                "--port", str(port), "--log-level", "warning"],
+                               env={**os.environ, "BACKSAAS_DATABASE_URL": database_url})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def transport(base: str, **init: str) -> WebsocketsTransport:
+    url = base.replace("http://", "ws://") + "/api/tenants/live/graphql/v1"
+    return WebsocketsTransport(url=url, init_payload={"headers": init},
+                               subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+
+
+async def next_result(stream, timeout: float = 10.0):
+    return await asyncio.wait_for(anext(stream), timeout)
+
+
+async def test_a_subscriber_gets_the_current_result_then_changes_made_through_rest_elsewhere(base, other_process, keys):
+    query = gql("subscription { message(where: {public: {_eq: true}}, order_by: {text: asc}) { text } }")
+    async with Client(transport=transport(base, apikey=keys["anon"])) as session:
+        stream = session.subscribe(query)
+        assert await next_result(stream) == {"message": []}
+        written = await asyncio.to_thread(httpx.post, f"{other_process}/api/tenants/live/rest/v1/message",
+                                          json={"text": "hello"}, headers={"apikey": keys["service"]})
+        assert written.status_code == 201
+        assert await next_result(stream) == {"message": [{"text": "hello"}]}
+        await asyncio.to_thread(httpx.post, f"{other_process}/api/tenants/live/rest/v1/message",
+                                json={"text": "hidden", "public": False}, headers={"apikey": keys["service"]})
+        await asyncio.to_thread(httpx.post, f"{other_process}/api/tenants/live/rest/v1/message",
+                                json={"text": "again"}, headers={"apikey": keys["service"]})
+        assert await next_result(stream) == {"message": [{"text": "again"}, {"text": "hello"}]}
+        await stream.aclose()
+
+
+async def sign_up(base: str, keys: dict[str, str], email: str) -> dict:
+    response = await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/auth/v1/signup",
+                                       json={"email": email, "password": "a long passphrase"},
+                                       headers={"apikey": keys["anon"]})
+    return response.json()
+
+
+async def test_subscribers_see_only_rows_their_permissions_allow(base, keys):
+    ann, bob = await sign_up(base, keys, "ann@example.com"), await sign_up(base, keys, "bob@example.com")
+    query = gql("subscription { note { text } }")
+    async with Client(transport=transport(base, apikey=keys["anon"],
+                                          Authorization=f"Bearer {ann['access_token']}")) as session:
+        stream = session.subscribe(query)
+        assert await next_result(stream) == {"note": []}
+        for who, text in ((bob, "bob's"), (ann, "ann's")):
+            await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/rest/v1/note", json={"text": text},
+                                    headers={"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"})
+        assert await next_result(stream) == {"note": [{"text": "ann's"}]}
+        await stream.aclose()
+
+
+async def test_an_expired_access_token_closes_the_socket_with_4401(base, keys, db):
+    session = await sign_up(base, keys, "brief@example.com")
+    async with db.engine.connect() as conn:
+        keyring = await load_keyring(conn)
+    brief, _ = keyring.issue({"sub": session["user"]["id"], "tenant": "live", "roles": ["authenticated"],
+                              "session_id": "00000000-0000-0000-0000-000000000000"}, lifetime=2)
+    with pytest.raises(TransportConnectionFailed) as closed:
+        async with Client(transport=transport(base, Authorization=f"Bearer {brief}")) as live:
+            stream = live.subscribe(gql("subscription { message { text } }"))
+            await next_result(stream)
+            await next_result(stream, timeout=15)
+    assert isinstance(closed.value.__cause__, ConnectionClosed) and closed.value.__cause__.rcvd.code == 4401
+
+
+async def test_bad_credentials_are_refused_at_connection_init(base, keys):
+    with pytest.raises(TransportConnectionFailed) as refused:
+        async with Client(transport=transport(base, apikey="bsk_forged")) as session:
+            await session.execute(gql("subscription { message { text } }"))
+    assert isinstance(refused.value.__cause__, ConnectionClosed) and refused.value.__cause__.rcvd.code == 4403
+
+
+async def test_errors_of_a_subscription_come_back_as_error_messages(base, keys):
+    async with Client(transport=transport(base, apikey=keys["anon"])) as session:
+        with pytest.raises(TransportQueryError) as failed:
+            await next_result(session.subscribe(gql("subscription { note { text } }")))
+    assert failed.value.errors[0]["extensions"]["code"] == "validation-failed"  # anon's schema has no `note`
+
+
+async def test_one_cached_query_answers_each_user_with_their_own_rows(base, keys):
+    cat, dan = await sign_up(base, keys, "cat@example.com"), await sign_up(base, keys, "dan@example.com")
+    for who in (cat, dan):
+        await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/rest/v1/note", json={"text": who["user"]["email"]},
+                                headers={"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"})
+    for who in (cat, dan, cat):
+        answer = await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/graphql/v1",
+                                         json={"query": "{ note { text } }"},
+                                         headers={"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"})
+        assert answer.json() == {"data": {"note": [{"text": who["user"]["email"]}]}}

@@ -1,0 +1,265 @@
+"""Function hooks and exposed functions, through REST and GraphQL: each hook point in order (an expected-
+events list per request), a refusing before-hook, a failing after-hook rolling the write back, an async
+after-hook run from the outbox, a hook out of time, and a function with bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import types
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from engine.database import Database
+from engine.errors import SchemaInvalid
+from engine.hooks import Change, HookContext, Refuse, function, hook
+from engine.storage.deploy import deploy
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from tests.server import running_gateway
+
+EVENTS: list[tuple] = []
+
+
+@hook
+async def stamp(ctx: HookContext, change: Change) -> dict:
+    EVENTS.append(("before_create", change.record["title"]))
+    if change.record["title"] == "forbidden":
+        raise Refuse("this title is not allowed", field="title")
+    return {**change.record, "slug": change.record["title"].lower().replace(" ", "-")}
+
+
+@hook
+async def log_after(ctx: HookContext, change: Change) -> None:
+    row = change.record or change.old
+    EVENTS.append((f"after_{change.action}", row["title"]))
+    if row["title"] == "explode":
+        raise RuntimeError("the after hook failed")
+    await ctx.data.elevated().insert("trail", {"what": f"{change.action} {row['title']}"})
+
+
+@hook
+def keep_history(ctx: HookContext, change: Change) -> dict:  # a plain function: run in a worker thread
+    EVENTS.append(("before_update", change.old["title"]))
+    return {**change.record, "revision": change.old["revision"] + 1}
+
+
+@hook
+async def guard_delete(ctx: HookContext, change: Change) -> None:
+    EVENTS.append(("before_delete", change.old["title"]))
+    if change.old["locked"]:
+        raise Refuse("locked articles cannot be deleted", field="locked")
+
+
+@hook
+async def dawdle(ctx: HookContext, change: Change) -> None:
+    await asyncio.sleep(5)
+
+
+@hook
+async def later(ctx: HookContext, change: Change) -> None:
+    await ctx.data.elevated().insert("trail", {"what": f"later {change.record['title']}"})
+
+
+@function
+async def publish(ctx: HookContext, payload: dict) -> dict:
+    rows = await ctx.data.update("article", {"id": f"eq.{payload['id']}"}, {"status": "published"})
+    return {"published": len(rows)}
+
+
+module = types.ModuleType("functions.hooktests")
+for fn in (stamp, log_after, keep_history, guard_delete, dawdle, later, publish):
+    setattr(module, fn.__name__, fn)
+
+SCHEMA = """
+name: hooked
+roles: [editor]
+entities:
+  article:
+    fields:
+      title:    {type: string, required: true, max_length: 80}
+      slug:     {type: string}
+      status:   {type: enum, values: [draft, published], default: draft, required: true}
+      revision: {type: integer, default: 0, required: true}
+      locked:   {type: boolean, default: false, required: true}
+    permissions:
+      read: {anon: all, editor: all}
+      create: {anon: all}
+      update: {anon: all, editor: all}
+      delete: {anon: all}
+    hooks:
+      before_create: [hooktests.stamp]
+      after_create:  [hooktests.log_after, {function: hooktests.later, async: true}]
+      before_update: [hooktests.keep_history]
+      after_update:  [hooktests.log_after]
+      before_delete: [hooktests.guard_delete]
+      after_delete:  [hooktests.log_after]
+  trail:
+    fields:
+      what: {type: text, required: true}
+    permissions:
+      read: {anon: all}
+  slowpoke:
+    fields:
+      x: {type: text}
+    permissions:
+      create: {anon: all}
+      read: {anon: all}
+    hooks:
+      before_create: [{function: hooktests.dawdle, timeout: 0.2}]
+functions:
+  publish:
+    handler: hooktests.publish
+    roles: [editor]
+    input:
+      type: object
+      required: [id]
+      additionalProperties: false
+      properties:
+        id: {type: string, format: uuid}
+"""
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> Iterator[dict[str, str]]:
+    sys.modules["functions.hooktests"] = module
+    await create_tenant(db, "hooked", source=SCHEMA)
+    made = {role: (await create_api_key(db, "hooked", role, role)).key for role in ("anon", "editor", "service")}
+    yield made
+    del sys.modules["functions.hooktests"]
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        yield url
+
+
+@pytest.fixture
+def rest(base: str, keys: dict[str, str]) -> Iterator[httpx.Client]:
+    EVENTS.clear()
+    with httpx.Client(base_url=f"{base}/api/tenants/hooked/rest/v1",
+                      headers={"apikey": keys["anon"], "Prefer": "return=representation"}) as client:
+        yield client
+
+
+def graphql(base: str, keys: dict[str, str], query: str, role: str = "anon") -> dict:
+    return httpx.post(f"{base}/api/tenants/hooked/graphql/v1", json={"query": query},
+                      headers={"apikey": keys[role]}).json()
+
+
+def trail(rest: httpx.Client) -> list[str]:
+    return [t["what"] for t in rest.get("/trail", params={"order": "created_at"}).json()]
+
+
+def test_rest_create_runs_before_then_after_hooks_and_keeps_what_they_did(rest):
+    created = rest.post("/article", json={"title": "Hello World"})
+    assert created.status_code == 201 and created.json()[0]["slug"] == "hello-world"
+    assert EVENTS == [("before_create", "Hello World"), ("after_create", "Hello World")]
+    assert "create Hello World" in trail(rest)
+
+
+def test_rest_update_and_delete_hooks_see_the_old_row(rest):
+    rest.post("/article", json={"title": "Versioned"})
+    EVENTS.clear()
+    updated = rest.patch("/article", params={"title": "eq.Versioned"}, json={"status": "published"})
+    assert updated.json()[0]["revision"] == 1 and updated.json()[0]["status"] == "published"
+    assert EVENTS == [("before_update", "Versioned"), ("after_update", "Versioned")]
+    EVENTS.clear()
+    deleted = rest.delete("/article", params={"title": "eq.Versioned"})
+    assert deleted.status_code == 200 and deleted.json()[0]["title"] == "Versioned"
+    assert EVENTS == [("before_delete", "Versioned"), ("after_delete", "Versioned")]
+    assert {"update Versioned", "delete Versioned"} <= set(trail(rest))
+
+
+def test_a_refusing_before_hook_is_a_422_on_its_field_and_writes_nothing(rest):
+    refused = rest.post("/article", json={"title": "forbidden"})
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "hook_refused"
+    assert refused.json()["details"] == [{"field": "title", "message": "this title is not allowed"}]
+    assert rest.get("/article", params={"title": "eq.forbidden"}).json() == []
+    rest.post("/article", json={"title": "Locked", "locked": True})
+    kept = rest.delete("/article", params={"title": "eq.Locked"})
+    assert kept.status_code == 422 and kept.json()["details"][0]["field"] == "locked"
+    assert len(rest.get("/article", params={"title": "eq.Locked"}).json()) == 1
+
+
+def test_a_failing_after_hook_rolls_the_write_back(rest):
+    failed = rest.post("/article", json={"title": "explode"})
+    assert failed.status_code == 500 and failed.json()["code"] == "hook_failed"
+    assert "log_after" in failed.json()["message"] and "Traceback" not in failed.text
+    assert rest.get("/article", params={"title": "eq.explode"}).json() == []
+    assert "create explode" not in trail(rest)
+
+
+def test_an_async_after_hook_runs_after_commit_from_the_outbox(rest):
+    rest.post("/article", json={"title": "Deferred"})
+    deadline = time.monotonic() + 10
+    while "later Deferred" not in trail(rest) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "later Deferred" in trail(rest)
+
+
+def test_a_hook_out_of_time_fails_the_request_and_writes_nothing(rest):
+    slow = rest.post("/slowpoke", json={"x": "late"})
+    assert slow.status_code == 504 and slow.json()["code"] == "hook_timeout"
+    assert rest.get("/slowpoke").json() == []
+
+
+def test_graphql_mutations_run_the_same_hooks(base, keys, rest):
+    made = graphql(base, keys, 'mutation { insert_article_one(object: {title: "Via GraphQL"}) { slug } }')
+    assert made == {"data": {"insert_article_one": {"slug": "via-graphql"}}}
+    updated = graphql(base, keys, 'mutation { update_article(where: {title: {_eq: "Via GraphQL"}}, '
+                                  '_set: {status: "published"}) { affected_rows returning { revision } } }')
+    assert updated["data"]["update_article"] == {"affected_rows": 1, "returning": [{"revision": 1}]}
+    refused = graphql(base, keys, 'mutation { insert_article(objects: [{title: "ok one"}, {title: "forbidden"}]) '
+                                  '{ affected_rows } }')
+    assert refused["errors"][0]["extensions"]["code"] == "hook_refused"
+    assert rest.get("/article", params={"title": "eq.ok one"}).json() == []  # the whole mutation rolled back
+    deleted = graphql(base, keys, 'mutation { delete_article(where: {title: {_eq: "Via GraphQL"}}) '
+                                  '{ returning { title } } }')
+    assert deleted["data"]["delete_article"]["returning"] == [{"title": "Via GraphQL"}]
+    assert [e[0] for e in EVENTS] == ["before_create", "after_create", "before_update", "after_update",
+                                      "before_create", "after_create", "before_create",  # then refused: rolled back
+                                      "before_delete", "after_delete"]
+
+
+def test_an_exposed_function_checks_its_caller_and_input(base, keys, rest):
+    article = rest.post("/article", json={"title": "To publish"}).json()[0]
+    url = f"{base}/api/tenants/hooked/functions/v1/publish"
+    assert httpx.post(url, json={"id": article["id"]}, headers={"apikey": keys["anon"]}).status_code == 403
+    for body, field in (({}, "id"), ({"id": "nope"}, "id"), ({"id": article["id"], "x": 1}, "")):
+        bad = httpx.post(url, json=body, headers={"apikey": keys["editor"]})
+        assert bad.status_code == 422 and bad.json()["details"][0]["field"] == field
+    done = httpx.post(url, json={"id": article["id"]}, headers={"apikey": keys["editor"]})
+    assert done.status_code == 200 and done.json() == {"published": 1}
+    assert rest.get("/article", params={"id": f"eq.{article['id']}", "select": "status"}).json() == \
+        [{"status": "published"}]
+    missing = httpx.post(f"{base}/api/tenants/hooked/functions/v1/nope", json={}, headers={"apikey": keys["editor"]})
+    assert missing.status_code == 404 and missing.json()["code"] == "function_not_found"
+
+
+def test_supabase_sdk_invokes_functions(base, keys, rest):
+    from supabase import create_client
+
+    article = rest.post("/article", json={"title": "Via SDK"}).json()[0]
+    client = create_client(f"{base}/api/tenants/hooked", keys["editor"])
+    answer = client.functions.invoke("publish", invoke_options={"body": {"id": article["id"]}})
+    assert b'"published":1' in (answer if isinstance(answer, bytes) else answer.encode())
+
+
+async def test_a_schema_naming_a_hook_that_is_not_installed_is_refused_at_deploy(db, keys):
+    with pytest.raises(SchemaInvalid) as refused:
+        await deploy(db, "hooked", SCHEMA.replace("hooktests.keep_history", "hooktests.nowhere"))
+    assert refused.value.details[0].path == "entities.article.hooks.before_update[0]"
+    with pytest.raises(SchemaInvalid):
+        await deploy(db, "hooked", SCHEMA.replace("handler: hooktests.publish", "handler: hooktests.stamp"))
+
+
+def test_another_tenants_key_cannot_invoke_functions(base, keys, db):
+    response = httpx.post(f"{base}/api/tenants/hooked/functions/v1/publish", json={},
+                          headers={"apikey": "bsk_someone_elses"})
+    assert response.status_code == 401
