@@ -1,6 +1,7 @@
 """`POST /functions/v1/{name}`: a function the tenant's schema exposes, called with a JSON body.
 
-Who may call it is Casbin policy (`roles:` of the function; admin and service always may), the body
+Who may call it is Casbin policy (`roles:` of the function; admin and service always may; a membership
+role of the system tenant may for the tenants it is a member of), the body
 is checked against the function's JSON Schema (`input:`, every error listed, 422), and the function
 runs in one transaction as the tenant's role with the caller's data API and its time limit: whatever
 it writes is kept only if it returns normally. It is the path Supabase's `functions.invoke` calls.
@@ -16,6 +17,7 @@ from jsonschema import Draft202012Validator, ValidationError
 
 from engine.authz import Caller, function_object, unrestricted
 from engine.data import DataApi
+from engine.database import quote_identifier
 from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed
 from engine.hooks import HookContext, HookFailed, call, resolve
 from engine.schema.model import thaw
@@ -36,12 +38,29 @@ def _where(error: ValidationError) -> str:
     return ".".join(path)
 
 
+async def check_membership(conn: Any, runtime: Any, caller: Caller, name: str, payload: Any,
+                           roles: tuple[str, ...]) -> None:
+    """A function granted to membership roles (the system tenant's) acts on the tenant its input names
+    as `tenant`: the caller's membership role there must be one of `roles`."""
+    slug = payload.get("tenant") if isinstance(payload, dict) else None
+    if not isinstance(slug, str):
+        raise ValidationFailed(f"{name} acts on a tenant: name it", details=[Problem("tenant", "is required")])
+    schema = quote_identifier(runtime.pg_schema)
+    role = await conn.fetchval(f"SELECT m.role FROM {schema}.memberships m JOIN {schema}.tenants t ON t.id = m.tenant_id"
+                               " WHERE t.slug = $1 AND m.user_id = $2::uuid", slug, caller.user_id)
+    if role not in roles:
+        raise Forbidden(f"invoking {name} for tenant '{slug}' needs membership as {' or '.join(roles)}")
+
+
 async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) -> tuple[int, bytes]:
     exposed = next((f for f in runtime.model.functions if f.name == name), None)
     if exposed is None:
         raise FunctionNotFound(f"tenant '{runtime.slug}' exposes no function '{name}'",
                                hint=", ".join(f.name for f in runtime.model.functions) or None)
-    if not unrestricted(caller) and runtime.authorizer.scope(caller.roles, function_object(name), "invoke") is None:
+    obj = function_object(name)
+    granted = unrestricted(caller) or runtime.authorizer.scope(caller.roles, obj, "invoke") is not None
+    member_roles = () if granted or caller.user_id is None else runtime.authorizer.member_roles(obj, "invoke")
+    if not granted and not member_roles:
         raise Forbidden(f"{' or '.join(caller.roles)} may not invoke {name}")
     try:
         payload = orjson.loads(body) if body.strip() else None
@@ -59,6 +78,8 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
     if fn is None:
         raise HookFailed(f"the function '{exposed.handler}' is not installed on this server")
     async with db.as_role(runtime.role) as conn, conn.transaction():
+        if not granted:
+            await check_membership(conn, runtime, caller, name, payload, member_roles)
         context = HookContext(runtime.slug, caller, f"function:{name}", DataApi(runtime, db, caller, conn),
                               structlog.get_logger("backsaas.functions").bind(tenant=runtime.slug, function=name))
         result = await call(fn, exposed.handler, exposed.timeout, context, payload)

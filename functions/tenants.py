@@ -1,26 +1,48 @@
-"""Creating tenants: the slug rules, the tenant's row, its schema and role, and its first schema version.
+"""Tenants: the slug rules, provisioning, and the lifecycle (suspend, activate, delete, restore, purge).
 
-All of it is one transaction: a tenant whose schema fails to deploy leaves no row, schema or role behind.
+A tenant is created as a `pending` row of the system tenant, by `POST /api/platform/rest/v1/tenants`
+(or GraphQL's `insert_tenants_one`, or `backsaas tenant create`): the `validate_tenant_slug` hook checks it
+and the creator becomes its owner in the same transaction; `provision_tenant` then runs after commit,
+from the outbox, like any async hook. Provisioning is one transaction of named steps (`STEPS`): the
+tenant's schema and role, its first schema version, the owner membership, the `anon` and `service` keys,
+the plan subscription and the onboarding state. A failing step rolls all of them back and leaves the row
+`failed` with the step and the reason; running it again (the `provision_tenant` function) starts over,
+and on an `active` tenant it does nothing. The keys' plaintext is held (never longer than a day) until
+an owner or admin takes it, once, with `reveal_keys`: only their hashes stay.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, catalog
+from engine.authz import unrestricted
 from engine.database import Database, quote_identifier
-from engine.errors import BackSaasError, InvalidInput, Problem, TenantExists, TenantNotFound
+from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TenantExists, TenantNotFound, ValidationFailed
+from engine.hooks import Change, HookContext, function, hook
 from engine.identity import sessions
+from engine.schema import load_schema
 from engine.storage import naming
 from engine.storage.deploy import Deployment, Progress, create_tenant_schema, deploy_in, lock_tenant
 from engine.storage.naming import SYSTEM_TENANT
+from functions.keys import KEY_PREFIX, key_hash
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 RESERVED_SLUGS = frozenset({"system", "api", "admin", "www", "platform", "auth", "rest", "graphql", "functions",
                             "static", "assets", "app", "dashboard", "status", "docs", "mail", "public"})
+INITIAL_KEYS = {"initial-anon": "anon", "initial-service": "service"}  # name -> role
+REVEAL_WINDOW = timedelta(days=1)
+ONBOARDING_STEPS = ("schema_deployed", "first_user", "first_api_call", "plan_chosen")
+PLATFORM_ONLY_FIELDS = ("status", "status_reason", "deleted_at", "onboarding", "provisioning", "isolation")
 
 
 def slug_problems(slug: str) -> list[Problem]:
@@ -38,18 +60,267 @@ def empty_schema(slug: str) -> str:
     return f"name: {slug.replace('-', '_')}\nentities: {{}}\n"
 
 
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class ProvisioningFailed(BackSaasError):
+    code = "provisioning_failed"
+    status = 409
+
+
+@dataclass
+class Provisioned:
+    slug: str
+    status: str  # active | failed
+    steps: list[str] = field(default_factory=list)  # the steps that ran (rolled back, when failed)
+    reason: str | None = None
+    deployment: Deployment | None = None
+
+
+# -- the hooks on `tenants` (platform.yaml) --
+
+
+@hook
+async def validate_tenant_slug(ctx: HookContext, change: Change) -> dict[str, Any]:
+    """before_create: the slug rules, uniqueness (soft-deleted tenants keep their slug), a plan that
+    exists, a valid initial schema; the row starts `pending` whoever creates it."""
+    record = dict(change.record or {})
+    slug = record.get("slug") if isinstance(record.get("slug"), str) else ""
+    problems = slug_problems(slug)
+    if problems:
+        raise ValidationFailed(f"invalid tenant slug '{slug}'", details=problems)
+    if not unrestricted(ctx.caller):
+        forbidden = [name for name in PLATFORM_ONLY_FIELDS if name in record]
+        if forbidden:
+            raise Forbidden("only platform admins set these fields of a tenant",
+                            details=[Problem(name, "is set by the platform") for name in forbidden])
+    data = ctx.data.elevated()
+    if await data.select("tenants", {"slug": f"eq.{slug}", "select": "id"}):
+        raise TenantExists(f"tenant '{slug}' already exists (or was deleted and keeps its slug until purged)")
+    plan = record.get("plan", "free")
+    if not await data.select("plans", {"code": f"eq.{plan}", "active": "is.true", "select": "id"}):
+        raise ValidationFailed(f"no active plan '{plan}'", details=[Problem("plan", f"no active plan '{plan}'")])
+    if record.get("initial_schema"):
+        load_schema(record["initial_schema"], slug)  # SchemaInvalid (422, every problem listed) before any row
+    onboarding = dict.fromkeys(ONBOARDING_STEPS)
+    onboarding["plan_chosen"] = now() if "plan" in record else None
+    return {**record, "status": "pending", "onboarding": onboarding, "provisioning": {}}
+
+
+@hook
+async def add_owner(ctx: HookContext, change: Change) -> None:
+    """after_create (in the creating transaction): the creator is the tenant's first owner, so they can
+    follow its provisioning at once."""
+    if ctx.caller.user_id is not None and change.record:
+        await ctx.data.elevated().insert("memberships", {"user_id": ctx.caller.user_id,
+                                                         "tenant_id": change.record["id"], "role": "owner"})
+
+
+@hook
+async def provision_tenant(ctx: HookContext, change: Change) -> None:
+    """after_create, async (from the outbox): provision the new tenant; a failure is recorded on its row."""
+    if ctx.tenant != SYSTEM_TENANT or not change.record:
+        raise Forbidden("tenants are provisioned by the system tenant only")
+    await provision(ctx.data.db, change.record["slug"], creator=ctx.caller.user_id)
+
+
+@hook
+async def guard_tenant_update(ctx: HookContext, change: Change) -> dict[str, Any]:
+    """before_update: a tenant's status changes through the lifecycle functions only (a status written
+    directly would skip their state checks, session revocation and audit); a plan change is onboarding."""
+    patch = dict(change.record or {})
+    lifecycle = [name for name in ("status", "status_reason", "deleted_at", "provisioning") if name in patch]
+    if lifecycle:
+        raise Forbidden("a tenant's status changes through the lifecycle functions (suspend_tenant, ...)",
+                        details=[Problem(name, "is set by the lifecycle functions") for name in lifecycle])
+    if "plan" in patch and change.old and patch["plan"] != change.old.get("plan"):
+        patch["onboarding"] = {**(change.old.get("onboarding") or {}), "plan_chosen": now()}
+    return patch
+
+
+@function
+async def update_settings(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """update_tenant: owners and admins write their tenant's name and settings (the platform's own update,
+    so the settings' JSON Schema and the hooks apply), nothing else of its row."""
+    patch = {k: payload[k] for k in ("name", "settings") if k in payload}
+    if not patch:
+        raise InvalidInput("nothing to update", details=[Problem("settings", "give name or settings")])
+    rows = await ctx.data.elevated().update("tenants", {"slug": f"eq.{payload['tenant']}"}, patch)
+    if not rows:
+        raise TenantNotFound(f"no tenant '{payload['tenant']}'")
+    return {"tenant": payload["tenant"], "name": rows[0]["name"], "settings": rows[0]["settings"]}
+
+
+# -- provisioning --
+
+@dataclass(frozen=True)
+class Run:
+    """What every step of one provisioning gets beside the tenant's row."""
+
+    db: Database
+    creator: str | None  # the platform account that created the tenant, its first owner
+    actor: str = "provisioning"  # who the first schema version is recorded as deployed by
+    progress: Progress | None = None
+
+
+Step = Callable[[AsyncConnection, Any, Run], Awaitable[Any]]
+
+
+async def create_schema_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
+    await create_tenant_schema(conn, run.db, tenant.slug)
+
+
+async def deploy_step(conn: AsyncConnection, tenant: Any, run: Run) -> Deployment:
+    source = tenant.initial_schema or empty_schema(tenant.slug)
+    return await deploy_in(conn, run.db, tenant.slug, source, actor=run.actor, deployed_by=run.creator,
+                           progress=run.progress)
+
+
+async def owner_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
+    memberships = catalog.platform_tables()["memberships"]
+    if run.creator is not None:
+        await conn.execute(postgresql.insert(memberships)
+                           .values(user_id=run.creator, tenant_id=tenant.id, role="owner").on_conflict_do_nothing())
+
+
+async def keys_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
+    keys = catalog.platform_tables()["api_keys"]
+    for name, role in INITIAL_KEYS.items():
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, prefix=key[:12],
+                                                key_hash=key_hash(key), pending_reveal=key))
+
+
+async def subscription_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
+    plans, subscriptions = catalog.platform_tables()["plans"], catalog.platform_tables()["subscriptions"]
+    plan_id = await conn.scalar(sa.select(plans.c.id).where(plans.c.code == tenant.plan, plans.c.active))
+    if plan_id is None:
+        raise InvalidInput(f"no active plan '{tenant.plan}'", details=[Problem("plan", "no such active plan")])
+    await conn.execute(subscriptions.insert().values(tenant_id=tenant.id, plan_id=plan_id, status="active",
+                                                     current_period_start=sa.func.now()))
+
+
+async def onboarding_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
+    tenants = catalog.platform_tables()["tenants"]
+    onboarding = dict(tenant.onboarding or {})
+    if tenant.initial_schema and load_schema(tenant.initial_schema, tenant.slug).entities:
+        onboarding["schema_deployed"] = now()
+    await conn.execute(tenants.update().where(tenants.c.id == tenant.id).values(onboarding=onboarding))
+
+
+STEPS: list[tuple[str, Step]] = [("schema", create_schema_step), ("deploy", deploy_step), ("owner", owner_step),
+                                 ("keys", keys_step), ("subscription", subscription_step),
+                                 ("onboarding", onboarding_step)]
+
+
+async def provision(db: Database, slug: str, *, creator: str | None = None, actor: str = "provisioning",
+                    progress: Progress | None = None) -> Provisioned:
+    """Run every step for a `pending` (or `failed`) tenant in one transaction; an `active` one is left as
+    it is. A failure rolls every step back and is recorded on the row: `failed`, the step, the reason."""
+    tenants = catalog.platform_tables()["tenants"]
+    ran: list[str] = []
+    deployment = None
+    try:
+        async with db.begin() as conn:
+            tenant = (await conn.execute(sa.select(tenants).where(tenants.c.slug == slug).with_for_update())).first()
+            if tenant is None:
+                raise TenantNotFound(f"no tenant '{slug}'")
+            if tenant.status == "active":
+                return Provisioned(slug, "active")
+            if tenant.status not in ("pending", "failed"):
+                raise TransitionRefused(f"tenant '{slug}' is {tenant.status}: only pending or failed tenants are provisioned")
+            for name, step in STEPS:
+                ran.append(name)
+                result = await step(conn, tenant, Run(db, creator, actor, progress))
+                if name == "deploy":
+                    deployment = result
+            attempts = int((tenant.provisioning or {}).get("attempts", 0)) + 1
+            await conn.execute(tenants.update().where(tenants.c.id == tenant.id).values(
+                status="active", status_reason=None,
+                provisioning={"attempts": attempts, "steps": ran, "completed_at": now()}))
+            await audit.record(conn, "tenant.provisioned", tenant_id=str(tenant.id), actor=creator, entity="tenants",
+                               record_id=str(tenant.id), data={"steps": ran})
+        return Provisioned(slug, "active", ran, None, deployment)
+    except (TenantNotFound, TransitionRefused):
+        raise
+    except Exception as exc:  # recorded on the row (and in the audit log), not swallowed
+        step = ran[-1] if ran else "start"
+        message = exc.message if isinstance(exc, BackSaasError) else f"{type(exc).__name__}: {exc}"
+        reason = f"step '{step}' failed: {message}"
+        async with db.begin() as conn:
+            tenant_id = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == slug))
+            attempts_so_far = await conn.scalar(sa.select(tenants.c.provisioning).where(tenants.c.id == tenant_id))
+            attempts = int((attempts_so_far or {}).get("attempts", 0)) + 1
+            await conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(
+                status="failed", status_reason=reason[:2000],
+                provisioning={"attempts": attempts, "failed_step": step, "rolled_back": ran, "failed_at": now()}))
+            await audit.record(conn, "tenant.provisioning_failed", tenant_id=str(tenant_id), actor=creator,
+                               entity="tenants", record_id=str(tenant_id), data={"step": step, "reason": reason})
+        return Provisioned(slug, "failed", ran, reason)
+
+
 async def create_tenant(db: Database, slug: str, *, name: str | None = None, source: str | None = None,
-                        actor: str = "engine", progress: Progress | None = None) -> Deployment:
-    """Provision tenant `slug` running `source` (an empty schema if None) and return its first deployment."""
+                        plan: str | None = None, actor: str = "engine", creator: str | None = None,
+                        progress: Progress | None = None) -> Deployment:
+    """Create and provision tenant `slug` running `source` (an empty schema if None), the way the platform's
+    REST API does (same checks, same steps), and return its first deployment; `ProvisioningFailed` (the
+    row stays, `failed`) when a step fails."""
     problems = slug_problems(slug)
     if problems:
         raise InvalidInput(f"invalid tenant slug '{slug}'", details=problems)
+    if source:
+        load_schema(source, slug)
+    tenants = catalog.platform_tables()["tenants"]
+    onboarding = dict.fromkeys(ONBOARDING_STEPS)
+    onboarding["plan_chosen"] = now() if plan else None
     async with db.begin() as conn:
         if await catalog.find_tenant(conn, slug) is not None:
             raise TenantExists(f"tenant '{slug}' already exists")
-        await catalog.insert_tenant(conn, slug, name or slug, "active")
-        await create_tenant_schema(conn, db, slug)
-        return await deploy_in(conn, db, slug, source or empty_schema(slug), actor=actor, progress=progress)
+        await conn.execute(tenants.insert().values(slug=slug, name=name or slug, status="pending", plan=plan or "free",
+                                                   initial_schema=source, onboarding=onboarding))
+    provisioned = await provision(db, slug, creator=creator, actor=actor, progress=progress)
+    if provisioned.status != "active" or provisioned.deployment is None:
+        raise ProvisioningFailed(provisioned.reason or f"tenant '{slug}' was not provisioned")
+    return provisioned.deployment
+
+
+class KeysGone(BackSaasError):
+    code = "keys_already_revealed"
+    status = 410
+
+
+async def reveal_initial_keys(db: Database, slug: str) -> dict[str, str]:
+    """The provisioned keys' plaintext, by role, once: taken, it is gone (so is any older than a day)."""
+    keys, tenants = catalog.platform_tables()["api_keys"], catalog.platform_tables()["tenants"]
+    async with db.begin() as conn:
+        tenant_id = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == slug))
+        if tenant_id is None:
+            raise TenantNotFound(f"no tenant '{slug}'")
+        waiting = [keys.c.tenant_id == tenant_id, keys.c.pending_reveal.is_not(None)]
+        taken = (await conn.execute(sa.select(keys.c.role, keys.c.pending_reveal, keys.c.created_at, keys.c.revoked_at)
+                                    .where(*waiting).with_for_update())).all()
+        await conn.execute(keys.update().where(*waiting).values(pending_reveal=None))
+    fresh = {row.role: row.pending_reveal for row in taken
+             if row.revoked_at is None and row.created_at > datetime.now(UTC) - REVEAL_WINDOW}
+    if not fresh:
+        raise KeysGone(f"tenant '{slug}' has no keys waiting to be revealed (they are shown once)",
+                       hint="create a new key (backsaas key create) if the first ones were lost")
+    return fresh
+
+
+@function
+async def retry_provisioning(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """`provision_tenant` for a `failed` (or stuck `pending`) tenant: the same steps, from the start."""
+    result = await provision(ctx.data.db, payload["tenant"], creator=ctx.caller.user_id)
+    if result.status != "active":
+        raise ProvisioningFailed(result.reason or "provisioning failed")
+    return {"tenant": result.slug, "status": result.status, "steps": result.steps}
+
+
+@function
+async def reveal_keys(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"tenant": payload["tenant"], "keys": await reveal_initial_keys(ctx.data.db, payload["tenant"])}
 
 
 class TransitionRefused(BackSaasError):
@@ -120,3 +391,30 @@ async def purge_tenants(db: Database, older_than: timedelta, *, actor: str | Non
                                record_id=str(tenant_id), data={"slug": slug})
         purged.append(slug)
     return purged
+
+
+# -- the lifecycle as the system tenant's functions (who may call which: platform.yaml) --
+
+
+@function
+async def suspend(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await suspend_tenant(ctx.data.db, payload["tenant"], payload["reason"], actor=ctx.caller.user_id)
+    return {"tenant": payload["tenant"], "status": "suspended"}
+
+
+@function
+async def activate(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await activate_tenant(ctx.data.db, payload["tenant"], actor=ctx.caller.user_id)
+    return {"tenant": payload["tenant"], "status": "active"}
+
+
+@function
+async def soft_delete(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await delete_tenant(ctx.data.db, payload["tenant"], actor=ctx.caller.user_id)
+    return {"tenant": payload["tenant"], "status": "deleted"}
+
+
+@function
+async def restore(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await restore_tenant(ctx.data.db, payload["tenant"], actor=ctx.caller.user_id)
+    return {"tenant": payload["tenant"], "status": "active"}

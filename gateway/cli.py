@@ -32,13 +32,14 @@ from engine.schema import load_schema_file
 from engine.storage.deploy import Deployment, deploy, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
-from functions.keys import NewKey, create_api_key, list_api_keys, revoke_api_key
+from functions.keys import create_api_key, list_api_keys, revoke_api_key
 from functions.tenants import (
     activate_tenant,
     create_tenant,
     delete_tenant,
     purge_tenants,
     restore_tenant,
+    reveal_initial_keys,
     suspend_tenant,
 )
 from functions.users import UserExists, create_platform_admin
@@ -154,12 +155,12 @@ def cmd_schema_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-async def provision(db: Database, slug: str, name: str | None, source: str | None,
-                    progress: StepProgress | None = None) -> tuple[Deployment, list[NewKey]]:
-    """A tenant and its two starting keys: `anon` for public clients, `service` for servers."""
-    deployment = await create_tenant(db, slug, name=name, source=source, actor=ACTOR, progress=progress)
-    keys = [await create_api_key(db, slug, role, role) for role in ("anon", "service")]
-    return deployment, keys
+async def provision(db: Database, slug: str, name: str | None, source: str | None, plan: str | None,
+                    progress: StepProgress | None = None) -> tuple[Deployment, dict[str, str]]:
+    """A tenant provisioned as the platform's API provisions one, and its two starting keys (shown once):
+    `anon` for public clients, `service` for servers."""
+    deployment = await create_tenant(db, slug, name=name, source=source, plan=plan, actor=ACTOR, progress=progress)
+    return deployment, await reveal_initial_keys(db, slug)
 
 
 def cmd_tenant_create(args: argparse.Namespace) -> int:
@@ -167,14 +168,13 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
     url = database_url()
     bar, advance = step_progress("Provisioning")
     with bar:
-        deployment, keys = with_database(lambda db: provision(db, args.slug, args.name, source, advance), url)
+        deployment, keys = with_database(lambda db: provision(db, args.slug, args.name, source, args.plan, advance), url)
     if args.json:
-        out.print_json(json.dumps({"tenant": deployment.slug, "version": deployment.version,
-                                   "keys": {k.role: k.key for k in keys}}))
+        out.print_json(json.dumps({"tenant": deployment.slug, "version": deployment.version, "keys": keys}))
         return 0
     print_deployment(deployment, False)
-    for key in keys:
-        out.print(f"  {key.role} key (shown once): {key.key}", highlight=False)
+    for role, key in keys.items():
+        out.print(f"  {role} key (shown once): {key}", highlight=False)
     return 0
 
 
@@ -346,10 +346,11 @@ def prepare_demo(db: Database) -> Awaitable[dict[str, str]]:
             exists = await catalog.find_tenant(conn, DEMO_TENANT)
         if exists is None or not login.exists():
             if exists is None:
-                _, keys = await provision(db, DEMO_TENANT, "Demo blog", DEMO_SCHEMA.read_text(encoding="utf-8"))
+                _, keys = await provision(db, DEMO_TENANT, "Demo blog", DEMO_SCHEMA.read_text(encoding="utf-8"), None)
             else:  # the saved login is gone: issue fresh keys under new names
                 suffix = secrets.token_hex(3)
-                keys = [await create_api_key(db, DEMO_TENANT, f"{role}-{suffix}", role) for role in ("anon", "service")]
+                keys = {role: (await create_api_key(db, DEMO_TENANT, f"{role}-{suffix}", role)).key
+                        for role in ("anon", "service")}
             password = secrets.token_urlsafe(12)
             try:
                 await create_platform_admin(db, DEMO_ADMIN, password)
@@ -357,11 +358,9 @@ def prepare_demo(db: Database) -> Awaitable[dict[str, str]]:
                 password = "(set before this data directory lost its demo-login.json)"
             login.parent.mkdir(parents=True, exist_ok=True)
             login.write_text(json.dumps({"email": DEMO_ADMIN, "password": password,
-                                         **{f"{k.role}_key": k.key for k in keys}}))
+                                         **{f"{role}_key": key for role, key in keys.items()}}))
             login.chmod(0o600)
         return json.loads(login.read_text())
-
-    return work()
 
     return work()
 
@@ -435,10 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tenant = commands.add_parser("tenant", help="tenants: create, list, show and their lifecycle").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    create = tenant.add_parser("create", help="provision a tenant: schema, role and its first schema version")
+    create = tenant.add_parser("create", help="provision a tenant: schema, role, first version, keys, plan")
     create.add_argument("slug")
     create.add_argument("--name", help="display name (default: the slug)")
     create.add_argument("--schema", help="schema file to deploy (default: an empty schema)")
+    create.add_argument("--plan", help="plan code (default: free)")
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(run=cmd_tenant_create)
     listing = tenant.add_parser("list", help="list tenants")

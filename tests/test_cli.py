@@ -133,7 +133,7 @@ def test_tenant_create_issues_anon_and_service_keys_and_keys_can_be_managed(back
     made = backsaas("key", "create", "--tenant", "cli-keys", "--name", "ci", "--role", "service", "--json")
     assert made.returncode == 0 and json.loads(made.stdout)["key"].startswith("bsk_")
     listed = json.loads(backsaas("key", "list", "--tenant", "cli-keys", "--json").stdout)
-    assert [k["name"] for k in listed] == ["anon", "ci", "service"]
+    assert [k["name"] for k in listed] == ["ci", "initial-anon", "initial-service"]
     assert all("key" not in k and "key_hash" not in k for k in listed)  # never shown again
     assert backsaas("key", "revoke", "--tenant", "cli-keys", "--name", "ci").returncode == 0
     again = backsaas("key", "revoke", "--tenant", "cli-keys", "--name", "ci")
@@ -164,7 +164,7 @@ def test_tenant_show_delete_restore_and_purge(backsaas):
     shown_run = backsaas("tenant", "show", "cli-gone", "--json")
     assert shown_run.returncode == 0, shown_run.stderr
     shown = json.loads(shown_run.stdout)
-    assert shown["status"] == "active" and shown["version"] == 1 and sorted(shown["keys"]) == ["anon", "service"]
+    assert shown["status"] == "active" and shown["version"] == 1 and sorted(shown["keys"]) == ["initial-anon", "initial-service"]
     assert backsaas("tenant", "delete", "cli-gone").returncode == 0
     assert json.loads(backsaas("tenant", "show", "cli-gone", "--json").stdout)["status"] == "deleted"
     assert json.loads(backsaas("tenant", "purge", "--json").stdout) == {"purged": []}  # within the retention

@@ -266,13 +266,14 @@ def test_platform_members_see_only_their_tenants_by_role(base, world):
     assert httpx.get(f"{platform}/api_keys", headers=mine).json() == []  # a viewer's membership does not reach keys
     assert httpx.get(f"{platform}/users", headers=mine).status_code == 403
     assert httpx.delete(f"{platform}/tenants?slug=eq.alpha", headers=mine).status_code == 403
-    squat = httpx.post(f"{platform}/tenants", headers=mine, json={"slug": "gamma", "name": "squatted"})
-    assert squat.status_code == 403  # tenants are provisioned by the platform, not inserted by its users
+    squat = httpx.post(f"{platform}/tenants", headers=mine, json={"slug": "gamma", "name": "squat", "status": "active"})
+    assert squat.status_code == 403  # a user creates tenants, but the platform alone provisions and activates them
     promoted = httpx.patch(f"{platform}/memberships?user_id=eq.{member['user']['id']}", headers=admin,
                            json={"role": "admin"})
     assert promoted.status_code == 204
     keys = httpx.get(f"{platform}/api_keys?select=name,tenant_id", headers=mine).json()
-    assert sorted(k["name"] for k in keys) == ["anon", "service"] and {k["tenant_id"] for k in keys} == {alpha_id}
+    assert sorted(k["name"] for k in keys) == ["anon", "initial-anon", "initial-service", "service"]
+    assert {k["tenant_id"] for k in keys} == {alpha_id}
     assert all("key_hash" not in k for k in httpx.get(f"{platform}/api_keys", headers=mine).json())
 
 

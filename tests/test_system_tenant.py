@@ -11,9 +11,9 @@ from argon2 import PasswordHasher
 
 from engine import catalog
 from engine.database import Database
-from engine.errors import InvalidInput, MigrationFailed, SchemaInvalid, TenantExists
+from engine.errors import InvalidInput, SchemaInvalid, TenantExists
 from engine.storage.deploy import deploy_platform
-from functions.tenants import create_tenant
+from functions.tenants import ProvisioningFailed, create_tenant
 from functions.users import UserExists, create_platform_admin
 from tests.conftest import driver_url, with_database
 
@@ -93,16 +93,18 @@ async def test_a_duplicate_slug_is_refused(db: Database):
         await create_tenant(db, "twice")
 
 
-async def test_a_tenant_whose_schema_fails_leaves_no_row_schema_or_role(db: Database):
-    with pytest.raises(SchemaInvalid):
+async def test_a_tenant_whose_schema_fails_leaves_a_failed_row_and_no_schema_or_role(db: Database):
+    with pytest.raises(SchemaInvalid):  # refused before any row: the schema is checked first
         await create_tenant(db, "broken", source="name: b\nentities:\n  a:\n    fields:\n      x: {type: ref, to: nope}\n")
+    async with db.begin() as conn:
+        assert await catalog.find_tenant(conn, "broken") is None
     # a schema that passes the checks but that the database refuses: an index over more than 32 columns
     fields = "".join(f"      f{i}: {{type: integer}}\n" for i in range(33))
     columns = ", ".join(f"f{i}" for i in range(33))
-    with pytest.raises(MigrationFailed, match="cannot use more than 32 columns"):
+    with pytest.raises(ProvisioningFailed, match=r"step 'deploy' failed: .*cannot use more than 32 columns"):
         await create_tenant(db, "broken", source=f"name: b\nentities:\n  a:\n    fields:\n{fields}    indexes: [[{columns}]]\n")
     async with db.begin() as conn:
-        assert await catalog.find_tenant(conn, "broken") is None
+        assert (await catalog.find_tenant(conn, "broken")).status == "failed"
         assert await conn.scalar(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname = 't_broken'")) == 0
         assert await conn.scalar(sa.text("SELECT count(*) FROM pg_roles WHERE rolname = :r"), {"r": db.role("broken")}) == 0
 

@@ -65,12 +65,15 @@ def membership_roles(model: Schema) -> tuple[str, ...]:
 
 def policies(model: Schema, tenant: str) -> tuple[list[list[str]], list[list[str]]]:
     """(p rules, g rules) of one tenant: `p role tenant entity action:scope` (a `member` grant's subject is
-    the membership role's), and every schema role inheriting what `authenticated` may do."""
+    the membership role's, and so is a function's granted to a membership role), and every schema role
+    inheriting what `authenticated` may do."""
     rules = [[role, tenant, "*", "*"] for role in UNRESTRICTED]
     for entity in model.entities:
         rules += [[membership_subject(g.role) if g.scope == MEMBER else g.role, tenant, entity.name,
                    f"{g.action}:{g.scope}"] for g in entity.permissions]
-    rules += [[role, tenant, function_object(f.name), "invoke:all"] for f in model.functions for role in f.roles]
+    members = membership_roles(model)  # a function granted to a membership role acts on that member's tenants
+    rules += [[membership_subject(role), tenant, function_object(f.name), f"invoke:{MEMBER}"] if role in members
+              else [role, tenant, function_object(f.name), "invoke:all"] for f in model.functions for role in f.roles]
     groupings = [[role, "authenticated", tenant] for role in model.roles]
     return rules, groupings
 

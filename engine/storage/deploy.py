@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -29,6 +30,7 @@ CHANGES_CHANNEL = "backsaas_tenants"  # NOTIFY'd with a tenant's slug whenever i
 CHANGES_FEED = "backsaas_changes"  # NOTIFY'd with `schema.table` by every statement writing a tenant's table
 SIGNING_KEYS_CHANGED = "#signing_keys"  # the payload when the token signing keys change (no slug holds '#')
 OUTBOX_CHANNEL = "backsaas_outbox"  # NOTIFY'd when events are written to the outbox (or redelivered)
+DEFAULT_PLAN = "free"  # seeded by deploy_platform; `tenants.plan` defaults to it
 PLANS_CHANGED = "#plans"  # the payload when a plan (and so some tenants' limits) changes
 
 
@@ -284,4 +286,7 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
         await ensure_signing_key(conn)
+        plans = catalog.platform_tables()["plans"]  # the plan new tenants get unless they name another
+        await conn.execute(postgresql.insert(plans).values(code=DEFAULT_PLAN, name="Free")
+                           .on_conflict_do_nothing(index_elements=["code"]))
         return deployment
