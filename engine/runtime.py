@@ -8,6 +8,7 @@ parse and table construction, paid once per version.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import catalog
+from engine import catalog, onboarding
 from engine.authz import Authorizer
 from engine.changes import ChangeHub
 from engine.database import Database, driver_url
@@ -122,6 +123,26 @@ class RuntimeRegistry:
         self._generation = 0  # bumped by every notification: a read that raced one is not cached
         self._listener: asyncpg.Connection | None = None
         self._next_attempt = 0.0
+        self._called: set[str] = set()  # tenants whose first API call this process has recorded
+        self._background: set[asyncio.Task[None]] = set()
+
+    def note_call(self, runtime: TenantRuntime) -> None:
+        """Onboarding's `first_api_call`: once per tenant and process, after the answer, a write that
+        matches nothing once the step is marked (so it costs one statement per tenant per process)."""
+        if runtime.tenant_id in self._called or runtime.slug == naming.SYSTEM_TENANT:
+            return
+        self._called.add(runtime.tenant_id)
+        task = asyncio.get_running_loop().create_task(self._mark_first_call(runtime.tenant_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _mark_first_call(self, tenant_id: str) -> None:
+        try:
+            async with self.db.begin() as conn:
+                await onboarding.mark(conn, "first_api_call", tenant_id=tenant_id)
+        except Exception:  # onboarding is informational: a failed mark is logged and tried by the next process
+            log.exception("onboarding.mark_failed", tenant_id=tenant_id)
+            self._called.discard(tenant_id)
 
     async def start(self) -> None:
         """Listen for tenant changes (retried later, with caching off meanwhile, if the database is down)."""

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import audit, catalog
+from engine import audit, catalog, onboarding
 from engine.authz import unrestricted
 from engine.database import Database, quote_identifier
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TenantExists, TenantNotFound, ValidationFailed
@@ -41,7 +41,6 @@ RESERVED_SLUGS = frozenset({"system", "api", "admin", "www", "platform", "auth",
                             "static", "assets", "app", "dashboard", "status", "docs", "mail", "public"})
 INITIAL_KEYS = {"initial-anon": "anon", "initial-service": "service"}  # name -> role
 REVEAL_WINDOW = timedelta(days=1)
-ONBOARDING_STEPS = ("schema_deployed", "first_user", "first_api_call", "plan_chosen")
 PLATFORM_ONLY_FIELDS = ("status", "status_reason", "deleted_at", "onboarding", "provisioning", "isolation")
 
 
@@ -103,9 +102,7 @@ async def validate_tenant_slug(ctx: HookContext, change: Change) -> dict[str, An
         raise ValidationFailed(f"no active plan '{plan}'", details=[Problem("plan", f"no active plan '{plan}'")])
     if record.get("initial_schema"):
         load_schema(record["initial_schema"], slug)  # SchemaInvalid (422, every problem listed) before any row
-    onboarding = dict.fromkeys(ONBOARDING_STEPS)
-    onboarding["plan_chosen"] = now() if "plan" in record else None
-    return {**record, "status": "pending", "onboarding": onboarding, "provisioning": {}}
+    return {**record, "status": "pending", "onboarding": onboarding.fresh("plan" in record), "provisioning": {}}
 
 
 @hook
@@ -202,11 +199,8 @@ async def subscription_step(conn: AsyncConnection, tenant: Any, run: Run) -> Non
 
 
 async def onboarding_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
-    tenants = catalog.platform_tables()["tenants"]
-    onboarding = dict(tenant.onboarding or {})
     if tenant.initial_schema and load_schema(tenant.initial_schema, tenant.slug).entities:
-        onboarding["schema_deployed"] = now()
-    await conn.execute(tenants.update().where(tenants.c.id == tenant.id).values(onboarding=onboarding))
+        await onboarding.mark(conn, "schema_deployed", tenant_id=tenant.id)
 
 
 STEPS: list[tuple[str, Step]] = [("schema", create_schema_step), ("deploy", deploy_step), ("owner", owner_step),
@@ -272,13 +266,11 @@ async def create_tenant(db: Database, slug: str, *, name: str | None = None, sou
     if source:
         load_schema(source, slug)
     tenants = catalog.platform_tables()["tenants"]
-    onboarding = dict.fromkeys(ONBOARDING_STEPS)
-    onboarding["plan_chosen"] = now() if plan else None
     async with db.begin() as conn:
         if await catalog.find_tenant(conn, slug) is not None:
             raise TenantExists(f"tenant '{slug}' already exists")
         await conn.execute(tenants.insert().values(slug=slug, name=name or slug, status="pending", plan=plan or "free",
-                                                   initial_schema=source, onboarding=onboarding))
+                                                   initial_schema=source, onboarding=onboarding.fresh(bool(plan))))
     provisioned = await provision(db, slug, creator=creator, actor=actor, progress=progress)
     if provisioned.status != "active" or provisioned.deployment is None:
         raise ProvisioningFailed(provisioned.reason or f"tenant '{slug}' was not provisioned")

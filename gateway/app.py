@@ -321,6 +321,7 @@ class TenantApp:
         scope["backsaas.headers"] = headers = request_headers(scope)
         scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
                                                       tenant_from_header=scope.get("backsaas.tenant_header", False))
+        registry.note_call(runtime)
         path = scope["path"][len(scope["root_path"]):]
         if path.startswith(REST_PREFIX) and path != REST_PREFIX:
             return await rest_entity(request, runtime, path[len(REST_PREFIX):])

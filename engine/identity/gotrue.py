@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import audit
+from engine import audit, onboarding
 from engine.answer import Answer
 from engine.authz import Caller
 from engine.database import Database, quote_identifier
@@ -189,6 +189,7 @@ class AuthApi:
                                                        user_agent=headers.get("user-agent"))
                 await audit.record(conn, "auth.signup", tenant_id=self.runtime.tenant_id, entity=USERS,
                                    record_id=str(row.id), ip=self.ip, data={"email": email})
+                await onboarding.mark(conn, "first_user", tenant_id=self.runtime.tenant_id)
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise AuthFailed("user_already_exists", 422, "User already registered",

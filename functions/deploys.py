@@ -1,0 +1,131 @@
+"""Schema deploys, the tenant developer's main job, as the system tenant's functions (and the CLI's):
+
+- `plan_schema`: a dry run — the planner's steps and SQL, and the checksum of the deployed version;
+- `deploy_schema`: apply it, refused with 409 `version_conflict` unless that checksum is still the
+  deployed one (two developers cannot clobber each other: exactly one of two concurrent deploys wins);
+- `schema_history`: every version, who deployed it, and its diff from the one before;
+- `rollback_schema`: deploy an earlier version's source again, planned and guarded like any deploy.
+
+A deploy commits a new `schema_versions` row, whose trigger NOTIFYs every server process: each swaps in
+the new runtime for the requests that start after it, while requests already running finish on theirs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine import catalog, onboarding
+from engine.database import Database
+from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
+from engine.hooks import HookContext, function
+from engine.schema import load_schema
+from engine.storage.deploy import Deployment, PlannedDeploy, deploy, plan_deploy
+
+
+class TenantNotActive(BackSaasError):
+    code = "tenant_not_active"
+    status = 409
+
+
+def planned_json(planned: PlannedDeploy) -> dict[str, Any]:
+    return {"tenant": planned.slug, "base_version": planned.base_version, "base_checksum": planned.base_checksum,
+            "ok": planned.plan.ok, "steps": [s.as_dict() for s in planned.plan.steps],
+            "blockers": [b.as_dict() for b in planned.plan.blockers]}
+
+
+def deployment_json(deployment: Deployment) -> dict[str, Any]:
+    return {"tenant": deployment.slug, "version": deployment.version, "checksum": deployment.checksum,
+            "changed": deployment.changed, "steps": [s.as_dict() for s in deployment.plan.steps]}
+
+
+async def _active_tenant(db: Database, slug: str) -> catalog.TenantRow:
+    async with db.begin() as conn:
+        tenant = await catalog.find_tenant(conn, slug)
+    if tenant is None or tenant.status == "deleted":
+        raise TenantNotFound(f"no tenant '{slug}'")
+    if tenant.status != "active":
+        raise TenantNotActive(f"tenant '{slug}' is {tenant.status}: schemas are deployed to active tenants only")
+    return tenant
+
+
+async def deploy_version(db: Database, slug: str, source: str, *, expected_checksum: str | None,
+                         allow_destructive: bool = False, actor: str, deployed_by: str | None = None) -> Deployment:
+    """`deploy`, for an active tenant, noting the onboarding step when the schema has entities."""
+    await _active_tenant(db, slug)
+    deployment = await deploy(db, slug, source, allow_destructive=allow_destructive,
+                              expected_checksum=expected_checksum, actor=actor, deployed_by=deployed_by)
+    if deployment.changed and load_schema(source, slug).entities:
+        async with db.begin() as conn:
+            await onboarding.mark(conn, "schema_deployed", slug=slug)
+    return deployment
+
+
+async def history(db: Database, slug: str) -> list[dict[str, Any]]:
+    """Every version of the tenant's schema, oldest first, each with its unified diff from the one before."""
+    versions = catalog.platform_tables()["schema_versions"]
+    async with db.begin() as conn:
+        tenant = await catalog.find_tenant(conn, slug)
+        if tenant is None:
+            raise TenantNotFound(f"no tenant '{slug}'")
+        rows = (await conn.execute(sa.select(versions).where(versions.c.tenant_id == tenant.id)
+                                   .order_by(versions.c.version))).all()
+    listed, previous = [], ""
+    for row in rows:
+        diff = difflib.unified_diff(previous.splitlines(keepends=True), row.source.splitlines(keepends=True),
+                                    f"v{row.version - 1}", f"v{row.version}")
+        listed.append({"version": row.version, "checksum": row.checksum, "actor": row.actor,
+                       "deployed_by": str(row.deployed_by_id) if row.deployed_by_id else None,
+                       "created_at": row.created_at.isoformat(), "steps": len(row.steps or []),
+                       "diff": "".join(diff)})
+        previous = row.source
+    return listed
+
+
+async def rollback(db: Database, slug: str, version: int, *, expected_checksum: str | None,
+                   allow_destructive: bool = False, actor: str, deployed_by: str | None = None) -> Deployment:
+    """Deploy version `version`'s source again (recorded as a new version)."""
+    versions = catalog.platform_tables()["schema_versions"]
+    async with db.begin() as conn:
+        tenant = await catalog.find_tenant(conn, slug)
+        if tenant is None:
+            raise TenantNotFound(f"no tenant '{slug}'")
+        source = await conn.scalar(sa.select(versions.c.source).where(versions.c.tenant_id == tenant.id,
+                                                                       versions.c.version == version))
+    if source is None:
+        raise InvalidInput(f"tenant '{slug}' has no version {version}", details=[Problem("version", "no such version")])
+    return await deploy_version(db, slug, source, expected_checksum=expected_checksum,
+                                allow_destructive=allow_destructive, actor=f"{actor} (rollback to v{version})",
+                                deployed_by=deployed_by)
+
+
+def _actor(ctx: HookContext) -> str:
+    return f"user:{ctx.caller.user_id}" if ctx.caller.user_id else "service"
+
+
+@function
+async def plan_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await _active_tenant(ctx.data.db, payload["tenant"])
+    return planned_json(await plan_deploy(ctx.data.db, payload["tenant"], payload["source"],
+                                          allow_destructive=payload.get("allow_destructive", False)))
+
+
+@function
+async def deploy_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return deployment_json(await deploy_version(
+        ctx.data.db, payload["tenant"], payload["source"], expected_checksum=payload["expected_checksum"],
+        allow_destructive=payload.get("allow_destructive", False), actor=_actor(ctx), deployed_by=ctx.caller.user_id))
+
+
+@function
+async def schema_history(ctx: HookContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return await history(ctx.data.db, payload["tenant"])
+
+
+@function
+async def rollback_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return deployment_json(await rollback(
+        ctx.data.db, payload["tenant"], payload["version"], expected_checksum=payload["expected_checksum"],
+        allow_destructive=payload.get("allow_destructive", False), actor=_actor(ctx), deployed_by=ctx.caller.user_id))

@@ -1,0 +1,243 @@
+"""A tenant's members and invitations, as the system tenant's functions (and the CLI's).
+
+Invitations go by email with a role; the token is shown once to the inviter (to send), stored as its
+SHA-256 hash, valid 7 days, usable once. Accepting links the signed-in platform account with that email,
+or creates the account (the token proves the address). Owners and admins manage members; only an owner
+makes or unmakes owners, and no one removes or demotes a tenant's last owner. Every change is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine import audit, catalog
+from engine.database import Database
+from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TenantNotFound
+from engine.hooks import HookContext, function
+from engine.identity.passwords import hash_password, password_problems
+
+INVITATION_TTL = timedelta(days=7)
+ROLES = ("owner", "admin", "developer", "viewer")
+PLATFORM_ADMIN = "platform_admin"
+
+
+class InvitationGone(BackSaasError):
+    code = "invitation_invalid"
+    status = 410
+
+
+class MemberConflict(BackSaasError):
+    code = "member_conflict"
+    status = 409
+
+
+class LastOwner(BackSaasError):
+    code = "last_owner"
+    status = 409
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tables() -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
+    t = catalog.platform_tables()
+    return t["tenants"], t["memberships"], t["invitations"], t["users"]
+
+
+async def _tenant_id(conn: AsyncConnection, slug: str) -> str:
+    tenant = await catalog.find_tenant(conn, slug)
+    if tenant is None or tenant.status == "deleted":
+        raise TenantNotFound(f"no tenant '{slug}'")
+    return tenant.id
+
+
+async def _acting_role(conn: AsyncConnection, tenant_id: str, actor: str | None, roles: tuple[str, ...]) -> str:
+    """The actor's say in the tenant: `owner` for platform admins and the CLI (no actor), else their membership."""
+    _, memberships, _, _users = tables()
+    if actor is None or PLATFORM_ADMIN in roles:
+        return "owner"
+    role = await conn.scalar(sa.select(memberships.c.role).where(memberships.c.tenant_id == tenant_id,
+                                                                  memberships.c.user_id == actor))
+    return role or ""
+
+
+def _may_touch(acting: str, *roles: str) -> None:
+    if "owner" in roles and acting != "owner":
+        raise Forbidden("only an owner makes, unmakes or removes owners")
+
+
+async def _member(conn: AsyncConnection, tenant_id: str, email: str) -> Any:
+    _, memberships, _, users = tables()
+    found = (await conn.execute(sa.select(memberships.c.id, memberships.c.role, users.c.id.label("user_id"))
+                                .join(users, users.c.id == memberships.c.user_id)
+                                .where(memberships.c.tenant_id == tenant_id, users.c.email == email.strip().lower())
+                                .with_for_update(of=memberships))).first()
+    if found is None:
+        raise InvalidInput(f"{email} is not a member", details=[Problem("email", "is not a member of this tenant")])
+    return found
+
+
+async def _keep_an_owner(conn: AsyncConnection, tenant_id: str, member: Any) -> None:
+    _, memberships, _, _ = tables()
+    if member.role != "owner":
+        return
+    owners = (await conn.execute(sa.select(memberships.c.id).where(memberships.c.tenant_id == tenant_id,
+                                                                    memberships.c.role == "owner")
+                                 .with_for_update())).all()
+    if len(owners) <= 1:
+        raise LastOwner("a tenant keeps at least one owner: make another owner first")
+
+
+async def invite(db: Database, slug: str, email: str, role: str, *, actor: str | None = None,
+                 actor_roles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A new invitation; its token is in the answer, and nowhere else, ever."""
+    email = email.strip().lower()
+    _tenants, memberships, invitations, users = tables()
+    token = secrets.token_urlsafe(32)
+    async with db.begin() as conn:
+        tenant_id = await _tenant_id(conn, slug)
+        _may_touch(await _acting_role(conn, tenant_id, actor, actor_roles), role)
+        already = await conn.scalar(sa.select(memberships.c.id).join(users, users.c.id == memberships.c.user_id)
+                                    .where(memberships.c.tenant_id == tenant_id, users.c.email == email))
+        if already is not None:
+            raise MemberConflict(f"{email} is already a member of '{slug}'")
+        row = (await conn.execute(invitations.insert().values(
+            tenant_id=tenant_id, email=email, role=role, token_hash=token_hash(token), invited_by_id=actor,
+            expires_at=datetime.now(UTC) + INVITATION_TTL).returning(invitations.c.id, invitations.c.expires_at))).one()
+        await audit.record(conn, "member.invited", tenant_id=tenant_id, actor=actor, entity="invitations",
+                           record_id=str(row.id), data={"email": email, "role": role})
+    return {"id": str(row.id), "tenant": slug, "email": email, "role": role, "token": token,
+            "expires_at": row.expires_at.isoformat()}
+
+
+async def accept(db: Database, token: str, *, user_id: str | None = None, password: str | None = None
+                 ) -> dict[str, Any]:
+    """Join the invitation's tenant with its role: as the signed-in account (whose email must be the
+    invited one) or, signed out, as a new account with `password`."""
+    tenants, memberships, invitations, users = tables()
+    async with db.begin() as conn:
+        invitation = (await conn.execute(sa.select(invitations).where(invitations.c.token_hash == token_hash(token))
+                                         .with_for_update())).first()
+        if invitation is None or invitation.accepted_at or invitation.revoked_at:
+            raise InvitationGone("this invitation does not exist, was used or was revoked")
+        if invitation.expires_at < datetime.now(UTC):
+            raise InvitationGone("this invitation has expired: ask for a new one")
+        if user_id is not None:
+            email = await conn.scalar(sa.select(users.c.email).where(users.c.id == user_id))
+            if email != invitation.email:
+                raise Forbidden(f"this invitation is for {invitation.email}: sign in with that account")
+        else:
+            if await conn.scalar(sa.select(users.c.id).where(users.c.email == invitation.email)) is not None:
+                raise MemberConflict(f"an account for {invitation.email} exists: sign in, then accept")
+            problems = password_problems(invitation.email, password)
+            if problems:
+                raise InvalidInput("choose a password for the new account", details=problems)
+            user_id = str(await conn.scalar(users.insert().values(
+                email=invitation.email, password_hash=await hash_password(str(password)), verified=True)
+                .returning(users.c.id)))
+        await conn.execute(postgresql.insert(memberships).values(user_id=user_id, tenant_id=invitation.tenant_id,
+                                                                 role=invitation.role)
+                           .on_conflict_do_update(index_elements=["user_id", "tenant_id"],
+                                                  set_={"role": invitation.role}))
+        await conn.execute(invitations.update().where(invitations.c.id == invitation.id)
+                           .values(accepted_at=sa.func.now()))
+        slug = await conn.scalar(sa.select(tenants.c.slug).where(tenants.c.id == invitation.tenant_id))
+        await audit.record(conn, "member.joined", tenant_id=str(invitation.tenant_id), actor=user_id,
+                           entity="memberships", data={"email": invitation.email, "role": invitation.role})
+    return {"tenant": slug, "role": invitation.role, "user_id": str(user_id), "email": invitation.email}
+
+
+async def revoke_invitation(db: Database, slug: str, invitation_id: str, *, actor: str | None = None) -> None:
+    _, _, invitations, _ = tables()
+    async with db.begin() as conn:
+        tenant_id = await _tenant_id(conn, slug)
+        done = await conn.execute(invitations.update().where(
+            invitations.c.id == invitation_id, invitations.c.tenant_id == tenant_id,
+            invitations.c.accepted_at.is_(None), invitations.c.revoked_at.is_(None)).values(revoked_at=sa.func.now()))
+        if done.rowcount == 0:
+            raise InvitationGone(f"'{slug}' has no open invitation {invitation_id}")
+        await audit.record(conn, "member.invitation_revoked", tenant_id=tenant_id, actor=actor,
+                           entity="invitations", record_id=invitation_id)
+
+
+async def change_role(db: Database, slug: str, email: str, role: str, *, actor: str | None = None,
+                      actor_roles: tuple[str, ...] = ()) -> dict[str, Any]:
+    _, memberships, _, _ = tables()
+    async with db.begin() as conn:
+        tenant_id = await _tenant_id(conn, slug)
+        member = await _member(conn, tenant_id, email)
+        _may_touch(await _acting_role(conn, tenant_id, actor, actor_roles), role, member.role)
+        if role != "owner":
+            await _keep_an_owner(conn, tenant_id, member)
+        await conn.execute(memberships.update().where(memberships.c.id == member.id).values(role=role))
+        await audit.record(conn, "member.role_changed", tenant_id=tenant_id, actor=actor, entity="memberships",
+                           record_id=str(member.id), data={"email": email, "from": member.role, "to": role})
+    return {"tenant": slug, "email": email, "role": role}
+
+
+async def remove(db: Database, slug: str, email: str, *, actor: str | None = None,
+                 actor_roles: tuple[str, ...] = ()) -> None:
+    _, memberships, _, _ = tables()
+    async with db.begin() as conn:
+        tenant_id = await _tenant_id(conn, slug)
+        member = await _member(conn, tenant_id, email)
+        if str(member.user_id) != actor:  # leaving is one's own call; removing an owner is an owner's
+            _may_touch(await _acting_role(conn, tenant_id, actor, actor_roles), member.role)
+        await _keep_an_owner(conn, tenant_id, member)
+        await conn.execute(memberships.delete().where(memberships.c.id == member.id))
+        await audit.record(conn, "member.removed", tenant_id=tenant_id, actor=actor, entity="memberships",
+                           record_id=str(member.id), data={"email": email, "role": member.role})
+
+
+async def list_members(db: Database, slug: str) -> list[dict[str, Any]]:
+    _, memberships, _, users = tables()
+    async with db.begin() as conn:
+        tenant_id = await _tenant_id(conn, slug)
+        rows = await conn.execute(sa.select(users.c.email, memberships.c.role, memberships.c.created_at)
+                                  .join(users, users.c.id == memberships.c.user_id)
+                                  .where(memberships.c.tenant_id == tenant_id).order_by(users.c.email))
+        return [{"email": r.email, "role": r.role, "since": r.created_at.isoformat()} for r in rows]
+
+
+# -- as the system tenant's functions (who may call which: platform.yaml) --
+
+
+@function
+async def invite_member(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return await invite(ctx.data.db, payload["tenant"], payload["email"], payload.get("role", "developer"),
+                        actor=ctx.caller.user_id, actor_roles=ctx.caller.roles)
+
+
+@function
+async def accept_invitation(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return await accept(ctx.data.db, payload["token"], user_id=ctx.caller.user_id, password=payload.get("password"))
+
+
+@function
+async def cancel_invitation(ctx: HookContext, payload: dict[str, Any]) -> None:
+    await revoke_invitation(ctx.data.db, payload["tenant"], payload["invitation"], actor=ctx.caller.user_id)
+
+
+@function
+async def change_member_role(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return await change_role(ctx.data.db, payload["tenant"], payload["email"], payload["role"],
+                             actor=ctx.caller.user_id, actor_roles=ctx.caller.roles)
+
+
+@function
+async def remove_member(ctx: HookContext, payload: dict[str, Any]) -> None:
+    await remove(ctx.data.db, payload["tenant"], payload["email"], actor=ctx.caller.user_id,
+                 actor_roles=ctx.caller.roles)
+
+
+@function
+async def members(ctx: HookContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return await list_members(ctx.data.db, payload["tenant"])
