@@ -26,12 +26,13 @@ from rich.table import Table
 from engine import catalog
 from engine.database import Database
 from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
-from engine.errors import BackSaasError, InvalidInput, Problem, SchemaInvalid, TenantNotFound
+from engine.errors import BackSaasError, SchemaInvalid, TenantNotFound
 from engine.identity.signing import rotate_signing_key
 from engine.schema import load_schema_file
-from engine.storage.deploy import Deployment, deploy, deploy_platform, plan_deploy
+from engine.storage.deploy import Deployment, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
+from functions import deploys, members
 from functions.keys import create_api_key, list_api_keys, revoke_api_key
 from functions.tenants import (
     activate_tenant,
@@ -144,14 +145,20 @@ def print_deployment(deployment: Deployment, as_json: bool) -> None:
         out.print(f"Tenant {deployment.slug} already runs this schema (version {deployment.version}).")
 
 
-def cmd_schema_apply(args: argparse.Namespace) -> int:
+def cmd_schema_deploy(args: argparse.Namespace) -> int:
+    """Plan, then deploy guarded by the plan's base checksum (or `--expect`'s): a deploy made by someone
+    else in between makes this one fail with version_conflict instead of clobbering theirs."""
     source = Path(args.file).read_text(encoding="utf-8")
     url = database_url()
-    bar, advance = step_progress("Applying")
-    with bar:
-        deployment = with_database(lambda db: deploy(db, args.tenant, source, allow_destructive=args.allow_destructive,
-                                                     actor=ACTOR, progress=advance), url)
-    print_deployment(deployment, args.json)
+
+    async def work(db: Database) -> Deployment:
+        expected = args.expect
+        if expected is None:
+            expected = (await plan_deploy(db, args.tenant, source, allow_destructive=args.allow_destructive)).base_checksum
+        return await deploys.deploy_version(db, args.tenant, source, expected_checksum=expected,
+                                            allow_destructive=args.allow_destructive, actor=ACTOR)
+
+    print_deployment(with_database(work, url), args.json)
     return 0
 
 
@@ -282,22 +289,20 @@ def cmd_tenant_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema_history(args: argparse.Namespace) -> int:
-    async def work(db: Database) -> list[catalog.SchemaVersion]:
-        async with db.begin() as conn:
-            tenant = await catalog.find_tenant(conn, args.tenant)
-            if tenant is None:
-                raise TenantNotFound(f"no tenant '{args.tenant}'")
-            return await catalog.version_history(conn, tenant.id)
-
-    history = with_database(work)
+    history = with_database(lambda db: deploys.history(db, args.tenant))
     if args.json:
-        out.print_json(json.dumps([{"version": v.version, "checksum": v.checksum, "actor": v.actor,
-                                    "created_at": v.created_at.isoformat()} for v in history]))
+        out.print_json(json.dumps(history))
         return 0
-    table = Table("version", "checksum", "by", "deployed")
+    table = Table("version", "checksum", "by", "deployed", "changes")
     for v in history:
-        table.add_row(str(v.version), v.checksum[:12], v.actor or "", v.created_at.strftime("%Y-%m-%d %H:%M"))
+        diff = v["diff"].splitlines()
+        changes = f"+{sum(1 for line in diff if line.startswith('+') and not line.startswith('+++'))} " \
+                  f"-{sum(1 for line in diff if line.startswith('-') and not line.startswith('---'))}"
+        table.add_row(str(v["version"]), v["checksum"][:12], v["actor"] or "", v["created_at"][:16], changes)
     out.print(table)
+    if args.diff:
+        for v in history:
+            out.print(v["diff"], highlight=False, markup=False)
     return 0
 
 
@@ -308,14 +313,39 @@ def cmd_schema_rollback(args: argparse.Namespace) -> int:
             tenant = await catalog.find_tenant(conn, args.tenant)
             if tenant is None:
                 raise TenantNotFound(f"no tenant '{args.tenant}'")
-            history = {v.version: v for v in await catalog.version_history(conn, tenant.id)}
-        if args.to not in history:
-            raise InvalidInput(f"tenant '{args.tenant}' has no version {args.to}",
-                               details=[Problem("to", f"versions: {', '.join(map(str, sorted(history)))}")])
-        return await deploy(db, args.tenant, history[args.to].source, allow_destructive=args.allow_destructive,
-                            actor=f"{ACTOR} (rollback to v{args.to})")
+            current = await catalog.current_version(conn, tenant.id)
+        return await deploys.rollback(db, args.tenant, args.to, expected_checksum=current.checksum if current else None,
+                                      allow_destructive=args.allow_destructive, actor=ACTOR)
 
     print_deployment(with_database(work), args.json)
+    return 0
+
+
+def cmd_member_invite(args: argparse.Namespace) -> int:
+    invitation = with_database(lambda db: members.invite(db, args.tenant, args.email, args.role))
+    if args.json:
+        out.print_json(json.dumps(invitation))
+    else:
+        out.print(f"Invited {invitation['email']} to {args.tenant} as {invitation['role']} (until "
+                  f"{invitation['expires_at'][:16]}). Token (shown once): {invitation['token']}", highlight=False)
+    return 0
+
+
+def cmd_member_list(args: argparse.Namespace) -> int:
+    listed = with_database(lambda db: members.list_members(db, args.tenant))
+    if args.json:
+        out.print_json(json.dumps(listed))
+        return 0
+    table = Table("email", "role", "since")
+    for member in listed:
+        table.add_row(member["email"], member["role"], member["since"][:16])
+    out.print(table)
+    return 0
+
+
+def cmd_member_remove(args: argparse.Namespace) -> int:
+    with_database(lambda db: members.remove(db, args.tenant, args.email))
+    out.print(f"Removed {args.email} from {args.tenant}.")
     return 0
 
 
@@ -413,9 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = schema.add_parser("check", help="check a schema file; exit 1 and list every error if it is bad")
     check.add_argument("file")
     check.set_defaults(run=cmd_schema_check)
-    for name, run, text in (("plan", cmd_schema_plan, "show the steps and SQL a deploy would run (changes nothing)"),
-                            ("apply", cmd_schema_apply, "deploy a schema to a tenant in one transaction")):
-        sub = schema.add_parser(name, help=text)
+    for name, run, text, aliases in (
+            ("plan", cmd_schema_plan, "show the steps and SQL a deploy would run (changes nothing)", []),
+            ("deploy", cmd_schema_deploy, "deploy a schema to a tenant in one transaction", ["apply"])):
+        sub = schema.add_parser(name, help=text, aliases=aliases)
+        if name == "deploy":
+            sub.add_argument("--expect", help="the deployed version's checksum from `schema plan` (default: plan now)")
         sub.add_argument("--tenant", required=True, help="tenant slug")
         sub.add_argument("file")
         sub.add_argument("--allow-destructive", action="store_true", help="allow drops and narrowing changes")
@@ -423,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
     history = schema.add_parser("history", help="a tenant's deployed versions")
     history.add_argument("--tenant", required=True, help="tenant slug")
-    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--diff", action="store_true", help="also print each version's diff from the one before")
+    history.add_argument("--json", action="store_true", help="machine-readable output (diffs included)")
     history.set_defaults(run=cmd_schema_history)
     rollback = schema.add_parser("rollback", help="deploy an earlier version again (planned like any deploy)")
     rollback.add_argument("--tenant", required=True, help="tenant slug")
@@ -488,6 +522,23 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke.add_argument("--tenant", required=True)
     key_revoke.add_argument("--name", required=True)
     key_revoke.set_defaults(run=cmd_key_revoke)
+
+    member = commands.add_parser("member", help="a tenant's members: invite, list, remove").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    invite = member.add_parser("invite", help="invite by email (the token is printed once; valid 7 days)")
+    invite.add_argument("--tenant", required=True)
+    invite.add_argument("--email", required=True)
+    invite.add_argument("--role", default="developer", choices=members.ROLES)
+    invite.add_argument("--json", action="store_true", help="machine-readable output")
+    invite.set_defaults(run=cmd_member_invite)
+    member_list = member.add_parser("list", help="a tenant's members and their roles")
+    member_list.add_argument("--tenant", required=True)
+    member_list.add_argument("--json", action="store_true", help="machine-readable output")
+    member_list.set_defaults(run=cmd_member_list)
+    member_remove = member.add_parser("remove", help="remove a member (never the last owner)")
+    member_remove.add_argument("--tenant", required=True)
+    member_remove.add_argument("--email", required=True)
+    member_remove.set_defaults(run=cmd_member_remove)
 
     admin = commands.add_parser("admin", help="platform administrators").add_subparsers(
         dest="action", required=True, metavar="ACTION")

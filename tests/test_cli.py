@@ -52,9 +52,10 @@ def write(directory: Path, name: str, text: str) -> str:
 def test_help_lists_every_command(backsaas):
     result = backsaas("--help")
     assert result.returncode == 0
-    for command in ("serve", "schema", "tenant", "admin"):
+    for command in ("serve", "schema", "tenant", "member", "admin"):
         assert command in result.stdout
-    for group, actions in (("schema", ("check", "plan", "apply")), ("tenant", ("create", "list", "suspend", "activate")),
+    for group, actions in (("schema", ("check", "plan", "deploy", "history", "rollback")),
+                           ("member", ("invite", "list", "remove")), ("tenant", ("create", "list", "suspend", "activate")),
                            ("admin", ("create",)), ("auth", ("rotate-key",))):
         text = backsaas(group, "--help").stdout
         assert all(action in text for action in actions)
@@ -86,7 +87,7 @@ def test_schema_plan_shows_sql_and_changes_nothing_then_apply_deploys_it(backsaa
     assert planned.returncode == 0, planned.stderr
     assert "add field note.stars" in planned.stdout and "ALTER TABLE t_cli_plan.note ADD COLUMN stars INTEGER" in planned.stdout
     assert json.loads(backsaas("schema", "plan", "--tenant", "cli-plan", newer, "--json").stdout)["base_version"] == 1
-    applied = backsaas("schema", "apply", "--tenant", "cli-plan", newer, "--json")
+    applied = backsaas("schema", "deploy", "--tenant", "cli-plan", newer, "--json")
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["version"] == 2
     assert asyncio.run(deployed_by(backsaas.url, "cli-plan")) == [f"cli:{getpass.getuser()}"] * 2
@@ -99,23 +100,23 @@ def test_destructive_apply_needs_the_flag(backsaas):
     smaller = write(backsaas.cwd, "drop2.yaml", NOTES.replace("      body: {type: text}\n", ""))
     planned = backsaas("schema", "plan", "--tenant", "cli-drop", smaller)
     assert planned.returncode == 1 and "(destructive)" in planned.stdout and "refused" in planned.stderr
-    refused = backsaas("schema", "apply", "--tenant", "cli-drop", smaller)
+    refused = backsaas("schema", "deploy", "--tenant", "cli-drop", smaller)
     assert refused.returncode == 1 and "migration_refused" in refused.stderr
-    allowed = backsaas("schema", "apply", "--tenant", "cli-drop", smaller, "--allow-destructive")
+    allowed = backsaas("schema", "deploy", "--tenant", "cli-drop", smaller, "--allow-destructive")
     assert allowed.returncode == 0, allowed.stderr
 
 
 def test_schema_apply_of_a_bad_file_lists_every_error(backsaas):
     backsaas("tenant", "create", "cli-bad", "--schema", write(backsaas.cwd, "bad1.yaml", NOTES))
     bad = write(backsaas.cwd, "bad2.yaml", NOTES + "      who: {type: ref, to: ghost}\n      limit: {type: text}\n")
-    result = backsaas("schema", "apply", "--tenant", "cli-bad", bad)
+    result = backsaas("schema", "deploy", "--tenant", "cli-bad", bad)
     assert result.returncode == 1
     assert "7: entities.note.fields.who.to: unknown entity 'ghost'" in result.stderr
     assert "8: entities.note.fields.limit:" in result.stderr
 
 
 def test_schema_apply_to_an_unknown_tenant_fails_cleanly(backsaas):
-    result = backsaas("schema", "apply", "--tenant", "nobody", write(backsaas.cwd, "n.yaml", NOTES))
+    result = backsaas("schema", "deploy", "--tenant", "nobody", write(backsaas.cwd, "n.yaml", NOTES))
     assert result.returncode == 1 and "tenant_not_found" in result.stderr
 
 
@@ -180,11 +181,32 @@ def test_schema_history_and_rollback(backsaas):
     notes = write(backsaas.cwd, "h1.yaml", NOTES)
     assert backsaas("tenant", "create", "cli-hist", "--schema", notes).returncode == 0
     wider = write(backsaas.cwd, "h2.yaml", NOTES.replace("fields:", "fields:\n      extra: {type: text}", 1))
-    assert backsaas("schema", "apply", "--tenant", "cli-hist", wider).returncode == 0
+    assert backsaas("schema", "deploy", "--tenant", "cli-hist", wider).returncode == 0
     history = json.loads(backsaas("schema", "history", "--tenant", "cli-hist", "--json").stdout)
-    assert [v["version"] for v in history] == [1, 2]
+    assert [v["version"] for v in history] == [1, 2] and "+      extra: {type: text}" in history[1]["diff"]
     refused = backsaas("schema", "rollback", "--tenant", "cli-hist", "--to", "1")
     assert refused.returncode == 1 and "migration_refused" in refused.stderr  # dropping `extra` is destructive
     back = backsaas("schema", "rollback", "--tenant", "cli-hist", "--to", "1", "--allow-destructive", "--json")
     assert back.returncode == 0 and json.loads(back.stdout)["version"] == 3
     assert backsaas("schema", "rollback", "--tenant", "cli-hist", "--to", "9").returncode == 1
+
+
+def test_schema_deploy_with_a_stale_plan_is_a_version_conflict(backsaas):
+    notes = write(backsaas.cwd, "s1.yaml", NOTES)
+    assert backsaas("tenant", "create", "cli-stale", "--schema", notes).returncode == 0
+    planned = json.loads(backsaas("schema", "plan", "--tenant", "cli-stale", notes, "--json").stdout)
+    wider = write(backsaas.cwd, "s2.yaml", NOTES.replace("fields:", "fields:\n      extra: {type: text}", 1))
+    assert backsaas("schema", "deploy", "--tenant", "cli-stale", wider).returncode == 0  # someone else deployed
+    stale = backsaas("schema", "deploy", "--tenant", "cli-stale", wider, "--expect", planned["base_checksum"])
+    assert stale.returncode == 1 and "version_conflict" in stale.stderr
+
+
+def test_member_invite_list_and_remove(backsaas):
+    assert backsaas("tenant", "create", "cli-team").returncode == 0
+    invited = backsaas("member", "invite", "--tenant", "cli-team", "--email", "Pat@Example.com", "--role", "owner",
+                       "--json")
+    assert invited.returncode == 0, invited.stderr
+    assert json.loads(invited.stdout)["email"] == "pat@example.com" and len(json.loads(invited.stdout)["token"]) > 20
+    assert json.loads(backsaas("member", "list", "--tenant", "cli-team", "--json").stdout) == []  # not accepted yet
+    missing = backsaas("member", "remove", "--tenant", "cli-team", "--email", "pat@example.com")
+    assert missing.returncode == 1 and "not a member" in missing.stderr
