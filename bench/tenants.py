@@ -2,8 +2,9 @@
 
     python bench/tenants.py [--tenants 100] [--database-url URL]
 
-Engine: `functions.tenants.create_tenant` per tenant (slug checks, tenant row, role, schema, plan from the
-model, DDL as the tenant role, version recorded; one transaction each).
+Engine: `functions.tenants.create_tenant` per tenant (slug checks and the pending row, then provisioning in
+one transaction: role, schema, plan from the model, DDL as the tenant role, version recorded, owner, two
+API keys, plan subscription, onboarding).
 Baseline: the same DDL, pre-rendered once, sent over one asyncpg connection per tenant in one
 transaction with CREATE ROLE / CREATE SCHEMA: the floor PostgreSQL itself sets.
 Both run in a scratch database on the same server (DATABASE_URL, else the embedded server), dropped after.
