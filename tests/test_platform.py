@@ -337,3 +337,17 @@ def test_settings_are_validated_written_by_owners_and_read_by_the_tenants_admins
     read = httpx.get(f"{base}/api/tenants/knobs/settings", headers={"apikey": keys["service"]})
     assert read.status_code == 200 and read.json()["features"] == {"beta": True}
     assert httpx.get(f"{base}/api/tenants/knobs/settings", headers={"apikey": keys["anon"]}).status_code == 403
+
+
+def test_a_tenant_created_through_graphql_is_provisioned_the_same_way(base):
+    dev = sign_up(base, "gql@example.com")
+    made = httpx.post(platform(base, "graphql/v1"), headers=bearer(dev), json={
+        "query": 'mutation { insert_tenants_one(object: {slug: "viagql", name: "Via GraphQL"}) { slug status } }'})
+    assert made.json() == {"data": {"insert_tenants_one": {"slug": "viagql", "status": "pending"}}}, made.text
+    status = lambda: httpx.post(platform(base, "graphql/v1"), headers=bearer(dev), json={  # noqa: E731
+        "query": '{ tenants(where: {slug: {_eq: "viagql"}}) { status memberships { role } } }'}).json()["data"]["tenants"]
+    assert wait_for(lambda: status()[0]["status"] == "active")
+    assert status()[0]["memberships"] == [{"role": "owner"}]
+    reserved = httpx.post(platform(base, "graphql/v1"), headers=bearer(dev), json={
+        "query": 'mutation { insert_tenants_one(object: {slug: "www", name: "x"}) { slug } }'}).json()
+    assert reserved["errors"][0]["extensions"]["code"] == "validation-failed"
