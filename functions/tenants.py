@@ -32,7 +32,7 @@ from engine.hooks import Change, HookContext, function, hook
 from engine.identity import sessions
 from engine.schema import load_schema
 from engine.storage import naming
-from engine.storage.deploy import Deployment, Progress, create_tenant_schema, deploy_in, lock_tenant
+from engine.storage.deploy import DEFAULT_PLAN, Deployment, Progress, create_tenant_schema, deploy_in, lock_tenant
 from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import KEY_PREFIX, key_hash
 
@@ -97,7 +97,7 @@ async def validate_tenant_slug(ctx: HookContext, change: Change) -> dict[str, An
     data = ctx.data.elevated()
     if await data.select("tenants", {"slug": f"eq.{slug}", "select": "id"}):
         raise TenantExists(f"tenant '{slug}' already exists (or was deleted and keeps its slug until purged)")
-    plan = record.get("plan", "free")
+    plan = record.get("plan", DEFAULT_PLAN)
     if not await data.select("plans", {"code": f"eq.{plan}", "active": "is.true", "select": "id"}):
         raise ValidationFailed(f"no active plan '{plan}'", details=[Problem("plan", f"no active plan '{plan}'")])
     if record.get("initial_schema"):
@@ -269,7 +269,7 @@ async def create_tenant(db: Database, slug: str, *, name: str | None = None, sou
     async with db.begin() as conn:
         if await catalog.find_tenant(conn, slug) is not None:
             raise TenantExists(f"tenant '{slug}' already exists")
-        await conn.execute(tenants.insert().values(slug=slug, name=name or slug, status="pending", plan=plan or "free",
+        await conn.execute(tenants.insert().values(slug=slug, name=name or slug, status="pending", plan=plan or DEFAULT_PLAN,
                                                    initial_schema=source, onboarding=onboarding.fresh(bool(plan))))
     provisioned = await provision(db, slug, creator=creator, actor=actor, progress=progress)
     if provisioned.status != "active" or provisioned.deployment is None:
