@@ -448,7 +448,8 @@ def app_from_env() -> ASGIApp:
 
     configure_logging()
     outbox = {key: float(os.environ[name]) for key, name in (("base_delay", "BACKSAAS_OUTBOX_BASE_DELAY"),
-                                                             ("max_attempts", "BACKSAAS_OUTBOX_MAX_ATTEMPTS"))
+                                                             ("max_attempts", "BACKSAAS_OUTBOX_MAX_ATTEMPTS"),
+                                                             ("lease", "BACKSAAS_OUTBOX_LEASE"))
               if os.environ.get(name)}
     if "max_attempts" in outbox:
         outbox["max_attempts"] = int(outbox["max_attempts"])
