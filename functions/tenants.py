@@ -100,7 +100,7 @@ async def validate_tenant_slug(ctx: HookContext, change: Change) -> dict[str, An
     plan = record.get("plan", DEFAULT_PLAN)
     if not await data.select("plans", {"code": f"eq.{plan}", "active": "is.true", "select": "id"}):
         raise ValidationFailed(f"no active plan '{plan}'", details=[Problem("plan", f"no active plan '{plan}'")])
-    if record.get("initial_schema"):
+    if isinstance(record.get("initial_schema"), str):  # another type is the body validator's to refuse
         load_schema(record["initial_schema"], slug)  # SchemaInvalid (422, every problem listed) before any row
     return {**record, "status": "pending", "onboarding": onboarding.fresh("plan" in record), "provisioning": {}}
 
@@ -125,12 +125,16 @@ async def provision_tenant(ctx: HookContext, change: Change) -> None:
 @hook
 async def guard_tenant_update(ctx: HookContext, change: Change) -> dict[str, Any]:
     """before_update: a tenant's status changes through the lifecycle functions only (a status written
-    directly would skip their state checks, session revocation and audit); a plan change is onboarding."""
+    directly would skip their state checks, session revocation and audit); its slug names its schema and
+    role, so it never changes; a plan change is onboarding."""
     patch = dict(change.record or {})
     lifecycle = [name for name in ("status", "status_reason", "deleted_at", "provisioning") if name in patch]
     if lifecycle:
         raise Forbidden("a tenant's status changes through the lifecycle functions (suspend_tenant, ...)",
                         details=[Problem(name, "is set by the lifecycle functions") for name in lifecycle])
+    if "slug" in patch and change.old and patch["slug"] != change.old.get("slug"):
+        raise Forbidden("a tenant's slug is permanent (it names the tenant's schema and role)",
+                        details=[Problem("slug", "cannot change")])
     if "plan" in patch and change.old and patch["plan"] != change.old.get("plan"):
         patch["onboarding"] = {**(change.old.get("onboarding") or {}), "plan_chosen": now()}
     return patch

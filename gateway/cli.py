@@ -124,10 +124,7 @@ def cmd_schema_plan(args: argparse.Namespace) -> int:
     source = Path(args.file).read_text(encoding="utf-8")
     planned = with_database(lambda db: plan_deploy(db, args.tenant, source, allow_destructive=args.allow_destructive))
     if args.json:
-        out.print_json(json.dumps({"tenant": planned.slug, "base_version": planned.base_version,
-                                   "base_checksum": planned.base_checksum,
-                                   "steps": [s.as_dict() for s in planned.plan.steps],
-                                   "blockers": [b.as_dict() for b in planned.plan.blockers]}))
+        out.print_json(json.dumps(deploys.planned_json(planned)))
     else:
         out.print(f"Plan for tenant {planned.slug} from version {planned.base_version}:")
         print_plan(planned.plan)
@@ -136,9 +133,7 @@ def cmd_schema_plan(args: argparse.Namespace) -> int:
 
 def print_deployment(deployment: Deployment, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps({"tenant": deployment.slug, "version": deployment.version,
-                                   "checksum": deployment.checksum, "changed": deployment.changed,
-                                   "steps": [s.as_dict() for s in deployment.plan.steps]}))
+        out.print_json(json.dumps(deploys.deployment_json(deployment)))
     elif deployment.changed:
         out.print(f"Tenant {deployment.slug} is at version {deployment.version} ({len(deployment.plan.steps)} steps).")
     else:

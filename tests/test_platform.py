@@ -165,6 +165,7 @@ def test_tenant_slugs_are_checked_before_any_row(base):
     assert reserved.status_code == 422 and reserved.json()["details"][0]["field"] == "slug"
     assert posted({"slug": "No_Caps", "name": "x"}).status_code == 422
     assert posted({"slug": "ab", "name": "x"}).status_code == 422
+    assert posted({"slug": "notext", "name": "x", "initial_schema": 5}).status_code == 422
     bad_schema = posted({"slug": "badschema", "name": "x", "initial_schema": "entities: {a: {fields: {x: {type: nope}}}}"})
     assert bad_schema.status_code == 422 and bad_schema.json()["code"] == "schema_invalid"
     no_plan = posted({"slug": "noplan", "name": "x", "plan": "platinum"})
@@ -228,6 +229,9 @@ def test_each_lifecycle_transition_is_refused_from_the_wrong_state(base):
     direct = httpx.patch(platform(base, "rest/v1/tenants"), params={"slug": "eq.life"}, json={"status": "suspended"},
                          headers=bearer(admin))
     assert direct.status_code == 403  # the status moves through the lifecycle functions only
+    renamed = httpx.patch(platform(base, "rest/v1/tenants"), params={"slug": "eq.life"}, json={"slug": "other"},
+                          headers=bearer(admin))
+    assert renamed.status_code == 403 and renamed.json()["details"][0]["path"] == "slug"
     audit = httpx.get(platform(base, "rest/v1/audit_log"), params={"tenant_id": f"eq.{life['id']}", "select": "action",
                                                                 "order": "created_at"},
                       headers=bearer(admin)).json()
