@@ -273,6 +273,9 @@ async def create_tenant(db: Database, slug: str, *, name: str | None = None, sou
     async with db.begin() as conn:
         if await catalog.find_tenant(conn, slug) is not None:
             raise TenantExists(f"tenant '{slug}' already exists")
+        plans = catalog.platform_tables()["plans"]
+        if await conn.scalar(sa.select(plans.c.id).where(plans.c.code == (plan or DEFAULT_PLAN), plans.c.active)) is None:
+            raise InvalidInput(f"no active plan '{plan}'", details=[Problem("plan", "no such active plan")])
         await conn.execute(tenants.insert().values(slug=slug, name=name or slug, status="pending", plan=plan or DEFAULT_PLAN,
                                                    initial_schema=source, onboarding=onboarding.fresh(bool(plan))))
     provisioned = await provision(db, slug, creator=creator, actor=actor, progress=progress)
