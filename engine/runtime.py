@@ -100,6 +100,7 @@ class TenantState:
     status: str
     version: int | None
     limits: Mapping[str, Any] = field(default_factory=dict)  # the tenant's plan's `limits`
+    cors_origins: tuple[str, ...] = ("*",)  # settings.cors.allowed_origins; any origin unless named
 
 
 class RuntimeRegistry:
@@ -202,16 +203,24 @@ class RuntimeRegistry:
         try:
             async with self.db.engine.connect() as conn:
                 row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"),
-                                                    limits.label("limits"))
+                                                    limits.label("limits"),
+                                                    tenants.c.settings["cors"]["allowed_origins"].label("origins"))
                                           .where(tenants.c.slug == slug))).first()
         except (OSError, OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if row is None:
             return None  # unknown slugs are not cached: anyone can ask for any number of them
-        state = TenantState(str(row.id), row.status, row.version, MappingProxyType(dict(row.limits or {})))
+        state = TenantState(str(row.id), row.status, row.version, MappingProxyType(dict(row.limits or {})),
+                            tuple(row.origins) if isinstance(row.origins, list) and row.origins else ("*",))
         if self._listener is not None and generation == self._generation:
             self._states[slug] = state
         return state
+
+    async def cors_origins(self, slug: str) -> tuple[str, ...]:
+        """The origins a tenant's browser clients may call from (`("*",)`: any; also for unknown tenants,
+        whose requests answer 404 readably)."""
+        state = await self._state(slug)
+        return state.cors_origins if state is not None else ("*",)
 
     async def api_key(self, slug: str, hashed: str) -> ApiKey | None:
         """The key with this hash, whichever tenant it belongs to (the caller compares), or None."""

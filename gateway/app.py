@@ -43,6 +43,7 @@ from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from gateway.auth import authenticate
+from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.graphql_ws import serve_graphql_ws
 
 log = structlog.get_logger("backsaas.gateway")
@@ -439,7 +440,18 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
 
     starlette = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)], lifespan=lifespan,
                           exception_handlers={404: unknown_route})
-    return AccessLog(TenantRouting(starlette, base_domain))
+    routing = TenantRouting(starlette, base_domain)
+
+    async def origins_of(scope: Scope) -> tuple[str, ...]:
+        found = routing.tenant_of(scope)
+        if found is None:
+            return ANY_ORIGIN
+        try:
+            return await starlette.state.registry.cors_origins(found[0])
+        except BackSaasError:  # the database is down: the request itself answers 503, readably
+            return ANY_ORIGIN
+
+    return AccessLog(CrossOrigin(routing, origins_of))
 
 
 def app_from_env() -> ASGIApp:
