@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from engine.hooks import Change, HookContext, Refuse, hook
+from engine.hooks import Change, HookContext, Refuse, function, hook
 
 
 @hook
@@ -24,3 +24,10 @@ async def slug_from_title(ctx: HookContext, change: Change) -> dict | None:
     if not slug:
         raise Refuse("the title needs at least one letter or digit", field="title")
     return {**record, "slug": slug}
+
+
+@function
+async def whoami(ctx: HookContext, payload: dict | None) -> dict:
+    """A function clients may call (`functions.invoke('whoami')`): who the engine thinks the caller is, and
+    the payload echoed back, so a client can check its credentials and its wiring end to end."""
+    return {"tenant": ctx.tenant, "user_id": ctx.caller.user_id, "roles": list(ctx.caller.roles), "payload": payload}
