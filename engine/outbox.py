@@ -32,10 +32,10 @@ import structlog
 
 from engine import catalog
 from engine.authz import Caller
+from engine.channels import OUTBOX_CHANNEL
 from engine.database import Database, driver_url
 from engine.errors import BackSaasError
 from engine.hooks import Change, HookContext, call, resolve
-from engine.storage.deploy import OUTBOX_CHANNEL
 
 SIGNATURE_HEADER = "BackSaas-Signature"
 log = structlog.get_logger("backsaas.outbox")

@@ -25,6 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engine import catalog, onboarding
 from engine.authz import Authorizer
 from engine.changes import ChangeHub
+from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SIGNING_KEYS_CHANGED
 from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.identity.signing import Keyring, load_keyring
@@ -32,7 +33,6 @@ from engine.query.plan import Relation, relations_of
 from engine.schema import Schema, load_schema
 from engine.schema.model import Entity, visible_columns
 from engine.storage import naming
-from engine.storage.deploy import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SIGNING_KEYS_CHANGED
 from engine.storage.tables import build_metadata
 from engine.validation import BodyValidator
 from engine.writes import EntityHooks, compile_hooks

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
+from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, OUTBOX_CHANNEL, PLANS_CHANGED, SIGNING_KEYS_CHANGED
 from engine.database import Database
 from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
 from engine.hooks import missing_handlers
@@ -26,12 +27,7 @@ from engine.storage import naming
 from engine.storage.planner import MigrationPlan, Step, plan_migration, quote
 
 Progress = Callable[[int, int, Step], None]
-CHANGES_CHANNEL = "backsaas_tenants"  # NOTIFY'd with a tenant's slug whenever its row, versions, keys or members change
-CHANGES_FEED = "backsaas_changes"  # NOTIFY'd with `schema.table` by every statement writing a tenant's table
-SIGNING_KEYS_CHANGED = "#signing_keys"  # the payload when the token signing keys change (no slug holds '#')
-OUTBOX_CHANNEL = "backsaas_outbox"  # NOTIFY'd when events are written to the outbox (or redelivered)
 DEFAULT_PLAN = "free"  # seeded by deploy_platform; `tenants.plan` defaults to it
-PLANS_CHANGED = "#plans"  # the payload when a plan (and so some tenants' limits) changes
 
 
 @dataclass(frozen=True)
