@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import time
@@ -27,7 +26,6 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
-from strawberry.http.ides import get_graphql_ide_html
 
 from engine import catalog, realtime
 from engine.authz import unrestricted
@@ -45,6 +43,7 @@ from engine.storage.naming import SYSTEM_TENANT
 from gateway.auth import authenticate
 from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.graphql_ws import serve_graphql_ws
+from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
 
 log = structlog.get_logger("backsaas.gateway")
 
@@ -57,11 +56,6 @@ class JSONResponse(Response):
             return orjson.dumps(content)
         except TypeError:  # e.g. a lone surrogate echoed from the request: escape it rather than fail
             return json.dumps(content, default=str).encode()
-
-
-@functools.cache
-def graphql_ide_html() -> str:
-    return get_graphql_ide_html("graphiql")
 
 
 def error_response(error: BackSaasError) -> JSONResponse:
@@ -195,8 +189,8 @@ async def graphql_endpoint(request: Request, runtime: TenantRuntime) -> Response
         return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
                              "details": None, "hint": "use GET or POST"}, status_code=405, headers={"Allow": "GET, POST"})
     if request.method == "GET" and "query" not in request.query_params \
-            and "text/html" in request.headers.get("accept", ""):
-        return HTMLResponse(graphql_ide_html())
+            and wants_html(request.headers.get("accept", "")):
+        return HTMLResponse(graphiql_page(runtime.slug))
     api = GraphQLApi(runtime, request.app.state.db, request.scope["backsaas.caller"], request.scope["backsaas.limits"])
     body = await read_body(request.receive) if request.method == "POST" else b""
     result = await api.handle(request.method, request.query_params, body)
@@ -257,7 +251,10 @@ async def tenant_settings(request: Request, runtime: TenantRuntime) -> Response:
 
 
 async def rest_openapi(request: Request, runtime: TenantRuntime) -> Response:
-    """`GET /rest/v1/`: the tenant's OpenAPI 3.1 document, built once per runtime and base URL."""
+    """`GET /rest/v1/`: the tenant's OpenAPI 3.1 document, built once per runtime and base URL (Swagger UI
+    showing it, for a browser)."""
+    if wants_html(request.headers.get("accept", "")):
+        return HTMLResponse(swagger_page(runtime.slug))
     server = str(request.url.replace(path=request.scope.get("root_path", "") + "/rest/v1", query=""))
     key = ("openapi", server)
     document = runtime.statements.get(key)
@@ -345,6 +342,7 @@ class TenantRouting:
     def __init__(self, starlette: Starlette, base_domain: str) -> None:
         self.starlette = starlette
         self.tenant_app = TenantApp(starlette)
+        self.assets = StaticAssets()
         self.suffix = "." + base_domain.lower().strip(".")
 
     def tenant_of(self, scope: Scope) -> tuple[str, str] | None:
@@ -363,6 +361,9 @@ class TenantRouting:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(STATIC_PREFIX + "/"):
+            await self.assets(scope, receive, send)  # on every host, tenants' included
+            return
         if scope["type"] in ("http", "websocket"):
             found = self.tenant_of(scope)
             named = next((v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k == b"x-tenant-id"), "")

@@ -109,15 +109,16 @@ def page_origin() -> Iterator[str]:
         server.shutdown()
 
 
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
 async def test_supabase_js_in_a_browser_on_another_origin_runs_a_whole_app(gateway: str, page_origin: str,
                                                                              anon_key: str):
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = await browser.new_page()
             failures: list[str] = []
@@ -136,3 +137,51 @@ async def test_supabase_js_in_a_browser_on_another_origin_runs_a_whole_app(gatew
     assert result["signout"] == "ok", result
     assert result["after_signout"] in (401, 403), result
     assert not [f for f in failures if "CORS" in f], failures
+
+
+async def offline_page(gateway: str, path: str, ready: str, action: str | None = None, result: str | None = None
+                       ) -> tuple[str, list[str]]:
+    """Open a page of the gateway with every request to another host refused; the text of `result` (or
+    `ready`) once shown, and the URLs the page tried to fetch elsewhere."""
+    from playwright.async_api import Route, async_playwright
+
+    elsewhere: list[str] = []
+
+    async def only_the_gateway(route: Route) -> None:
+        if route.request.url.startswith(gateway):
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            context = await browser.new_context()
+            await context.route("**/*", only_the_gateway)
+            page = await context.new_page()
+            await page.goto(gateway + path)
+            await page.wait_for_selector(ready, timeout=20_000)
+            if action:
+                await page.click(action)
+            shown = page.locator(result or ready).first
+            if result:
+                await page.wait_for_function("([s]) => document.querySelector(s)?.innerText.includes('query_root')",
+                                             arg=[result], timeout=20_000)
+            text = await shown.inner_text()
+        finally:
+            await browser.close()
+    return text, elsewhere
+
+
+async def test_graphiql_works_with_the_network_cut_to_the_gateway(gateway: str):
+    text, elsewhere = await offline_page(gateway, "/api/tenants/notes/graphql/v1", ".graphiql-container",
+                                         action=".graphiql-execute-button", result=".graphiql-response")
+    assert "query_root" in text
+    assert elsewhere == []
+
+
+async def test_the_rest_api_documentation_works_with_the_network_cut_to_the_gateway(gateway: str):
+    text, elsewhere = await offline_page(gateway, "/api/tenants/notes/rest/v1/", ".opblock-tag-section")
+    assert "author" in text
+    assert elsewhere == []
