@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -40,6 +39,7 @@ from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
+from gateway.access import AccessLog
 from gateway.auth import authenticate
 from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.graphql_ws import serve_graphql_ws
@@ -386,32 +386,6 @@ class TenantRouting:
                     await self.tenant_app(scope, receive, send)
                 return
         await self.starlette(scope, receive, send)
-
-
-class AccessLog:
-    """One structured log line per request (plain ASGI, no per-request task)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            log.info("request", method=scope["method"], path=scope["path"], status=status,
-                     tenant=scope.get("backsaas.tenant"), ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret: str | None = None,

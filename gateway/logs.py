@@ -1,4 +1,5 @@
-"""Structured logs: JSON lines on stderr in production, readable lines on a terminal."""
+"""Structured logs on stderr: JSON lines, except readable `key=value` lines when stderr is a terminal;
+`BACKSAAS_LOG_FORMAT=json|console` chooses either way (e.g. JSON in a terminal to pipe into `jq`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import structlog
 def configure_logging(level: str | None = None, stream: TextIO | None = None) -> None:
     """Configure structlog once per process; `stream` is where lines go (stderr, looked up now)."""
     level_name = (level or os.environ.get("BACKSAAS_LOG_LEVEL", "info")).upper()
-    renderer = (structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
-                else structlog.processors.JSONRenderer())
+    chosen = os.environ.get("BACKSAAS_LOG_FORMAT", "").lower()
+    console = chosen == "console" or (chosen != "json" and sys.stderr.isatty())
+    renderer = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
