@@ -6,8 +6,9 @@ as the tenant's database role; sessions, refresh tokens and audit events are the
 in the same transaction. `user_metadata` is the tenant's own extension fields of `users` (validated like
 any body), `app_metadata` carries the provider and roles.
 
-Sign-up confirms at once (there is no mailer): the account can sign in immediately, `verified` stays
-false until the tenant's admin sets it.
+Sign-up confirms the address at once, as Supabase's "autoconfirm" does (there is no mailer yet): the
+account can sign in immediately and is stored `verified`. `email_confirmed_at` reports `verified` (the
+sign-up time, or null once a tenant's admin sets `verified` false), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class AuthApi:
         return self.caller
 
     def user_json(self, row: Any) -> dict[str, Any]:
-        confirmed = _iso(row.created_at)
+        confirmed = _iso(row.created_at) if row.verified else None
         return {
             "id": str(row.id), "aud": AUDIENCE, "role": "authenticated", "email": row.email, "phone": "",
             "email_confirmed_at": confirmed, "confirmed_at": confirmed,
@@ -182,7 +183,8 @@ class AuthApi:
         try:
             async with self.db.begin() as conn:
                 await self.as_tenant(conn)
-                row = (await conn.execute(self.users.insert().values(email=email, password_hash=hashed, **data)
+                row = (await conn.execute(self.users.insert().values(email=email, password_hash=hashed, verified=True,
+                                                                     **data)
                                           .returning(*self.user_columns()))).one()
                 await self.as_platform(conn)
                 session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
