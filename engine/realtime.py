@@ -7,6 +7,12 @@ Each committed create, update or delete that the caller may read and that matche
 log (`backsaas_changes`, written by a row trigger in the same transaction as the change), so a client
 reconnecting with `Last-Event-ID` gets what it missed (a day of it is kept). The stream wakes on the
 same NOTIFY feed as GraphQL subscriptions and sends a comment every 15 s to keep proxies from closing it.
+
+A request that cannot stream fails before the first byte, with its status: the first batch of changes
+is read before the stream starts, so a filter whose value the column's type refuses is a 400, not a
+stream that aborts. A stream lasts only as long as its credential: when its `StreamGuard` reports
+that the key, session, token or tenant ended, the stream ends with an `error` event (`data: {"code",
+"message"}`).
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import asyncpg
 import orjson
 import sqlalchemy as sa
 
 from engine.authz import Caller
 from engine.changes import ChangeHub
 from engine.database import quote_identifier
-from engine.errors import BackSaasError, UnknownEntity
+from engine.errors import BackSaasError, UnknownEntity, database_error
 from engine.query.sql import compile_statement, condition_sql, qualified
 from engine.storage import naming
+from engine.streams import StreamGuard
 
 KEEPALIVE_SECONDS = 15.0
 BATCH = 200
@@ -58,9 +66,9 @@ def changes_statement(runtime: Any, entity: str, where: Any, after_param: int) -
 
 
 async def stream(runtime: Any, db: Any, caller: Caller, hub: ChangeHub, entity_name: str, query: bytes,
-                 last_event_id: str | None) -> AsyncIterator[bytes]:
+                 last_event_id: str | None, guard: StreamGuard) -> AsyncIterator[bytes]:
     """The event stream (raises before the first byte for a bad request: unknown entity, no realtime,
-    not readable, a bad filter)."""
+    not readable, a bad filter); it ends when `guard` says the caller's credential has ended."""
     from engine.rest.api import RestApi
 
     entity = runtime.model.entity(entity_name)
@@ -71,41 +79,58 @@ async def stream(runtime: Any, db: Any, caller: Caller, hub: ChangeHub, entity_n
     params = [(k, v) for k, v in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
               if k not in SHAPING]
     plan, values = RestApi(runtime, db, caller).plan(entity, "read", params)
-    key = ("sse", entity_name, plan.where, len(values))
+    where = plan.reach()  # the caller's row scope and the filters
+    key = ("sse", entity_name, where, len(values))
     compiled = runtime.statements.get(key)
     if compiled is None:
-        compiled = runtime.statements[key] = changes_statement(runtime, entity_name, plan.where, len(values))
-    visible = runtime.columns[entity_name]
+        compiled = runtime.statements[key] = changes_statement(runtime, entity_name, where, len(values))
     log_table = f"{quote_identifier(runtime.pg_schema)}.{quote_identifier(naming.CHANGE_LOG)}"
     resume = last_event_id.strip() if last_event_id else ""
-    if resume.isascii() and resume.isdigit() and len(resume) <= 18:  # a bigint id we sent
-        after = int(resume)
-    else:  # no (usable) Last-Event-ID: from now on
+    try:
         async with db.as_role(runtime.role) as conn:
-            after = await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {log_table}")
-    return _events(runtime, db, hub, entity_name, compiled, values, visible, after)
+            if resume.isascii() and resume.isdigit() and len(resume) <= 18:  # a bigint id we sent
+                after = int(resume)
+            else:  # no (usable) Last-Event-ID: from now on
+                after = await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {log_table}")
+            first = await conn.fetch(compiled.sql, *compiled.arguments([*values, str(after)]))  # the filter's test
+    except asyncpg.PostgresError as exc:
+        raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc), getattr(exc, "detail", None),
+                             getattr(exc, "hint", None)) from exc
+    return _events(runtime, db, hub, entity_name, compiled, values, runtime.columns[entity_name], after, first, guard)
 
 
 async def _events(runtime: Any, db: Any, hub: ChangeHub, entity: str, compiled: Any, values: list[Any],
-                  visible: Any, after: int) -> AsyncIterator[bytes]:
+                  visible: Any, after: int, rows: list[Any], guard: StreamGuard) -> AsyncIterator[bytes]:
     yield b": connected\n\n"
-    with hub.watch({f"{runtime.pg_schema}.{entity}"}) as changed:
-        while True:
-            changed.clear()
-            async with db.as_role(runtime.role) as conn:
-                rows = await conn.fetch(compiled.sql, *compiled.arguments([*values, str(after)]))
-            for row in rows:
-                after = row["id"]
-                data = {"type": row["action"].upper(), "table": entity,
-                        "record": _visible(row["record"], visible), "old_record": _visible(row["old"], visible),
-                        "commit_timestamp": row["at"].isoformat()}
-                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (after, row["action"].encode(), orjson.dumps(data))
-            if len(rows) == BATCH:
-                continue
-            try:
-                await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield b": keepalive\n\n"
+    ended = asyncio.ensure_future(guard.ended())
+    try:
+        with hub.watch({f"{runtime.pg_schema}.{entity}"}) as changed:
+            changed.set()  # read again once: what committed between the first read and this watch
+            while True:
+                if ended.done():
+                    error = ended.result()
+                    yield b"event: error\ndata: %s\n\n" % orjson.dumps({"code": error.code, "message": error.message})
+                    return
+                for row in rows:
+                    after = row["id"]
+                    data = {"type": row["action"].upper(), "table": entity,
+                            "record": _visible(row["record"], visible), "old_record": _visible(row["old"], visible),
+                            "commit_timestamp": row["at"].isoformat()}
+                    yield b"id: %d\nevent: %s\ndata: %s\n\n" % (after, row["action"].encode(), orjson.dumps(data))
+                if len(rows) < BATCH and not changed.is_set():
+                    woken = asyncio.ensure_future(changed.wait())
+                    done, _ = await asyncio.wait((woken, ended), timeout=KEEPALIVE_SECONDS,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+                    if not done:
+                        yield b": keepalive\n\n"
+                    rows = []
+                    continue
+                changed.clear()
+                async with db.as_role(runtime.role) as conn:
+                    rows = await conn.fetch(compiled.sql, *compiled.arguments([*values, str(after)]))
+    finally:
+        ended.cancel()
 
 
 def _visible(text: str | None, visible: Any) -> dict[str, Any] | None:

@@ -24,7 +24,8 @@ from graphql.language import ast
 from graphql.validation import ValidationContext, ValidationRule
 
 from engine.answer import Answer
-from engine.authz import Caller, authorize
+from engine.authz import Caller
+from engine.authz.permissions import Permissions
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidBody
 from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error
@@ -140,6 +141,7 @@ class GraphQLApi:
     def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller,
                  limits: Mapping[str, Any] | None = None) -> None:
         self.runtime, self.db, self.caller = runtime, db, caller
+        self.permissions = Permissions(runtime.authorizer, caller, runtime.columns)
         given = (limits or {}).get("graphql")
         chosen = {**DEFAULT_LIMITS, **(given if isinstance(given, dict) else {})}
         self.limits = (int(chosen["max_depth"]), int(chosen["max_cost"]))
@@ -262,14 +264,11 @@ class GraphQLApi:
         return Subscription(compiled, coerced, tables)
 
     def compiler(self, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> QueryCompiler:
-        def scope(entity: str, action: str) -> str:
-            return authorize(self.runtime.authorizer, self.caller, entity, action)
-
         relations = self.runtime.statements.get("graphql-relations")
         if relations is None:
             relations = self.runtime.statements["graphql-relations"] = graph_relations(self.runtime.model)
-        return QueryCompiler(schema, relations, self.runtime.columns, document.fragments, Values(variables), scope,
-                             self.runtime.authorizer.member_roles)
+        return QueryCompiler(schema, relations, self.runtime.columns, document.fragments, Values(variables),
+                             self.permissions)
 
     def compiled(self, schema: GraphQLSchema, document: Document, operation: ast.OperationDefinitionNode,
                  variables: Mapping[str, Any]) -> CompiledQuery:

@@ -20,7 +20,7 @@ from graphql import GraphQLSchema
 from graphql.language import ast
 from graphql.utilities import value_from_ast_untyped
 
-from engine.authz import MEMBER
+from engine.authz.permissions import Permissions
 from engine.errors import BackSaasError, database_error
 from engine.query.plan import (
     Aggregate,
@@ -34,8 +34,8 @@ from engine.query.plan import (
     ReadPlan,
     Relation,
     RelationFilter,
+    Step,
 )
-from engine.schema.model import OWNER_COLUMN
 
 OPERATORS = {"_eq": "eq", "_neq": "neq", "_gt": "gt", "_gte": "gte", "_lt": "lt", "_lte": "lte", "_like": "like",
              "_ilike": "ilike", "_in": "in", "_nin": "in"}
@@ -131,18 +131,14 @@ class Values:
         return build
 
 
-Scope = Callable[[str, str], str]  # (entity, action) -> "all" | "own" | "member", raising when denied
-MemberRoles = Callable[[str, str], tuple[str, ...]]
-
-
 class QueryCompiler:
     """Turns the root fields of one operation into plans; fragments are inlined, directives applied."""
 
     def __init__(self, schema: GraphQLSchema, relations: Mapping[str, Mapping[str, Relation]],
                  columns: Mapping[str, Mapping[str, str]], fragments: Mapping[str, ast.FragmentDefinitionNode],
-                 values: Values, scope: Scope, member_roles: MemberRoles) -> None:
+                 values: Values, permissions: Permissions) -> None:
         self.schema, self.relations, self.columns = schema, relations, columns
-        self.fragments, self.values, self.scope, self.member_roles = fragments, values, scope, member_roles
+        self.fragments, self.values, self.permissions = fragments, values, permissions
         self.entities: set[str] = set()  # every entity the operation reads (what a subscription watches)
 
     # -- selections --
@@ -180,7 +176,8 @@ class QueryCompiler:
         """The plan of one level: its row scope, the field's arguments and its selection."""
         args = self.arguments(node)
         self.entities.add(entity)
-        conditions: list[Filter | Membership | RelationFilter | Condition] = list(self.scope_conditions(entity, action))
+        scope = self.scope(entity, action)
+        conditions: list[Filter | Membership | RelationFilter | Condition] = []
         if by_pk:
             conditions.append(Filter("id", "eq", self.values.leaf(args["id"])))
         if args.get("where") is not None:
@@ -189,16 +186,18 @@ class QueryCompiler:
         return ReadPlan(entity, columns, embeds, Condition("and", tuple(conditions)) if conditions else None,
                         self.order(entity, self.values.resolve(args.get("order_by"))),
                         self.count(args.get("limit"), "limit"), self.count(args.get("offset"), "offset"),
-                        tuple(self.values.resolve(args.get("distinct_on")) or ()), aggregates)
+                        tuple(self.values.resolve(args.get("distinct_on")) or ()), aggregates, scope=scope)
 
-    def scope_conditions(self, entity: str, action: str) -> list[Filter | Membership]:
-        scope = self.scope(entity, action)
-        if scope == "own":
-            return [Filter(OWNER_COLUMN, "eq", self.values.add(Slot(caller=True)))]
-        if scope == MEMBER:
-            return [Membership("id" if entity == "tenants" else "tenant_id", self.values.add(Slot(caller=True)),
-                               self.member_roles(entity, action))]
-        return []
+    def caller_param(self) -> int:
+        return self.values.add(Slot(caller=True))
+
+    def scope(self, entity: str, action: str) -> Condition | None:
+        """The caller's row scope for `action` on `entity` (`engine.authz.permissions`); `Forbidden` when none."""
+        return self.permissions.scope(entity, action, self.caller_param)
+
+    def shown(self, entity: str) -> Condition | None:
+        """The scope of what a write returns: the read scope."""
+        return self.permissions.shown(entity, self.caller_param)
 
     def count(self, node: ast.ValueNode | None, name: str) -> int | None:
         value = self.values.resolve(node)
@@ -301,9 +300,8 @@ class QueryCompiler:
             else:
                 relation = self.relations[entity][key]
                 self.entities.add(relation.target)
-                inner = self.condition(relation.target, value)
-                scoped = self.scope_conditions(relation.target, "read")
-                items.append(RelationFilter(relation, Condition("and", (*scoped, inner))))
+                items.append(RelationFilter(relation, self.condition(relation.target, value),
+                                            self.scope(relation.target, "read")))
         return Condition("and", tuple(items))
 
     def comparisons(self, column: str, comparison: Any) -> list[Filter]:
@@ -325,12 +323,14 @@ class QueryCompiler:
             orders += self.orders(entity, item, ())
         return tuple(orders)
 
-    def orders(self, entity: str, item: Mapping[str, Any], through: tuple[Relation, ...]) -> list[Order]:
+    def orders(self, entity: str, item: Mapping[str, Any], through: tuple[Step, ...]) -> list[Order]:
         found = []
         for key, value in item.items():
             if isinstance(value, dict):
-                relation = self.relations[entity][key]
-                found += self.orders(relation.target, value, (*through, relation))
+                relation = self.relations[entity][key]  # among the related rows the caller may read
+                self.entities.add(relation.target)
+                found += self.orders(relation.target, value, (*through, Step(relation, self.scope(relation.target,
+                                                                                                   "read"))))
             else:
                 descending, nulls = ORDERS[value]
                 found.append(Order(key, descending, nulls, through))

@@ -1,8 +1,10 @@
 """GraphQL mutations: every root field, in order, in ONE transaction as the tenant's role.
 
-The same checks as REST's write path: Casbin per entity and action, row scopes in the WHERE of updates
-and deletes, `owner_id` from the caller, bodies validated by the entity's JSON Schema, users' `roles`
-and `verified` reserved to admins. `update_*` and `delete_*` are one statement each (a CTE whose
+The same checks as REST's write path, from the same place (`engine.authz.permissions`): Casbin per entity
+and action, row scopes in the WHERE of updates and deletes and of an upsert's update (`on_conflict` is an
+update: the update permission and its scope, owner_id never set), the read scope on whatever `returning`
+shows, `owner_id` from the caller, bodies validated by the entity's JSON Schema, users' `roles` and
+`verified` reserved to admins. `update_*` and `delete_*` are one statement each (a CTE whose
 returned rows the same read builder turns into `returning`); inserts go row by row so that nested
 object relations are inserted first and array relations after, with their keys filled in.
 """
@@ -10,6 +12,7 @@ object relations are inserted first and array relations after, with their keys f
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -19,12 +22,19 @@ from graphql import GraphQLSchema
 from graphql.language import ast
 from sqlalchemy.dialects import postgresql
 
-from engine.authz import authorize, guard_user_fields
-from engine.errors import Problem, ValidationFailed
+from engine.authz import guard_user_fields
+from engine.errors import Forbidden, Problem, ValidationFailed
 from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error
 from engine.graphql.schema import conflict_targets
-from engine.query.plan import Condition, Filter, ReadPlan
-from engine.query.sql import EMPTY_ARRAY, StatementBuilder, compile_statement, condition_sql, json_source
+from engine.query.plan import Condition, Filter, ReadPlan, Upsert
+from engine.query.sql import (
+    EMPTY_ARRAY,
+    StatementBuilder,
+    compile_statement,
+    condition_sql,
+    insert_statement,
+    json_source,
+)
 from engine.schema.model import OWNER_COLUMN
 from engine.writes import HookedWriter
 
@@ -101,7 +111,7 @@ class MutationRunner:
     async def insert(self, conn: asyncpg.Connection, entity: str, obj: Mapping[str, Any],
                      on_conflict: Mapping[str, Any] | None, prefix: str = "") -> str | None:
         """Insert one object with its nested relations; its id (None when on_conflict did nothing)."""
-        authorize(self.runtime.authorizer, self.caller, entity, "create")
+        self.api.permissions.of(entity, "create")
         relations = self.api.compiler(self.schema, self.document, self.variables).relations[entity]
         columns = {k: v for k, v in obj.items() if k not in relations}
         children = []
@@ -130,27 +140,33 @@ class MutationRunner:
         if model_entity is not None and model_entity.owner and self.caller.user_id is not None:
             columns[OWNER_COLUMN] = self.caller.user_id
         table = self.runtime.tables[entity]
-        source = json_source(table, 0, many=False)
-        keys = list(columns)
-        statement = postgresql.insert(table).from_select(keys, sa.select(*(source.c[k] for k in keys)))
-        if on_conflict:
-            model_entity = self.runtime.model.entity(entity)
-            assert model_entity is not None
-            targets = list(conflict_targets(model_entity)[on_conflict["constraint"]])
-            updates = on_conflict.get("update_columns") or []
-            if on_conflict.get("where") is not None:
-                raise GraphQLError("validation-failed", "on_conflict.where is not supported; filter with update_*")
-            statement = (statement.on_conflict_do_update(index_elements=targets,
-                                                         set_={c: statement.excluded[c] for c in updates})
-                         if updates else statement.on_conflict_do_nothing(index_elements=targets))
+        compiler = self.compiler()
+        body = compiler.values.add(Slot(constant=orjson.dumps(columns).decode()))
+        upsert = self.upsert(compiler, entity, on_conflict) if on_conflict else None
+        statement = insert_statement(table, list(columns), body, upsert, self.runtime.tables, many=False)
         compiled = compile_statement(statement.returning(sa.cast(table.c.id, sa.Text)))
-        new_id = await conn.fetchval(compiled.sql, *compiled.arguments([orjson.dumps(columns).decode()]))
+        values = compiler.values.builder()(self.variables, self.caller.user_id)
+        new_id = await conn.fetchval(compiled.sql, *compiled.arguments(values))
+        if new_id is None and upsert is not None and upsert.update:
+            raise Forbidden(f"the {entity} row this insert conflicts with is outside what the caller may update")
         for index, (relation, child) in enumerate(children):
             if new_id is None:
                 break
             await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
                               f"{prefix}{relation.name}.data[{index}].")
         return new_id
+
+    def upsert(self, compiler: QueryCompiler, entity: str, on_conflict: Mapping[str, Any]) -> Upsert:
+        """`on_conflict` is an update of the row it meets: the update permission (the schema offers it only
+        to roles that have it), within the update's row scope, never of owner_id; no columns: do nothing."""
+        if on_conflict.get("where") is not None:
+            raise GraphQLError("validation-failed", "on_conflict.where is not supported; filter with update_*")
+        model_entity = self.runtime.model.entity(entity)
+        assert model_entity is not None
+        targets = conflict_targets(model_entity)[on_conflict["constraint"]]
+        scope = compiler.scope(entity, "update")
+        update = tuple(c for c in on_conflict.get("update_columns") or () if c != OWNER_COLUMN)
+        return Upsert(targets, update, scope)
 
     # -- responses --
 
@@ -160,9 +176,7 @@ class MutationRunner:
         fake = ast.FieldNode(name=ast.NameNode(value=entity), arguments=(), selection_set=selection)
         plan = compiler.plan(entity, fake)
         if extra:
-            where = Condition("and", tuple([*(plan.where.items if plan.where else ()), *extra]))
-            plan = ReadPlan(plan.entity, plan.columns, plan.embeds, where, plan.order, plan.limit, plan.offset,
-                            plan.distinct, plan.aggregates)
+            plan = replace(plan, where=Condition("and", tuple([*(plan.where.items if plan.where else ()), *extra])))
         return plan
 
     async def fetch(self, conn: asyncpg.Connection, compiler: QueryCompiler, statement: sa.Select[Any]) -> bytes:
@@ -217,14 +231,16 @@ class MutationRunner:
     # -- updates and deletes --
 
     def scoped_where(self, compiler: QueryCompiler, entity: str, action: str, where: Any) -> Condition:
-        return Condition("and", (*compiler.scope_conditions(entity, action), compiler.condition(entity, where)))
+        """The rows an update or a delete reaches: the caller's row scope for it and the request's `where`."""
+        scope = compiler.scope(entity, action)
+        return Condition("and", (*((scope,) if scope is not None else ()), compiler.condition(entity, where)))
 
     async def written_response(self, conn: asyncpg.Connection, compiler: QueryCompiler, entity: str,
                                written: Any, field: ast.FieldNode, single: bool) -> bytes:
         builder = StatementBuilder(self.runtime.tables)
         if single:
-            plan = self.returning_plan(compiler, entity, field.selection_set)
-            plan = ReadPlan(plan.entity, plan.columns, plan.embeds, None, (), 1, None, (), plan.aggregates)
+            plan = self.returning_plan(compiler, entity, field.selection_set)  # its scope: the read scope
+            plan = replace(plan.returned(plan.scope), limit=1)
             rows = builder.rows(plan, source=written).subquery()
             statement = sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text))
             return await self.fetch(conn, compiler, statement)
@@ -237,8 +253,8 @@ class MutationRunner:
             elif what == "__typename":
                 values.append(sa.literal_column(f"'{entity}_mutation_response'"))
             else:
-                plan = self.returning_plan(compiler, entity, selection)
-                plan = ReadPlan(plan.entity, plan.columns, plan.embeds, None, (), None, None, (), plan.aggregates)
+                plan = self.returning_plan(compiler, entity, selection)  # its scope: the read scope
+                plan = plan.returned(plan.scope)
                 rows = builder.rows(plan, source=written).subquery()
                 values.append(sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY))
                               .scalar_subquery())

@@ -302,12 +302,13 @@ class SchemaBuilder:
         for entity in self.readable:
             name, object_type = entity.name, self.object_type(entity)
             if self.may(name, "create") and self.writable_columns(entity):
-                conflict = GraphQLArgument(self.on_conflict(entity))
+                # an upsert updates the row it meets: offered only to roles that may update (as Hasura does)
+                conflict = {"on_conflict": GraphQLArgument(self.on_conflict(entity))} if self.may(name, "update") else {}
                 fields[f"insert_{name}"] = GraphQLField(self.mutation_response(entity), args={
                     "objects": GraphQLArgument(GraphQLNonNull(GraphQLList(GraphQLNonNull(self.insert_input(entity))))),
-                    "on_conflict": conflict})
+                    **conflict})
                 fields[f"insert_{name}_one"] = GraphQLField(object_type, args={
-                    "object": GraphQLArgument(GraphQLNonNull(self.insert_input(entity))), "on_conflict": conflict})
+                    "object": GraphQLArgument(GraphQLNonNull(self.insert_input(entity))), **conflict})
             if self.may(name, "update"):
                 pk = f"{name}_pk_columns_input"
                 updates = f"{name}_updates"

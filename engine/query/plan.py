@@ -1,13 +1,19 @@
-"""The read plan: what a read asks for, resolved against the model, with no HTTP and no SQL in it.
+"""The plan: what a read or a write asks for, resolved against the model, with no HTTP and no SQL in it.
 
-REST (and later GraphQL) parse their requests into a `ReadPlan`; `engine.query.sql` renders it. A plan
-holds no values: each filter value is a numbered parameter, so a plan is also the cache key of the
-statement that serves every request of its shape.
+REST and GraphQL parse their requests into plans; `engine.query.sql` renders them. A plan holds no
+values: each filter value is a numbered parameter, so a plan is also the cache key of the statement
+that serves every request of its shape.
+
+Permissions live in the plan (Hasura's shape): every level that reaches rows of an entity carries the
+caller's row scope for that entity and action (`scope`, made by `engine.authz.permissions` and nowhere
+else), apart from the request's own `where`: a read and each embed, a filter and an order through a
+relation, an aggregate, the rows a write touches, the row an upsert meets and the rows a write returns.
+The SQL builder renders both; it never decides.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from engine.schema.model import OWNER_COLUMN, USERS, Schema
 
@@ -46,19 +52,33 @@ class Membership:
 
 @dataclass(frozen=True)
 class Condition:
-    """`and` / `or` of filters and nested conditions."""
+    """`and` / `or` of filters and nested conditions (an empty `and` holds for every row)."""
 
     kind: str  # and | or
     items: tuple[Filter | Membership | RelationFilter | Condition, ...]
     negate: bool = False
 
 
+NO_ROWS = Condition("and", (), negate=True)  # the scope of a caller who may not see any row
+
+
 @dataclass(frozen=True)
 class RelationFilter:
-    """Rows with a related row (one-to-many: at least one) matching `where` (GraphQL's `{author: {...}}`)."""
+    """Rows with a related row (one-to-many: at least one) matching `where` (GraphQL's `{author: {...}}`),
+    among the related rows the caller may read (`scope`)."""
 
     relation: Relation
     where: Condition
+    scope: Condition | None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One many-to-one relation an order goes through, and the caller's read scope on its target: a
+    related row the caller may not read orders as if it were missing (null)."""
+
+    relation: Relation
+    scope: Condition | None
 
 
 @dataclass(frozen=True)
@@ -66,7 +86,7 @@ class Order:
     column: str
     descending: bool = False
     nulls: str | None = None  # first | last
-    through: tuple[Relation, ...] = ()  # many-to-one relations leading to the column (GraphQL order_by)
+    through: tuple[Step, ...] = ()  # many-to-one relations leading to the column (GraphQL order_by)
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,10 @@ class Embed:
 
 @dataclass(frozen=True)
 class ReadPlan:
+    """The rows of one entity a level reaches: `scope` (the caller's, for the level's action; None: every
+    row) and `where` (the request's), selected, ordered and paged. `scope` has no default: whoever makes
+    a plan says which rows the caller may reach."""
+
     entity: str
     columns: tuple[Column, ...]
     embeds: tuple[Embed, ...] = ()
@@ -95,6 +119,28 @@ class ReadPlan:
     offset: int | None = None
     distinct: tuple[str, ...] = ()  # DISTINCT ON these columns (GraphQL distinct_on)
     aggregates: tuple[Aggregate, ...] = ()  # aggregate embeds (GraphQL's `posts_aggregate`)
+    scope: Condition | None = field(kw_only=True)
+
+    def reach(self) -> Condition | None:
+        """The rows the plan reaches: its scope and its where together."""
+        parts = tuple(c for c in (self.scope, self.where) if c is not None)
+        return parts[0] if len(parts) == 1 else Condition("and", parts) if parts else None
+
+    def returned(self, scope: Condition | None) -> ReadPlan:
+        """This plan's selection over the rows a write returned, under `scope` (the caller's READ scope):
+        no filters, no order, no paging."""
+        return replace(self, where=None, order=(), limit=None, offset=None, distinct=(), scope=scope)
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """`ON CONFLICT (target)`: a conflict is an update of the existing row, so `update` (the columns set
+    from the new row, never owner_id) applies only where `scope` (the caller's UPDATE scope) holds for
+    the existing row; no `update` columns: do nothing."""
+
+    target: tuple[str, ...]
+    update: tuple[str, ...]
+    scope: Condition | None
 
 
 @dataclass(frozen=True)

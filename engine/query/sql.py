@@ -9,7 +9,7 @@ parameters sent as text and cast by Postgres to the column's type, so a bad valu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from engine.query.plan import (
     Order,
     ReadPlan,
     RelationFilter,
+    Upsert,
 )
 
 DIALECT = AsyncpgDialect()
@@ -85,9 +86,11 @@ def membership_sql(item: Membership, table: sa.FromClause, tables: Mapping[str, 
 
 def relation_filter_sql(item: RelationFilter, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
     related = tables[item.relation.target].alias()
-    return sa.exists(sa.select(sa.literal_column("1")).select_from(related).where(
-        related.c[item.relation.target_column] == table.c[item.relation.source_column],
-        condition_sql(item.where, related, tables)))
+    conditions = [related.c[item.relation.target_column] == table.c[item.relation.source_column]]
+    if item.scope is not None:
+        conditions.append(condition_sql(item.scope, related, tables))
+    conditions.append(condition_sql(item.where, related, tables))
+    return sa.exists(sa.select(sa.literal_column("1")).select_from(related).where(*conditions))
 
 
 def condition_sql(condition: Condition, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
@@ -122,8 +125,9 @@ class StatementBuilder:
         statement = sa.select(*columns).select_from(table)
         if link is not None:
             statement = statement.where(table.c[link[0]] == link[1]).correlate(link[1].table)
-        if plan.where is not None:
-            statement = statement.where(condition_sql(plan.where, table, self.tables))
+        reach = plan.reach()
+        if reach is not None:
+            statement = statement.where(condition_sql(reach, table, self.tables))
         orders = list(plan.order)
         if plan.distinct:  # PostgreSQL wants DISTINCT ON's columns to lead the ORDER BY
             statement = statement.ext(postgresql.distinct_on(*(table.c[c] for c in plan.distinct)))
@@ -151,29 +155,34 @@ class StatementBuilder:
         return sa.cast(table.c[column.column], sa.Text) if column.as_text else table.c[column.column]
 
     def order_expression(self, order: Order, table: sa.FromClause) -> ColumnElement[Any]:
-        """The column to order by, or for an order through relations the related row's column."""
+        """The column to order by, or for an order through relations the related row's column, among the
+        related rows the caller may read (another's row orders as a missing one: null)."""
         if not order.through:
             return table.c[order.column]
-        relation, rest = order.through[0], order.through[1:]
-        related = self.tables[relation.target].alias(f"t{next(self.names)}")
+        step, rest = order.through[0], order.through[1:]
+        related = self.tables[step.relation.target].alias(f"t{next(self.names)}")
         inner = self.order_expression(Order(order.column, through=rest), related)
-        return sa.select(inner).select_from(related).where(
-            related.c[relation.target_column] == table.c[relation.source_column]).scalar_subquery()
+        statement = sa.select(inner).select_from(related).where(
+            related.c[step.relation.target_column] == table.c[step.relation.source_column])
+        if step.scope is not None:
+            statement = statement.where(condition_sql(step.scope, related, self.tables))
+        return statement.scalar_subquery()
 
     def aggregate(self, aggregate: Aggregate, link: tuple[str, ColumnElement[Any]] | None = None) -> ColumnElement[Any]:
         """One JSON object: each summary over the rows of the aggregate's plan, and the rows themselves."""
         table = self.tables[aggregate.plan.entity]
         every_column = tuple(Column(c, c) for c in table.c.keys())
         base_plan = ReadPlan(aggregate.plan.entity, every_column, where=aggregate.plan.where, order=aggregate.plan.order,
-                             limit=aggregate.plan.limit, offset=aggregate.plan.offset, distinct=aggregate.plan.distinct)
+                             limit=aggregate.plan.limit, offset=aggregate.plan.offset, distinct=aggregate.plan.distinct,
+                             scope=aggregate.plan.scope)
         parts: list[ColumnElement[Any]] = []
         base = self.rows(base_plan, link).subquery(f"r{next(self.names)}")
         for alias, fields in aggregate.summaries:
             parts += [sa.literal_column(f"'{alias}'"),
                       sa.func.json_build_object(*(p for f in fields for p in self.summary(f, base)))]
         for alias in aggregate.nodes:
-            node_plan = ReadPlan(aggregate.plan.entity, aggregate.plan.columns, aggregate.plan.embeds,
-                                 order=aggregate.plan.order, aggregates=aggregate.plan.aggregates)
+            node_plan = ReadPlan(aggregate.plan.entity, aggregate.plan.columns, aggregate.plan.embeds,  # of the rows
+                                 order=aggregate.plan.order, aggregates=aggregate.plan.aggregates, scope=None)  # above
             nodes = self.rows(node_plan, source=self.rows(base_plan, link).subquery()).subquery(f"r{next(self.names)}")
             parts += [sa.literal_column(f"'{alias}'"),
                       sa.select(sa.func.coalesce(sa.func.json_agg(nodes.table_valued()), EMPTY_ARRAY)).scalar_subquery()]
@@ -203,8 +212,9 @@ class StatementBuilder:
     def count(self, plan: ReadPlan) -> ColumnElement[Any]:
         table = self.tables[plan.entity].alias(f"t{next(self.names)}")
         statement = sa.select(sa.func.count()).select_from(table)
-        if plan.where is not None:
-            statement = statement.where(condition_sql(plan.where, table, self.tables))
+        reach = plan.reach()
+        if reach is not None:
+            statement = statement.where(condition_sql(reach, table, self.tables))
         return statement.scalar_subquery()
 
 
@@ -239,3 +249,81 @@ def json_source(table: sa.Table, param: int, *, many: bool) -> sa.FromClause:
 def qualified(table: sa.Table) -> str:
     preparer = postgresql.dialect().identifier_preparer
     return f"{preparer.quote(table.schema or '')}.{preparer.quote(table.name)}"
+
+
+# -- the statements of REST's requests: ONE statement each, whose one row is the response --------------
+
+
+def body_select(builder: StatementBuilder, plan: ReadPlan, source: sa.FromClause,
+                count: ColumnElement[Any] | None = None, *, first_id: ColumnElement[Any] | None = None,
+                representation: bool = True, written: sa.FromClause | None = None) -> sa.Select[Any]:
+    """body (the rows as JSON text, or NULL when not asked for), page_rows, total, first_id, written (the
+    rows a write wrote, shown or not): the one row every REST statement returns."""
+    rows = builder.rows(plan, source=source).subquery("page") if representation else source
+    body = sa.cast(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY), sa.Text) \
+        if representation else sa.null()
+    written_rows = sa.select(sa.func.count()).select_from(written).scalar_subquery() if written is not None \
+        else sa.null()
+    return sa.select(body.label("body"), sa.func.count().label("page_rows"),
+                     (count if count is not None else sa.null()).label("total"),
+                     (first_id if first_id is not None else sa.null()).label("first_id"),
+                     written_rows.label("written")).select_from(rows)
+
+
+def read_statement(plan: ReadPlan, tables: Mapping[str, sa.Table], count: bool) -> sa.Select[Any]:
+    builder = StatementBuilder(tables)
+    return body_select(builder, plan, tables[plan.entity], builder.count(plan) if count else None)
+
+
+def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: Upsert | None,
+                     tables: Mapping[str, sa.Table], *, many: bool = True) -> postgresql.Insert:
+    """INSERT the rows of JSON parameter `param` (an array, or one object unless `many`); with `upsert`,
+    a conflict updates the existing row only within the update's scope (else the row is left alone and
+    not returned: the caller compares what was written with what was sent)."""
+    source = json_source(table, param, many=many)
+    statement = postgresql.insert(table).from_select(list(keys), sa.select(*(source.c[k] for k in keys)))
+    if upsert is None:
+        return statement
+    if not upsert.update:
+        return statement.on_conflict_do_nothing(index_elements=list(upsert.target))
+    where = condition_sql(upsert.scope, table, tables) if upsert.scope is not None else None
+    return statement.on_conflict_do_update(index_elements=list(upsert.target),
+                                           set_={c: statement.excluded[c] for c in upsert.update}, where=where)
+
+
+def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequence[str], upsert: Upsert | None,
+                param: int, representation: bool) -> sa.Executable:
+    """REST's POST: the rows as `returned` shows them (the read scope applied), or the new ids alone."""
+    table = tables[returned.entity]
+    statement = insert_statement(table, keys, param, upsert, tables)
+    if not representation:
+        return statement.returning(sa.cast(table.c.id, sa.Text).label("id"))
+    written = statement.returning(*table.c).cte("written")
+    builder = StatementBuilder(tables)
+    shown = builder.rows(ReadPlan(returned.entity, (Column("id", "id"),), scope=returned.scope), source=written)
+    first_id = sa.select(sa.cast(shown.subquery().c.id, sa.Text)).limit(1).scalar_subquery()  # for Location
+    return body_select(builder, returned, written, first_id=first_id, written=written)
+
+
+def rest_update(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, keys: Sequence[str], param: int,
+                representation: bool) -> sa.Select[Any]:
+    """REST's PATCH: the rows `plan` reaches (its scope and filters) set from JSON parameter `param`."""
+    table = tables[plan.entity]
+    source = json_source(table, param, many=False)
+    statement = sa.update(table).values({k: source.c[k] for k in keys})
+    return _written(tables, plan, returned, statement, representation)
+
+
+def rest_delete(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan,
+                representation: bool) -> sa.Select[Any]:
+    return _written(tables, plan, returned, sa.delete(tables[plan.entity]), representation)
+
+
+def _written(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, statement: sa.Update | sa.Delete,
+             representation: bool) -> sa.Select[Any]:
+    table = tables[plan.entity]
+    reach = plan.reach()
+    if reach is not None:
+        statement = statement.where(condition_sql(reach, table, tables))
+    written = statement.returning(*(table.c if representation else [table.c.id])).cte("written")
+    return body_select(StatementBuilder(tables), returned, written, representation=representation, written=written)

@@ -15,13 +15,13 @@ from urllib.parse import parse_qsl
 
 import asyncpg
 import orjson
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from engine.answer import Answer
-from engine.authz import Caller, authorize, guard_user_fields
+from engine.authz import Caller, guard_user_fields
+from engine.authz.permissions import Permissions
 from engine.database import Database
 from engine.errors import (
+    Forbidden,
     InvalidBody,
     NotAcceptable,
     Problem,
@@ -34,8 +34,9 @@ from engine.errors import (
     ValidationFailed,
     database_error,
 )
-from engine.query.plan import ReadPlan
-from engine.query.sql import CompiledRead, StatementBuilder, compile_statement, condition_sql, json_source
+from engine.limits import Bounds, RowBudget, validate_sized
+from engine.query.plan import Condition, Filter, ReadPlan, Upsert
+from engine.query.sql import CompiledRead, compile_statement, read_statement, rest_delete, rest_insert, rest_update
 from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
@@ -92,12 +93,14 @@ class RestApi:
     """The REST dialect over one tenant runtime (stateless but for the runtime's statement cache)."""
 
     def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller,
-                 conn: asyncpg.Connection | None = None) -> None:
+                 conn: asyncpg.Connection | None = None, limits: Mapping[str, Any] | None = None) -> None:
         self.runtime = runtime
         self.db = db
         self.caller = caller
         self.conn = conn  # a hook's or function's transaction to run in, instead of a pooled connection
-        self.who = (caller.roles, caller.user_id)  # what a prepared request depends on (not the session)
+        self.bounds = Bounds.of_plan(limits)  # the tenant's plan's limits (engine.limits)
+        self.who = (caller.roles, caller.user_id, self.bounds)  # what a prepared request depends on (not the session)
+        self.permissions = Permissions(runtime.authorizer, caller, runtime.columns)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -133,14 +136,21 @@ class RestApi:
 
     # -- planning --
 
+    def parser(self) -> ReadParser:
+        return ReadParser(self.runtime.model, self.runtime.relations, self.permissions, self.caller.user_id,
+                          self.bounds)
+
     def plan(self, entity: Entity, action: str, params: list[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
         """The plan of the request, every level of it authorized for this caller (row scopes included)."""
-        def scope(entity_name: str, level_action: str) -> str:
-            return authorize(self.runtime.authorizer, self.caller, entity_name, level_action)
-
-        parser = ReadParser(self.runtime.model, self.runtime.relations, self.runtime.columns, scope,
-                            self.caller.user_id, self.runtime.authorizer.member_roles)
+        parser = self.parser()
         return parser.parse(entity.name, params, action), parser.values
+
+    def write_plan(self, entity: Entity, action: str, params: list[tuple[str, str]]
+                   ) -> tuple[ReadPlan, ReadPlan, list[Any]]:
+        """(the rows the write reaches, what it shows of the rows it wrote: under the read scope, values)."""
+        parser = self.parser()
+        plan = parser.parse(entity.name, params, action)
+        return plan, parser.returned(plan), parser.values
 
     def prepared(self, key: Any, prepare: Any) -> Any:
         """What a request needs before the database (plan, values, statement) is a pure function of the
@@ -160,20 +170,25 @@ class RestApi:
         return cached
 
     async def run(self, compiled: CompiledRead, values: list[Any], *, many: bool = False,
-                  single: bool = False) -> Any:
+                  single: bool = False, expect: int | None = None) -> Any:
         """Execute one statement as the tenant's role: its one row, or all its rows with `many`.
 
         `single` (a write whose client asked for exactly one object) wraps it in a transaction that is
-        rolled back unless exactly one row was written, as PostgREST does: a 406 never leaves a change."""
+        rolled back unless exactly one row was written, as PostgREST does: a 406 never leaves a change.
+        `expect` (an upsert's row count) rolls it back unless every row sent was written: a conflicting
+        row outside the caller's update scope is left alone by the statement, and refused here (403)."""
         async with self.connection() as conn:
             fetch = conn.fetch if many else conn.fetchrow
-            if not single:
+            if not single and expect is None:
                 return await fetch(compiled.sql, *compiled.arguments(values))
             async with conn.transaction():
                 row = await fetch(compiled.sql, *compiled.arguments(values))
-                if row["page_rows"] != 1:
+                if single and row["page_rows"] != 1:
                     raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
                                         hint=f"the statement matched {row['page_rows']} rows")
+                if expect is not None and (len(row) if many else row["written"]) != expect:
+                    raise Forbidden("a row this upsert conflicts with is outside what the caller may update; "
+                                    "nothing was changed")
                 return row
 
     # -- reads --
@@ -189,9 +204,9 @@ class RestApi:
         limit, offset = parse_range(headers.get("range"))
         plan, values = self.plan(entity, "read", parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
         if limit is not None or offset is not None:  # the Range header wins over limit= and offset=
-            plan = replace(plan, limit=limit, offset=offset)
+            plan = RowBudget(self.bounds).admit(replace(plan, limit=limit, offset=offset))
         count = Prefer.parse(headers.get("prefer", ""), "representation").count in ("exact", "planned", "estimated")
-        compiled = self.statement(("read", plan, count), lambda: _read(plan, self.runtime, count))
+        compiled = self.statement(("read", plan, count), lambda: read_statement(plan, self.runtime.tables, count))
         return plan, values, compiled, count
 
     def respond_rows(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str], *, status: int,
@@ -236,6 +251,7 @@ class RestApi:
                      body: bytes) -> Answer:
         payload = self.parse_body(body)
         objects = payload if isinstance(payload, list) else [payload]
+        self.bounds.check_items(len(objects), "body")  # before any work per item
         if not objects or not all(isinstance(o, dict) for o in objects):
             raise InvalidBody("expected a JSON object or a non-empty array of objects")
         columns_param = dict(params).get("columns")
@@ -245,7 +261,8 @@ class RestApi:
                                    details=[Problem(k, "is read-only") for k in keys if k in READ_ONLY])
         if not columns_param and any(set(o) != set(keys) for o in objects):
             raise InvalidBody("all objects of a bulk insert must have the same keys", hint="or list them in columns=")
-        self.validate(entity, objects if isinstance(payload, list) else objects[0], partial=False)
+        await validate_sized(len(objects), lambda: self.validate(entity, objects if isinstance(payload, list)
+                                                                 else objects[0], partial=False))
         if self.runtime.hooks(entity.name, "create"):
             if dict(params).get("on_conflict") or "resolution=" in headers.get("prefer", ""):
                 raise InvalidBody(f"upserts are not supported on '{entity.name}': it has hooks",
@@ -262,25 +279,45 @@ class RestApi:
                 raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
         representation = prefer.returning == "representation"
 
-        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
-            plan, values = self.plan(entity, "create", [(k, v) for k, v in params if k == "select"])
-            compiled = self.statement(("insert", plan, keys, conflict, prefer.resolution, representation),
-                                      lambda: _insert(self.runtime, plan, keys, conflict, prefer.resolution,
-                                                      len(values), representation))
-            return plan, values, compiled
+        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead, Upsert | None]:
+            parser = self.parser()
+            plan = parser.parse(entity.name, [(k, v) for k, v in params if k == "select"], "create")
+            upsert = self.upsert(parser, entity, keys, conflict, prefer.resolution)
+            returned = parser.returned(plan)
+            values = parser.values
+            compiled = self.statement(("insert", returned, keys, upsert, representation, len(values)),
+                                      lambda: rest_insert(self.runtime.tables, returned, keys, upsert, len(values),
+                                                          representation))
+            return returned, values, compiled, upsert
 
-        plan, values, compiled = self.prepared(("insert", entity.name, tuple(params), prefer, self.who, keys), prepare)
+        plan, values, compiled, upsert = self.prepared(("insert", entity.name, tuple(params), prefer, self.who, keys),
+                                                       prepare)
         arguments = [*values, orjson.dumps(objects).decode()]
+        expect = len(objects) if upsert is not None and upsert.update else None
         if representation:
-            row = await self.run(compiled, arguments, single=OBJECT_MEDIA in headers.get("accept", ""))
+            row = await self.run(compiled, arguments, single=OBJECT_MEDIA in headers.get("accept", ""), expect=expect)
             first_id, count = row["first_id"], row["page_rows"]
         else:  # the statement returns the new ids alone (no body to build)
-            ids = await self.run(compiled, arguments, many=True)
-            first_id, count = (ids[0]["id"] if ids else None), len(ids)
+            ids = await self.run(compiled, arguments, many=True, expect=expect)
+            # an upsert may have met rows the caller may not read: their ids are not shown
+            first_id, count = (ids[0]["id"] if ids and upsert is None else None), len(ids)
         extra = [("Location", f"/{entity.name}?id=eq.{first_id}")] if not isinstance(payload, list) and first_id else []
         if representation:
             return self.respond_rows(row, plan, headers, status=201, extra=extra)
         return Answer(201, [("Content-Range", f"*/{count}"), *extra], b"")
+
+    def upsert(self, parser: ReadParser, entity: Entity, keys: tuple[str, ...], conflict: tuple[str, ...],
+               resolution: str | None) -> Upsert | None:
+        """`Prefer: resolution=`: ignore-duplicates leaves a conflicting row alone; merge-duplicates is an
+        update of it, so it needs the update permission and happens only within the update's row scope,
+        and never sets owner_id (the row stays its owner's)."""
+        target = conflict or ("id",)
+        if resolution == "ignore-duplicates":
+            return Upsert(target, (), None)
+        if resolution != "merge-duplicates":
+            return None
+        scope = self.permissions.scope(entity.name, "update", parser.caller_param)
+        return Upsert(target, tuple(k for k in keys if k not in target and k != OWNER_COLUMN), scope)
 
     async def update(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
@@ -297,10 +334,11 @@ class RestApi:
         keys = tuple(payload)
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
-            plan, values = self.plan(entity, "update", params)
-            compiled = self.statement(("update", plan, keys, representation),
-                                      lambda: _update(self.runtime, plan, keys, len(values), representation))
-            return plan, values, compiled
+            plan, returned, values = self.write_plan(entity, "update", params)
+            compiled = self.statement(("update", plan, returned, keys, representation, len(values)),
+                                      lambda: rest_update(self.runtime.tables, plan, returned, keys, len(values),
+                                                          representation))
+            return returned, values, compiled
 
         plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
         row = await self.run(compiled, [*values, orjson.dumps(payload).decode()],
@@ -316,9 +354,10 @@ class RestApi:
         representation = prefer.returning == "representation"
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
-            plan, values = self.plan(entity, "delete", params)
-            return plan, values, self.statement(("delete", plan, representation),
-                                                lambda: _delete(self.runtime, plan, representation))
+            plan, returned, values = self.write_plan(entity, "delete", params)
+            return returned, values, self.statement(("delete", plan, returned, representation),
+                                                    lambda: rest_delete(self.runtime.tables, plan, returned,
+                                                                        representation))
 
         plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
         row = await self.run(compiled, values, single=representation and OBJECT_MEDIA in headers.get("accept", ""))
@@ -344,7 +383,7 @@ class RestApi:
         representation = Prefer.parse(headers.get("prefer", ""), "minimal").returning == "representation"
         async with self.connection() as conn, conn.transaction():
             writer = HookedWriter(self.runtime, self.caller, conn, self.db)
-            olds = await writer.lock(entity, plan.where, values)
+            olds = await writer.lock(entity, plan.reach(), values)
             ids = [o["id"] for o in olds]
             response = None
             if representation and action == "delete":  # the body is read before the rows go
@@ -364,10 +403,13 @@ class RestApi:
     async def rows_by_id(self, conn: asyncpg.Connection, entity: Entity, action: str, select: list[tuple[str, str]],
                          ids: list[str], headers: Mapping[str, str], status: int,
                          extra: list[tuple[str, str]]) -> Answer:
-        """The written rows as the request selects them (one object or 406, when asked for)."""
-        plan, values = self.plan(entity, action, [*select, ("id", f"in.({','.join(ids)})")] if ids else
-                                 [*select, ("id", "is.null")])
-        compiled = compile_statement(_read(plan, self.runtime, False))
+        """The written rows as the request selects them, under the read scope (one object or 406, when asked for)."""
+        parser = self.parser()
+        returned = parser.returned(parser.parse(entity.name, select, action))
+        parser.values.append(ids)
+        plan = replace(returned, where=Condition("and", (Filter("id", "in", len(parser.values) - 1),)))
+        values = parser.values
+        compiled = compile_statement(read_statement(plan, self.runtime.tables, False))
         row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
         if OBJECT_MEDIA in headers.get("accept", "") and row["page_rows"] != 1:
             raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
@@ -379,74 +421,3 @@ class RestApi:
         if representation:
             return self.respond_rows(row, replace(plan, offset=None), headers, status=200)
         return Answer(204, [("Content-Range", f"*/{row['page_rows']}")], b"")
-
-
-# -- statements -------------------------------------------------------------------------------------
-
-
-def _body_select(builder: StatementBuilder, plan: ReadPlan, source: sa.FromClause,
-                 count: sa.ColumnElement[Any] | None = None, *, first_id: sa.ColumnElement[Any] | None = None,
-                 representation: bool = True) -> sa.Select[Any]:
-    """body (the rows as JSON text, or NULL when not asked for), page_rows, total, first_id: the one row
-    every REST statement returns."""
-    rows = builder.rows(plan, source=source).subquery("page") if representation else source
-    body = sa.cast(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), sa.literal_column("'[]'::json")), sa.Text) \
-        if representation else sa.null()
-    return sa.select(body.label("body"), sa.func.count().label("page_rows"),
-                     (count if count is not None else sa.null()).label("total"),
-                     (first_id if first_id is not None else sa.null()).label("first_id")).select_from(rows)
-
-
-def _read(plan: ReadPlan, runtime: TenantRuntime, count: bool) -> sa.Select[Any]:
-    builder = StatementBuilder(runtime.tables)
-    return _body_select(builder, plan, runtime.tables[plan.entity], builder.count(plan) if count else None)
-
-
-def _returned(plan: ReadPlan) -> ReadPlan:
-    """The plan applied to the rows a write returned: the requested select, no filters or paging."""
-    return replace(plan, where=None, order=(), limit=None, offset=None)
-
-
-def _returning(table: sa.Table, representation: bool) -> list[sa.Column[Any]]:
-    """What a write returns to the statement around it: every column when the rows are sent back, else the id."""
-    return list(table.c) if representation else [table.c.id]
-
-
-def _insert(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], conflict: tuple[str, ...],
-            resolution: str | None, param: int, representation: bool) -> sa.Executable:
-    table = runtime.tables[plan.entity]
-    source = json_source(table, param, many=True)
-    statement = postgresql.insert(table).from_select(list(keys), sa.select(*(source.c[k] for k in keys)))
-    if resolution == "merge-duplicates":
-        target = list(conflict) or ["id"]
-        updates = {k: statement.excluded[k] for k in keys if k not in target}
-        statement = (statement.on_conflict_do_update(index_elements=target, set_=updates) if updates
-                     else statement.on_conflict_do_nothing(index_elements=target))
-    elif resolution == "ignore-duplicates":
-        statement = statement.on_conflict_do_nothing(index_elements=list(conflict) or ["id"])
-    if not representation:
-        return statement.returning(sa.cast(table.c.id, sa.Text).label("id"))
-    written = statement.returning(*table.c).cte("written")
-    first_id = sa.select(sa.cast(written.c.id, sa.Text)).limit(1).scalar_subquery()  # for Location
-    return _body_select(StatementBuilder(runtime.tables), plan, written, first_id=first_id)
-
-
-def _update(runtime: TenantRuntime, plan: ReadPlan, keys: tuple[str, ...], param: int,
-            representation: bool) -> sa.Select[Any]:
-    table = runtime.tables[plan.entity]
-    source = json_source(table, param, many=False)
-    statement = sa.update(table).values({k: source.c[k] for k in keys})
-    if plan.where is not None:
-        statement = statement.where(condition_sql(plan.where, table, runtime.tables))
-    written = statement.returning(*_returning(table, representation)).cte("written")
-    return _body_select(StatementBuilder(runtime.tables), _returned(plan), written, representation=representation)
-
-
-def _delete(runtime: TenantRuntime, plan: ReadPlan, representation: bool) -> sa.Select[Any]:
-    table = runtime.tables[plan.entity]
-    statement = sa.delete(table)
-    if plan.where is not None:
-        statement = statement.where(condition_sql(plan.where, table, runtime.tables))
-    written = statement.returning(*_returning(table, representation)).cte("written")
-    return _body_select(StatementBuilder(runtime.tables), _returned(plan), written, representation=representation)
-

@@ -7,12 +7,13 @@ knows nothing of SQL or HTTP. Every problem is a `QueryParseError`, `UnknownColu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.authz import MEMBER
-from engine.errors import QueryParseError, UnknownColumn, UnknownRelation
+from engine.authz.permissions import Permissions
+from engine.errors import Problem, QueryParseError, UnknownColumn, UnknownRelation
+from engine.limits import DEFAULT_BOUNDS, Bounds, RowBudget, check_query
 from engine.query.plan import (
     IS_VALUES,
     OPERATORS,
@@ -20,15 +21,11 @@ from engine.query.plan import (
     Condition,
     Embed,
     Filter,
-    Membership,
     Order,
     ReadPlan,
     Relation,
 )
-from engine.schema.model import OWNER_COLUMN, Entity, Schema
-
-Scope = Callable[[str, str], str]
-MemberRoles = Callable[[str, str], tuple[str, ...]]
+from engine.schema.model import Entity, Schema
 
 TEXT_TYPES = ("string", "text", "enum")
 
@@ -75,20 +72,30 @@ class _Level:
 class ReadParser:
     """Parses one request; `values` collects the filter values in parameter order."""
 
-    def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]],
-                 columns: Mapping[str, Mapping[str, str]], scope: Scope, user_id: str | None,
-                 member_roles: MemberRoles = lambda entity, action: ()) -> None:
+    def __init__(self, model: Schema, relations: Mapping[str, Mapping[str, Relation]], permissions: Permissions,
+                 user_id: str | None, bounds: Bounds = DEFAULT_BOUNDS) -> None:
         self.model = model
+        self.bounds = bounds  # the tenant's plan's: embed depth, rows per array and per request (engine.limits)
         self.relations = relations
-        self.columns = columns  # entity -> visible_columns(entity), computed once per runtime
-        self.scope = scope  # (entity, action) -> "all" | "own" | "member", raising when the caller may not
+        self.permissions = permissions  # the caller's: each level's row scope and columns
         self.user_id = user_id
-        self.member_roles = member_roles  # (entity, action) -> the membership roles a `member` scope admits
         self.values: list[Any] = []
+
+    def caller_param(self) -> int:
+        """The caller's user id as a parameter of the plan (a row scope's)."""
+        self.values.append(self.user_id)
+        return len(self.values) - 1
+
+    def returned(self, plan: ReadPlan) -> ReadPlan:
+        """What a write of `plan`'s root shows: its selection over the written rows, under the READ scope."""
+        return plan.returned(self.permissions.shown(plan.entity, self.caller_param))
 
     def parse(self, entity: str, params: Iterable[tuple[str, str]], action: str = "read") -> ReadPlan:
         """The plan of a request whose root does `action`; every embedded level is a read, authorized
-        on its own, and an `own` scope at any level becomes `owner_id = caller` in that level's filter."""
+        on its own, and each level carries the caller's row scope for it (`engine.authz.permissions`).
+        The text is checked against the plan's bounds before it is parsed, the plan after (arrays truncated)."""
+        params = list(params)
+        check_query(params, self.bounds)
         levels: dict[tuple[str, ...], _Level] = {(): _Level()}
         for key, value in params:
             *path, last = key.split(".")
@@ -112,7 +119,7 @@ class ReadParser:
         if unused:
             raise UnknownRelation(f"'{unused[0]}' is not an embedded resource of this request",
                                   hint="filters, order and limits on an embed need it in select=")
-        return plan
+        return RowBudget(self.bounds).admit(plan, truncate_root=action == "read")
 
     def _used(self, plan: ReadPlan, path: tuple[str, ...]) -> bool:
         for embed in plan.embeds:
@@ -124,16 +131,10 @@ class ReadParser:
               select: str | None, action: str = "read") -> ReadPlan:
         entity = self.model.entity(entity_name)
         assert entity is not None  # relations only ever point at entities of the same model
-        columns = self.columns[entity_name]
+        permission = self.permissions.of(entity_name, action)
+        columns = permission.columns
+        scope = permission.predicate(self.caller_param)
         conditions: list[Filter | Condition] = []
-        scope = self.scope(entity_name, action)
-        if scope == "own":
-            self.values.append(self.user_id)
-            conditions.append(Filter(OWNER_COLUMN, "eq", len(self.values) - 1))
-        elif scope == MEMBER:
-            self.values.append(self.user_id)
-            conditions.append(Membership("id" if entity_name == "tenants" else "tenant_id", len(self.values) - 1,
-                                         self.member_roles(entity_name, action)))
         spec = levels.get(path, _Level())
         selected, embeds = self.select(entity, columns, select or "*", path, levels)
         conditions += [self.filter(columns, name, value) for name, value in spec.filters]
@@ -141,7 +142,7 @@ class ReadParser:
             conditions.append(self.logic(columns, kind, value))
         where = Condition("and", tuple(conditions)) if conditions else None
         return ReadPlan(entity_name, selected, embeds, where, self.order(columns, spec.order),
-                        self.count("limit", spec.limit), self.count("offset", spec.offset))
+                        self.count("limit", spec.limit), self.count("offset", spec.offset), scope=scope)
 
     def select(self, entity: Entity, columns: Mapping[str, str], text: str, path: tuple[str, ...],
                levels: dict[tuple[str, ...], _Level]) -> tuple[tuple[Column, ...], tuple[Embed, ...]]:
@@ -195,6 +196,9 @@ class ReadParser:
                 raise QueryParseError(f"'{name}' is a {columns[name]} column: {op} applies to text")
             value = value.replace("*", "%")
         if op == "in":
+            if columns[name] == "array":
+                raise QueryParseError(f"'{name}' is an array column: in. compares single values",
+                                      details=[Problem(name, "in. on an array column")], hint="eq.{a,b} matches the array")
             if not (value.startswith("(") and value.endswith(")")):
                 raise QueryParseError(f"'{name}=in.{value}': in. takes a list in parentheses, e.g. in.(1,2)")
             items = [unquote(v.strip()) for v in split_top(value[1:-1])] if value[1:-1].strip() else []

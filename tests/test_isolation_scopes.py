@@ -1,0 +1,266 @@
+"""Row scopes hold for every operation kind (issue 11, findings 2-4): an upsert is an update of the row it
+meets (update permission, the update's row scope, owner_id untouched), ordering through a relation sees only
+the related rows the caller may read, and whatever a write returns passes through the read scope.
+
+Two users of one tenant, ann and bob; each test attacks ann's rows as bob (or as anon) through REST and
+GraphQL, then checks with the service key that nothing changed that should not have."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.database import Database
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from tests.server import running_gateway
+
+SCHEMA = """
+name: scoped
+entities:
+  post:                       # private to its owner; anyone may create one
+    owner: true
+    fields:
+      title: {type: string, required: true}
+      slug:  {type: string, unique: true}
+    permissions:
+      read:   {authenticated: own}
+      create: {anon: all, authenticated: all}
+      update: {authenticated: own}
+      delete: {authenticated: own}
+  comment:                    # public, pointing at private posts
+    owner: true
+    fields:
+      body: {type: text, required: true}
+      post: {type: ref, to: post, reverse: comments}
+    permissions:
+      read:   {authenticated: all}
+      create: {authenticated: all}
+  box:                        # a drop box: anyone signed in may write any box, but reads only their own
+    owner: true
+    fields:
+      label: {type: string, unique: true, required: true}
+      note:  {type: text}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
+      update: {authenticated: all}
+      delete: {authenticated: all}
+  guestbook:                  # anon may read and sign, never change a line
+    fields:
+      line: {type: string, unique: true, required: true}
+    permissions:
+      read:   {anon: all}
+      create: {anon: all}
+"""
+PASSWORD = "a long enough passphrase"
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> dict[str, str]:
+    await create_tenant(db, "scoped", source=SCHEMA)
+    return {role: (await create_api_key(db, "scoped", role, role)).key for role in ("anon", "service")}
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        yield f"{url}/api/tenants/scoped"
+
+
+def key(value: str) -> dict[str, str]:
+    return {"apikey": value, "Authorization": f"Bearer {value}"}
+
+
+@pytest.fixture(scope="module")
+def people(base: str, keys: dict[str, str]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for name in ("ann", "bob"):
+        response = httpx.post(f"{base}/auth/v1/signup", headers={"apikey": keys["anon"]},
+                              json={"email": f"{name}@example.com", "password": PASSWORD})
+        assert response.status_code == 200, response.text
+        session = response.json()
+        found[name] = {"id": session["user"]["id"], "headers": {"Authorization": f"Bearer {session['access_token']}"}}
+    return found
+
+
+def create(base: str, who: dict[str, str], entity: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{base}/rest/v1/{entity}", headers={**who, "Prefer": "return=representation"}, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()[0]
+
+
+def stored(base: str, keys: dict[str, str], entity: str, row_id: str) -> dict[str, Any] | None:
+    rows = httpx.get(f"{base}/rest/v1/{entity}?id=eq.{row_id}", headers=key(keys["service"])).json()
+    return rows[0] if rows else None
+
+
+def graphql(base: str, who: dict[str, str], query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = httpx.post(f"{base}/graphql/v1", headers=who, json={"query": query, "variables": variables or {}})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+MERGE = {"Prefer": "resolution=merge-duplicates,return=representation"}
+
+
+# -- finding 2: an upsert is an update of the row it meets --
+
+
+def test_rest_upsert_over_another_users_row_is_refused_and_changes_nothing(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    post = create(base, ann["headers"], "post", {"title": "ann's draft", "slug": "ann-rest-1"})
+    by_slug = httpx.post(f"{base}/rest/v1/post?on_conflict=slug", headers={**bob["headers"], **MERGE},
+                         json={"title": "bob was here", "slug": "ann-rest-1"})
+    assert by_slug.status_code == 403 and by_slug.json()["code"] == "permission_denied", by_slug.text
+    assert "ann's draft" not in by_slug.text
+    after = stored(base, keys, "post", post["id"])
+    assert after is not None and after["title"] == "ann's draft" and after["owner_id"] == ann["id"]
+
+
+def test_rest_bulk_upsert_with_one_foreign_row_writes_nothing(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    post = create(base, ann["headers"], "post", {"title": "ann's", "slug": "ann-bulk"})
+    response = httpx.post(f"{base}/rest/v1/post?on_conflict=slug", headers={**bob["headers"], **MERGE},
+                          json=[{"title": "bob's new", "slug": "bob-bulk"}, {"title": "taken", "slug": "ann-bulk"}])
+    assert response.status_code == 403, response.text
+    assert stored(base, keys, "post", post["id"])["title"] == "ann's"
+    assert httpx.get(f"{base}/rest/v1/post?slug=eq.bob-bulk", headers=key(keys["service"])).json() == []
+
+
+def test_rest_upsert_of_ones_own_row_updates_it(base, keys, people):
+    ann = people["ann"]
+    post = create(base, ann["headers"], "post", {"title": "first", "slug": "ann-own-upsert"})
+    response = httpx.post(f"{base}/rest/v1/post?on_conflict=slug", headers={**ann["headers"], **MERGE},
+                          json={"title": "second", "slug": "ann-own-upsert"})
+    assert response.status_code == 201, response.text
+    assert [(r["id"], r["title"]) for r in response.json()] == [(post["id"], "second")]
+
+
+def test_a_create_only_role_cannot_merge_duplicates(base, keys, people):
+    post = create(base, people["ann"]["headers"], "post", {"title": "kept", "slug": "anon-target"})
+    response = httpx.post(f"{base}/rest/v1/post?on_conflict=slug", headers={**key(keys["anon"]), **MERGE},
+                          json={"title": "overwritten", "slug": "anon-target"})
+    assert response.status_code == 403 and response.json()["code"] == "permission_denied", response.text
+    line = httpx.post(f"{base}/rest/v1/guestbook", headers=key(keys["anon"]), json={"line": "hello"})
+    assert line.status_code == 201
+    again = httpx.post(f"{base}/rest/v1/guestbook?on_conflict=line", headers={**key(keys["anon"]), **MERGE},
+                       json={"line": "hello"})
+    assert again.status_code == 403
+    assert stored(base, keys, "post", post["id"])["title"] == "kept"
+
+
+def test_an_upsert_never_moves_the_owner_and_never_shows_an_unreadable_row(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    box = create(base, ann["headers"], "box", {"label": "ann-box-rest", "note": "ann's note"})
+    response = httpx.post(f"{base}/rest/v1/box?on_conflict=label", headers={**bob["headers"], **MERGE},
+                          json={"label": "ann-box-rest", "note": "bob's note"})
+    assert response.status_code == 201, response.text
+    assert response.json() == []  # written (update: all) but not shown (read: own)
+    after = stored(base, keys, "box", box["id"])
+    assert after["note"] == "bob's note" and after["owner_id"] == ann["id"]
+
+
+def test_graphql_on_conflict_over_another_users_row_is_refused_and_changes_nothing(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    post = create(base, ann["headers"], "post", {"title": "ann's graph", "slug": "ann-graph-1"})
+    answer = graphql(base, bob["headers"], """mutation {
+        insert_post_one(object: {title: "bob was here", slug: "ann-graph-1"},
+                        on_conflict: {constraint: post_slug_key, update_columns: [title]}) { id title owner_id } }""")
+    assert answer["errors"][0]["extensions"]["code"] == "permission-error", answer
+    assert "ann's graph" not in str(answer)
+    bulk = graphql(base, bob["headers"], """mutation {
+        insert_post(objects: [{title: "x", slug: "ann-graph-1"}],
+                    on_conflict: {constraint: post_slug_key, update_columns: [title]}) { affected_rows } }""")
+    assert bulk["errors"][0]["extensions"]["code"] == "permission-error", bulk
+    after = stored(base, keys, "post", post["id"])
+    assert after["title"] == "ann's graph" and after["owner_id"] == ann["id"]
+
+
+def test_graphql_upsert_returning_hides_a_row_the_caller_may_not_read(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    box = create(base, ann["headers"], "box", {"label": "ann-box-graph", "note": "ann's"})
+    answer = graphql(base, bob["headers"], """mutation {
+        insert_box(objects: [{label: "ann-box-graph", note: "bob's"}],
+                   on_conflict: {constraint: box_label_key, update_columns: [note]}) {
+          affected_rows returning { id note owner_id } } }""")
+    assert "errors" not in answer, answer
+    assert answer["data"]["insert_box"]["returning"] == []
+    after = stored(base, keys, "box", box["id"])
+    assert after["note"] == "bob's" and after["owner_id"] == ann["id"]
+
+
+def test_graphql_offers_on_conflict_only_to_roles_that_may_update(base, keys, people):
+    query = '{ __type(name: "mutation_root") { fields { name args { name } } } }'
+    def arguments(who: dict[str, str]) -> dict[str, set[str]]:
+        fields = graphql(base, who, query)["data"]["__type"]["fields"]
+        return {f["name"]: {a["name"] for a in f["args"]} for f in fields}
+
+    anon = arguments(key(keys["anon"]))
+    assert "on_conflict" not in anon["insert_guestbook"] and "on_conflict" not in anon["insert_guestbook_one"]
+    signed_in = arguments(people["bob"]["headers"])
+    assert "on_conflict" in signed_in["insert_box"] and "on_conflict" in signed_in["insert_post_one"]
+    refused = graphql(base, key(keys["anon"]), """mutation {
+        insert_guestbook_one(object: {line: "hi"}, on_conflict: {constraint: guestbook_line_key, update_columns: []})
+        { id } }""")
+    assert refused["errors"], refused
+
+
+# -- finding 3: ordering through a relation sees only readable related rows --
+
+
+def test_graphql_order_by_a_related_field_ignores_rows_the_caller_may_not_read(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    secret = create(base, ann["headers"], "post", {"title": "aaa ann's secret"})
+    mine = create(base, bob["headers"], "post", {"title": "mmm bob's"})
+    on_secret = create(base, bob["headers"], "comment", {"body": "order-probe on ann's", "post_id": secret["id"]})
+    on_mine = create(base, bob["headers"], "comment", {"body": "order-probe on bob's", "post_id": mine["id"]})
+    answer = graphql(base, bob["headers"], """{
+        comment(where: {body: {_like: "order-probe%"}}, order_by: [{post: {title: asc}}]) { id } }""")
+    # ann's post is invisible to bob: its title sorts as null (last, ascending), not as "aaa..." (first)
+    assert [c["id"] for c in answer["data"]["comment"]] == [on_mine["id"], on_secret["id"]], answer
+
+
+# -- finding 4: what a write returns passes through the read scope --
+
+
+def test_rest_patch_and_delete_return_only_rows_the_caller_may_read(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    box = create(base, ann["headers"], "box", {"label": "ann-box-patch", "note": "ann's"})
+    representation = {**bob["headers"], "Prefer": "return=representation"}
+    patched = httpx.patch(f"{base}/rest/v1/box?id=eq.{box['id']}", headers=representation, json={"note": "bob's"})
+    assert patched.status_code == 200 and patched.json() == [], patched.text
+    assert stored(base, keys, "box", box["id"])["note"] == "bob's"
+    deleted = httpx.delete(f"{base}/rest/v1/box?id=eq.{box['id']}", headers=representation)
+    assert deleted.status_code == 200 and deleted.json() == [], deleted.text
+    assert stored(base, keys, "box", box["id"]) is None
+
+
+def test_graphql_update_and_delete_return_only_rows_the_caller_may_read(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    box = create(base, ann["headers"], "box", {"label": "ann-box-gql", "note": "ann's"})
+    updated = graphql(base, bob["headers"], """mutation($id: uuid!) {
+        update_box(where: {id: {_eq: $id}}, _set: {note: "one"}) { affected_rows returning { id note } }
+        update_box_by_pk(pk_columns: {id: $id}, _set: {note: "two"}) { id note } }""", {"id": box["id"]})
+    assert "errors" not in updated, updated
+    assert updated["data"]["update_box"] == {"affected_rows": 1, "returning": []}
+    assert updated["data"]["update_box_by_pk"] is None
+    assert stored(base, keys, "box", box["id"])["note"] == "two"
+    deleted = graphql(base, bob["headers"], "mutation($id: uuid!) { delete_box_by_pk(id: $id) { id note } }",
+                      {"id": box["id"]})
+    assert "errors" not in deleted and deleted["data"]["delete_box_by_pk"] is None, deleted
+    assert stored(base, keys, "box", box["id"]) is None
+
+
+def test_a_write_returns_the_callers_own_rows_as_before(base, keys, people):
+    bob = people["bob"]
+    box = create(base, bob["headers"], "box", {"label": "bob-box", "note": "mine"})
+    answer = graphql(base, bob["headers"], """mutation($id: uuid!) {
+        update_box_by_pk(pk_columns: {id: $id}, _set: {note: "still mine"}) { note } }""", {"id": box["id"]})
+    assert answer["data"]["update_box_by_pk"] == {"note": "still mine"}
+    patched = httpx.patch(f"{base}/rest/v1/box?id=eq.{box['id']}", json={"note": "again"},
+                          headers={**bob["headers"], "Prefer": "return=representation"})
+    assert [r["note"] for r in patched.json()] == ["again"]
