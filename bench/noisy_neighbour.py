@@ -1,0 +1,258 @@
+"""Can one tenant stall the others? Tenant B's ordinary reads, alone and while tenant A runs each
+pathological request, side by side in one run against one gateway process.
+
+    python bench/noisy_neighbour.py [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
+                                    [--seconds 6] [--connections 8]
+
+B's load is `wrk` (GET of 10 rows, anon) when installed (`apt-get install wrk`), else an httpx loop; A's
+requests run in two concurrent loops for the whole window: a sign-in with a 20 KB email that a
+backtracking regex takes seconds on, a POST matching `^(a+)+$`, a YAML alias bomb sent to `plan_schema`, a
+200,000-object bulk insert, a nested embed that multiplies rows by 20 per level, and 40 webhooks to a
+receiver that answers after 8 s. The gateway runs with one worker: what blocks its event loop blocks
+everyone. Prints B's p50 and p99 per scenario and the p99's ratio to B alone (target: within 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.server
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.database import Database
+from engine.storage.deploy import deploy_platform
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from functions.users import create_platform_admin
+
+PASSWORD = "a long enough passphrase"
+TENANT_B = """
+name: quiet
+entities:
+  item:
+    fields:
+      name: {type: string}
+    permissions:
+      read: {anon: all}
+"""
+TENANT_A = """
+name: noisy
+entities:
+  item:
+    fields:
+      name: {type: string}
+  coded:
+    fields:
+      code: {type: string, pattern: "^(a+)+$"}
+    permissions:
+      create: {anon: all}
+  node:
+    fields:
+      parent: {type: ref, to: node, reverse: children}
+    permissions:
+      read: {anon: all}
+  hooked:
+    fields:
+      name: {type: string}
+    hooks:
+      after_create: [{webhook: "http://127.0.0.1:RECEIVER/hook"}]
+"""
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n" \
+             "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+DEEP = "id," + "children(id,parent(id," * 3 + "id" + "))" * 3
+
+
+def on(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def slow_receiver(delay: float) -> tuple[http.server.ThreadingHTTPServer, int]:
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            time.sleep(delay)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+async def prepare(url: str, receiver: int) -> dict[str, str]:
+    db = await Database.connect(url)
+    await deploy_platform(db)
+    await create_tenant(db, "quiet", source=TENANT_B)
+    await create_tenant(db, "noisy", source=TENANT_A.replace("RECEIVER", str(receiver)))
+    await create_platform_admin(db, "ops@example.com", PASSWORD)
+    keys = {"a_service": (await create_api_key(db, "noisy", "bench", "service")).key}
+    await db.close()
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        await conn.execute("INSERT INTO t_quiet.item (name) SELECT 'item ' || g FROM generate_series(1, 100) g")
+        # 20 roots, each with 20 children, each with 20 children: every level of DEEP multiplies by 20
+        await conn.execute("""
+            WITH roots AS (INSERT INTO t_noisy.node (parent_id) SELECT NULL FROM generate_series(1, 20) RETURNING id),
+                 kids AS (INSERT INTO t_noisy.node (parent_id) SELECT r.id FROM roots r, generate_series(1, 20) RETURNING id)
+            INSERT INTO t_noisy.node (parent_id) SELECT k.id FROM kids k, generate_series(1, 20)""")
+    finally:
+        await conn.close()
+    return keys
+
+
+def start_gateway(url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "error",
+           "BACKSAAS_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the gateway did not become ready")
+
+
+def measure_b(base: str, seconds: float, connections: int) -> tuple[float, float, int]:
+    """B's latency percentiles (ms) and request count over the window."""
+    url = f"{base}/api/tenants/quiet/rest/v1/item?limit=10"
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s", "--latency",
+                              url], capture_output=True, text=True, check=True).stdout
+        p50, p99 = (parse_ms(re.search(rf"^\s*{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99"))  # type: ignore[union-attr]
+        count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        return (p50, p99, count) if count else (float("inf"), float("inf"), 0)  # not one answer in the window
+    return asyncio.run(python_load(url, seconds, connections))
+
+
+def parse_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+async def python_load(url: str, seconds: float, connections: int) -> tuple[float, float, int]:
+    latencies: list[float] = []
+    end = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def loop() -> None:
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                await client.get(url)
+                latencies.append((time.perf_counter() - started) * 1000)
+        await asyncio.gather(*(loop() for _ in range(connections)))
+    latencies.sort()
+    if not latencies:
+        return float("inf"), float("inf"), 0
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], len(latencies)
+
+
+def attacks(base: str, keys: dict[str, str], admin_token: str) -> dict[str, Any]:
+    a = f"{base}/api/tenants/noisy"
+    service = {"apikey": keys["a_service"], "Authorization": f"Bearer {keys['a_service']}"}
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    bulk = [{"name": "x"}] * 200_000
+    return {
+        "20 KB email sign-in": lambda c: c.post(f"{a}/auth/v1/token?grant_type=password",
+                                               json={"email": "a@" + "." * 20_000 + "@", "password": PASSWORD}),
+        "pattern ^(a+)+$ POST": lambda c: c.post(f"{a}/rest/v1/coded", json={"code": "a" * 25 + "!"}),
+        "YAML alias bomb": lambda c: c.post(f"{base}/api/platform/functions/v1/plan_schema", headers=admin,
+                                            json={"tenant": "noisy", "source": ALIAS_BOMB}),
+        "200k-object bulk insert": lambda c: c.post(f"{a}/rest/v1/item", headers=service, json=bulk),
+        "20x fan-out embed": lambda c: c.get(f"{a}/rest/v1/node", params={"select": DEEP}),
+        "40 webhooks, 8 s receiver": lambda c: c.post(f"{a}/rest/v1/hooked", headers=service,
+                                                      json=[{"name": f"h{i}"} for i in range(40)]),
+    }
+
+
+def run_attack(send: Any, stop: threading.Event, statuses: list[int]) -> None:
+    with httpx.Client(timeout=120) as client:
+        while not stop.is_set():
+            try:
+                statuses.append(send(client).status_code)
+            except httpx.HTTPError:
+                statuses.append(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
+                                                                 "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    name = f"bench_noisy_{secrets.token_hex(3)}"
+    admin_url = args.database_url.replace("+asyncpg", "")
+
+    async def database(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(database(f'CREATE DATABASE "{name}"'))
+    receiver, receiver_port = slow_receiver(8.0)
+    url = on(args.database_url, name)
+    gateway = None
+    try:
+        keys = asyncio.run(prepare(url, receiver_port))
+        port = int(os.environ.get("BENCH_PORT", "8391"))
+        gateway = start_gateway(url, port)
+        base = f"http://127.0.0.1:{port}"
+        token = httpx.post(f"{base}/api/platform/auth/v1/token?grant_type=password",
+                           json={"email": "ops@example.com", "password": PASSWORD}).json()["access_token"]
+        measure_b(base, 1, args.connections)  # warm up
+        alone = measure_b(base, args.seconds, args.connections)
+        rows = [("B alone", *alone, "")]
+        for label, send in attacks(base, keys, token).items():
+            stop, statuses = threading.Event(), []
+            threads = [threading.Thread(target=run_attack, args=(send, stop, statuses)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+            figures = measure_b(base, args.seconds, args.connections)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=180)
+            answered = ", ".join(f"{s}x{statuses.count(s)}" for s in sorted(set(statuses)))
+            rows.append((f"while A: {label}", *figures, answered))
+        print(f"\nB: GET 10 rows, {args.connections} connections, {args.seconds:g} s per scenario, gateway 1 worker\n")
+        print(f"{'scenario':40} {'B p50 ms':>9} {'B p99 ms':>9} {'p99 / alone':>12} {'B reqs':>7}  A's answers")
+        for label, p50, p99, count, answered in rows:
+            if not count:
+                print(f"{label:40} {'stalled: no answer within the window':>33} {count:7d}  {answered}")
+                continue
+            print(f"{label:40} {p50:9.2f} {p99:9.2f} {p99 / alone[1]:11.2f}x {count:7d}  {answered}")
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        receiver.shutdown()
+        asyncio.run(database(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()
