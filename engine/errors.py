@@ -7,6 +7,7 @@ found, and rendered at the edge (HTTP, GraphQL, CLI); nobody compares message st
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,13 @@ class SchemaInvalid(BackSaasError):
             where = f"{self.source}:{p.line}" if p.line else self.source
             lines.append(f"  {where}: {p.path}: {p.message}" if p.path else f"  {where}: {p.message}")
         return "\n".join(lines)
+
+
+class SchemaCheckTimeout(BackSaasError):
+    """Checking a schema took longer than its time limit (or waited that long for a free checker)."""
+
+    code = "schema_check_timeout"
+    status = 503
 
 
 class MigrationRefused(BackSaasError):
@@ -231,13 +239,42 @@ class DatabaseError(BackSaasError):
         return {"code": self.code, "message": self.message, "details": self.detail, "hint": self.hint}
 
 
-SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23502": 400, "23514": 400, "42501": 403, "42P10": 400,
+class CheckViolation(DatabaseError):
+    """A row the database refused by a CHECK constraint (SQLSTATE 23514): a 422, naming the field when the
+    constraint is a field's bounds (`{column}_bounds`, see engine.storage.tables)."""
+
+    def __init__(self, message: str, detail: str | None, field: str | None) -> None:
+        super().__init__("23514", 422, message, detail)
+        self.field = field
+
+    def as_dict(self) -> dict[str, Any]:
+        problem = "is outside the field's bounds" if self.field else self.message
+        return {"code": self.code, "message": self.message, "hint": self.hint,
+                "details": [{"field": self.field, "message": problem}]}
+
+
+# PostgreSQL's message for a CHECK violation; the constraint's name is the only place it carries it.
+_CHECK_MESSAGE = re.compile(r'violates check constraint "([a-z0-9_]{1,63})"')
+BOUNDS_SUFFIX = "_bounds"
+
+SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23502": 400, "23514": 422, "42501": 403, "42P10": 400,
                    "42883": 400, "42804": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503}
 
 
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
     """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values
     (class 22: invalid text, out of range, bad date), 503 for what a retry may fix."""
+    if sqlstate == "23514":
+        return check_violation(message, detail)
     status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else
                                                503 if sqlstate.startswith(("08", "53")) else 500)
     return DatabaseError(sqlstate, status, message, detail, hint)
+
+
+def check_violation(message: str, detail: str | None = None) -> CheckViolation:
+    """A 23514 as a 422: a field's bounds constraint (`{column}_bounds`) names its field."""
+    found = _CHECK_MESSAGE.search(message[:1000])
+    constraint = found.group(1) if found else ""
+    field = constraint[: -len(BOUNDS_SUFFIX)] if constraint.endswith(BOUNDS_SUFFIX) else None
+    text = f"{field}: the value is outside the field's bounds" if field else message
+    return CheckViolation(text, detail, field)

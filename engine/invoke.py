@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import structlog
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import ValidationError
 
 from engine.authz import Caller, function_object, unrestricted
 from engine.data import DataApi
@@ -21,7 +21,7 @@ from engine.database import quote_identifier
 from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed
 from engine.hooks import HookContext, HookFailed, call, resolve
 from engine.schema.model import thaw
-from engine.validation import FORMAT_CHECKER
+from engine.validation import FORMAT_CHECKER, TenantValidator
 
 
 class FunctionNotFound(BackSaasError):
@@ -69,8 +69,8 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
     if exposed.input is not None:
         validator = runtime.validators.get(("function", name))
         if validator is None:  # compiled once per runtime, like the entities' body validators
-            validator = runtime.validators[("function", name)] = Draft202012Validator(thaw(exposed.input),
-                                                                                      format_checker=FORMAT_CHECKER)
+            validator = runtime.validators[("function", name)] = TenantValidator(thaw(exposed.input),
+                                                                                format_checker=FORMAT_CHECKER)
         problems = [Problem(_where(e), e.message) for e in validator.iter_errors(payload)]
         if problems:
             raise ValidationFailed(f"{len(problems)} problem(s) with the input of {name}", details=problems)

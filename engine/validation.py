@@ -3,20 +3,133 @@
 One mapping from field type to JSON Schema, used wherever a value is checked against a field: a default
 in a schema file, and the request bodies of the generated APIs. Formats are checked for real
 (`jsonschema[format-nongpl]`), never silently skipped.
+
+Every regular expression a tenant supplies (a field's `pattern:`, `pattern`/`patternProperties` inside a
+json field's `schema:` or a function's `input:`, a value of `format: regex`) runs in RE2, whose matching
+time is linear in the input: Python's backtracking `re` must never see one (DESIGN.md, wall 5: one POST
+against `^(a+)+$` held the event loop for 10 s). `TenantValidator` is Draft 2020-12 with those keywords
+rewired to RE2; `json_schema_problem` refuses at schema check what RE2 cannot run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import re2
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema import _keywords as draft_keywords
+from jsonschema.exceptions import SchemaError, ValidationError
 
 from engine.errors import Problem
 from engine.schema.model import OWNER_COLUMN, Entity, Field, thaw
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
-FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is reported to its author, not logged to stderr
+
+
+class PatternError(ValueError):
+    """A pattern RE2 cannot compile (a backreference, a lookaround, a bad escape, ...)."""
+
+
+@lru_cache(maxsize=4096)
+def compile_pattern(pattern: str) -> Any:
+    """`pattern` compiled by RE2 (cached: body validators call this per value)."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise PatternError(f"invalid regular expression (RE2 syntax; no backreferences or lookarounds): "
+                           f"{reason}") from None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why RE2 cannot run `pattern`, or None."""
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        return str(exc)
+    return None
+
+
+def _search(pattern: str, text: str) -> bool:
+    return compile_pattern(pattern).search(text) is not None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError(f"does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
+                        schema: dict[str, Any]) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any,
+                           schema: dict[str, Any]) -> Iterator[ValidationError]:
+    if "patternProperties" not in schema:  # no regular expression involved: the draft's own keyword
+        yield from draft_keywords.additionalProperties(validator, additional, instance, schema)
+        return
+    if not validator.is_type(instance, "object"):
+        return
+    properties, patterns = schema.get("properties", {}), schema["patternProperties"]
+    extras = [k for k in instance if k not in properties and not any(_search(p, k) for p in patterns)]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        yield ValidationError(f"{', '.join(map(repr, sorted(extras)))} not allowed: "
+                              f"no property or pattern of {', '.join(map(repr, sorted(patterns)))} matches")
+
+
+def _is_regex(value: object) -> bool:
+    if isinstance(value, str):
+        compile_pattern(value)
+    return True
+
+
+FORMAT_CHECKER = FormatChecker(())
+FORMAT_CHECKER.checkers = {**Draft202012Validator.FORMAT_CHECKER.checkers, "regex": (_is_regex, PatternError)}
+
+TenantValidator = validators.extend(
+    Draft202012Validator,
+    {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
+    format_checker=FORMAT_CHECKER,
+)
+"""Draft 2020-12 whose regular expressions run in RE2."""
+
+
+def _keys_anywhere(schema: Any, key: str) -> bool:
+    if isinstance(schema, dict):
+        return key in schema or any(_keys_anywhere(v, key) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_keys_anywhere(v, key) for v in schema)
+    return False
+
+
+def json_schema_problem(schema: Any) -> str | None:
+    """Why a tenant-supplied JSON Schema cannot be used, or None: it must be a valid Draft 2020-12 schema whose
+    patterns RE2 compiles. `unevaluatedProperties` evaluates `patternProperties` with Python's `re` inside
+    jsonschema, so the two may not be combined."""
+    try:
+        TenantValidator.check_schema(schema, format_checker=FORMAT_CHECKER)
+    except SchemaError as error:
+        return f"not a valid JSON Schema: {error.message}"
+    if _keys_anywhere(schema, "unevaluatedProperties") and _keys_anywhere(schema, "patternProperties"):
+        return "unevaluatedProperties cannot be combined with patternProperties; use additionalProperties"
+    return None
+
 
 _SCALAR: dict[str, dict[str, Any]] = {
     "string": {"type": "string"},
@@ -58,7 +171,7 @@ def field_json_schema(field: Field) -> dict[str, Any]:
 
 def value_errors(field: Field, value: Any) -> list[str]:
     """Why `value` does not fit `field` (empty when it fits)."""
-    validator = Draft202012Validator(field_json_schema(field), format_checker=FORMAT_CHECKER)
+    validator = TenantValidator(field_json_schema(field), format_checker=FORMAT_CHECKER)
     return [e.message for e in validator.iter_errors(thaw(value))]
 
 
@@ -100,7 +213,7 @@ class BodyValidator:
 
     def __init__(self, entity: Entity, *, partial: bool) -> None:
         self.schema = entity_json_schema(entity, partial=partial)
-        self.validator = Draft202012Validator(self.schema, format_checker=FORMAT_CHECKER)
+        self.validator = TenantValidator(self.schema, format_checker=FORMAT_CHECKER)
 
     def problems(self, body: Any, prefix: str = "") -> list[Problem]:
         found = []

@@ -21,7 +21,7 @@ from engine import catalog, onboarding
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
 from engine.hooks import HookContext, function
-from engine.schema import load_schema
+from engine.schema import load_schema, load_schema_async
 from engine.storage.deploy import Deployment, PlannedDeploy, deploy, plan_deploy
 
 
@@ -108,12 +108,14 @@ def _actor(ctx: HookContext) -> str:
 @function
 async def plan_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
     await _active_tenant(ctx.data.db, payload["tenant"])
+    await load_schema_async(payload["source"], payload["tenant"])  # off the event loop, time-limited; then cached
     return planned_json(await plan_deploy(ctx.data.db, payload["tenant"], payload["source"],
                                           allow_destructive=payload.get("allow_destructive", False)))
 
 
 @function
 async def deploy_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await load_schema_async(payload["source"], payload["tenant"])  # off the event loop, time-limited; then cached
     return deployment_json(await deploy_version(
         ctx.data.db, payload["tenant"], payload["source"], expected_checksum=payload["expected_checksum"],
         allow_destructive=payload.get("allow_destructive", False), actor=_actor(ctx), deployed_by=ctx.caller.user_id))

@@ -250,3 +250,76 @@ def test_planner_is_pure_and_orders_drops_before_creates():
     plan = plan_migration(old, new, "t_x", allow_destructive=True)
     assert [s.kind for s in plan.steps] == ["drop_entity", "add_entity", "add_relation"]
     assert "DROP TABLE t_x.gone" in plan.script() and plan.script().count("CREATE TABLE") == 1
+
+
+async def test_date_and_datetime_defaults_deploy_and_fill_new_rows(db: Database):
+    """`schema check` accepted them and the deploy failed with CompileError."""
+    slug = await tenant(db)
+    dated = BASE.replace("      kind:", "      due: {type: date, default: 2024-01-31}\n"
+                                        "      at: {type: datetime, default: '2024-01-31T10:00:00Z'}\n"
+                                        "      days: {type: array, items: date, default: [2024-02-01]}\n      kind:")
+    await deploy(db, slug, dated)
+    await sql(db, slug, f"INSERT INTO t_{slug.replace('-', '_')}.note (title) VALUES ('x')")
+    (row,) = await sql(db, slug, f"SELECT due::text, extract(epoch FROM at) AS at, days::text "
+                                 f"FROM t_{slug.replace('-', '_')}.note")
+    assert (row.due, row.at, row.days) == ("2024-01-31", 1706695200, "{2024-02-01}")
+
+
+async def test_a_percent_sign_in_a_string_default_is_stored_verbatim(db: Database):
+    """`"%s"` was stored as `'%%%%s'`: the DDL's literal was escaped for a paramstyle it never went through."""
+    slug = await tenant(db)
+    await deploy(db, slug, BASE.replace("body:  {type: text}", "body:  {type: text, default: '%s 100% a:b'}"))
+    await sql(db, slug, f"INSERT INTO t_{slug.replace('-', '_')}.note (title) VALUES ('x')")
+    (row,) = await sql(db, slug, f"SELECT body FROM t_{slug.replace('-', '_')}.note")
+    assert row.body == "%s 100% a:b"
+    changed = await deploy(db, slug, BASE.replace("body:  {type: text}", "body:  {type: text, default: '50%'}"))
+    assert kinds(changed) == ["alter_field"]
+    assert (await columns(db, slug))["body"].column_default == "'50%'::text"
+
+
+BOUNDED = BASE.replace("stars: {type: integer}", "stars: {type: integer, minimum: 0, maximum: 5}")
+
+
+async def test_changing_a_fields_bounds_replaces_its_check_and_the_database_enforces_the_new_ones(db: Database):
+    slug = await tenant(db, BOUNDED, rows=1)
+    table = f"t_{slug.replace('-', '_')}.note"
+    with pytest.raises(sa.exc.IntegrityError, match="stars_bounds"):
+        await sql(db, slug, f"UPDATE {table} SET stars = 6")
+    done = await deploy(db, slug, BOUNDED.replace("maximum: 5", "maximum: 100"))
+    assert kinds(done) == ["drop_bounds", "add_bounds"]
+    await sql(db, slug, f"UPDATE {table} SET stars = 100")
+    with pytest.raises(sa.exc.IntegrityError, match="stars_bounds"):
+        await sql(db, slug, f"UPDATE {table} SET stars = -1")
+
+
+async def test_removing_a_fields_bounds_drops_its_check(db: Database):
+    slug = await tenant(db, BOUNDED, rows=1)
+    done = await deploy(db, slug, BASE)
+    assert kinds(done) == ["drop_bounds"]
+    await sql(db, slug, f"UPDATE t_{slug.replace('-', '_')}.note SET stars = 1000")
+
+
+async def test_adding_bounds_that_existing_rows_break_fails_and_changes_nothing(db: Database):
+    slug = await tenant(db, rows=3)  # stars 0, 1, 2
+    before = await snapshot(db, slug)
+    with pytest.raises(MigrationFailed, match="stars_bounds"):
+        await deploy(db, slug, BASE.replace("stars: {type: integer}", "stars: {type: integer, maximum: 1}"))
+    assert await snapshot(db, slug) == before
+
+
+async def test_renaming_a_bounded_field_keeps_its_bounds_enforced(db: Database):
+    slug = await tenant(db, BOUNDED, rows=1)
+    renamed = BOUNDED.replace("stars: {type: integer,", "rating: {renamed_from: stars, type: integer,")
+    done = await deploy(db, slug, renamed)
+    assert kinds(done) == ["drop_bounds", "rename_field", "add_bounds"]
+    with pytest.raises(sa.exc.IntegrityError, match="rating_bounds"):
+        await sql(db, slug, f"UPDATE t_{slug.replace('-', '_')}.note SET rating = 6")
+
+
+async def test_a_tenant_schema_declaring_a_platform_role_is_refused(db: Database):
+    slug = await tenant(db)
+    for role in ("platform_admin", "owner", "developer", "viewer"):
+        with pytest.raises(SchemaInvalid) as refused:
+            await deploy(db, slug, f"roles: [editor, {role}]\n" + BASE)
+        assert [(p.path, p.message) for p in refused.value.details] == [
+            ("roles[1]", f"'{role}' is a role of the platform and cannot be declared by a tenant")]

@@ -230,3 +230,29 @@ def test_json_fields_may_declare_the_json_schema_of_their_values():
     assert ("entities.a.fields.broken.schema", "not a valid JSON Schema") in messages
     assert ("entities.a.fields.wrong_type.schema", "'schema' applies to json fields, not text") in messages
     assert not any(path.startswith("entities.a.fields.good") for _, path, _ in found)
+
+
+def test_a_json_schema_combining_unevaluated_and_pattern_properties_is_refused():
+    """jsonschema evaluates `unevaluatedProperties` against `patternProperties` with Python's backtracking `re`."""
+    found = problems_of("""
+        name: x
+        entities:
+          e:
+            fields:
+              f: {type: json, schema: {patternProperties: {"^a": {}}, unevaluatedProperties: false}}
+    """)
+    assert found == [(6, "entities.e.fields.f.schema",
+                      "unevaluatedProperties cannot be combined with patternProperties; use additionalProperties")]
+
+
+def test_a_function_input_pattern_re2_cannot_compile_is_a_schema_error():
+    found = problems_of("""
+        name: x
+        entities: {}
+        functions:
+          f:
+            handler: shop.f
+            input: {type: object, properties: {a: {type: string, pattern: "(?<=a)b"}}}
+    """)
+    assert [(line, path) for line, path, _ in found] == [(7, "functions.f.input")]
+    assert "is not a 'regex'" in found[0][2]

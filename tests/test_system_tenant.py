@@ -51,7 +51,7 @@ async def test_an_older_platform_is_migrated_to_the_current_platform_yaml(server
         db = await Database.connect(with_database(server_url, name))
         await deploy_platform(db, source=older)
         upgraded = await deploy_platform(db)
-        assert upgraded.version == 2 and [s.kind for s in upgraded.plan.steps] == ["add_field"]
+        assert upgraded.version == 2 and [s.kind for s in upgraded.plan.steps] == ["add_field", "add_bounds"]
         async with db.begin() as conn:
             system = await catalog.find_tenant(conn, "system")
             assert [v.actor for v in await catalog.version_history(conn, system.id)] == ["engine", "engine"]

@@ -13,7 +13,6 @@ sign-up time, or null once a tenant's admin sets `verified` false), so the two n
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -40,7 +39,22 @@ from engine.validation import READ_ONLY
 
 BUILTIN_USER_COLUMNS = ("id", "email", "password_hash", "roles", "verified", "created_at", "updated_at")
 JSON = [("Content-Type", "application/json"), ("X-Supabase-Api-Version", "2024-01-01")]
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_EMAIL_LENGTH = 320  # RFC 3696's limit, and the built-in users.email column's
+
+
+def email_problem(email: Any) -> str | None:
+    """Why `email` (stripped) is not an address, or None: bounded in length and checked in linear time (a
+    regex here took 7.6 s on a 40 KB email, blocking every tenant). One `@`, no whitespace, and a dot inside the
+    domain, as `^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$` says."""
+    if not isinstance(email, str):
+        return "is not an email address"
+    email = email.strip()
+    if len(email) > MAX_EMAIL_LENGTH:
+        return f"is longer than {MAX_EMAIL_LENGTH} characters"
+    local, _, domain = email.partition("@")
+    if not local or "@" in domain or len(email.split()) != 1 or "." not in domain[1:-1]:
+        return "is not an email address"
+    return None
 
 
 
@@ -164,8 +178,9 @@ class AuthApi:
 
     def credentials(self, body: dict[str, Any]) -> tuple[str, str]:
         email, password = body.get("email"), body.get("password")
-        if not isinstance(email, str) or not EMAIL.match(email.strip()):
-            raise ValidationFailed("a valid email is required", details=[Problem("email", "is not an email address")])
+        problem = email_problem(email)
+        if problem:
+            raise ValidationFailed("a valid email is required", details=[Problem("email", problem)])
         if not isinstance(password, str) or not password:
             raise ValidationFailed("a password is required", details=[Problem("password", "is required")])
         return email.strip().lower(), password
@@ -271,8 +286,9 @@ class AuthApi:
         changes: dict[str, Any] = dict(self.metadata_values(body.get("data")))
         if "email" in body:
             email = body["email"]
-            if not isinstance(email, str) or not EMAIL.match(email.strip()):
-                raise ValidationFailed("not an email address", details=[Problem("email", "is not an email address")])
+            problem = email_problem(email)
+            if problem:
+                raise ValidationFailed("not an email address", details=[Problem("email", problem)])
             changes["email"] = email.strip().lower()
         self.check_metadata(changes, partial=True)
         if "password" in body:

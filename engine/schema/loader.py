@@ -5,12 +5,20 @@ Three passes, all of which always run so that one report holds everything wrong 
 2. the published JSON Schema of the format (`schema.json`), for structure;
 3. the semantic rules in `engine.schema.semantics`, which read the raw data defensively.
 Only a file with no problem at all becomes a model. Nothing here touches a database.
+
+A tenant's schema is untrusted input that the gateway parses while serving every tenant (DESIGN.md, wall 5):
+the text has a size limit, YAML anchors and aliases are refused (a 349-byte alias bomb expanded for 7 s, and
+`a: &a [*a]` recursed without end), nesting has a depth limit, and request handlers check schemas through
+`load_schema_async`, off the event loop with a time limit. Results are cached by text, so the engine's later
+loads of a schema a handler has just checked cost nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from functools import cache
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from engine.errors import Problem, SchemaInvalid
+from engine.errors import Problem, SchemaCheckTimeout, SchemaInvalid
 from engine.schema import semantics
 from engine.schema.model import (
     NO_DEFAULT,
@@ -33,6 +41,12 @@ from engine.schema.model import (
 )
 
 PathKey = tuple[str | int, ...]
+
+MAX_SCHEMA_BYTES = 1024 * 1024  # a schema file's size limit (UTF-8 bytes)
+MAX_YAML_DEPTH = 64  # collections nested deeper than this are refused (a schema needs about 10)
+SCHEMA_CHECK_SECONDS = 5.0  # how long a request may wait for its schema to be checked
+SCHEMA_CHECKERS = 2  # threads checking schemas for requests: more pathological schemas than this queue
+ALIASES_REFUSED = "YAML anchors and aliases (&name, *name) are not allowed in a schema"
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -95,8 +109,41 @@ class LineMap:
                 self.record(item, (*path, index), problems)
 
 
+def bounds_problems(text: str) -> list[Problem]:
+    """What makes `text` too costly to parse into data: its size, any anchor or alias, nesting too deep.
+
+    Read from libyaml's event stream, which is linear in the text and never expands an alias."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SCHEMA_BYTES:
+        return [Problem("", f"the schema is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted")]
+    loader = _Loader(text)
+    depth = 0
+    try:
+        while (event := loader.get_event()) is not None:
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                return [Problem("", ALIASES_REFUSED, line)]
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    return [Problem("", f"the YAML is nested deeper than {MAX_YAML_DEPTH} levels", line)]
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        return [Problem("", f"invalid YAML: {exc.problem or exc}", mark.line + 1 if mark else None)]
+    except yaml.YAMLError as exc:
+        return [Problem("", f"invalid YAML: {exc}")]
+    finally:
+        loader.dispose()
+    return []
+
+
 def parse_yaml(text: str) -> tuple[Any, LineMap, list[Problem]]:
     lines = LineMap()
+    refused = bounds_problems(text)
+    if refused:
+        return None, lines, refused
     problems: list[Problem] = []
     loader = _Loader(text)
     try:
@@ -140,21 +187,51 @@ def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
     return problems
 
 
-def load_schema(text: str, source: str = "<schema>") -> Schema:
-    """Parse and check a schema; raise `SchemaInvalid` with every problem, in file order."""
+@lru_cache(maxsize=32)
+def _checked(text: str, tenant: bool) -> Schema | tuple[Problem, ...]:
+    """The model of `text`, or every problem with it, in file order (pure, so cached by text)."""
     data, lines, problems = parse_yaml(text)
     if data is not None:
         problems += structural_problems(data, lines)
-        problems += [Problem(dotted(p), msg, lines.line_of(p)) for p, msg in semantics.check(data)]
+        problems += [Problem(dotted(p), msg, lines.line_of(p)) for p, msg in semantics.check(data, tenant=tenant)]
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.path))
-        raise SchemaInvalid(_unique(problems), source)
+        return tuple(_unique(problems))
     return build_model(semantics.with_builtin_users(data))
 
 
-def load_schema_file(path: str | Path) -> Schema:
+def load_schema(text: str, source: str = "<schema>", *, tenant: bool = False) -> Schema:
+    """Parse and check a schema; raise `SchemaInvalid` with every problem, in file order.
+
+    `tenant`: the schema is a tenant's (not the platform's), so it may not declare the platform's roles."""
+    result = _checked(text, tenant)
+    if isinstance(result, tuple):
+        raise SchemaInvalid(list(result), source)
+    return result
+
+
+def load_schema_file(path: str | Path, *, tenant: bool = False) -> Schema:
     path = Path(path)
-    return load_schema(path.read_text(encoding="utf-8"), source=str(path))
+    return load_schema(path.read_text(encoding="utf-8"), source=str(path), tenant=tenant)
+
+
+_checkers = ThreadPoolExecutor(max_workers=SCHEMA_CHECKERS, thread_name_prefix="schema-check")
+
+
+async def load_schema_async(text: str, source: str = "<schema>", *, tenant: bool = True,
+                            timeout: float = SCHEMA_CHECK_SECONDS) -> Schema:
+    """`load_schema` for request handlers: checked in a worker thread so the event loop keeps serving, and
+    refused with `SchemaCheckTimeout` (503) when the check (queueing included) outlasts `timeout` seconds.
+    A schema that arrives in a request is a tenant's, so `tenant` defaults to True."""
+    future = asyncio.get_running_loop().run_in_executor(_checkers, _checked, text, tenant)
+    try:
+        result = await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        raise SchemaCheckTimeout(f"{source}: checking the schema took longer than {timeout:g} s",
+                                 hint="retry later; if it happens again, split or simplify the schema") from None
+    if isinstance(result, tuple):
+        raise SchemaInvalid(list(result), source)
+    return result
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

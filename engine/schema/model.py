@@ -16,6 +16,9 @@ from typing import Any
 SCALAR_TYPES = ("string", "text", "integer", "bigint", "number", "decimal", "boolean", "date", "datetime", "uuid")
 FIELD_TYPES = (*SCALAR_TYPES, "json", "enum", "array", "ref")
 BUILTIN_ROLES = ("anon", "authenticated", "admin", "service")
+# The system tenant's roles (platform.yaml): platform admins and the membership roles of a tenant's members. A
+# tenant's schema may not declare them, so a role name in a caller never means both (DESIGN.md, finding 12).
+PLATFORM_ROLES = ("platform_admin", "owner", "developer", "viewer")
 ACTIONS = ("read", "create", "update", "delete")
 HOOK_EVENTS = ("before_create", "after_create", "before_update", "after_update", "before_delete", "after_delete")
 IMPLICIT_COLUMNS = ("id", "created_at", "updated_at")

@@ -6,23 +6,20 @@ holds every problem) and returns (path, message) pairs; it never raises and neve
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from engine.schema.model import (
     ACTIONS,
     BUILTIN_ROLES,
     IMPLICIT_COLUMNS,
     OWNER_COLUMN,
+    PLATFORM_ROLES,
     USERS,
     Field,
     freeze,
 )
-from engine.validation import value_errors
+from engine.validation import json_schema_problem, pattern_problem, value_errors
 
 Finding = tuple[tuple[str | int, ...], str]
 
@@ -79,7 +76,8 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def check(data: Any) -> list[Finding]:
+def check(data: Any, *, tenant: bool = False) -> list[Finding]:
+    """Every semantic problem of `data`; `tenant`: a tenant's schema, which may not declare the platform's roles."""
     if not isinstance(data, dict):
         return []
     declared_users = _mapping(_mapping(_mapping(data.get("entities")).get(USERS)).get("fields"))
@@ -90,7 +88,7 @@ def check(data: Any) -> list[Finding]:
     data = with_builtin_users(data)
     entities = _mapping(data.get("entities"))
     roles = [r for r in data.get("roles") or () if isinstance(r, str)] if isinstance(data.get("roles"), list) else []
-    findings += _check_roles(roles)
+    findings += _check_roles(roles, tenant=tenant)
     known_roles = set(BUILTIN_ROLES) | set(roles)
     for name, spec in entities.items():
         if not isinstance(spec, dict):
@@ -127,16 +125,17 @@ def _check_functions(functions: dict[str, Any], roles: set[str]) -> Iterator[Fin
             if role not in roles:
                 yield ("functions", name, "roles", index), f"role '{role}' is not declared"
         if isinstance(spec.get("input"), dict):
-            try:
-                Draft202012Validator.check_schema(spec["input"])
-            except SchemaError as error:
-                yield ("functions", name, "input"), f"not a valid JSON Schema: {error.message}"
+            problem = json_schema_problem(spec["input"])
+            if problem:
+                yield ("functions", name, "input"), problem
 
 
-def _check_roles(roles: list[str]) -> Iterator[Finding]:
+def _check_roles(roles: list[str], *, tenant: bool) -> Iterator[Finding]:
     for index, role in enumerate(roles):
         if role in BUILTIN_ROLES:
             yield ("roles", index), f"'{role}' is a built-in role and must not be declared"
+        elif tenant and role in PLATFORM_ROLES:
+            yield ("roles", index), f"'{role}' is a role of the platform and cannot be declared by a tenant"
 
 
 def _check_fields(at: tuple[str, ...], spec: dict[str, Any], entities: dict[str, Any]) -> Iterator[Finding]:
@@ -167,16 +166,15 @@ def _check_field(here: tuple[str, ...], name: str, fspec: dict[str, Any], entiti
             yield (*here, keyword), f"'{keyword}' applies to {' or '.join(types)} fields, not {ftype}"
     yield from _check_bounds(here, fspec)
     if isinstance(fspec.get("schema"), dict):
-        try:
-            Draft202012Validator.check_schema(fspec["schema"])
-        except SchemaError as error:
-            yield (*here, "schema"), f"not a valid JSON Schema: {error.message}"
+        problem = json_schema_problem(fspec["schema"])
+        if problem:
+            yield (*here, "schema"), problem
             return
     if isinstance(fspec.get("pattern"), str):
-        try:
-            re.compile(fspec["pattern"])
-        except re.error as exc:
-            yield (*here, "pattern"), f"invalid regular expression: {exc}"
+        problem = pattern_problem(fspec["pattern"])
+        if problem:
+            yield (*here, "pattern"), problem
+            return  # the default cannot be checked against it
     if ftype == "ref":
         target = fspec.get("to")
         if isinstance(target, str) and target not in entities:

@@ -109,7 +109,7 @@ async def _plan(conn: AsyncConnection, db: Database, slug: str, new: Schema, all
 
 async def plan_deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False) -> PlannedDeploy:
     """A dry run of `deploy`: what would run, and against which version. Changes nothing."""
-    new = load_schema(source, slug)
+    new = load_schema(source, slug, tenant=slug != naming.SYSTEM_TENANT)
     async with db.begin() as conn:
         _, current, plan = await _plan(conn, db, slug, new, allow_destructive)
         await conn.rollback()
@@ -140,7 +140,7 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
                     expected_checksum: str | None = None, actor: str = "engine", deployed_by: str | None = None,
                     progress: Progress | None = None) -> Deployment:
     """`deploy` inside a transaction the caller owns (tenant provisioning adds its own steps to it)."""
-    new = load_schema(source, slug)
+    new = load_schema(source, slug, tenant=slug != naming.SYSTEM_TENANT)
     await lock_tenant(conn, slug)
     tenant, current, plan = await _plan(conn, db, slug, new, allow_destructive)
     if expected_checksum is not None and (current.checksum if current else None) != expected_checksum:

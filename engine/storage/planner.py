@@ -26,6 +26,8 @@ from engine.storage import naming
 from engine.storage.tables import (
     DIALECT,
     ON_DELETE_SQL,
+    bounds_name,
+    bounds_of,
     build_column,
     build_metadata,
     column_type,
@@ -88,7 +90,7 @@ class _Statements:
 def alembic_sql(build: Callable[[Operations], None]) -> tuple[str, ...]:
     """The SQL Alembic's Operations API would run, rendered offline for PostgreSQL."""
     sink = _Statements()
-    context = MigrationContext.configure(dialect_name="postgresql",
+    context = MigrationContext.configure(dialect=DIALECT,
                                          opts={"as_sql": True, "output_buffer": sink, "literal_binds": True})
     build(Operations(context))
     return tuple(sink.statements)
@@ -129,6 +131,9 @@ def constraint_keys(entity: Entity, column_map: dict[str, str] | None = None,
     for f in entity.fields:
         if f.type == "enum":
             keys[("check", cols([f.column]), f.values)] = naming.check_name(entity.name, f.column)
+        bounds = bounds_of(f)
+        if bounds is not None:
+            keys[("bounds", cols([f.column]), bounds)] = bounds_name(f.column)
     for column, target, on_delete in foreign_keys(entity):
         target = (entity_map or {}).get(target, target)
         keys[("fk", cols([column]), target, on_delete)] = naming.foreign_key_name(entity.name, column)
@@ -328,6 +333,9 @@ class _Planner:
                 continue  # a column of it is dropped, and PostgreSQL drops the constraint with it
             if new_name is None:
                 self.drop_constraint(before, after, key, old_name)
+            elif new_name != old_name and key[0] == "bounds":  # replaced, whether or not an older deploy made it
+                self.drop_constraint(before, after, key, old_name)
+                self.add_constraint(after, key, new_objects[new_name])
             elif new_name != old_name:
                 statement = (f"ALTER INDEX {quote(self.pg_schema)}.{quote(old_name)} RENAME TO {quote(new_name)}"
                              if key[0] in ("index", "unique") else
@@ -350,9 +358,11 @@ class _Planner:
             replacement = next((k for k in constraint_keys(after) if k[0] == "check" and k[1] == key[1]), None)
             destructive = replacement is not None and not set(key[2]) <= set(replacement[2])
         description = {"unique": "drop unique constraint", "check": "change the values of",
-                       "fk": "drop or change relation"}[kind]
+                       "bounds": "drop or change the bounds", "fk": "drop or change relation"}[kind]
+        # a field's bounds are enforced since this engine version: a table deployed before may lack them
+        if_exists = " IF EXISTS" if kind == "bounds" else ""
         self.add("drop_constraints", f"drop_{kind}", target, f"{description} {name}",
-                 [f"ALTER TABLE {self.qualified(before.name)} DROP CONSTRAINT {quote(name)}"],
+                 [f"ALTER TABLE {self.qualified(before.name)} DROP CONSTRAINT{if_exists} {quote(name)}"],
                  destructive=destructive)
 
     def add_constraint(self, entity: Entity, key: ConstraintKey, construct: Any) -> None:
@@ -366,7 +376,8 @@ class _Planner:
             description = f"add relation {entity.name}.{key[1][0]} -> {key[2]} (on delete {ON_DELETE_SQL[key[3]].lower()})"
         else:
             sql = [ddl(AddConstraint(construct))]
-            description = {"unique": "add unique constraint", "check": "add allowed values"}[kind] + f" {construct.name}"
+            description = {"unique": "add unique constraint", "check": "add allowed values",
+                           "bounds": "enforce the bounds"}[kind] + f" {construct.name}"
         self.add("add_constraints", f"add_{kind}", target, description, sql)
 
 
