@@ -5,10 +5,22 @@ Every server process runs one. An event is claimed with `FOR UPDATE SKIP LOCKED`
 (`locked_until`): two processes never deliver it at the same time, and if the one holding it dies the
 lease runs out and another delivers it again (receivers deduplicate by the event's `id`). Every attempt
 is logged in `system.deliveries` (status code, latency, error). The dispatcher sleeps until a NOTIFY
-says events were written, or until the next retry is due.
+says events were written, a delivery ends, or the next retry is due.
+
+One tenant never stalls the others: deliveries run side by side (at most `concurrency` per process), and
+a claim takes at most `per_tenant` events of a tenant, counting those already in flight under a live
+lease on any process, so a tenant whose receiver is slow waits on its own slots only.
+
+A webhook goes only to a public address. The `GuardedTransport` resolves the URL's host once, refuses
+the request when any address is loopback, private, link-local, multicast, unspecified or otherwise not
+global (unless the operator allows the host: `BACKSAAS_WEBHOOK_ALLOW_HOSTS`), and connects to the address
+it checked, with the name as the Host header and TLS server name, so a second DNS answer (rebinding)
+is never used. What a tenant sees of a failure is its kind ("refused: destination not allowed",
+"could not connect", "HTTP 500"), never the server's internal detail (that goes to the server's log).
 
 Webhook signatures follow Stripe's scheme: `BackSaas-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
-"<t>.<body>" with the secret>`, the secret read from the environment variable the schema names.
+"<t>.<body>" with the secret>`, the secret being the tenant's own, stored by the platform under the
+name the schema gives (`secret: NAME`, set with `set_webhook_secret`; engine/vault.py).
 """
 
 from __future__ import annotations
@@ -16,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import os
 import random
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,15 +44,107 @@ import orjson
 import sqlalchemy as sa
 import structlog
 
-from engine import catalog
+from engine import catalog, vault
 from engine.authz import Caller
-from engine.channels import OUTBOX_CHANNEL
 from engine.database import Database, driver_url
 from engine.errors import BackSaasError
 from engine.hooks import Change, HookContext, call, resolve
+from engine.storage.deploy import OUTBOX_CHANNEL
 
 SIGNATURE_HEADER = "BackSaas-Signature"
+ALLOW_HOSTS_VARIABLE = "BACKSAAS_WEBHOOK_ALLOW_HOSTS"
+REFUSED = "refused: destination not allowed"
 log = structlog.get_logger("backsaas.outbox")
+
+# Beyond what `ipaddress` calls not global (its list in Python 3.11 misses some): IANA's special-purpose
+# blocks that are not globally reachable, multicast, and the IPv6 blocks that embed an IPv4 address,
+# which is checked in their place.
+NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+    "224.0.0.0/4", "240.0.0.0/4",
+    "::/8", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7",
+    "fe80::/10", "fec0::/10", "ff00::/8"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+def public_address(text: str) -> bool:
+    """Whether a webhook may connect to this address: globally reachable, not multicast."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False  # e.g. an IPv6 address with a zone: link-local
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return public_address(str(embedded))
+    return address.is_global and not address.is_multicast and not any(address in n for n in NOT_GLOBAL)
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses of `host` from the system's resolver (an IP literal is its own address)."""
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in found if info[0] in (socket.AF_INET, socket.AF_INET6)))
+
+
+def allowed_hosts_from_env() -> frozenset[str]:
+    """The operator's exceptions to the address check (`BACKSAAS_WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost`)."""
+    return frozenset(_host_key(h) for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip())
+
+
+def _host_key(host: str) -> str:
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
+class DestinationRefused(Exception):
+    """A webhook's destination is not allowed (the reason is for the server's log, not for the tenant)."""
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """Resolves each request's host once, checks every address, and sends the request to the address it
+    checked (the name stays the Host header and the TLS server name); `inner` does the sending."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, resolver: Resolver = resolve_host,
+                 allow_hosts: Iterable[str] = ()) -> None:
+        self.inner, self.resolver = inner, resolver
+        self.allow_hosts = frozenset(_host_key(h) for h in allow_hosts)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise DestinationRefused(f"scheme {url.scheme!r}")
+        host = url.raw_host.decode("ascii")
+        try:
+            addresses = await self.resolver(host, url.port or (443 if url.scheme == "https" else 80))
+        except OSError as exc:
+            raise DestinationRefused(f"{host} does not resolve: {exc}") from exc
+        if not addresses:
+            raise DestinationRefused(f"{host} has no address")
+        if _host_key(host) not in self.allow_hosts:
+            refused = [a for a in addresses if not public_address(a)]
+            if refused:
+                raise DestinationRefused(f"{host} resolves to {refused[0]}")
+        extensions = dict(request.extensions)
+        if url.scheme == "https" and not _is_literal(host):
+            extensions["sni_hostname"] = host
+        pinned = httpx.Request(request.method, url.copy_with(host=addresses[0]), headers=request.headers,
+                               stream=request.stream, extensions=extensions)
+        return await self.inner.handle_async_request(pinned)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -83,13 +189,23 @@ class Outcome:
 
 
 class Dispatcher:
+    """`concurrency` deliveries at once in this process, at most `per_tenant` of one tenant's (across
+    processes); `timeout` bounds a whole delivery. `allow_hosts` defaults to the environment's list;
+    `resolver` and `transport` are the network's edges (tests replace them)."""
+
     def __init__(self, db: Database, registry: Any, *, max_attempts: int = 8, base_delay: float = 2.0,
-                 max_delay: float = 600.0, batch: int = 20, lease: float = 60.0, timeout: float = 10.0) -> None:
+                 max_delay: float = 600.0, concurrency: int = 32, per_tenant: int = 4, lease: float = 60.0,
+                 timeout: float = 10.0, allow_hosts: Iterable[str] | None = None, resolver: Resolver = resolve_host,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.db, self.registry = db, registry
         self.max_attempts, self.base_delay, self.max_delay = max_attempts, base_delay, max_delay
-        self.batch, self.lease, self.timeout = batch, lease, timeout
+        self.concurrency, self.per_tenant, self.lease, self.timeout = concurrency, per_tenant, lease, timeout
         self.wake = asyncio.Event()
-        self.client = httpx.AsyncClient(timeout=timeout)
+        self.inflight: set[asyncio.Task[None]] = set()
+        # no keep-alive: a pooled TLS connection is keyed by address, and must not serve another name
+        inner = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+        guarded = GuardedTransport(inner, resolver, allowed_hosts_from_env() if allow_hosts is None else allow_hosts)
+        self.client = httpx.AsyncClient(transport=guarded, timeout=timeout, follow_redirects=False, trust_env=False)
 
     async def run(self) -> None:
         """Deliver until cancelled; a lost database connection is retried, never fatal."""
@@ -98,26 +214,38 @@ class Dispatcher:
             while True:
                 if listener is None or listener.is_closed():
                     listener = await self.listen()
+                self.wake.clear()  # before the claim: a delivery ending or a NOTIFY after it wakes the wait
+                free = self.concurrency - len(self.inflight)
+                claimed: list[Event] = []
+                if free > 0:
+                    try:
+                        claimed = await self.claim(free)
+                    except (OSError, asyncpg.PostgresError, sa.exc.SQLAlchemyError, BackSaasError) as exc:
+                        log.warning("outbox.claim_failed", error=str(exc))
+                for event in claimed:
+                    task = asyncio.create_task(self.deliver(event))
+                    self.inflight.add(task)
+                    task.add_done_callback(self.finished)
+                wait = 5.0 if len(claimed) == free else await self.idle_time()
                 try:
-                    claimed = await self.claim()
-                except (OSError, asyncpg.PostgresError, BackSaasError) as exc:
-                    log.warning("outbox.claim_failed", error=str(exc))
-                    claimed = []
-                if claimed:
-                    results = await asyncio.gather(*(self.deliver(e) for e in claimed), return_exceptions=True)
-                    for failure in (r for r in results if isinstance(r, Exception)):
-                        # its lease runs out and it is delivered again; the dispatcher carries on
-                        log.error("outbox.record_failed", error=f"{type(failure).__name__}: {failure}")
-                    continue
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), await self.idle_time())
+                    await asyncio.wait_for(self.wake.wait(), wait)
                 except TimeoutError:
                     pass
         finally:
+            for task in self.inflight:
+                task.cancel()  # its lease runs out and it is delivered again
+            await asyncio.gather(*self.inflight, return_exceptions=True)
             await self.client.aclose()
             if listener is not None and not listener.is_closed():
                 await listener.close()
+
+    def finished(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.wake.set()  # a slot is free: its tenant's next event may be claimed
+        if not task.cancelled() and task.exception() is not None:
+            # recording the outcome failed: its lease runs out and it is delivered again
+            failure = task.exception()
+            log.error("outbox.record_failed", error=f"{type(failure).__name__}: {failure}")
 
     async def listen(self) -> asyncpg.Connection | None:
         try:
@@ -129,27 +257,40 @@ class Dispatcher:
             return None
 
     async def idle_time(self) -> float:
-        """Seconds until the next event is due (at most 5: a missed NOTIFY is caught by the next look)."""
+        """Seconds until the next event falls due or a lease runs out (at most 5: a missed NOTIFY is caught
+        by the next look). Events due now but held back by their tenant's cap wait for a delivery to end."""
         events = catalog.platform_tables()["events"]
         try:
             async with self.db.engine.connect() as conn:
-                due = await conn.scalar(sa.select(sa.func.min(sa.func.coalesce(
-                    sa.case((events.c.status == "delivering", events.c.locked_until), else_=events.c.next_attempt_at),
-                    events.c.next_attempt_at))).where(events.c.status.in_(("pending", "delivering"))))
+                due = await conn.scalar(sa.select(sa.func.min(sa.case(
+                    (events.c.status == "delivering", events.c.locked_until), else_=events.c.next_attempt_at)))
+                    .where(sa.or_(sa.and_(events.c.status == "pending", events.c.next_attempt_at > sa.func.now()),
+                                  sa.and_(events.c.status == "delivering", events.c.locked_until > sa.func.now()))))
         except (OSError, asyncpg.PostgresError, sa.exc.SQLAlchemyError):
             return 5.0
         if due is None:
             return 5.0
         return min(5.0, max(0.05, (due - datetime.now(UTC)).total_seconds()))
 
-    async def claim(self) -> list[Event]:
+    async def claim(self, limit: int) -> list[Event]:
+        """Up to `limit` due events, oldest first, none of a tenant beyond its `per_tenant` slots: a tenant's
+        due events are ranked, and a rank counts on top of the tenant's deliveries in flight (live leases)."""
         events = catalog.platform_tables()["events"]
         tenants = catalog.platform_tables()["tenants"]
         now = sa.func.now()
-        due = (sa.select(events.c.id).where(sa.or_(
-            sa.and_(events.c.status == "pending", events.c.next_attempt_at <= now),
-            sa.and_(events.c.status == "delivering", events.c.locked_until <= now)))
-            .order_by(events.c.next_attempt_at).limit(self.batch).with_for_update(skip_locked=True))
+        ranked = (sa.select(events.c.id, events.c.tenant_id, events.c.next_attempt_at,
+                            sa.func.row_number().over(partition_by=events.c.tenant_id,
+                                                      order_by=(events.c.next_attempt_at, events.c.id)).label("rank"))
+                  .where(sa.or_(sa.and_(events.c.status == "pending", events.c.next_attempt_at <= now),
+                                sa.and_(events.c.status == "delivering", events.c.locked_until <= now)))
+                  .subquery("ranked"))
+        busy = (sa.select(events.c.tenant_id, sa.func.count().label("n"))
+                .where(events.c.status == "delivering", events.c.locked_until > now)
+                .group_by(events.c.tenant_id).subquery("busy"))
+        eligible = (sa.select(ranked.c.id).select_from(ranked.outerjoin(busy, busy.c.tenant_id == ranked.c.tenant_id))
+                    .where(ranked.c.rank + sa.func.coalesce(busy.c.n, 0) <= self.per_tenant)
+                    .order_by(ranked.c.next_attempt_at).limit(limit))
+        due = sa.select(events.c.id).where(events.c.id.in_(eligible)).with_for_update(skip_locked=True)
         claim = (events.update().where(events.c.id.in_(due.scalar_subquery()))
                  .values(status="delivering", attempts=events.c.attempts + 1,
                          locked_until=now + timedelta(seconds=self.lease))
@@ -167,8 +308,11 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             outcome = await (self.post(event) if event.kind == "webhook" else self.run_hook(event))
-        except Exception as exc:  # any failure of one delivery is that delivery's outcome, logged with it
-            outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}")
+        except BackSaasError as exc:  # the engine's own errors say what went wrong in the tenant's terms
+            outcome = Outcome(False, error=exc.message)
+        except Exception:  # any other failure of one delivery is that delivery's outcome; detail to the log
+            log.exception("outbox.delivery_crashed", event_id=event.id, tenant=event.slug)
+            outcome = Outcome(False, error="internal error")
         latency = round((time.perf_counter() - started) * 1000, 2)
         await self.record(event, outcome, latency)
 
@@ -176,16 +320,30 @@ class Dispatcher:
         body = event.body()
         headers = {"Content-Type": "application/json", "BackSaas-Event-Id": event.id}
         if event.secret_name:
-            secret = os.environ.get(event.secret_name)
-            if not secret:
-                return Outcome(False, error=f"the signing secret {event.secret_name} is not set on this server")
+            async with self.db.engine.connect() as conn:
+                secret = await vault.reveal(conn, event.tenant_id, event.secret_name)
+            if secret is None:
+                return Outcome(False, error=f"secret {event.secret_name} is not set (set_webhook_secret)")
             headers[SIGNATURE_HEADER] = sign(secret, int(time.time()), body)
+        failure = log.bind(event_id=event.id, tenant=event.slug)
         try:
-            response = await self.client.post(event.target, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return Outcome(False, error=f"{type(exc).__name__}: {exc}")
-        ok = 200 <= response.status_code < 300
-        return Outcome(ok, response.status_code, None if ok else f"HTTP {response.status_code}")
+            async with asyncio.timeout(self.timeout):  # the whole delivery, however slowly a receiver answers
+                async with self.client.stream("POST", event.target, content=body, headers=headers) as response:
+                    status = response.status_code  # the body is never read
+        except DestinationRefused as exc:
+            failure.warning("outbox.refused", reason=str(exc))
+            return Outcome(False, error=REFUSED)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            failure.info("outbox.timed_out", error=repr(exc))
+            return Outcome(False, error=f"timed out after {self.timeout:g} s")
+        except httpx.ConnectError as exc:
+            failure.info("outbox.connect_failed", error=repr(exc))
+            return Outcome(False, error="could not connect")
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            failure.info("outbox.request_failed", error=repr(exc))
+            return Outcome(False, error="the request failed")
+        ok = 200 <= status < 300
+        return Outcome(ok, status, None if ok else f"HTTP {status}")
 
     async def run_hook(self, event: Event) -> Outcome:
         """An async after_* hook, in a transaction of its own, as the caller of the original write."""
