@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from engine import validation  # a module import: engine.validation imports the model, and so this package
 from engine.schema.model import (
     ACTIONS,
     BUILTIN_ROLES,
@@ -19,7 +20,6 @@ from engine.schema.model import (
     Field,
     freeze,
 )
-from engine.validation import json_schema_problem, pattern_problem, value_errors
 
 Finding = tuple[tuple[str | int, ...], str]
 
@@ -125,7 +125,7 @@ def _check_functions(functions: dict[str, Any], roles: set[str]) -> Iterator[Fin
             if role not in roles:
                 yield ("functions", name, "roles", index), f"role '{role}' is not declared"
         if isinstance(spec.get("input"), dict):
-            problem = json_schema_problem(spec["input"])
+            problem = validation.json_schema_problem(spec["input"])
             if problem:
                 yield ("functions", name, "input"), problem
 
@@ -166,12 +166,12 @@ def _check_field(here: tuple[str, ...], name: str, fspec: dict[str, Any], entiti
             yield (*here, keyword), f"'{keyword}' applies to {' or '.join(types)} fields, not {ftype}"
     yield from _check_bounds(here, fspec)
     if isinstance(fspec.get("schema"), dict):
-        problem = json_schema_problem(fspec["schema"])
+        problem = validation.json_schema_problem(fspec["schema"])
         if problem:
             yield (*here, "schema"), problem
             return
     if isinstance(fspec.get("pattern"), str):
-        problem = pattern_problem(fspec["pattern"])
+        problem = validation.pattern_problem(fspec["pattern"])
         if problem:
             yield (*here, "pattern"), problem
             return  # the default cannot be checked against it
@@ -208,7 +208,7 @@ def _check_default(here: tuple[str, ...], name: str, fspec: dict[str, Any]) -> I
     try:
         field = Field(name=name, type=ftype, default=freeze(default),
                       **{k: freeze(fspec[k]) for k in TYPE_KEYWORDS if k in fspec and k not in ("to", "on_delete", "reverse")})
-        errors = value_errors(field, default)
+        errors = validation.value_errors(field, default)
     except (TypeError, KeyError, ValueError):
         return  # the structural check has already reported the malformed keyword
     for message in errors:
