@@ -259,6 +259,56 @@ async def test_an_allowed_host_skips_the_address_check_only_for_itself():
         await guarded_post("http://other.test:9/", {"other.test": ["127.0.0.1"]}, allow=("localhost",))
 
 
+def self_signed(name: str, directory: Any) -> tuple[str, str]:
+    """A certificate for `name` (and its key), as PEM files in `directory`."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+                   .not_valid_after(now + timedelta(hours=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+async def test_https_to_a_pinned_address_verifies_the_names_certificate(tmp_path):
+    import ssl
+
+    cert, key = self_signed("receiver.test", tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_side.sni_callback = lambda sock, name, context: names.append(name)
+    receiver = Receiver()
+    receiver.server.socket = server_side.wrap_socket(receiver.server.socket, server_side=True)
+    trusting = ssl.create_default_context(cafile=cert)  # the receiver's certificate, for receiver.test only
+    transport = GuardedTransport(httpx.AsyncHTTPTransport(verify=trusting),
+                                 resolver_of({"receiver.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}),
+                                 allow_hosts=("receiver.test", "other.test"))
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            sent = await client.post(f"https://receiver.test:{receiver.port}/hook", content=b"{}")
+            assert sent.status_code == 200  # verified as receiver.test, though connected to 127.0.0.1
+            with pytest.raises(httpx.ConnectError):  # the same address under another name: not its certificate
+                await client.post(f"https://other.test:{receiver.port}/hook", content=b"{}")
+        assert names[0] == "receiver.test" and receiver.received[0]["host"] == f"receiver.test:{receiver.port}"
+    finally:
+        receiver.stop()
+
+
 # -- through the gateway --
 
 async def test_a_webhook_to_a_loopback_address_the_operator_does_not_allow_is_refused(base, db):
