@@ -1,14 +1,25 @@
-"""The connection to PostgreSQL: one async engine (asyncpg) and the facts about the server we depend on.
+"""The connection to PostgreSQL: the admin engine, the request pool, and the facts about the server we depend on.
 
 The engine never decides where the database is: the gateway or CLI passes a URL (an external server,
-or the embedded one from `engine.embedded`).
+or the embedded one from `engine.embedded`). The one exception is `DATABASE_GATEWAY_URL`, the request
+pool's own login on a server where the URL's user is no superuser: every process that serves requests
+(gateway workers, CLI commands calling platform functions) needs it alike, so it is read where the pool is.
+
+This module holds wall 3 (DESIGN.md, "The walls"): the request pool never logs in as the platform's
+user, and every tenant statement runs as the tenant's role under a statement timeout.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -16,7 +27,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from engine.errors import GatewayRoleUnavailable
 from engine.storage import naming
+
+STATEMENT_TIMEOUT_MS = 8000  # every tenant statement's limit unless its plan's `statement_timeout_ms` says otherwise
+GATEWAY_URL_VARIABLE = "DATABASE_GATEWAY_URL"
+GATEWAY_ATTRIBUTES = "LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+GATEWAY_LOCK = 0x6761_7465  # advisory lock: preparing the gateway role (exclusive) against tenant creation (shared)
+ADMIN_OVERFLOW = 10  # the admin engine's connections beyond its pool size
 
 
 def quote_identifier(name: str) -> str:
@@ -35,19 +53,22 @@ def driver_url(url: str) -> str:
 
 
 class RoleConnection(asyncpg.Connection):
-    """An asyncpg connection that remembers the role it has been switched to."""
+    """An asyncpg connection that remembers the role and statement timeout it has been switched to."""
 
-    __slots__ = ("acting_role",)
+    __slots__ = ("acting_role", "acting_timeout")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acting_role: str | None = None
+        self.acting_timeout: int | None = None
 
-    async def act_as(self, role: str) -> None:
-        if self.acting_role != role:
-            self.acting_role = None  # unknown until the server confirms
-            await self.execute(f"SET ROLE {quote_identifier(role)}")
-            self.acting_role = role
+    async def act_as(self, role: str, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> None:
+        """Switch the session to `role` with `timeout_ms` as its statement timeout: one round trip, and
+        none at all when the connection already acts so (the usual case: a tenant's busy connections)."""
+        if self.acting_role != role or self.acting_timeout != timeout_ms:
+            self.acting_role = self.acting_timeout = None  # unknown until the server confirms
+            await self.execute(f"SET ROLE {quote_identifier(role)}; SET statement_timeout = {int(timeout_ms)}")
+            self.acting_role, self.acting_timeout = role, timeout_ms
 
 
 async def keep_role(conn: asyncpg.Connection) -> None:
@@ -57,28 +78,63 @@ async def keep_role(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+def statement_timeout_of(limits: Mapping[str, Any]) -> int:
+    """A plan's `statement_timeout_ms` when it is a positive whole number, else the default."""
+    given = limits.get("statement_timeout_ms")
+    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+        return given
+    return STATEMENT_TIMEOUT_MS
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5803), computed here so that the
+    password itself never travels in an `ALTER ROLE` (which a server may log)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}$"
+            f"{b64(hashlib.sha256(client_key).digest()).decode()}:{b64(server_key).decode()}")
+
+
 @dataclass
 class Database:
     """SQLAlchemy's async engine for the admin path (deploys, catalog) and a plain asyncpg pool for the
-    request path, where every round trip counts."""
+    request path, where every round trip counts.
+
+    The admin engine logs in as the URL's user (the platform: it creates schemas and roles). The request
+    pool logs in as the gateway role (`gateway_role`), a member of the tenant roles and nothing more, and
+    each use switches to one tenant's role: a statement that runs without that switch, or after a
+    `RESET ROLE`, runs as a role that PostgreSQL lets read no tenant's schema and no table of `system`.
+    """
 
     engine: AsyncEngine
     name: str  # the database's name: part of every tenant role's name
     url: str = ""
     pool_size: int = 5
+    gateway_url: str | None = None  # the request pool's own login; None: BackSaas manages `gateway_role`
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
     _pool: asyncpg.Pool | None = None
+    _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _timeouts: dict[str, int] = field(default_factory=dict)  # tenant role -> its plan's statement timeout
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 5) -> Database:
-        """A pool on `url`; connections are made on first use, so a server that is down now is not fatal."""
+    def open(cls, url: str, *, pool_size: int = 5, gateway_url: str | None = None) -> Database:
+        """A pool on `url`; connections are made on first use, so a server that is down now is not fatal.
+
+        `gateway_url` (default: the `DATABASE_GATEWAY_URL` variable) names the request pool's login role
+        on a server where the URL's user is no superuser and so cannot manage that role itself.
+        """
         parsed = make_url(async_url(url))
-        engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=10)
-        return cls(engine, parsed.database or parsed.username or "postgres", url, pool_size)
+        engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=ADMIN_OVERFLOW)
+        gateway_url = gateway_url if gateway_url is not None else os.environ.get(GATEWAY_URL_VARIABLE) or None
+        return cls(engine, parsed.database or parsed.username or "postgres", url, pool_size, gateway_url)
 
     @classmethod
-    async def connect(cls, url: str, *, pool_size: int = 5) -> Database:
+    async def connect(cls, url: str, *, pool_size: int = 5, gateway_url: str | None = None) -> Database:
         """`open`, then make sure the server answers (commands want to fail early)."""
-        database = cls.open(url, pool_size=pool_size)
+        database = cls.open(url, pool_size=pool_size, gateway_url=gateway_url)
         await database.ping()
         return database
 
@@ -88,27 +144,102 @@ class Database:
         async with self.engine.begin() as conn:
             yield conn
 
+    @property
+    def gateway_role(self) -> str:
+        """The role the request pool logs in as."""
+        if self.gateway_url:
+            return make_url(async_url(self.gateway_url)).username or ""
+        return naming.gateway_role_name(self.name)
+
+    @property
+    def pool_max(self) -> int:
+        return self.pool_size * 2
+
     async def pool(self) -> asyncpg.Pool:
+        """The request pool: one per `Database` (so per process), made once even when many first requests
+        ask for it at the same time, and bounded by `pool_max` connections."""
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(driver_url(self.url), min_size=1, max_size=self.pool_size * 2,
-                                                   connection_class=RoleConnection, reset=keep_role)
+            async with self._pool_lock:
+                if self._pool is None:
+                    login = await self.prepare_gateway_role()
+                    self._pool = await asyncpg.create_pool(driver_url(login), min_size=1, max_size=self.pool_max,
+                                                           connection_class=RoleConnection, reset=keep_role)
         return self._pool
+
+    async def prepare_gateway_role(self) -> str:
+        """Make the gateway role ready and return the URL the request pool logs in with.
+
+        With `gateway_url`, the operator made the role; otherwise the URL's user must be a superuser and
+        the role is created (or set right again) here, with a generated password kept where only a
+        superuser reads it (`backsaas_private.credentials`), so every process of an installation logs in
+        with the same one. Either way the role must not be a superuser (nor bypass row security), and it
+        is made a member of every tenant's role that exists, tenants made before it included.
+        """
+        role = self.gateway_role
+        async with self.begin() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute(f"SELECT pg_advisory_xact_lock({GATEWAY_LOCK})")  # tenant creation: shared
+            if self.gateway_url:
+                login = self.gateway_url
+            elif not await driver.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+                raise GatewayRoleUnavailable(
+                    f"the request pool needs a role that is a member of tenant roles only; the user of the "
+                    f"database URL is no superuser and cannot create one: create a LOGIN NOINHERIT role, "
+                    f"name it in {GATEWAY_URL_VARIABLE} (postgresql://role:password@host/{self.name}), and "
+                    "let the URL's user grant it the tenant roles (WITH ADMIN OPTION or CREATEROLE)")
+            else:
+                login = await self._managed_login(driver, role)
+            powers = await driver.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1", role)
+            if powers is None:
+                raise GatewayRoleUnavailable(f"the role '{role}' of {GATEWAY_URL_VARIABLE} does not exist")
+            if powers["rolsuper"] or powers["rolbypassrls"]:
+                raise GatewayRoleUnavailable(f"the request pool's role '{role}' is a superuser or bypasses row "
+                                             "security: it must be a role that can do nothing but act as tenants")
+            await grant_tenant_roles(driver, self, role)
+        return login
+
+    async def _managed_login(self, driver: asyncpg.Connection, role: str) -> str:
+        await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; "
+                             "CREATE TABLE IF NOT EXISTS backsaas_private.credentials "
+                             "(role name PRIMARY KEY, password text NOT NULL)")
+        await driver.execute("INSERT INTO backsaas_private.credentials VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                             role, secrets.token_urlsafe(32))
+        password = await driver.fetchval("SELECT password FROM backsaas_private.credentials WHERE role = $1", role)
+        quoted = quote_identifier(role)
+        if not await driver.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await driver.execute(f"CREATE ROLE {quoted}")
+        await driver.execute(f"ALTER ROLE {quoted} {GATEWAY_ATTRIBUTES} PASSWORD '{scram_verifier(password)}'")
+        return make_url(self.url).set(username=role, password=password).render_as_string(hide_password=False)
+
+    def plan_limits(self, role: str, limits: Mapping[str, Any]) -> None:
+        """Remember a tenant's plan limits that the database enforces (its statement timeout)."""
+        self._timeouts[role] = statement_timeout_of(limits)
 
     @asynccontextmanager
     async def as_role(self, role: str) -> AsyncIterator[asyncpg.Connection]:
-        """A request-pool connection acting as `role` (a tenant's role: never the pool's login user).
+        """A request-pool connection acting as `role` (a tenant's role), with its plan's statement timeout.
 
-        The role is set per session and kept across uses (`SET ROLE` only when it differs), so a
-        one-statement request costs one round trip; every use sets the role it needs before anything
-        runs, and the pool's reset never clears it behind our back.
+        The role and timeout are set per session and kept across uses (`SET` only when they differ), so a
+        one-statement request costs one round trip; every use sets what it needs before anything runs,
+        and the pool's reset never clears it behind our back.
         """
-        pool = await self.pool()
+        pool = self._pool or await self.pool()
         async with pool.acquire() as conn:
-            await conn.act_as(role)
+            await conn.act_as(role, self._timeouts.get(role, self.statement_timeout_ms))
             yield conn
 
     def role(self, slug: str) -> str:
         return naming.role_name(self.name, slug)
+
+    def connection_counts(self) -> dict[str, dict[str, int]]:
+        """Connections this process holds, open and at most, per pool (for `/readyz`)."""
+        admin = self.engine.pool
+        counts = {"admin": {"open": admin.checkedin() + admin.checkedout(),  # type: ignore[attr-defined]
+                            "max": self.pool_size + ADMIN_OVERFLOW}}
+        pool = self._pool
+        counts["requests"] = {"open": pool.get_size() if pool else 0, "idle": pool.get_idle_size() if pool else 0,
+                              "max": self.pool_max}
+        return counts
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
@@ -119,3 +250,21 @@ class Database:
         if self._pool is not None:
             await self._pool.close()
         await self.engine.dispose()
+
+
+async def grant_tenant_roles(driver: asyncpg.Connection, db: Database, gateway: str) -> None:
+    """Make `gateway` a member of every tenant's role it is not yet a member of (tenants made before it,
+    or before this installation had it), and let it append to the platform's outbox, which it may not read.
+
+    Only roles that are exactly tenant roles qualify: no login, no superuser, named by `naming`."""
+    if not await driver.fetchval("SELECT to_regclass('system.tenants') IS NOT NULL"):
+        return  # the platform is not deployed yet: `create_tenant_schema` grants each role as it is made
+    slugs = [r["slug"] for r in await driver.fetch("SELECT slug FROM system.tenants")]
+    names = [db.role(slug) for slug in slugs] + [db.role(naming.SYSTEM_TENANT)]
+    missing = await driver.fetch(
+        "SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY($1::text[]) AND NOT r.rolcanlogin "
+        "AND NOT r.rolsuper AND NOT r.rolbypassrls AND NOT pg_has_role($2, r.oid, 'MEMBER')", names, gateway)
+    quoted = quote_identifier(gateway)
+    script = [f"GRANT {', '.join(quote_identifier(r['rolname']) for r in missing)} TO {quoted}"] if missing else []
+    script += [f"GRANT USAGE ON SCHEMA system TO {quoted}", f"GRANT INSERT ON system.events TO {quoted}"]
+    await driver.execute(";\n".join(script))

@@ -114,6 +114,13 @@ class DatabaseUnavailable(BackSaasError):
     status = 503
 
 
+class GatewayRoleUnavailable(BackSaasError):
+    """The request pool has no role to log in as that is a member of tenant roles only (wall 3)."""
+
+    code = "gateway_role_unavailable"
+    status = 503
+
+
 class InvalidInput(BackSaasError):
     code = "invalid_input"
     status = 400
@@ -268,6 +275,9 @@ def database_error(sqlstate: str, message: str, detail: str | None = None, hint:
         return check_violation(message, detail)
     status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else
                                                503 if sqlstate.startswith(("08", "53")) else 500)
+    if sqlstate == "57014":  # the statement ran past its statement_timeout (the plan's limit)
+        return DatabaseError("statement_timeout", status, "the query ran longer than this tenant's plan allows and "
+                             "was canceled", detail or message, hint or "ask for fewer rows or try again later")
     return DatabaseError(sqlstate, status, message, detail, hint)
 
 

@@ -212,6 +212,7 @@ class RuntimeRegistry:
             return None  # unknown slugs are not cached: anyone can ask for any number of them
         state = TenantState(str(row.id), row.status, row.version, MappingProxyType(dict(row.limits or {})),
                             tuple(row.origins) if isinstance(row.origins, list) and row.origins else ("*",))
+        self.db.plan_limits(self.db.role(slug), state.limits)  # the statement timeout the requests run with
         if self._listener is not None and generation == self._generation:
             self._states[slug] = state
         return state

@@ -75,10 +75,11 @@ async def readyz(request: Request) -> Response:
     db: Database = request.app.state.db
     try:
         await db.ping()
+        await db.pool()  # made once per process; a request pool that cannot log in is not ready either
     except Exception as exc:  # any failure to reach the database means not ready; the reason is logged
         log.warning("readyz.database_unreachable", error=str(exc))
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    return JSONResponse({"status": "ok", "database": "ok"})
+    return JSONResponse({"status": "ok", "database": "ok", "connections": db.connection_counts()})
 
 
 async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:

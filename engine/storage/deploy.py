@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, OUTBOX_CHANNEL, PLANS_CHANGED, SIGNING_KEYS_CHANGED
-from engine.database import Database
+from engine.database import GATEWAY_LOCK, Database, grant_tenant_roles
 from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
 from engine.hooks import missing_handlers
 from engine.identity.signing import ensure_signing_key
@@ -64,13 +64,18 @@ async def create_tenant_schema(conn: AsyncConnection, db: Database, slug: str) -
     """The tenant's NOLOGIN role and the schema it owns, plus the trigger function its tables use.
 
     The role is no superuser and owns nothing else, so a transaction that has done `SET LOCAL ROLE` to
-    it cannot touch another tenant's schema even if the application errs.
+    it cannot touch another tenant's schema even if the application errs. The request pool's login role
+    (`Database.gateway_role`) becomes a member of it, and of nothing but tenant roles.
     """
     role, schema = quote(db.role(slug)), quote(naming.schema_name(slug))
+    # the gateway role is prepared (and given the roles of the tenants made before it) under this lock
+    await conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": GATEWAY_LOCK})
     exists = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.role(slug)})
+    gateway = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.gateway_role})
     script = [] if exists else [f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"]
     script += [
         f"GRANT {role} TO CURRENT_USER",
+        *([f"GRANT {role} TO {quote(db.gateway_role)}"] if gateway else []),
         f"CREATE SCHEMA {schema} AUTHORIZATION {role}",
         f"SET LOCAL ROLE {role}",
         f"CREATE FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() RETURNS trigger LANGUAGE plpgsql AS "
@@ -281,6 +286,8 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         driver = (await conn.get_raw_connection()).driver_connection
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
+        if await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.gateway_role}):
+            await grant_tenant_roles(driver, db, db.gateway_role)  # again, in case the deploy remade a table
         await ensure_signing_key(conn)
         plans = catalog.platform_tables()["plans"]  # the plan new tenants get unless they name another
         await conn.execute(postgresql.insert(plans).values(code=DEFAULT_PLAN, name="Free")

@@ -35,6 +35,14 @@ def role_name(database: str, slug: str) -> str:
     return fit(f"{database}_{schema_name(slug)}")
 
 
+def gateway_role_name(database: str) -> str:
+    """The LOGIN role of the request pool, a member of the tenant roles and nothing more.
+
+    `{database}_gateway` is never a tenant role's name (those are `{database}_t_...` and `{database}_system`).
+    """
+    return fit(f"{database}_gateway")
+
+
 def unique_name(table: str, columns: tuple[str, ...]) -> str:
     return fit(f"{table}_{'_'.join(columns)}_key")
 
