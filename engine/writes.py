@@ -1,10 +1,13 @@
-"""Writes to entities that have hooks: row by row where hooks need the rows, all in the caller's transaction.
+"""The row-by-row write core REST, GraphQL and the data API share: writes to entities that have hooks (and
+every write of `ctx.data`), all in the caller's transaction.
 
 An entity without hooks is written by REST and GraphQL in one statement each. With hooks, a write is:
 lock the matching rows (`SELECT ... FOR UPDATE`, through the caller's row scope), run the `before_*`
 hooks per row (they may alter the change or refuse it), validate what they return, write, run the
 synchronous `after_*` hooks (a failure rolls everything back), and put one outbox event per webhook
 and async hook in `system.events` in the same transaction, for the dispatcher to deliver after commit.
+Which rows a write reaches is the caller's plan's (`ReadPlan.reach()`: its row scope and filters); this
+module never decides a scope.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from engine.database import quote_identifier
 from engine.errors import BackSaasError, ValidationFailed
 from engine.hooks import Change, HookContext, call, resolve
 from engine.query.plan import Condition
-from engine.query.sql import CompiledRead, compile_statement, condition_sql, json_source
+from engine.query.sql import CompiledRead, compile_statement, condition_sql, insert_statement, json_source
 from engine.schema.model import OWNER_COLUMN, Entity, Hook
 
 Row = dict[str, Any]
@@ -63,7 +66,7 @@ class HookedWriter:
         self.runtime, self.caller, self.conn, self.db = runtime, caller, conn, db
 
     def context(self, event: str) -> HookContext:
-        from engine.data import DataApi  # the data API writes through REST, which writes through here
+        from engine.data import DataApi  # ctx.data runs its plans on this write core (engine.data imports it)
 
         return HookContext(self.runtime.slug, self.caller, event,
                            DataApi(self.runtime, self.db, self.caller, self.conn),
@@ -113,9 +116,8 @@ class HookedWriter:
             keys = list(values)
 
             def build(keys: list[str] = keys) -> sa.Executable:
-                source = json_source(table, 0, many=False)
-                return (postgresql.insert(table).from_select(keys, sa.select(*(source.c[k] for k in keys)))
-                        .returning(self.as_json(table)))
+                return insert_statement(table, keys, 0, None, self.runtime.tables, many=False).returning(
+                    self.as_json(table))
 
             written += await self.rows(("insert", entity.name, tuple(keys)), build, [orjson.dumps(values).decode()])
         await self.after(entity, hooks, "create", [(row, None) for row in written])

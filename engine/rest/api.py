@@ -35,7 +35,7 @@ from engine.errors import (
     database_error,
 )
 from engine.limits import Bounds, RowBudget, validate_sized
-from engine.query.plan import Condition, Filter, ReadPlan, Upsert
+from engine.query.plan import ReadPlan, Upsert
 from engine.query.sql import CompiledRead, compile_statement, read_statement, rest_delete, rest_insert, rest_update
 from engine.rest.params import ReadParser, unquote
 from engine.runtime import TenantRuntime
@@ -405,9 +405,7 @@ class RestApi:
                          extra: list[tuple[str, str]]) -> Answer:
         """The written rows as the request selects them, under the read scope (one object or 406, when asked for)."""
         parser = self.parser()
-        returned = parser.returned(parser.parse(entity.name, select, action))
-        parser.values.append(ids)
-        plan = replace(returned, where=Condition("and", (Filter("id", "in", len(parser.values) - 1),)))
+        plan = parser.only(parser.returned(parser.parse(entity.name, select, action)), ids)
         values = parser.values
         compiled = compile_statement(read_statement(plan, self.runtime.tables, False))
         row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))

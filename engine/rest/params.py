@@ -7,8 +7,8 @@ knows nothing of SQL or HTTP. Every problem is a `QueryParseError`, `UnknownColu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.authz.permissions import Permissions
@@ -89,6 +89,11 @@ class ReadParser:
     def returned(self, plan: ReadPlan) -> ReadPlan:
         """What a write of `plan`'s root shows: its selection over the written rows, under the READ scope."""
         return plan.returned(self.permissions.shown(plan.entity, self.caller_param))
+
+    def only(self, plan: ReadPlan, ids: Sequence[str]) -> ReadPlan:
+        """`plan` restricted to the rows `ids` (the rows a write wrote, read back in its transaction)."""
+        self.values.append(list(ids))
+        return replace(plan, where=Condition("and", (Filter("id", "in", len(self.values) - 1),)))
 
     def parse(self, entity: str, params: Iterable[tuple[str, str]], action: str = "read") -> ReadPlan:
         """The plan of a request whose root does `action`; every embedded level is a read, authorized
