@@ -232,6 +232,35 @@ class SchemaNotExposed(BackSaasError):
     status = 406
 
 
+# -- a request beyond the bounds of the tenant's plan (engine.limits), refused before any SQL runs ---------
+
+
+class EmbedTooDeep(BackSaasError):
+    code = "embed_too_deep"
+    status = 400
+
+
+class QueryTooCostly(BackSaasError):
+    """More rows than the plan allows, estimated from each list's limit times its parent's rows."""
+
+    code = "query_too_costly"
+    status = 400
+
+
+class QueryTooComplex(BackSaasError):
+    """More select items, or conditions nested deeper, than one statement may hold."""
+
+    code = "query_too_complex"
+    status = 400
+
+
+class TooManyItems(BackSaasError):
+    """A body with more objects than the plan allows in one write."""
+
+    code = "too_many_items"
+    status = 413
+
+
 class DatabaseError(BackSaasError):
     """An error the database raised for a request, mapped to its status; `code` is the SQLSTATE."""
 
@@ -265,7 +294,10 @@ _CHECK_MESSAGE = re.compile(r'violates check constraint "([a-z0-9_]{1,63})"')
 BOUNDS_SUFFIX = "_bounds"
 
 SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23502": 400, "23514": 422, "42501": 403, "42P10": 400,
-                   "42883": 400, "42804": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503}
+                   "42883": 400, "42804": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503,
+                   # a batch that meets one row twice (ON CONFLICT DO UPDATE), and a statement past PostgreSQL's
+                   # program limits (target list, stack depth): the request's shape, not the server
+                   "21000": 400, "54001": 400, "54011": 400, "54023": 400}
 
 
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
