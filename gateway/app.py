@@ -166,7 +166,7 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
                                        headers.get("last-event-id"))
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    api = RestApi(runtime, request.app.state.db, request.scope["backsaas.caller"])
+    api = RestApi(runtime, request.app.state.db, request.scope["backsaas.caller"], limits=request.scope["backsaas.limits"])
     body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
     result = await api.handle(request.method, entity, request.scope["query_string"], headers, body)
     return RawResponse(result.status, result.headers, result.body)

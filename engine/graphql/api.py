@@ -29,8 +29,10 @@ from engine.authz.permissions import Permissions
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidBody
 from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error
+from engine.graphql.cost import mutation_items
 from engine.graphql.mutations import MutationRunner
 from engine.graphql.schema import build_schema, graph_relations
+from engine.limits import Bounds, RowBudget
 from engine.query.sql import EMPTY_ARRAY, StatementBuilder, compile_statement
 from engine.runtime import TenantRuntime
 
@@ -145,6 +147,7 @@ class GraphQLApi:
         given = (limits or {}).get("graphql")
         chosen = {**DEFAULT_LIMITS, **(given if isinstance(given, dict) else {})}
         self.limits = (int(chosen["max_depth"]), int(chosen["max_cost"]))
+        self.bounds = Bounds.of_plan(limits)  # rows, relation depth, items (engine.limits)
 
     def schema(self) -> GraphQLSchema:
         key = ("graphql-schema", self.caller.roles)
@@ -239,6 +242,9 @@ class GraphQLApi:
             errors = [problem("validation-failed", e.message) for e in result.errors or ()]
             return Answer(200, JSON, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
         if operation.operation == ast.OperationType.MUTATION:
+            compiler = self.compiler(schema, document, coerced)  # the rows it writes, counted before any work
+            fields = compiler.fields(operation.selection_set)
+            self.bounds.check_items(mutation_items(fields, coerced, compiler.relations), "objects")
             data = await MutationRunner(self, schema, document, coerced).run(operation)
             return Answer(200, JSON, b'{"data":' + data + b"}")
         compiled = self.compiled(schema, document, operation, coerced)
@@ -276,7 +282,7 @@ class GraphQLApi:
         variables."""
         name = operation.name.value if operation.name else None
         signed_in = self.caller.user_id is not None  # the user id itself is a parameter, not part of the statement
-        base = ("graphql-op", self.caller.roles, signed_in, document.digest, name)
+        base = ("graphql-op", self.caller.roles, signed_in, document.digest, name, self.bounds)
         shape_names = self.runtime.statements.get(base)
         if shape_names is not None:
             key = (base, tuple((n, orjson.dumps(variables.get(n), option=orjson.OPT_SORT_KEYS)) for n in shape_names))
@@ -286,9 +292,10 @@ class GraphQLApi:
         compiler = self.compiler(schema, document, variables)
         builder = StatementBuilder(self.runtime.tables)
         parts: list[Any] = []
+        budget = RowBudget(self.bounds)  # the estimated rows of every root field together
         for field in compiler.fields(operation.selection_set):
             alias = field.alias.value if field.alias else field.name.value
-            parts += [sa.literal_column(f"'{alias}'"), self.root(compiler, builder, field)]
+            parts += [sa.literal_column(f"'{alias}'"), self.root(compiler, builder, field, budget)]
         statement = sa.select(sa.cast(sa.func.json_build_object(*parts), sa.Text))
         rendered = compile_statement(statement)
         compiled = CompiledQuery(rendered.sql, rendered.slots, rendered.constants, compiler.values.builder(),
@@ -298,19 +305,20 @@ class GraphQLApi:
         key = (base, tuple((n, orjson.dumps(variables.get(n), option=orjson.OPT_SORT_KEYS)) for n in shape))
         return self.remember(key, compiled)
 
-    def root(self, compiler: QueryCompiler, builder: StatementBuilder, field: ast.FieldNode) -> Any:
+    def root(self, compiler: QueryCompiler, builder: StatementBuilder, field: ast.FieldNode, budget: RowBudget) -> Any:
         name = field.name.value
+        alias = field.alias.value if field.alias else name
         if name == "__typename":
             return sa.literal_column("'query_root'")
         if name in self.runtime.columns:
-            rows = builder.rows(compiler.plan(name, field)).subquery()
+            rows = builder.rows(budget.admit(compiler.plan(name, field), field=alias)).subquery()
             return sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY)).scalar_subquery()
         if name.endswith("_by_pk") and name[:-6] in self.runtime.columns:
-            rows = builder.rows(compiler.plan(name[:-6], field, by_pk=True)).subquery()
+            plan = budget.admit(compiler.plan(name[:-6], field, by_pk=True), single=True, field=alias)
+            rows = builder.rows(plan).subquery()
             return sa.select(sa.func.to_json(rows.table_valued())).scalar_subquery()
         if name.endswith("_aggregate") and name[:-10] in self.runtime.columns:
-            alias = field.alias.value if field.alias else name
-            return builder.aggregate(compiler.aggregate(alias, None, name[:-10], field))
+            return builder.aggregate(budget.admit_aggregate(compiler.aggregate(alias, None, name[:-10], field), alias))
         raise GraphQLError("validation-failed", f"no field '{name}' on query_root")
 
     async def fetch(self, sql: str, arguments: list[Any]) -> str:

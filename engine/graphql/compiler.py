@@ -54,7 +54,9 @@ class GraphQLError(BackSaasError):
         self.path = path
 
 
-ENGINE_CODES = {"permission_denied": "permission-error", "validation_failed": "validation-failed"}
+ENGINE_CODES = {"permission_denied": "permission-error", "validation_failed": "validation-failed",
+                "embed_too_deep": "query-too-deep", "query_too_costly": "query-too-costly",
+                "too_many_items": "too-many-items"}
 HASURA_CODES = {"23505": "constraint-violation", "23503": "constraint-violation", "23502": "constraint-violation",
                 "23514": "constraint-violation", "42501": "permission-error"}
 
@@ -296,6 +298,9 @@ class QueryCompiler:
             elif key == "_not":
                 items.append(Condition("and", (self.condition(entity, value),), negate=True))
             elif key in kinds:
+                if kinds[key] == "array" and any(op in ("_in", "_nin") for op, _ in self.entries(value)):
+                    raise GraphQLError("validation-failed", f"{key} is an array: _in and _nin compare single values "
+                                                            "(use _eq for the whole array)")
                 items += self.comparisons(key, value)
             else:
                 relation = self.relations[entity][key]
@@ -331,7 +336,7 @@ class QueryCompiler:
                 self.entities.add(relation.target)
                 found += self.orders(relation.target, value, (*through, Step(relation, self.scope(relation.target,
                                                                                                    "read"))))
-            else:
+            elif value is not None:  # `{code: null}` orders by nothing, as if absent
                 descending, nulls = ORDERS[value]
                 found.append(Order(key, descending, nulls, through))
         return found

@@ -281,7 +281,9 @@ def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: U
     a conflict updates the existing row only within the update's scope (else the row is left alone and
     not returned: the caller compares what was written with what was sent)."""
     source = json_source(table, param, many=many)
-    statement = postgresql.insert(table).from_select(list(keys), sa.select(*(source.c[k] for k in keys)))
+    # `{}` is a row of defaults (as PostgREST inserts it): the id alone, made as its default makes it
+    values = [source.c[k] for k in keys] or [table.c.id.server_default.arg]  # type: ignore[union-attr]
+    statement = postgresql.insert(table).from_select(list(keys) or ["id"], sa.select(*values).select_from(source))
     if upsert is None:
         return statement
     if not upsert.update:
