@@ -119,12 +119,12 @@ def nesting(text: str) -> tuple[int, int]:
 
 def check_query(params: Iterable[tuple[str, str]], bounds: Bounds) -> None:
     """Refuse, before parsing, a select= nested deeper than the plan allows or with more items than a
-    SELECT holds, a select= with control characters (they would reach SQL as aliases), and conditions
-    nested deeper than `MAX_CONDITION_DEPTH`."""
+    SELECT holds, a select= with control characters other than whitespace (an alias reaches SQL, and a
+    NUL there broke the connection: a 503), and conditions nested deeper than `MAX_CONDITION_DEPTH`."""
     for key, value in params:
         last = key.rpartition(".")[2]
         if last == "select":
-            if any(ord(char) < 32 for char in value):
+            if any(ord(char) < 32 and char not in "\t\n\r" for char in value):
                 raise QueryParseError(f"{key}= holds a control character",
                                       details=[Problem(key, "names and aliases hold no control characters")])
             depth, items = nesting(value)
