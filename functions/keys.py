@@ -19,6 +19,7 @@ from engine import catalog
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
 from engine.schema import load_schema
+from engine.storage.naming import SYSTEM_TENANT
 
 KEY_PREFIX = "bsk_"
 
@@ -86,3 +87,24 @@ async def list_api_keys(db: Database, slug: str) -> list[dict[str, object]]:
             sa.select(keys.c.name, keys.c.role, keys.c.prefix, keys.c.expires_at, keys.c.revoked_at, keys.c.created_at)
             .join(tenants, tenants.c.id == keys.c.tenant_id).where(tenants.c.slug == slug).order_by(keys.c.name))
         return [dict(r._mapping) for r in rows]
+
+
+async def platform_public_key(db: Database) -> str:
+    """The platform's `anon` key. Supabase's SDKs need a key to call the platform's sign-up, sign-in and
+    REST like any tenant's, and an anon key is public by design, so its plaintext is kept (`public_value`)
+    and shown to anyone (`GET /api/platform/`, `backsaas serve --demo`, `backsaas admin create`). Made on
+    first use, once whichever process asks first; revoking it makes the next use mint another."""
+    keys = catalog.platform_tables()["api_keys"]
+    async with db.begin() as conn:
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('backsaas.platform_public_key'))"))
+        tenant = await catalog.find_tenant(conn, SYSTEM_TENANT)
+        if tenant is None:
+            raise TenantNotFound("the platform is not deployed: run `backsaas serve` once")
+        found = await conn.scalar(sa.select(keys.c.public_value).where(
+            keys.c.tenant_id == tenant.id, keys.c.public_value.is_not(None), keys.c.revoked_at.is_(None),
+            sa.or_(keys.c.expires_at.is_(None), keys.c.expires_at > sa.func.now())).order_by(keys.c.created_at.desc()))
+        if found is None:
+            found = KEY_PREFIX + secrets.token_urlsafe(32)
+            await conn.execute(keys.insert().values(tenant_id=tenant.id, name=f"public-anon-{found[4:12]}", role="anon",
+                                                    prefix=found[:12], key_hash=key_hash(found), public_value=found))
+    return found

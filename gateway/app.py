@@ -39,6 +39,7 @@ from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
+from functions.keys import platform_public_key
 from gateway.access import AccessLog
 from gateway.auth import authenticate
 from gateway.cors import ANY_ORIGIN, CrossOrigin
@@ -83,7 +84,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
-    """What a tenant runs: its deployed schema version and entities."""
+    """What a tenant runs: its deployed schema version and entities (and, for the platform, its public anon
+    key, which Supabase's SDKs need to sign up and in)."""
     base = str(request.url.replace(path=request.scope.get("root_path", ""), query="")).rstrip("/")
     return JSONResponse({
         "tenant": runtime.slug,
@@ -95,6 +97,7 @@ async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
             for e in runtime.model.entities
         ],
         "base_url": base,
+        **({"anon_key": await platform_public_key(request.app.state.db)} if runtime.slug == SYSTEM_TENANT else {}),
     })
 
 

@@ -1,5 +1,5 @@
-"""A newcomer's first steps with a tenant's identity: what sign-up reports about the address is what the
-engine stores, and the two never disagree."""
+"""A newcomer's first steps with identity: what sign-up reports about the address is what the engine stores;
+the platform publishes an anon key, so Supabase's SDKs sign up and in to the platform like any tenant."""
 
 from __future__ import annotations
 
@@ -34,9 +34,14 @@ async def keys(db: Database) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+def gateway(keys: dict[str, str], database_url: str) -> Iterator[str]:
     with running_gateway(database_url) as url:
-        yield f"{url}/api/tenants/first"
+        yield url
+
+
+@pytest.fixture(scope="module")
+def base(gateway: str) -> str:
+    return f"{gateway}/api/tenants/first"
 
 
 def test_signup_confirms_the_address_and_marks_the_user_verified_together(base: str, keys: dict[str, str]):
@@ -60,3 +65,16 @@ def test_an_address_marked_unverified_is_reported_unconfirmed(base: str, keys: d
     user = httpx.get(f"{base}/auth/v1/user",
                      headers={**anon, "Authorization": f"Bearer {session['access_token']}"}).json()
     assert user["verified"] is False and user["email_confirmed_at"] is None and user["confirmed_at"] is None
+
+
+def test_the_platform_publishes_an_anon_key_that_supabase_clients_sign_up_with(gateway: str):
+    from supabase import create_client
+
+    key = httpx.get(f"{gateway}/api/platform/").json()["anon_key"]
+    assert httpx.get(f"{gateway}/api/platform/").json()["anon_key"] == key  # made once, then the same
+    client = create_client(f"{gateway}/api/platform", key)
+    signed_up = client.auth.sign_up({"email": "developer@example.com", "password": PASSWORD})
+    assert signed_up.user.email == "developer@example.com"
+    client.auth.sign_in_with_password({"email": "developer@example.com", "password": PASSWORD})
+    plans = client.table("plans").select("code").execute().data
+    assert {"code": "free"} in plans
