@@ -293,3 +293,10 @@ def test_a_nul_in_a_select_alias_is_a_400(base, keys):
         response = client.get("/node", params={"select": "a\x00b:id"})
     assert_refused(response, 400, "PGRST100", "select")
 
+
+
+def test_a_graphql_query_of_more_root_fields_than_a_sql_function_takes_answers_them_all_in_order(base, keys, root):
+    fields = " ".join(f"n{i}: node(limit: 1) {{ id }}" for i in range(60))
+    response = graphql(base, keys, "{ " + fields + " }")
+    data = response.json()["data"]
+    assert list(data) == [f"n{i}" for i in range(60)] and all(len(rows) == 1 for rows in data.values())

@@ -128,6 +128,16 @@ def coerce_variables(schema: GraphQLSchema, operation: ast.OperationDefinitionNo
     return dict(getattr(coerced, "coerced", coerced))  # graphql-core 3.3 wraps them, 3.2 does not
 
 
+def json_object_text(parts: list[Any]) -> Any:
+    """The `data` object as text, keys in order. `json_build_object` takes at most 100 arguments (50 root
+    fields; a document may select more): more are built 50 at a time and joined as text."""
+    chunks = [sa.cast(sa.func.json_build_object(*parts[i:i + 100]), sa.Text) for i in range(0, len(parts), 100)]
+    if len(chunks) <= 1:
+        return chunks[0] if chunks else sa.literal_column("'{}'::text")
+    inner = [sa.func.substr(sa.func.left(chunk, -1), 2) for chunk in chunks]  # each object without its braces
+    return sa.func.concat("{", sa.func.concat_ws(",", *inner), "}")
+
+
 def error_body(errors: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"errors": errors})
 
@@ -296,7 +306,7 @@ class GraphQLApi:
         for field in compiler.fields(operation.selection_set):
             alias = field.alias.value if field.alias else field.name.value
             parts += [sa.literal_column(f"'{alias}'"), self.root(compiler, builder, field, budget)]
-        statement = sa.select(sa.cast(sa.func.json_build_object(*parts), sa.Text))
+        statement = sa.select(json_object_text(parts))
         rendered = compile_statement(statement)
         compiled = CompiledQuery(rendered.sql, rendered.slots, rendered.constants, compiler.values.builder(),
                                  frozenset(compiler.entities))
