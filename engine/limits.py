@@ -63,17 +63,27 @@ class Bounds:
     @classmethod
     def of_plan(cls, limits: Mapping[str, Any] | None) -> Bounds:
         """The plan's values where they are whole numbers of at least 1; the defaults elsewhere (a bad
-        value is logged, since plans are operator data without a schema)."""
+        value is logged, since plans are operator data without a schema). Read once per limits object:
+        the registry keeps one per tenant state, and this runs on every request."""
+        if limits is None:
+            return DEFAULT_BOUNDS
+        known = _KNOWN.get(id(limits))
+        if known is not None and known[0] is limits:  # the entry holds the object, so its id is not reused
+            return known[1]
         chosen: dict[str, int] = {}
         for name in ("max_embed_depth", "max_rows", "max_request_rows", "max_body_items"):
-            value = (limits or {}).get(name)
+            value = limits.get(name)
             if value is None:
                 continue
             if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
                 chosen[name] = value
             else:
                 log.warning("limits.ignored", limit=name, value=repr(value)[:80])
-        return cls(**chosen) if chosen else DEFAULT_BOUNDS
+        bounds = cls(**chosen) if chosen else DEFAULT_BOUNDS
+        if len(_KNOWN) >= KNOWN_LIMITS:
+            _KNOWN.clear()
+        _KNOWN[id(limits)] = (limits, bounds)
+        return bounds
 
     def cap(self, limit: int | None) -> int:
         """The limit an array is read with: the one asked for, at most `max_rows`."""
@@ -91,6 +101,8 @@ class Bounds:
 
 
 DEFAULT_BOUNDS = Bounds()
+KNOWN_LIMITS = 1024  # limits objects remembered (one per cached tenant state)
+_KNOWN: dict[int, tuple[Mapping[str, Any], Bounds]] = {}
 
 
 # -- the query text, before it is parsed ------------------------------------------------------------------
