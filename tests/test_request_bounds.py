@@ -300,3 +300,10 @@ def test_a_graphql_query_of_more_root_fields_than_a_sql_function_takes_answers_t
     response = graphql(base, keys, "{ " + fields + " }")
     data = response.json()["data"]
     assert list(data) == [f"n{i}" for i in range(60)] and all(len(rows) == 1 for rows in data.values())
+
+
+def test_a_graphql_aggregate_counts_every_row_and_truncates_the_nodes_it_lists(base, keys, root):
+    summary = graphql(base, keys, "{ node_aggregate { aggregate { count } } }", slug="twig").json()["data"]
+    assert summary["node_aggregate"]["aggregate"]["count"] == 21
+    listed = graphql(base, keys, "{ node_aggregate { aggregate { count } nodes { id } } }", slug="twig").json()["data"]
+    assert len(listed["node_aggregate"]["nodes"]) == 5 == listed["node_aggregate"]["aggregate"]["count"]
