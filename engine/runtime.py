@@ -24,8 +24,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog, onboarding
 from engine.authz import Authorizer
-from engine.changes import ChangeHub
-from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SIGNING_KEYS_CHANGED
+from engine.changes import CREDENTIALS, ChangeHub, session_key, tenant_key
+from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SESSIONS_CHANNEL, SIGNING_KEYS_CHANGED
 from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.identity.signing import Keyring, load_keyring
@@ -34,6 +34,7 @@ from engine.schema import Schema, load_schema
 from engine.schema.model import Entity, visible_columns
 from engine.storage import naming
 from engine.storage.tables import build_metadata
+from engine.streams import OpenStreams
 from engine.validation import BodyValidator
 from engine.writes import EntityHooks, compile_hooks
 
@@ -104,10 +105,13 @@ class TenantState:
 
 
 class RuntimeRegistry:
-    """Tenant slug -> compiled runtime, and the tenant's status, cached in this process.
+    """Tenant slug -> compiled runtime, and the tenant's status, cached in this process. A cached runtime
+    serves only the tenant (by id) it was compiled for: a slug taken again after a purge gets its own.
 
-    It also carries the change feed of tenants' tables (`CHANGES_FEED`) to `changes`, the hub GraphQL
-    subscriptions wait on. The cache is trusted only while a LISTEN connection on `CHANGES_CHANNEL` is up: triggers on the
+    It also carries the change feed of tenants' tables (`CHANGES_FEED`) to `changes`, the hub SSE streams
+    and GraphQL subscriptions wait on, and what ends their credentials (tenant changes, revoked sessions
+    on `SESSIONS_CHANNEL`, signing keys) to the streams' guards; `streams` counts the open ones. The cache is
+    trusted only while a LISTEN connection on `CHANGES_CHANNEL` is up: triggers on the
     system tenant's `tenants` and `schema_versions` tables NOTIFY the slug on every change, from any
     process, and the entry is dropped. Without the listener every request asks the database.
     """
@@ -118,6 +122,7 @@ class RuntimeRegistry:
         self.jwt_secret = jwt_secret  # BACKSAAS_JWT_SECRET: signs instead of the stored key when set
         self._keyring: Keyring | None = None
         self.changes = ChangeHub()
+        self.streams = OpenStreams()
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._states: dict[str, TenantState] = {}
         self._keys: dict[tuple[str, str], ApiKey | None] = {}  # (slug, key hash) -> key
@@ -125,6 +130,7 @@ class RuntimeRegistry:
         self._listener: asyncpg.Connection | None = None
         self._next_attempt = 0.0
         self._called: set[str] = set()  # tenants whose first API call this process has recorded
+        self._ids: dict[str, str] = {}  # slug -> the id of the tenant this process last served under it
         self._background: set[asyncio.Task[None]] = set()
 
     def note_call(self, runtime: TenantRuntime) -> None:
@@ -152,6 +158,7 @@ class RuntimeRegistry:
             listener = await asyncpg.connect(driver_url(self.db.url))
             await listener.add_listener(CHANGES_CHANNEL, self._changed)
             await listener.add_listener(CHANGES_FEED, self._table_changed)
+            await listener.add_listener(SESSIONS_CHANNEL, self._sessions_revoked)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("registry.listen_failed", error=str(exc))
             return
@@ -169,6 +176,7 @@ class RuntimeRegistry:
         self._generation += 1
         if slug == SIGNING_KEYS_CHANGED:
             self._keyring = None
+            self.changes.changed(CREDENTIALS)
             return
         if slug == PLANS_CHANGED:
             self._states.clear()
@@ -176,6 +184,10 @@ class RuntimeRegistry:
         self._states.pop(slug, None)
         for key in [k for k in self._keys if k[0] == slug]:
             del self._keys[key]
+        self.changes.changed(tenant_key(slug))  # after the caches are dropped: the streams' guards check again
+
+    def _sessions_revoked(self, conn: object, pid: int, channel: str, ident: str) -> None:
+        self.changes.changed(session_key(ident))
 
     def _table_changed(self, conn: object, pid: int, channel: str, table: str) -> None:
         self.changes.changed(table)
@@ -213,9 +225,23 @@ class RuntimeRegistry:
         state = TenantState(str(row.id), row.status, row.version, MappingProxyType(dict(row.limits or {})),
                             tuple(row.origins) if isinstance(row.origins, list) and row.origins else ("*",))
         self.db.plan_limits(self.db.role(slug), state.limits)  # the statement timeout the requests run with
+        if self._ids.setdefault(slug, state.tenant_id) != state.tenant_id:
+            await self._slug_reused(slug, state.tenant_id)
         if self._listener is not None and generation == self._generation:
             self._states[slug] = state
         return state
+
+    async def _slug_reused(self, slug: str, tenant_id: str) -> None:
+        """The slug now names another tenant (the old one was purged, a new one took its slug): forget all
+        this process held for the old one. Its database role was dropped and made again under the same
+        name, and pooled connections keep acting as the role they were switched to by name (the dropped
+        one), so they are replaced before their next use."""
+        log.info("registry.slug_reused", slug=slug, tenant_id=tenant_id)
+        self._ids[slug] = tenant_id
+        self._runtimes.pop(slug, None)
+        for key in [k for k in self._keys if k[0] == slug]:
+            del self._keys[key]
+        await (await self.db.pool()).expire_connections()
 
     async def cors_origins(self, slug: str) -> tuple[str, ...]:
         """The origins a tenant's browser clients may call from (`("*",)`: any; also for unknown tenants,
@@ -267,7 +293,7 @@ class RuntimeRegistry:
         if state.status == "suspended":
             raise TenantSuspended(f"tenant '{slug}' is suspended")
         cached = self._runtimes.get(slug)
-        if cached is not None and cached.version == state.version:
+        if cached is not None and cached.tenant_id == state.tenant_id and cached.version == state.version:
             self._runtimes.move_to_end(slug)
             return cached, state.limits
         async with self.db.engine.connect() as conn:

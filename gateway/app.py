@@ -21,12 +21,12 @@ import sqlalchemy as sa
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from engine import catalog, realtime
+from engine import catalog
 from engine.authz import unrestricted
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TooManyAttempts
@@ -45,6 +45,7 @@ from gateway.auth import authenticate
 from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.graphql_ws import serve_graphql_ws
 from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
+from gateway.sse import event_stream
 
 log = structlog.get_logger("backsaas.gateway")
 
@@ -164,11 +165,7 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
                             status_code=405, headers={"Allow": ", ".join(REST_METHODS)})
     headers = request.scope["backsaas.headers"]
     if request.method == "GET" and "text/event-stream" in headers.get("accept", ""):
-        events = await realtime.stream(runtime, request.app.state.db, request.scope["backsaas.caller"],
-                                       request.app.state.registry.changes, entity, request.scope["query_string"],
-                                       headers.get("last-event-id"))
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await event_stream(request, runtime, entity)
     api = RestApi(runtime, request.app.state.db, request.scope["backsaas.caller"], limits=request.scope["backsaas.limits"])
     body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
     result = await api.handle(request.method, entity, request.scope["query_string"], headers, body)

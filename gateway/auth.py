@@ -6,20 +6,32 @@ beside it must still be a valid key of this tenant. No credentials is the tenant
 
 - An API key of another tenant, or an access token issued by another tenant, is 401 `tenant_mismatch`;
   the one exception is a platform admin's token (issued by the system tenant), valid in every tenant.
+  Keys and tokens name their tenant by its id, never its slug: a slug taken again after its tenant
+  was purged belongs to a new tenant, which the old tenant's credentials do not reach.
 - Unknown, revoked or expired keys, and tokens that are forged, tampered, unsigned or expired, are 401.
 - A request whose tenant came from `X-Tenant-ID` must be a platform admin's or carry the tenant's
   `service` key (403 `tenant_header_forbidden` otherwise).
+
+A stream (SSE, GraphQL subscription) is authenticated like any request when it opens, then kept honest
+by a `StreamGuard` (`stream_guard`): whenever what its credentials depend on changes (NOTIFY), it runs
+the same checks again, plus that the token's session is still live, and ends the stream when they fail.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from engine.authz import Caller
-from engine.errors import BackSaasError, Unauthorized
+from engine.changes import CREDENTIALS, session_key, tenant_key
+from engine.errors import BackSaasError, DatabaseUnavailable, TenantNotFound, Unauthorized
+from engine.identity import sessions
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
+from engine.streams import StreamGuard
 from functions.keys import KEY_PREFIX, key_hash
 
 ANONYMOUS = Caller(roles=("anon",))
@@ -51,10 +63,10 @@ async def token_caller(registry: RuntimeRegistry, runtime: TenantRuntime, token:
     roles, tenant, subject = claims["roles"], claims["tenant"], claims["sub"]
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not isinstance(subject, str):
         raise Unauthorized("invalid_token", "the access token's claims are malformed")
-    if tenant == runtime.slug:
+    if tenant == runtime.tenant_id:
         session = claims.get("session_id")
         return Caller(tuple(roles), subject, session if isinstance(session, str) else None)
-    if tenant == SYSTEM_TENANT and PLATFORM_ADMIN in roles:
+    if PLATFORM_ADMIN in roles and tenant == (await registry.get(SYSTEM_TENANT)).tenant_id:
         return Caller((PLATFORM_ADMIN,))
     raise Unauthorized("tenant_mismatch", "this access token was issued by another tenant")
 
@@ -74,3 +86,48 @@ async def authenticate(registry: RuntimeRegistry, runtime: TenantRuntime, header
         raise TenantHeaderForbidden("X-Tenant-ID is honoured only with a platform admin's token or the tenant's "
                                     "service key")
     return caller
+
+
+async def session_live(registry: RuntimeRegistry, tenant_id: str, session_id: str) -> bool:
+    """Whether the session (of the tenant that issued the token) has not been revoked."""
+    try:
+        uuid.UUID(tenant_id), uuid.UUID(session_id)
+    except ValueError:
+        return False
+    try:
+        async with registry.db.engine.connect() as conn:
+            return await sessions.is_live(conn, tenant_id, session_id)
+    except (OSError, OperationalError, InterfaceError) as exc:
+        raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
+
+
+async def stream_guard(registry: RuntimeRegistry, runtime: TenantRuntime, headers: Mapping[str, str], caller: Caller,
+                       *, tenant_from_header: bool = False) -> StreamGuard:
+    """The guard of a stream opened with `headers` (which `authenticate` made `caller`): it ends the stream
+    when the tenant is suspended, deleted or replaced, a key is revoked or expires, the access token
+    expires or its session ends. Raises now (401 `session_ended`) for a token of an ended session."""
+    bearer = bearer_of(headers)
+    claims = (await registry.keyring()).verify(bearer) if bearer and not bearer.startswith(KEY_PREFIX) else None
+    issuer = str(claims["tenant"]) if claims else runtime.tenant_id
+    session = claims.get("session_id") if claims else None
+    session = session if isinstance(session, str) else None
+    watched = {tenant_key(runtime.slug), CREDENTIALS}
+    if session is not None:
+        watched |= {session_key(session), session_key(issuer)}
+
+    async def recheck() -> None:
+        current = await registry.get(runtime.slug)
+        if current.tenant_id != runtime.tenant_id:
+            raise TenantNotFound(f"tenant '{runtime.slug}' was deleted")
+        if await authenticate(registry, current, headers, tenant_from_header=tenant_from_header) != caller:
+            raise Unauthorized("credentials_changed", "the credentials no longer grant what they did")
+        if session is not None and not await session_live(registry, issuer, session):
+            raise Unauthorized("session_ended", "the session has ended (signed out or revoked); sign in again")
+
+    guard = StreamGuard(registry.changes, watched, float(claims["exp"]) if claims else None, recheck)
+    try:
+        await recheck()  # after the guard watches: nothing between this check and the stream goes unheard
+    except BaseException:
+        guard.close()
+        raise
+    return guard

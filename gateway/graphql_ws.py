@@ -3,7 +3,11 @@ Apollo and `gql` speak), at a tenant's `/graphql/v1`.
 
 `connection_init` carries the credentials (`{"headers": {"Authorization": ...}}`, or `Authorization` /
 `apikey` at the top of the payload; the upgrade request's own headers count too); they are checked as
-any request's are, and an access token's expiry closes the socket with 4401. Each `subscribe` compiles
+any request's are (4403 when they fail). They are held to for the socket's life: the socket closes with
+4401 when its key is revoked or expires, its session ends or its access token expires, and with 4403
+when its tenant is suspended or deleted (`gateway.auth.stream_guard`, woken by NOTIFY on every process).
+A socket counts against its tenant's open streams (4429 beyond the plan's cap, `limits.realtime`), and
+its subscriptions are capped by the same plan (an `error` message `too_many_subscriptions`). Each `subscribe` compiles
 like the query it mirrors, sends the current result, then a fresh one after each committed change to
 a table it reads (PostgreSQL NOTIFY, so changes made by any server process count), when the result
 differs. The subscriber's own permissions apply to every result, as they apply to their queries.
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +30,8 @@ from engine.errors import BackSaasError
 from engine.graphql.api import GraphQLApi, Subscription, problem
 from engine.graphql.compiler import GraphQLError
 from engine.runtime import RuntimeRegistry, TenantRuntime
-from gateway.auth import authenticate, bearer_of
+from engine.streams import StreamGuard, TooManyStreams, TooManySubscriptions, stream_limits
+from gateway.auth import authenticate, stream_guard
 
 PROTOCOL = "graphql-transport-ws"
 INIT_TIMEOUT = 10.0
@@ -42,7 +46,8 @@ class Connection:
         self.caller: Caller | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.sending = asyncio.Lock()
-        self.expiry: asyncio.Task[None] | None = None
+        self.guard: StreamGuard | None = None
+        self.watchdog: asyncio.Task[None] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.sending:
@@ -53,6 +58,11 @@ class Connection:
             await self.websocket.close(4406, "Subprotocol not acceptable")
             return
         await self.websocket.accept(subprotocol=PROTOCOL)
+        try:
+            slot = self.registry.streams.take(self.runtime.tenant_id, self.limits)
+        except TooManyStreams as error:
+            await self.websocket.close(4429, f"{error.code}: {error.message}")
+            return
         try:
             try:
                 first = await asyncio.wait_for(self.receive(), INIT_TIMEOUT)
@@ -71,10 +81,18 @@ class Connection:
         except WebSocketDisconnect:
             pass
         finally:
-            for task in self.tasks.values():
-                task.cancel()
-            if self.expiry is not None:
-                self.expiry.cancel()
+            slot.release()
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop every subscription and stop watching the credentials."""
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.guard is not None:
+            self.guard.close()
 
     async def receive(self) -> dict[str, Any] | None:
         try:
@@ -97,19 +115,29 @@ class Connection:
         try:
             self.caller = await authenticate(self.registry, self.runtime, headers,
                                              tenant_from_header=self.tenant_from_header)
+            self.guard = await stream_guard(self.registry, self.runtime, headers, self.caller,
+                                            tenant_from_header=self.tenant_from_header)
         except BackSaasError as error:
             await self.websocket.close(4403, f"Forbidden: {error.code}")
             return False
-        token = bearer_of(headers)
-        if self.caller.session_id is not None and token:
-            expires = (await self.registry.keyring()).verify(token)["exp"]
-            self.expiry = asyncio.create_task(self.close_at(expires))
+        self.watchdog = asyncio.create_task(self.close_when_ended(self.guard))
         await self.send({"type": "connection_ack"})
         return True
 
-    async def close_at(self, expires: float) -> None:
-        await asyncio.sleep(max(0.0, expires - time.time()))
-        await self.websocket.close(4401, "Unauthorized: the access token has expired")
+    async def close_when_ended(self, guard: StreamGuard) -> None:
+        """Close the socket once its credentials end: 4401 for the caller's own (key, session, token),
+        4403 for the tenant's (suspended, deleted)."""
+        try:
+            error = await guard.ended()
+            code, reason = 4401 if error.status == 401 else 4403, f"{error.code}: {error.message}"
+        except Exception:  # the credentials could not be checked again: the socket closes rather than outlive them
+            log.exception("graphql_ws.recheck_failed", tenant=self.runtime.slug)
+            code, reason = 1011, "the credentials could not be checked again"
+        for task in self.tasks.values():
+            task.cancel()
+        async with self.sending:  # never in the middle of a result
+            with contextlib.suppress(RuntimeError):  # the peer went away first
+                await self.websocket.close(code, reason)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         kind, ident = message.get("type"), message.get("id")
@@ -122,6 +150,11 @@ class Connection:
         elif kind == "subscribe" and isinstance(ident, str):
             if ident in self.tasks:
                 await self.websocket.close(4409, f"Subscriber for {ident} already exists")
+                return
+            cap = stream_limits(self.limits)["max_subscriptions"]
+            if len(self.tasks) >= cap:
+                error = TooManySubscriptions(f"this socket already runs {cap} subscriptions, its plan's limit")
+                await self.send({"id": ident, "type": "error", "payload": [problem(error.code, error.message)]})
                 return
             self.tasks[ident] = asyncio.create_task(self.run(ident, message.get("payload") or {}))
         elif kind == "complete" and isinstance(ident, str):

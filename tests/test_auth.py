@@ -52,6 +52,13 @@ async def keys(db: Database) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+async def tenant_ids(db: Database, keys: dict[str, str]) -> dict[str, str]:
+    tenants = catalog.platform_tables()["tenants"]
+    async with db.begin() as conn:
+        return {row.slug: str(row.id) for row in await conn.execute(sa.select(tenants.c.slug, tenants.c.id))}
+
+
+@pytest.fixture(scope="module")
 def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
     with running_gateway(database_url) as url:
         yield url
@@ -107,11 +114,11 @@ def test_supabase_sdk_signs_up_in_refreshes_updates_and_out(base, keys):
     assert stale.status_code == 403 and stale.json()["code"] == "session_not_found"
 
 
-def test_access_token_carries_the_documented_claims(base, keys):
+def test_access_token_carries_the_documented_claims(base, keys, tenant_ids):
     session = sign_up(base, keys, "claims@example.com")
     claims = jwt.decode(session["access_token"], options={"verify_signature": False})
     assert {"sub", "tenant", "roles", "iat", "exp", "iss", "jti"} <= set(claims)
-    assert claims["tenant"] == "notes" and claims["roles"] == ["authenticated"]
+    assert claims["tenant"] == tenant_ids["notes"] and claims["roles"] == ["authenticated"]  # its id, not its slug
     assert claims["exp"] - claims["iat"] == 900 and session["expires_at"] == claims["exp"]
     assert session["user"]["aud"] == "authenticated" and session["user"]["role"] == "authenticated"
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import jwt
 import pytest
 from gql import Client, gql
 from gql.transport.exceptions import TransportConnectionFailed, TransportQueryError
@@ -126,8 +127,8 @@ async def test_an_expired_access_token_closes_the_socket_with_4401(base, keys, d
     session = await sign_up(base, keys, "brief@example.com")
     async with db.engine.connect() as conn:
         keyring = await load_keyring(conn)
-    brief, _ = keyring.issue({"sub": session["user"]["id"], "tenant": "live", "roles": ["authenticated"],
-                              "session_id": "00000000-0000-0000-0000-000000000000"}, lifetime=2)
+    claims = jwt.decode(session["access_token"], options={"verify_signature": False})
+    brief, _ = keyring.issue({k: claims[k] for k in ("sub", "tenant", "roles", "session_id")}, lifetime=2)
     with pytest.raises(TransportConnectionFailed) as closed:
         async with Client(transport=transport(base, Authorization=f"Bearer {brief}")) as live:
             stream = live.subscribe(gql("subscription { message { text } }"))

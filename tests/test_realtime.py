@@ -140,3 +140,10 @@ def test_streams_need_a_realtime_entity_and_this_tenants_credentials(base, keys)
     assert stranger.status == 401
     bad_filter = Listener(f"{base}/api/tenants/feed/rest/v1/post?nope=eq.1", {"apikey": keys["feed_anon"]})
     assert bad_filter.status == 400
+
+
+def test_a_filter_value_its_column_refuses_is_a_400_before_the_stream_starts(base, keys):
+    for query in ("id=eq.not-a-uuid", "created_at=gt.someday", "title=gt.a&created_at=lt.2026-13-45"):
+        refused = Listener(f"{base}/api/tenants/feed/rest/v1/post?{query}", {"apikey": keys["feed_anon"]})
+        assert refused.status == 400, query
+        refused.wait(1)

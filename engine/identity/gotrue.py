@@ -150,7 +150,7 @@ class AuthApi:
         return ["authenticated", *(r for r in row.roles or () if r in known and r != "authenticated")]
 
     def session_json(self, row: Any, session: sessions.Session) -> dict[str, Any]:
-        claims = {"sub": str(row.id), "tenant": self.runtime.slug, "roles": self.token_roles(row),
+        claims = {"sub": str(row.id), "tenant": self.runtime.tenant_id, "roles": self.token_roles(row),
                   "role": "authenticated", "email": row.email, "session_id": session.id}
         token, expires_at = self.keyring.issue(claims)
         return {"access_token": token, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
@@ -216,12 +216,12 @@ class AuthApi:
 
     async def password_grant(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
         email, password = self.credentials(body)
-        await self.throttle.check(self.runtime.slug, email, self.ip)
+        await self.throttle.check(self.runtime.tenant_id, email, self.ip)
         async with self.db.begin() as conn:
             await self.as_tenant(conn)
             row = (await conn.execute(sa.select(*self.user_columns()).where(self.users.c.email == email))).first()
         if not await verify_password(row.password_hash if row else None, password):
-            await self.throttle.failed(self.runtime.slug, email, self.ip)
+            await self.throttle.failed(self.runtime.tenant_id, email, self.ip)
             async with self.db.begin() as conn:
                 await audit.record(conn, "auth.login_failed", tenant_id=self.runtime.tenant_id, ip=self.ip,
                                    data={"email": email, "known_account": row is not None})

@@ -4,6 +4,10 @@ A refresh token is 192 random bits, stored as its SHA-256. Using one marks it us
 successor in the same session; presenting a used one again means it leaked (or a client raced itself),
 so the whole session — the token family — is revoked. Tokens are looked up within the tenant that
 presents them: another tenant's token is simply not found there.
+
+Revoking sessions NOTIFYs `SESSIONS_CHANNEL` in the revoking transaction (so at its commit), with each
+revoked session's id, or the tenant's id when all its sessions end: every process closes the streams
+opened with those sessions' access tokens at once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
+from engine.channels import SESSIONS_CHANNEL
 from engine.errors import AuthFailed
 
 
@@ -88,9 +93,14 @@ async def revoke(conn: AsyncConnection, tenant_id: str, reason: str, *, user_id:
         conditions.append(sessions.c.id == session_id)
     if keep_session is not None:
         conditions.append(sessions.c.id != keep_session)
-    result = await conn.execute(sessions.update().where(*conditions)
-                                .values(revoked_at=sa.func.now(), revoked_reason=reason))
-    return result.rowcount
+    revoked = [str(i) for i in (await conn.execute(sessions.update().where(*conditions)
+                                                   .values(revoked_at=sa.func.now(), revoked_reason=reason)
+                                                   .returning(sessions.c.id))).scalars()]
+    if revoked:
+        every = user_id is None and session_id is None and keep_session is None
+        await conn.execute(sa.text("SELECT pg_notify(:channel, ident) FROM unnest(CAST(:idents AS text[])) AS ident"),
+                           {"channel": SESSIONS_CHANNEL, "idents": [str(tenant_id)] if every else revoked})
+    return len(revoked)
 
 
 async def is_live(conn: AsyncConnection, tenant_id: str, session_id: str) -> bool:

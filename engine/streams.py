@@ -1,0 +1,110 @@
+"""Open streams (SSE, GraphQL subscriptions): what ends them, and how many a tenant may hold.
+
+A request is authorized once, but a stream lasts: it is only as good as the credential that opened it. A
+`StreamGuard` watches, on the process's `ChangeHub`, what that credential depends on (the tenant's row and
+keys, the session, the signing keys), wakes when any of it changes on any process (PostgreSQL NOTIFY),
+checks the credential again (`recheck`, given by whoever authenticated it), and reports why the stream
+must end: a revoked or expired key, an ended session, a suspended or deleted tenant, an expired access
+token (a timer, no NOTIFY needed). It rechecks every `RECHECK_SECONDS` too, as a backstop for a lost
+LISTEN connection. It never decides who may stream: it only asks the authenticator again.
+
+`OpenStreams` counts a tenant's open streams in this process against its plan (`limits.realtime`), and a
+socket's subscriptions are capped by the same plan; refusals are 429s with their own codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from engine.changes import ChangeHub
+from engine.errors import BackSaasError, Unauthorized
+
+RECHECK_SECONDS = 30.0
+DEFAULT_STREAM_LIMITS = {"max_connections": 1000, "max_subscriptions": 100}  # `limits.realtime` overrides them
+
+
+class TooManyStreams(BackSaasError):
+    code = "too_many_streams"
+    status = 429
+
+
+class TooManySubscriptions(BackSaasError):
+    code = "too_many_subscriptions"
+    status = 429
+
+
+def stream_limits(limits: Mapping[str, Any]) -> dict[str, int]:
+    """The plan's caps on open streams per tenant (`max_connections`, each SSE stream or socket counts one)
+    and subscriptions per socket (`max_subscriptions`)."""
+    given = limits.get("realtime")
+    chosen = {**DEFAULT_STREAM_LIMITS, **(given if isinstance(given, dict) else {})}
+    return {name: int(chosen[name]) for name in DEFAULT_STREAM_LIMITS}
+
+
+class StreamGuard:
+    """Ends a stream when its credential ends. It starts watching when it is made: make it before the last
+    check of the credential, so that nothing that happens after that check goes unheard."""
+
+    def __init__(self, hub: ChangeHub, keys: Iterable[str], expires_at: float | None,
+                 recheck: Callable[[], Awaitable[None]]) -> None:
+        self.hub, self.keys, self.expires_at, self.recheck = hub, frozenset(keys), expires_at, recheck
+        self.woken = asyncio.Event()
+        hub.add(self.keys, self.woken)
+
+    def close(self) -> None:
+        self.hub.discard(self.keys, self.woken)
+
+    async def ended(self) -> BackSaasError:
+        """Wait until the stream must end; the error says why (401: the credential; 403: the tenant)."""
+        while True:
+            wait = RECHECK_SECONDS
+            if self.expires_at is not None:
+                left = self.expires_at - time.time()
+                if left <= 0:
+                    return Unauthorized("token_expired", "the access token has expired; refresh the session")
+                wait = min(wait, left)
+            try:
+                await asyncio.wait_for(self.woken.wait(), wait)
+            except TimeoutError:
+                pass  # a timer, not a failure: the expiry or the periodic recheck is due
+            self.woken.clear()
+            try:
+                await self.recheck()
+            except BackSaasError as error:
+                return error
+
+
+class OpenStreams:
+    """How many streams each tenant has open in this process, held against the plan's cap."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    def take(self, tenant_id: str, limits: Mapping[str, Any]) -> Slot:
+        """A slot for one more stream of the tenant, or `TooManyStreams`; release it when the stream ends."""
+        cap = stream_limits(limits)["max_connections"]
+        held = self.open.get(tenant_id, 0)
+        if held >= cap:
+            raise TooManyStreams(f"the tenant already has {held} open streams, its plan's limit",
+                                 hint="close a stream (SSE or WebSocket) or raise the plan's limits.realtime.max_connections")
+        self.open[tenant_id] = held + 1
+        return Slot(self, tenant_id)
+
+
+class Slot:
+    """One open stream of a tenant; `release` is idempotent."""
+
+    def __init__(self, streams: OpenStreams, tenant_id: str) -> None:
+        self.streams, self.tenant_id, self.held = streams, tenant_id, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            left = self.streams.open[self.tenant_id] - 1
+            if left:
+                self.streams.open[self.tenant_id] = left
+            else:
+                del self.streams.open[self.tenant_id]
