@@ -100,22 +100,26 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 
 @dataclass
 class Database:
-    """SQLAlchemy's async engine for the admin path (deploys, catalog) and a plain asyncpg pool for the
+    """SQLAlchemy's async engine for the admin path (deploys, catalog) and plain asyncpg pools for the
     request path, where every round trip counts.
 
-    The admin engine logs in as the URL's user (the platform: it creates schemas and roles). The request
-    pool logs in as the gateway role (`gateway_role`), a member of the tenant roles and nothing more, and
-    each use switches to one tenant's role: a statement that runs without that switch, or after a
-    `RESET ROLE`, runs as a role that PostgreSQL lets read no tenant's schema and no table of `system`.
+    The admin engine logs in as the URL's user (the platform: it creates schemas and roles). Requests run
+    on two pools that log in as roles with no privilege of their own: the tenants' pool as `gateway_role`,
+    a member of every tenant's role but the system tenant's; the platform's pool (the system tenant's
+    requests) as `platform_gateway_role`, a member of the system tenant's role alone. Each use switches to
+    one tenant's role: a statement that runs without that switch, or after a `RESET ROLE`, runs as a role
+    that PostgreSQL lets read no tenant's schema and no table of `system`, and no tenant's request
+    connection can even `SET ROLE` to the platform's.
     """
 
     engine: AsyncEngine
     name: str  # the database's name: part of every tenant role's name
     url: str = ""
     pool_size: int = 5
-    gateway_url: str | None = None  # the request pool's own login; None: BackSaas manages `gateway_role`
+    gateway_url: str | None = None  # the request pools' own login; None: BackSaas manages their roles
     statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
-    _pool: asyncpg.Pool | None = None
+    _pool: asyncpg.Pool | None = None  # the tenants' requests
+    _platform_pool: asyncpg.Pool | None = None  # the system tenant's requests
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _timeouts: dict[str, int] = field(default_factory=dict)  # tenant role -> its plan's statement timeout
 
@@ -123,8 +127,8 @@ class Database:
     def open(cls, url: str, *, pool_size: int = 5, gateway_url: str | None = None) -> Database:
         """A pool on `url`; connections are made on first use, so a server that is down now is not fatal.
 
-        `gateway_url` (default: the `DATABASE_GATEWAY_URL` variable) names the request pool's login role
-        on a server where the URL's user is no superuser and so cannot manage that role itself.
+        `gateway_url` (default: the `DATABASE_GATEWAY_URL` variable) names the request pools' login role
+        on a server where the URL's user is no superuser and so cannot manage their roles itself.
         """
         parsed = make_url(async_url(url))
         engine = create_async_engine(parsed, pool_size=pool_size, max_overflow=ADMIN_OVERFLOW)
@@ -146,41 +150,57 @@ class Database:
 
     @property
     def gateway_role(self) -> str:
-        """The role the request pool logs in as."""
+        """The role the tenants' request pool logs in as."""
         if self.gateway_url:
             return make_url(async_url(self.gateway_url)).username or ""
         return naming.gateway_role_name(self.name)
 
     @property
+    def platform_gateway_role(self) -> str:
+        """The role the platform's request pool logs in as (with `gateway_url`, the same one: the operator's
+        single role then serves both, and is a member of the system tenant's role too)."""
+        return self.gateway_role if self.gateway_url else naming.platform_gateway_role_name(self.name)
+
+    def login_role_of(self, slug: str) -> str:
+        """The login role whose pool runs tenant `slug`'s requests."""
+        return self.platform_gateway_role if slug == naming.SYSTEM_TENANT else self.gateway_role
+
+    @property
     def pool_max(self) -> int:
         return self.pool_size * 2
 
-    async def pool(self) -> asyncpg.Pool:
-        """The request pool: one per `Database` (so per process), made once even when many first requests
-        ask for it at the same time, and bounded by `pool_max` connections."""
-        if self._pool is None:
-            async with self._pool_lock:
-                if self._pool is None:
-                    login = await self.prepare_gateway_role()
-                    self._pool = await asyncpg.create_pool(driver_url(login), min_size=1, max_size=self.pool_max,
-                                                           connection_class=RoleConnection, reset=keep_role)
-        return self._pool
+    @property
+    def platform_pool_max(self) -> int:
+        return self.pool_size
 
-    async def prepare_gateway_role(self) -> str:
-        """Make the gateway role ready and return the URL the request pool logs in with.
+    async def pool(self, *, platform: bool = False) -> asyncpg.Pool:
+        """A request pool: the tenants' or the platform's. Both are made once per `Database` (so per
+        process), together, even when many first requests ask at the same time; each is bounded."""
+        if self._pool is None or self._platform_pool is None:
+            async with self._pool_lock:
+                if self._pool is None or self._platform_pool is None:
+                    tenants, platform_login = await self.prepare_gateway_roles()
+                    options: dict[str, Any] = {"connection_class": RoleConnection, "reset": keep_role}
+                    self._platform_pool = await asyncpg.create_pool(driver_url(platform_login), min_size=1,
+                                                                    max_size=self.platform_pool_max, **options)
+                    self._pool = await asyncpg.create_pool(driver_url(tenants), min_size=1, max_size=self.pool_max,
+                                                           **options)
+        return self._platform_pool if platform else self._pool
+
+    async def prepare_gateway_roles(self) -> tuple[str, str]:
+        """Make the request pools' login roles ready; returns the URLs they log in with (tenants, platform).
 
         With `gateway_url`, the operator made the role; otherwise the URL's user must be a superuser and
-        the role is created (or set right again) here, with a generated password kept where only a
-        superuser reads it (`backsaas_private.credentials`), so every process of an installation logs in
-        with the same one. Either way the role must not be a superuser (nor bypass row security), and it
-        is made a member of every tenant's role that exists, tenants made before it included.
+        the roles are created (or set right again) here, each with a generated password kept where only
+        a superuser reads it (`backsaas_private.credentials`), so every process of an installation logs
+        in with the same one. Either way no such role may be a superuser (nor bypass row security), and
+        each is made a member of its tenants' roles that exist, tenants made before it included.
         """
-        role = self.gateway_role
         async with self.begin() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             await driver.execute(f"SELECT pg_advisory_xact_lock({GATEWAY_LOCK})")  # tenant creation: shared
             if self.gateway_url:
-                login = self.gateway_url
+                logins = (self.gateway_url, self.gateway_url)
             elif not await driver.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
                 raise GatewayRoleUnavailable(
                     f"the request pool needs a role that is a member of tenant roles only; the user of the "
@@ -188,15 +208,17 @@ class Database:
                     f"name it in {GATEWAY_URL_VARIABLE} (postgresql://role:password@host/{self.name}), and "
                     "let the URL's user grant it the tenant roles (WITH ADMIN OPTION or CREATEROLE)")
             else:
-                login = await self._managed_login(driver, role)
-            powers = await driver.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1", role)
-            if powers is None:
-                raise GatewayRoleUnavailable(f"the role '{role}' of {GATEWAY_URL_VARIABLE} does not exist")
-            if powers["rolsuper"] or powers["rolbypassrls"]:
-                raise GatewayRoleUnavailable(f"the request pool's role '{role}' is a superuser or bypasses row "
-                                             "security: it must be a role that can do nothing but act as tenants")
-            await grant_tenant_roles(driver, self, role)
-        return login
+                logins = (await self._managed_login(driver, self.gateway_role),
+                          await self._managed_login(driver, self.platform_gateway_role))
+            for role in {self.gateway_role, self.platform_gateway_role}:
+                powers = await driver.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1", role)
+                if powers is None:
+                    raise GatewayRoleUnavailable(f"the role '{role}' of {GATEWAY_URL_VARIABLE} does not exist")
+                if powers["rolsuper"] or powers["rolbypassrls"]:
+                    raise GatewayRoleUnavailable(f"the request pool's role '{role}' is a superuser or bypasses "
+                                                 "row security: it must be a role that can do nothing but act as tenants")
+            await grant_tenant_roles(driver, self)
+        return logins
 
     async def _managed_login(self, driver: asyncpg.Connection, role: str) -> str:
         await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; "
@@ -223,7 +245,8 @@ class Database:
         one-statement request costs one round trip; every use sets what it needs before anything runs,
         and the pool's reset never clears it behind our back.
         """
-        pool = self._pool or await self.pool()
+        platform = role == self.role(naming.SYSTEM_TENANT)
+        pool = (self._platform_pool if platform else self._pool) or await self.pool(platform=platform)
         async with pool.acquire() as conn:
             await conn.act_as(role, self._timeouts.get(role, self.statement_timeout_ms))
             yield conn
@@ -236,9 +259,10 @@ class Database:
         admin = self.engine.pool
         counts = {"admin": {"open": admin.checkedin() + admin.checkedout(),  # type: ignore[attr-defined]
                             "max": self.pool_size + ADMIN_OVERFLOW}}
-        pool = self._pool
-        counts["requests"] = {"open": pool.get_size() if pool else 0, "idle": pool.get_idle_size() if pool else 0,
-                              "max": self.pool_max}
+        for name, pool, most in (("requests", self._pool, self.pool_max),
+                                 ("platform", self._platform_pool, self.platform_pool_max)):
+            counts[name] = {"open": pool.get_size() if pool else 0, "idle": pool.get_idle_size() if pool else 0,
+                            "max": most}
         return counts
 
     async def ping(self) -> bool:
@@ -247,24 +271,38 @@ class Database:
         return True
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        for pool in (self._pool, self._platform_pool):
+            if pool is not None:
+                await pool.close()
         await self.engine.dispose()
 
 
-async def grant_tenant_roles(driver: asyncpg.Connection, db: Database, gateway: str) -> None:
-    """Make `gateway` a member of every tenant's role it is not yet a member of (tenants made before it,
-    or before this installation had it), and let it append to the platform's outbox, which it may not read.
+async def grant_tenant_roles(driver: asyncpg.Connection, db: Database) -> None:
+    """Make each request pool's login role a member of its tenants' roles it is not yet a member of
+    (tenants made before it, or before this installation had it): the tenants' login gets every tenant
+    role but the system tenant's, the platform's login the system tenant's. A membership it should not
+    hold (a tenants' login in the platform's role) is taken back.
 
     Only roles that are exactly tenant roles qualify: no login, no superuser, named by `naming`."""
     if not await driver.fetchval("SELECT to_regclass('system.tenants') IS NOT NULL"):
         return  # the platform is not deployed yet: `create_tenant_schema` grants each role as it is made
-    slugs = [r["slug"] for r in await driver.fetch("SELECT slug FROM system.tenants")]
-    names = [db.role(slug) for slug in slugs] + [db.role(naming.SYSTEM_TENANT)]
-    missing = await driver.fetch(
-        "SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY($1::text[]) AND NOT r.rolcanlogin "
-        "AND NOT r.rolsuper AND NOT r.rolbypassrls AND NOT pg_has_role($2, r.oid, 'MEMBER')", names, gateway)
-    quoted = quote_identifier(gateway)
-    script = [f"GRANT {', '.join(quote_identifier(r['rolname']) for r in missing)} TO {quoted}"] if missing else []
-    script += [f"GRANT USAGE ON SCHEMA system TO {quoted}", f"GRANT INSERT ON system.events TO {quoted}"]
-    await driver.execute(";\n".join(script))
+    system = db.role(naming.SYSTEM_TENANT)
+    tenants = [db.role(r["slug"]) for r in await driver.fetch("SELECT slug FROM system.tenants WHERE slug <> $1",
+                                                              naming.SYSTEM_TENANT)]
+    script = []
+    for login, names in ((db.gateway_role, tenants), (db.platform_gateway_role, [system])):
+        missing = await driver.fetch(
+            "SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY($1::text[]) AND NOT r.rolcanlogin "
+            "AND NOT r.rolsuper AND NOT r.rolbypassrls AND NOT pg_has_role($2, r.oid, 'MEMBER')", names, login)
+        if missing:
+            script.append(f"GRANT {', '.join(quote_identifier(r['rolname']) for r in missing)} "
+                          f"TO {quote_identifier(login)}")
+    if db.gateway_role != db.platform_gateway_role and await driver.fetchval(
+            "SELECT 1 FROM pg_auth_members WHERE roleid = to_regrole($1) AND member = to_regrole($2)",
+            system, db.gateway_role):
+        script.append(f"REVOKE {quote_identifier(system)} FROM {quote_identifier(db.gateway_role)}")
+    if db.gateway_role != db.platform_gateway_role:  # and no privilege in `system` of its own, ever
+        script += [f"REVOKE ALL ON SCHEMA system FROM {quote_identifier(db.gateway_role)}",
+                   f"REVOKE ALL ON ALL TABLES IN SCHEMA system FROM {quote_identifier(db.gateway_role)}"]
+    if script:
+        await driver.execute(";\n".join(script))

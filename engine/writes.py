@@ -33,9 +33,6 @@ from engine.query.sql import CompiledRead, compile_statement, condition_sql, ins
 from engine.schema.model import OWNER_COLUMN, Entity, Hook
 
 Row = dict[str, Any]
-ENQUEUE = "INSERT INTO system.events (tenant_id, entity, action, kind, target, secret_name, payload, caller)"
-ENQUEUE_COLUMNS = ("tenant_id uuid, entity text, action text, kind text, target text, secret_name text, "
-                   "payload jsonb, caller jsonb")
 
 
 @dataclass(frozen=True)
@@ -180,10 +177,10 @@ class HookedWriter:
 
     async def enqueue(self, entity: Entity, action: str, deferred: Sequence[Hook],
                       pairs: Sequence[tuple[Row | None, Row | None]]) -> None:
-        """One outbox event per change and webhook/async hook, in this transaction (written by the engine
-        as the platform, between `RESET ROLE` and `SET ROLE` back to the tenant's role)."""
+        """One outbox event per change and webhook/async hook, in this transaction, through the platform's
+        `backsaas_outbox.enqueue`, which files them under the tenant whose role this connection acts as."""
         at = datetime.now(UTC).isoformat()
-        rows = [{"tenant_id": self.runtime.tenant_id, "entity": entity.name, "action": action,
+        rows = [{"entity": entity.name, "action": action,
                  "kind": "webhook" if hook.webhook else "function", "target": hook.webhook or hook.function,
                  "secret_name": hook.secret,
                  "payload": {"tenant": self.runtime.slug, "entity": entity.name, "action": action,
@@ -194,6 +191,4 @@ class HookedWriter:
         tag = "$outbox_" + secrets.token_hex(8) + "$"  # a dollar quote no JSON text of ours contains
         if tag in body:
             raise BackSaasError("could not quote an outbox event")  # 2^-64: never, but never silently
-        # one round trip: the role switch, the insert and the switch back, as one simple-protocol string
-        await self.conn.execute(f"RESET ROLE; {ENQUEUE} SELECT * FROM jsonb_to_recordset({tag}{body}{tag}::jsonb) AS "
-                                f"e({ENQUEUE_COLUMNS}); SET ROLE {quote_identifier(self.runtime.role)}")
+        await self.conn.execute(f"SELECT backsaas_outbox.enqueue({tag}{body}{tag}::jsonb)")  # one round trip

@@ -1,5 +1,6 @@
-"""Wall 3, the database: the request pool logs in as a role that can read nothing by itself, every tenant
-statement has a statement timeout, and a cold gateway opens one bounded pool however many requests arrive.
+"""Wall 3, the database: the request pools log in as roles that can read nothing by themselves (and the
+tenants' pool cannot become the platform's role), the outbox takes a tenant's events only as that tenant,
+every tenant statement has a statement timeout, and a cold gateway opens its pools once, bounded.
 
 These tests bypass the walls before this one: they run SQL straight on a request-pool connection, as a
 bug in the application would, and expect PostgreSQL itself to refuse.
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -59,17 +61,21 @@ def as_user(url: str, user: str, password: str) -> str:
     return make_url(url).set(username=user, password=password).render_as_string(hide_password=False)
 
 
-async def test_the_request_pool_logs_in_as_a_role_without_any_power_of_its_own(db: Database, keys: dict[str, str]):
-    async with db.as_role(db.role("alpha")) as conn:
+@pytest.mark.parametrize("slug", ["alpha", "system"])
+async def test_the_request_pools_log_in_as_roles_without_any_power_of_their_own(db: Database, keys: dict[str, str],
+                                                                                slug: str):
+    async with db.as_role(db.role(slug)) as conn:
         login = await conn.fetchrow("SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolinherit "
                                     "FROM pg_roles WHERE rolname = session_user")
-    assert login["rolname"] == db.gateway_role
+    assert login["rolname"] == db.login_role_of(slug)
     assert not any((login["rolsuper"], login["rolcreaterole"], login["rolcreatedb"], login["rolbypassrls"],
                     login["rolinherit"]))
 
 
-async def test_after_reset_role_a_request_connection_cannot_read_the_platform(db: Database, keys: dict[str, str]):
-    role = db.role("alpha")
+@pytest.mark.parametrize("slug", ["alpha", "system"])
+async def test_after_reset_role_a_request_connection_cannot_read_the_platform(db: Database, keys: dict[str, str],
+                                                                              slug: str):
+    role = db.role(slug)
     async with db.as_role(role) as conn:
         await conn.execute("RESET ROLE")
         try:
@@ -91,6 +97,44 @@ async def test_after_reset_role_a_request_connection_cannot_read_another_tenants
                     await conn.fetch(f"SELECT * FROM {table}")
         finally:
             await conn.execute(f"SET ROLE {quote_identifier(role)}")
+
+
+async def test_a_tenant_request_connection_cannot_become_the_platforms_role(db: Database, keys: dict[str, str]):
+    role = db.role("alpha")
+    async with db.as_role(role) as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(f"SET ROLE {quote_identifier(db.role('system'))}")
+        assert await conn.fetchval("SELECT current_user") == role
+
+
+def event(tenant_id: str) -> str:
+    return orjson.dumps([{"tenant_id": tenant_id, "entity": "notice", "action": "create", "kind": "function",
+                          "target": "wall.probe", "payload": {}, "caller": {}}]).decode()
+
+
+async def test_a_tenant_role_writes_outbox_events_for_its_own_tenant_only(db: Database, keys: dict[str, str]):
+    ids = await tenant_ids(db)
+    async with db.as_role(db.role("alpha")) as conn:
+        await conn.execute("SELECT backsaas_outbox.enqueue($1::jsonb)", event(ids["beta"]))  # names beta: ignored
+        await conn.execute("RESET ROLE")
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # acting as no tenant: nothing at all
+                await conn.execute("SELECT backsaas_outbox.enqueue($1::jsonb)", event(ids["beta"]))
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("INSERT INTO system.events (tenant_id, entity, action, kind, target, payload) "
+                                   "VALUES ($1, 'notice', 'create', 'function', 'wall.probe', '{}')", ids["beta"])
+        finally:
+            await conn.execute(f"SET ROLE {quote_identifier(db.role('alpha'))}")
+    async with db.begin() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        filed = await driver.fetch("DELETE FROM system.events WHERE target = 'wall.probe' RETURNING tenant_id::text")
+    assert [r["tenant_id"] for r in filed] == [ids["alpha"]]
+
+
+async def tenant_ids(db: Database) -> dict[str, str]:
+    async with db.begin() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        return {r["slug"]: r["id"] for r in await driver.fetch("SELECT slug, id::text FROM system.tenants")}
 
 
 async def test_tenant_statements_run_with_the_default_statement_timeout(db: Database, keys: dict[str, str]):
@@ -174,7 +218,7 @@ async def test_concurrent_first_requests_share_one_bounded_pool(database_url: st
             opened = await gateway_connections(admin) - before
     finally:
         await admin.close()
-    requests, platform = ready["connections"]["requests"], ready["connections"]["admin"]
-    assert 1 <= requests["open"] <= requests["max"]
+    pools = ready["connections"]
+    assert 1 <= pools["requests"]["open"] <= pools["requests"]["max"]
     listeners = 2  # the registry's and the outbox dispatcher's LISTEN connections
-    assert opened <= requests["max"] + platform["max"] + listeners
+    assert opened <= pools["requests"]["max"] + pools["platform"]["max"] + pools["admin"]["max"] + listeners

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, OUTBOX_CHANNEL, PLANS_CHANGED, SIGNING_KEYS_CHANGED
-from engine.database import GATEWAY_LOCK, Database, grant_tenant_roles
+from engine.database import GATEWAY_LOCK, Database
 from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
 from engine.hooks import missing_handlers
 from engine.identity.signing import ensure_signing_key
@@ -64,18 +64,19 @@ async def create_tenant_schema(conn: AsyncConnection, db: Database, slug: str) -
     """The tenant's NOLOGIN role and the schema it owns, plus the trigger function its tables use.
 
     The role is no superuser and owns nothing else, so a transaction that has done `SET LOCAL ROLE` to
-    it cannot touch another tenant's schema even if the application errs. The request pool's login role
-    (`Database.gateway_role`) becomes a member of it, and of nothing but tenant roles.
+    it cannot touch another tenant's schema even if the application errs. The login role of the request
+    pool that serves the tenant (`Database.login_role_of`) becomes a member of it.
     """
     role, schema = quote(db.role(slug)), quote(naming.schema_name(slug))
     # the gateway role is prepared (and given the roles of the tenants made before it) under this lock
     await conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": GATEWAY_LOCK})
     exists = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.role(slug)})
-    gateway = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.gateway_role})
+    login = db.login_role_of(slug)  # the request pool that runs this tenant's requests logs in as it
+    gateway = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": login})
     script = [] if exists else [f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"]
     script += [
         f"GRANT {role} TO CURRENT_USER",
-        *([f"GRANT {role} TO {quote(db.gateway_role)}"] if gateway else []),
+        *([f"GRANT {role} TO {quote(login)}"] if gateway else []),
         f"CREATE SCHEMA {schema} AUTHORIZATION {role}",
         f"SET LOCAL ROLE {role}",
         f"CREATE FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() RETURNS trigger LANGUAGE plpgsql AS "
@@ -264,6 +265,45 @@ DROP FUNCTION IF EXISTS system.backsaas_notify_signing_keys(), system.backsaas_n
   system.backsaas_notify_outbox()"""
 
 
+OUTBOX_SCHEMA = "backsaas_outbox"  # holds only `enqueue`, which any role may call and only tenant roles may use
+
+
+def outbox_function_sql(platform_role: str) -> str:
+    """`backsaas_outbox.enqueue(events)`: how a tenant's transaction puts its webhook and async-hook events
+    in `system.events` without any privilege on `system`.
+
+    It runs as the platform's role (SECURITY DEFINER) and takes the tenant from the role the caller acts
+    as (`SET ROLE`, which `current_setting('role')` still shows inside): the tenant whose schema that role
+    owns. So a tenant's connection enqueues events for its own tenant only, and a connection acting as no
+    tenant (after `RESET ROLE`) for none. Schema names are `naming.schema_name`'s: slugs of at most 40
+    characters are never shortened, so `t_` and the slug with `_` for `-` is the name.
+    """
+    role = quote(platform_role)
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {OUTBOX_SCHEMA} AUTHORIZATION {role};
+GRANT USAGE ON SCHEMA {OUTBOX_SCHEMA} TO PUBLIC;
+SET LOCAL ROLE {role};
+CREATE OR REPLACE FUNCTION {OUTBOX_SCHEMA}.enqueue(events jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  tenant uuid;
+BEGIN
+  SELECT t.id INTO tenant FROM system.tenants t
+    JOIN pg_namespace n ON n.nspname = CASE WHEN t.slug = '{naming.SYSTEM_TENANT}' THEN '{naming.SYSTEM_TENANT}'
+                                            ELSE 't_' || replace(t.slug, '-', '_') END
+    JOIN pg_roles r ON r.oid = n.nspowner
+   WHERE r.rolname = current_setting('role') AND NOT r.rolcanlogin AND NOT r.rolsuper;
+  IF tenant IS NULL THEN
+    RAISE EXCEPTION 'only a tenant''s role may write to the outbox' USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  INSERT INTO system.events (tenant_id, entity, action, kind, target, secret_name, payload, caller)
+  SELECT tenant, e.entity, e.action, e.kind, e.target, e.secret_name, e.payload, e.caller
+    FROM jsonb_to_recordset(events) AS e(entity text, action text, kind text, target text, secret_name text,
+                                         payload jsonb, caller jsonb);
+END $$;
+RESET ROLE"""
+
+
 async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
                           source: str | None = None) -> Deployment:
     """Deploy `platform.yaml` (or `source`) as the system tenant, creating its schema and row on the very first run."""
@@ -286,8 +326,7 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         driver = (await conn.get_raw_connection()).driver_connection
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
-        if await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": db.gateway_role}):
-            await grant_tenant_roles(driver, db, db.gateway_role)  # again, in case the deploy remade a table
+        await driver.execute(outbox_function_sql(db.role(slug)))
         await ensure_signing_key(conn)
         plans = catalog.platform_tables()["plans"]  # the plan new tenants get unless they name another
         await conn.execute(postgresql.insert(plans).values(code=DEFAULT_PLAN, name="Free")

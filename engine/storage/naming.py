@@ -43,6 +43,12 @@ def gateway_role_name(database: str) -> str:
     return fit(f"{database}_gateway")
 
 
+def platform_gateway_role_name(database: str) -> str:
+    """The LOGIN role of the platform's request pool (the system tenant's requests), a member of the system
+    tenant's role alone, so that no tenant's request connection can become the platform's role."""
+    return fit(f"{database}_gateway_platform")
+
+
 def unique_name(table: str, columns: tuple[str, ...]) -> str:
     return fit(f"{table}_{'_'.join(columns)}_key")
 
