@@ -32,6 +32,7 @@ def session_key(ident: str) -> str:
 class ChangeHub:
     def __init__(self) -> None:
         self._watchers: dict[str, set[asyncio.Event]] = {}
+        self.listening = False  # whether the NOTIFY feeds reach this hub now (the registry's LISTEN is up)
 
     def add(self, keys: Iterable[str], event: asyncio.Event) -> None:
         """Set `event` whenever one of `keys` changes, until `discard`."""

@@ -165,6 +165,7 @@ class RuntimeRegistry:
         listener.add_termination_listener(self._lost)
         self._states.clear()
         self._listener = listener
+        self.changes.listening = True
         self.changes.changed_all()  # whatever changed while nobody listened
 
     async def close(self) -> None:
@@ -195,6 +196,8 @@ class RuntimeRegistry:
     def _lost(self, conn: object) -> None:
         log.warning("registry.listener_lost")
         self._listener = None
+        self.changes.listening = False
+        self.changes.changed(CREDENTIALS)  # the streams' guards check now, then every so often until it is back
         self._states.clear()
         self._keys.clear()
         self._keyring = None

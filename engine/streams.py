@@ -5,8 +5,8 @@ A request is authorized once, but a stream lasts: it is only as good as the cred
 keys, the session, the signing keys), wakes when any of it changes on any process (PostgreSQL NOTIFY),
 checks the credential again (`recheck`, given by whoever authenticated it), and reports why the stream
 must end: a revoked or expired key, an ended session, a suspended or deleted tenant, an expired access
-token (a timer, no NOTIFY needed). It rechecks every `RECHECK_SECONDS` too, as a backstop for a lost
-LISTEN connection. It never decides who may stream: it only asks the authenticator again.
+token (a timer, no NOTIFY needed). While the LISTEN connection is down it rechecks every
+`RECHECK_SECONDS` instead. It never decides who may stream: it only asks the authenticator again.
 
 `OpenStreams` counts a tenant's open streams in this process against its plan (`limits.realtime`), and a
 socket's subscriptions are capped by the same plan; refusals are 429s with their own codes.
@@ -60,16 +60,16 @@ class StreamGuard:
     async def ended(self) -> BackSaasError:
         """Wait until the stream must end; the error says why (401: the credential; 403: the tenant)."""
         while True:
-            wait = RECHECK_SECONDS
+            wait = None if self.hub.listening else RECHECK_SECONDS
             if self.expires_at is not None:
                 left = self.expires_at - time.time()
                 if left <= 0:
                     return Unauthorized("token_expired", "the access token has expired; refresh the session")
-                wait = min(wait, left)
+                wait = left if wait is None else min(wait, left)
             try:
                 await asyncio.wait_for(self.woken.wait(), wait)
             except TimeoutError:
-                pass  # a timer, not a failure: the expiry or the periodic recheck is due
+                pass  # a timer, not a failure: the expiry, or a recheck while nothing is heard, is due
             self.woken.clear()
             try:
                 await self.recheck()
