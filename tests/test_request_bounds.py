@@ -307,3 +307,12 @@ def test_a_graphql_aggregate_counts_every_row_and_truncates_the_nodes_it_lists(b
     assert summary["node_aggregate"]["aggregate"]["count"] == 21
     listed = graphql(base, keys, "{ node_aggregate { aggregate { count } nodes { id } } }", slug="twig").json()["data"]
     assert len(listed["node_aggregate"]["nodes"]) == 5 == listed["node_aggregate"]["aggregate"]["count"]
+
+
+def test_the_fan_out_through_a_graphql_mutations_returning_is_refused_and_nothing_is_written(base, keys, root):
+    fan_out = "children { parent { children { parent { children { parent { children { id } } } } } } }"
+    mutation = ('mutation { update_node(where: {label: {_eq: "root"}}, _set: {label: "renamed"}) '
+                "{ returning { " + fan_out + " } } }")
+    error = graphql_error(graphql(base, keys, mutation))
+    assert error["extensions"]["code"] == "query-too-costly"
+    assert graphql(base, keys, '{ node(where: {label: {_eq: "renamed"}}) { id } }').json() == {"data": {"node": []}}

@@ -26,6 +26,7 @@ from engine.authz import guard_user_fields
 from engine.errors import Forbidden, Problem, ValidationFailed
 from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error
 from engine.graphql.schema import conflict_targets
+from engine.limits import RowBudget
 from engine.query.plan import Condition, Filter, ReadPlan, Upsert
 from engine.query.sql import (
     EMPTY_ARRAY,
@@ -174,7 +175,7 @@ class MutationRunner:
                        extra: list[Any] | None = None) -> ReadPlan:
         """The rows a response lists, read through the caller's read scope (as Hasura's `returning`)."""
         fake = ast.FieldNode(name=ast.NameNode(value=entity), arguments=(), selection_set=selection)
-        plan = compiler.plan(entity, fake)
+        plan = RowBudget(self.api.bounds).admit(compiler.plan(entity, fake), truncate_root=False)  # engine.limits
         if extra:
             plan = replace(plan, where=Condition("and", tuple([*(plan.where.items if plan.where else ()), *extra])))
         return plan
