@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +25,7 @@ from engine.schema import Schema, load_schema_file
 from engine.storage import naming
 from engine.storage.tables import build_metadata
 
-PLATFORM_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "platform.yaml"
+PLATFORM_SCHEMA_PATH = resources.files("engine") / "platform.yaml"  # the root platform.yaml, shipped in the package
 
 
 @cache

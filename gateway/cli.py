@@ -1,7 +1,11 @@
 """`backsaas`: the command line. Every command is a thin shell over engine and platform functions.
 
 The database is `DATABASE_URL` when set, else the embedded PostgreSQL in `./.backsaas/pgdata`
-(started here, stopped when the command exits: SIGTERM included, which is turned into a normal exit).
+(started here, or joined when `serve` runs it already; stopped when the last process using it exits:
+SIGTERM included, which is turned into a normal exit). Only `serve` creates that data directory: any
+other command run where there is none stops and says so, instead of initialising an empty database in
+the wrong directory. Files the installed package needs (`platform.yaml`, the example schemas) are read
+as package resources, so a wheel install runs from any directory.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,13 +31,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+import engine
+import functions
+import gateway
 from engine import catalog
 from engine.database import Database
 from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
-from engine.errors import BackSaasError, SchemaInvalid, TenantNotFound
+from engine.errors import BackSaasError, MigrationRefused, Problem, SchemaInvalid, TenantNotFound
+from engine.hooks import use_functions_dir
 from engine.identity.signing import rotate_signing_key
-from engine.schema import load_schema_file
-from engine.storage.deploy import Deployment, deploy_platform, plan_deploy
+from engine.schema import load_schema, load_schema_file
+from engine.storage.deploy import Deployment, PlannedDeploy, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
 from functions import deploys, members
@@ -45,8 +57,8 @@ from functions.tenants import (
 )
 from functions.users import UserExists, create_platform_admin
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_SCHEMA = REPO / "schemas" / "blog.yaml"
+PACKAGE_DIRS = [str(Path(package.__file__).resolve().parent) for package in (engine, gateway, functions)]
+DEMO_SCHEMA = resources.files("gateway") / "schemas" / "blog.yaml"  # the repository's schemas/, shipped in the package
 DEMO_TENANT = "demo"
 DEMO_ADMIN = "admin@backsaas.local"
 
@@ -61,12 +73,29 @@ def terminate_normally(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def database_url() -> str:
+class DatabaseNotFound(BackSaasError):
+    code = "database_not_found"
+    status = 404
+
+
+class PortInUse(BackSaasError):
+    code = "port_in_use"
+    status = 409
+
+
+def database_url(*, create: bool = False) -> str:
+    """`DATABASE_URL`, else the embedded server of the current directory, started (or joined) now.
+    Only `create` (serve) initialises a data directory that does not exist yet."""
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
     pgdata = data_directory(Path.cwd())
     first = not (pgdata / "PG_VERSION").exists()
+    if first and not create:
+        raise DatabaseNotFound(
+            f"no database for {Path.cwd()}: DATABASE_URL is not set and there is no embedded database in {pgdata}",
+            hint="run this command in the directory where you ran `backsaas serve` (which creates the embedded "
+                 "database), or run `backsaas serve` here first, or set DATABASE_URL to your PostgreSQL server")
     with err.status(f"{'Initialising' if first else 'Starting'} embedded PostgreSQL in {pgdata} ..."):
         server = EmbeddedPostgres.start(pgdata)
         asyncio.run(ensure_database(server.url("postgres"), DATABASE))
@@ -76,8 +105,10 @@ def database_url() -> str:
 def with_database(work: Callable[[Database], Awaitable[T]], url: str | None = None,
                   platform_progress: StepProgress | None = None) -> T:
     """Run `work` against the platform database, the system tenant deployed first."""
+    url = url or database_url()  # before the event loop: starting the embedded server runs one of its own
+
     async def run() -> T:
-        db = await Database.connect(url or database_url())
+        db = await Database.connect(url)
         try:
             await deploy_platform(db, platform_progress, actor=ACTOR)
             return await work(db)
@@ -98,7 +129,11 @@ def step_progress(label: str) -> tuple[Progress, StepProgress]:
     return bar, advance
 
 
-def print_plan(plan: MigrationPlan) -> None:
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def print_plan(plan: MigrationPlan, problems: list[Problem]) -> None:
     if not plan.steps:
         out.print("No changes.")
     for number, step in enumerate(plan.steps, start=1):
@@ -106,36 +141,103 @@ def print_plan(plan: MigrationPlan) -> None:
         out.print(f"[bold]{number}. {step.description}[/bold]{flag}")
         for statement in step.sql:
             out.print(f"   {statement};", highlight=False, markup=False)
-    for blocker in plan.blockers:
-        err.print(f"[red]refused:[/red] {blocker.path}: {blocker.message}", highlight=False)
+    for problem in problems:
+        err.print(f"[red]refused:[/red] {problem.path}: {problem.message}", highlight=False)
+
+
+def read_schema(file: str) -> str:
+    """The file's text, checked first: its errors name the file (the engine, given only the text, names the
+    tenant), and a bad file is refused before any database is started."""
+    source = Path(file).read_text(encoding="utf-8")
+    load_schema(source, file)
+    return source
+
+
+@contextmanager
+def errors_named_by(file: str | None, slug: str) -> Iterator[None]:
+    """Schema errors the engine found in `file`'s text (e.g. a hook that is not installed) name the file."""
+    try:
+        yield
+    except SchemaInvalid as error:
+        if file is None or error.source != slug:
+            raise
+        raise SchemaInvalid(error.details, file) from None
+
+
+@dataclass(frozen=True)
+class CheckedPlan:
+    """A plan made with destructive steps allowed, so that the engine's `blockers` are only those no flag
+    lifts, and the destructive steps `refused` here in the CLI's words (its flag, not the API's field)."""
+
+    planned: PlannedDeploy
+    refused: list[Problem]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [*self.planned.plan.blockers, *self.refused]
+
+    def raise_if_refused(self) -> None:
+        if self.problems:
+            raise MigrationRefused(
+                f"the deploy of '{self.planned.slug}' was refused: {plural(len(self.problems), 'problem')}",
+                details=self.problems,
+                hint="pass --allow-destructive to run the destructive steps" if self.refused else None)
+
+
+async def check_plan(db: Database, slug: str, source: str, allow_destructive: bool) -> CheckedPlan:
+    planned = await plan_deploy(db, slug, source, allow_destructive=True)
+    return CheckedPlan(planned, [] if allow_destructive else [
+        Problem(step.target, f"{step.description}: destructive, refused without --allow-destructive")
+        for step in planned.plan.steps if step.destructive])
 
 
 # -- commands ---------------------------------------------------------------------------------------
 
 
+def schema_files(target: Path) -> list[Path]:
+    if not target.is_dir():
+        return [target]
+    files = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not files:
+        raise FileNotFoundError(2, "no .yaml or .yml schema file in this directory", str(target))
+    return files
+
+
 def cmd_schema_check(args: argparse.Namespace) -> int:
-    model = load_schema_file(args.file)
-    names = ", ".join(e.name for e in model.entities)
-    out.print(f"{args.file}: ok ({len(model.entities)} entities: {names})")
-    return 0
+    """Check a file, or every schema file of a directory (each reported; exit 1 if any is bad)."""
+    bad = 0
+    for path in schema_files(Path(args.file)):
+        try:
+            model = load_schema_file(path)
+        except SchemaInvalid as error:
+            err.print(error.report(), highlight=False, markup=False)
+            bad += 1
+            continue
+        names = ", ".join(e.name for e in model.entities)
+        out.print(f"{path}: ok ({plural(len(model.entities), 'entity', 'entities')}: {names})")
+    return 1 if bad else 0
 
 
 def cmd_schema_plan(args: argparse.Namespace) -> int:
-    source = Path(args.file).read_text(encoding="utf-8")
-    planned = with_database(lambda db: plan_deploy(db, args.tenant, source, allow_destructive=args.allow_destructive))
+    source = read_schema(args.file)
+    with errors_named_by(args.file, args.tenant):
+        checked = with_database(lambda db: check_plan(db, args.tenant, source, args.allow_destructive))
+    problems = checked.problems
     if args.json:
-        out.print_json(json.dumps(deploys.planned_json(planned)))
+        shown = deploys.planned_json(checked.planned)
+        out.print_json(json.dumps({**shown, "ok": not problems, "blockers": [p.as_dict() for p in problems]}))
     else:
-        out.print(f"Plan for tenant {planned.slug} from version {planned.base_version}:")
-        print_plan(planned.plan)
-    return 0 if planned.plan.ok else 1
+        out.print(f"Plan for tenant {checked.planned.slug} from version {checked.planned.base_version}:")
+        print_plan(checked.planned.plan, problems)
+    return 1 if problems else 0
 
 
 def print_deployment(deployment: Deployment, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(deploys.deployment_json(deployment)))
     elif deployment.changed:
-        out.print(f"Tenant {deployment.slug} is at version {deployment.version} ({len(deployment.plan.steps)} steps).")
+        out.print(f"Tenant {deployment.slug} is at version {deployment.version} "
+                  f"({plural(len(deployment.plan.steps), 'step')}).")
     else:
         out.print(f"Tenant {deployment.slug} already runs this schema (version {deployment.version}).")
 
@@ -143,17 +245,17 @@ def print_deployment(deployment: Deployment, as_json: bool) -> None:
 def cmd_schema_deploy(args: argparse.Namespace) -> int:
     """Plan, then deploy guarded by the plan's base checksum (or `--expect`'s): a deploy made by someone
     else in between makes this one fail with version_conflict instead of clobbering theirs."""
-    source = Path(args.file).read_text(encoding="utf-8")
-    url = database_url()
+    source = read_schema(args.file)
 
     async def work(db: Database) -> Deployment:
-        expected = args.expect
-        if expected is None:
-            expected = (await plan_deploy(db, args.tenant, source, allow_destructive=args.allow_destructive)).base_checksum
+        checked = await check_plan(db, args.tenant, source, args.allow_destructive)
+        checked.raise_if_refused()
+        expected = checked.planned.base_checksum if args.expect is None else args.expect
         return await deploys.deploy_version(db, args.tenant, source, expected_checksum=expected,
                                             allow_destructive=args.allow_destructive, actor=ACTOR)
 
-    print_deployment(with_database(work, url), args.json)
+    with errors_named_by(args.file, args.tenant):
+        print_deployment(with_database(work), args.json)
     return 0
 
 
@@ -166,10 +268,10 @@ async def provision(db: Database, slug: str, name: str | None, source: str | Non
 
 
 def cmd_tenant_create(args: argparse.Namespace) -> int:
-    source = Path(args.schema).read_text(encoding="utf-8") if args.schema else None
+    source = read_schema(args.schema) if args.schema else None
     url = database_url()
     bar, advance = step_progress("Provisioning")
-    with bar:
+    with bar, errors_named_by(args.schema, args.slug):
         deployment, keys = with_database(lambda db: provision(db, args.slug, args.name, source, args.plan, advance), url)
     if args.json:
         out.print_json(json.dumps({"tenant": deployment.slug, "version": deployment.version, "keys": keys}))
@@ -308,7 +410,11 @@ def cmd_schema_rollback(args: argparse.Namespace) -> int:
             tenant = await catalog.find_tenant(conn, args.tenant)
             if tenant is None:
                 raise TenantNotFound(f"no tenant '{args.tenant}'")
-            current = await catalog.current_version(conn, tenant.id)
+            history = await catalog.version_history(conn, tenant.id)
+        current = history[-1] if history else None
+        earlier = next((v for v in history if v.version == args.to), None)
+        if earlier is not None:  # an unknown version is refused by the rollback itself
+            (await check_plan(db, args.tenant, earlier.source, args.allow_destructive)).raise_if_refused()
         return await deploys.rollback(db, args.tenant, args.to, expected_checksum=current.checksum if current else None,
                                       allow_destructive=args.allow_destructive, actor=ACTOR)
 
@@ -317,7 +423,7 @@ def cmd_schema_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_member_invite(args: argparse.Namespace) -> int:
-    invitation = with_database(lambda db: members.invite(db, args.tenant, args.email, args.role))
+    invitation = with_database(lambda db: members.invite(db, args.tenant, args.email, args.role, actor=members.SYSTEM))
     if args.json:
         out.print_json(json.dumps(invitation))
     else:
@@ -339,7 +445,7 @@ def cmd_member_list(args: argparse.Namespace) -> int:
 
 
 def cmd_member_remove(args: argparse.Namespace) -> int:
-    with_database(lambda db: members.remove(db, args.tenant, args.email))
+    with_database(lambda db: members.remove(db, args.tenant, args.email, actor=members.SYSTEM))
     out.print(f"Removed {args.email} from {args.tenant}.")
     return 0
 
@@ -390,10 +496,30 @@ def prepare_demo(db: Database) -> Awaitable[dict[str, str]]:
     return work()
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Bind the address as the server will (SO_REUSEADDR), then let go: a port in use stops `serve` before it
+    starts a database, deploys or prints a banner for a server that would never listen."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}", hint="check --host") from exc
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="stop what is listening there, or choose another port with --port") from exc
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    url = database_url()
+    ensure_port_free(args.host, args.port)
+    if args.functions_dir:  # in the environment, so that every worker process loads the same directory
+        use_functions_dir(args.functions_dir)
+    url = database_url(create=True)
 
     async def bootstrap(db: Database) -> dict[str, str] | None:
         return await prepare_demo(db) if args.demo else None
@@ -413,7 +539,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   highlight=False)
     os.environ["BACKSAAS_DATABASE_URL"] = url
     uvicorn.run("gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                reload=args.reload, reload_dirs=[str(REPO)] if args.reload else None, access_log=False,
+                reload=args.reload, reload_dirs=PACKAGE_DIRS if args.reload else None, access_log=False,
                 log_level="warning", timeout_graceful_shutdown=10)
     return 0
 
@@ -423,6 +549,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backsaas", description="BackSaas: schema-driven backend-as-a-service.")
+    parser.add_argument("--version", action="version", version=f"backsaas {metadata.version('backsaas')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP gateway (deploys platform.yaml first)")
@@ -430,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--reload", action="store_true", help="restart when the code changes (development)")
+    serve.add_argument("--functions-dir", metavar="DIR", help="the operator's hooks and functions that tenant schemas "
+                       "may name (default: $BACKSAAS_FUNCTIONS_DIR, else ./functions when it exists)")
     serve.add_argument("--demo", action="store_true", help="also create the demo tenant (schemas/blog.yaml) and an admin")
     serve.set_defaults(run=cmd_serve)
 
@@ -562,7 +691,10 @@ def main(argv: list[str] | None = None) -> int:
         if error.hint:
             err.print(f"  hint: {error.hint}", highlight=False, markup=False)
         return 1
-    except FileNotFoundError as error:
+    except OSError as error:
+        if error.filename is None:
+            raise
+        # a file named on the command line: missing, a directory, unreadable
         err.print(f"error: {error.strerror}: {error.filename}", highlight=False, markup=False)
         return 1
 

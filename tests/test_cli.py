@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,63 @@ def test_member_invite_list_and_remove(backsaas):
     assert json.loads(backsaas("member", "list", "--tenant", "cli-team", "--json").stdout) == []  # not accepted yet
     missing = backsaas("member", "remove", "--tenant", "cli-team", "--email", "pat@example.com")
     assert missing.returncode == 1 and "not a member" in missing.stderr
+
+
+def test_version_prints_the_installed_version(backsaas):
+    result = backsaas("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"backsaas {metadata.version('backsaas')}"
+
+
+def test_schema_check_of_a_directory_checks_each_schema_file_in_it(backsaas):
+    folder = backsaas.cwd / "check-dir"
+    folder.mkdir()
+    write(folder, "a.yaml", NOTES)
+    good = backsaas("schema", "check", str(folder))
+    assert good.returncode == 0 and "Traceback" not in good.stderr
+    assert f"{folder / 'a.yaml'}: ok (2 entities: note, users)" in good.stdout
+    write(folder, "b.yml", NOTES + "      who: {type: ref, to: ghost}\n")
+    bad = backsaas("schema", "check", str(folder))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert f"{folder / 'a.yaml'}: ok" in bad.stdout and f"{folder / 'b.yml'}:7: entities.note.fields.who.to" in bad.stderr
+    empty = backsaas.cwd / "empty-dir"
+    empty.mkdir()
+    nothing = backsaas("schema", "check", str(empty))
+    assert nothing.returncode == 1 and "no .yaml or .yml schema file" in nothing.stderr and "Traceback" not in nothing.stderr
+    not_a_file = backsaas("schema", "plan", "--tenant", "cli-notes", str(folder))
+    assert not_a_file.returncode == 1 and "Is a directory" in not_a_file.stderr and "Traceback" not in not_a_file.stderr
+
+
+def test_schema_errors_of_deploy_and_tenant_create_name_the_file_not_the_tenant(backsaas):
+    assert backsaas("tenant", "create", "cli-label").returncode == 0
+    bad = write(backsaas.cwd, "label-bad.yaml", NOTES + "      who: {type: ref, to: ghost}\n")
+    deployed = backsaas("schema", "deploy", "--tenant", "cli-label", bad)
+    assert deployed.returncode == 1
+    assert deployed.stderr.startswith(f"{bad}: 1 error in schema") and f"{bad}:7: entities.note.fields.who.to" in deployed.stderr
+    assert "cli-label" not in deployed.stderr
+    created = backsaas("tenant", "create", "cli-label2", "--schema", bad)
+    assert created.returncode == 1 and f"{bad}:7:" in created.stderr and "cli-label2" not in created.stderr
+    unhooked = write(backsaas.cwd, "label-hook.yaml", NOTES + "    hooks:\n      before_create: [nowhere.missing]\n")
+    missing = backsaas("schema", "deploy", "--tenant", "cli-label", unhooked)
+    assert missing.returncode == 1 and missing.stderr.startswith(f"{unhooked}: 1 error in schema"), missing.stderr
+    assert "nowhere.missing" in missing.stderr and "cli-label" not in missing.stderr
+
+
+def test_destructive_refusal_names_the_allow_destructive_flag(backsaas):
+    assert backsaas("tenant", "create", "cli-flag", "--schema", write(backsaas.cwd, "flag1.yaml", NOTES)).returncode == 0
+    smaller = write(backsaas.cwd, "flag2.yaml", NOTES.replace("      body: {type: text}\n", ""))
+    for command in ("plan", "deploy"):
+        refused = backsaas("schema", command, "--tenant", "cli-flag", smaller)
+        assert refused.returncode == 1 and "--allow-destructive" in refused.stderr, refused.stderr
+        assert "allow_destructive" not in refused.stderr
+    planned = json.loads(backsaas("schema", "plan", "--tenant", "cli-flag", smaller, "--json").stdout)
+    assert planned["ok"] is False and "--allow-destructive" in planned["blockers"][0]["message"]
+    assert "1 problem" in backsaas("schema", "deploy", "--tenant", "cli-flag", smaller).stderr
+
+
+def test_a_deploy_counts_its_steps_in_english(backsaas):
+    assert backsaas("tenant", "create", "cli-count", "--schema", write(backsaas.cwd, "count1.yaml", NOTES)).returncode == 0
+    one = write(backsaas.cwd, "count2.yaml", NOTES + "      stars: {type: integer, default: 0}\n")
+    assert "Tenant cli-count is at version 2 (1 step)." in backsaas("schema", "deploy", "--tenant", "cli-count", one).stdout
+    two = write(backsaas.cwd, "count3.yaml", NOTES + "      stars: {type: integer, default: 0}\n      a: {type: text}\n"
+                                                     "      b: {type: text}\n")
+    assert "(2 steps)." in backsaas("schema", "deploy", "--tenant", "cli-count", two).stdout
