@@ -9,6 +9,7 @@ write that skips the body validator (`_inc`) cannot store a value past them.
 from __future__ import annotations
 
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from engine.database import Database
 from engine.errors import SchemaCheckTimeout, SchemaInvalid, database_error
-from engine.schema import load_schema, load_schema_async
+from engine.schema import load_schema, load_schema_async, loader
 from engine.schema.loader import MAX_SCHEMA_BYTES
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
@@ -201,9 +202,17 @@ def test_plan_schema_refuses_an_alias_bomb_with_422(base):
 
 
 async def test_a_schema_check_past_its_time_limit_is_a_503_with_a_code():
-    with pytest.raises(SchemaCheckTimeout) as caught:
-        await load_schema_async(GAME, "game", timeout=0)
+    """Checks run on a few worker threads: while slow checks hold them all, the next request waits at most its
+    limit (queueing included) and is refused, and the event loop was never blocked."""
+    release = threading.Event()
+    busy = [loader._checkers.submit(release.wait) for _ in range(loader.SCHEMA_CHECKERS)]
+    try:
+        with pytest.raises(SchemaCheckTimeout) as caught:
+            await load_schema_async(GAME, "game", timeout=0.05)
+    finally:
+        release.set()
     assert (caught.value.status, caught.value.code) == (503, "schema_check_timeout")
+    assert all(f.result() for f in busy)
     assert (await load_schema_async(GAME, "game")).entity("score") is not None
 
 
