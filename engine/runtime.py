@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -131,6 +131,7 @@ class RuntimeRegistry:
         self._next_attempt = 0.0
         self._called: set[str] = set()  # tenants whose first API call this process has recorded
         self._ids: dict[str, str] = {}  # slug -> the id of the tenant this process last served under it
+        self._loads: dict[Any, tuple[int, asyncio.Future[Any]]] = {}  # what is being read now, and since when
         self._background: set[asyncio.Task[None]] = set()
 
     def note_call(self, runtime: TenantRuntime) -> None:
@@ -171,7 +172,6 @@ class RuntimeRegistry:
     async def close(self) -> None:
         if self._listener is not None:
             listener, self._listener = self._listener, None
-            listener.remove_termination_listener(self._lost)  # a close asked for is no lost listener
             await listener.close()
 
     def _changed(self, conn: object, pid: int, channel: str, slug: str) -> None:
@@ -209,6 +209,24 @@ class RuntimeRegistry:
         cached = self._states.get(slug)
         if cached is not None and self._listener is not None:
             return cached
+        return await self._shared(("state", slug), lambda: self._load_state(slug))
+
+    async def _shared(self, key: Any, load: Callable[[], Awaitable[Any]]) -> Any:
+        """`load()`, once for all who ask for `key` at the same time (after a NOTIFY drops an entry, every
+        request and open stream of the tenant asks at once), unless a notification came in since that load
+        began: it may have changed the answer, so the asker loads afresh."""
+        found = self._loads.get(key)
+        if found is not None and found[0] == self._generation:
+            return await asyncio.shield(found[1])
+        loading = asyncio.ensure_future(load())
+        self._loads[key] = (self._generation, loading)
+        try:
+            return await asyncio.shield(loading)
+        finally:
+            if self._loads.get(key, (0, None))[1] is loading:
+                del self._loads[key]
+
+    async def _load_state(self, slug: str) -> TenantState | None:
         generation = self._generation
         tenants = catalog.platform_tables()["tenants"]
         versions = catalog.platform_tables()["schema_versions"]
@@ -258,6 +276,10 @@ class RuntimeRegistry:
         cache_key = (slug, hashed)
         if self._listener is not None and cache_key in self._keys:
             return self._keys[cache_key]
+        return await self._shared(("key", *cache_key), lambda: self._load_key(cache_key))
+
+    async def _load_key(self, cache_key: tuple[str, str]) -> ApiKey | None:
+        hashed = cache_key[1]
         generation = self._generation
         keys = catalog.platform_tables()["api_keys"]
         try:

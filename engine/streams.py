@@ -46,16 +46,23 @@ def stream_limits(limits: Mapping[str, Any]) -> dict[str, int]:
 
 class StreamGuard:
     """Ends a stream when its credential ends. It starts watching when it is made: make it before the last
-    check of the credential, so that nothing that happens after that check goes unheard."""
+    check of the credential, so that nothing that happens after that check goes unheard.
 
-    def __init__(self, hub: ChangeHub, keys: Iterable[str], expires_at: float | None,
-                 recheck: Callable[[], Awaitable[None]]) -> None:
-        self.hub, self.keys, self.expires_at, self.recheck = hub, frozenset(keys), expires_at, recheck
-        self.woken = asyncio.Event()
+    `keys` wake it for the credential (the tenant's row and keys, the signing keys), `session_keys` for
+    the session too; `recheck(session)` checks the credential again, and the session (a query) only when
+    `session` is true: a change to the tenant's keys does not cost every signed-in stream a query."""
+
+    def __init__(self, hub: ChangeHub, keys: Iterable[str], session_keys: Iterable[str], expires_at: float | None,
+                 recheck: Callable[[bool], Awaitable[None]]) -> None:
+        self.hub, self.expires_at, self.recheck = hub, expires_at, recheck
+        self.keys, self.session_keys = frozenset(keys), frozenset(session_keys)
+        self.woken, self.session_woken = asyncio.Event(), asyncio.Event()
         hub.add(self.keys, self.woken)
+        hub.add(self.session_keys, self.session_woken)
 
     def close(self) -> None:
         self.hub.discard(self.keys, self.woken)
+        self.hub.discard(self.session_keys, self.session_woken)
 
     async def ended(self) -> BackSaasError:
         """Wait until the stream must end; the error says why (401: the credential; 403: the tenant)."""
@@ -66,13 +73,17 @@ class StreamGuard:
                 if left <= 0:
                     return Unauthorized("token_expired", "the access token has expired; refresh the session")
                 wait = left if wait is None else min(wait, left)
+            waiters = [asyncio.ensure_future(self.woken.wait()), asyncio.ensure_future(self.session_woken.wait())]
             try:
-                await asyncio.wait_for(self.woken.wait(), wait)
-            except TimeoutError:
-                pass  # a timer, not a failure: the expiry, or a recheck while nothing is heard, is due
+                done, _ = await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            session = self.session_woken.is_set() or not done or not self.hub.listening  # heard, or maybe missed
             self.woken.clear()
+            self.session_woken.clear()
             try:
-                await self.recheck()
+                await self.recheck(session)
             except BackSaasError as error:
                 return error
 

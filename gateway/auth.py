@@ -112,21 +112,20 @@ async def stream_guard(registry: RuntimeRegistry, runtime: TenantRuntime, header
     session = claims.get("session_id") if claims else None
     session = session if isinstance(session, str) else None
     watched = {tenant_key(runtime.slug), CREDENTIALS}
-    if session is not None:
-        watched |= {session_key(session), session_key(issuer)}
+    sessions_watched = {session_key(session), session_key(issuer)} if session is not None else set()
 
-    async def recheck() -> None:
+    async def recheck(session_too: bool) -> None:
         current = await registry.get(runtime.slug)
         if current.tenant_id != runtime.tenant_id:
             raise TenantNotFound(f"tenant '{runtime.slug}' was deleted")
         if await authenticate(registry, current, headers, tenant_from_header=tenant_from_header) != caller:
             raise Unauthorized("credentials_changed", "the credentials no longer grant what they did")
-        if session is not None and not await session_live(registry, issuer, session):
+        if session is not None and session_too and not await session_live(registry, issuer, session):
             raise Unauthorized("session_ended", "the session has ended (signed out or revoked); sign in again")
 
-    guard = StreamGuard(registry.changes, watched, float(claims["exp"]) if claims else None, recheck)
+    guard = StreamGuard(registry.changes, watched, sessions_watched, float(claims["exp"]) if claims else None, recheck)
     try:
-        await recheck()  # after the guard watches: nothing between this check and the stream goes unheard
+        await recheck(True)  # after the guard watches: nothing between this check and the stream goes unheard
     except BaseException:
         guard.close()
         raise
