@@ -35,7 +35,13 @@ from gateway.auth import authenticate, stream_guard
 
 PROTOCOL = "graphql-transport-ws"
 INIT_TIMEOUT = 10.0
+MAX_REASON = 123  # bytes: what a WebSocket close frame can carry
 log = structlog.get_logger("backsaas.graphql_ws")
+
+
+def close_reason(error: BackSaasError) -> str:
+    """`code: message`, cut to what a close frame carries (the code always fits)."""
+    return f"{error.code}: {error.message}".encode()[:MAX_REASON].decode("utf-8", "ignore")
 
 
 class Connection:
@@ -61,7 +67,7 @@ class Connection:
         try:
             slot = self.registry.streams.take(self.runtime.tenant_id, self.limits)
         except TooManyStreams as error:
-            await self.websocket.close(4429, f"{error.code}: {error.message}")
+            await self.websocket.close(4429, close_reason(error))
             return
         try:
             try:
@@ -129,7 +135,7 @@ class Connection:
         4403 for the tenant's (suspended, deleted)."""
         try:
             error = await guard.ended()
-            code, reason = 4401 if error.status == 401 else 4403, f"{error.code}: {error.message}"
+            code, reason = 4401 if error.status == 401 else 4403, close_reason(error)
         except Exception:  # the credentials could not be checked again: the socket closes rather than outlive them
             log.exception("graphql_ws.recheck_failed", tenant=self.runtime.slug)
             code, reason = 1011, "the credentials could not be checked again"
