@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -41,6 +42,7 @@ from engine.schema.model import (
 )
 
 PathKey = tuple[str | int, ...]
+T = TypeVar("T")
 
 MAX_SCHEMA_BYTES = 1024 * 1024  # a schema file's size limit (UTF-8 bytes)
 MAX_YAML_DEPTH = 64  # collections nested deeper than this are refused (a schema needs about 10)
@@ -218,17 +220,25 @@ def load_schema_file(path: str | Path, *, tenant: bool = False) -> Schema:
 _checkers = ThreadPoolExecutor(max_workers=SCHEMA_CHECKERS, thread_name_prefix="schema-check")
 
 
+async def off_loop(work: Callable[..., T], *args: Any, what: str = "the schema",
+                   timeout: float = SCHEMA_CHECK_SECONDS) -> T:
+    """Run CPU-heavy schema work (`work(*args)`) on the schema-check threads so the event loop keeps serving
+    every tenant; `SchemaCheckTimeout` (503) when it (queueing included) outlasts `timeout` seconds. The
+    thread finishes its work regardless: only the request stops waiting. E.g. a runtime's compile:
+    `await off_loop(TenantRuntime.compile, db, slug, tenant_id, version, what=f"the runtime of {slug}")`."""
+    future = asyncio.get_running_loop().run_in_executor(_checkers, work, *args)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        raise SchemaCheckTimeout(f"{what}: the work took longer than {timeout:g} s",
+                                 hint="retry later; if it happens again, split or simplify the schema") from None
+
+
 async def load_schema_async(text: str, source: str = "<schema>", *, tenant: bool = True,
                             timeout: float = SCHEMA_CHECK_SECONDS) -> Schema:
-    """`load_schema` for request handlers: checked in a worker thread so the event loop keeps serving, and
-    refused with `SchemaCheckTimeout` (503) when the check (queueing included) outlasts `timeout` seconds.
+    """`load_schema` for request handlers: checked off the event loop (`off_loop`), with a time limit.
     A schema that arrives in a request is a tenant's, so `tenant` defaults to True."""
-    future = asyncio.get_running_loop().run_in_executor(_checkers, _checked, text, tenant)
-    try:
-        result = await asyncio.wait_for(future, timeout)
-    except TimeoutError:
-        raise SchemaCheckTimeout(f"{source}: checking the schema took longer than {timeout:g} s",
-                                 hint="retry later; if it happens again, split or simplify the schema") from None
+    result = await off_loop(_checked, text, tenant, what=f"{source}: checking the schema", timeout=timeout)
     if isinstance(result, tuple):
         raise SchemaInvalid(list(result), source)
     return result
