@@ -1,7 +1,9 @@
 """`POST /functions/v1/{name}`: a function the tenant's schema exposes, called with a JSON body.
 
 Who may call it is Casbin policy (`roles:` of the function; admin and service always may; a membership
-role of the system tenant may for the tenants it is a member of), the body
+role of the system tenant may for the tenants it is a member of), the function must come from the
+registry of the tenant's kind (the platform's operations for the system tenant only: `engine/hooks.py`),
+and each platform operation checks its caller again itself (`functions/access.py`); the body
 is checked against the function's JSON Schema (`input:`, every error listed, 422), and the function
 runs in one transaction as the tenant's role with the caller's data API and its time limit: whatever
 it writes is kept only if it returns normally. It is the path Supabase's `functions.invoke` calls.
@@ -19,7 +21,7 @@ from engine.authz import Caller, function_object, unrestricted
 from engine.data import DataApi
 from engine.database import quote_identifier
 from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed
-from engine.hooks import HookContext, HookFailed, call, resolve
+from engine.hooks import HookContext, HookFailed, call, check_binding, resolve
 from engine.schema.model import thaw
 from engine.validation import FORMAT_CHECKER, TenantValidator
 
@@ -62,6 +64,10 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
     member_roles = () if granted or caller.user_id is None else runtime.authorizer.member_roles(obj, "invoke")
     if not granted and not member_roles:
         raise Forbidden(f"{' or '.join(caller.roles)} may not invoke {name}")
+    fn = resolve(exposed.handler, "function")
+    if fn is None:
+        raise HookFailed(f"the function '{exposed.handler}' is not installed on this server")
+    check_binding(fn, exposed.handler, runtime.slug)  # a platform operation bound by a tenant: 403, nothing runs
     try:
         payload = orjson.loads(body) if body.strip() else None
     except orjson.JSONDecodeError as exc:
@@ -74,9 +80,6 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
         problems = [Problem(_where(e), e.message) for e in validator.iter_errors(payload)]
         if problems:
             raise ValidationFailed(f"{len(problems)} problem(s) with the input of {name}", details=problems)
-    fn = resolve(exposed.handler, "function")
-    if fn is None:
-        raise HookFailed(f"the function '{exposed.handler}' is not installed on this server")
     async with db.as_role(runtime.role) as conn, conn.transaction():
         if not granted:
             await check_membership(conn, runtime, caller, name, payload, member_roles)

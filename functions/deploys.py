@@ -8,6 +8,10 @@
 
 A deploy commits a new `schema_versions` row, whose trigger NOTIFYs every server process: each swaps in
 the new runtime for the requests that start after it, while requests already running finish on theirs.
+
+A tenant's schema binds only the tenant registry's hooks and functions (refused with 422 otherwise), and
+the system tenant's schema is never deployed here: it is platform.yaml, which the server deploys when it
+starts. Each function checks its caller itself (`functions/access.py`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,36 @@ import sqlalchemy as sa
 
 from engine import catalog, onboarding
 from engine.database import Database
-from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
-from engine.hooks import HookContext, function
+from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, SchemaInvalid, TenantNotFound
+from engine.hooks import HookContext, missing_handlers, platform_function
 from engine.schema import load_schema, load_schema_async
 from engine.storage.deploy import Deployment, PlannedDeploy, deploy, plan_deploy
+from engine.storage.naming import SYSTEM_TENANT
+from functions.access import DEVELOPERS, MEMBERS, authorize
 
 
 class TenantNotActive(BackSaasError):
     code = "tenant_not_active"
     status = 409
+
+
+class SystemSchemaLocked(Forbidden):
+    code = "system_schema_locked"
+
+
+def not_the_system_tenant(slug: str) -> None:
+    if slug == SYSTEM_TENANT:
+        raise SystemSchemaLocked("the system tenant's schema is platform.yaml, deployed by the server when it starts "
+                                 "(backsaas serve); it is never planned, deployed or rolled back as a tenant's")
+
+
+async def checked_source(slug: str, source: str) -> None:
+    """`source` as tenant `slug`'s schema: valid (checked off the event loop), binding only what a tenant
+    may bind (422 `schema_invalid` otherwise)."""
+    model = await load_schema_async(source, slug)
+    problems = missing_handlers(model, slug)
+    if problems:
+        raise SchemaInvalid(problems, slug)
 
 
 def planned_json(planned: PlannedDeploy) -> dict[str, Any]:
@@ -42,6 +67,7 @@ def deployment_json(deployment: Deployment) -> dict[str, Any]:
 
 
 async def _active_tenant(db: Database, slug: str) -> catalog.TenantRow:
+    not_the_system_tenant(slug)
     async with db.begin() as conn:
         tenant = await catalog.find_tenant(conn, slug)
     if tenant is None or tenant.status == "deleted":
@@ -55,6 +81,7 @@ async def deploy_version(db: Database, slug: str, source: str, *, expected_check
                          allow_destructive: bool = False, actor: str, deployed_by: str | None = None) -> Deployment:
     """`deploy`, for an active tenant, noting the onboarding step when the schema has entities."""
     await _active_tenant(db, slug)
+    await checked_source(slug, source)
     deployment = await deploy(db, slug, source, allow_destructive=allow_destructive,
                               expected_checksum=expected_checksum, actor=actor, deployed_by=deployed_by)
     if deployment.changed and load_schema(source, slug).entities:
@@ -87,6 +114,7 @@ async def history(db: Database, slug: str) -> list[dict[str, Any]]:
 async def rollback(db: Database, slug: str, version: int, *, expected_checksum: str | None,
                    allow_destructive: bool = False, actor: str, deployed_by: str | None = None) -> Deployment:
     """Deploy version `version`'s source again (recorded as a new version)."""
+    not_the_system_tenant(slug)
     versions = catalog.platform_tables()["schema_versions"]
     async with db.begin() as conn:
         tenant = await catalog.find_tenant(conn, slug)
@@ -101,33 +129,32 @@ async def rollback(db: Database, slug: str, version: int, *, expected_checksum: 
                                 deployed_by=deployed_by)
 
 
-def _actor(ctx: HookContext) -> str:
-    return f"user:{ctx.caller.user_id}" if ctx.caller.user_id else "service"
-
-
-@function
+@platform_function
 async def plan_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await authorize(ctx, payload["tenant"], DEVELOPERS)
     await _active_tenant(ctx.data.db, payload["tenant"])
-    await load_schema_async(payload["source"], payload["tenant"])  # off the event loop, time-limited; then cached
+    await checked_source(payload["tenant"], payload["source"])  # off the event loop, time-limited; then cached
     return planned_json(await plan_deploy(ctx.data.db, payload["tenant"], payload["source"],
                                           allow_destructive=payload.get("allow_destructive", False)))
 
 
-@function
+@platform_function
 async def deploy_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    await load_schema_async(payload["source"], payload["tenant"])  # off the event loop, time-limited; then cached
+    actor = await authorize(ctx, payload["tenant"], DEVELOPERS)
     return deployment_json(await deploy_version(
         ctx.data.db, payload["tenant"], payload["source"], expected_checksum=payload["expected_checksum"],
-        allow_destructive=payload.get("allow_destructive", False), actor=_actor(ctx), deployed_by=ctx.caller.user_id))
+        allow_destructive=payload.get("allow_destructive", False), actor=actor.label, deployed_by=actor.user_id))
 
 
-@function
+@platform_function
 async def schema_history(ctx: HookContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    await authorize(ctx, payload["tenant"], MEMBERS)
     return await history(ctx.data.db, payload["tenant"])
 
 
-@function
+@platform_function
 async def rollback_schema(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    actor = await authorize(ctx, payload["tenant"], DEVELOPERS)
     return deployment_json(await rollback(
         ctx.data.db, payload["tenant"], payload["version"], expected_checksum=payload["expected_checksum"],
-        allow_destructive=payload.get("allow_destructive", False), actor=_actor(ctx), deployed_by=ctx.caller.user_id))
+        allow_destructive=payload.get("allow_destructive", False), actor=actor.label, deployed_by=actor.user_id))

@@ -4,6 +4,8 @@ Invitations go by email with a role; the token is shown once to the inviter (to 
 SHA-256 hash, valid 7 days, usable once. Accepting links the signed-in platform account with that email,
 or creates the account (the token proves the address). Owners and admins manage members; only an owner
 makes or unmakes owners, and no one removes or demotes a tenant's last owner. Every change is audited.
+Who acts is an explicit `Actor` (functions/access.py): each platform function asks `authorize` for it,
+the CLI passes `SYSTEM`; a caller without a user id is never an owner.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import audit, catalog
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TenantNotFound
-from engine.hooks import HookContext, function
+from engine.hooks import HookContext, platform_function
 from engine.identity.passwords import hash_password, password_problems
+from functions.access import MANAGERS, MEMBERS, Actor, authorize, in_platform
+from functions.access import SYSTEM as SYSTEM  # the server's own actor, for the CLI: `actor=members.SYSTEM`
 
 INVITATION_TTL = timedelta(days=7)
 ROLES = ("owner", "admin", "developer", "viewer")
-PLATFORM_ADMIN = "platform_admin"
 
 
 class InvitationGone(BackSaasError):
@@ -59,13 +62,17 @@ async def _tenant_id(conn: AsyncConnection, slug: str) -> str:
     return tenant.id
 
 
-async def _acting_role(conn: AsyncConnection, tenant_id: str, actor: str | None, roles: tuple[str, ...]) -> str:
-    """The actor's say in the tenant: `owner` for platform admins and the CLI (no actor), else their membership."""
-    _, memberships, _, _users = tables()
-    if actor is None or PLATFORM_ADMIN in roles:
+async def _acting_role(conn: AsyncConnection, slug: str, tenant_id: str, actor: Actor) -> str:
+    """The actor's say in the tenant: `owner` for the platform-wide actors (platform admins, the server),
+    else their membership role as it stands in this transaction (none without a user id)."""
+    actor.check_tenant(slug)
+    if actor.platform_wide:
         return "owner"
+    if actor.user_id is None:
+        return ""
+    _, memberships, _, _users = tables()
     role = await conn.scalar(sa.select(memberships.c.role).where(memberships.c.tenant_id == tenant_id,
-                                                                  memberships.c.user_id == actor))
+                                                                  memberships.c.user_id == actor.user_id))
     return role or ""
 
 
@@ -96,23 +103,22 @@ async def _keep_an_owner(conn: AsyncConnection, tenant_id: str, member: Any) -> 
         raise LastOwner("a tenant keeps at least one owner: make another owner first")
 
 
-async def invite(db: Database, slug: str, email: str, role: str, *, actor: str | None = None,
-                 actor_roles: tuple[str, ...] = ()) -> dict[str, Any]:
+async def invite(db: Database, slug: str, email: str, role: str, *, actor: Actor) -> dict[str, Any]:
     """A new invitation; its token is in the answer, and nowhere else, ever."""
     email = email.strip().lower()
     _tenants, memberships, invitations, users = tables()
     token = secrets.token_urlsafe(32)
     async with db.begin() as conn:
         tenant_id = await _tenant_id(conn, slug)
-        _may_touch(await _acting_role(conn, tenant_id, actor, actor_roles), role)
+        _may_touch(await _acting_role(conn, slug, tenant_id, actor), role)
         already = await conn.scalar(sa.select(memberships.c.id).join(users, users.c.id == memberships.c.user_id)
                                     .where(memberships.c.tenant_id == tenant_id, users.c.email == email))
         if already is not None:
             raise MemberConflict(f"{email} is already a member of '{slug}'")
         row = (await conn.execute(invitations.insert().values(
-            tenant_id=tenant_id, email=email, role=role, token_hash=token_hash(token), invited_by_id=actor,
+            tenant_id=tenant_id, email=email, role=role, token_hash=token_hash(token), invited_by_id=actor.user_id,
             expires_at=datetime.now(UTC) + INVITATION_TTL).returning(invitations.c.id, invitations.c.expires_at))).one()
-        await audit.record(conn, "member.invited", tenant_id=tenant_id, actor=actor, entity="invitations",
+        await audit.record(conn, "member.invited", tenant_id=tenant_id, actor=actor.user_id, entity="invitations",
                            record_id=str(row.id), data={"email": email, "role": role})
     return {"id": str(row.id), "tenant": slug, "email": email, "role": role, "token": token,
             "expires_at": row.expires_at.isoformat()}
@@ -155,8 +161,9 @@ async def accept(db: Database, token: str, *, user_id: str | None = None, passwo
     return {"tenant": slug, "role": invitation.role, "user_id": str(user_id), "email": invitation.email}
 
 
-async def revoke_invitation(db: Database, slug: str, invitation_id: str, *, actor: str | None = None) -> None:
+async def revoke_invitation(db: Database, slug: str, invitation_id: str, *, actor: Actor) -> None:
     _, _, invitations, _ = tables()
+    actor.check_tenant(slug)
     async with db.begin() as conn:
         tenant_id = await _tenant_id(conn, slug)
         done = await conn.execute(invitations.update().where(
@@ -164,36 +171,35 @@ async def revoke_invitation(db: Database, slug: str, invitation_id: str, *, acto
             invitations.c.accepted_at.is_(None), invitations.c.revoked_at.is_(None)).values(revoked_at=sa.func.now()))
         if done.rowcount == 0:
             raise InvitationGone(f"'{slug}' has no open invitation {invitation_id}")
-        await audit.record(conn, "member.invitation_revoked", tenant_id=tenant_id, actor=actor,
+        await audit.record(conn, "member.invitation_revoked", tenant_id=tenant_id, actor=actor.user_id,
                            entity="invitations", record_id=invitation_id)
 
 
-async def change_role(db: Database, slug: str, email: str, role: str, *, actor: str | None = None,
-                      actor_roles: tuple[str, ...] = ()) -> dict[str, Any]:
+async def change_role(db: Database, slug: str, email: str, role: str, *, actor: Actor) -> dict[str, Any]:
     _, memberships, _, _ = tables()
     async with db.begin() as conn:
         tenant_id = await _tenant_id(conn, slug)
         member = await _member(conn, tenant_id, email)
-        _may_touch(await _acting_role(conn, tenant_id, actor, actor_roles), role, member.role)
+        _may_touch(await _acting_role(conn, slug, tenant_id, actor), role, member.role)
         if role != "owner":
             await _keep_an_owner(conn, tenant_id, member)
         await conn.execute(memberships.update().where(memberships.c.id == member.id).values(role=role))
-        await audit.record(conn, "member.role_changed", tenant_id=tenant_id, actor=actor, entity="memberships",
+        await audit.record(conn, "member.role_changed", tenant_id=tenant_id, actor=actor.user_id, entity="memberships",
                            record_id=str(member.id), data={"email": email, "from": member.role, "to": role})
     return {"tenant": slug, "email": email, "role": role}
 
 
-async def remove(db: Database, slug: str, email: str, *, actor: str | None = None,
-                 actor_roles: tuple[str, ...] = ()) -> None:
+async def remove(db: Database, slug: str, email: str, *, actor: Actor) -> None:
     _, memberships, _, _ = tables()
     async with db.begin() as conn:
         tenant_id = await _tenant_id(conn, slug)
         member = await _member(conn, tenant_id, email)
-        if str(member.user_id) != actor:  # leaving is one's own call; removing an owner is an owner's
-            _may_touch(await _acting_role(conn, tenant_id, actor, actor_roles), member.role)
+        acting = await _acting_role(conn, slug, tenant_id, actor)
+        if actor.user_id is None or str(member.user_id) != actor.user_id:  # leaving is one's own call
+            _may_touch(acting, member.role)
         await _keep_an_owner(conn, tenant_id, member)
         await conn.execute(memberships.delete().where(memberships.c.id == member.id))
-        await audit.record(conn, "member.removed", tenant_id=tenant_id, actor=actor, entity="memberships",
+        await audit.record(conn, "member.removed", tenant_id=tenant_id, actor=actor.user_id, entity="memberships",
                            record_id=str(member.id), data={"email": email, "role": member.role})
 
 
@@ -207,37 +213,42 @@ async def list_members(db: Database, slug: str) -> list[dict[str, Any]]:
         return [{"email": r.email, "role": r.role, "since": r.created_at.isoformat()} for r in rows]
 
 
-# -- as the system tenant's functions (who may call which: platform.yaml) --
+# -- as the system tenant's functions (who may call which: platform.yaml, and each one's `authorize`) --
 
 
-@function
+@platform_function
 async def invite_member(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    return await invite(ctx.data.db, payload["tenant"], payload["email"], payload.get("role", "developer"),
-                        actor=ctx.caller.user_id, actor_roles=ctx.caller.roles)
+    actor = await authorize(ctx, payload["tenant"], MANAGERS)
+    return await invite(ctx.data.db, payload["tenant"], payload["email"], payload.get("role", "developer"), actor=actor)
 
 
-@function
+@platform_function
 async def accept_invitation(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Open to anyone at the platform's route: the invitation's token is the authority (and a signed-in
+    account must be the invited email's)."""
+    in_platform(ctx)
     return await accept(ctx.data.db, payload["token"], user_id=ctx.caller.user_id, password=payload.get("password"))
 
 
-@function
+@platform_function
 async def cancel_invitation(ctx: HookContext, payload: dict[str, Any]) -> None:
-    await revoke_invitation(ctx.data.db, payload["tenant"], payload["invitation"], actor=ctx.caller.user_id)
+    actor = await authorize(ctx, payload["tenant"], MANAGERS)
+    await revoke_invitation(ctx.data.db, payload["tenant"], payload["invitation"], actor=actor)
 
 
-@function
+@platform_function
 async def change_member_role(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    return await change_role(ctx.data.db, payload["tenant"], payload["email"], payload["role"],
-                             actor=ctx.caller.user_id, actor_roles=ctx.caller.roles)
+    actor = await authorize(ctx, payload["tenant"], MANAGERS)
+    return await change_role(ctx.data.db, payload["tenant"], payload["email"], payload["role"], actor=actor)
 
 
-@function
+@platform_function
 async def remove_member(ctx: HookContext, payload: dict[str, Any]) -> None:
-    await remove(ctx.data.db, payload["tenant"], payload["email"], actor=ctx.caller.user_id,
-                 actor_roles=ctx.caller.roles)
+    actor = await authorize(ctx, payload["tenant"], MANAGERS)
+    await remove(ctx.data.db, payload["tenant"], payload["email"], actor=actor)
 
 
-@function
+@platform_function
 async def members(ctx: HookContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    await authorize(ctx, payload["tenant"], MEMBERS)
     return await list_members(ctx.data.db, payload["tenant"])

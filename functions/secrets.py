@@ -19,7 +19,7 @@ from engine import audit, catalog, vault
 from engine.authz import Caller
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, TenantNotFound
-from engine.hooks import HookContext, function
+from engine.hooks import HookContext, platform_function
 from engine.storage.naming import SYSTEM_TENANT
 
 PLATFORM_ADMIN = "platform_admin"
@@ -68,7 +68,7 @@ async def _store(conn: AsyncConnection, tenant_id: str, name: str, value: str, a
     return replaced
 
 
-@function
+@platform_function
 async def set_webhook_secret(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Set (or replace) a webhook signing secret of a tenant; the value is never shown again."""
     async with ctx.data.db.begin() as conn:
@@ -77,7 +77,7 @@ async def set_webhook_secret(ctx: HookContext, payload: dict[str, Any]) -> dict[
     return {"tenant": payload["tenant"], "name": payload["name"], "replaced": replaced}
 
 
-@function
+@platform_function
 async def delete_webhook_secret(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Delete a webhook signing secret: deliveries that name it then fail until it is set again."""
     async with ctx.data.db.begin() as conn:

@@ -9,6 +9,9 @@ the plan subscription and the onboarding state. A failing step rolls all of them
 `failed` with the step and the reason; running it again (the `provision_tenant` function) starts over,
 and on an `active` tenant it does nothing. The keys' plaintext is held (never longer than a day) until
 an owner or admin takes it, once, with `reveal_keys`: only their hashes stay.
+
+The hooks and functions here are the platform's own (`@platform_hook`, `@platform_function`): only
+platform.yaml binds them, and each checks its caller itself first (`functions/access.py`).
 """
 
 from __future__ import annotations
@@ -27,13 +30,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import audit, catalog, onboarding
 from engine.authz import unrestricted
 from engine.database import Database, quote_identifier
-from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TenantExists, TenantNotFound, ValidationFailed
-from engine.hooks import Change, HookContext, function, hook
+from engine.errors import (
+    BackSaasError,
+    Forbidden,
+    InvalidInput,
+    Problem,
+    SchemaInvalid,
+    TenantExists,
+    TenantNotFound,
+    ValidationFailed,
+)
+from engine.hooks import Change, HookContext, missing_handlers, platform_function, platform_hook
 from engine.identity import sessions
 from engine.schema import load_schema, load_schema_async
 from engine.storage import naming
 from engine.storage.deploy import DEFAULT_PLAN, Deployment, Progress, create_tenant_schema, deploy_in, lock_tenant
 from engine.storage.naming import SYSTEM_TENANT
+from functions.access import MANAGERS, OWNERS, PLATFORM_ADMINS_ONLY, authorize, in_platform
 from functions.keys import KEY_PREFIX, key_hash
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -53,6 +66,13 @@ def slug_problems(slug: str) -> list[Problem]:
     if slug in RESERVED_SLUGS:
         problems.append(Problem("slug", f"'{slug}' is reserved"))
     return problems
+
+
+def check_bindings(model: Any, slug: str) -> None:
+    """A tenant's schema binds only the tenant registry's hooks and functions (never the platform's)."""
+    problems = missing_handlers(model, slug)
+    if problems:
+        raise SchemaInvalid(problems, slug)
 
 
 def empty_schema(slug: str) -> str:
@@ -80,10 +100,11 @@ class Provisioned:
 # -- the hooks on `tenants` (platform.yaml) --
 
 
-@hook
+@platform_hook
 async def validate_tenant_slug(ctx: HookContext, change: Change) -> dict[str, Any]:
     """before_create: the slug rules, uniqueness (soft-deleted tenants keep their slug), a plan that
     exists, a valid initial schema; the row starts `pending` whoever creates it."""
+    in_platform(ctx)
     record = dict(change.record or {})
     slug = record.get("slug") if isinstance(record.get("slug"), str) else ""
     problems = slug_problems(slug)
@@ -101,32 +122,36 @@ async def validate_tenant_slug(ctx: HookContext, change: Change) -> dict[str, An
     if not await data.select("plans", {"code": f"eq.{plan}", "active": "is.true", "select": "id"}):
         raise ValidationFailed(f"no active plan '{plan}'", details=[Problem("plan", f"no active plan '{plan}'")])
     if isinstance(record.get("initial_schema"), str):  # another type is the body validator's to refuse
-        await load_schema_async(record["initial_schema"], slug)  # SchemaInvalid (422, every problem listed) before any row
+        model = await load_schema_async(record["initial_schema"], slug)  # SchemaInvalid (422, every problem listed)
+        check_bindings(model, slug)  # ... before any row
     return {**record, "status": "pending", "onboarding": onboarding.fresh("plan" in record), "provisioning": {}}
 
 
-@hook
+@platform_hook
 async def add_owner(ctx: HookContext, change: Change) -> None:
     """after_create (in the creating transaction): the creator is the tenant's first owner, so they can
     follow its provisioning at once."""
+    in_platform(ctx)
     if ctx.caller.user_id is not None and change.record:
         await ctx.data.elevated().insert("memberships", {"user_id": ctx.caller.user_id,
                                                          "tenant_id": change.record["id"], "role": "owner"})
 
 
-@hook
+@platform_hook
 async def provision_tenant(ctx: HookContext, change: Change) -> None:
     """after_create, async (from the outbox): provision the new tenant; a failure is recorded on its row."""
-    if ctx.tenant != SYSTEM_TENANT or not change.record:
-        raise Forbidden("tenants are provisioned by the system tenant only")
+    in_platform(ctx)
+    if not change.record:
+        return
     await provision(ctx.data.db, change.record["slug"], creator=ctx.caller.user_id)
 
 
-@hook
+@platform_hook
 async def guard_tenant_update(ctx: HookContext, change: Change) -> dict[str, Any]:
     """before_update: a tenant's status changes through the lifecycle functions only (a status written
     directly would skip their state checks, session revocation and audit); its slug names its schema and
     role, so it never changes; a plan change is onboarding."""
+    in_platform(ctx)
     patch = dict(change.record or {})
     lifecycle = [name for name in ("status", "status_reason", "deleted_at", "provisioning") if name in patch]
     if lifecycle:
@@ -140,10 +165,11 @@ async def guard_tenant_update(ctx: HookContext, change: Change) -> dict[str, Any
     return patch
 
 
-@function
+@platform_function
 async def update_settings(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
     """update_tenant: owners and admins write their tenant's name and settings (the platform's own update,
     so the settings' JSON Schema and the hooks apply), nothing else of its row."""
+    await authorize(ctx, payload["tenant"], MANAGERS)
     patch = {k: payload[k] for k in ("name", "settings") if k in payload}
     if not patch:
         raise InvalidInput("nothing to update", details=[Problem("settings", "give name or settings")])
@@ -174,6 +200,7 @@ async def create_schema_step(conn: AsyncConnection, tenant: Any, run: Run) -> No
 
 async def deploy_step(conn: AsyncConnection, tenant: Any, run: Run) -> Deployment:
     source = tenant.initial_schema or empty_schema(tenant.slug)
+    check_bindings(load_schema(source, tenant.slug), tenant.slug)
     return await deploy_in(conn, run.db, tenant.slug, source, actor=run.actor, deployed_by=run.creator,
                            progress=run.progress)
 
@@ -268,7 +295,7 @@ async def create_tenant(db: Database, slug: str, *, name: str | None = None, sou
     if problems:
         raise InvalidInput(f"invalid tenant slug '{slug}'", details=problems)
     if source:
-        await load_schema_async(source, slug)
+        check_bindings(await load_schema_async(source, slug), slug)
     tenants = catalog.platform_tables()["tenants"]
     async with db.begin() as conn:
         if await catalog.find_tenant(conn, slug) is not None:
@@ -308,17 +335,21 @@ async def reveal_initial_keys(db: Database, slug: str) -> dict[str, str]:
     return fresh
 
 
-@function
+@platform_function
 async def retry_provisioning(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """`provision_tenant` for a `failed` (or stuck `pending`) tenant: the same steps, from the start."""
-    result = await provision(ctx.data.db, payload["tenant"], creator=ctx.caller.user_id)
+    """`provision_tenant` for a `failed` (or stuck `pending`) tenant: the same steps, from the start (an
+    owner retrying is recorded as its creator; a platform admin becomes no owner by retrying)."""
+    actor = await authorize(ctx, payload["tenant"], OWNERS)
+    creator = actor.user_id if not actor.platform_wide else None
+    result = await provision(ctx.data.db, payload["tenant"], creator=creator)
     if result.status != "active":
         raise ProvisioningFailed(result.reason or "provisioning failed")
     return {"tenant": result.slug, "status": result.status, "steps": result.steps}
 
 
-@function
+@platform_function
 async def reveal_keys(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    await authorize(ctx, payload["tenant"], MANAGERS)
     return {"tenant": payload["tenant"], "keys": await reveal_initial_keys(ctx.data.db, payload["tenant"])}
 
 
@@ -392,28 +423,32 @@ async def purge_tenants(db: Database, older_than: timedelta, *, actor: str | Non
     return purged
 
 
-# -- the lifecycle as the system tenant's functions (who may call which: platform.yaml) --
+# -- the lifecycle as the system tenant's functions (who may call which: platform.yaml, and each one's `authorize`) --
 
 
-@function
+@platform_function
 async def suspend(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    await suspend_tenant(ctx.data.db, payload["tenant"], payload["reason"], actor=ctx.caller.user_id)
+    actor = await authorize(ctx, payload["tenant"], PLATFORM_ADMINS_ONLY)
+    await suspend_tenant(ctx.data.db, payload["tenant"], payload["reason"], actor=actor.user_id)
     return {"tenant": payload["tenant"], "status": "suspended"}
 
 
-@function
+@platform_function
 async def activate(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    await activate_tenant(ctx.data.db, payload["tenant"], actor=ctx.caller.user_id)
+    actor = await authorize(ctx, payload["tenant"], PLATFORM_ADMINS_ONLY)
+    await activate_tenant(ctx.data.db, payload["tenant"], actor=actor.user_id)
     return {"tenant": payload["tenant"], "status": "active"}
 
 
-@function
+@platform_function
 async def soft_delete(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    await delete_tenant(ctx.data.db, payload["tenant"], actor=ctx.caller.user_id)
+    actor = await authorize(ctx, payload["tenant"], OWNERS)
+    await delete_tenant(ctx.data.db, payload["tenant"], actor=actor.user_id)
     return {"tenant": payload["tenant"], "status": "deleted"}
 
 
-@function
+@platform_function
 async def restore(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    await restore_tenant(ctx.data.db, payload["tenant"], actor=ctx.caller.user_id)
+    actor = await authorize(ctx, payload["tenant"], OWNERS)
+    await restore_tenant(ctx.data.db, payload["tenant"], actor=actor.user_id)
     return {"tenant": payload["tenant"], "status": "active"}

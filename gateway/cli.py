@@ -38,6 +38,7 @@ from engine import catalog
 from engine.database import Database
 from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
 from engine.errors import BackSaasError, MigrationRefused, Problem, SchemaInvalid, TenantNotFound
+from engine.hooks import use_functions_dir
 from engine.identity.signing import rotate_signing_key
 from engine.schema import load_schema, load_schema_file
 from engine.storage.deploy import Deployment, PlannedDeploy, deploy_platform, plan_deploy
@@ -516,6 +517,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     ensure_port_free(args.host, args.port)
+    if args.functions_dir:  # in the environment, so that every worker process loads the same directory
+        use_functions_dir(args.functions_dir)
     url = database_url(create=True)
 
     async def bootstrap(db: Database) -> dict[str, str] | None:
@@ -554,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--reload", action="store_true", help="restart when the code changes (development)")
+    serve.add_argument("--functions-dir", metavar="DIR", help="the operator's hooks and functions that tenant schemas "
+                       "may name (default: $BACKSAAS_FUNCTIONS_DIR, else ./functions when it exists)")
     serve.add_argument("--demo", action="store_true", help="also create the demo tenant (schemas/blog.yaml) and an admin")
     serve.set_defaults(run=cmd_serve)
 
