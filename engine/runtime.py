@@ -31,6 +31,7 @@ from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.identity.signing import Keyring, load_keyring
 from engine.query.plan import Relation, relations_of
 from engine.schema import Schema, load_schema
+from engine.schema.loader import off_loop
 from engine.schema.model import Entity, visible_columns
 from engine.storage import naming
 from engine.storage.tables import build_metadata
@@ -326,7 +327,8 @@ class RuntimeRegistry:
             version = await catalog.current_version(conn, state.tenant_id)
         if version is None:  # the tenant was purged between the two reads
             raise TenantNotFound(f"no tenant '{slug}'")
-        runtime = TenantRuntime.compile(self.db, slug, state.tenant_id, version)
+        runtime = await off_loop(TenantRuntime.compile, self.db, slug, state.tenant_id, version,
+                                 what=f"the runtime of {slug}")  # CPU-heavy: off the event loop
         self._runtimes[slug] = runtime
         while len(self._runtimes) > self.capacity:
             self._runtimes.popitem(last=False)
