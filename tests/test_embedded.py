@@ -151,7 +151,9 @@ def test_serve_runs_on_embedded_postgres_and_sigterm_stops_it(project: Path):
                     break
             except httpx2.TransportError:
                 time.sleep(0.2)
-        assert httpx2.get(f"{base}/readyz").json() == {"status": "ok", "database": "ok"}
+        ready = httpx2.get(f"{base}/readyz").json()
+        assert (ready["status"], ready["database"]) == ("ok", "ok")
+        assert ready["connections"]["requests"]["open"] >= 1  # the request pool logs in as its own role here too
         assert httpx2.get(f"{base}/api/platform/").json()["tenant"] == "system"
         demo = httpx2.get(f"{base}/api/tenants/demo/").json()
         assert {"author", "post", "comment"} <= {e["name"] for e in demo["entities"]}
