@@ -12,9 +12,13 @@ works for tenant schemas, and cannot register platform operations.
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,12 +31,13 @@ from engine.authz import Caller
 from engine.data import DataApi
 from engine.database import Database
 from engine.errors import BackSaasError
-from engine.hooks import HookContext, resolve
+from engine.hooks import HookContext, functions_dir, resolve
 from engine.runtime import RuntimeRegistry
 from functions.users import create_platform_admin
-from tests.server import running_gateway
+from tests.server import free_port, running_gateway
 from tests.test_platform import PASSWORD, bearer, call, create_tenant, platform, sign_in, sign_up
 
+REPO = Path(__file__).resolve().parent.parent
 ADMIN_EMAIL = "root@wall.example"
 ATTACKER_SCHEMA = """
 name: evil
@@ -307,7 +312,8 @@ async def reveal_keys(ctx: HookContext, payload: dict) -> dict:
 '''
 
 
-@pytest.mark.parametrize("module,handler", [(SNEAKY_MODULE, "sneaky{}.grab"), (SHADOW_MODULE, "tenants.reveal_keys")])
+@pytest.mark.parametrize("module,handler", [(SNEAKY_MODULE, "sneaky{}.grab"), (SHADOW_MODULE, "tenants.reveal_keys")],
+                         ids=["its own platform_function", "a module named like the platform's"])
 def test_the_operators_directory_cannot_register_platform_operations(world, tmp_path, monkeypatch, module, handler):
     name = handler.split(".")[0].format(secrets.token_hex(3))
     handler = f"{name}.{handler.split('.')[1]}"
@@ -327,3 +333,21 @@ def test_a_platform_operation_names_no_tenant_function_even_by_its_module_path()
     assert resolve("members.invite_member", "function", "evil") is None
     assert resolve("examples.noop", "hook", "system") is None
     assert resolve("tenants.reveal_keys", "function", "system") is not None
+
+
+def test_the_default_functions_directory_is_the_projects_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("BACKSAAS_FUNCTIONS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert functions_dir() is None
+    (tmp_path / "functions").mkdir()
+    assert functions_dir() == tmp_path.resolve() / "functions"
+    monkeypatch.chdir(REPO)
+    assert functions_dir() is None  # a checkout's functions/ is the shipped package, never the operator's
+
+
+def test_serve_refuses_a_functions_directory_that_does_not_exist(tmp_path):
+    served = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()),
+                             "--functions-dir", str(tmp_path / "missing")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert served.returncode != 0 and "functions_dir_missing" in served.stdout + served.stderr
+    assert not (tmp_path / ".backsaas").exists()  # stopped before any database was made
