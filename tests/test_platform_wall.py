@@ -351,3 +351,14 @@ def test_serve_refuses_a_functions_directory_that_does_not_exist(tmp_path):
                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert served.returncode != 0 and "functions_dir_missing" in served.stdout + served.stderr
     assert not (tmp_path / ".backsaas").exists()  # stopped before any database was made
+
+
+def test_an_operators_module_that_fails_to_import_is_named_at_deploy(world, tmp_path, monkeypatch):
+    name = f"broken{secrets.token_hex(3)}"
+    (tmp_path / f"{name}.py").write_text("import a_module_nobody_installed\n", encoding="utf-8")
+    monkeypatch.setenv("BACKSAAS_FUNCTIONS_DIR", str(tmp_path))
+    source = ATTACKER_SCHEMA + f"functions:\n  go:\n    handler: {name}.go\n    roles: [anon]\n"
+    planned = call(world["base"], "plan_schema", world["mallory"], tenant="evil", source=source)
+    assert planned.status_code == 422, planned.text
+    assert "failed to import" in planned.json()["details"][0]["message"]
+    assert "a_module_nobody_installed" in planned.json()["details"][0]["message"]
