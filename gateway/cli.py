@@ -45,7 +45,7 @@ from engine.storage.deploy import Deployment, PlannedDeploy, deploy_platform, pl
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
 from functions import deploys, members
-from functions.keys import create_api_key, list_api_keys, revoke_api_key
+from functions.keys import create_api_key, list_api_keys, platform_public_key, revoke_api_key
 from functions.tenants import (
     activate_tenant,
     create_tenant,
@@ -60,6 +60,7 @@ from functions.users import UserExists, create_platform_admin
 PACKAGE_DIRS = [str(Path(package.__file__).resolve().parent) for package in (engine, gateway, functions)]
 DEMO_SCHEMA = resources.files("gateway") / "schemas" / "blog.yaml"  # the repository's schemas/, shipped in the package
 DEMO_TENANT = "demo"
+PLATFORM_PATH = "/api/platform"
 DEMO_ADMIN = "admin@backsaas.local"
 
 out = Console(soft_wrap=True)
@@ -464,8 +465,13 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
         if getpass.getpass("Repeat: ") != password:
             err.print("The passwords differ.")
             return 1
-    user_id = with_database(lambda db: create_platform_admin(db, args.email, password))
+    async def work(db: Database) -> tuple[str, str]:
+        return await create_platform_admin(db, args.email, password), await platform_public_key(db)
+
+    user_id, public_key = with_database(work)
     out.print(f"Platform admin {args.email} created (id {user_id}).")
+    out.print(f"The platform's anon key (public; Supabase's SDKs take it with {PLATFORM_PATH}): {public_key}",
+              highlight=False)
     return 0
 
 
@@ -521,15 +527,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         use_functions_dir(args.functions_dir)
     url = database_url(create=True)
 
-    async def bootstrap(db: Database) -> dict[str, str] | None:
-        return await prepare_demo(db) if args.demo else None
+    async def bootstrap(db: Database) -> tuple[dict[str, str] | None, str]:
+        return (await prepare_demo(db) if args.demo else None), await platform_public_key(db)
 
     bar, advance = step_progress("Deploying platform.yaml")
     with bar:
-        login = with_database(bootstrap, url, advance)
+        login, public_key = with_database(bootstrap, url, advance)
     base = f"http://{args.host}:{args.port}"
     out.print(f"BackSaas on {base}  (health: {base}/healthz)")
-    out.print(f"  platform API: {base}/api/platform/")
+    out.print(f"  platform API: {base}{PLATFORM_PATH}/")
+    out.print(f"  platform anon key (public, also at {base}{PLATFORM_PATH}/): {public_key}", highlight=False)
     if login:
         out.print(f"  demo tenant:  {base}/api/tenants/{DEMO_TENANT}/  or  http://{DEMO_TENANT}.localhost:{args.port}/")
         out.print(f"  platform admin login: {login['email']} / {login['password']}")

@@ -179,6 +179,15 @@ def test_admin_create(project: Project):
     assert signed_in.status_code == 200, signed_in.text
 
 
+def test_admin_create_and_serve_print_the_platforms_anon_key(project: Project):
+    published = httpx2.get(f"{project.base}/api/platform/", timeout=60).json()["anon_key"]
+    created = project.ok("admin", "create", "--email", "keys@example.com", "--password-stdin", stdin=f"{PASSWORD}\n")
+    assert published in created.stdout
+    signed_up = httpx2.post(f"{project.base}/api/platform/auth/v1/signup", headers={"apikey": published},
+                            json={"email": "dev@example.com", "password": PASSWORD}, timeout=60)
+    assert signed_up.status_code == 200, signed_up.text
+
+
 def test_tenant_lifecycle(project: Project):
     project.ok("tenant", "create", "life")
     assert "suspended" in project.ok("tenant", "suspend", "life", "--reason", "abuse report").stdout
