@@ -349,7 +349,7 @@ class Dispatcher:
         """An async after_* hook, in a transaction of its own, as the caller of the original write."""
         from engine.data import DataApi
 
-        fn = resolve(event.target)
+        fn = resolve(event.target, "hook", event.slug)  # from the registry of the tenant it runs for
         if fn is None:
             return Outcome(False, error=f"no hook '{event.target}' is installed on this server")
         runtime = await self.registry.get(event.slug)
