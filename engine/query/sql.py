@@ -77,7 +77,7 @@ def filter_sql(item: Filter, table: sa.FromClause) -> ColumnElement[bool]:
 
 
 def membership_sql(item: Membership, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
-    memberships = tables[MEMBERSHIPS]
+    memberships = tables[MEMBERSHIPS].alias("m")  # never correlated with the memberships being written
     roles = [sa.literal_column(f"'{role}'") for role in item.roles]  # identifiers of the model, never input
     return table.c[item.column].in_(
         sa.select(memberships.c.tenant_id).where(memberships.c.user_id == value_param(item.param, sa.Uuid()),
