@@ -192,6 +192,24 @@ async def test_a_platform_function_bound_by_a_tenant_is_refused_at_the_tenants_r
     assert await snapshot(db) == before
 
 
+def users_readable_by_anon() -> str:
+    return catalog.PLATFORM_SCHEMA_PATH.read_text(encoding="utf-8").replace(
+        "      read: {platform_admin: all}\n      create: {platform_admin: all}\n",
+        "      read: {platform_admin: all, anon: all}\n      create: {platform_admin: all}\n", 1)
+
+
+async def test_the_old_attack_on_the_system_tenants_schema_is_refused(bound_before_the_fix, world, db):
+    before = await snapshot(db)
+    async with db.begin() as conn:
+        system = await catalog.find_tenant(conn, "system")
+        checksum = (await catalog.current_version(conn, system.id)).checksum
+    answer = httpx.post(f"{world['base']}/api/tenants/evil/functions/v1/op_deploy_schema", timeout=60, json={
+        "tenant": "system", "source": users_readable_by_anon(), "expected_checksum": checksum, "allow_destructive": True})
+    assert answer.status_code in REFUSED, answer.text
+    assert httpx.get(platform(world["base"], "rest/v1/users")).status_code in REFUSED
+    assert await snapshot(db) == before
+
+
 async def test_a_platform_hook_bound_by_a_tenant_refuses_to_run(bound_before_the_fix, world, db):
     before = await snapshot(db)
     written = httpx.post(f"{world['base']}/api/tenants/evil/rest/v1/note", json={"text": "hi"},
@@ -255,9 +273,8 @@ async def test_the_system_tenants_schema_is_never_deployed_through_the_deploy_fu
     base = world["base"]
     admin = sign_in(base, ADMIN_EMAIL)
     before = await snapshot(db)
-    opened = catalog.PLATFORM_SCHEMA_PATH.read_text(encoding="utf-8").replace(
-        "      read: {platform_admin: all}\n      create: {platform_admin: all}\n",
-        "      read: {platform_admin: all, anon: all}\n      create: {platform_admin: all}\n", 1)
+    opened = users_readable_by_anon()
+    assert opened != catalog.PLATFORM_SCHEMA_PATH.read_text(encoding="utf-8")
     async with db.begin() as conn:
         system = await catalog.find_tenant(conn, "system")
         checksum = (await catalog.current_version(conn, system.id)).checksum
