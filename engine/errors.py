@@ -302,7 +302,10 @@ SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23502": 400, "23514": 422, "4250
 
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
     """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values
-    (class 22: invalid text, out of range, bad date), 503 for what a retry may fix."""
+    (class 22: invalid text, out of range, bad date), 503 for what a retry may fix. PostgreSQL's "Failing row
+    contains (...)" detail is dropped: it lists the whole row, columns the caller may not read included."""
+    if detail and detail.startswith("Failing row contains"):
+        detail = None
     if sqlstate == "23514":
         return check_violation(message, detail)
     status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else
