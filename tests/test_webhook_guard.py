@@ -21,10 +21,11 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from engine import catalog
+from engine import catalog, vault
 from engine.database import Database
 from engine.outbox import SIGNATURE_HEADER, DestinationRefused, GuardedTransport, verify_signature
 from functions.keys import create_api_key
+from functions.secrets import store_webhook_secret
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
 from tests.server import free_port, running_gateway
@@ -396,6 +397,24 @@ async def test_deliveries_are_signed_with_the_tenants_own_secret_set_through_the
     finally:
         for receiver in receivers.values():
             receiver.stop()
+
+
+async def test_a_stored_secret_moved_to_another_tenant_or_name_does_not_open(db):
+    for slug in ("owning", "other"):
+        await create_tenant(db, slug, source=schema(slug, "http://127.0.0.1:9/hook", secret="MOVED_SECRET"))
+    await store_webhook_secret(db, "owning", "MOVED_SECRET", "a secret that belongs to owning")
+    stored = catalog.platform_tables()["webhook_secrets"]
+    async with db.begin() as conn:
+        probe = await catalog.find_tenant(conn, "owning")
+        other = await catalog.find_tenant(conn, "other")
+        assert await vault.reveal(conn, probe.id, "MOVED_SECRET") == "a secret that belongs to owning"
+        await conn.execute(stored.update().where(stored.c.name == "MOVED_SECRET").values(tenant_id=other.id))
+        with pytest.raises(vault.SecretUnreadable):
+            await vault.reveal(conn, other.id, "MOVED_SECRET")
+        await conn.execute(stored.update().where(stored.c.name == "MOVED_SECRET")
+                           .values(tenant_id=probe.id, name="RENAMED_SECRET"))
+        with pytest.raises(vault.SecretUnreadable):
+            await vault.reveal(conn, probe.id, "RENAMED_SECRET")
 
 
 async def test_only_the_tenants_owners_and_admins_set_its_webhook_secrets(base):
