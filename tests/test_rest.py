@@ -220,7 +220,8 @@ def test_read_errors_have_postgrest_shape_and_status(http, base, path, status, c
     response = http.get(f"{base}/api/tenants/blog/rest/v1/{path}")
     body = response.json()
     assert response.status_code == status and body["code"] == code, body
-    assert set(body) == {"code", "message", "details", "hint"}
+    assert set(body) == {"code", "message", "details", "hint", "request_id"}  # PostgREST's four, and the trace id
+    assert body["request_id"] == response.headers["x-request-id"]
 
 
 @pytest.mark.parametrize(("entity", "body", "status", "code"), [
