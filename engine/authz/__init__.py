@@ -5,7 +5,8 @@ of the tenants where the caller's membership role is granted the action).
 Casbin decides (RBAC with domains; the domain is the tenant). Each tenant runtime holds its own
 enforcer with only its own policies, generated from the schema's `permissions` when the runtime
 compiles, and memoizes decisions by (roles, entity, action): the hot path is a dict lookup, and Casbin
-stays the single source of every answer.
+stays the single source of every answer. `engine.authz.permissions` turns an answer into what every plan
+carries (the row scope as a plan condition, the columns): the only place a scope becomes a predicate.
 """
 
 from __future__ import annotations
