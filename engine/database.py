@@ -301,7 +301,10 @@ async def grant_tenant_roles(driver: asyncpg.Connection, db: Database) -> None:
             "SELECT 1 FROM pg_auth_members WHERE roleid = to_regrole($1) AND member = to_regrole($2)",
             system, db.gateway_role):
         script.append(f"REVOKE {quote_identifier(system)} FROM {quote_identifier(db.gateway_role)}")
-    if db.gateway_role != db.platform_gateway_role:  # and no privilege in `system` of its own, ever
+    if db.gateway_role != db.platform_gateway_role and await driver.fetchval(  # nor any privilege in `system`
+            "SELECT has_schema_privilege($1, 'system', 'USAGE') OR EXISTS (SELECT 1 FROM pg_class c, "
+            "aclexplode(c.relacl) a WHERE c.relnamespace = 'system'::regnamespace AND a.grantee = to_regrole($1))",
+            db.gateway_role):
         script += [f"REVOKE ALL ON SCHEMA system FROM {quote_identifier(db.gateway_role)}",
                    f"REVOKE ALL ON ALL TABLES IN SCHEMA system FROM {quote_identifier(db.gateway_role)}"]
     if script:
