@@ -8,7 +8,8 @@ module handles the traps it leaves, each with a test:
 - a process killed without running its exit handlers leaves its PID in the handle file, so no later
   exit ever stops the server: dead PIDs are pruned before each start;
 - its lock file lives in the user's runtime folder, created here before the wheel is imported;
-- the server's `postgres` user is a superuser: the engine runs tenant work as tenant roles regardless.
+- the server's `postgres` user is a superuser: it is the platform's admin login only; requests log in as
+  the gateway roles `engine.database` creates (passwords set, though the socket's trust login skips them).
 SIGTERM is turned into a normal exit by the CLI (`gateway.cli`), so the exit handlers run.
 """
 
