@@ -94,6 +94,7 @@ class Bounds:
         return min(ASSUMED_LIST_ROWS if limit is None else limit, self.max_rows)
 
     def check_items(self, count: int, field: str) -> None:
+        """Refuse (413 `too_many_items`) a write of more objects than the plan allows, before any work per item."""
         if count > self.max_body_items:
             raise TooManyItems(f"the body holds {count} items; the plan allows {self.max_body_items} per request",
                                details=[Problem(field, f"at most {self.max_body_items} items")],
