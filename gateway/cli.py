@@ -209,7 +209,7 @@ def cmd_schema_check(args: argparse.Namespace) -> int:
     bad = 0
     for path in schema_files(Path(args.file)):
         try:
-            model = load_schema_file(path)
+            model = load_schema_file(path, tenant=not args.platform)
         except SchemaInvalid as error:
             err.print(error.report(), highlight=False, markup=False)
             bad += 1
@@ -573,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION")
     check = schema.add_parser("check", help="check a schema file; exit 1 and list every error if it is bad")
     check.add_argument("file")
+    check.add_argument("--platform", action="store_true",
+                       help="check as the system tenant's schema (platform.yaml), which may declare the platform's roles")
     check.set_defaults(run=cmd_schema_check)
     for name, run, text, aliases in (
             ("plan", cmd_schema_plan, "show the steps and SQL a deploy would run (changes nothing)", []),

@@ -256,3 +256,13 @@ def test_a_function_input_pattern_re2_cannot_compile_is_a_schema_error():
     """)
     assert [(line, path) for line, path, _ in found] == [(7, "functions.f.input")]
     assert "is not a 'regex'" in found[0][2]
+
+
+def test_schema_check_refuses_the_platforms_roles_in_a_tenant_schema_unless_told_it_is_the_platform(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: grab\nroles: [platform_admin]\nentities:\n  post:\n    fields:\n      title: {type: string}\n")
+    tenant = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", str(bad)], capture_output=True, text=True)
+    assert tenant.returncode == 1 and "platform_admin" in tenant.stderr
+    platform = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", "--platform", str(REPO / "platform.yaml")],
+                              capture_output=True, text=True)
+    assert platform.returncode == 0, platform.stderr
