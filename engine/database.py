@@ -171,7 +171,7 @@ class Database:
 
     @property
     def platform_pool_max(self) -> int:
-        return self.pool_size
+        return max(2, self.pool_size // 2)  # the platform's API is light; connections are the server's to share
 
     async def pool(self, *, platform: bool = False) -> asyncpg.Pool:
         """A request pool: the tenants' or the platform's. Both are made once per `Database` (so per
