@@ -49,6 +49,18 @@ entities:
       create: {authenticated: all}
       update: {authenticated: all}
       delete: {authenticated: all}
+  locker:                     # the drop box again, written row by row through its hooks
+    owner: true
+    fields:
+      note: {type: text}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
+      update: {authenticated: all}
+      delete: {authenticated: all}
+    hooks:
+      before_update: [examples.noop]
+      before_delete: [examples.noop]
   guestbook:                  # anon may read and sign, never change a line
     fields:
       line: {type: string, unique: true, required: true}
@@ -253,6 +265,22 @@ def test_graphql_update_and_delete_return_only_rows_the_caller_may_read(base, ke
                       {"id": box["id"]})
     assert "errors" not in deleted and deleted["data"]["delete_box_by_pk"] is None, deleted
     assert stored(base, keys, "box", box["id"]) is None
+
+
+def test_writes_through_hooks_return_only_rows_the_caller_may_read(base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    locker = create(base, ann["headers"], "locker", {"note": "ann's"})
+    representation = {**bob["headers"], "Prefer": "return=representation"}
+    patched = httpx.patch(f"{base}/rest/v1/locker?id=eq.{locker['id']}", headers=representation, json={"note": "b"})
+    assert patched.status_code == 200 and patched.json() == [], patched.text
+    updated = graphql(base, bob["headers"], """mutation($id: uuid!) {
+        update_locker(where: {id: {_eq: $id}}, _set: {note: "c"}) { affected_rows returning { id note } } }""",
+                      {"id": locker["id"]})
+    assert updated["data"]["update_locker"] == {"affected_rows": 1, "returning": []}, updated
+    assert stored(base, keys, "locker", locker["id"])["note"] == "c"
+    deleted = httpx.delete(f"{base}/rest/v1/locker?id=eq.{locker['id']}", headers=representation)
+    assert deleted.status_code == 200 and deleted.json() == [], deleted.text
+    assert stored(base, keys, "locker", locker["id"]) is None
 
 
 def test_a_write_returns_the_callers_own_rows_as_before(base, keys, people):

@@ -299,8 +299,8 @@ class RestApi:
             first_id, count = row["first_id"], row["page_rows"]
         else:  # the statement returns the new ids alone (no body to build)
             ids = await self.run(compiled, arguments, many=True, expect=expect)
-            # an upsert may have met rows the caller may not read: their ids are not shown
-            first_id, count = (ids[0]["id"] if ids and upsert is None else None), len(ids)
+            # a merge may have updated rows the caller may not read: their ids are not shown
+            first_id, count = (ids[0]["id"] if ids and expect is None else None), len(ids)
         extra = [("Location", f"/{entity.name}?id=eq.{first_id}")] if not isinstance(payload, list) and first_id else []
         if representation:
             return self.respond_rows(row, plan, headers, status=201, extra=extra)
