@@ -263,3 +263,19 @@ def test_another_tenants_key_cannot_invoke_functions(base, keys, db):
     response = httpx.post(f"{base}/api/tenants/hooked/functions/v1/publish", json={},
                           headers={"apikey": "bsk_someone_elses"})
     assert response.status_code == 401
+
+
+
+def test_hooks_data_api_and_graphql_mutations_never_reach_the_rest_handler():
+    """ctx.data runs on the plan/write core both dialects share: no module a GraphQL mutation's hook or a
+    function goes through imports the REST dialect's HTTP handler, even inside a function (issue 11,
+    finding 14)."""
+    import ast
+    from pathlib import Path
+
+    engine = Path(__file__).resolve().parent.parent / "engine"
+    for module in ("data.py", "writes.py", "hooks.py", "invoke.py", "graphql/mutations.py", "graphql/api.py"):
+        tree = ast.parse((engine / module).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "engine.rest.api" not in imported, module
