@@ -100,7 +100,7 @@ async def nonempty_tables(conn: AsyncConnection, pg_schema: str, model: Schema |
 
 async def _plan(conn: AsyncConnection, db: Database, slug: str, new: Schema, allow_destructive: bool
                 ) -> tuple[catalog.TenantRow, catalog.SchemaVersion | None, MigrationPlan]:
-    missing = missing_handlers(new)
+    missing = missing_handlers(new, slug)
     if missing:  # installed code is part of what a schema needs: checked before anything is planned
         raise SchemaInvalid(missing, slug)
     tenant = await catalog.find_tenant(conn, slug)
