@@ -1,14 +1,16 @@
 """Webhooks as an attacker would aim them (issue 11, finding 7): at internal addresses, at the server's own
 environment for a signing secret, and at a slow receiver to stall other tenants' deliveries.
 
-No test here sends a packet anywhere but loopback: a name that resolves to a private or link-local address
-comes from an injected resolver, and the transport behind the guard fails the test if it is ever asked to
-connect anywhere but 127.0.0.1. The only real receivers listen on loopback (127.0.0.1, which the gateway's
-operator allows, and 127.0.0.2, which it does not).
+No test here sends a packet anywhere but loopback: names resolve through an injected resolver (a table: no
+DNS query leaves the process), which is how a name comes to resolve to a private or link-local address,
+and the transport behind the guard fails the test if it is ever asked to connect anywhere but 127.0.0.1.
+The only real receivers listen on loopback (127.0.0.1, which the gateway's operator allows, and 127.0.0.2,
+which it does not).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import threading
@@ -100,21 +102,57 @@ entities:
 """
 
 
+class LoopbackOnly(httpx.AsyncBaseTransport):
+    """The network behind the gateway's guard, except that it fails the test when asked to connect
+    anywhere but 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.elsewhere: list[str] = []
+        self.real = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host != "127.0.0.1":
+            self.elsewhere.append(str(request.url))
+            raise AssertionError(f"a connection to {request.url} was attempted")
+        return await self.real.handle_async_request(request)
+
+
+NAMES = {"metadata.internal.test": ["169.254.169.254"]}  # what the gateway's resolver answers
+
+
+async def no_dns(host: str, port: int) -> list[str]:
+    """The gateway's resolver: NAMES, and an address literal as itself; no query leaves the process."""
+    if host in NAMES:
+        return NAMES[host]
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        raise socket.gaierror(socket.EAI_NONAME, "unknown name") from None
+
+
 @pytest.fixture(scope="module")
-async def base(db: Database, database_url: str) -> Iterator[str]:
-    """A gateway whose operator allows 127.0.0.1 only; deliveries are given a minute, so that only
+def network() -> LoopbackOnly:
+    return LoopbackOnly()
+
+
+@pytest.fixture(scope="module")
+async def base(db: Database, database_url: str, network: LoopbackOnly) -> Iterator[str]:
+    """The module's one gateway (so no other dispatcher takes its events): its operator allows 127.0.0.1
+    only, its resolver and network are the ones above, and deliveries are given a minute, so that only
     the tests decide when a held request ends."""
     await create_platform_admin(db, ADMIN_EMAIL, PASSWORD)
     before = os.environ.get("BACKSAAS_WEBHOOK_ALLOW_HOSTS")
     os.environ["BACKSAAS_WEBHOOK_ALLOW_HOSTS"] = "127.0.0.1"
+    outbox = {"base_delay": 0.05, "max_attempts": 2, "timeout": 60, "resolver": no_dns, "transport": network}
     try:
-        with running_gateway(database_url, outbox={"base_delay": 0.05, "max_attempts": 2, "timeout": 60}) as url:
+        with running_gateway(database_url, outbox=outbox) as url:
             yield url
     finally:
         if before is None:
             os.environ.pop("BACKSAAS_WEBHOOK_ALLOW_HOSTS", None)
         else:
             os.environ["BACKSAAS_WEBHOOK_ALLOW_HOSTS"] = before
+    assert network.elsewhere == []
 
 
 async def tenant_with_webhook(db: Database, slug: str, url: str, secret: str | None = None) -> dict[str, str]:
@@ -325,28 +363,10 @@ async def test_a_webhook_to_a_loopback_address_the_operator_does_not_allow_is_re
         receiver.stop()
 
 
-async def test_a_webhook_to_a_name_resolving_to_link_local_is_refused_without_a_connection(db, database_url):
+async def test_a_webhook_to_a_name_resolving_to_link_local_is_refused_without_a_connection(base, db, network):
     keys = await tenant_with_webhook(db, "meta", "http://metadata.internal.test/latest/meta-data")
-
-    class LoopbackOnly(httpx.AsyncBaseTransport):
-        """The network, except that it fails the test when asked to connect anywhere but loopback."""
-
-        def __init__(self) -> None:
-            self.elsewhere: list[str] = []
-            self.real = httpx.AsyncHTTPTransport()
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.host != "127.0.0.1":
-                self.elsewhere.append(str(request.url))
-                raise AssertionError(f"a connection to {request.url} was attempted")
-            return await self.real.handle_async_request(request)
-
-    network = LoopbackOnly()
-    outbox = {"base_delay": 0.05, "max_attempts": 2, "allow_hosts": (), "transport": network,
-              "resolver": resolver_of({"metadata.internal.test": ["169.254.169.254"]})}
-    with running_gateway(database_url, outbox=outbox) as url:
-        write(url, "meta", keys, "a")
-        [event] = settled(url, "meta", keys)
+    write(base, "meta", keys, "a")
+    [event] = settled(base, "meta", keys)
     assert network.elsewhere == []
     assert event["status"] == "dead" and event["last_error"] == REFUSED
 
