@@ -173,6 +173,7 @@ class RuntimeRegistry:
     async def close(self) -> None:
         if self._listener is not None:
             listener, self._listener = self._listener, None
+            listener.remove_termination_listener(self._lost)  # a close asked for is no lost listener
             await listener.close()
 
     def _changed(self, conn: object, pid: int, channel: str, slug: str) -> None:
