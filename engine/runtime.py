@@ -94,6 +94,7 @@ class ApiKey:
     role: str
     expires_at: datetime | None
     revoked_at: datetime | None
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -286,11 +287,12 @@ class RuntimeRegistry:
         keys = catalog.platform_tables()["api_keys"]
         try:
             async with self.db.engine.connect() as conn:
-                row = (await conn.execute(sa.select(keys.c.tenant_id, keys.c.role, keys.c.expires_at, keys.c.revoked_at)
+                row = (await conn.execute(sa.select(keys.c.tenant_id, keys.c.role, keys.c.expires_at, keys.c.revoked_at,
+                                                    keys.c.name)
                                           .where(keys.c.key_hash == hashed))).first()
         except (OSError, OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
-        found = ApiKey(str(row.tenant_id), row.role, row.expires_at, row.revoked_at) if row else None
+        found = ApiKey(str(row.tenant_id), row.role, row.expires_at, row.revoked_at, row.name) if row else None
         if self._listener is not None and generation == self._generation and len(self._keys) < MAX_CACHED_KEYS:
             self._keys[cache_key] = found
         return found

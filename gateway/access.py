@@ -3,7 +3,7 @@
 The id is the client's `X-Request-Id` when it sends a sane one (a proxy's, or an app's own tracing), else
 a new one; it is returned as `X-Request-Id`, bound to every log line written while the request runs
 (structlog's context variables), and written into every JSON error body as `request_id`, so a user's
-bug report carries what finds the server's lines. The access line says who called (roles, user) and,
+bug report carries what finds the server's lines. The access line says who called (roles, user or key name) and,
 for a refusal, why (the error's `code`). Plain ASGI: no per-request task, nothing buffered but error bodies.
 """
 
@@ -77,7 +77,7 @@ class AccessLog:
             caller = scope.get("backsaas.caller")
             log.info("request", method=scope["method"], path=scope["path"], status=status,
                      tenant=scope.get("backsaas.tenant"), roles=list(caller.roles) if caller else None,
-                     user_id=caller.user_id if caller else None, error=error,
+                     user_id=caller.user_id if caller else None, key=caller.key_name if caller else None, error=error,
                      ms=round((time.perf_counter() - started) * 1000, 2))
             structlog.contextvars.unbind_contextvars("request_id")
 

@@ -55,7 +55,7 @@ async def key_caller(registry: RuntimeRegistry, runtime: TenantRuntime, key: str
         raise Unauthorized("key_revoked", "this API key has been revoked")
     if found.expires_at is not None and found.expires_at <= datetime.now(UTC):
         raise Unauthorized("key_expired", "this API key has expired")
-    return Caller(roles=(found.role,))
+    return Caller(roles=(found.role,), key_name=found.name)
 
 
 async def token_caller(registry: RuntimeRegistry, runtime: TenantRuntime, token: str) -> Caller:

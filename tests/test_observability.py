@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from engine.database import Database
+from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from tests.server import free_port
 
@@ -34,6 +35,11 @@ entities:
 async def tenant(db: Database) -> str:
     await create_tenant(db, "logs", source=SCHEMA)
     return "logs"
+
+
+@pytest.fixture(scope="module")
+async def service_key(db: Database, tenant: str) -> str:
+    return (await create_api_key(db, tenant, "backend", "service")).key
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +108,13 @@ def test_the_access_line_names_the_caller_and_the_reason_of_a_refusal(gateway: t
     assert access, lines
     assert access[0]["status"] == 403 and access[0]["error"] == "permission_denied"
     assert access[0]["roles"] == ["anon"] and access[0]["tenant"] == "logs"
+
+
+def test_the_access_line_names_the_key_a_request_came_by(gateway: tuple[str, Path], service_key: str):
+    base, logfile = gateway
+    httpx.get(f"{base}/api/tenants/logs/rest/v1/item", headers={"apikey": service_key, "X-Request-Id": "by-key-1"})
+    access = [line for line in log_lines(logfile, "by-key-1") if line["event"] == "request"]
+    assert access and access[0]["key"] == "backend" and access[0]["roles"] == ["service"]
 
 
 def test_log_lines_are_json_with_the_request_id_when_stderr_is_not_a_terminal(gateway: tuple[str, Path]):

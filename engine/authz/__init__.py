@@ -51,6 +51,7 @@ class Caller:
     roles: tuple[str, ...]
     user_id: str | None = None
     session_id: str | None = None
+    key_name: str | None = field(default=None, compare=False)  # the API key it came by, for the access log
 
 
 def membership_subject(role: str) -> str:
