@@ -179,7 +179,8 @@ def test_yaml_nested_deeper_than_the_limit_is_refused():
     with pytest.raises(SchemaInvalid) as caught:
         load_schema("name: x\nentities: " + "[" * 50_000 + "]" * 50_000 + "\n")
     assert [p.line for p in caught.value.details] == [2]
-    assert "nested deeper than" in caught.value.details[0].message
+    # ours ("nested deeper than 64 levels"), or PyYAML's own guard from 6.0.4 ("exceeded maximum nesting depth")
+    assert "nested deeper than" in caught.value.details[0].message or "nesting depth" in caught.value.details[0].message
 
 
 def test_a_tenant_created_with_an_alias_bomb_as_initial_schema_is_refused_with_422(base):
