@@ -110,7 +110,7 @@ class Hook:
     event: str
     function: str | None = None
     webhook: str | None = None
-    secret: str | None = None  # the environment variable holding a webhook's signing secret
+    secret: str | None = None  # the name of the tenant's webhook secret (set_webhook_secret), never a server variable
     is_async: bool = False  # after commit, from the outbox (webhooks always are)
     timeout: float = 5.0
 
