@@ -316,3 +316,14 @@ def test_the_fan_out_through_a_graphql_mutations_returning_is_refused_and_nothin
     error = graphql_error(graphql(base, keys, mutation))
     assert error["extensions"]["code"] == "query-too-costly"
     assert graphql(base, keys, '{ node(where: {label: {_eq: "renamed"}}) { id } }').json() == {"data": {"node": []}}
+
+
+def test_deleting_a_row_that_a_restrict_reference_still_holds_is_a_409_on_every_server(base, keys):
+    """PostgreSQL 18 reports RESTRICT as 23001 (15 as 23503): both are the client's conflict, never a 500."""
+    with rest(base, keys) as client:
+        parent = client.post("/node", json={"label": "kept"}, headers={"Prefer": "return=representation"}).json()[0]
+        client.post("/node", json={"label": "holds it", "parent_id": parent["id"]})
+        refused = client.delete(f"/node?id=eq.{parent['id']}")
+        assert refused.status_code == 409 and refused.json()["code"] in ("23001", "23503"), refused.text
+    answer = graphql(base, keys, "mutation($id: uuid!) { delete_node_by_pk(id: $id) { id } }", {"id": parent["id"]})
+    assert graphql_error(answer)["extensions"]["code"] == "constraint-violation"

@@ -58,7 +58,8 @@ ENGINE_CODES = {"permission_denied": "permission-error", "validation_failed": "v
                 "embed_too_deep": "query-too-deep", "query_too_costly": "query-too-costly",
                 "too_many_items": "too-many-items"}
 HASURA_CODES = {"23505": "constraint-violation", "23503": "constraint-violation", "23502": "constraint-violation",
-                "23514": "constraint-violation", "42501": "permission-error"}
+                "23514": "constraint-violation", "23001": "constraint-violation",  # RESTRICT (PostgreSQL 18)
+                "42501": "permission-error"}
 
 
 def as_graphql_error(exc: asyncpg.PostgresError) -> GraphQLError:
