@@ -95,15 +95,21 @@ async def platform_public_key(db: Database) -> str:
     and shown to anyone (`GET /api/platform/`, `backsaas serve --demo`, `backsaas admin create`). Made on
     first use, once whichever process asks first; revoking it makes the next use mint another."""
     keys = catalog.platform_tables()["api_keys"]
+    tenants = catalog.platform_tables()["tenants"]
+    current = sa.select(keys.c.public_value).join(tenants, tenants.c.id == keys.c.tenant_id).where(
+        tenants.c.slug == SYSTEM_TENANT, keys.c.public_value.is_not(None), keys.c.revoked_at.is_(None),
+        sa.or_(keys.c.expires_at.is_(None), keys.c.expires_at > sa.func.now())).order_by(keys.c.created_at.desc()).limit(1)
+    async with db.engine.connect() as conn:  # the usual case: one read, no lock (GET /api/platform/ is public)
+        found = await conn.scalar(current)
+    if found is not None:
+        return found
     async with db.begin() as conn:
         await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('backsaas.platform_public_key'))"))
-        tenant = await catalog.find_tenant(conn, SYSTEM_TENANT)
-        if tenant is None:
-            raise TenantNotFound("the platform is not deployed: run `backsaas serve` once")
-        found = await conn.scalar(sa.select(keys.c.public_value).where(
-            keys.c.tenant_id == tenant.id, keys.c.public_value.is_not(None), keys.c.revoked_at.is_(None),
-            sa.or_(keys.c.expires_at.is_(None), keys.c.expires_at > sa.func.now())).order_by(keys.c.created_at.desc()))
+        found = await conn.scalar(current)  # another process may have made it while we waited
         if found is None:
+            tenant = await catalog.find_tenant(conn, SYSTEM_TENANT)
+            if tenant is None:
+                raise TenantNotFound("the platform is not deployed: run `backsaas serve` once")
             found = KEY_PREFIX + secrets.token_urlsafe(32)
             await conn.execute(keys.insert().values(tenant_id=tenant.id, name=f"public-anon-{found[4:12]}", role="anon",
                                                     prefix=found[:12], key_hash=key_hash(found), public_value=found))

@@ -8,7 +8,6 @@ host, so the pages work on an air-gapped machine: nothing is loaded from a CDN.
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 
@@ -56,12 +55,10 @@ def wants_html(accept: str) -> bool:
     return "text/html" in accept
 
 
-@functools.cache
 def graphiql_page(tenant: str) -> str:
     return GRAPHIQL_PAGE.format(tenant=html.escape(tenant), static=STATIC_PREFIX)
 
 
-@functools.cache
 def swagger_page(tenant: str) -> str:
     return SWAGGER_PAGE.format(tenant=html.escape(tenant), static=STATIC_PREFIX)
 
