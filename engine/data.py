@@ -22,11 +22,9 @@ from engine.authz.permissions import Permissions
 from engine.errors import InvalidBody, UnfilteredWrite, UnknownEntity, database_error
 from engine.query.plan import ReadPlan
 from engine.query.sql import compile_statement, read_statement
-from engine.rest.params import ReadParser
+from engine.rest.params import ReadParser, has_root_filters
 from engine.schema.model import Entity
 from engine.writes import HookedWriter, Row
-
-ROOT_OPTIONS = ("select", "order", "limit", "offset")
 
 
 def arguments(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -97,7 +95,7 @@ class DataApi:
         """An update or a delete of the rows the filters and the caller's scope reach (locked first), row
         by row with the entity's hooks; the rows as the read scope shows them (a delete's, before it)."""
         model_entity = self.entity(entity)
-        if not any(k not in ROOT_OPTIONS for k in params):
+        if not has_root_filters(arguments(params)):
             raise UnfilteredWrite(f"{action} of {entity} requires a filter", hint="e.g. {'id': 'eq.<id>'}")
         parser = self.parser()
         plan = parser.parse(model_entity.name, arguments(params), action)

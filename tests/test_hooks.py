@@ -279,3 +279,35 @@ def test_hooks_data_api_and_graphql_mutations_never_reach_the_rest_handler():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "engine.rest.api" not in imported, module
+
+
+LINKED = """
+name: linked
+entities:
+  author:
+    fields:
+      name: {type: string}
+  book:
+    fields:
+      title:  {type: string}
+      author: {type: ref, to: author, reverse: books}
+"""
+
+
+async def test_hooks_data_api_refuses_an_update_whose_only_filter_is_on_an_embed(db: Database):
+    """An embedded filter does not narrow the root rows: `ctx.data` must refuse it as unfiltered, as REST does,
+    rather than update every row in the caller's scope."""
+    from engine.authz import Caller
+    from engine.data import DataApi
+    from engine.errors import UnfilteredWrite
+    from engine.runtime import RuntimeRegistry
+
+    await create_tenant(db, "linked", source=LINKED)
+    runtime = await RuntimeRegistry(db).get("linked")
+    async with db.as_role(runtime.role) as conn, conn.transaction():
+        data = DataApi(runtime, db, Caller(("service",)), conn)
+        author = (await data.insert("author", {"name": "Ann"}))[0]
+        await data.insert("book", [{"title": "one", "author_id": author["id"]}, {"title": "two"}])
+        with pytest.raises(UnfilteredWrite):
+            await data.update("book", {"select": "*,author(*)", "author.name": "eq.Ann"}, {"title": "overwritten"})
+        assert sorted(b["title"] for b in await data.select("book")) == ["one", "two"]

@@ -37,7 +37,7 @@ from engine.errors import (
 from engine.limits import Bounds, RowBudget, validate_sized
 from engine.query.plan import ReadPlan, Upsert
 from engine.query.sql import CompiledRead, compile_statement, read_statement, rest_delete, rest_insert, rest_update
-from engine.rest.params import ReadParser, unquote
+from engine.rest.params import ReadParser, has_root_filters, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import READ_ONLY
@@ -78,15 +78,6 @@ def parse_range(header: str | None) -> tuple[int | None, int | None]:
     if last and int(last) < int(first):
         raise RangeNotSatisfiable(f"Range '{header}': the last item comes before the first")
     return (int(last) - int(first) + 1 if last else None), int(first)
-
-
-ROOT_OPTIONS = ("select", "columns", "on_conflict", "order", "limit", "offset")
-
-
-def _has_filters(params: list[tuple[str, str]]) -> bool:
-    """Whether the query string restricts the root rows (embedded filters do not)."""
-    return any(key in ("or", "and", "not.or", "not.and") or ("." not in key and key not in ROOT_OPTIONS)
-               for key, _ in params)
 
 
 class RestApi:
@@ -321,7 +312,7 @@ class RestApi:
 
     async def update(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
-        if not _has_filters(params):
+        if not has_root_filters(params):
             raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
         payload = self.parse_body(body)
         if not isinstance(payload, dict) or not payload:
@@ -346,7 +337,7 @@ class RestApi:
         return self.respond_written(row, plan, headers, representation)
 
     async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> Answer:
-        if not _has_filters(params):
+        if not has_root_filters(params):
             raise UnfilteredWrite("DELETE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
         if self.runtime.hooks(entity.name, "delete"):
             return await self.hooked_change(entity, "delete", params, headers, None)

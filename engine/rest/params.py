@@ -69,6 +69,16 @@ class _Level:
     offset: str | None = None
 
 
+ROOT_OPTIONS = ("select", "columns", "on_conflict", "order", "limit", "offset")
+
+
+def has_root_filters(params: list[tuple[str, str]]) -> bool:
+    """Whether a query string restricts the root rows (embedded filters and options do not): an update or
+    delete without one would reach every row of the caller's scope."""
+    return any(key in ("or", "and", "not.or", "not.and") or ("." not in key and key not in ROOT_OPTIONS)
+               for key, _ in params)
+
+
 class ReadParser:
     """Parses one request; `values` collects the filter values in parameter order."""
 
