@@ -181,10 +181,12 @@ class Database:
                 if self._pool is None or self._platform_pool is None:
                     tenants, platform_login = await self.prepare_gateway_roles()
                     options: dict[str, Any] = {"connection_class": RoleConnection, "reset": keep_role}
-                    self._platform_pool = await asyncpg.create_pool(driver_url(platform_login), min_size=1,
-                                                                    max_size=self.platform_pool_max, **options)
-                    self._pool = await asyncpg.create_pool(driver_url(tenants), min_size=1, max_size=self.pool_max,
-                                                           **options)
+                    if self._platform_pool is None:  # a pool made before a failure is kept, never made twice
+                        self._platform_pool = await asyncpg.create_pool(driver_url(platform_login), min_size=1,
+                                                                        max_size=self.platform_pool_max, **options)
+                    if self._pool is None:
+                        self._pool = await asyncpg.create_pool(driver_url(tenants), min_size=1, max_size=self.pool_max,
+                                                               **options)
         return self._platform_pool if platform else self._pool
 
     async def prepare_gateway_roles(self) -> tuple[str, str]:

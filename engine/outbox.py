@@ -278,19 +278,21 @@ class Dispatcher:
         events = catalog.platform_tables()["events"]
         tenants = catalog.platform_tables()["tenants"]
         now = sa.func.now()
+        is_due = sa.or_(sa.and_(events.c.status == "pending", events.c.next_attempt_at <= now),
+                        sa.and_(events.c.status == "delivering", events.c.locked_until <= now))
         ranked = (sa.select(events.c.id, events.c.tenant_id, events.c.next_attempt_at,
                             sa.func.row_number().over(partition_by=events.c.tenant_id,
                                                       order_by=(events.c.next_attempt_at, events.c.id)).label("rank"))
-                  .where(sa.or_(sa.and_(events.c.status == "pending", events.c.next_attempt_at <= now),
-                                sa.and_(events.c.status == "delivering", events.c.locked_until <= now)))
-                  .subquery("ranked"))
+                  .where(is_due).subquery("ranked"))
         busy = (sa.select(events.c.tenant_id, sa.func.count().label("n"))
                 .where(events.c.status == "delivering", events.c.locked_until > now)
                 .group_by(events.c.tenant_id).subquery("busy"))
         eligible = (sa.select(ranked.c.id).select_from(ranked.outerjoin(busy, busy.c.tenant_id == ranked.c.tenant_id))
                     .where(ranked.c.rank + sa.func.coalesce(busy.c.n, 0) <= self.per_tenant)
                     .order_by(ranked.c.next_attempt_at).limit(limit))
-        due = sa.select(events.c.id).where(events.c.id.in_(eligible)).with_for_update(skip_locked=True)
+        # `is_due` again on the locked rows: a row another process claimed since this statement's snapshot is
+        # rechecked by PostgreSQL against these conditions once its lock is free, and skipped
+        due = sa.select(events.c.id).where(events.c.id.in_(eligible), is_due).with_for_update(skip_locked=True)
         claim = (events.update().where(events.c.id.in_(due.scalar_subquery()))
                  .values(status="delivering", attempts=events.c.attempts + 1,
                          locked_until=now + timedelta(seconds=self.lease))

@@ -85,6 +85,8 @@ class StreamGuard:
             try:
                 await self.recheck(session)
             except BackSaasError as error:
+                if error.status == 503:  # the database is away: no verdict on the credentials; look again later
+                    continue
                 return error
 
 

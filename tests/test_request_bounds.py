@@ -327,3 +327,13 @@ def test_deleting_a_row_that_a_restrict_reference_still_holds_is_a_409_on_every_
         assert refused.status_code == 409 and refused.json()["code"] in ("23001", "23503"), refused.text
     answer = graphql(base, keys, "mutation($id: uuid!) { delete_node_by_pk(id: $id) { id } }", {"id": parent["id"]})
     assert graphql_error(answer)["extensions"]["code"] == "constraint-violation"
+
+
+async def test_a_plan_with_malformed_graphql_limits_keeps_the_defaults_instead_of_failing_every_query(db, base, keys):
+    plans = catalog.platform_tables()["plans"]
+    async with db.begin() as conn:
+        await conn.execute(plans.insert().values(code="odd", name="Odd", limits={"graphql": {"max_depth": "deep"}}))
+    await create_tenant(db, "oddly", source=SCHEMA, plan="odd")
+    key = (await create_api_key(db, "oddly", "service", "service")).key
+    answer = graphql(base, {"oddly": key}, "{ node { id } }", slug="oddly")
+    assert answer.status_code == 200 and answer.json() == {"data": {"node": []}}, answer.text

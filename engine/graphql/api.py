@@ -155,8 +155,10 @@ class GraphQLApi:
         self.runtime, self.db, self.caller = runtime, db, caller
         self.permissions = Permissions(runtime.authorizer, caller, runtime.columns)
         given = (limits or {}).get("graphql")
-        chosen = {**DEFAULT_LIMITS, **(given if isinstance(given, dict) else {})}
-        self.limits = (int(chosen["max_depth"]), int(chosen["max_cost"]))
+        given = given if isinstance(given, dict) else {}
+        # an operator's plan with a malformed value keeps the default, never fails every request of its tenants
+        self.limits = tuple(given[k] if isinstance(given.get(k), int) and not isinstance(given[k], bool)
+                            and given[k] > 0 else DEFAULT_LIMITS[k] for k in ("max_depth", "max_cost"))
         self.bounds = Bounds.of_plan(limits)  # rows, relation depth, items (engine.limits)
 
     def schema(self) -> GraphQLSchema:
