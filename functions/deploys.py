@@ -25,7 +25,7 @@ from engine import catalog, onboarding
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, SchemaInvalid, TenantNotFound
 from engine.hooks import HookContext, missing_handlers, platform_function
-from engine.schema import load_schema, load_schema_async
+from engine.schema import Schema, load_schema_async
 from engine.storage.deploy import Deployment, PlannedDeploy, deploy, plan_deploy
 from engine.storage.naming import SYSTEM_TENANT
 from functions.access import DEVELOPERS, MEMBERS, authorize
@@ -46,13 +46,14 @@ def not_the_system_tenant(slug: str) -> None:
                                  "(backsaas serve); it is never planned, deployed or rolled back as a tenant's")
 
 
-async def checked_source(slug: str, source: str) -> None:
+async def checked_source(slug: str, source: str) -> Schema:
     """`source` as tenant `slug`'s schema: valid (checked off the event loop), binding only what a tenant
     may bind (422 `schema_invalid` otherwise)."""
     model = await load_schema_async(source, slug)
     problems = missing_handlers(model, slug)
     if problems:
         raise SchemaInvalid(problems, slug)
+    return model
 
 
 def planned_json(planned: PlannedDeploy) -> dict[str, Any]:
@@ -81,10 +82,10 @@ async def deploy_version(db: Database, slug: str, source: str, *, expected_check
                          allow_destructive: bool = False, actor: str, deployed_by: str | None = None) -> Deployment:
     """`deploy`, for an active tenant, noting the onboarding step when the schema has entities."""
     await _active_tenant(db, slug)
-    await checked_source(slug, source)
+    model = await checked_source(slug, source)
     deployment = await deploy(db, slug, source, allow_destructive=allow_destructive,
                               expected_checksum=expected_checksum, actor=actor, deployed_by=deployed_by)
-    if deployment.changed and load_schema(source, slug).entities:
+    if deployment.changed and model.entities:
         async with db.begin() as conn:
             await onboarding.mark(conn, "schema_deployed", slug=slug)
     return deployment

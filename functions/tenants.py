@@ -200,7 +200,7 @@ async def create_schema_step(conn: AsyncConnection, tenant: Any, run: Run) -> No
 
 async def deploy_step(conn: AsyncConnection, tenant: Any, run: Run) -> Deployment:
     source = tenant.initial_schema or empty_schema(tenant.slug)
-    check_bindings(load_schema(source, tenant.slug), tenant.slug)
+    # deploy_in checks what the schema binds against what this tenant may bind (engine.storage.deploy)
     return await deploy_in(conn, run.db, tenant.slug, source, actor=run.actor, deployed_by=run.creator,
                            progress=run.progress)
 
@@ -230,7 +230,7 @@ async def subscription_step(conn: AsyncConnection, tenant: Any, run: Run) -> Non
 
 
 async def onboarding_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
-    if tenant.initial_schema and load_schema(tenant.initial_schema, tenant.slug).entities:
+    if tenant.initial_schema and load_schema(tenant.initial_schema, tenant.slug, tenant=True).entities:
         await onboarding.mark(conn, "schema_deployed", tenant_id=tenant.id)
 
 
