@@ -229,6 +229,14 @@ class RuntimeRegistry:
             if self._loads.get(key, (0, None))[1] is loading:
                 del self._loads[key]
 
+    async def _compile(self, slug: str, tenant_id: str) -> TenantRuntime:
+        async with self.db.engine.connect() as conn:
+            version = await catalog.current_version(conn, tenant_id)
+        if version is None:  # the tenant was purged between the two reads
+            raise TenantNotFound(f"no tenant '{slug}'")
+        return await off_loop(TenantRuntime.compile, self.db, slug, tenant_id, version,
+                              what=f"the runtime of {slug}")  # CPU-heavy: off the event loop
+
     async def _load_state(self, slug: str) -> TenantState | None:
         generation = self._generation
         tenants = catalog.platform_tables()["tenants"]
@@ -326,12 +334,8 @@ class RuntimeRegistry:
         if cached is not None and cached.tenant_id == state.tenant_id and cached.version == state.version:
             self._runtimes.move_to_end(slug)
             return cached, state.limits
-        async with self.db.engine.connect() as conn:
-            version = await catalog.current_version(conn, state.tenant_id)
-        if version is None:  # the tenant was purged between the two reads
-            raise TenantNotFound(f"no tenant '{slug}'")
-        runtime = await off_loop(TenantRuntime.compile, self.db, slug, state.tenant_id, version,
-                                 what=f"the runtime of {slug}")  # CPU-heavy: off the event loop
+        runtime = await self._shared(("runtime", slug, state.tenant_id, state.version),  # once for a cold burst
+                                     lambda: self._compile(slug, state.tenant_id))
         self._runtimes[slug] = runtime
         while len(self._runtimes) > self.capacity:
             self._runtimes.popitem(last=False)
