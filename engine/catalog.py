@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine.errors import TenantNotFound
 from engine.schema import Schema, load_schema_file
 from engine.storage import naming
 from engine.storage.tables import build_metadata
@@ -82,6 +83,14 @@ async def find_tenant(conn: AsyncConnection, slug: str) -> TenantRow | None:
     tenants = platform_tables()["tenants"]
     row = (await conn.execute(sa.select(*_tenant_columns()).where(tenants.c.slug == slug))).first()
     return _tenant(row) if row else None
+
+
+async def active_tenant_id(conn: AsyncConnection, slug: str) -> str:
+    """The id of tenant `slug` if it exists and is not deleted (`TenantNotFound` otherwise)."""
+    tenant = await find_tenant(conn, slug)
+    if tenant is None or tenant.status == "deleted":
+        raise TenantNotFound(f"no tenant '{slug}'")
+    return tenant.id
 
 
 async def list_tenants(conn: AsyncConnection) -> list[TenantRow]:

@@ -42,13 +42,19 @@ class NewKey:
     expires_at: datetime | None
 
 
+def new_key() -> tuple[str, dict[str, str]]:
+    """A fresh key and the columns that store it (its display prefix and hash; never the key itself)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, {"prefix": key[:12], "key_hash": key_hash(key)}
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 async def create_api_key(db: Database, slug: str, name: str, role: str, expires_at: datetime | None = None) -> NewKey:
     """A new key for tenant `slug` acting as `role` (anon, service, or a role the tenant's schema knows)."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key, stored = new_key()
     keys = catalog.platform_tables()["api_keys"]
     try:
         async with db.begin() as conn:
@@ -60,8 +66,8 @@ async def create_api_key(db: Database, slug: str, name: str, role: str, expires_
             if role not in roles:
                 raise InvalidInput(f"tenant '{slug}' has no role '{role}'",
                                    details=[Problem("role", f"expected one of {', '.join(roles)}")])
-            await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, prefix=key[:12],
-                                                    key_hash=key_hash(key), expires_at=expires_at))
+            await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, expires_at=expires_at,
+                                                    **stored))
     except IntegrityError as exc:
         raise KeyExists(f"tenant '{slug}' already has a key named '{name}'") from exc
     return NewKey(name, role, key, expires_at)
@@ -110,7 +116,7 @@ async def platform_public_key(db: Database) -> str:
             tenant = await catalog.find_tenant(conn, SYSTEM_TENANT)
             if tenant is None:
                 raise TenantNotFound("the platform is not deployed: run `backsaas serve` once")
-            found = KEY_PREFIX + secrets.token_urlsafe(32)
+            found, stored = new_key()
             await conn.execute(keys.insert().values(tenant_id=tenant.id, name=f"public-anon-{found[4:12]}", role="anon",
-                                                    prefix=found[:12], key_hash=key_hash(found), public_value=found))
+                                                    public_value=found, **stored))
     return found

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, catalog
 from engine.database import Database
-from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TenantNotFound
+from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem
 from engine.hooks import HookContext, platform_function
 from engine.identity.passwords import hash_password, password_problems
 from functions.access import MANAGERS, MEMBERS, Actor, authorize, in_platform
@@ -53,13 +53,6 @@ def token_hash(token: str) -> str:
 def tables() -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
     t = catalog.platform_tables()
     return t["tenants"], t["memberships"], t["invitations"], t["users"]
-
-
-async def _tenant_id(conn: AsyncConnection, slug: str) -> str:
-    tenant = await catalog.find_tenant(conn, slug)
-    if tenant is None or tenant.status == "deleted":
-        raise TenantNotFound(f"no tenant '{slug}'")
-    return tenant.id
 
 
 async def _acting_role(conn: AsyncConnection, slug: str, tenant_id: str, actor: Actor) -> str:
@@ -109,7 +102,7 @@ async def invite(db: Database, slug: str, email: str, role: str, *, actor: Actor
     _tenants, memberships, invitations, users = tables()
     token = secrets.token_urlsafe(32)
     async with db.begin() as conn:
-        tenant_id = await _tenant_id(conn, slug)
+        tenant_id = await catalog.active_tenant_id(conn, slug)
         _may_touch(await _acting_role(conn, slug, tenant_id, actor), role)
         already = await conn.scalar(sa.select(memberships.c.id).join(users, users.c.id == memberships.c.user_id)
                                     .where(memberships.c.tenant_id == tenant_id, users.c.email == email))
@@ -165,7 +158,7 @@ async def revoke_invitation(db: Database, slug: str, invitation_id: str, *, acto
     _, _, invitations, _ = tables()
     actor.check_tenant(slug)
     async with db.begin() as conn:
-        tenant_id = await _tenant_id(conn, slug)
+        tenant_id = await catalog.active_tenant_id(conn, slug)
         done = await conn.execute(invitations.update().where(
             invitations.c.id == invitation_id, invitations.c.tenant_id == tenant_id,
             invitations.c.accepted_at.is_(None), invitations.c.revoked_at.is_(None)).values(revoked_at=sa.func.now()))
@@ -178,7 +171,7 @@ async def revoke_invitation(db: Database, slug: str, invitation_id: str, *, acto
 async def change_role(db: Database, slug: str, email: str, role: str, *, actor: Actor) -> dict[str, Any]:
     _, memberships, _, _ = tables()
     async with db.begin() as conn:
-        tenant_id = await _tenant_id(conn, slug)
+        tenant_id = await catalog.active_tenant_id(conn, slug)
         member = await _member(conn, tenant_id, email)
         _may_touch(await _acting_role(conn, slug, tenant_id, actor), role, member.role)
         if role != "owner":
@@ -192,7 +185,7 @@ async def change_role(db: Database, slug: str, email: str, role: str, *, actor: 
 async def remove(db: Database, slug: str, email: str, *, actor: Actor) -> None:
     _, memberships, _, _ = tables()
     async with db.begin() as conn:
-        tenant_id = await _tenant_id(conn, slug)
+        tenant_id = await catalog.active_tenant_id(conn, slug)
         member = await _member(conn, tenant_id, email)
         acting = await _acting_role(conn, slug, tenant_id, actor)
         if actor.user_id is None or str(member.user_id) != actor.user_id:  # leaving is one's own call
@@ -206,7 +199,7 @@ async def remove(db: Database, slug: str, email: str, *, actor: Actor) -> None:
 async def list_members(db: Database, slug: str) -> list[dict[str, Any]]:
     _, memberships, _, users = tables()
     async with db.begin() as conn:
-        tenant_id = await _tenant_id(conn, slug)
+        tenant_id = await catalog.active_tenant_id(conn, slug)
         rows = await conn.execute(sa.select(users.c.email, memberships.c.role, memberships.c.created_at)
                                   .join(users, users.c.id == memberships.c.user_id)
                                   .where(memberships.c.tenant_id == tenant_id).order_by(users.c.email))

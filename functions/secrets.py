@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, catalog, vault
 from engine.database import Database
-from engine.errors import BackSaasError, TenantNotFound
+from engine.errors import BackSaasError
 from engine.hooks import HookContext, platform_function
 from functions.access import MANAGERS, authorize
 
@@ -25,13 +25,6 @@ from functions.access import MANAGERS, authorize
 class SecretNotFound(BackSaasError):
     code = "secret_not_found"
     status = 404
-
-
-async def _tenant_id(conn: AsyncConnection, slug: str) -> str:
-    tenant = await catalog.find_tenant(conn, slug)
-    if tenant is None or tenant.status == "deleted":
-        raise TenantNotFound(f"no tenant '{slug}'")
-    return tenant.id
 
 
 async def _store(conn: AsyncConnection, tenant_id: str, name: str, value: str, actor: str | None) -> bool:
@@ -44,7 +37,7 @@ async def _store(conn: AsyncConnection, tenant_id: str, name: str, value: str, a
 async def store_webhook_secret(db: Database, slug: str, name: str, value: str, *, actor: str | None = None) -> bool:
     """Set tenant `slug`'s secret `name` (the operator's path: the CLI, the tests); True when it replaced one."""
     async with db.begin() as conn:
-        return await _store(conn, await _tenant_id(conn, slug), name, value, actor)
+        return await _store(conn, await catalog.active_tenant_id(conn, slug), name, value, actor)
 
 
 @platform_function
@@ -52,7 +45,7 @@ async def set_webhook_secret(ctx: HookContext, payload: dict[str, Any]) -> dict[
     """Set (or replace) a webhook signing secret of a tenant; the value is never shown again."""
     actor = await authorize(ctx, payload["tenant"], MANAGERS)
     async with ctx.data.db.begin() as conn:
-        replaced = await _store(conn, await _tenant_id(conn, payload["tenant"]), payload["name"], payload["value"],
+        replaced = await _store(conn, await catalog.active_tenant_id(conn, payload["tenant"]), payload["name"], payload["value"],
                                 actor.user_id)
     return {"tenant": payload["tenant"], "name": payload["name"], "replaced": replaced}
 
@@ -62,7 +55,7 @@ async def delete_webhook_secret(ctx: HookContext, payload: dict[str, Any]) -> di
     """Delete a webhook signing secret: deliveries that name it then fail until it is set again."""
     actor = await authorize(ctx, payload["tenant"], MANAGERS)
     async with ctx.data.db.begin() as conn:
-        tenant_id = await _tenant_id(conn, payload["tenant"])
+        tenant_id = await catalog.active_tenant_id(conn, payload["tenant"])
         if not await vault.remove(conn, tenant_id, payload["name"]):
             raise SecretNotFound(f"tenant '{payload['tenant']}' has no webhook secret {payload['name']}")
         await audit.record(conn, "webhook_secret.deleted", tenant_id=tenant_id, actor=actor.user_id,

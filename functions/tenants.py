@@ -17,7 +17,6 @@ platform.yaml binds them, and each checks its caller itself first (`functions/ac
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,7 +46,7 @@ from engine.storage import naming
 from engine.storage.deploy import DEFAULT_PLAN, Deployment, Progress, create_tenant_schema, deploy_in, lock_tenant
 from engine.storage.naming import SYSTEM_TENANT
 from functions.access import MANAGERS, OWNERS, PLATFORM_ADMINS_ONLY, authorize, in_platform
-from functions.keys import KEY_PREFIX, key_hash
+from functions.keys import new_key
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 RESERVED_SLUGS = frozenset({"system", "api", "admin", "www", "platform", "auth", "rest", "graphql", "functions",
@@ -215,9 +214,8 @@ async def owner_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
 async def keys_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
     keys = catalog.platform_tables()["api_keys"]
     for name, role in INITIAL_KEYS.items():
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, prefix=key[:12],
-                                                key_hash=key_hash(key), pending_reveal=key))
+        key, stored = new_key()
+        await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, pending_reveal=key, **stored))
 
 
 async def subscription_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
