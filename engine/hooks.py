@@ -95,7 +95,12 @@ def platform_function(fn: HookFunction) -> HookFunction:
 
 def _register_platform(fn: HookFunction, kind: str) -> HookFunction:
     package, _, module = fn.__module__.partition(".")
-    if package != SHIPPED_PACKAGE or module not in PLATFORM_MODULES:
+    try:  # where the code really is, not only what it says its module is (`__module__` can be set by anyone)
+        defined_in = Path(inspect.getfile(fn)).resolve()
+    except TypeError:
+        defined_in = None
+    shipped = defined_in is not None and defined_in.parent == SHIPPED_DIRECTORY and defined_in.stem == module
+    if package != SHIPPED_PACKAGE or module not in PLATFORM_MODULES or not shipped:
         raise TypeError(f"{fn.__module__}.{fn.__qualname__}: platform operations are defined only in the "
                         f"platform's own modules (functions/{{{','.join(sorted(PLATFORM_MODULES))}}}.py), "
                         "never by an operator's functions directory; use @hook or @function")

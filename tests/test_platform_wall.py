@@ -379,3 +379,16 @@ def test_an_operators_module_that_fails_to_import_is_named_at_deploy(world, tmp_
     assert planned.status_code == 422, planned.text
     assert "failed to import" in planned.json()["details"][0]["message"]
     assert "a_module_nobody_installed" in planned.json()["details"][0]["message"]
+
+
+def test_code_outside_the_platforms_files_cannot_register_a_platform_operation_by_claiming_its_module():
+    from engine.hooks import platform_function
+
+    async def suspend(ctx: HookContext, payload: dict) -> dict:
+        return {}
+
+    suspend.__module__ = "functions.tenants"  # what an operator's module could claim
+    with pytest.raises(TypeError):
+        platform_function(suspend)
+    bound = resolve("tenants.suspend", "function", "system")
+    assert bound is not None and bound is not suspend
