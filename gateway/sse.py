@@ -40,13 +40,16 @@ async def event_stream(request: Request, runtime: TenantRuntime, entity: str) ->
     """The entity's change stream for the request's caller (a 4xx before the first byte when it cannot be)."""
     registry: RuntimeRegistry = request.app.state.registry
     headers, caller = request.scope["backsaas.headers"], request.scope["backsaas.caller"]
-    guard = await stream_guard(registry, runtime, headers, caller,
-                               tenant_from_header=request.scope.get("backsaas.tenant_header", False))
+    slot = registry.streams.take(runtime.tenant_id, request.scope["backsaas.limits"])  # a tenant at its cap: no query
+    guard = None
     try:
+        guard = await stream_guard(registry, runtime, headers, caller,
+                                   tenant_from_header=request.scope.get("backsaas.tenant_header", False))
         events = await realtime.stream(runtime, request.app.state.db, caller, registry.changes, entity,
                                        request.scope["query_string"], headers.get("last-event-id"), guard)
-        slot = registry.streams.take(runtime.tenant_id, request.scope["backsaas.limits"])
     except BaseException:
-        guard.close()
+        slot.release()
+        if guard is not None:
+            guard.close()
         raise
     return EventStreamResponse(events, slot, guard)
