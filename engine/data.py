@@ -21,7 +21,7 @@ from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.errors import InvalidBody, UnfilteredWrite, UnknownEntity, database_error
 from engine.query.plan import ReadPlan
-from engine.query.sql import compile_statement, read_statement
+from engine.query.sql import read_statement
 from engine.rest.params import ReadParser, has_root_filters
 from engine.schema.model import Entity
 from engine.writes import HookedWriter, Row
@@ -115,10 +115,7 @@ class DataApi:
         return await self.rows(parser.only(parser.returned(plan), ids), parser.values)
 
     async def rows(self, plan: ReadPlan, values: list[Any]) -> list[Row]:
-        compiled = self.runtime.statements.get(("data", plan))
-        if compiled is None:
-            compiled = self.runtime.statements[("data", plan)] = compile_statement(
-                read_statement(plan, self.runtime.tables, False))
+        compiled = self.runtime.statement(("data", plan), lambda: read_statement(plan, self.runtime.tables, False))
         async with database_errors():
             row = await self.conn.fetchrow(compiled.sql, *compiled.arguments(values))
         return orjson.loads(row["body"])

@@ -30,6 +30,7 @@ from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.identity.signing import Keyring, load_keyring
 from engine.query.plan import Relation, relations_of
+from engine.query.sql import CompiledRead, compile_statement
 from engine.schema import Schema, load_schema
 from engine.schema.loader import off_loop
 from engine.schema.model import Entity, visible_columns
@@ -67,6 +68,13 @@ class TenantRuntime:
         if validator is None:
             validator = self.validators[(entity.name, partial)] = BodyValidator(entity, partial=partial)
         return validator
+
+    def statement(self, key: Any, build: Callable[[], sa.Executable]) -> CompiledRead:
+        """A statement of this runtime, rendered once per shape (rendering costs more than running it)."""
+        found = self.statements.get(key)
+        if found is None:
+            found = self.statements[key] = compile_statement(build())
+        return found
 
     def hooks(self, entity: str, action: str) -> EntityHooks:
         """The hooks that run when `entity` is written by `action` (resolved once per runtime)."""

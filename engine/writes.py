@@ -29,7 +29,7 @@ from engine.database import quote_identifier
 from engine.errors import BackSaasError, ValidationFailed
 from engine.hooks import Change, HookContext, call, resolve
 from engine.query.plan import Condition
-from engine.query.sql import CompiledRead, compile_statement, condition_sql, insert_statement, json_source
+from engine.query.sql import CompiledRead, condition_sql, insert_statement, json_source
 from engine.schema.model import OWNER_COLUMN, Entity, Hook
 
 Row = dict[str, Any]
@@ -85,11 +85,7 @@ class HookedWriter:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in the body (after the hooks)", details=problems)
 
     def compiled(self, key: Any, build: Callable[[], sa.Executable]) -> CompiledRead:
-        """A statement of this runtime, rendered once per shape (rendering costs more than running it)."""
-        found = self.runtime.statements.get(("writes", key))
-        if found is None:
-            found = self.runtime.statements[("writes", key)] = compile_statement(build())
-        return found
+        return self.runtime.statement(("writes", key), build)
 
     async def rows(self, key: Any, build: Callable[[], sa.Executable], values: Sequence[Any] = ()) -> list[Row]:
         compiled = self.compiled(key, build)

@@ -36,7 +36,7 @@ from engine.errors import (
 )
 from engine.limits import Bounds, RowBudget, validate_sized
 from engine.query.plan import ReadPlan, Upsert
-from engine.query.sql import CompiledRead, compile_statement, read_statement, rest_delete, rest_insert, rest_update
+from engine.query.sql import CompiledRead, read_statement, rest_delete, rest_insert, rest_update
 from engine.rest.params import ReadParser, has_root_filters, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
@@ -155,10 +155,7 @@ class RestApi:
         return found
 
     def statement(self, key: Any, build: Any) -> CompiledRead:
-        cached = self.runtime.statements.get(key)
-        if cached is None:
-            cached = self.runtime.statements[key] = compile_statement(build())
-        return cached
+        return self.runtime.statement(key, build)
 
     async def run(self, compiled: CompiledRead, values: list[Any], *, many: bool = False,
                   single: bool = False, expect: int | None = None) -> Any:
@@ -398,7 +395,7 @@ class RestApi:
         parser = self.parser()
         plan = parser.only(parser.returned(parser.parse(entity.name, select, action)), ids)
         values = parser.values
-        compiled = compile_statement(read_statement(plan, self.runtime.tables, False))
+        compiled = self.statement(("by-id", plan), lambda: read_statement(plan, self.runtime.tables, False))
         row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
         if OBJECT_MEDIA in headers.get("accept", "") and row["page_rows"] != 1:
             raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
