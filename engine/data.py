@@ -19,7 +19,7 @@ import orjson
 
 from engine.authz import Caller
 from engine.authz.permissions import Permissions
-from engine.errors import InvalidBody, UnfilteredWrite, UnknownEntity, database_error
+from engine.errors import InvalidBody, UnfilteredWrite, UnknownEntity, database_error_of
 from engine.query.plan import ReadPlan
 from engine.query.sql import read_statement
 from engine.rest.params import ReadParser, has_root_filters
@@ -38,8 +38,7 @@ async def database_errors() -> AsyncIterator[None]:
     try:
         yield
     except asyncpg.PostgresError as exc:
-        raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
-                             getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
+        raise database_error_of(exc) from exc
 
 
 class DataApi:

@@ -300,6 +300,12 @@ SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23001": 409, "23502": 400, "2351
                    "21000": 400, "54001": 400, "54011": 400, "54023": 400}
 
 
+def database_error_of(exc: Exception) -> DatabaseError:
+    """`database_error` of an exception asyncpg raised (its SQLSTATE, message, detail and hint)."""
+    return database_error(getattr(exc, "sqlstate", None) or "XX000", exc.args[0] if exc.args else str(exc),
+                          getattr(exc, "detail", None), getattr(exc, "hint", None))
+
+
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
     """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values
     (class 22: invalid text, out of range, bad date), 503 for what a retry may fix. PostgreSQL's "Failing row

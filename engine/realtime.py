@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from engine.authz import Caller
 from engine.changes import ChangeHub
 from engine.database import quote_identifier
-from engine.errors import BackSaasError, UnknownEntity, database_error
+from engine.errors import BackSaasError, UnknownEntity, database_error_of
 from engine.query.sql import compile_statement, condition_sql, qualified
 from engine.storage import naming
 from engine.streams import StreamGuard
@@ -94,8 +94,7 @@ async def stream(runtime: Any, db: Any, caller: Caller, hub: ChangeHub, entity_n
                 after = await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {log_table}")
             first = await conn.fetch(compiled.sql, *compiled.arguments([*values, str(after)]))  # the filter's test
     except asyncpg.PostgresError as exc:
-        raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc), getattr(exc, "detail", None),
-                             getattr(exc, "hint", None)) from exc
+        raise database_error_of(exc) from exc
     return _events(runtime, db, hub, entity_name, compiled, values, runtime.columns[entity_name], after, first, guard)
 
 

@@ -32,7 +32,7 @@ from engine.errors import (
     UnknownColumn,
     UnknownEntity,
     ValidationFailed,
-    database_error,
+    database_error_of,
 )
 from engine.limits import Bounds, RowBudget, validate_sized
 from engine.query.plan import ReadPlan, Upsert
@@ -103,8 +103,7 @@ class RestApi:
                 async with self.db.as_role(self.runtime.role) as conn:
                     yield conn
         except asyncpg.PostgresError as exc:
-            raise database_error(exc.sqlstate, exc.args[0] if exc.args else str(exc),
-                                 getattr(exc, "detail", None), getattr(exc, "hint", None)) from exc
+            raise database_error_of(exc) from exc
 
     async def handle(self, method: str, entity_name: str, query: bytes, headers: Mapping[str, str],
                      body: bytes) -> Answer:
