@@ -306,6 +306,7 @@ def _build_field(name: str, spec: dict[str, Any], entity: str, data: dict[str, A
         description=spec.get("description"),
         internal=bool(spec.get("internal", False)),
         schema=freeze(spec["schema"]) if "schema" in spec else None,
+        pii=bool(spec.get("pii", False)),
     )
 
 

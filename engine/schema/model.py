@@ -85,6 +85,7 @@ class Field:
     description: str | None = None
     internal: bool = False  # engine-managed (e.g. users.password_hash): never read or written through the APIs
     schema: Any = None  # json fields: the JSON Schema their values match (frozen)
+    pii: bool = False  # personal data: a GDPR export carries it, an erasure anonymises it (engine/gdpr.py)
 
     @property
     def column(self) -> str:
