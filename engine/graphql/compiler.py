@@ -22,6 +22,7 @@ from graphql.utilities import value_from_ast_untyped
 
 from engine.authz.permissions import Permissions
 from engine.errors import BackSaasError, database_error
+from engine.graphql.cost import as_list
 from engine.query.plan import (
     Aggregate,
     AggregateField,
@@ -124,9 +125,9 @@ class Values:
             for slot in slots:
                 value = user_id if slot.caller else variables.get(slot.variable) if slot.variable else slot.constant
                 if slot.many:
-                    if not isinstance(value, list):
+                    if value is None:
                         raise GraphQLError("validation-failed", "expected a list of values for _in/_nin")
-                    values.append([as_text(v) for v in value])
+                    values.append([as_text(v) for v in as_list(value)])
                 else:
                     values.append(as_text(value))
             return values
@@ -147,18 +148,36 @@ class QueryCompiler:
     # -- selections --
 
     def fields(self, selection_set: ast.SelectionSetNode | None) -> list[ast.FieldNode]:
-        """The fields of a selection set with fragments inlined and @skip/@include applied."""
-        found: list[ast.FieldNode] = []
+        """The fields of a selection set with fragments inlined and @skip/@include applied, one per response
+        key (the spec's CollectFields): a key selected twice, directly or through fragments, is one field
+        whose selection is both selections (MergeSelectionSets; validation already made sure they are the
+        same field with the same arguments), so the answer never carries a key twice."""
+        grouped: dict[str, list[ast.FieldNode]] = {}
+        self.collect(selection_set, grouped)
+        found = []
+        for nodes in grouped.values():
+            if len(nodes) == 1 or nodes[0].selection_set is None:
+                found.append(nodes[0])
+                continue
+            merged = tuple(s for n in nodes for s in (n.selection_set.selections if n.selection_set else ()))
+            first = nodes[0]
+            found.append(ast.FieldNode(alias=first.alias, name=first.name, arguments=first.arguments,
+                                       directives=(), selection_set=ast.SelectionSetNode(selections=merged)))
+        return found
+
+    def collect(self, selection_set: ast.SelectionSetNode | None, grouped: dict[str, list[ast.FieldNode]],
+                seen: frozenset[str] = frozenset()) -> None:
         for selection in selection_set.selections if selection_set else ():
             if not self.included(selection):
                 continue
             if isinstance(selection, ast.FieldNode):
-                found.append(selection)
+                key = selection.alias.value if selection.alias else selection.name.value
+                grouped.setdefault(key, []).append(selection)
             elif isinstance(selection, ast.InlineFragmentNode):
-                found += self.fields(selection.selection_set)
-            elif isinstance(selection, ast.FragmentSpreadNode):
-                found += self.fields(self.fragments[selection.name.value].selection_set)
-        return found
+                self.collect(selection.selection_set, grouped, seen)
+            elif isinstance(selection, ast.FragmentSpreadNode) and selection.name.value not in seen:
+                name = selection.name.value
+                self.collect(self.fragments[name].selection_set, grouped, seen | {name})
 
     def included(self, node: ast.SelectionNode) -> bool:
         for directive in node.directives or ():
@@ -189,7 +208,7 @@ class QueryCompiler:
         return ReadPlan(entity, columns, embeds, Condition("and", tuple(conditions)) if conditions else None,
                         self.order(entity, self.values.resolve(args.get("order_by"))),
                         self.count(args.get("limit"), "limit"), self.count(args.get("offset"), "offset"),
-                        tuple(self.values.resolve(args.get("distinct_on")) or ()), aggregates, scope=scope)
+                        tuple(as_list(self.values.resolve(args.get("distinct_on")))), aggregates, scope=scope)
 
     def caller_param(self) -> int:
         return self.values.add(Slot(caller=True))
@@ -253,7 +272,7 @@ class QueryCompiler:
             function = part.name.value
             if function == "count":
                 args = self.arguments(part)
-                counted = self.values.resolve(args.get("columns")) or []
+                counted = as_list(self.values.resolve(args.get("columns")))
                 found.append(AggregateField(alias, "count", tuple((c, c) for c in counted),
                                             bool(self.values.resolve(args.get("distinct")))))
             elif function in ("sum", "avg", "min", "max"):

@@ -35,13 +35,18 @@ def mutation_items(fields: Sequence[ast.FieldNode], variables: Mapping[str, Any]
                 break
         args = {a.name.value: value_from_ast_untyped(a.value, variables) for a in field.arguments or ()}
         if kind == "insert" and entity in relations:
-            objects = [args.get("object")] if variant == "_one" else args.get("objects") or []
+            objects = [args.get("object")] if variant == "_one" else as_list(args.get("objects"))
             total += sum(_rows(entity, o, relations) for o in objects)
         elif kind == "update" and variant == "_many":
-            total += len(args.get("updates") or [])
+            total += len(as_list(args.get("updates")))
         else:
             total += 1
     return total
+
+
+def as_list(value: Any) -> list[Any]:
+    """A single value where a list is expected is a one-item list (the spec's input coercion)."""
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _rows(entity: str, obj: Any, relations: Mapping[str, Mapping[str, Relation]]) -> int:

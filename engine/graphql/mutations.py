@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 
 from engine.authz import guard_user_fields
 from engine.errors import Forbidden, Problem, ValidationFailed
-from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error
+from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error, as_list
 from engine.graphql.schema import conflict_targets
 from engine.limits import RowBudget
 from engine.query.plan import Condition, Filter, ReadPlan, Upsert
@@ -47,6 +47,7 @@ class MutationRunner:
     def __init__(self, api: GraphQLApi, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> None:
         self.api, self.schema, self.document, self.variables = api, schema, document, variables
         self.runtime, self.caller = api.runtime, api.caller
+        self.inserted = 0
 
     async def run(self, operation: ast.OperationDefinitionNode) -> bytes:
         results: list[tuple[str, bytes]] = []
@@ -80,14 +81,15 @@ class MutationRunner:
         else:
             entity, variant = rest, ""
         if kind == "insert":
-            objects = [args["object"]] if variant == "_one" else list(args.get("objects") or [])
+            objects = [args["object"]] if variant == "_one" else as_list(args.get("objects"))
+            self.inserted = 0  # every row written, nested ones included (Hasura's affected_rows)
             ids = [await self.insert(conn, entity, o, args.get("on_conflict")) for o in objects]
             written = [i for i in ids if i is not None]
             if variant == "_one":
                 return await self.one_by_id(conn, entity, written[0] if written else None, field)
-            return await self.response_by_ids(conn, entity, written, field)
+            return await self.response_by_ids(conn, entity, written, field, self.inserted)
         if kind == "update" and variant == "_many":
-            answers = [await self.update(conn, entity, u.get("where") or {}, u, field) for u in args["updates"]]
+            answers = [await self.update(conn, entity, u.get("where") or {}, u, field) for u in as_list(args["updates"])]
             return b"[" + b",".join(answers) + b"]"
         if variant == "_by_pk":
             key = args["pk_columns"]["id"] if kind == "update" else args["id"]
@@ -133,6 +135,7 @@ class MutationRunner:
                 raise GraphQLError("validation-failed", f"on_conflict is not supported on '{entity}': it has hooks")
             new_id = (await HookedWriter(self.runtime, self.caller, conn, self.api.db)
                       .insert(model_entity, [columns]))[0]["id"]
+            self.inserted += 1
             for index, (relation, child) in enumerate(children):
                 await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
                                   f"{prefix}{relation.name}.data[{index}].")
@@ -150,6 +153,7 @@ class MutationRunner:
         new_id = await conn.fetchval(compiled.sql, *compiled.arguments(values))
         if new_id is None and upsert is not None and upsert.update:
             raise Forbidden(f"the {entity} row this insert conflicts with is outside what the caller may update")
+        self.inserted += new_id is not None
         for index, (relation, child) in enumerate(children):
             if new_id is None:
                 break
@@ -166,7 +170,7 @@ class MutationRunner:
         assert model_entity is not None
         targets = conflict_targets(model_entity)[on_conflict["constraint"]]
         scope = compiler.scope(entity, "update")
-        update = tuple(c for c in on_conflict.get("update_columns") or () if c != OWNER_COLUMN)
+        update = tuple(c for c in as_list(on_conflict.get("update_columns")) if c != OWNER_COLUMN)
         return Upsert(targets, update, scope)
 
     # -- responses --
@@ -206,7 +210,8 @@ class MutationRunner:
         rows = StatementBuilder(self.runtime.tables).rows(plan).subquery()
         return await self.fetch(conn, compiler, sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text)))
 
-    async def response_by_ids(self, conn: asyncpg.Connection, entity: str, ids: list[str], field: ast.FieldNode) -> bytes:
+    async def response_by_ids(self, conn: asyncpg.Connection, entity: str, ids: list[str], field: ast.FieldNode,
+                              affected: int | None = None) -> bytes:
         compiler = self.compiler()
         parts, selection = self.response_parts(field, compiler)
         builder = StatementBuilder(self.runtime.tables)
@@ -224,7 +229,7 @@ class MutationRunner:
         values: list[Any] = []
         for alias, what in parts:
             values.append(sa.literal_column(f"'{alias}'"))
-            values.append(sa.literal_column(str(len(ids))) if what == "affected_rows"
+            values.append(sa.literal_column(str(len(ids) if affected is None else affected)) if what == "affected_rows"
                           else sa.literal_column(f"'{entity}_mutation_response'") if what == "__typename"
                           else sa.func.coalesce(listed, EMPTY_ARRAY))
         return await self.fetch(conn, compiler, sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text)))
@@ -282,6 +287,9 @@ class MutationRunner:
         condition = self.scoped_where(compiler, entity, "update", where)
         changes = dict(args.get("_set") or {})
         increments = dict(args.get("_inc") or {})
+        both = sorted(set(changes) & set(increments))
+        if both:  # Hasura refuses it too: which one would win is not the caller's to guess
+            raise GraphQLError("validation-failed", f"column found in multiple operators: {', '.join(both)}")
         if self.runtime.hooks(entity, "update"):
             if increments:
                 raise GraphQLError("validation-failed", f"_inc is not supported on '{entity}': it has hooks; use _set")
@@ -291,9 +299,10 @@ class MutationRunner:
             await writer.update(model_entity, olds, changes)
             return await self.hooked_response(conn, entity, [o["id"] for o in olds], field, single)
         self.validate(entity, changes, partial=True, prefix="_set.")
-        if not changes and not increments:
-            raise ValidationFailed("nothing to update", details=[Problem("_set", "give _set or _inc")])
         table = self.runtime.tables[entity]
+        if not changes and not increments:  # Hasura writes nothing and says so: no rows affected
+            nothing = sa.select(*table.c).where(sa.false()).cte("written")
+            return await self.written_response(conn, compiler, entity, nothing, field, single)
         values: dict[str, Any] = {}
         if changes:
             source = json_source(table, compiler.values.add(Slot(constant=orjson.dumps(changes).decode())), many=False)
