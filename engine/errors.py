@@ -148,6 +148,20 @@ class TooManyAttempts(BackSaasError):
         self.retry_after = retry_after
 
 
+class RateLimited(TooManyAttempts):
+    """A tenant (or an anonymous client address) past a rate-limit window of its plan; `retry_after` is the
+    seconds until that window resets (gateway/ratelimit.py)."""
+
+    code = "rate_limited"
+
+
+class PlanFeatureRequired(BackSaasError):
+    """An operation needs a feature the tenant's plan does not include (engine/plans.py `require_feature`)."""
+
+    code = "plan_feature_required"
+    status = 402
+
+
 class AuthFailed(BackSaasError):
     """A refused identity operation in GoTrue's own codes (`invalid_credentials`, `refresh_token_not_found`,
     `refresh_token_already_used`, `session_not_found`, `user_already_exists`, `weak_password`, ...)."""

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog, onboarding
@@ -29,6 +30,7 @@ from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SESSIO
 from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
 from engine.identity.signing import Keyring, load_keyring
+from engine.plans import NO_PLAN, Plan
 from engine.query.plan import Relation, relations_of
 from engine.query.sql import CompiledRead, compile_statement
 from engine.schema import Schema, load_schema
@@ -112,6 +114,7 @@ class TenantState:
     version: int | None
     limits: Mapping[str, Any] = field(default_factory=dict)  # the tenant's plan's `limits`
     cors_origins: tuple[str, ...] = ("*",)  # settings.cors.allowed_origins; any origin unless named
+    plan: Plan = NO_PLAN  # the tenant's plan (engine/plans.py); `limits` is its `limits`
 
 
 class RuntimeRegistry:
@@ -252,19 +255,21 @@ class RuntimeRegistry:
         plans = catalog.platform_tables()["plans"]
         latest = (sa.select(sa.func.max(versions.c.version)).where(versions.c.tenant_id == tenants.c.id)
                   .scalar_subquery())
-        limits = sa.select(plans.c.limits).where(plans.c.code == tenants.c.plan).scalar_subquery()
+        plan = (sa.select(sa.func.to_jsonb(plans.table_valued(), type_=JSONB)).where(plans.c.code == tenants.c.plan)
+                .scalar_subquery())  # the whole row: engine.plans.Plan
         try:
             async with self.db.engine.connect() as conn:
                 row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"),
-                                                    limits.label("limits"),
+                                                    plan.label("plan"),
                                                     tenants.c.settings["cors"]["allowed_origins"].label("origins"))
                                           .where(tenants.c.slug == slug))).first()
         except (OSError, OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if row is None:
             return None  # unknown slugs are not cached: anyone can ask for any number of them
-        state = TenantState(str(row.id), row.status, row.version, MappingProxyType(dict(row.limits or {})),
-                            tuple(row.origins) if isinstance(row.origins, list) and row.origins else ("*",))
+        tenant_plan = Plan.from_row(row.plan) if isinstance(row.plan, dict) else NO_PLAN
+        state = TenantState(str(row.id), row.status, row.version, tenant_plan.limits,
+                            tuple(row.origins) if isinstance(row.origins, list) and row.origins else ("*",), tenant_plan)
         self.db.plan_limits(self.db.role(slug), state.limits)  # the statement timeout the requests run with
         if self._ids.setdefault(slug, state.tenant_id) != state.tenant_id:
             await self._slug_reused(slug, state.tenant_id)
@@ -333,6 +338,12 @@ class RuntimeRegistry:
 
     async def resolve(self, slug: str) -> tuple[TenantRuntime, Mapping[str, Any]]:
         """The runtime of an active tenant and its plan's limits (which change without a deploy)."""
+        runtime, plan = await self.resolve_plan(slug)
+        return runtime, plan.limits
+
+    async def resolve_plan(self, slug: str) -> tuple[TenantRuntime, Plan]:
+        """The runtime of an active tenant and its plan, from memory while the listener is up (the plans
+        NOTIFY drops every cached plan, so an edit reaches the next request)."""
         state = await self._state(slug)
         if state is None or state.status in ("deleted", "pending", "failed") or state.version is None:
             raise TenantNotFound(f"no tenant '{slug}'")
@@ -341,10 +352,10 @@ class RuntimeRegistry:
         cached = self._runtimes.get(slug)
         if cached is not None and cached.tenant_id == state.tenant_id and cached.version == state.version:
             self._runtimes.move_to_end(slug)
-            return cached, state.limits
+            return cached, state.plan
         runtime = await self._shared(("runtime", slug, state.tenant_id, state.version),  # once for a cold burst
                                      lambda: self._compile(slug, state.tenant_id))
         self._runtimes[slug] = runtime
         while len(self._runtimes) > self.capacity:
             self._runtimes.popitem(last=False)
-        return runtime, state.limits
+        return runtime, state.plan

@@ -222,9 +222,12 @@ class BodyValidator:
                 missing = error.message.split("'")[1]
                 found.append(Problem(prefix + missing, "is required"))
             elif error.validator == "additionalProperties":
-                for key in sorted(set(error.instance) - set(self.schema["properties"])):
-                    why = "is read-only" if key in READ_ONLY else "is not a field of this entity"
-                    found.append(Problem(prefix + key, why))
+                where = "".join(f"{p}." for p in error.absolute_path)  # a key inside a json field's value
+                allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+                for key in sorted(set(error.instance) - set(allowed)):
+                    why = ("is not an allowed key" if where else
+                           "is read-only" if key in READ_ONLY else "is not a field of this entity")
+                    found.append(Problem(prefix + where + key, why))
             else:
                 where = ".".join(str(p) for p in error.absolute_path)
                 found.append(Problem(prefix + where, error.message))

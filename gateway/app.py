@@ -314,7 +314,8 @@ class TenantApp:
 
     async def respond(self, request: Request, scope: Scope) -> Response | RawResponse:
         registry = self.starlette.state.registry
-        runtime, scope["backsaas.limits"] = await registry.resolve(scope["backsaas.slug"])
+        runtime, plan = await registry.resolve_plan(scope["backsaas.slug"])
+        scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan
         scope["backsaas.tenant"] = runtime.slug
         scope["backsaas.headers"] = headers = request_headers(scope)
         scope["backsaas.caller"] = await authenticate(registry, runtime, headers,

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import asyncpg
 import orjson
 
+from engine import metering, quotas
 from engine.answer import Answer
 from engine.authz import Caller, guard_user_fields
 from engine.authz.permissions import Permissions
@@ -37,7 +38,7 @@ from engine.errors import (
 from engine.limits import Bounds, RowBudget, validate_sized
 from engine.query.plan import ReadPlan, Upsert
 from engine.query.sql import CompiledRead, read_statement, rest_delete, rest_insert, rest_update
-from engine.rest.params import ReadParser, has_root_filters, unquote
+from engine.rest.params import ReadParser, has_root_filters, shaping, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import READ_ONLY
@@ -61,6 +62,11 @@ class Prefer:
     def parse(cls, header: str, default_return: str) -> Prefer:
         values = dict(part.strip().partition("=")[::2] for part in header.split(",") if "=" in part)
         return cls(values.get("return", default_return), values.get("count"), values.get("resolution"))
+
+
+def not_one(rows: int) -> NotAcceptable:
+    """PostgREST's PGRST116: the client asked for one object (`vnd.pgrst.object+json`) and `rows` it is not."""
+    return NotAcceptable("Cannot coerce the result to a single JSON object", hint=f"The result contains {rows} rows")
 
 
 def _whole(text: str) -> bool:
@@ -160,8 +166,9 @@ class RestApi:
                   single: bool = False, expect: int | None = None) -> Any:
         """Execute one statement as the tenant's role: its one row, or all its rows with `many`.
 
-        `single` (a write whose client asked for exactly one object) wraps it in a transaction that is
-        rolled back unless exactly one row was written, as PostgREST does: a 406 never leaves a change.
+        `single` (a write whose client asked for exactly one object, `Accept: application/vnd.pgrst.object+json`,
+        whatever its `return=`) wraps it in a transaction that is rolled back unless exactly one row was
+        written (and, with a body, shown), as PostgREST does: a 406 never leaves a change.
         `expect` (an upsert's row count) rolls it back unless every row sent was written: a conflicting
         row outside the caller's update scope is left alone by the statement, and refused here (403)."""
         async with self.connection() as conn:
@@ -170,9 +177,10 @@ class RestApi:
                 return await fetch(compiled.sql, *compiled.arguments(values))
             async with conn.transaction():
                 row = await fetch(compiled.sql, *compiled.arguments(values))
-                if single and row["page_rows"] != 1:
-                    raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
-                                        hint=f"the statement matched {row['page_rows']} rows")
+                if single:
+                    written = len(row) if many else row["written"] if row["written"] is not None else row["page_rows"]
+                    if written != 1 or (not many and row["page_rows"] != 1):
+                        raise not_one(written if written != 1 else row["page_rows"])
                 if expect is not None and (len(row) if many else row["written"]) != expect:
                     raise Forbidden("a row this upsert conflicts with is outside what the caller may update; "
                                     "nothing was changed")
@@ -208,8 +216,7 @@ class RestApi:
         response_headers = [("Content-Range", f"{span}/{total if total is not None else '*'}"), *(extra or [])]
         if OBJECT_MEDIA in headers.get("accept", ""):
             if rows != 1:
-                raise NotAcceptable("JSON object requested, multiple (or no) rows returned",
-                                    hint=f"the result holds {rows} rows")
+                raise not_one(rows)
             body = body[1:-1]
             response_headers.append(("Content-Type", f"{OBJECT_MEDIA}; charset=utf-8"))
         else:
@@ -268,7 +275,7 @@ class RestApi:
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead, Upsert | None]:
             parser = self.parser()
-            plan = parser.parse(entity.name, [(k, v) for k, v in params if k == "select"], "create")
+            plan = parser.parse(entity.name, shaping(params), "create")
             upsert = self.upsert(parser, entity, keys, conflict, prefer.resolution)
             returned = parser.returned(plan)
             values = parser.values
@@ -281,13 +288,17 @@ class RestApi:
                                                        prepare)
         arguments = [*values, orjson.dumps(objects).decode()]
         expect = len(objects) if upsert is not None and upsert.update else None
+        quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing (engine/quotas.py)
+        single = OBJECT_MEDIA in headers.get("accept", "")
         if representation:
-            row = await self.run(compiled, arguments, single=OBJECT_MEDIA in headers.get("accept", ""), expect=expect)
+            row = await self.run(compiled, arguments, single=single, expect=expect)
             first_id, count = row["first_id"], row["page_rows"]
+            metering.wrote(row["written"])
         else:  # the statement returns the new ids alone (no body to build)
-            ids = await self.run(compiled, arguments, many=True, expect=expect)
+            ids = await self.run(compiled, arguments, many=True, single=single, expect=expect)
             # a merge may have updated rows the caller may not read: their ids are not shown
             first_id, count = (ids[0]["id"] if ids and expect is None else None), len(ids)
+            metering.wrote(count)
         extra = [("Location", f"/{entity.name}?id=eq.{first_id}")] if not isinstance(payload, list) and first_id else []
         if representation:
             return self.respond_rows(row, plan, headers, status=201, extra=extra)
@@ -328,8 +339,9 @@ class RestApi:
             return returned, values, compiled
 
         plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
+        quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
         row = await self.run(compiled, [*values, orjson.dumps(payload).decode()],
-                             single=representation and OBJECT_MEDIA in headers.get("accept", ""))
+                             single=OBJECT_MEDIA in headers.get("accept", ""))
         return self.respond_written(row, plan, headers, representation)
 
     async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> Answer:
@@ -347,17 +359,19 @@ class RestApi:
                                                                         representation))
 
         plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
-        row = await self.run(compiled, values, single=representation and OBJECT_MEDIA in headers.get("accept", ""))
+        row = await self.run(compiled, values, single=OBJECT_MEDIA in headers.get("accept", ""))
         return self.respond_written(row, plan, headers, representation)
 
     # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --
 
     async def hooked_insert(self, entity: Entity, objects: list[dict[str, Any]], params: list[tuple[str, str]],
                             headers: Mapping[str, str], *, single_object: bool) -> Answer:
-        select = [(k, v) for k, v in params if k == "select"]
+        select = shaping(params)
         async with self.connection() as conn, conn.transaction():
             rows = await HookedWriter(self.runtime, self.caller, conn, self.db).insert(entity, objects)
             ids = [r["id"] for r in rows]
+            if OBJECT_MEDIA in headers.get("accept", "") and len(ids) != 1:
+                raise not_one(len(ids))
             extra = [("Location", f"/{entity.name}?id=eq.{ids[0]}")] if single_object and ids else []
             if Prefer.parse(headers.get("prefer", ""), "minimal").returning != "representation":
                 return Answer(201, [("Content-Range", f"*/{len(ids)}"), *extra], b"")
@@ -366,7 +380,7 @@ class RestApi:
     async def hooked_change(self, entity: Entity, action: str, params: list[tuple[str, str]],
                             headers: Mapping[str, str], patch: dict[str, Any] | None) -> Answer:
         plan, values = self.plan(entity, action, params)
-        select = [(k, v) for k, v in params if k == "select"]
+        select = shaping(params)
         representation = Prefer.parse(headers.get("prefer", ""), "minimal").returning == "representation"
         async with self.connection() as conn, conn.transaction():
             writer = HookedWriter(self.runtime, self.caller, conn, self.db)
@@ -383,7 +397,7 @@ class RestApi:
                 response = await self.rows_by_id(conn, entity, action, select, ids, headers, 200, [])
             if response is None:
                 if OBJECT_MEDIA in headers.get("accept", "") and len(ids) != 1:
-                    raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed")
+                    raise not_one(len(ids))
                 response = Answer(204, [("Content-Range", f"*/{len(ids)}")], b"")
             return response
 
@@ -397,12 +411,12 @@ class RestApi:
         compiled = self.statement(("by-id", plan), lambda: read_statement(plan, self.runtime.tables, False))
         row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
         if OBJECT_MEDIA in headers.get("accept", "") and row["page_rows"] != 1:
-            raise NotAcceptable("JSON object requested, multiple (or no) rows written; nothing was changed",
-                                hint=f"the request matched {row['page_rows']} rows")
+            raise not_one(row["page_rows"])
         return self.respond_rows(row, plan, headers, status=status, extra=extra)
 
     def respond_written(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str],
                         representation: bool) -> Answer:
+        metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         if representation:
             return self.respond_rows(row, replace(plan, offset=None), headers, status=200)
         return Answer(204, [("Content-Range", f"*/{row['page_rows']}")], b"")

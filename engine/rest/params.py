@@ -72,11 +72,21 @@ class _Level:
 ROOT_OPTIONS = ("select", "columns", "on_conflict", "order", "limit", "offset")
 
 
+def is_root_filter(key: str) -> bool:
+    """Whether a query parameter filters the root rows (`col=...`, `or=`, `and=`), not an option or an embed's."""
+    return key in ("or", "and", "not.or", "not.and") or ("." not in key and key not in ROOT_OPTIONS)
+
+
+def shaping(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What shapes an insert's answer: every parameter but the root's filters (an insert has no rows to
+    filter: the root's `order` and each embed's filters, order and limits apply to what it shows)."""
+    return [(k, v) for k, v in params if not is_root_filter(k) and k not in ("limit", "offset")]
+
+
 def has_root_filters(params: list[tuple[str, str]]) -> bool:
     """Whether a query string restricts the root rows (embedded filters and options do not): an update or
     delete without one would reach every row of the caller's scope."""
-    return any(key in ("or", "and", "not.or", "not.and") or ("." not in key and key not in ROOT_OPTIONS)
-               for key, _ in params)
+    return any(is_root_filter(key) for key, _ in params)
 
 
 class ReadParser:
@@ -97,8 +107,9 @@ class ReadParser:
         return len(self.values) - 1
 
     def returned(self, plan: ReadPlan) -> ReadPlan:
-        """What a write of `plan`'s root shows: its selection over the written rows, under the READ scope."""
-        return plan.returned(self.permissions.shown(plan.entity, self.caller_param))
+        """What a write of `plan`'s root shows: its selection (embeds with their own filters, order and
+        limits) over the written rows in the request's order, under the READ scope."""
+        return replace(plan.returned(self.permissions.shown(plan.entity, self.caller_param)), order=plan.order)
 
     def only(self, plan: ReadPlan, ids: Sequence[str]) -> ReadPlan:
         """`plan` restricted to the rows `ids` (the rows a write wrote, read back in its transaction)."""

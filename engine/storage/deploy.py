@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,12 +21,13 @@ from engine.database import GATEWAY_LOCK, Database
 from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
 from engine.hooks import missing_handlers
 from engine.identity.signing import ensure_signing_key
+from engine.plans import DEFAULT_PLAN as DEFAULT_PLAN  # functions/tenants.py imports it from here
+from engine.plans import seed_plans
 from engine.schema import Schema, load_schema
 from engine.storage import naming
 from engine.storage.planner import MigrationPlan, Step, plan_migration, quote
 
 Progress = Callable[[int, int, Step], None]
-DEFAULT_PLAN = "free"  # seeded by deploy_platform; `tenants.plan` defaults to it
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,5 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await conn.exec_driver_sql("RESET ROLE")
         await driver.execute(outbox_function_sql(db.role(slug)))
         await ensure_signing_key(conn)
-        plans = catalog.platform_tables()["plans"]  # the plan new tenants get unless they name another
-        await conn.execute(postgresql.insert(plans).values(code=DEFAULT_PLAN, name="Free")
-                           .on_conflict_do_nothing(index_elements=["code"]))
+        await seed_plans(conn)  # free (what new tenants get unless they name another), starter, pro, enterprise
         return deployment
