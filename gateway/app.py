@@ -44,6 +44,7 @@ from gateway.auth import authenticate
 from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.graphql_ws import serve_graphql_ws
 from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
+from gateway.ratelimit import RateLimits, with_headers
 from gateway.sse import event_stream
 
 log = structlog.get_logger("backsaas.gateway")
@@ -295,7 +296,8 @@ class TenantApp:
             log.exception("request.failed", path=scope["path"], tenant=scope.get("backsaas.tenant"))
             response = JSONResponse({"code": "internal_error", "message": "the server failed to answer this request",
                                      "details": None, "hint": None}, status_code=500)
-        await response(scope, receive, send)
+        window = scope.get("backsaas.ratelimit")  # every answer of a rate-limited tenant says where it stands
+        await response(scope, receive, with_headers(send, window.headers()) if window is not None else send)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """WebSockets of a tenant: GraphQL subscriptions at /graphql/v1; refused before accepting otherwise."""
@@ -320,6 +322,13 @@ class TenantApp:
         scope["backsaas.headers"] = headers = request_headers(scope)
         scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
                                                       tenant_from_header=scope.get("backsaas.tenant_header", False))
+        client = scope.get("client")
+        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan,
+                                                              scope["backsaas.caller"], client[0] if client else None)
+        if window is not None:
+            scope["backsaas.ratelimit"] = window
+            if window.refused:
+                raise window.error()
         registry.note_call(runtime)
         path = scope["path"][len(scope["root_path"]):]
         if path.startswith(REST_PREFIX) and path != REST_PREFIX:
@@ -409,14 +418,17 @@ async def stop_dispatcher(dispatcher: asyncio.Task[None]) -> None:
 
 
 def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret: str | None = None,
-               redis_url: str | None = None, outbox: dict[str, Any] | None = None) -> ASGIApp:
-    """The gateway; `outbox` tunes its dispatcher (`Dispatcher`'s keyword arguments)."""
+               redis_url: str | None = None, outbox: dict[str, Any] | None = None,
+               rate_limits: dict[str, Any] | None = None) -> ASGIApp:
+    """The gateway; `outbox` tunes its dispatcher (`Dispatcher`'s keyword arguments), `rate_limits` the rate
+    limiter (`RateLimits`' keyword arguments)."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database.open(database_url)
         app.state.db = db
         app.state.registry = registry = RuntimeRegistry(db, jwt_secret=jwt_secret)
         app.state.throttle = LoginThrottle(redis_url)
+        app.state.rate_limits = RateLimits(redis_url, **(rate_limits or {}))
         await registry.start()
         dispatcher = asyncio.create_task(Dispatcher(db, registry, **(outbox or {})).run())
         log.info("gateway.started", database=db.name)
@@ -425,6 +437,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         finally:
             await stop_dispatcher(dispatcher)
             await registry.close()
+            await app.state.rate_limits.close()
             await db.close()
             log.info("gateway.stopped")
 

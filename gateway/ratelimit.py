@@ -1,0 +1,182 @@
+"""Request rate limits: per tenant from its plan's windows, per client address for anonymous callers.
+
+Why: one tenant (or one anonymous client of a tenant) must not take the capacity every tenant shares
+(DESIGN.md, request flow step 3). Counters are fixed windows aligned to the clock (a minute window resets
+at the minute), kept by the `limits` library's storage: in this process's memory, or in Redis when
+`REDIS_URL` is set so that every gateway process counts against one budget.
+
+- A tenant's windows are its plan's `requests_per_minute`, `requests_per_hour` and `requests_per_day`
+  (engine/plans.py; `-1` or absent: no window). The platform itself (the system tenant) has none.
+- An anonymous caller (no signed-in user; no key, or the public anon key) also counts against a budget per
+  tenant and client address (`BACKSAAS_ANON_RATE_LIMIT`, default `ANON_PER_ADDRESS`), checked first, so one
+  address cannot spend its tenant's whole budget.
+- Windows are counted shortest first and a request refused by one is not counted by the longer ones: a
+  client hammering through a refused minute does not spend its day.
+- Refusals are 429 `rate_limited` with `Retry-After`; every answer of a limited tenant carries the IETF
+  draft headers `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` of its tightest window.
+
+Cost: one counter increment per window (a dictionary update in memory, a round trip to Redis), no
+database. A Redis outage does not take the API down: the counters fall back to this process's memory (each
+process then limits on its own), the outage is logged, and Redis is probed in the background and used
+again as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.storage import storage_from_string
+from starlette.types import Message, Send
+
+from engine.authz import Caller
+from engine.errors import RateLimited
+from engine.plans import Plan
+from engine.storage.naming import SYSTEM_TENANT
+
+ANON_PER_ADDRESS = "300/minute"  # an anonymous client address's requests to one tenant
+PROBE_SECONDS = 5.0  # how often a Redis that failed is tried again
+REDIS_TIMEOUT_SECONDS = 0.5  # a Redis slower than this counts as down
+log = structlog.get_logger("backsaas.ratelimit")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The state of one window after this request: what the `RateLimit-*` headers say."""
+
+    limit: int
+    remaining: int  # below 0: this request was refused
+    reset: float  # seconds until the window starts again
+    name: str = ""  # the plan's key (`requests_per_minute`, ...) or `address`
+
+    @property
+    def refused(self) -> bool:
+        return self.remaining < 0
+
+    def error(self) -> RateLimited:
+        """The 429 of a refused request."""
+        wait = max(1, math.ceil(self.reset))
+        what = ("this address's anonymous" if self.name == "address" else "the plan's " + self.name.replace("_", " "))
+        return RateLimited(f"{what} limit of {self.limit} requests is spent; try again in {wait} s", wait)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"ratelimit-limit", str(self.limit).encode()),
+                (b"ratelimit-remaining", str(max(0, self.remaining)).encode()),
+                (b"ratelimit-reset", str(max(1, math.ceil(self.reset))).encode())]
+
+
+class RateLimits:
+    """The gateway's rate limiter (one per process). `admit` counts a request and refuses it past a window.
+
+    Settings (keyword, else environment): `anon_per_address` (`BACKSAAS_ANON_RATE_LIMIT`, a `limits` string
+    such as "300/minute"), `key_prefix` of the Redis keys (`BACKSAAS_RATE_LIMIT_PREFIX`), `probe_seconds`
+    between tries of a Redis that failed (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`)."""
+
+    def __init__(self, redis_url: str | None = None, *, anon_per_address: str | None = None,
+                 key_prefix: str | None = None, probe_seconds: float | None = None,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
+        prefix = key_prefix or os.environ.get("BACKSAAS_RATE_LIMIT_PREFIX") or "backsaas"
+        self.fallback: Storage = MemoryStorage()
+        self.shared: Storage | None = None
+        if redis_url:
+            self.shared = storage_from_string(f"async+{redis_url}", wrap_exceptions=True, key_prefix=prefix,
+                                              connect_timeout=REDIS_TIMEOUT_SECONDS,
+                                              stream_timeout=REDIS_TIMEOUT_SECONDS)
+        self.storage: Storage = self.shared or self.fallback
+        self.anon: RateLimitItem = parse(anon_per_address or os.environ.get("BACKSAAS_ANON_RATE_LIMIT")
+                                         or ANON_PER_ADDRESS)
+        self.probe_seconds = probe_seconds or float(os.environ.get("BACKSAAS_RATE_LIMIT_PROBE_SECONDS") or PROBE_SECONDS)
+        self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
+        self._items: dict[tuple[int, int], RateLimitItem] = {}
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def degraded(self) -> bool:
+        """Whether Redis is configured but out of use (counting in this process's memory meanwhile)."""
+        return self.shared is not None and self.storage is self.fallback
+
+    def _item(self, amount: int, seconds: int) -> RateLimitItem:
+        found = self._items.get((amount, seconds))
+        if found is None:
+            found = self._items[(amount, seconds)] = RateLimitItemPerSecond(amount, seconds)
+        return found
+
+    async def _count(self, key: str, seconds: int) -> int:
+        storage = self.storage
+        try:
+            return await storage.incr(key, seconds)
+        except Exception as exc:  # limits' StorageError (wrapped) or a timeout: Redis is down, not the API
+            if storage is self.fallback:
+                raise
+            self._degrade(exc)
+            return await self.fallback.incr(key, seconds)
+
+    def _degrade(self, exc: Exception) -> None:
+        if self.storage is self.fallback:
+            return
+        self.storage = self.fallback
+        log.error("ratelimit.redis_unavailable", error=f"{type(exc).__name__}: {exc}",
+                  fallback="per-process memory counters until Redis answers again")
+        self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Probe Redis until it answers, then count there again (the counters it held are kept, so budgets
+        carry on from where they were, give or take the requests counted in memory meanwhile)."""
+        assert self.shared is not None
+        while True:
+            await asyncio.sleep(self.probe_seconds)
+            try:
+                alive = await asyncio.wait_for(self.shared.check(), REDIS_TIMEOUT_SECONDS * 2)
+            except TimeoutError:
+                alive = False
+            if alive:
+                self.storage = self.shared
+                log.warning("ratelimit.redis_recovered")
+                return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+
+    async def _window(self, name: str, amount: int, seconds: int, now: float, *identifiers: str) -> Window:
+        start = int(now // seconds)
+        key = self._item(amount, seconds).key_for(*identifiers, str(start))
+        count = await self._count(key, seconds)
+        return Window(amount, amount - count, (start + 1) * seconds - now, name)
+
+    async def admit(self, slug: str, tenant_id: str, plan: Plan, caller: Caller, address: str | None
+                    ) -> Window | None:
+        """Count one request and answer its tightest window (None when nothing limits it), or the window
+        that refuses it (`refused`; the caller raises its `error()`)."""
+        now = time.time()
+        tightest: Window | None = None
+        checks: list[tuple[str, int, int, tuple[str, ...]]] = []
+        if address and caller.user_id is None and "anon" in caller.roles:
+            checks.append(("address", self.anon.amount, int(self.anon.get_expiry()), ("address", tenant_id, address)))
+        if slug != SYSTEM_TENANT:
+            checks += [(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in plan.rate_windows]
+        for key, amount, seconds, identifiers in checks:
+            window = await self._window(key, amount, seconds, now, *identifiers)
+            if window.refused:
+                if self.on_refused is not None:
+                    self.on_refused(slug, key)
+                return window
+            if tightest is None or window.remaining < tightest.remaining:
+                tightest = window
+        return tightest
+
+
+def with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """`send` adding `headers` to the response's start (plain ASGI: no copy of the body)."""
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+    return sending

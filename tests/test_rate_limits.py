@@ -1,0 +1,217 @@
+"""Rate limits: each window of a tenant's plan with its `RateLimit-*` headers and the 429 past it, the
+per-address budget of anonymous callers, a plan edit reaching a running gateway, one budget shared by two
+gateway processes through Redis, and a Redis outage degrading to per-process counters (logged) and back."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine import catalog
+from engine.database import Database
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from functions.users import create_platform_admin
+from tests.server import free_port, running_gateway
+
+PASSWORD = "a long enough passphrase"
+ADMIN = "root@limits.example"
+SCHEMA = """
+name: counter
+entities:
+  item:
+    fields:
+      label: {type: text}
+    permissions:
+      read: {anon: all, authenticated: all}
+"""
+PLANS = {
+    "per-minute": {"requests_per_minute": 3, "requests_per_hour": 100, "requests_per_day": 1000},
+    "per-hour": {"requests_per_minute": 100, "requests_per_hour": 3, "requests_per_day": -1},
+    "per-day": {"requests_per_minute": -1, "requests_per_day": 3},
+    "roomy": {"requests_per_minute": 1000},
+    "five": {"requests_per_minute": 5},
+    "open": {},
+}
+TENANTS = {"minute": "per-minute", "hour": "per-hour", "day": "per-day", "anons": "open", "edited": "roomy",
+           "shared": "five", "outage": "five", "unbounded": "open"}
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> dict[str, dict[str, str]]:
+    await create_platform_admin(db, ADMIN, PASSWORD)
+    plans = catalog.platform_tables()["plans"]
+    async with db.begin() as conn:
+        for code, limits in PLANS.items():
+            await conn.execute(plans.insert().values(code=f"rl-{code}", name=code, limits=limits))
+    made: dict[str, dict[str, str]] = {}
+    for slug, plan in TENANTS.items():
+        await create_tenant(db, slug, source=SCHEMA, plan=f"rl-{plan}")
+        made[slug] = {role: (await create_api_key(db, slug, role, role)).key for role in ("anon", "service")}
+    return made
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, dict[str, str]], database_url: str) -> Iterator[str]:
+    with running_gateway(database_url, rate_limits={"anon_per_address": "4/minute"}) as url:
+        yield url
+
+
+def items(base: str, slug: str, headers: dict[str, str]) -> httpx.Response:
+    return httpx.get(f"{base}/api/tenants/{slug}/rest/v1/item", headers=headers)
+
+
+def in_one_window(seconds: int, margin: float = 8.0) -> None:
+    """Wait, if need be, so that the next `margin` seconds fall in one clock-aligned window."""
+    left = seconds - time.time() % seconds
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
+def window_headers(response: httpx.Response) -> tuple[int, int, int]:
+    return (int(response.headers["RateLimit-Limit"]), int(response.headers["RateLimit-Remaining"]),
+            int(response.headers["RateLimit-Reset"]))
+
+
+@pytest.mark.parametrize(("slug", "seconds"), [("minute", 60), ("hour", 3600), ("day", 86400)])
+def test_each_window_of_the_plan_counts_down_in_its_headers_then_refuses_with_429(base, keys, slug, seconds):
+    in_one_window(seconds)
+    service = {"apikey": keys[slug]["service"]}
+    for left in (2, 1, 0):
+        answer = items(base, slug, service)
+        assert answer.status_code == 200, answer.text
+        limit, remaining, reset = window_headers(answer)
+        assert (limit, remaining) == (3, left) and 0 < reset <= seconds
+    refused = items(base, slug, service)
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert 0 < int(refused.headers["Retry-After"]) <= seconds
+    assert window_headers(refused)[:2] == (3, 0)
+    assert "3 requests" in refused.json()["message"]
+
+
+def test_a_tenant_without_windows_carries_no_rate_limit_headers(base, keys):
+    answer = items(base, "unbounded", {"apikey": keys["unbounded"]["service"]})
+    assert answer.status_code == 200 and "RateLimit-Limit" not in answer.headers
+
+
+def test_an_anonymous_address_has_its_own_budget_and_others_keep_theirs(base, keys):
+    in_one_window(60)
+    anon = {"apikey": keys["anons"]["anon"]}
+    for left in (3, 2, 1, 0):
+        answer = items(base, "anons", anon)
+        assert answer.status_code == 200 and window_headers(answer)[:2] == (4, left)
+    assert items(base, "anons", anon).status_code == 429
+    assert items(base, "anons", {}).status_code == 429  # no key at all is as anonymous
+    elsewhere = items(base, "anons", {**anon, "X-Forwarded-For": "203.0.113.9"})  # uvicorn trusts its local proxy
+    assert elsewhere.status_code == 200 and window_headers(elsewhere)[:2] == (4, 3)
+    assert items(base, "anons", {"apikey": keys["anons"]["service"]}).status_code == 200  # not anonymous
+
+
+def test_a_plan_edit_reaches_the_running_gateway_at_once(base, keys):
+    service = {"apikey": keys["edited"]["service"]}
+    assert window_headers(items(base, "edited", service))[0] == 1000
+    session = httpx.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
+                         json={"email": ADMIN, "password": PASSWORD}).json()
+    edited = httpx.patch(f"{base}/api/platform/rest/v1/plans?code=eq.rl-roomy", json={"limits": {"requests_per_minute": 700}},
+                         headers={"Authorization": f"Bearer {session['access_token']}"})
+    assert edited.status_code == 204, edited.text
+    assert window_headers(items(base, "edited", service))[0] == 700
+
+
+# -- processes sharing Redis, and Redis going away ----------------------------------------------------------
+
+
+def serve(database_url: str, port: int, redis_url: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    """A gateway process of its own (`backsaas serve`), counting in `redis_url` under `prefix`."""
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BACKSAAS_RATE_LIMIT_PREFIX": prefix,
+           "BACKSAAS_RATE_LIMIT_PROBE_SECONDS": "0.3"}
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(log.read_text())
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(timeout=30)
+
+
+def redis_keys(port: int, prefix: str) -> list[str]:
+    found = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", f"{prefix}*"], capture_output=True,
+                           text=True, check=True)
+    return found.stdout.split()
+
+
+def test_two_gateway_processes_share_one_budget_in_redis(keys, database_url, tmp_path):
+    in_one_window(60, margin=20)
+    prefix = f"bst-rl-{secrets.token_hex(4)}"
+    ports = [free_port(), free_port()]
+    processes = [serve(database_url, port, "redis://127.0.0.1:6379/0", prefix, tmp_path / f"{port}.log") for port in ports]
+    try:
+        service = {"apikey": keys["shared"]["service"]}
+        answers = [items(f"http://127.0.0.1:{ports[n % 2]}", "shared", service) for n in range(7)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
+        assert [int(a.headers["RateLimit-Remaining"]) for a in answers[:5]] == [4, 3, 2, 1, 0]
+        assert redis_keys(6379, prefix)
+    finally:
+        stop(*processes)
+        for key in redis_keys(6379, prefix):
+            subprocess.run(["redis-cli", "-p", "6379", "DEL", key], capture_output=True, check=True)
+
+
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                                "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    return process
+
+
+def test_a_redis_outage_degrades_to_per_process_limits_logs_it_and_recovers(keys, database_url, tmp_path):
+    in_one_window(60, margin=25)
+    redis_port, port = free_port(), free_port()
+    redis = start_redis(redis_port, tmp_path)
+    log = tmp_path / "gateway.log"
+    prefix = "bst-outage"
+    gateway = serve(database_url, port, f"redis://127.0.0.1:{redis_port}/0", prefix, log)
+    base, service = f"http://127.0.0.1:{port}", {"apikey": keys["outage"]["service"]}
+    try:
+        assert [items(base, "outage", service).status_code for _ in range(2)] == [200, 200]
+        assert redis_keys(redis_port, prefix)
+        redis.kill()
+        redis.wait()
+        during = [items(base, "outage", service) for _ in range(6)]  # the process counts on its own, from zero
+        assert [a.status_code for a in during] == [200] * 5 + [429]
+        assert window_headers(during[0])[:2] == (5, 4)
+        assert "ratelimit.redis_unavailable" in log.read_text()
+        redis = start_redis(redis_port, tmp_path)  # an empty Redis: the budget counts there again
+        deadline = time.monotonic() + 10
+        while not redis_keys(redis_port, prefix):
+            assert time.monotonic() < deadline, log.read_text()
+            items(base, "outage", service)
+            time.sleep(0.2)
+        assert "ratelimit.redis_recovered" in log.read_text()
+    finally:
+        stop(gateway)
+        redis.kill()
+        redis.wait()
