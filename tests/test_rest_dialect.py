@@ -208,3 +208,78 @@ def test_write_answers_shaped_by_embeds_stay_within_the_read_scope(base, people)
                           json=[{"title": "b1", "writer_id": ann["person"]}, {"title": "b2", "writer_id": bob["person"]}])
     assert response.status_code == 201, response.text
     assert response.json() == [{"title": "b2", "writer": {"name": "Bob"}}, {"title": "b1", "writer": None}]
+
+
+# -- 8. statuses and headers --
+
+
+def test_a_counted_partial_read_is_206_with_its_range_and_total(http, shelves):
+    response = http.get("/shelf?select=label&order=label&limit=2", headers={"Prefer": "count=exact"})
+    assert response.status_code == 206, response.text
+    total = len(http.get("/shelf").json())
+    assert response.headers["content-range"] == f"0-1/{total}"
+    assert response.headers["preference-applied"] == "count=exact"
+    whole = http.get("/shelf?select=label", headers={"Prefer": "count=exact"})
+    assert whole.status_code == 200 and whole.headers["content-range"] == f"0-{total - 1}/{total}"
+    uncounted = http.get("/shelf?select=label&limit=2")
+    assert uncounted.status_code == 200 and uncounted.headers["content-range"] == "0-1/*"
+
+
+def test_a_range_past_the_end_is_416_with_the_total(http, shelves):
+    total = len(http.get("/shelf").json())
+    response = http.get(f"/shelf?offset={total + 5}", headers={"Prefer": "count=exact"})
+    assert response.status_code == 416, response.text
+    assert response.headers["content-range"] == f"*/{total}" and response.json()["code"] == "PGRST103"
+
+
+def test_write_ranges_are_star_unless_counted(http, shelves):
+    created = http.post("/shelf", json={"label": "range-1"})
+    assert created.status_code == 201 and created.headers["content-range"] == "*/*"
+    assert "location" not in created.headers and "preference-applied" not in created.headers
+    counted = http.post("/shelf", json=[{"label": "range-2"}, {"label": "range-3"}],
+                        headers={"Prefer": "return=minimal, count=exact"})
+    assert counted.headers["content-range"] == "*/2"
+    assert counted.headers["preference-applied"] == "return=minimal, count=exact"
+    patched = http.patch("/shelf?label=like.range-*", json={"rank": 50}, headers={"Prefer": "return=representation"})
+    assert patched.status_code == 200 and patched.headers["content-range"] == "0-2/*"
+    assert patched.headers["preference-applied"] == "return=representation"
+    deleted = http.delete("/shelf?label=like.range-*", headers={"Prefer": "count=exact"})
+    assert deleted.status_code == 204 and deleted.headers["content-range"] == "*/3"
+
+
+def test_location_only_with_headers_only(client, http, shelves):
+    response = http.post("/shelf", json={"label": "located"}, headers={"Prefer": "return=headers-only"})
+    assert response.status_code == 201 and response.content == b""
+    assert response.headers["preference-applied"] == "return=headers-only"
+    located = http.get(response.headers["location"]).json()
+    assert [r["label"] for r in located] == ["located"]
+    shown = http.post("/shelf", json={"label": "shown"}, headers={"Prefer": "return=representation"})
+    assert "location" not in shown.headers
+    http.delete("/shelf?label=in.(located,shown)")
+
+
+def test_an_upsert_that_only_updated_is_200_and_one_that_inserted_is_201(client, http, shelves):
+    merge = {"Prefer": "resolution=merge-duplicates, return=representation"}
+    updated = http.post("/shelf?on_conflict=label", json={"label": "alpha", "rank": 1}, headers=merge)
+    assert updated.status_code == 200, updated.text
+    assert updated.headers["preference-applied"] == "resolution=merge-duplicates, return=representation"
+    mixed = http.post("/shelf?on_conflict=label", json=[{"label": "alpha", "rank": 1}, {"label": "upserted", "rank": None}],
+                      headers=merge)
+    assert mixed.status_code == 201, mixed.text
+    minimal = http.post("/shelf?on_conflict=label", json={"label": "alpha", "rank": 1},
+                        headers={"Prefer": "resolution=merge-duplicates"})
+    assert minimal.status_code == 200 and minimal.content == b""
+    # through the client: upsert() sends the same preference
+    assert client.from_("shelf").upsert({"label": "upserted", "rank": 9}, on_conflict="label").execute().data[0][
+        "rank"] == 9
+    http.delete("/shelf?label=eq.upserted")
+
+
+def test_an_unsupported_accept_is_406(http, shelves):
+    response = http.get("/shelf", headers={"Accept": "application/xml"})
+    assert response.status_code == 406 and response.json()["code"] == "PGRST107", response.text
+    weighted = http.get("/shelf?select=label&limit=1", headers={"Accept": "application/xml, application/json;q=0.5"})
+    assert weighted.status_code == 200 and weighted.headers["content-type"].startswith("application/json")
+    written = http.post("/shelf", json={"label": "never"}, headers={"Accept": "text/xml"})
+    assert written.status_code == 406
+    assert http.get("/shelf?label=eq.never").json() == []

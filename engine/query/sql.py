@@ -256,23 +256,43 @@ def qualified(table: sa.Table) -> str:
 
 def body_select(builder: StatementBuilder, plan: ReadPlan, source: sa.FromClause,
                 count: ColumnElement[Any] | None = None, *, first_id: ColumnElement[Any] | None = None,
-                representation: bool = True, written: sa.FromClause | None = None) -> sa.Select[Any]:
-    """body (the rows as JSON text, or NULL when not asked for), page_rows, total, first_id, written (the
-    rows a write wrote, shown or not): the one row every REST statement returns."""
+                representation: bool = True, written: sa.FromClause | None = None, csv: bool = False) -> sa.Select[Any]:
+    """body (the rows as JSON text, or CSV text with `csv`, or NULL when not asked for), page_rows, total,
+    first_id, written (the rows a write wrote, shown or not), inserted (of those, the new ones: an upsert's
+    others were updated): the one row every REST statement returns."""
     rows = builder.rows(plan, source=source).subquery("page") if representation else source
-    body = sa.cast(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY), sa.Text) \
+    body = (csv_body(plan, rows) if csv else sa.cast(sa.func.coalesce(sa.func.json_agg(rows.table_valued()),
+                                                                      EMPTY_ARRAY), sa.Text)) \
         if representation else sa.null()
     written_rows = sa.select(sa.func.count()).select_from(written).scalar_subquery() if written is not None \
         else sa.null()
+    inserted_rows = sa.select(sa.func.count()).select_from(written).where(written.c["inserted"]).scalar_subquery() \
+        if written is not None and "inserted" in written.c else sa.null()
     return sa.select(body.label("body"), sa.func.count().label("page_rows"),
                      (count if count is not None else sa.null()).label("total"),
                      (first_id if first_id is not None else sa.null()).label("first_id"),
-                     written_rows.label("written")).select_from(rows)
+                     written_rows.label("written"), inserted_rows.label("inserted")).select_from(rows)
 
 
-def read_statement(plan: ReadPlan, tables: Mapping[str, sa.Table], count: bool) -> sa.Select[Any]:
+def csv_field(name: str) -> str:
+    return f'"{name.replace(chr(34), chr(34) * 2)}"' if any(c in name for c in ',"\n\r ') else name
+
+
+def csv_body(plan: ReadPlan, rows: sa.FromClause) -> ColumnElement[Any]:
+    """PostgREST's CSV: a header line of the selected names (a bound value), then each row as PostgreSQL
+    writes a record (`(a,"b c",)` without its parentheses: NULL as an empty field, quotes doubled)."""
+    names = [c.alias for c in plan.columns] + [e.alias for e in plan.embeds] + \
+            [a.alias for a in plan.aggregates if a.relation is not None]
+    header = sa.bindparam("csv_header", value=",".join(csv_field(n) for n in names), type_=sa.Text())
+    record = sa.cast(rows.table_valued(), sa.Text)
+    line = sa.func.substr(record, 2, sa.func.length(record) - 2)
+    return header.concat(sa.func.coalesce(sa.literal_column("chr(10)").concat(
+        sa.func.string_agg(line, sa.literal_column("chr(10)"))), ""))
+
+
+def read_statement(plan: ReadPlan, tables: Mapping[str, sa.Table], count: bool, *, csv: bool = False) -> sa.Select[Any]:
     builder = StatementBuilder(tables)
-    return body_select(builder, plan, tables[plan.entity], builder.count(plan) if count else None)
+    return body_select(builder, plan, tables[plan.entity], builder.count(plan) if count else None, csv=csv)
 
 
 def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: Upsert | None,
@@ -298,9 +318,10 @@ def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequen
     """REST's POST: the rows as `returned` shows them (the read scope applied), or the new ids alone."""
     table = tables[returned.entity]
     statement = insert_statement(table, keys, param, upsert, tables)
+    inserted = sa.literal_column("(xmax = 0)").label("inserted")  # false: an upsert updated the row it met
     if not representation:
-        return statement.returning(sa.cast(table.c.id, sa.Text).label("id"))
-    written = statement.returning(*table.c).cte("written")
+        return statement.returning(sa.cast(table.c.id, sa.Text).label("id"), inserted)
+    written = statement.returning(*table.c, inserted).cte("written")
     builder = StatementBuilder(tables)
     shown = builder.rows(ReadPlan(returned.entity, (Column("id", "id"),), scope=returned.scope), source=written)
     first_id = sa.select(sa.cast(shown.subquery().c.id, sa.Text)).limit(1).scalar_subquery()  # for Location

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
 import asyncpg
 import orjson
 
-from engine import metering, quotas
 from engine.answer import Answer
 from engine.authz import Caller, guard_user_fields
 from engine.authz.permissions import Permissions
@@ -38,31 +37,25 @@ from engine.errors import (
 from engine.limits import Bounds, RowBudget, validate_sized
 from engine.query.plan import ReadPlan, Upsert
 from engine.query.sql import CompiledRead, read_statement, rest_delete, rest_insert, rest_update
+from engine.rest.media import (
+    CONTENT_TYPES,
+    CSV,
+    JSON,
+    OBJECT,
+    MediaNotAvailable,
+    Prefer,
+    negotiate,
+    parse_body,
+    typed,
+)
 from engine.rest.params import ReadParser, has_root_filters, shaping, unquote
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import READ_ONLY
 from engine.writes import HookedWriter
 
-OBJECT_MEDIA = "application/vnd.pgrst.object+json"
 PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
-JSON_MEDIA = "application/json; charset=utf-8"
 EXPOSED_PROFILES = ("public", "")
-
-
-
-
-@dataclass(frozen=True)
-class Prefer:
-    returning: str = "minimal"  # representation | minimal | headers-only
-    count: str | None = None  # exact | planned | estimated
-    resolution: str | None = None  # merge-duplicates | ignore-duplicates
-
-    @classmethod
-    def parse(cls, header: str, default_return: str) -> Prefer:
-        values = dict(part.strip().partition("=")[::2] for part in header.split(",") if "=" in part)
-        return cls(values.get("return", default_return), values.get("count"), values.get("resolution"))
-
 
 def not_one(rows: int) -> NotAcceptable:
     """PostgREST's PGRST116: the client asked for one object (`vnd.pgrst.object+json`) and `rows` it is not."""
@@ -189,47 +182,86 @@ class RestApi:
     # -- reads --
 
     async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> Answer:
-        key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), self.who)
-        plan, values, compiled, count = self.prepared(key, lambda: self.prepare_read(entity, query, headers))
+        media = negotiate(headers.get("accept", ""))
+        key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), media == CSV, self.who)
+        plan, values, compiled, prefer = self.prepared(key, lambda: self.prepare_read(entity, query, headers, media))
         row = await self.run(compiled, values)
-        return self.respond_rows(row, plan, headers, status=200, count=count, head=head)
+        return self.respond_read(row, plan, media, prefer, head=head)
 
-    def prepare_read(self, entity: Entity, query: bytes, headers: Mapping[str, str]
-                     ) -> tuple[ReadPlan, list[Any], CompiledRead, bool]:
+    def prepare_read(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
+                     ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer]:
         limit, offset = parse_range(headers.get("range"))
         plan, values = self.plan(entity, "read", parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
         if limit is not None or offset is not None:  # the Range header wins over limit= and offset=
             plan = RowBudget(self.bounds).admit(replace(plan, limit=limit, offset=offset))
-        count = Prefer.parse(headers.get("prefer", ""), "representation").count in ("exact", "planned", "estimated")
-        compiled = self.statement(("read", plan, count), lambda: read_statement(plan, self.runtime.tables, count))
-        return plan, values, compiled, count
+        prefer = Prefer.parse(headers.get("prefer", ""))
+        csv = media == CSV
+        compiled = self.statement(("read", plan, prefer.counted, csv),
+                                  lambda: read_statement(plan, self.runtime.tables, prefer.counted, csv=csv))
+        return plan, values, compiled, prefer
 
-    def respond_rows(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str], *, status: int,
-                     count: bool = False, head: bool = False, extra: list[tuple[str, str]] | None = None) -> Answer:
-        body: str = row["body"]
+    def respond_read(self, row: asyncpg.Record, plan: ReadPlan, media: str, prefer: Prefer, *,
+                     head: bool = False) -> Answer:
+        """PostgREST's read answer: 200, or 206 when a counted read sends part of the rows, 416 with
+        `Content-Range: */N` past the end; `Content-Range: first-last/total` (`*` when not counted)."""
         rows: int = row["page_rows"]
-        total = row["total"] if count else None
+        total = row["total"] if prefer.counted else None
         offset = plan.offset or 0
-        if total is not None and offset > 0 and offset >= total and rows == 0:
-            raise RangeNotSatisfiable(f"offset {offset} is beyond the {total} rows", hint=f"Content-Range: */{total}")
-        span = f"{offset}-{offset + rows - 1}" if rows else "*"
-        response_headers = [("Content-Range", f"{span}/{total if total is not None else '*'}"), *(extra or [])]
-        if OBJECT_MEDIA in headers.get("accept", ""):
+        applied = prefer.applied(write=False)
+        if total is not None and offset > total:
+            error = RangeNotSatisfiable("Requested range not satisfiable",
+                                        hint=f"An offset of {offset} was requested, but there are only {total} rows.")
+            return Answer(416, [("Content-Range", f"*/{total}"), ("Content-Type", CONTENT_TYPES[JSON]), *applied],
+                          orjson.dumps(error.as_dict()))
+        span = f"{offset}-{offset + rows - 1}" if rows and total != 0 else "*"
+        status = 206 if total is not None and rows < total else 200
+        response_headers = [("Content-Range", f"{span}/{total if total is not None else '*'}"), *applied]
+        return self.shaped(status, response_headers, row["body"], rows, media, head=head)
+
+    @staticmethod
+    def shaped(status: int, response_headers: list[tuple[str, str]], body: str, rows: int, media: str, *,
+               head: bool = False) -> Answer:
+        """The body as the client accepted it: the array, its one object (406 unless exactly one), or CSV."""
+        if media == OBJECT:
             if rows != 1:
                 raise not_one(rows)
             body = body[1:-1]
-            response_headers.append(("Content-Type", f"{OBJECT_MEDIA}; charset=utf-8"))
-        else:
-            response_headers.append(("Content-Type", JSON_MEDIA))
-        return Answer(status, response_headers, b"" if head else body.encode())
+        return Answer(status, [*response_headers, ("Content-Type", CONTENT_TYPES[media])], b"" if head else body.encode())
+
+    def respond_write(self, action: str, media: str, prefer: Prefer, *, written: int, row: asyncpg.Record | None,
+                      status: int = 201, location: str | None = None, upsert: bool = False) -> Answer:
+        """PostgREST's write answer: `Content-Range` `*/*` (`*/N` counted) for POST and DELETE,
+        `0-(N-1)/*` for PATCH; the body with `return=representation` (201 or 200), else 201 or 204;
+        `Location` with `return=headers-only`; `Preference-Applied` for what was honoured."""
+        total = str(written) if prefer.counted else "*"
+        span = f"0-{written - 1}" if action == "update" and written else "*"
+        response_headers = [("Content-Range", f"{span}/{total}"), *prefer.applied(write=True, resolution=upsert)]
+        if location is not None and prefer.returns("headers-only"):
+            response_headers.append(("Location", location))
+        if row is not None and prefer.returns("representation"):
+            if action != "create":
+                status = 200
+            return self.shaped(status, response_headers, row["body"], row["page_rows"], media)
+        return Answer(status if action == "create" else 204, response_headers, b"")
 
     # -- writes --
 
-    def parse_body(self, body: bytes) -> Any:
-        try:
-            return orjson.loads(body or b"null")
-        except orjson.JSONDecodeError as exc:
-            raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+    def body(self, entity: Entity, headers: Mapping[str, str], body: bytes) -> Any:
+        """The body as JSON values: JSON, or CSV lines and form fields typed by their columns."""
+        payload = parse_body(headers.get("content-type", ""), body)
+        if headers.get("content-type", "").split(";")[0].strip().lower() in ("text/csv",
+                                                                             "application/x-www-form-urlencoded"):
+            columns = dict(self.runtime.columns[entity.name])
+            typed_objects = typed(payload if isinstance(payload, list) else [payload], columns)
+            return typed_objects if isinstance(payload, list) else typed_objects[0]
+        return payload
+
+    def write_media(self, headers: Mapping[str, str]) -> str:
+        media = negotiate(headers.get("accept", ""))
+        if media == CSV and Prefer.parse(headers.get("prefer", "")).returns("representation"):
+            raise MediaNotAvailable("text/csv is sent for reads; a write's representation is JSON",
+                                    hint="Accept: application/json")
+        return media
 
     def validate(self, entity: Entity, payload: Any, *, partial: bool) -> None:
         guard_user_fields(entity.name, self.caller, payload if isinstance(payload, list) else [payload])
@@ -243,35 +275,43 @@ class RestApi:
 
     async def insert(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
-        payload = self.parse_body(body)
+        media = self.write_media(headers)
+        payload = self.body(entity, headers, body)
         objects = payload if isinstance(payload, list) else [payload]
         self.bounds.check_items(len(objects), "body")  # before any work per item
         if not objects or not all(isinstance(o, dict) for o in objects):
             raise InvalidBody("expected a JSON object or a non-empty array of objects")
         columns_param = dict(params).get("columns")
         keys = tuple(unquote(c.strip()) for c in columns_param.split(",")) if columns_param else tuple(objects[0])
-        if columns_param and any(k in READ_ONLY for k in keys):  # body keys are checked by the validator
-            raise ValidationFailed("read-only fields cannot be written",
-                                   details=[Problem(k, "is read-only") for k in keys if k in READ_ONLY])
-        if not columns_param and any(set(o) != set(keys) for o in objects):
-            raise InvalidBody("all objects of a bulk insert must have the same keys", hint="or list them in columns=")
+        if columns_param:  # as PostgREST: only the listed keys are read from each object, the others ignored
+            if any(k in READ_ONLY for k in keys):  # body keys are checked by the validator
+                raise ValidationFailed("read-only fields cannot be written",
+                                       details=[Problem(k, "is read-only") for k in keys if k in READ_ONLY])
+            visible = self.runtime.columns[entity.name]
+            for column in keys:
+                if column not in visible:
+                    raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
+            objects = [{k: o[k] for k in keys if k in o} for o in objects]
+        elif any(set(o) != set(keys) for o in objects):
+            raise InvalidBody("All object keys must match", hint="or list the columns in columns=")
         await validate_sized(len(objects), lambda: self.validate(entity, objects if isinstance(payload, list)
                                                                  else objects[0], partial=False))
+        prefer = Prefer.parse(headers.get("prefer", ""))
         if self.runtime.hooks(entity.name, "create"):
-            if dict(params).get("on_conflict") or "resolution=" in headers.get("prefer", ""):
+            if dict(params).get("on_conflict") or prefer.resolution:
                 raise InvalidBody(f"upserts are not supported on '{entity.name}': it has hooks",
                                   hint="insert, or update the existing row")
-            return await self.hooked_insert(entity, objects, params, headers, single_object=not isinstance(payload, list))
+            return await self.hooked_insert(entity, objects, params, headers, media,
+                                            single_object=not isinstance(payload, list))
         if entity.owner and self.caller.user_id is not None:  # set from the caller, never from the body
             objects = [{**o, OWNER_COLUMN: self.caller.user_id} for o in objects]
             keys = (*keys, OWNER_COLUMN)
-        prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
         conflict = tuple(unquote(c.strip()) for c in dict(params).get("on_conflict", "").split(",") if c.strip())
         visible = self.runtime.columns[entity.name]
         for column in (*keys, *conflict):
             if column not in visible:
                 raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
-        representation = prefer.returning == "representation"
+        representation = prefer.returns("representation")
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead, Upsert | None]:
             parser = self.parser()
@@ -284,25 +324,25 @@ class RestApi:
                                                           representation))
             return returned, values, compiled, upsert
 
-        plan, values, compiled, upsert = self.prepared(("insert", entity.name, tuple(params), prefer, self.who, keys),
+        _, values, compiled, upsert = self.prepared(("insert", entity.name, tuple(params), prefer, self.who, keys),
                                                        prepare)
         arguments = [*values, orjson.dumps(objects).decode()]
-        expect = len(objects) if upsert is not None and upsert.update else None
-        quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing (engine/quotas.py)
-        single = OBJECT_MEDIA in headers.get("accept", "")
+        merge = upsert is not None and bool(upsert.update)
+        expect = len(objects) if merge else None
+        single = media == OBJECT
+        row = None
         if representation:
             row = await self.run(compiled, arguments, single=single, expect=expect)
-            first_id, count = row["first_id"], row["page_rows"]
-            metering.wrote(row["written"])
+            first_id, written, inserted = row["first_id"], row["written"], row["inserted"]
         else:  # the statement returns the new ids alone (no body to build)
             ids = await self.run(compiled, arguments, many=True, single=single, expect=expect)
             # a merge may have updated rows the caller may not read: their ids are not shown
-            first_id, count = (ids[0]["id"] if ids and expect is None else None), len(ids)
-            metering.wrote(count)
-        extra = [("Location", f"/{entity.name}?id=eq.{first_id}")] if not isinstance(payload, list) and first_id else []
-        if representation:
-            return self.respond_rows(row, plan, headers, status=201, extra=extra)
-        return Answer(201, [("Content-Range", f"*/{count}"), *extra], b"")
+            first_id, written = (ids[0]["id"] if ids and expect is None else None), len(ids)
+            inserted = sum(1 for i in ids if i["inserted"])
+        location = f"/{entity.name}?id=eq.{first_id}" if not isinstance(payload, list) and first_id else None
+        status = 200 if merge and inserted == 0 else 201  # PostgREST: an upsert that only updated is 200
+        return self.respond_write("create", media, prefer, written=written, row=row, status=status,
+                                  location=location, upsert=upsert is not None)
 
     def upsert(self, parser: ReadParser, entity: Entity, keys: tuple[str, ...], conflict: tuple[str, ...],
                resolution: str | None) -> Upsert | None:
@@ -321,14 +361,15 @@ class RestApi:
                      body: bytes) -> Answer:
         if not has_root_filters(params):
             raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
-        payload = self.parse_body(body)
+        media = self.write_media(headers)
+        payload = self.body(entity, headers, body)
         if not isinstance(payload, dict) or not payload:
             raise InvalidBody("expected a JSON object with the fields to change")
         self.validate(entity, payload, partial=True)
         if self.runtime.hooks(entity.name, "update"):
-            return await self.hooked_change(entity, "update", params, headers, payload)
-        prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
-        representation = prefer.returning == "representation"
+            return await self.hooked_change(entity, "update", params, headers, payload, media)
+        prefer = Prefer.parse(headers.get("prefer", ""))
+        representation = prefer.returns("representation")
         keys = tuple(payload)
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
@@ -338,19 +379,18 @@ class RestApi:
                                                           representation))
             return returned, values, compiled
 
-        plan, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
-        quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
-        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()],
-                             single=OBJECT_MEDIA in headers.get("accept", ""))
-        return self.respond_written(row, plan, headers, representation)
+        _, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
+        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()], single=media == OBJECT)
+        return self.respond_write("update", media, prefer, written=row["written"], row=row)
 
     async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> Answer:
         if not has_root_filters(params):
             raise UnfilteredWrite("DELETE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
+        media = self.write_media(headers)
         if self.runtime.hooks(entity.name, "delete"):
-            return await self.hooked_change(entity, "delete", params, headers, None)
-        prefer = Prefer.parse(headers.get("prefer", ""), "minimal")
-        representation = prefer.returning == "representation"
+            return await self.hooked_change(entity, "delete", params, headers, None, media)
+        prefer = Prefer.parse(headers.get("prefer", ""))
+        representation = prefer.returns("representation")
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
             plan, returned, values = self.write_plan(entity, "delete", params)
@@ -358,65 +398,56 @@ class RestApi:
                                                     lambda: rest_delete(self.runtime.tables, plan, returned,
                                                                         representation))
 
-        plan, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
-        row = await self.run(compiled, values, single=OBJECT_MEDIA in headers.get("accept", ""))
-        return self.respond_written(row, plan, headers, representation)
+        _, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
+        row = await self.run(compiled, values, single=media == OBJECT)
+        return self.respond_write("delete", media, prefer, written=row["written"], row=row)
 
     # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --
 
     async def hooked_insert(self, entity: Entity, objects: list[dict[str, Any]], params: list[tuple[str, str]],
-                            headers: Mapping[str, str], *, single_object: bool) -> Answer:
-        select = shaping(params)
+                            headers: Mapping[str, str], media: str, *, single_object: bool) -> Answer:
+        prefer = Prefer.parse(headers.get("prefer", ""))
         async with self.connection() as conn, conn.transaction():
             rows = await HookedWriter(self.runtime, self.caller, conn, self.db).insert(entity, objects)
             ids = [r["id"] for r in rows]
-            if OBJECT_MEDIA in headers.get("accept", "") and len(ids) != 1:
+            if media == OBJECT and len(ids) != 1:
                 raise not_one(len(ids))
-            extra = [("Location", f"/{entity.name}?id=eq.{ids[0]}")] if single_object and ids else []
-            if Prefer.parse(headers.get("prefer", ""), "minimal").returning != "representation":
-                return Answer(201, [("Content-Range", f"*/{len(ids)}"), *extra], b"")
-            return await self.rows_by_id(conn, entity, "create", select, ids, headers, 201, extra)
+            location = f"/{entity.name}?id=eq.{ids[0]}" if single_object and ids else None
+            shown = await self.rows_by_id(conn, entity, "create", shaping(params), ids, media) \
+                if prefer.returns("representation") else None
+            return self.respond_write("create", media, prefer, written=len(ids), row=shown, location=location)
 
     async def hooked_change(self, entity: Entity, action: str, params: list[tuple[str, str]],
-                            headers: Mapping[str, str], patch: dict[str, Any] | None) -> Answer:
+                            headers: Mapping[str, str], patch: dict[str, Any] | None, media: str) -> Answer:
         plan, values = self.plan(entity, action, params)
         select = shaping(params)
-        representation = Prefer.parse(headers.get("prefer", ""), "minimal").returning == "representation"
+        prefer = Prefer.parse(headers.get("prefer", ""))
+        representation = prefer.returns("representation")
         async with self.connection() as conn, conn.transaction():
             writer = HookedWriter(self.runtime, self.caller, conn, self.db)
             olds = await writer.lock(entity, plan.reach(), values)
             ids = [o["id"] for o in olds]
-            response = None
+            if media == OBJECT and len(ids) != 1:
+                raise not_one(len(ids))
+            shown = None
             if representation and action == "delete":  # the body is read before the rows go
-                response = await self.rows_by_id(conn, entity, action, select, ids, headers, 200, [])
+                shown = await self.rows_by_id(conn, entity, action, select, ids, media)
             if action == "delete":
                 await writer.delete(entity, olds)
             else:
                 await writer.update(entity, olds, patch or {})
-            if representation and response is None:
-                response = await self.rows_by_id(conn, entity, action, select, ids, headers, 200, [])
-            if response is None:
-                if OBJECT_MEDIA in headers.get("accept", "") and len(ids) != 1:
-                    raise not_one(len(ids))
-                response = Answer(204, [("Content-Range", f"*/{len(ids)}")], b"")
-            return response
+            if representation and shown is None:
+                shown = await self.rows_by_id(conn, entity, action, select, ids, media)
+            return self.respond_write(action, media, prefer, written=len(ids), row=shown)
 
     async def rows_by_id(self, conn: asyncpg.Connection, entity: Entity, action: str, select: list[tuple[str, str]],
-                         ids: list[str], headers: Mapping[str, str], status: int,
-                         extra: list[tuple[str, str]]) -> Answer:
-        """The written rows as the request selects them, under the read scope (one object or 406, when asked for)."""
+                         ids: list[str], media: str) -> asyncpg.Record:
+        """The written rows as the request shapes them, under the read scope (one object or 406, when asked for)."""
         parser = self.parser()
         plan = parser.only(parser.returned(parser.parse(entity.name, select, action)), ids)
         values = parser.values
         compiled = self.statement(("by-id", plan), lambda: read_statement(plan, self.runtime.tables, False))
         row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
-        if OBJECT_MEDIA in headers.get("accept", "") and row["page_rows"] != 1:
+        if media == OBJECT and row["page_rows"] != 1:
             raise not_one(row["page_rows"])
-        return self.respond_rows(row, plan, headers, status=status, extra=extra)
-
-    def respond_written(self, row: asyncpg.Record, plan: ReadPlan, headers: Mapping[str, str],
-                        representation: bool) -> Answer:
-        metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
-        if representation:
-            return self.respond_rows(row, replace(plan, offset=None), headers, status=200)
-        return Answer(204, [("Content-Range", f"*/{row['page_rows']}")], b"")
+        return row

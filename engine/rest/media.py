@@ -1,0 +1,203 @@
+"""What a REST request asks for and sends beyond JSON: `Accept` negotiation, `Prefer` and the
+`Preference-Applied` it earns, and the bodies PostgREST also takes (`text/csv`, HTML forms).
+
+Kept apart from `api` because it is pure text handling: no plan, no SQL, no database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from engine.errors import BackSaasError, InvalidBody
+
+JSON = "json"
+OBJECT = "object"
+CSV = "csv"
+OBJECT_MEDIA = "application/vnd.pgrst.object+json"
+CONTENT_TYPES = {JSON: "application/json; charset=utf-8", OBJECT: f"{OBJECT_MEDIA}; charset=utf-8",
+                 CSV: "text/csv; charset=utf-8"}
+ACCEPTED = {
+    "application/json": JSON, "application/*": JSON, "*/*": JSON, "application/vnd.pgrst.array+json": JSON,
+    OBJECT_MEDIA: OBJECT, "application/vnd.pgrst.object": OBJECT, "text/csv": CSV,
+}
+PREFERENCES = {  # the preferences PostgREST honours here, in the order it lists them in Preference-Applied
+    "resolution": ("merge-duplicates", "ignore-duplicates"),
+    "return": ("representation", "minimal", "headers-only"),
+    "count": ("exact", "planned", "estimated"),
+}
+
+
+class MediaNotAvailable(BackSaasError):
+    """PostgREST's PGRST107: nothing the client accepts is something this endpoint can send."""
+
+    code = "PGRST107"
+    status = 406
+
+
+class UnsupportedMedia(BackSaasError):
+    """PostgREST's 415 for a body of a type it cannot read."""
+
+    code = "PGRST102"
+    status = 415
+
+
+def negotiate(accept: str) -> str:
+    """The representation to send for `Accept` (json, object or csv), by the client's q-values and then
+    its order; nothing acceptable is a 406 naming what was asked."""
+    if not accept.strip():
+        return JSON
+    choices = []
+    for position, part in enumerate(accept.split(",")):
+        media, *parameters = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            choices.append((-quality, position, media.lower()))
+    for _, _, media in sorted(choices):
+        if media in ACCEPTED:
+            return ACCEPTED[media]
+    raise MediaNotAvailable(f"None of these media types are available: {accept}",
+                            hint="application/json, application/vnd.pgrst.object+json or text/csv")
+
+
+@dataclass(frozen=True)
+class Prefer:
+    """The `Prefer` header: each preference's value when it is one this server honours, else None."""
+
+    returning: str | None = None  # representation | minimal | headers-only
+    count: str | None = None  # exact | planned | estimated
+    resolution: str | None = None  # merge-duplicates | ignore-duplicates
+
+    @classmethod
+    def parse(cls, header: str) -> Prefer:
+        found: dict[str, str] = {}
+        for part in header.split(","):
+            name, _, value = (p.strip() for p in part.partition("="))
+            if value in PREFERENCES.get(name, ()):
+                found.setdefault(name, value)
+        return cls(found.get("return"), found.get("count"), found.get("resolution"))
+
+    def returns(self, what: str) -> bool:
+        """Whether the client asked for `what` (representation | headers-only); minimal by default."""
+        return self.returning == what
+
+    @property
+    def counted(self) -> bool:
+        return self.count is not None
+
+    def applied(self, *, write: bool, resolution: bool = False) -> list[tuple[str, str]]:
+        """`Preference-Applied`, as PostgREST sends it: the honoured preferences the client named
+        (`return=` on writes only, `resolution=` on upserts only)."""
+        values = [f"resolution={self.resolution}" if resolution and self.resolution else None,
+                  f"return={self.returning}" if write and self.returning else None,
+                  f"count={self.count}" if self.count else None]
+        named = [v for v in values if v]
+        return [("Preference-Applied", ", ".join(named))] if named else []
+
+
+def form_body(body: bytes) -> dict[str, Any]:
+    """An `application/x-www-form-urlencoded` body: one object of text values (PostgreSQL casts them)."""
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidBody(f"the body is not a valid form: {exc}") from exc
+
+
+def csv_body(body: bytes) -> list[dict[str, Any]]:
+    """A `text/csv` body: a header line of column names, then one object per line; the field `NULL` is
+    null and an empty field the empty string, as PostgREST reads them."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidBody(f"the CSV body is not UTF-8: {exc}") from exc
+    reader = csv.reader(io.StringIO(text), strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InvalidBody(f"the CSV body is malformed: {exc}") from exc
+    if not rows or not rows[0]:
+        raise InvalidBody("the CSV body needs a header line naming the columns")
+    header = rows[0]
+    objects = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise InvalidBody(f"line {number} of the CSV body has {len(row)} fields, the header {len(header)}")
+        objects.append({name: (None if value == "NULL" else value) for name, value in zip(header, row, strict=True)})
+    return objects
+
+
+def json_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body or b"null")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+
+
+def parse_body(content_type: str, body: bytes) -> Any:
+    """The body as JSON values, whatever PostgREST would have taken it as."""
+    media = content_type.split(";")[0].strip().lower()
+    if media in ("", "application/json", "application/vnd.pgrst.object+json", "application/vnd.pgrst.object"):
+        return json_body(body)
+    if media == "text/csv":
+        return csv_body(body)
+    if media == "application/x-www-form-urlencoded":
+        return form_body(body)
+    raise UnsupportedMedia(f"Content-Type not acceptable: {media}",
+                           hint="application/json, text/csv or application/x-www-form-urlencoded")
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+def _array(text: str) -> Any:
+    """A PostgreSQL array literal of text items (`{a,b}`, `{"a b",c}`), or `text` when it is not one."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return text
+    inner = text[1:-1]
+    if not inner:
+        return []
+    try:
+        return next(csv.reader([inner], skipinitialspace=True, strict=True))
+    except csv.Error:
+        return text
+
+
+TEXT_COERCIONS = {
+    "integer": lambda t: _number(t, int), "bigint": lambda t: _number(t, int), "number": lambda t: _number(t, float),
+    "boolean": lambda t: {"true": True, "t": True, "false": False, "f": False}.get(t.lower(), t),
+    "json": lambda t: _json_or_text(t), "array": _array,
+}
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def typed(objects: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """Text fields of a CSV or form body as the JSON values of their columns' types (what PostgREST's
+    `json_populate_recordset` makes of them), so the schema's validation applies unchanged; a field that
+    does not parse stays text and is refused by validation with its name."""
+    return [{name: TEXT_COERCIONS[columns[name]](value)
+             if isinstance(value, str) and columns.get(name) in TEXT_COERCIONS else value
+             for name, value in obj.items()} for obj in objects]
