@@ -11,5 +11,6 @@ CHANGES_CHANNEL = "backsaas_tenants"  # NOTIFY'd with a tenant's slug whenever i
 CHANGES_FEED = "backsaas_changes"  # NOTIFY'd with `schema.table` by every statement writing a tenant's table
 SIGNING_KEYS_CHANGED = "#signing_keys"  # the payload when the token signing keys change (no slug holds '#')
 PLANS_CHANGED = "#plans"  # the payload when a plan (and so some tenants' limits) changes
+DOMAINS_CHANGED = "#domains"  # the payload when a tenant's custom domain is verified or removed
 SESSIONS_CHANNEL = "backsaas_sessions"  # NOTIFY'd with a revoked session's id, or a tenant's id when all its sessions are
 OUTBOX_CHANNEL = "backsaas_outbox"  # NOTIFY'd when events are written to the outbox (or redelivered)

@@ -241,6 +241,13 @@ class Forbidden(BackSaasError):
     status = 403
 
 
+class ProcessingRestricted(Forbidden):
+    """A user whose processing is restricted (a GDPR request, engine/gdpr.py) tried to write: their data is
+    read-only until the restriction is lifted."""
+
+    code = "processing_restricted"
+
+
 class SchemaNotExposed(BackSaasError):
     code = "PGRST106"
     status = 406

@@ -67,6 +67,7 @@ PLATFORM_MODULES = frozenset({"tenants", "members", "deploys", "secrets", "keys"
 the platform's (a tenant schema's `tenants.x` is never looked up, in `functions/` or the operator's directory)."""
 FUNCTIONS_DIR_ENV = "BACKSAAS_FUNCTIONS_DIR"
 OPERATOR_PACKAGE = "backsaas_operator_functions"  # the operator's directory, imported as this package
+PLATFORM_MODULES |= {"branding", "domains", "gdpr"}  # the trust layer's: white-label, custom domains, privacy
 
 _platform: dict[str, HookFunction] = {}  # "tenants.reveal_keys" -> the function, filled by the decorators
 

@@ -8,6 +8,7 @@ serves `/healthz` and `/readyz`. Errors are rendered here, once, from the engine
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import uuid
@@ -29,6 +30,7 @@ from engine import catalog
 from engine.authz import unrestricted
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TooManyAttempts
+from engine.gdpr import RestrictedUsers
 from engine.graphql.api import GraphQLApi
 from engine.identity.gotrue import AuthApi
 from engine.identity.throttle import LoginThrottle
@@ -41,9 +43,12 @@ from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
 from gateway.access import AccessLog
 from gateway.auth import authenticate
+from gateway.branding import branding_json, branding_stylesheet
 from gateway.cors import ANY_ORIGIN, CrossOrigin
+from gateway.domains import CustomDomains, host_of
 from gateway.graphql_ws import serve_graphql_ws
 from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
+from gateway.privacy import PRIVACY_BASE, privacy_endpoint
 from gateway.ratelimit import RateLimits, with_headers
 from gateway.sse import event_stream
 
@@ -269,6 +274,7 @@ TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {
     ("GET", "/"): tenant_index, ("GET", ""): tenant_index,
     ("GET", "/rest/v1/"): rest_openapi, ("GET", "/rest/v1"): rest_openapi,
     ("GET", "/settings"): tenant_settings,
+    ("GET", "/branding"): branding_json, ("GET", "/branding.css"): branding_stylesheet,
 }
 GRAPHQL_PATHS = ("/graphql/v1", "/graphql/v1/")
 
@@ -329,6 +335,9 @@ class TenantApp:
             scope["backsaas.ratelimit"] = window
             if window.refused:
                 raise window.error()
+        caller = scope["backsaas.caller"]
+        if caller.user_id is not None and await self.starlette.state.privacy.restricted(runtime, caller.user_id):
+            scope["backsaas.caller"] = dataclasses.replace(caller, restricted=True)  # GDPR: their writes are refused
         registry.note_call(runtime)
         path = scope["path"][len(scope["root_path"]):]
         if path.startswith(REST_PREFIX) and path != REST_PREFIX:
@@ -341,6 +350,8 @@ class TenantApp:
             return await events_endpoint(request, runtime, path[len(EVENTS_BASE):])
         if path.startswith(FUNCTIONS_PREFIX):
             return await function_endpoint(request, runtime, path[len(FUNCTIONS_PREFIX):])
+        if path == PRIVACY_BASE or path.startswith(PRIVACY_BASE + "/"):
+            return await privacy_endpoint(request, runtime, path[len(PRIVACY_BASE):])
         handler = TENANT_ROUTES.get((request.method, path))
         return await handler(request, runtime) if handler else not_found(f"no route {request.method} {path or '/'}")
 
@@ -354,6 +365,13 @@ class TenantRouting:
         self.tenant_app = TenantApp(starlette)
         self.assets = StaticAssets()
         self.suffix = "." + base_domain.lower().strip(".")
+        self.domains = CustomDomains(starlette.state, base_domain)
+
+    async def resolve(self, scope: Scope) -> tuple[str, str] | None:
+        """(slug, base path) of a tenant request: a tenant's verified custom domain first (gateway/domains.py,
+        the tenant's whole API at its root), else `tenant_of`."""
+        custom = await self.domains.slug_of(host_of(scope["headers"]))
+        return (custom, "") if custom is not None else self.tenant_of(scope)
 
     def tenant_of(self, scope: Scope) -> tuple[str, str] | None:
         """(slug, base path) of a tenant request by its host or path, or None."""
@@ -375,7 +393,14 @@ class TenantRouting:
             await self.assets(scope, receive, send)  # on every host, tenants' included
             return
         if scope["type"] in ("http", "websocket"):
-            found = self.tenant_of(scope)
+            try:
+                found = await self.resolve(scope)
+            except BackSaasError as error:  # the database is down: answered readably
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1013, "reason": error.code})
+                else:
+                    await error_response(error)(scope, receive, send)
+                return
             named = next((v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k == b"x-tenant-id"), "")
             if found is not None and named and named != found[0]:
                 if scope["type"] == "websocket":
@@ -428,6 +453,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         app.state.db = db
         app.state.registry = registry = RuntimeRegistry(db, jwt_secret=jwt_secret)
         app.state.throttle = LoginThrottle(redis_url)
+        app.state.privacy = RestrictedUsers(registry)
         app.state.rate_limits = RateLimits(redis_url, **(rate_limits or {}))
         await registry.start()
         dispatcher = asyncio.create_task(Dispatcher(db, registry, **(outbox or {})).run())
@@ -449,10 +475,10 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
     routing = TenantRouting(starlette, base_domain)
 
     async def origins_of(scope: Scope) -> tuple[str, ...]:
-        found = routing.tenant_of(scope)
-        if found is None:
-            return ANY_ORIGIN
         try:
+            found = await routing.resolve(scope)
+            if found is None:
+                return ANY_ORIGIN
             return await starlette.state.registry.cors_origins(found[0])
         except BackSaasError:  # the database is down: the request itself answers 503, readably
             return ANY_ORIGIN

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from casbin import Enforcer
 from casbin.model import Model
 
-from engine.errors import Forbidden, Problem
+from engine.errors import Forbidden, Problem, ProcessingRestricted
 from engine.schema.model import USERS, Schema
 
 MODEL = """
@@ -52,6 +52,7 @@ class Caller:
     user_id: str | None = None
     session_id: str | None = None
     key_name: str | None = field(default=None, compare=False)  # the API key it came by, for the access log
+    restricted: bool = field(default=False, compare=False)  # GDPR restriction: the user's data is read-only
 
 
 def membership_subject(role: str) -> str:
@@ -147,7 +148,10 @@ def guard_user_fields(entity: str, caller: Caller, objects: Iterable[object]) ->
 def authorize(authorizer: Authorizer, caller: Caller, entity: str, action: str) -> str:
     """The row scope the caller has for `action` on `entity` (`all`, `member`, `own`); `Forbidden` when none.
 
-    `member` and `own` need a signed-in caller: without a user id there are no rows of one's own."""
+    `member` and `own` need a signed-in caller: without a user id there are no rows of one's own. A user
+    whose processing is restricted (engine/gdpr.py) reads but writes nothing: 403 `processing_restricted`."""
+    if caller.restricted and action != "read":
+        raise ProcessingRestricted(f"the processing of this user's data is restricted: they may not {action} {entity}")
     scope = authorizer.scope(caller.roles, entity, action)
     if scope == "all":
         return scope

@@ -29,7 +29,7 @@ from engine.answer import Answer
 from engine.authz import Caller
 from engine.database import Database, quote_identifier
 from engine.errors import AuthFailed, InvalidBody, Problem, Unauthorized, ValidationFailed
-from engine.identity import sessions
+from engine.identity import privacy, sessions
 from engine.identity.passwords import hash_password, password_problems, verify_password
 from engine.identity.signing import ACCESS_TOKEN_SECONDS, AUDIENCE, Keyring
 from engine.identity.throttle import LoginThrottle
@@ -102,6 +102,8 @@ class AuthApi:
             return _answer(200, await self.current_user())
         if route == ("PUT", "user"):
             return _answer(200, await self.update_user(self.json(body)))
+        if route[1].startswith("privacy/"):  # the user's own GDPR requests and consents
+            return await privacy.handle(self, method, route[1].removeprefix("privacy/"), body)
         raise AuthFailed("not_found", 404, f"no auth route {method} /auth/v1/{path.strip('/')}")
 
     # -- plumbing --

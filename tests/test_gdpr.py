@@ -1,0 +1,303 @@
+"""GDPR rights over HTTP: requests filed by users at /auth/v1/privacy, processed by the tenant's admins at
+/privacy/v1 (or at once, when the tenant says so); the export holds exactly the user's data; an erasure
+leaves no value of the user's `pii` fields anywhere in the tenant's schema while other users' rows that
+referenced theirs still read; consents keep their history; a restricted user's writes are refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from engine.database import Database
+from engine.storage import naming
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from tests.server import running_gateway
+
+SCHEMA = """
+name: crm
+entities:
+  users:
+    fields:
+      full_name: {type: string, max_length: 120, pii: true}
+  profile:
+    owner: true
+    fields:
+      nickname: {type: string, required: true, max_length: 60, pii: true}
+      phone:    {type: string, max_length: 40, pii: true}
+      prefs:    {type: json, pii: true}
+      bio:      {type: text}
+    permissions:
+      read:   {authenticated: all}
+      create: {authenticated: all}
+      update: {authenticated: own}
+  contact:
+    fields:
+      email: {type: string, format: email, pii: true}
+      label: {type: string, max_length: 80}
+    permissions:
+      read:   {authenticated: all}
+      create: {authenticated: all}
+  note:
+    owner: true
+    fields:
+      profile: {type: ref, to: profile, required: true, on_delete: restrict}
+      text:    {type: text}
+    permissions:
+      read:   {authenticated: all}
+      create: {authenticated: all}
+"""
+PASSWORD = "a long enough passphrase"
+CAT = {"email": "cat.stevens@example.com", "full_name": "Catherine Stevens", "nickname": "Catnip-7781",
+       "phone": "+44 7700 900123", "diet": "vegan-cat-diet"}
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> dict[str, str]:
+    made = {}
+    for slug in ("crm", "other"):
+        await create_tenant(db, slug, source=SCHEMA)
+        for role in ("anon", "service"):
+            made[f"{slug}_{role}"] = (await create_api_key(db, slug, role, role)).key
+    return made
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        yield url
+
+
+def api(base: str, slug: str = "crm") -> str:
+    return f"{base}/api/tenants/{slug}"
+
+
+def bearer(session: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {session['access_token']}"}
+
+
+def sign_up(base: str, keys: dict[str, str], email: str, slug: str = "crm", **data: Any) -> dict[str, Any]:
+    made = httpx.post(f"{api(base, slug)}/auth/v1/signup", headers={"apikey": keys[f"{slug}_anon"]},
+                      json={"email": email, "password": PASSWORD, "data": data})
+    assert made.status_code == 200, made.text
+    return made.json()
+
+
+def post(base: str, session: dict[str, Any], entity: str, row: dict[str, Any]) -> dict[str, Any]:
+    made = httpx.post(f"{api(base)}/rest/v1/{entity}", json=row,
+                      headers={**bearer(session), "Prefer": "return=representation"})
+    assert made.status_code == 201, made.text
+    return made.json()[0]
+
+
+def file_request(base: str, session: dict[str, Any], kind: str) -> dict[str, Any]:
+    filed = httpx.post(f"{api(base)}/auth/v1/privacy/requests", json={"type": kind}, headers=bearer(session))
+    assert filed.status_code == 201, filed.text
+    return filed.json()
+
+
+def complete(base: str, keys: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+    done = httpx.post(f"{api(base)}/privacy/v1/requests/{request['id']}/complete",
+                      headers={"apikey": keys["crm_service"]})
+    assert done.status_code == 200, done.text
+    return done.json()
+
+
+@pytest.fixture(scope="module")
+def people(base: str, keys: dict[str, str]) -> dict[str, Any]:
+    """Cat and Dan, each with a profile; Dan keeps a contact row with Cat's email and a note on her profile."""
+    cat = sign_up(base, keys, CAT["email"], full_name=CAT["full_name"])
+    dan = sign_up(base, keys, "dan@example.com", full_name="Daniel Other")
+    cat_profile = post(base, cat, "profile", {"nickname": CAT["nickname"], "phone": CAT["phone"],
+                                              "prefs": {"diet": CAT["diet"]}, "bio": "plays guitar"})
+    dan_profile = post(base, dan, "profile", {"nickname": "Danno", "phone": "+1 555 0100"})
+    contact = post(base, dan, "contact", {"email": CAT["email"], "label": "met at the conference"})
+    dan_contact = post(base, dan, "contact", {"email": "dan@example.com", "label": "me"})
+    note = post(base, dan, "note", {"profile_id": cat_profile["id"], "text": "ask about the tour"})
+    return {"cat": cat, "dan": dan, "cat_profile": cat_profile, "dan_profile": dan_profile, "contact": contact,
+            "dan_contact": dan_contact, "note": note}
+
+
+def test_an_access_request_exports_exactly_the_users_data(base, keys, people):
+    cat = people["cat"]
+    consent = httpx.post(f"{api(base)}/auth/v1/privacy/consents", headers=bearer(cat),
+                         json={"type": "marketing_email", "granted": True, "policy_version": "2026-01"})
+    assert consent.status_code == 201, consent.text
+    request = file_request(base, cat, "access")
+    assert request["status"] == "pending" and request["due_at"] > request["created_at"]
+    early = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{request['id']}/export", headers=bearer(cat))
+    assert early.status_code == 409 and early.json()["code"] == "privacy_request_closed"
+    assert complete(base, keys, request)["status"] == "completed"
+
+    exported = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{request['id']}/export", headers=bearer(cat))
+    assert exported.status_code == 200, exported.text
+    export = exported.json()
+    data = export["data"]
+    assert [u["id"] for u in data["users"]] == [cat["user"]["id"]]
+    assert "password_hash" not in data["users"][0] and data["users"][0]["full_name"] == CAT["full_name"]
+    assert [p["id"] for p in data["profile"]] == [people["cat_profile"]["id"]]
+    assert [c["id"] for c in data["contact"]] == [people["contact"]["id"]]  # a row tied to her by a pii field
+    assert "note" not in data  # Dan's note about her profile is Dan's
+    assert export["consents"]["current"]["marketing_email"]["granted"] is True
+    assert [r["id"] for r in export["privacy_requests"]] == [request["id"]]
+    text = exported.text
+    for foreign in (people["dan"]["user"]["id"], people["dan_profile"]["id"], people["dan_contact"]["id"],
+                    people["note"]["id"], "dan@example.com", "Daniel Other", "Danno"):
+        assert foreign not in text
+
+    admin_view = httpx.get(f"{api(base)}/privacy/v1/users/{cat['user']['id']}/export",
+                           headers={"apikey": keys["crm_service"]})
+    assert admin_view.status_code == 200 and admin_view.json()["data"] == data
+
+
+async def leftovers(db: Database, slug: str, values: list[str]) -> list[tuple[str, str, str]]:
+    """(table, column, value) for every text, varchar, json, array or enum column of the tenant's schema that holds
+    one of `values` anywhere inside it."""
+    schema = naming.schema_name(slug)
+    found = []
+    async with db.engine.connect() as conn:
+        columns = (await conn.execute(sa.text(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = :schema"
+            " AND data_type IN ('text', 'character varying', 'json', 'jsonb', 'ARRAY', 'USER-DEFINED')"),
+            {"schema": schema})).all()
+        assert len(columns) >= 8
+        for table, column in columns:
+            for value in values:
+                hit = await conn.scalar(sa.text(
+                    f'SELECT count(*) FROM "{schema}"."{table}" WHERE "{column}"::text ILIKE :pattern'),
+                    {"pattern": f"%{value}%"})
+                if hit:
+                    found.append((table, column, value))
+    return found
+
+
+async def test_an_erasure_leaves_no_personal_value_and_keeps_referencing_rows_readable(base, keys, people, db):
+    cat, dan = people["cat"], people["dan"]
+    values = [CAT["email"], CAT["full_name"], CAT["nickname"], CAT["phone"], CAT["diet"]]
+    assert await leftovers(db, "crm", values)  # the probe finds them before
+    request = file_request(base, cat, "erasure")
+    done = complete(base, keys, request)
+    assert done["status"] == "completed" and done["result"]["sessions_revoked"] >= 1
+
+    assert await leftovers(db, "crm", values) == []
+    note = httpx.get(f"{api(base)}/rest/v1/note", params={"select": "id,text,profile(id,nickname,bio)"},
+                     headers=bearer(dan))
+    assert note.status_code == 200, note.text
+    [row] = note.json()
+    assert row["text"] == "ask about the tour" and row["profile"]["id"] == people["cat_profile"]["id"]
+    assert row["profile"]["bio"] == "plays guitar" and row["profile"]["nickname"].startswith("erased-")
+    dans = httpx.get(f"{api(base)}/rest/v1/profile", params={"id": f"eq.{people['dan_profile']['id']}"},
+                     headers=bearer(dan)).json()
+    assert dans[0]["nickname"] == "Danno" and dans[0]["phone"] == "+1 555 0100"  # nobody else's data changed
+
+    signin = httpx.post(f"{api(base)}/auth/v1/token", params={"grant_type": "password"},
+                        headers={"apikey": keys["crm_anon"]}, json={"email": CAT["email"], "password": PASSWORD})
+    assert signin.status_code == 400
+    refresh = httpx.post(f"{api(base)}/auth/v1/token", params={"grant_type": "refresh_token"},
+                         headers={"apikey": keys["crm_anon"]}, json={"refresh_token": cat["refresh_token"]})
+    assert refresh.status_code == 400
+    assert httpx.get(f"{api(base)}/auth/v1/user", headers=bearer(cat)).status_code == 403
+
+    async with db.engine.connect() as conn:
+        entries = (await conn.execute(sa.text(
+            "SELECT action, data FROM system.audit_log WHERE action LIKE 'privacy.%' AND record_id = :id"),
+            {"id": request["id"]})).all()
+    assert {e.action for e in entries} == {"privacy.request_filed", "privacy.request_completed"}
+    assert all(CAT["email"] not in orjson.dumps(e.data).decode() for e in entries)
+    assert all(e.data["user_id"] == cat["user"]["id"] for e in entries)
+
+
+def test_consents_keep_their_history_and_the_current_state(base, keys, people):
+    dan = people["dan"]
+    for granted, version in ((True, "v1"), (False, "v2")):
+        made = httpx.post(f"{api(base)}/auth/v1/privacy/consents", headers=bearer(dan),
+                          json={"type": "analytics", "granted": granted, "policy_version": version, "source": "settings"})
+        assert made.status_code == 201, made.text
+    mine = httpx.get(f"{api(base)}/auth/v1/privacy/consents", headers=bearer(dan)).json()
+    assert [(h["granted"], h["policy_version"]) for h in mine["history"]] == [(True, "v1"), (False, "v2")]
+    assert mine["current"]["analytics"]["granted"] is False and mine["current"]["analytics"]["source"] == "settings"
+    assert set(mine["current"]) == {"analytics"}  # not Cat's
+    admin = httpx.get(f"{api(base)}/privacy/v1/users/{dan['user']['id']}/consents", headers={"apikey": keys["crm_service"]})
+    assert admin.status_code == 200 and admin.json() == mine
+    bad = httpx.post(f"{api(base)}/auth/v1/privacy/consents", headers=bearer(dan),
+                     json={"type": "Bad Type", "granted": "yes", "owner": "x"})
+    assert bad.status_code == 422
+    assert {d["field"] for d in bad.json()["details"]} >= {"type", "granted", "policy_version", "owner"}
+
+
+def test_a_restricted_users_writes_are_refused_until_lifted(base, keys, people):
+    dan = people["dan"]
+    complete(base, keys, file_request(base, dan, "restriction"))
+    refused = httpx.post(f"{api(base)}/rest/v1/contact", json={"label": "x"}, headers=bearer(dan))
+    assert refused.status_code == 403 and refused.json()["code"] == "processing_restricted"
+    graphql = httpx.post(f"{api(base)}/graphql/v1", headers=bearer(dan),
+                         json={"query": 'mutation { insert_contact_one(object: {label: "y"}) { id } }'})
+    assert "processing_restricted" in graphql.text
+    assert httpx.get(f"{api(base)}/rest/v1/contact", headers=bearer(dan)).status_code == 200  # reads go on
+    complete(base, keys, file_request(base, dan, "lift_restriction"))
+    assert httpx.post(f"{api(base)}/rest/v1/contact", json={"label": "x"}, headers=bearer(dan)).status_code == 201
+
+
+async def test_an_objection_is_recorded_and_requests_are_processed_at_once_when_the_tenant_says_so(base, keys, people, db):
+    eve = sign_up(base, keys, "eve@example.com")
+    objection = file_request(base, eve, "objection")
+    assert objection["status"] == "pending"
+    rejected = httpx.post(f"{api(base)}/privacy/v1/requests/{objection['id']}/reject", json={"reason": "duplicate"},
+                          headers={"apikey": keys["crm_service"]})
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    again = httpx.post(f"{api(base)}/privacy/v1/requests/{objection['id']}/complete",
+                       headers={"apikey": keys["crm_service"]})
+    assert again.status_code == 409
+    with httpx.Client() as client:
+        pending = client.get(f"{api(base)}/privacy/v1/requests", params={"status": "rejected"},
+                             headers={"apikey": keys["crm_service"]}).json()
+    assert [r["id"] for r in pending] == [objection["id"]]
+
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE system.tenants SET settings = settings || "
+                                   "'{\"privacy\": {\"auto_process\": true}}'::jsonb WHERE slug = 'crm'"))
+    auto = file_request(base, eve, "objection")
+    assert auto["status"] == "completed" and auto["processed_by"] == "auto"
+    listed = httpx.get(f"{api(base)}/auth/v1/privacy/requests", headers=bearer(eve)).json()
+    assert [r["status"] for r in listed] == ["rejected", "completed"]
+    export = httpx.get(f"{api(base)}/privacy/v1/users/{eve['user']['id']}/export",
+                       headers={"apikey": keys["crm_service"]}).json()
+    assert export["privacy_flags"]["objected"] is True and export["privacy_flags"]["restricted"] is False
+
+
+def test_a_platform_account_has_the_same_rights(base, keys):
+    made = httpx.post(f"{base}/api/platform/auth/v1/signup", json={"email": "pat@platform.example", "password": PASSWORD})
+    assert made.status_code == 200, made.text
+    session = made.json()
+    consent = httpx.post(f"{base}/api/platform/auth/v1/privacy/consents", headers=bearer(session),
+                         json={"type": "terms", "granted": True, "policy_version": "1"})
+    assert consent.status_code == 201, consent.text
+    filed = httpx.post(f"{base}/api/platform/auth/v1/privacy/requests", json={"type": "access"}, headers=bearer(session))
+    assert filed.status_code == 201 and filed.json()["status"] == "pending"
+
+
+def test_nobody_else_reaches_the_privacy_endpoints(base, keys, people):
+    dan, cat_id = people["dan"], people["cat"]["user"]["id"]
+    outsider = sign_up(base, keys, "olga@example.com", slug="other")
+    cat_request = httpx.get(f"{api(base)}/privacy/v1/requests", headers={"apikey": keys["crm_service"]}).json()[0]
+    desk = [("GET", "/privacy/v1/requests"), ("POST", f"/privacy/v1/requests/{cat_request['id']}/complete"),
+            ("GET", f"/privacy/v1/users/{cat_id}/export"), ("GET", f"/privacy/v1/users/{cat_id}/consents")]
+    for method, path in desk:
+        for headers, status in (({"apikey": keys["other_service"]}, 401), (bearer(outsider), 401),
+                                (bearer(dan), 403), ({}, 403), ({"apikey": keys["crm_anon"]}, 403)):
+            answer = httpx.request(method, f"{api(base)}{path}", headers=headers)
+            assert answer.status_code == status, (method, path, headers, answer.text)
+            assert cat_id not in answer.text
+    own = [("GET", "/auth/v1/privacy/requests"), ("GET", "/auth/v1/privacy/consents"),
+           ("POST", "/auth/v1/privacy/requests"), ("GET", f"/auth/v1/privacy/requests/{cat_request['id']}/export")]
+    for method, path in own:
+        for headers in ({"apikey": keys["other_service"]}, bearer(outsider), {}, {"apikey": keys["crm_service"]}):
+            answer = httpx.request(method, f"{api(base)}{path}", headers=headers, json={"type": "access"})
+            assert answer.status_code == 401, (method, path, answer.text)
+    theirs = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{cat_request['id']}/export", headers=bearer(dan))
+    assert theirs.status_code == 404 and cat_id not in theirs.text
