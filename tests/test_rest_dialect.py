@@ -283,3 +283,59 @@ def test_an_unsupported_accept_is_406(http, shelves):
     written = http.post("/shelf", json={"label": "never"}, headers={"Accept": "text/xml"})
     assert written.status_code == 406
     assert http.get("/shelf?label=eq.never").json() == []
+
+
+# -- 9. bodies: CSV, HTML forms, columns= --
+
+
+def test_accept_text_csv_reads_csv_built_by_the_database(http, shelves):
+    response = http.get("/shelf?select=label,rank,tags&label=in.(alpha,delta)&order=label",
+                        headers={"Accept": "text/csv"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv"), response.text
+    assert response.text == 'label,rank,tags\nalpha,1,"{red,blue}"\ndelta,,{green}'
+    empty = http.get("/shelf?select=label&label=eq.nothing", headers={"Accept": "text/csv"})
+    assert empty.text == "label"
+
+
+def test_a_csv_body_is_a_bulk_insert_with_typed_fields(http, shelves):
+    body = 'label,rank,tags,body\ncsv-1,7,"{x,y}",NULL\n"csv, 2",8,{},""\n'
+    response = http.post("/shelf", content=body, headers={"Content-Type": "text/csv",
+                                                         "Prefer": "return=representation"})
+    assert response.status_code == 201, response.text
+    rows = sorted(response.json(), key=lambda r: r["label"])
+    assert [(r["label"], r["rank"], r["tags"], r["body"]) for r in rows] == [
+        ("csv, 2", 8, [], ""), ("csv-1", 7, ["x", "y"], None)]
+    bad = http.post("/shelf", content="label,rank\ncsv-3,seven\n", headers={"Content-Type": "text/csv"})
+    assert bad.status_code == 422 and bad.json()["details"][0]["field"] == "[0].rank", bad.text
+    ragged = http.post("/shelf", content="label,rank\ncsv-4\n", headers={"Content-Type": "text/csv"})
+    assert ragged.status_code == 400 and ragged.json()["code"] == "PGRST102"
+    http.delete("/shelf?label=like.csv*")
+
+
+def test_a_form_body_is_one_object(http, shelves):
+    response = http.post("/shelf", content="label=form+one&rank=4", headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Prefer": "return=representation"})
+    assert response.status_code == 201, response.text
+    assert (response.json()[0]["label"], response.json()[0]["rank"]) == ("form one", 4)
+    patched = http.patch("/shelf?label=eq.form%20one", content="rank=5",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert patched.status_code == 204
+    assert http.get("/shelf?label=eq.form%20one&select=rank").json() == [{"rank": 5}]
+    http.delete("/shelf?label=eq.form%20one")
+
+
+def test_an_unreadable_body_type_is_415(http, shelves):
+    response = http.post("/shelf", content="<shelf/>", headers={"Content-Type": "application/xml"})
+    assert response.status_code == 415 and response.json()["code"] == "PGRST102", response.text
+
+
+def test_columns_reads_only_the_listed_keys(client, http, shelves):
+    response = http.post("/shelf?columns=label,rank", headers={"Prefer": "return=representation"},
+                         json=[{"label": "col-1", "rank": 1, "ignored": "x", "body": "also ignored"},
+                               {"label": "col-2"}])
+    assert response.status_code == 201, response.text
+    assert sorted((r["label"], r["rank"], r["body"]) for r in response.json()) == [("col-1", 1, None),
+                                                                                  ("col-2", None, None)]
+    unknown = http.post("/shelf?columns=label,nope", json={"label": "col-3"})
+    assert unknown.status_code == 400 and unknown.json()["code"] == "42703"
+    http.delete("/shelf?label=like.col-*")
