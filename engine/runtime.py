@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ class TenantRuntime:
         return cls(slug, tenant_id, version.version, version.checksum, model, pg_schema, db.role(slug),
                    MappingProxyType(tables), MappingProxyType(relations_of(model)),
                    MappingProxyType({e.name: MappingProxyType(visible_columns(e)) for e in model.entities}),
-                   Authorizer.for_schema(model, slug))
+                   Authorizer.for_schema(model, slug, platform=slug == naming.SYSTEM_TENANT))
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class RuntimeRegistry:
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._states: dict[str, TenantState] = {}
         self._keys: dict[tuple[str, str], ApiKey | None] = {}  # (slug, key hash) -> key
+        self._members: dict[tuple[str, str, str], str | None] = {}  # (slug, tenant id, user id) -> membership role
         self._generation = 0  # bumped by every notification: a read that raced one is not cached
         self._listener: asyncpg.Connection | None = None
         self._next_attempt = 0.0
@@ -200,6 +202,8 @@ class RuntimeRegistry:
         self._states.pop(slug, None)
         for key in [k for k in self._keys if k[0] == slug]:
             del self._keys[key]
+        for member in [k for k in self._members if k[0] == slug]:
+            del self._members[member]
         self.changes.changed(tenant_key(slug))  # after the caches are dropped: the streams' guards check again
 
     def _sessions_revoked(self, conn: object, pid: int, channel: str, ident: str) -> None:
@@ -215,6 +219,7 @@ class RuntimeRegistry:
         self.changes.changed(CREDENTIALS)  # the streams' guards check now, then every so often until it is back
         self._states.clear()
         self._keys.clear()
+        self._members.clear()
         self._keyring = None
 
     async def _state(self, slug: str) -> TenantState | None:
@@ -317,6 +322,32 @@ class RuntimeRegistry:
         if self._listener is not None and generation == self._generation and len(self._keys) < MAX_CACHED_KEYS:
             self._keys[cache_key] = found
         return found
+
+    async def membership_role(self, slug: str, tenant_id: str, user_id: str) -> str | None:
+        """The membership role (owner, admin, developer, viewer) platform account `user_id` holds in tenant
+        `tenant_id`, or None; cached while the listener is up (a change of the tenant's members NOTIFYs its slug)."""
+        cache_key = (slug, tenant_id, user_id)
+        if self._listener is not None and cache_key in self._members:
+            return self._members[cache_key]
+        return await self._shared(("member", *cache_key), lambda: self._load_membership(cache_key))
+
+    async def _load_membership(self, cache_key: tuple[str, str, str]) -> str | None:
+        _, tenant_id, user_id = cache_key
+        generation = self._generation
+        members = catalog.platform_tables()["memberships"]
+        try:
+            uuid.UUID(user_id)
+        except ValueError:
+            return None
+        try:
+            async with self.db.engine.connect() as conn:
+                role = await conn.scalar(sa.select(members.c.role).where(members.c.tenant_id == tenant_id,
+                                                                         members.c.user_id == user_id))
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
+        if self._listener is not None and generation == self._generation and len(self._members) < MAX_CACHED_KEYS:
+            self._members[cache_key] = role
+        return role
 
     async def keyring(self) -> Keyring:
         """The access-token keys, held in memory while the listener is up (reloaded after a rotation)."""

@@ -5,7 +5,9 @@ signs in, then the user's access token as the bearer: the bearer decides who is 
 beside it must still be a valid key of this tenant. No credentials is the tenant's `anon` role.
 
 - An API key of another tenant, or an access token issued by another tenant, is 401 `tenant_mismatch`;
-  the one exception is a platform admin's token (issued by the system tenant), valid in every tenant.
+  the exceptions are the system tenant's tokens of a platform admin, valid in every tenant, and of a
+  member of the tenant (`memberships`, as the console acts): an owner, admin or developer acts as the
+  tenant's `admin`, a viewer as its read-only `viewer`; anyone else's platform token is `tenant_mismatch`.
   Keys and tokens name their tenant by its id, never its slug: a slug taken again after its tenant
   was purged belongs to a new tenant, which the old tenant's credentials do not reach.
 - Unknown, revoked or expired keys, and tokens that are forged, tampered, unsigned or expired, are 401.
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine.authz import Caller
+from engine.authz import VIEWER, Caller
 from engine.changes import CREDENTIALS, session_key, tenant_key
 from engine.errors import BackSaasError, DatabaseUnavailable, TenantNotFound, Unauthorized
 from engine.identity import sessions
@@ -36,6 +38,8 @@ from functions.keys import KEY_PREFIX, key_hash
 
 ANONYMOUS = Caller(roles=("anon",))
 PLATFORM_ADMIN = "platform_admin"
+# the tenant role a platform member acts as in their tenant, by membership role
+MEMBER_ACTS_AS = {"owner": "admin", "admin": "admin", "developer": "admin", "viewer": VIEWER}
 
 
 class TenantHeaderForbidden(BackSaasError):
@@ -66,8 +70,12 @@ async def token_caller(registry: RuntimeRegistry, runtime: TenantRuntime, token:
     if tenant == runtime.tenant_id:
         session = claims.get("session_id")
         return Caller(tuple(roles), subject, session if isinstance(session, str) else None)
-    if PLATFORM_ADMIN in roles and tenant == (await registry.get(SYSTEM_TENANT)).tenant_id:
-        return Caller((PLATFORM_ADMIN,))
+    if tenant == (await registry.get(SYSTEM_TENANT)).tenant_id:
+        if PLATFORM_ADMIN in roles:
+            return Caller((PLATFORM_ADMIN,))
+        membership = await registry.membership_role(runtime.slug, runtime.tenant_id, subject)
+        if membership is not None:
+            return Caller((MEMBER_ACTS_AS[membership],), member_id=subject)
     raise Unauthorized("tenant_mismatch", "this access token was issued by another tenant")
 
 

@@ -38,6 +38,8 @@ m = g(r.sub, p.sub, r.dom) && r.dom == p.dom && (p.obj == "*" || r.obj == p.obj)
 """
 UNRESTRICTED = ("admin", "service", "platform_admin")  # every entity, action and row: admin and service within
 # their tenant only; platform_admin (a system-tenant account's role) in every tenant
+VIEWER = "viewer"  # in a tenant (never the system tenant): a platform member with the `viewer` membership role,
+# who reads every entity's rows and changes nothing; only the gateway grants it (tenant schemas may not name it)
 SCOPES = ("all", "own")
 MEMBER = "member"  # scope: rows of the tenants where the caller's membership role is granted it
 MEMBERSHIPS = "memberships"
@@ -53,6 +55,7 @@ class Caller:
     session_id: str | None = None
     key_name: str | None = field(default=None, compare=False)  # the API key it came by, for the access log
     restricted: bool = field(default=False, compare=False)  # GDPR restriction: the user's data is read-only
+    member_id: str | None = None  # a platform account acting in this tenant as its member (gateway/auth.py)
 
 
 def membership_subject(role: str) -> str:
@@ -66,11 +69,14 @@ def membership_roles(model: Schema) -> tuple[str, ...]:
     return tuple(role.values) if role and role.values else ()
 
 
-def policies(model: Schema, tenant: str) -> tuple[list[list[str]], list[list[str]]]:
+def policies(model: Schema, tenant: str, *, platform: bool = False) -> tuple[list[list[str]], list[list[str]]]:
     """(p rules, g rules) of one tenant: `p role tenant entity action:scope` (a `member` grant's subject is
     the membership role's, and so is a function's granted to a membership role), and every schema role
-    inheriting what `authenticated` may do."""
+    inheriting what `authenticated` may do. A tenant's `viewer` reads every row of every entity (the
+    platform's own schema has no such role: there `viewer` is a membership role)."""
     rules = [[role, tenant, "*", "*"] for role in UNRESTRICTED]
+    if not platform:
+        rules.append([VIEWER, tenant, "*", "read:all"])
     for entity in model.entities:
         rules += [[membership_subject(g.role) if g.scope == MEMBER else g.role, tenant, entity.name,
                    f"{g.action}:{g.scope}"] for g in entity.permissions]
@@ -97,11 +103,11 @@ class Authorizer:
     member_decisions: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def for_schema(cls, model: Schema, tenant: str) -> Authorizer:
+    def for_schema(cls, model: Schema, tenant: str, *, platform: bool = False) -> Authorizer:
         casbin_model = Model()
         casbin_model.load_model_from_text(MODEL)
         enforcer = Enforcer(casbin_model)
-        rules, groupings = policies(model, tenant)
+        rules, groupings = policies(model, tenant, platform=platform)
         enforcer.add_policies(rules)
         if groupings:
             enforcer.add_grouping_policies(groupings)
