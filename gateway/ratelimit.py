@@ -75,13 +75,16 @@ class Window:
 class RateLimits:
     """The gateway's rate limiter (one per process). `admit` counts a request and refuses it past a window.
 
-    Settings (keyword, else environment): `anon_per_address` (`BACKSAAS_ANON_RATE_LIMIT`, a `limits` string
-    such as "300/minute"), `key_prefix` of the Redis keys (`BACKSAAS_RATE_LIMIT_PREFIX`), `probe_seconds`
-    between tries of a Redis that failed (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`)."""
+    Settings (keyword, else environment): `enabled` (`BACKSAAS_RATE_LIMITS`, on unless `off`; off, nothing is
+    counted or refused: for a deployment limited in front of the gateway), `anon_per_address`
+    (`BACKSAAS_ANON_RATE_LIMIT`, a `limits` string such as "300/minute"), `key_prefix` of the Redis keys
+    (`BACKSAAS_RATE_LIMIT_PREFIX`), `probe_seconds` between tries of a Redis that failed
+    (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`)."""
 
-    def __init__(self, redis_url: str | None = None, *, anon_per_address: str | None = None,
-                 key_prefix: str | None = None, probe_seconds: float | None = None,
+    def __init__(self, redis_url: str | None = None, *, enabled: bool | None = None,
+                 anon_per_address: str | None = None, key_prefix: str | None = None, probe_seconds: float | None = None,
                  on_refused: Callable[[str, str], None] | None = None) -> None:
+        self.enabled = enabled if enabled is not None else os.environ.get("BACKSAAS_RATE_LIMITS", "on") != "off"
         prefix = key_prefix or os.environ.get("BACKSAAS_RATE_LIMIT_PREFIX") or "backsaas"
         self.fallback: Storage = MemoryStorage()
         self.shared: Storage | None = None
@@ -155,6 +158,8 @@ class RateLimits:
                     ) -> Window | None:
         """Count one request and answer its tightest window (None when nothing limits it), or the window
         that refuses it (`refused`; the caller raises its `error()`)."""
+        if not self.enabled:
+            return None
         now = time.time()
         tightest: Window | None = None
         checks: list[tuple[str, int, int, tuple[str, ...]]] = []

@@ -22,7 +22,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_gateway(database_url: str, **options: Any) -> Iterator[str]:
-    """Serve the gateway on the module's database; yields its base URL and stops it afterwards."""
+    """Serve the gateway on the module's database; yields its base URL and stops it afterwards.
+
+    Rate limits are off unless the test passes `rate_limits` (tests/test_rate_limits.py does): other tests
+    drive a tenant far faster than any plan's windows allow."""
+    options.setdefault("rate_limits", {"enabled": False})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(database_url, **options), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="on", loop="asyncio"))
