@@ -55,10 +55,10 @@ def seeded(service: Client) -> dict[str, str]:
     result = service.execute(gql("""
         mutation {
           ann: insert_author_one(object: {name: "Ann", email: "ann@example.com", posts: {data: [
-              {title: "First", status: "published", rating: 4.5, views: 10, tags: ["a", "b"]},
-              {title: "Second", status: "draft", rating: 2, views: 5}]}}) { id }
+              {title: "First", status: published, rating: 4.5, views: 10, tags: ["a", "b"]},
+              {title: "Second", status: draft, rating: 2, views: 5}]}}) { id }
           bob: insert_author_one(object: {name: "Bob", posts: {data: [
-              {title: "Third", status: "published", views: 1}]}}) { id }
+              {title: "Third", status: published, views: 1}]}}) { id }
         }"""))
     posts = service.execute(gql("{ post(order_by: {title: asc}) { id title } }"))["post"]
     comments = [{"post_id": posts[0]["id"], "body": f"comment {i}", "score": i} for i in range(3)]
@@ -68,7 +68,7 @@ def seeded(service: Client) -> dict[str, str]:
 
 
 def test_list_with_where_order_limit_and_offset(service, seeded):
-    result = service.execute(gql("""{ post(where: {status: {_eq: "published"}}, order_by: [{views: desc}],
+    result = service.execute(gql("""{ post(where: {status: {_eq: published}}, order_by: [{views: desc}],
                                         limit: 1, offset: 1) { title views } }"""))
     assert result == {"post": [{"title": "Third", "views": 1}]}
 
@@ -81,8 +81,8 @@ def test_list_with_where_order_limit_and_offset(service, seeded):
     ('{title: {_ilike: "s%"}}', ["Second"]), ('{rating: {_is_null: true}}', ["Third"]),
     ('{rating: {_is_null: false}}', ["First", "Second"]),
     ('{_or: [{title: {_eq: "First"}}, {views: {_eq: 1}}]}', ["First", "Third"]),
-    ('{_and: [{status: {_eq: "published"}}, {views: {_gt: 5}}]}', ["First"]),
-    ('{_not: {status: {_eq: "published"}}}', ["Second"]),
+    ('{_and: [{status: {_eq: published}}, {views: {_gt: 5}}]}', ["First"]),
+    ('{_not: {status: {_eq: published}}}', ["Second"]),
     ('{author: {name: {_eq: "Bob"}}}', ["Third"]),
     ('{comments: {body: {_eq: "comment 2"}}}', ["First"]),
     ("{}", ["First", "Second", "Third"]),
@@ -96,7 +96,7 @@ def test_relations_both_ways_with_their_own_arguments(service, seeded):
     result = service.execute(gql("""{
         author(order_by: {name: asc}) {
           name
-          posts(where: {status: {_eq: "published"}}, order_by: {title: desc}) { title author { name } }
+          posts(where: {status: {_eq: published}}, order_by: {title: desc}) { title author { name } }
         } }"""))
     assert result["author"] == [
         {"name": "Ann", "posts": [{"title": "First", "author": {"name": "Ann"}}]},
@@ -113,7 +113,7 @@ def test_by_pk_returns_the_row_or_null(service, seeded):
 
 def test_aggregates_at_the_root_and_on_array_relations(service, seeded):
     result = service.execute(gql("""{
-        post_aggregate(where: {status: {_eq: "published"}}) {
+        post_aggregate(where: {status: {_eq: published}}) {
           aggregate { count sum { views } avg { views } min { title } max { views } }
           nodes { title }
         }
@@ -136,7 +136,7 @@ def test_order_by_an_object_relation_and_distinct_on(service, seeded):
 
 def test_variables_fragments_aliases_and_directives(service, seeded):
     query = """
-        query Posts($status: String!, $withAuthor: Boolean!) {
+        query Posts($status: post_status_enum!, $withAuthor: Boolean!) {
           published: post(where: {status: {_eq: $status}}, order_by: {title: asc}) { ...fields }
         }
         fragment fields on post { name: title author @include(if: $withAuthor) { name } }"""
@@ -151,7 +151,7 @@ def test_insert_update_and_delete_return_affected_rows_and_returning(service, se
                                       { affected_rows returning { title views } } }"""))
     assert inserted["insert_post"] == {"affected_rows": 2, "returning": [{"title": "Tmp 1", "views": 1},
                                                                        {"title": "Tmp 2", "views": 0}]}
-    updated = service.execute(gql("""mutation { update_post(where: {title: {_like: "Tmp%"}}, _set: {status: "published"},
+    updated = service.execute(gql("""mutation { update_post(where: {title: {_like: "Tmp%"}}, _set: {status: published},
                                       _inc: {views: 10}) { affected_rows returning { views } } }"""))
     assert updated["update_post"]["affected_rows"] == 2
     assert sorted(r["views"] for r in updated["update_post"]["returning"]) == [10, 11]

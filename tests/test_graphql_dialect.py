@@ -182,3 +182,155 @@ def test_single_values_as_variables_are_coerced_too(service, seeded):
 def test_an_empty_set_updates_nothing(service, seeded):
     result = service.execute(gql("mutation { update_writer(where: {}, _set: {}) { affected_rows returning { id } } }"))
     assert result["update_writer"] == {"affected_rows": 0, "returning": []}
+
+
+# -- missing dialect (item 13) --
+
+
+def test_enum_fields_are_graphql_enum_types_in_inputs_outputs_filters_and_introspection(service, seeded):
+    introspected = service.execute(gql("""{ genre: __type(name: "book_genre_enum") { kind enumValues { name } }
+        book: __type(name: "book") { fields { name type { name kind } } }
+        insert: __type(name: "book_insert_input") { inputFields { name type { name } } } }"""))
+    assert introspected["genre"] == {"kind": "ENUM", "enumValues": [{"name": "novel"}, {"name": "poetry"},
+                                                                   {"name": "essay"}]}
+    types = {f["name"]: f["type"] for f in introspected["book"]["fields"]}
+    assert types["genre"] == {"name": "book_genre_enum", "kind": "ENUM"}
+    assert types["shelf"] == {"name": "String", "kind": "SCALAR"}  # `top-shelf` is not a GraphQL name
+    assert {f["name"]: f["type"]["name"] for f in introspected["insert"]["inputFields"]}["genre"] == "book_genre_enum"
+    service.execute(gql('mutation { update_book(where: {title: {_eq: "A1"}}, _set: {genre: poetry, shelf: "top-shelf"}) '
+                        '{ affected_rows } }'))
+    found = service.execute(GraphQLRequest("query($g: book_genre_enum!) { book(where: {genre: {_eq: $g}}) "
+                                           "{ title genre shelf } }", variable_values={"g": "poetry"}))
+    assert found == {"book": [{"title": "A1", "genre": "poetry", "shelf": "top-shelf"}]}
+    assert service.execute(gql("{ book(where: {genre: {_in: [novel, poetry]}}) { title } }")) == {"book": [{"title": "A1"}]}
+    assert error_of(service, '{ book(where: {genre: {_eq: "poetry"}}) { title } }')["extensions"]["code"] == \
+        "validation-failed"
+    unknown = error_of(service, "query($g: book_genre_enum) { book(where: {genre: {_eq: $g}}) { title } }",
+                       {"g": "thriller"})
+    assert unknown["extensions"]["code"] == "validation-failed"
+
+
+@pytest.mark.parametrize(("comparison", "titles"), [
+    ('{_nlike: "A%"}', ["B1"]), ('{_nilike: "a%"}', ["B1"]), ('{_similar: "(A|B)1"}', ["A1", "B1"]),
+    ('{_nsimilar: "A%"}', ["B1"]), ('{_regex: "^A[0-9]$"}', ["A1", "A2"]), ('{_iregex: "^a2"}', ["A2"]),
+    ('{_nregex: "1$"}', ["A2"]), ('{_niregex: "^a"}', ["B1"]),
+])
+def test_text_pattern_operators(service, seeded, comparison, titles):
+    result = service.execute(gql(f'{{ book(where: {{title: {comparison}, isbn: {{_is_null: false}}}}, '
+                                 f'order_by: {{title: asc}}) {{ title }} }}'))
+    assert [b["title"] for b in result["book"]] == titles
+
+
+def test_a_pattern_the_database_would_backtrack_on_is_refused(service, seeded):
+    error = error_of(service, "query($p: String!) { book(where: {title: {_regex: $p}}) { title } }",
+                     {"p": "^(a+)+\\1$"})
+    assert error["extensions"]["code"] == "validation-failed" and "pattern" in error["message"]
+
+
+@pytest.mark.parametrize(("comparison", "titles"), [
+    ("{_contains: {k: 1}}", ["A1"]), ("{_contained_in: {k: 2, z: 1}}", ["A2"]), ('{_has_key: "j"}', ["B1"]),
+    ('{_has_keys_any: ["j", "k"]}', ["A1", "A2", "B1"]), ('{_has_keys_all: ["k", "o"]}', ["A1"]),
+    ("{_eq: {j: 3}}", ["B1"]),
+])
+def test_json_operators(service, seeded, comparison, titles):
+    result = service.execute(gql(f"{{ book(where: {{meta: {comparison}}}, order_by: {{title: asc}}) {{ title }} }}"))
+    assert [b["title"] for b in result["book"]] == titles
+
+
+@pytest.mark.parametrize(("comparison", "titles"), [
+    ('{_contains: ["y"]}', ["A1", "A2"]), ('{_contained_in: ["y"]}', ["A2", "B1"]), ('{_eq: ["x", "y"]}', ["A1"]),
+    ('{_neq: ["y"]}', ["A1", "B1"]), ("{_eq: []}", ["B1"]),
+])
+def test_array_comparison_operators(service, seeded, comparison, titles):
+    result = service.execute(gql(f"{{ book(where: {{tags: {comparison}}}, order_by: {{title: asc}}) {{ title }} }}"))
+    assert [b["title"] for b in result["book"]] == titles
+
+
+def test_stddev_and_variance_aggregates(service, seeded):
+    result = service.execute(gql("""{ book_aggregate(where: {isbn: {_in: ["a1", "a2", "b1"]}}) { aggregate {
+        stddev { pages } variance { pages } stddev_pop { pages } stddev_samp { pages } var_pop { pages }
+        var_samp { pages } } } }"""))["book_aggregate"]["aggregate"]
+    assert result["stddev"]["pages"] == pytest.approx(100) and result["variance"]["pages"] == pytest.approx(10000)
+    assert result["stddev_samp"]["pages"] == pytest.approx(100) and result["var_samp"]["pages"] == pytest.approx(10000)
+    assert result["stddev_pop"]["pages"] == pytest.approx(81.6497, rel=1e-4)
+    assert result["var_pop"]["pages"] == pytest.approx(6666.667, rel=1e-4)
+
+
+def test_order_by_an_array_relations_aggregate(service, seeded):
+    names = ["Ann", "Bob"]
+    by_count = service.execute(GraphQLRequest("query($n: [String!]) { writer(where: {name: {_in: $n}}, "
+                                              "order_by: {books_aggregate: {count: desc}}) { name } }",
+                                              variable_values={"n": names}))
+    assert [w["name"] for w in by_count["writer"]] == ["Ann", "Bob"]
+    by_max = service.execute(GraphQLRequest("query($n: [String!]) { writer(where: {name: {_in: $n}}, "
+                                            "order_by: [{books_aggregate: {max: {pages: asc}}}]) { name } }",
+                                            variable_values={"n": names}))
+    assert [w["name"] for w in by_max["writer"]] == ["Bob", "Ann"]  # 200 before 300
+
+
+def test_order_by_an_aggregate_counts_only_rows_the_caller_may_read(people):
+    ann, bob = people["ann"]["client"], people["bob"]["client"]
+    made = ann.execute(gql("""mutation { wa: insert_writer_one(object: {name: "WA", books: {data: [{title: "wa1"}]}}) { id }
+                                        wb: insert_writer_one(object: {name: "WB", books: {data: [{title: "wb1"},
+                                                                                                  {title: "wb2"}]}}) { id } }"""))
+    bob.execute(GraphQLRequest("mutation($w: uuid!) { insert_book(objects: [{title: \"x1\", writer_id: $w}, "
+                               "{title: \"x2\", writer_id: $w}, {title: \"x3\", writer_id: $w}]) { affected_rows } }",
+                               variable_values={"w": made["wa"]["id"]}))
+    query = gql('{ writer(where: {name: {_in: ["WA", "WB"]}}, order_by: {books_aggregate: {count: desc}}) '
+                '{ name books_aggregate { aggregate { count } } } }')
+    seen_by_ann = ann.execute(query)["writer"]  # WA holds 1 of ann's books and 3 of bob's, which ann may not read
+    assert seen_by_ann == [{"name": "WB", "books_aggregate": {"aggregate": {"count": 2}}},
+                           {"name": "WA", "books_aggregate": {"aggregate": {"count": 1}}}]
+    assert [w["name"] for w in bob.execute(query)["writer"]] == ["WA", "WB"]
+
+
+def test_new_operators_never_reach_rows_outside_the_callers_scope(people, seeded):
+    bob = people["bob"]["client"]
+    for comparison in ('title: {_regex: ".*"}', 'title: {_nlike: "zzz"}', 'meta: {_has_keys_any: ["j", "k"]}',
+                       'tags: {_contained_in: ["x", "y"]}', 'title: {_similar: "%"}'):
+        titles = {b["title"] for b in bob.execute(gql(f"{{ book(where: {{{comparison}}}) {{ title }} }}"))["book"]}
+        assert titles <= {"x1", "x2", "x3"}, comparison  # bob's own books only, never A1, A2, B1 or ann's
+
+
+def test_on_conflict_where_updates_only_the_rows_it_matches(service, seeded):
+    upsert = """mutation($w: book_bool_exp) { insert_book(objects: [{title: "A1 again", isbn: "a1"}],
+        on_conflict: {constraint: book_isbn_key, update_columns: [title], where: $w}) { affected_rows returning { title } } }"""
+    untouched = service.execute(GraphQLRequest(upsert, variable_values={"w": {"pages": {"_gt": 1000}}}))
+    assert untouched["insert_book"] == {"affected_rows": 0, "returning": []}
+    changed = service.execute(GraphQLRequest(upsert, variable_values={"w": {"pages": {"_eq": 100}}}))
+    assert changed["insert_book"] == {"affected_rows": 1, "returning": [{"title": "A1 again"}]}
+    service.execute(gql('mutation { update_book(where: {isbn: {_eq: "a1"}}, _set: {title: "A1"}) { affected_rows } }'))
+
+
+def test_a_batch_of_operations_is_answered_with_an_array(base, keys, seeded):
+    batch = [{"query": '{ writer(where: {name: {_eq: "Ann"}}) { name } }'},
+             {"query": "query($i: String!) { book(where: {isbn: {_eq: $i}}) { title } }", "variables": {"i": "b1"}},
+             {"query": "{ nope }"}]
+    response = httpx.post(f"{base}/api/tenants/library/graphql/v1", headers={"apikey": keys["service"]}, json=batch)
+    assert response.status_code == 200
+    answers = response.json()
+    assert answers[:2] == [{"data": {"writer": [{"name": "Ann"}]}}, {"data": {"book": [{"title": "B1"}]}}]
+    assert answers[2]["errors"][0]["extensions"]["code"] == "validation-failed"
+    other = httpx.post(f"{base}/api/tenants/library/graphql/v1", headers={"apikey": keys["elsewhere"]}, json=batch)
+    assert other.status_code == 401 and "Ann" not in other.text
+    anonymous = httpx.post(f"{base}/api/tenants/library/graphql/v1", json=[
+        {"query": '{ book(where: {isbn: {_eq: "b1"}}) { title } }'},
+        {"query": 'mutation { delete_book(where: {}) { affected_rows } }'}])  # anon may read books, never delete
+    assert anonymous.json()[0] == {"data": {"book": [{"title": "B1"}]}}
+    assert anonymous.json()[1]["errors"][0]["extensions"]["code"] == "validation-failed"
+    assert httpx.post(f"{base}/api/tenants/library/graphql/v1", headers={"apikey": keys["service"]},
+                      json=[]).status_code == 400
+
+
+def test_the_standard_introspection_query_of_tools_is_accepted(base, keys, seeded):
+    from graphql import build_client_schema, get_introspection_query
+
+    query = get_introspection_query(descriptions=True, specified_by_url=True, directive_is_repeatable=True,
+                                    schema_description=True, input_value_deprecation=True)
+    for key in (keys["service"], keys["anon"]):
+        result = post(base, key, query)
+        assert "errors" not in result, result["errors"]
+        assert build_client_schema(result["data"]).get_type("book") is not None
+    fetched = Client(transport=HTTPXTransport(url=f"{base}/api/tenants/library/graphql/v1",
+                                              headers={"apikey": keys["service"]}), fetch_schema_from_transport=True)
+    assert fetched.execute(gql("{ book(where: {genre: {_eq: novel}}) { title } }")) == {"book": []}

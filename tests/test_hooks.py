@@ -213,7 +213,7 @@ def test_graphql_mutations_run_the_same_hooks(base, keys, rest):
     made = graphql(base, keys, 'mutation { insert_article_one(object: {title: "Via GraphQL"}) { slug } }')
     assert made == {"data": {"insert_article_one": {"slug": "via-graphql"}}}
     updated = graphql(base, keys, 'mutation { update_article(where: {title: {_eq: "Via GraphQL"}}, '
-                                  '_set: {status: "published"}) { affected_rows returning { revision } } }')
+                                  '_set: {status: published}) { affected_rows returning { revision } } }')
     assert updated["data"]["update_article"] == {"affected_rows": 1, "returning": [{"revision": 1}]}
     refused = graphql(base, keys, 'mutation { insert_article(objects: [{title: "ok one"}, {title: "forbidden"}]) '
                                   '{ affected_rows } }')

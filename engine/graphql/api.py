@@ -39,6 +39,11 @@ from engine.runtime import TenantRuntime
 DEFAULT_LIMITS = {"max_depth": 12, "max_cost": 500}  # a plan's `limits.graphql` overrides them
 CACHE_SIZE = 1024
 INTROSPECTION = ("__schema", "__type", "__typename")
+# Introspection (`__schema`, `__type`) is bounded by these instead of the plan's limits: GraphiQL's and the
+# codegen tools' standard query is 14 levels deep and selects 229 fields (graphql-core's
+# get_introspection_query with every option), and what it reads is the schema, not the tenant's rows
+INTROSPECTION_LIMITS = (20, 400)
+MAX_BATCH = 20  # operations of one batched request (a JSON array), each checked as if sent alone
 JSON = [("Content-Type", "application/json")]
 
 
@@ -77,14 +82,22 @@ def plan_limits(max_depth: int, max_cost: int) -> type[ValidationRule]:
         selecting more fields (its cost: every field selected, fragments expanded) than it allows."""
 
         def enter_operation_definition(self, node: ast.OperationDefinitionNode, *_: Any) -> None:
-            depth = _depth(node.selection_set, self.context, 0)
-            if depth > max_depth:
-                self.report_error(CoreError(f"the query is {depth} levels deep; the plan allows {max_depth}",
-                                            node, extensions={"code": "query-too-deep"}))
-            cost = _cost(node.selection_set, self.context)
-            if cost > max_cost:
-                self.report_error(CoreError(f"the query selects {cost} fields; the plan allows {max_cost}",
-                                            node, extensions={"code": "query-too-costly"}))
+            selections = node.selection_set.selections
+            schema_fields = tuple(s for s in selections if isinstance(s, ast.FieldNode)
+                                  and s.name.value in ("__schema", "__type"))
+            data_fields = tuple(s for s in selections if s not in schema_fields)
+            for part, (most_deep, most_cost), what in (
+                    (data_fields, (max_depth, max_cost), "the plan allows"),
+                    (schema_fields, INTROSPECTION_LIMITS, "introspection allows")):
+                selection_set = ast.SelectionSetNode(selections=part)
+                depth = _depth(selection_set, self.context, 0)
+                if depth > most_deep:
+                    self.report_error(CoreError(f"the query is {depth} levels deep; {what} {most_deep}",
+                                                node, extensions={"code": "query-too-deep"}))
+                cost = _cost(selection_set, self.context)
+                if cost > most_cost:
+                    self.report_error(CoreError(f"the query selects {cost} fields; {what} {most_cost}",
+                                                node, extensions={"code": "query-too-costly"}))
 
     return PlanLimits
 
@@ -177,8 +190,16 @@ class GraphQLApi:
         return value
 
     async def handle(self, method: str, query: Mapping[str, str], body: bytes) -> Answer:
-        request = self.request(method, query, body)
-        document_text, operation_name, variables = request
+        payload = self.payload(method, query, body)
+        if isinstance(payload, list):  # a batch (Hasura, Apollo's BatchHttpLink): an array of answers, in order
+            if not payload or len(payload) > MAX_BATCH:
+                raise InvalidBody(f"a batch holds 1 to {MAX_BATCH} operations", hint='[{"query": "{ post { id } }"}]')
+            requests = [self.request(p) for p in payload]  # all well-formed, or the whole batch is a 400
+            answers = [(await self.answer(*r)).body for r in requests]
+            return Answer(200, JSON, b"[" + b",".join(answers) + b"]")
+        return await self.answer(*self.request(payload))
+
+    async def answer(self, document_text: str, operation_name: str | None, variables: dict[str, Any]) -> Answer:
         try:
             return await self.run(document_text, operation_name, variables)
         except GraphQLError as error:
@@ -192,8 +213,8 @@ class GraphQLApi:
             return Answer(200, JSON, error_body([body]))
 
     @staticmethod
-    def request(method: str, query: Mapping[str, str], body: bytes) -> tuple[str, str | None, dict[str, Any]]:
-        """(document, operation name, variables) of a GET (query string) or POST (JSON body)."""
+    def payload(method: str, query: Mapping[str, str], body: bytes) -> Any:
+        """The request's JSON: from the query string of a GET, the body of a POST."""
         if method == "GET":
             payload: Any = dict(query)
             if "variables" in payload:
@@ -201,11 +222,15 @@ class GraphQLApi:
                     payload["variables"] = orjson.loads(payload["variables"])
                 except orjson.JSONDecodeError as exc:
                     raise InvalidBody("variables is not JSON") from exc
-        else:
-            try:
-                payload = orjson.loads(body or b"null")
-            except orjson.JSONDecodeError as exc:
-                raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+            return payload
+        try:
+            return orjson.loads(body or b"null")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+
+    @staticmethod
+    def request(payload: Any) -> tuple[str, str | None, dict[str, Any]]:
+        """(document, operation name, variables) of one operation's JSON object."""
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
             raise InvalidBody("expected a JSON object with a `query` string", hint='{"query": "{ post { id } }"}')
         variables = payload.get("variables") or {}
@@ -250,9 +275,15 @@ class GraphQLApi:
         roots = [s for s in operation.selection_set.selections if isinstance(s, ast.FieldNode)]
         introspects = any(f.name.value in ("__schema", "__type") for f in roots)
         if introspects or (roots and all(f.name.value in INTROSPECTION for f in roots)):
-            result = execute(schema, document.node, variable_values=variables, operation_name=operation_name)
-            errors = [problem("validation-failed", e.message) for e in result.errors or ()]
-            return Answer(200, JSON, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
+            # what it answers depends on the schema (the roles), the document and the variables only
+            key = ("graphql-introspection", self.caller.roles, document.digest, operation_name,
+                   orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
+            found = self.runtime.statements.get(key)
+            if found is None:
+                result = execute(schema, document.node, variable_values=variables, operation_name=operation_name)
+                errors = [problem("validation-failed", e.message) for e in result.errors or ()]
+                found = self.remember(key, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
+            return Answer(200, JSON, found)
         if operation.operation == ast.OperationType.MUTATION:
             compiler = self.compiler(schema, document, coerced)  # the rows it writes, counted before any work
             fields = compiler.fields(operation.selection_set)

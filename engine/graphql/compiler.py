@@ -38,8 +38,19 @@ from engine.query.plan import (
     Step,
 )
 
-OPERATORS = {"_eq": "eq", "_neq": "neq", "_gt": "gt", "_gte": "gte", "_lt": "lt", "_lte": "lte", "_like": "like",
-             "_ilike": "ilike", "_in": "in", "_nin": "in"}
+# Hasura's operator -> (the plan's operator, negated)
+OPERATORS = {"_eq": ("eq", False), "_neq": ("neq", False), "_gt": ("gt", False), "_gte": ("gte", False),
+             "_lt": ("lt", False), "_lte": ("lte", False), "_in": ("in", False), "_nin": ("in", True),
+             "_like": ("like", False), "_nlike": ("like", True), "_ilike": ("ilike", False), "_nilike": ("ilike", True),
+             "_similar": ("similar", False), "_nsimilar": ("similar", True), "_regex": ("match", False),
+             "_nregex": ("match", True), "_iregex": ("imatch", False), "_niregex": ("imatch", True),
+             "_contains": ("cs", False), "_contained_in": ("cd", False), "_has_key": ("has_key", False),
+             "_has_keys_any": ("has_keys_any", False), "_has_keys_all": ("has_keys_all", False)}
+LISTS = ("_in", "_nin", "_has_keys_any", "_has_keys_all")  # operators whose value is a list of values
+PATTERN_OPERATORS = ("_similar", "_nsimilar", "_regex", "_nregex", "_iregex", "_niregex")
+MAX_PATTERN = 1000  # characters of a regular expression; PostgreSQL's engine also runs under statement_timeout
+# aggregate functions of `aggregate {...}` and of `order_by: {x_aggregate: {...}}`, besides count
+SUMMARIES = ("sum", "avg", "min", "max", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp")
 ORDERS = {"asc": (False, None), "asc_nulls_first": (False, "first"), "asc_nulls_last": (False, "last"),
           "desc": (True, None), "desc_nulls_first": (True, "first"), "desc_nulls_last": (True, "last")}
 
@@ -78,6 +89,48 @@ class Slot:
     variable: str | None = None
     caller: bool = False
     many: bool = False  # a list (`_in`): each item as text
+    encoding: str = "text"  # "json": as JSON text (a json column's value); "array": a PostgreSQL array literal;
+    # "pattern": a regular expression, refused unless RE2 (linear time, no backreferences) could run it too
+
+
+def array_literal(value: Any) -> str:
+    """A list as PostgreSQL's array literal text (`{"a","b \\"c\\""}`), each item quoted."""
+    if not isinstance(value, list):
+        raise GraphQLError("validation-failed", "expected a list for an array column")
+    items = []
+    for item in value:
+        if item is None:
+            items.append("NULL")
+        else:
+            text = as_text(item)
+            items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+def safe_pattern(value: Any) -> str:
+    """A regular expression a request may run in the database: short, and one RE2 accepts (so no
+    backreference or lookaround, which make PostgreSQL's engine backtrack)."""
+    from engine.validation import pattern_problem
+
+    text = as_text(value)
+    if len(text) > MAX_PATTERN:
+        raise GraphQLError("validation-failed", f"a pattern is at most {MAX_PATTERN} characters")
+    problem = pattern_problem(text)
+    if problem is not None:
+        raise GraphQLError("validation-failed", f"pattern refused: {problem}")
+    return text
+
+
+def encoded(value: Any, encoding: str) -> Any:
+    if value is None:
+        return None
+    if encoding == "json":
+        return orjson.dumps(value).decode()
+    if encoding == "array":
+        return array_literal(value)
+    if encoding == "pattern":
+        return safe_pattern(value)
+    return as_text(value)
 
 
 def as_text(value: Any) -> Any:
@@ -101,10 +154,10 @@ class Values:
         self.slots.append(slot)
         return len(self.slots) - 1
 
-    def leaf(self, node: ast.ValueNode, many: bool = False) -> int:
+    def leaf(self, node: ast.ValueNode, many: bool = False, encoding: str = "text") -> int:
         if isinstance(node, ast.VariableNode):
-            return self.add(Slot(variable=node.name.value, many=many))
-        return self.add(Slot(constant=value_from_ast_untyped(node), many=many))
+            return self.add(Slot(variable=node.name.value, many=many, encoding=encoding))
+        return self.add(Slot(constant=value_from_ast_untyped(node), many=many, encoding=encoding))
 
     def resolve(self, node: ast.ValueNode | None) -> Any:
         """A structural argument's value; a variable used here becomes part of the cache key."""
@@ -127,9 +180,9 @@ class Values:
                 if slot.many:
                     if value is None:
                         raise GraphQLError("validation-failed", "expected a list of values for _in/_nin")
-                    values.append([as_text(v) for v in as_list(value)])
+                    values.append([encoded(v, slot.encoding) for v in as_list(value)])
                 else:
-                    values.append(as_text(value))
+                    values.append(encoded(value, slot.encoding))
             return values
 
         return build
@@ -275,7 +328,7 @@ class QueryCompiler:
                 counted = as_list(self.values.resolve(args.get("columns")))
                 found.append(AggregateField(alias, "count", tuple((c, c) for c in counted),
                                             bool(self.values.resolve(args.get("distinct")))))
-            elif function in ("sum", "avg", "min", "max"):
+            elif function in SUMMARIES:
                 columns = tuple((c.alias.value if c.alias else c.name.value, c.name.value)
                                 for c in self.fields(part.selection_set) if c.name.value != "__typename")
                 found.append(AggregateField(alias, function, columns))
@@ -300,12 +353,12 @@ class QueryCompiler:
             return list(value.values)
         return list(value) if isinstance(value, list) else [value] if value is not None else []
 
-    def leaf(self, value: Any, many: bool) -> int:
+    def leaf(self, value: Any, many: bool, encoding: str = "text") -> int:
         if isinstance(value, ast.ValueNode):
             if isinstance(value, ast.NullValueNode):
                 return self.values.add(Slot(constant=None))
-            return self.values.leaf(value, many)
-        return self.values.add(Slot(constant=value, many=many))
+            return self.values.leaf(value, many, encoding)
+        return self.values.add(Slot(constant=value, many=many, encoding=encoding))
 
     def condition(self, entity: str, where: Any) -> Condition:
         """`post_bool_exp` as a condition; comparison values become parameters."""
@@ -321,7 +374,7 @@ class QueryCompiler:
                 if kinds[key] == "array" and any(op in ("_in", "_nin") for op, _ in self.entries(value)):
                     raise GraphQLError("validation-failed", f"{key} is an array: _in and _nin compare single values "
                                                             "(use _eq for the whole array)")
-                items += self.comparisons(key, value)
+                items += self.comparisons(key, value, kinds[key])
             else:
                 relation = self.relations[entity][key]
                 self.entities.add(relation.target)
@@ -329,7 +382,9 @@ class QueryCompiler:
                                             self.scope(relation.target, "read")))
         return Condition("and", tuple(items))
 
-    def comparisons(self, column: str, comparison: Any) -> list[Filter]:
+    def comparisons(self, column: str, comparison: Any, kind: str = "") -> list[Filter]:
+        """A column's `{_op: value}`: each a filter, its value a parameter encoded for the column (a json
+        column's values as JSON, an array column's as an array literal, patterns checked)."""
         found = []
         for op, value in self.entries(comparison):
             if op == "_is_null":
@@ -338,8 +393,10 @@ class QueryCompiler:
                 continue
             if value is None or isinstance(value, ast.NullValueNode):
                 raise GraphQLError("validation-failed", f"{column}.{op} needs a value (use _is_null for nulls)")
-            many = op in ("_in", "_nin")
-            found.append(Filter(column, OPERATORS[op], self.leaf(value, many), negate=op == "_nin"))
+            plan_op, negate = OPERATORS[op]
+            encoding = ("pattern" if op in PATTERN_OPERATORS else "text" if op.startswith("_has_key")
+                        else "json" if kind == "json" else "array" if kind == "array" else "text")
+            found.append(Filter(column, plan_op, self.leaf(value, op in LISTS, encoding), negate=negate))
         return found
 
     def order(self, entity: str, order_by: Any) -> tuple[Order, ...]:
@@ -351,7 +408,12 @@ class QueryCompiler:
     def orders(self, entity: str, item: Mapping[str, Any], through: tuple[Step, ...]) -> list[Order]:
         found = []
         for key, value in item.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and key.endswith("_aggregate") and key not in self.relations[entity]:
+                relation = self.relations[entity][key[:-10]]  # an array relation: its rows the caller may read
+                self.entities.add(relation.target)
+                step = (*through, Step(relation, self.scope(relation.target, "read")))
+                found += self.aggregate_orders(value, step)
+            elif isinstance(value, dict):
                 relation = self.relations[entity][key]  # among the related rows the caller may read
                 self.entities.add(relation.target)
                 found += self.orders(relation.target, value, (*through, Step(relation, self.scope(relation.target,
@@ -359,4 +421,16 @@ class QueryCompiler:
             elif value is not None:  # `{code: null}` orders by nothing, as if absent
                 descending, nulls = ORDERS[value]
                 found.append(Order(key, descending, nulls, through))
+        return found
+
+    @staticmethod
+    def aggregate_orders(item: Mapping[str, Any], through: tuple[Step, ...]) -> list[Order]:
+        """`{count: desc, sum: {views: asc}}` of `{x_aggregate: ...}`: orders by a summary of the related rows."""
+        found = []
+        for function, value in item.items():
+            if function == "count" and value is not None:
+                found.append(Order("id", *ORDERS[value], through, aggregate="count"))
+            elif function in SUMMARIES and isinstance(value, dict):
+                found += [Order(column, *ORDERS[direction], through, aggregate=function)
+                          for column, direction in value.items() if direction is not None]
         return found

@@ -151,7 +151,7 @@ class MutationRunner:
         compiled = compile_statement(statement.returning(sa.cast(table.c.id, sa.Text)))
         values = compiler.values.builder()(self.variables, self.caller.user_id)
         new_id = await conn.fetchval(compiled.sql, *compiled.arguments(values))
-        if new_id is None and upsert is not None and upsert.update:
+        if new_id is None and upsert is not None and upsert.update and upsert.where is None:
             raise Forbidden(f"the {entity} row this insert conflicts with is outside what the caller may update")
         self.inserted += new_id is not None
         for index, (relation, child) in enumerate(children):
@@ -163,15 +163,15 @@ class MutationRunner:
 
     def upsert(self, compiler: QueryCompiler, entity: str, on_conflict: Mapping[str, Any]) -> Upsert:
         """`on_conflict` is an update of the row it meets: the update permission (the schema offers it only
-        to roles that have it), within the update's row scope, never of owner_id; no columns: do nothing."""
-        if on_conflict.get("where") is not None:
-            raise GraphQLError("validation-failed", "on_conflict.where is not supported; filter with update_*")
+        to roles that have it), within the update's row scope, never of owner_id; no columns: do nothing.
+        `where` (Hasura's) narrows the rows it updates further: a conflicting row outside it stays as it is."""
+        where = on_conflict.get("where")
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
         targets = conflict_targets(model_entity)[on_conflict["constraint"]]
         scope = compiler.scope(entity, "update")
         update = tuple(c for c in as_list(on_conflict.get("update_columns")) if c != OWNER_COLUMN)
-        return Upsert(targets, update, scope)
+        return Upsert(targets, update, scope, compiler.condition(entity, where) if where is not None else None)
 
     # -- responses --
 

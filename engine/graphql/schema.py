@@ -11,6 +11,7 @@ are compiled whole into SQL by `engine.graphql.compiler`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from graphql import (
@@ -68,6 +69,22 @@ ORDER_BY = GraphQLEnumType("order_by", {
     "desc_nulls_first": GraphQLEnumValue("desc_nulls_first"), "desc_nulls_last": GraphQLEnumValue("desc_nulls_last"),
 }, description="Column ordering options")
 COMPARISONS = ("_eq", "_neq", "_gt", "_gte", "_lt", "_lte")
+TEXT_OPERATORS = ("_like", "_nlike", "_ilike", "_nilike", "_similar", "_nsimilar", "_regex", "_nregex", "_iregex",
+                  "_niregex")
+GRAPHQL_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
+# aggregate functions over numbers beyond sum and avg (Hasura's), each a float
+DEVIATIONS = ("stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp")
+
+
+def enum_type_name(entity: str, field: str) -> str:
+    return f"{entity}_{field}_enum"
+
+
+def graphql_enum_values(values: tuple[str, ...]) -> bool:
+    """Whether every value of an `enum` field can be a GraphQL enum value (a name, not true/false/null, not
+    reserved `__`): the field is then a GraphQL enum type, else a String as before."""
+    return bool(values) and all(GRAPHQL_NAME.fullmatch(v) and v not in ("true", "false", "null")
+                                and not v.startswith("__") for v in values)
 
 
 def graph_relations(model: Schema) -> dict[str, dict[str, Relation]]:
@@ -84,13 +101,22 @@ def graph_relations(model: Schema) -> dict[str, dict[str, Relation]]:
     return found
 
 
-def column_types(entity: Entity) -> dict[str, tuple[str, Any]]:
-    """column -> (field type, GraphQL output type of its value)."""
+def column_types(entity: Entity, enums: dict[str, GraphQLEnumType] | None = None) -> dict[str, tuple[str, Any]]:
+    """column -> (field type, GraphQL type of its value). An `enum` field whose values are all GraphQL names
+    is the enum type `{entity}_{field}_enum` (one instance per schema, kept in `enums`)."""
     items = {f.column: f.items for f in entity.fields if f.type == "array"}
+    values = {f.column: f.values for f in entity.fields if f.type == "enum"}
+    enums = {} if enums is None else enums
     result = {}
     for column, kind in visible_columns(entity).items():
         if kind == "array":
             result[column] = (kind, GraphQLList(GraphQLNonNull(SCALARS[items[column] or "string"])))
+        elif kind == "enum" and graphql_enum_values(values.get(column, ())):
+            name = enum_type_name(entity.name, column)
+            if name not in enums:
+                enums[name] = GraphQLEnumType(name, {v: GraphQLEnumValue(v) for v in values[column]},
+                                              description=f"the values of {entity.name}.{column}")
+            result[column] = (kind, enums[name])
         else:
             result[column] = (kind, SCALARS[kind])
     return result
@@ -111,6 +137,7 @@ class SchemaBuilder:
         self.model, self.authorizer, self.roles = model, authorizer, roles
         self.relations = graph_relations(model)
         self.types: dict[str, Any] = {}
+        self.enums: dict[str, GraphQLEnumType] = {}
         self.readable = [e for e in model.entities if self.may(e.name, "read")]
         self.readable_names = {e.name for e in self.readable}
 
@@ -119,20 +146,34 @@ class SchemaBuilder:
         return self.authorizer.scope(self.roles, entity, action) is not None or (
             "authenticated" in self.roles and bool(self.authorizer.member_roles(entity, action)))
 
+    def columns(self, entity: Entity) -> dict[str, tuple[str, Any]]:
+        return column_types(entity, self.enums)
+
     def named(self, name: str, make: Any) -> Any:
         if name not in self.types:
             self.types[name] = make()
         return self.types[name]
 
     def comparison(self, kind: str, graphql_type: Any) -> GraphQLInputObjectType:
-        name = f"{graphql_type.name if not isinstance(graphql_type, GraphQLList) else 'array'}_comparison_exp"
+        """Hasura's `{type}_comparison_exp`: comparisons, lists, null tests, and per kind the text patterns,
+        json containment and keys, array containment; an enum compares by equality and membership."""
+        array = isinstance(graphql_type, GraphQLList)
+        type_name = f"{graphql_type.of_type.of_type.name}_array" if array else graphql_type.name
+        name = f"{type_name}_comparison_exp"
 
         def make() -> GraphQLInputObjectType:
-            fields = {op: GraphQLInputField(graphql_type) for op in COMPARISONS}
+            enum = isinstance(graphql_type, GraphQLEnumType)
+            fields = {op: GraphQLInputField(graphql_type) for op in (("_eq", "_neq") if enum else COMPARISONS)}
             fields["_in"] = fields["_nin"] = GraphQLInputField(GraphQLList(GraphQLNonNull(graphql_type)))
             fields["_is_null"] = GraphQLInputField(GraphQLBoolean)
             if graphql_type is GraphQLString:
-                fields["_like"] = fields["_ilike"] = GraphQLInputField(GraphQLString)
+                fields.update({op: GraphQLInputField(GraphQLString) for op in TEXT_OPERATORS})
+            if kind == "json" or array:
+                fields["_contains"] = fields["_contained_in"] = GraphQLInputField(graphql_type)
+            if kind == "json":
+                fields["_has_key"] = GraphQLInputField(GraphQLString)
+                fields["_has_keys_any"] = fields["_has_keys_all"] = GraphQLInputField(
+                    GraphQLList(GraphQLNonNull(GraphQLString)))
             return GraphQLInputObjectType(name, fields)
 
         return self.named(name, make)
@@ -142,8 +183,7 @@ class SchemaBuilder:
 
     def bool_exp(self, entity: Entity) -> GraphQLInputObjectType:
         def fields() -> dict[str, GraphQLInputField]:
-            result = {c: GraphQLInputField(self.comparison(k, t)) for c, (k, t) in column_types(entity).items()
-                      if k != "json"}
+            result = {c: GraphQLInputField(self.comparison(k, t)) for c, (k, t) in self.columns(entity).items()}
             for name, relation in self.links(entity).items():
                 result[name] = GraphQLInputField(self.bool_exp(self.entity(relation.target)))
             me = self.bool_exp(entity)
@@ -157,20 +197,40 @@ class SchemaBuilder:
 
     def order_by(self, entity: Entity) -> GraphQLInputObjectType:
         def fields() -> dict[str, GraphQLInputField]:
-            result = {c: GraphQLInputField(ORDER_BY) for c, (k, _) in column_types(entity).items()
+            result = {c: GraphQLInputField(ORDER_BY) for c, (k, _) in self.columns(entity).items()
                       if k not in ("json", "array")}
             for name, relation in self.links(entity).items():
                 if relation.kind == "one":
                     result[name] = GraphQLInputField(self.order_by(self.entity(relation.target)))
+                else:
+                    result[f"{name}_aggregate"] = GraphQLInputField(self.aggregate_order_by(self.entity(relation.target)))
             return result
 
         name = f"{entity.name}_order_by"
         return self.named(name, lambda: GraphQLInputObjectType(name, fields))
 
+    def aggregate_order_by(self, entity: Entity) -> GraphQLInputObjectType:
+        """`{target}_aggregate_order_by`: order by the count of related rows, or by a summary of a column."""
+        columns = self.columns(entity)
+
+        def fields() -> dict[str, GraphQLInputField]:
+            result = {"count": GraphQLInputField(ORDER_BY)}
+            for function in ("avg", "max", "min", "sum", *DEVIATIONS):
+                types = ORDERED_TYPES if function in ("max", "min") else NUMERIC_TYPES
+                chosen = {c: GraphQLInputField(ORDER_BY) for c, (k, _) in columns.items() if k in types}
+                if chosen:
+                    name = f"{entity.name}_{function}_order_by"
+                    result[function] = GraphQLInputField(self.named(name, lambda n=name, c=chosen:
+                                                                    GraphQLInputObjectType(n, c)))
+            return result
+
+        name = f"{entity.name}_aggregate_order_by"
+        return self.named(name, lambda: GraphQLInputObjectType(name, fields))
+
     def select_column(self, entity: Entity) -> GraphQLEnumType:
         name = f"{entity.name}_select_column"
         return self.named(name, lambda: GraphQLEnumType(
-            name, {c: GraphQLEnumValue(c) for c in column_types(entity)}))
+            name, {c: GraphQLEnumValue(c) for c in self.columns(entity)}))
 
     def list_args(self, entity: Entity) -> dict[str, GraphQLArgument]:
         return {
@@ -188,7 +248,7 @@ class SchemaBuilder:
     def object_type(self, entity: Entity) -> GraphQLObjectType:
         def fields() -> dict[str, GraphQLField]:
             result = {c: GraphQLField(GraphQLNonNull(t) if c in ("id", "created_at", "updated_at") else t)
-                      for c, (_, t) in column_types(entity).items()}
+                      for c, (_, t) in self.columns(entity).items()}
             for name, relation in self.links(entity).items():
                 target = self.entity(relation.target)
                 if relation.kind == "one":
@@ -204,7 +264,7 @@ class SchemaBuilder:
             entity.name, fields, description=entity.description or f"columns and relationships of \"{entity.name}\""))
 
     def aggregate_type(self, entity: Entity) -> GraphQLObjectType:
-        columns = column_types(entity)
+        columns = self.columns(entity)
 
         def numbers(suffix: str, types: tuple[str, ...], result_type: Any | None = None) -> GraphQLObjectType | None:
             chosen = {c: GraphQLField(result_type or t) for c, (k, t) in columns.items() if k in types}
@@ -218,7 +278,8 @@ class SchemaBuilder:
                 "columns": GraphQLArgument(GraphQLList(GraphQLNonNull(self.select_column(entity)))),
                 "distinct": GraphQLArgument(GraphQLBoolean)})}
             for function, types, result_type in (("sum", NUMERIC_TYPES, None), ("avg", NUMERIC_TYPES, GraphQLFloat),
-                                                 ("min", ORDERED_TYPES, None), ("max", ORDERED_TYPES, None)):
+                                                 ("min", ORDERED_TYPES, None), ("max", ORDERED_TYPES, None),
+                                                 *((d, NUMERIC_TYPES, GraphQLFloat) for d in DEVIATIONS)):
                 made = numbers(function, types, result_type)
                 if made is not None:
                     result[function] = GraphQLField(made)
@@ -235,7 +296,7 @@ class SchemaBuilder:
 
     def writable_columns(self, entity: Entity) -> dict[str, tuple[str, Any]]:
         read_only = ("id", "created_at", "updated_at", OWNER_COLUMN)
-        return {c: v for c, v in column_types(entity).items() if c not in read_only}
+        return {c: v for c, v in self.columns(entity).items() if c not in read_only}
 
     def insert_input(self, entity: Entity) -> GraphQLInputObjectType:
         def fields() -> dict[str, GraphQLInputField]:

@@ -87,6 +87,9 @@ class Order:
     descending: bool = False
     nulls: str | None = None  # first | last
     through: tuple[Step, ...] = ()  # many-to-one relations leading to the column (GraphQL order_by)
+    # GraphQL's `{posts_aggregate: {count: desc}}`: `count` (column ignored) or `sum|avg|min|max|...` of the
+    # column over the rows of `through`'s last step, a one-to-many relation, that its scope lets the caller read
+    aggregate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Upsert:
     target: tuple[str, ...]
     update: tuple[str, ...]
     scope: Condition | None
+    where: Condition | None = None  # the request's own condition on the existing row (Hasura's on_conflict.where)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,20 @@ from engine.query.plan import (
 )
 
 DIALECT = AsyncpgDialect()
+# value operators beyond comparison, by the plan's (PostgREST's) names: containment of arrays and json
+# (the value as text, cast to the column's type), POSIX regular expressions and SQL's SIMILAR TO (the
+# pattern as text; its safety is checked where the value is made), json key existence (a key, or a list)
+CONTAINMENT = {"cs": "@>", "cd": "<@", "ov": "&&"}
+PATTERNS = {"match": "~", "imatch": "~*", "similar": "SIMILAR TO"}
+KEY_TESTS = {"has_key": "?", "has_keys_any": "?|", "has_keys_all": "?&"}
 EMPTY_ARRAY = sa.literal_column("'[]'::json")
 
 
 def base_type(type_: TypeEngine[Any]) -> TypeEngine[Any]:
     """The type a filter value is cast to: without a length or scale, which a cast would silently apply."""
-    if isinstance(type_, postgresql.ARRAY):
-        return postgresql.ARRAY(base_type(type_.item_type))
+    if isinstance(type_, postgresql.ARRAY):  # varchar[] compares with varchar[] only (not text[])
+        item = type_.item_type
+        return postgresql.ARRAY(sa.String() if type(item) is sa.String else base_type(item))
     if isinstance(type_, sa.String):
         return sa.Text()
     if isinstance(type_, sa.Numeric) and not isinstance(type_, sa.Float):
@@ -69,6 +76,14 @@ def filter_sql(item: Filter, table: sa.FromClause) -> ColumnElement[bool]:
     elif op in ("like", "ilike"):
         pattern = sa.bindparam(f"v{item.param}", type_=sa.Text())
         expression = column.like(pattern) if op == "like" else column.ilike(pattern)
+    elif op in CONTAINMENT:
+        expression = column.op(CONTAINMENT[op], is_comparison=True)(value_param(item.param, column.type))
+    elif op in PATTERNS:
+        pattern = sa.bindparam(f"v{item.param}", type_=sa.Text())
+        expression = column.op(PATTERNS[op], is_comparison=True)(pattern)
+    elif op in KEY_TESTS:
+        keys = sa.bindparam(f"v{item.param}", type_=sa.Text() if op == "has_key" else postgresql.ARRAY(sa.Text()))
+        expression = column.op(KEY_TESTS[op], is_comparison=True)(keys)
     else:
         value = value_param(item.param, column.type)
         expression = {"eq": column == value, "neq": column != value, "gt": column > value, "gte": column >= value,
@@ -161,7 +176,11 @@ class StatementBuilder:
             return table.c[order.column]
         step, rest = order.through[0], order.through[1:]
         related = self.tables[step.relation.target].alias(f"t{next(self.names)}")
-        inner = self.order_expression(Order(order.column, through=rest), related)
+        if step.relation.kind == "many":  # an aggregate's relation, always the last step
+            inner = sa.func.count() if order.aggregate == "count" \
+                else getattr(sa.func, order.aggregate or "max")(related.c[order.column])
+        else:
+            inner = self.order_expression(Order(order.column, through=rest, aggregate=order.aggregate), related)
         statement = sa.select(inner).select_from(related).where(
             related.c[step.relation.target_column] == table.c[step.relation.source_column])
         if step.scope is not None:
@@ -308,7 +327,8 @@ def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: U
         return statement
     if not upsert.update:
         return statement.on_conflict_do_nothing(index_elements=list(upsert.target))
-    where = condition_sql(upsert.scope, table, tables) if upsert.scope is not None else None
+    conditions = [condition_sql(c, table, tables) for c in (upsert.scope, upsert.where) if c is not None]
+    where = sa.and_(*conditions) if conditions else None
     return statement.on_conflict_do_update(index_elements=list(upsert.target),
                                            set_={c: statement.excluded[c] for c in upsert.update}, where=where)
 
