@@ -1,22 +1,364 @@
-"""The platform's audit log: one row per security-relevant event, in the system tenant's `audit_log`.
+"""The audit trail: one hash-chained entry per write, authentication event, platform operation and denial.
 
-Written in the transaction of the change it records when there is one, so an event is never logged for
-a change that rolled back (and a change never commits without its event).
+Every entry is a row of the system tenant's `audit_log`, appended by ONE database function,
+`backsaas_audit.append(chain, entries)`, in the transaction of the change it records: an entry is never
+written for a change that rolled back, and a change never commits without its entry.
+
+- Writes to a tenant's tables are captured by statement-level triggers (with transition tables) that
+  the deploy puts on every entity not marked `audit: false`. So every surface is covered alike (REST,
+  GraphQL, hooks' and functions' `ctx.data`, the auth API, migrations' backfills), old and new values
+  come from the database itself, and a bulk write costs one trigger call, not one per row. Fields
+  marked `sensitive: true` or `internal` (password hashes, secrets) are redacted by the trigger.
+- Who did it (user, API key, roles), the request id, client address and user agent travel in the
+  transaction-local setting `backsaas.audit`, which the write statement sets itself: `audited()` adds a
+  CTE to the statement, so the context costs no round trip.
+- The tenants' request roles have no privilege on `system` (wall 3): the trigger function and `append`
+  run as the platform's role (SECURITY DEFINER), and no tenant role may execute them directly or build
+  a trigger on them (EXECUTE is revoked from PUBLIC). A tenant can neither forge, edit nor delete an
+  entry; `backsaas_audit.note` lets a tenant's own connection add an event to its own chain only.
+- Tamper evidence: each tenant's entries form a chain (`seq` 1, 2, ...; `hash` = SHA-256 of the
+  previous hash and the entry's canonical form, `backsaas_audit.digest`). `append` locks the chain's
+  head row (`backsaas_audit.heads`) FOR UPDATE, so concurrent writers of one tenant queue for the few
+  microseconds between their append and their commit and still produce one chain.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
+import asyncpg
+import orjson
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import catalog
+from engine.database import quote_identifier as quote
+from engine.query.sql import CompiledRead
+from engine.schema.model import Entity, Schema
+from engine.storage import naming
+
+SCHEMA = "backsaas_audit"
+SETTING = "backsaas.audit"  # the transaction's actor and request, as JSON (set by `audited` statements)
+WRITER = "backsaas.audit_writer"  # on while `append` or `prune` writes the log: nothing else may (its guard)
+REDACTED = "[redacted]"
+TRIGGER_EVENTS = (("insert", "INSERT", "NEW TABLE AS new_rows"),
+                  ("update", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+                  ("delete", "DELETE", "OLD TABLE AS old_rows"))
+CONTEXT_KEYS = ("user_id", "key_name", "roles", "request_id", "ip", "user_agent")
+
+# The ASGI scope of the request being served (the gateway's AccessLog sets it): who, from where.
+REQUEST: ContextVar[Mapping[str, Any] | None] = ContextVar("backsaas_audit_request", default=None)
 
 
-async def record(conn: AsyncConnection, action: str, *, tenant_id: str | None, data: dict[str, Any] | None = None,
-                 actor: str | None = None, entity: str | None = None, record_id: str | None = None,
-                 ip: str | None = None) -> None:
-    """Append an event: `action` like `auth.login_failed`; `actor` is a platform account, when there is one."""
-    audit_log = catalog.platform_tables()["audit_log"]
-    await conn.execute(audit_log.insert().values(tenant_id=tenant_id, actor_id=actor, action=action, entity=entity,
-                                                 record_id=record_id, data=data or {}, ip=(ip or None) and ip[:45]))
+# -- the request's context ------------------------------------------------------------------------------
+
+
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")[:500]
+    return None
+
+
+def context(scope: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The actor and request of the current request (empty outside one): what every entry carries."""
+    scope = scope if scope is not None else REQUEST.get()
+    if scope is None:
+        return {}
+    caller = scope.get("backsaas.caller")
+    client = scope.get("client")
+    found = {"request_id": scope.get("backsaas.request_id"), "ip": client[0][:45] if client else None,
+             "user_agent": header(scope, b"user-agent")}
+    if caller is not None:
+        found |= {"user_id": caller.user_id, "key_name": caller.key_name, "roles": ",".join(caller.roles)}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def context_text() -> str:
+    return orjson.dumps(context()).decode()
+
+
+class AuditedStatement(CompiledRead):
+    """A write statement that also sets `backsaas.audit` to the request's context (its last parameter),
+    through a CTE that inserts nothing: data-modifying CTEs always run, and they finish before the
+    statement's AFTER triggers (the audit's) fire."""
+
+    def arguments(self, values: list[Any]) -> list[Any]:
+        return [*super().arguments(values), context_text()]
+
+
+def audited(compiled: CompiledRead) -> CompiledRead:
+    """`compiled` (an INSERT, UPDATE or DELETE, or a WITH ... around them) carrying the request's context."""
+    if isinstance(compiled, AuditedStatement):
+        return compiled
+    number = len(compiled.slots) + 1
+    cte = (f"backsaas_audit_context AS (INSERT INTO {SCHEMA}.context SELECT "
+           f"WHERE set_config('{SETTING}', ${number}::text, true) IS NULL)")
+    sql = compiled.sql
+    if sql.startswith("WITH RECURSIVE "):
+        sql = f"WITH RECURSIVE {cte}, {sql[len('WITH RECURSIVE '):]}"
+    elif sql.startswith("WITH "):
+        sql = f"WITH {cte}, {sql[len('WITH '):]}"
+    else:
+        sql = f"WITH {cte} {sql}"
+    return AuditedStatement(sql, compiled.slots, compiled.constants)  # `arguments` adds the context
+
+
+def audited_if_write(compiled: CompiledRead) -> CompiledRead:
+    """`audited` for the statements that write (every one of ours has RETURNING or starts with its verb),
+    the statement itself for reads. `engine.query.sql.compile_statement` applies it to every statement it
+    renders, so REST, GraphQL and the write core's statements carry the context alike."""
+    if compiled.sql.startswith(("INSERT ", "UPDATE ", "DELETE ")) or " RETURNING " in compiled.sql:
+        return audited(compiled)
+    return compiled
+
+
+# -- appending ------------------------------------------------------------------------------------------
+
+
+def entry(action: str, *, tenant_id: str | None, data: Mapping[str, Any] | None = None, actor: str | None = None,
+          entity: str | None = None, record_id: str | None = None, ip: str | None = None,
+          changes: Mapping[str, Any] | None = None, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One entry as `append` takes it: the request's context, then what the caller says."""
+    found: dict[str, Any] = {**context(request), "action": action, "tenant_id": tenant_id, "entity": entity,
+                             "record_id": record_id, "data": dict(data or {}), "changes": dict(changes or {})}
+    if actor is not None:
+        found["actor_id"] = found["user_id"] = str(actor)
+    if ip:
+        found["ip"] = ip[:45]
+    return found
+
+
+async def record(conn: AsyncConnection | asyncpg.Connection, action: str, *, tenant_id: str | None,
+                 data: Mapping[str, Any] | None = None, actor: str | None = None, entity: str | None = None,
+                 record_id: str | None = None, ip: str | None = None, changes: Mapping[str, Any] | None = None,
+                 request: Mapping[str, Any] | None = None) -> None:
+    """Append one entry to `tenant_id`'s chain (the platform's own when None) inside `conn`'s transaction.
+
+    `action` is `area.verb` (`auth.login_failed`, `tenant.suspended`, `gdpr.erasure_requested`); `actor` a
+    platform account when there is one (else the request's user is the actor); `data` what the event
+    needs to be understood, never a secret. `conn` is the platform's connection (SQLAlchemy, `db.begin()`),
+    or a tenant's own request connection (asyncpg, acting as the tenant's role), which can only append to
+    its own tenant's chain. Either way one statement, in the caller's transaction.
+    """
+    body = orjson.dumps([entry(action, tenant_id=tenant_id, data=data, actor=actor, entity=entity,
+                               record_id=record_id, ip=ip, changes=changes, request=request)], default=str).decode()
+    if isinstance(conn, AsyncConnection):  # through SQLAlchemy: it opens the caller's transaction if not yet
+        await conn.execute(sa.text(f"SELECT {SCHEMA}.append(CAST(:body AS jsonb))"), {"body": body})
+    else:
+        await conn.execute(f"SELECT {SCHEMA}.note($1::jsonb)", body)
+
+
+async def denied(db: Any, tenant_id: str | None, message: str, scope: Mapping[str, Any]) -> None:
+    """A permission denial (403), in a transaction of its own (the request itself changed nothing)."""
+    async with db.begin() as conn:
+        await record(conn, "access.denied", tenant_id=tenant_id, request=scope,
+                     data={"method": scope.get("method"), "path": scope.get("path"), "message": message[:500]})
+
+
+# -- what the deploy installs ---------------------------------------------------------------------------
+
+
+def redacted_fields(entity: Entity) -> list[str]:
+    """The columns whose values never reach the trail: `sensitive: true` and engine-internal fields."""
+    return sorted(entity.column_of(f.name) for f in entity.fields
+                  if getattr(f, "sensitive", False) or f.internal or f.name.endswith("password_hash"))
+
+
+def audits(entity: Entity) -> bool:
+    return bool(getattr(entity, "audit", True))
+
+
+def triggers_sql(pg_schema: str, tenant_id: str, model: Schema) -> str:
+    """The audit triggers of every entity of `model` that is audited (and none on those that opt out).
+    On the platform's tables a row that belongs to a tenant (its `tenant_id`, or a `tenants` row itself)
+    is filed in that tenant's chain: its admins see their keys, members and plan change there."""
+    routed = "routed" if pg_schema == naming.SYSTEM_TENANT else "own"
+    script = []
+    for entity in model.entities:
+        table = f"{quote(pg_schema)}.{quote(entity.name)}"
+        for name, event, referencing in TRIGGER_EVENTS:
+            trigger = quote(f"backsaas_audit_{name}")
+            if audits(entity):
+                hidden = orjson.dumps(redacted_fields(entity)).decode().replace("'", "''")
+                script.append(f"CREATE OR REPLACE TRIGGER {trigger} AFTER {event} ON {table} REFERENCING {referencing}"
+                              f" FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.capture('{tenant_id}', '{hidden}', '{routed}')")
+            else:
+                script.append(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+    return ";\n".join(script)
+
+
+async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, model: Schema) -> None:
+    """Put the audit triggers on a tenant's tables, as the platform (a tenant's role may not: EXECUTE on
+    the trigger function is the platform's alone), in the deploy's transaction."""
+    script = triggers_sql(naming.schema_name(slug), str(tenant_id), model)
+    if script:
+        driver = (await conn.get_raw_connection()).driver_connection
+        await driver.execute(script)
+
+
+def functions_sql(platform_role: str, system_id: str) -> str:
+    """The audit's database objects, owned by the platform's role: the chain heads, the canonical form and
+    its digest, `append`, the tenants' `note`, the trigger function and the context CTE's target."""
+    role = quote(platform_role)
+    system = naming.SYSTEM_TENANT
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA} AUTHORIZATION {role};
+GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC;
+SET LOCAL ROLE {role};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.heads (
+  chain uuid PRIMARY KEY,
+  seq bigint NOT NULL DEFAULT 0,
+  hash text NOT NULL DEFAULT '',
+  anchor_seq bigint NOT NULL DEFAULT 0,
+  anchor_hash text NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS {SCHEMA}.context (CONSTRAINT context_is_never_written CHECK (false));
+REVOKE ALL ON {SCHEMA}.heads FROM PUBLIC;
+GRANT INSERT ON {SCHEMA}.context TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.digest(e system.audit_log) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT encode(sha256(convert_to(coalesce(e.prev_hash, '') || jsonb_build_object(
+    'seq', e.seq, 'chain', e.chain, 'at', (extract(epoch FROM e.created_at) * 1000000)::bigint,
+    'action', e.action, 'entity', e.entity, 'record_id', e.record_id, 'user_id', e.user_id,
+    'key_name', e.key_name, 'roles', e.roles, 'request_id', e.request_id, 'ip', e.ip,
+    'user_agent', e.user_agent, 'changes', e.changes, 'data', e.data)::text, 'UTF8')), 'hex')
+$$;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.append(entries jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  e jsonb;
+  r system.audit_log;
+  rows system.audit_log[] := '{{}}';
+  chain_id uuid;
+  head_seq bigint;
+  head_hash text;
+  at timestamptz := now();
+BEGIN
+  IF entries IS NULL OR jsonb_array_length(entries) = 0 THEN
+    RETURN;
+  END IF;
+  chain_id := coalesce((entries -> 0 ->> 'tenant_id')::uuid, '{system_id}'::uuid);
+  SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
+  IF NOT FOUND THEN
+    INSERT INTO {SCHEMA}.heads (chain) VALUES (chain_id) ON CONFLICT DO NOTHING;
+    SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
+  END IF;
+  FOR e IN SELECT value FROM jsonb_array_elements(entries) LOOP
+    IF coalesce((e ->> 'tenant_id')::uuid, '{system_id}'::uuid) <> chain_id THEN
+      RAISE EXCEPTION 'one append is one chain' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    r := jsonb_populate_record(NULL::system.audit_log, e);
+    head_seq := head_seq + 1;
+    r.id := gen_random_uuid();
+    r.chain := chain_id;
+    r.seq := head_seq;
+    r.created_at := at;
+    r.updated_at := at;
+    r.data := coalesce(r.data, '{{}}');
+    r.changes := coalesce(r.changes, '{{}}');
+    r.prev_hash := head_hash;
+    r.hash := {SCHEMA}.digest(r);
+    head_hash := r.hash;
+    rows := rows || r;
+  END LOOP;
+  PERFORM set_config('{WRITER}', 'on', true);
+  INSERT INTO system.audit_log SELECT * FROM unnest(rows);
+  PERFORM set_config('{WRITER}', '', true);
+  UPDATE {SCHEMA}.heads SET seq = head_seq, hash = head_hash WHERE chain = chain_id;
+END $$;
+REVOKE EXECUTE ON FUNCTION {SCHEMA}.append(jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN  -- `append` and `prune` say they write (or a foreign key's action does, e.g. a purged tenant's set null)
+  IF current_setting('{WRITER}', true) IS DISTINCT FROM 'on' AND pg_trigger_depth() < 2 THEN
+    RAISE EXCEPTION 'the audit log is appended to by backsaas_audit.append alone'
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER audit_log_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON system.audit_log
+  FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.guard();
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.note(entries jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  tenant uuid;
+BEGIN
+  SELECT t.id INTO tenant FROM system.tenants t
+    JOIN pg_namespace n ON n.nspname = CASE WHEN t.slug = '{system}' THEN '{system}'
+                                            ELSE 't_' || replace(t.slug, '-', '_') END
+    JOIN pg_roles r ON r.oid = n.nspowner
+   WHERE r.rolname = current_setting('role') AND NOT r.rolcanlogin AND NOT r.rolsuper;
+  IF tenant IS NULL THEN
+    RAISE EXCEPTION 'only a tenant''s role may note an audit event' USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  PERFORM {SCHEMA}.append((SELECT jsonb_agg(x - 'chain' - 'seq' - 'hash' - 'prev_hash'
+                                            || jsonb_build_object('tenant_id', tenant))
+                             FROM jsonb_array_elements(entries) x));
+END $$;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.change(ctx jsonb, tenant uuid, entity text, action text, old jsonb, new jsonb,
+                                           hidden jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT jsonb_build_object('user_id', ctx -> 'user_id', 'key_name', ctx -> 'key_name', 'roles', ctx -> 'roles',
+           'request_id', ctx -> 'request_id', 'ip', ctx -> 'ip', 'user_agent', ctx -> 'user_agent',
+           'tenant_id', tenant, 'entity', entity, 'action', action, 'record_id', coalesce(new, old) -> 'id',
+           'changes', coalesce((
+             SELECT jsonb_object_agg(k, jsonb_build_object(
+                      'old', CASE WHEN hidden ? k AND old -> k <> 'null' THEN '"{REDACTED}"'::jsonb ELSE old -> k END,
+                      'new', CASE WHEN hidden ? k AND new -> k <> 'null' THEN '"{REDACTED}"'::jsonb ELSE new -> k END))
+               FROM jsonb_object_keys(coalesce(new, old)) k
+              WHERE k NOT IN ('updated_at') AND (old -> k) IS DISTINCT FROM (new -> k)), '{{}}'::jsonb))
+$$;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  tenant uuid := TG_ARGV[0]::uuid;
+  hidden jsonb := TG_ARGV[1]::jsonb;
+  routed boolean := TG_ARGV[2] = 'routed';  -- the platform's tables: a row of a tenant goes to its chain
+  ctx jsonb := coalesce(nullif(current_setting('{SETTING}', true), '')::jsonb, '{{}}'::jsonb);
+  entries jsonb;
+  chain_entries jsonb;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'create', NULL, to_jsonb(n.*), hidden))
+      INTO entries FROM new_rows n;
+  ELSIF TG_OP = 'UPDATE' THEN
+    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'update', to_jsonb(o.*), to_jsonb(n.*), hidden))
+      INTO entries FROM new_rows n JOIN old_rows o ON o.id = n.id;
+  ELSE
+    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'delete', to_jsonb(o.*), NULL, hidden))
+      INTO entries FROM old_rows o;
+  END IF;
+  IF entries IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF NOT routed THEN
+    PERFORM {SCHEMA}.append(entries);
+    RETURN NULL;
+  END IF;
+  FOR chain_entries IN  -- one append per chain, in the order of their ids (no two writers lock heads crosswise)
+    SELECT jsonb_agg(x || jsonb_build_object('tenant_id', c)) FROM (
+      SELECT x, coalesce(x -> 'changes' -> 'tenant_id' -> 'new', x -> 'changes' -> 'tenant_id' -> 'old',
+                         CASE WHEN TG_TABLE_NAME = 'tenants' THEN x -> 'record_id' END, to_jsonb(tenant)) #>> '{{}}' AS c
+        FROM jsonb_array_elements(entries) x) routed_entries
+     GROUP BY c ORDER BY c
+  LOOP
+    PERFORM {SCHEMA}.append(chain_entries);
+  END LOOP;
+  RETURN NULL;
+END $$;
+REVOKE EXECUTE ON FUNCTION {SCHEMA}.capture() FROM PUBLIC;
+RESET ROLE"""
+
+
+async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> None:
+    """Create or update the audit's functions (the platform deploy, after `audit_log` exists)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.execute(functions_sql(platform_role, str(system_id)))
+

@@ -70,6 +70,7 @@ OPERATOR_PACKAGE = "backsaas_operator_functions"  # the operator's directory, im
 PLATFORM_MODULES |= {"branding", "domains", "gdpr"}  # the trust layer's: white-label, custom domains, privacy
 
 _platform: dict[str, HookFunction] = {}  # "tenants.reveal_keys" -> the function, filled by the decorators
+PLATFORM_MODULES |= {"audit"}  # the audit trail's reading, verification and export (functions/audit.py)
 
 
 def hook(fn: HookFunction) -> HookFunction:

@@ -15,7 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from engine import catalog
+from engine import audit, catalog
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
 from engine.schema import load_schema
@@ -68,6 +68,8 @@ async def create_api_key(db: Database, slug: str, name: str, role: str, expires_
                                    details=[Problem("role", f"expected one of {', '.join(roles)}")])
             await conn.execute(keys.insert().values(tenant_id=tenant.id, name=name, role=role, expires_at=expires_at,
                                                     **stored))
+            await audit.record(conn, "auth.key_created", tenant_id=tenant.id, entity="api_keys",
+                               data={"name": name, "role": role, "expires_at": expires_at})
     except IntegrityError as exc:
         raise KeyExists(f"tenant '{slug}' already has a key named '{name}'") from exc
     return NewKey(name, role, key, expires_at)
@@ -80,9 +82,12 @@ async def revoke_api_key(db: Database, slug: str, name: str) -> None:
         result = await conn.execute(
             keys.update().where(keys.c.name == name, keys.c.revoked_at.is_(None),
                                 keys.c.tenant_id == sa.select(tenants.c.id).where(tenants.c.slug == slug).scalar_subquery())
-            .values(revoked_at=sa.func.now()))
-    if result.rowcount == 0:
-        raise KeyNotFound(f"tenant '{slug}' has no active key named '{name}'")
+            .values(revoked_at=sa.func.now()).returning(keys.c.id, keys.c.tenant_id))
+        revoked = result.first()
+        if revoked is None:
+            raise KeyNotFound(f"tenant '{slug}' has no active key named '{name}'")
+        await audit.record(conn, "auth.key_revoked", tenant_id=revoked.tenant_id, entity="api_keys",
+                           record_id=revoked.id, data={"name": name})
 
 
 async def list_api_keys(db: Database, slug: str) -> list[dict[str, object]]:

@@ -17,6 +17,8 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine import audit
+
 log = structlog.get_logger("backsaas.gateway")
 MAX_REQUEST_ID = 128
 
@@ -43,6 +45,7 @@ class AccessLog:
             return
         request_id = scope["backsaas.request_id"] = request_id_of(scope)
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        audit.REQUEST.set(scope)  # who and whence, for the audit entries the request's writes make
         if scope["type"] == "websocket":
             try:
                 await self.app(scope, receive, send)

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from engine import catalog
+from engine import audit, catalog
 from engine.authz import unrestricted
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TooManyAttempts
@@ -42,6 +42,7 @@ from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
 from gateway.access import AccessLog
+from gateway.audit import EXPORT_PATH, audit_export
 from gateway.auth import authenticate
 from gateway.branding import branding_json, branding_stylesheet
 from gateway.cors import ANY_ORIGIN, CrossOrigin
@@ -274,6 +275,7 @@ TENANT_ROUTES: dict[tuple[str, str], TenantHandler] = {
     ("GET", "/"): tenant_index, ("GET", ""): tenant_index,
     ("GET", "/rest/v1/"): rest_openapi, ("GET", "/rest/v1"): rest_openapi,
     ("GET", "/settings"): tenant_settings,
+    ("GET", EXPORT_PATH): audit_export,  # the platform's only: gateway/audit.py
     ("GET", "/branding"): branding_json, ("GET", "/branding.css"): branding_stylesheet,
 }
 GRAPHQL_PATHS = ("/graphql/v1", "/graphql/v1/")
@@ -297,6 +299,8 @@ class TenantApp:
             try:
                 response = await self.respond(request, scope)
             except BackSaasError as error:
+                if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
+                    await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
                 response = error_response(error)
         except Exception:
             log.exception("request.failed", path=scope["path"], tenant=scope.get("backsaas.tenant"))
@@ -325,6 +329,7 @@ class TenantApp:
         runtime, plan = await registry.resolve_plan(scope["backsaas.slug"])
         scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan
         scope["backsaas.tenant"] = runtime.slug
+        scope["backsaas.tenant_id"] = runtime.tenant_id
         scope["backsaas.headers"] = headers = request_headers(scope)
         scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
                                                       tenant_from_header=scope.get("backsaas.tenant_header", False))

@@ -673,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     member_remove.add_argument("--email", required=True)
     member_remove.set_defaults(run=cmd_member_remove)
 
+    from gateway.audit_cli import add_audit_commands  # after gateway.cli is whole: it imports its helpers
+
+    add_audit_commands(commands)
+
     admin = commands.add_parser("admin", help="platform administrators").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     admin_create = admin.add_parser("create", help="create a platform admin (password prompted)")

@@ -233,7 +233,7 @@ def test_each_lifecycle_transition_is_refused_from_the_wrong_state(base):
                           headers=bearer(admin))
     assert renamed.status_code == 403 and renamed.json()["details"][0]["path"] == "slug"
     audit = httpx.get(platform(base, "rest/v1/audit_log"), params={"tenant_id": f"eq.{life['id']}", "select": "action",
-                                                                "order": "created_at"},
+                                                                "order": "created_at", "action": "like.tenant.*"},
                       headers=bearer(admin)).json()
     assert [a["action"] for a in audit] == ["tenant.provisioned", "tenant.suspended", "tenant.deleted", "tenant.active",
                                             "tenant.deleted", "tenant.active"]

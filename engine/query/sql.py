@@ -254,7 +254,9 @@ def compile_statement(statement: sa.Executable) -> CompiledRead:
     names = compiled.positiontup or []
     slots = tuple(int(n[1:]) if n.startswith("v") and n[1:].isdigit() else None for n in names)
     constants = tuple(None if n.startswith("v") and n[1:].isdigit() else compiled.params[n] for n in names)
-    return CompiledRead(str(compiled), slots, constants)
+    from engine.audit import audited_if_write  # every write carries its request's audit context (engine/audit.py)
+
+    return audited_if_write(CompiledRead(str(compiled), slots, constants))
 
 
 def json_source(table: sa.Table, param: int, *, many: bool) -> sa.FromClause:

@@ -265,6 +265,7 @@ def build_model(data: dict[str, Any]) -> Schema:
             fields=fields,
             owner=bool(spec.get("owner", False)),
             realtime=bool(spec.get("realtime", False)),
+            audit=bool(spec.get("audit", True)),
             indexes=tuple(tuple(ix) for ix in spec.get("indexes") or ()),
             unique=tuple(tuple(ix) for ix in spec.get("unique") or ()),
             permissions=grants,
@@ -307,6 +308,7 @@ def _build_field(name: str, spec: dict[str, Any], entity: str, data: dict[str, A
         internal=bool(spec.get("internal", False)),
         schema=freeze(spec["schema"]) if "schema" in spec else None,
         pii=bool(spec.get("pii", False)),
+        sensitive=bool(spec.get("sensitive", False)),
     )
 
 

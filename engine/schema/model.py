@@ -86,6 +86,7 @@ class Field:
     internal: bool = False  # engine-managed (e.g. users.password_hash): never read or written through the APIs
     schema: Any = None  # json fields: the JSON Schema their values match (frozen)
     pii: bool = False  # personal data: a GDPR export carries it, an erasure anonymises it (engine/gdpr.py)
+    sensitive: bool = False  # redacted in the audit trail (engine/audit.py), as internal fields are
 
     @property
     def column(self) -> str:
@@ -134,6 +135,7 @@ class Entity:
     fields: tuple[Field, ...]
     owner: bool = False
     realtime: bool = False  # its changes are logged (backsaas_changes) and streamed as SSE
+    audit: bool = True  # every write is an audit entry (engine/audit.py); false opts high-volume data out
     indexes: tuple[tuple[str, ...], ...] = ()
     unique: tuple[tuple[str, ...], ...] = ()
     permissions: tuple[Grant, ...] = ()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import catalog
+from engine import audit, catalog
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, OUTBOX_CHANNEL, PLANS_CHANGED, SIGNING_KEYS_CHANGED
 from engine.database import GATEWAY_LOCK, Database
 from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
@@ -159,6 +159,8 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
         return Deployment(slug, current.version, current.checksum, plan, changed=False)
     await apply_plan(conn, db, slug, plan, progress)
     await install_change_feed(conn, db, slug, new)
+    if slug != naming.SYSTEM_TENANT:  # the platform's own: deploy_platform, once its audit functions exist
+        await audit.install_triggers(conn, slug, tenant.id, new)
     version = (current.version if current else 0) + 1
     recorded = await catalog.record_version(conn, tenant.id, version, source, [s.as_dict() for s in plan.steps],
                                             actor, deployed_by)
@@ -327,6 +329,9 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
         await driver.execute(outbox_function_sql(db.role(slug)))
+        system = await catalog.find_tenant(conn, slug)
+        await audit.install(conn, db.role(slug), system.id)
+        await audit.install_triggers(conn, slug, system.id, load_schema(source, "platform.yaml", tenant=False))
         await ensure_signing_key(conn)
         await seed_plans(conn)  # free (what new tenants get unless they name another), starter, pro, enterprise
         return deployment
