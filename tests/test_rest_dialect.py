@@ -8,6 +8,7 @@ two refs to `person`), `shelf` (public: the service key's ground for the dialect
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,12 +17,14 @@ import pytest
 from postgrest import SyncPostgrestClient
 
 from engine.database import Database
+from engine.hooks import FUNCTIONS_DIR_ENV
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from tests.server import running_gateway
 
 SCHEMA = """
 name: dialect
+rest: {aggregates: true}
 entities:
   person:
     owner: true
@@ -69,7 +72,41 @@ entities:
     permissions:
       read:   {anon: all, authenticated: all}
       create: {anon: all, authenticated: all}
+functions:
+  numbers:
+    handler: dialect_rpc.numbers
+    roles: [anon, authenticated]
+    read_only: true
+    input: {type: object, properties: {count: {type: integer, minimum: 0, maximum: 100}, word: {type: string}}}
+  my_docs:
+    handler: dialect_rpc.my_docs
+    roles: [authenticated]
+    read_only: true
+  stamp:
+    handler: dialect_rpc.stamp
+    roles: [anon, authenticated]
+    input: {type: object, required: [label], properties: {label: {type: string}}}
 """
+RPC_MODULE = '''
+from engine.hooks import function
+
+
+@function
+async def numbers(ctx, payload):
+    payload = payload or {}
+    return [{"n": i, "name": f"{payload.get('word', 'item')} {i}", "even": i % 2 == 0, "half": i / 2}
+            for i in range(payload.get("count", 5))]
+
+
+@function
+async def my_docs(ctx, payload):
+    return await ctx.data.select("doc", {"select": "title"})
+
+
+@function
+async def stamp(ctx, payload):
+    return (await ctx.data.insert("shelf", {"label": payload["label"]}))[0]["label"]
+'''
 PASSWORD = "a long enough passphrase"
 OBJECT = "application/vnd.pgrst.object+json"
 
@@ -79,11 +116,28 @@ def key(value: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def keys(db: Database) -> dict[str, str]:
+def functions_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The operator's functions directory with the functions the schema exposes as RPC."""
+    folder = tmp_path_factory.mktemp("dialect_functions")
+    (folder / "dialect_rpc.py").write_text(RPC_MODULE)
+    before = os.environ.get(FUNCTIONS_DIR_ENV)
+    os.environ[FUNCTIONS_DIR_ENV] = str(folder)
+    yield
+    if before is None:
+        del os.environ[FUNCTIONS_DIR_ENV]
+    else:
+        os.environ[FUNCTIONS_DIR_ENV] = before
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database, functions_dir: None) -> dict[str, str]:
     await create_tenant(db, "dialect", source=SCHEMA)
     await create_tenant(db, "elsewhere", source=SCHEMA)
     made = {role: (await create_api_key(db, "dialect", role, role)).key for role in ("anon", "service")}
     made["elsewhere"] = (await create_api_key(db, "elsewhere", "service", "service")).key
+    await create_tenant(db, "plain", source=SCHEMA.replace("rest: {aggregates: true}\n", "").replace(
+        "name: dialect", "name: plain"))
+    made["plain"] = (await create_api_key(db, "plain", "service", "service")).key
     return made
 
 
@@ -339,3 +393,270 @@ def test_columns_reads_only_the_listed_keys(client, http, shelves):
     unknown = http.post("/shelf?columns=label,nope", json={"label": "col-3"})
     assert unknown.status_code == 400 and unknown.json()["code"] == "42703"
     http.delete("/shelf?label=like.col-*")
+
+
+# -- 10. operators --
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("tags=cs.{blue}", ["alpha", "beta"]),
+    ("tags=cd.{red,blue,green}", ["alpha", "beta", "delta", "gamma"]),
+    ("tags=ov.{red,green}", ["alpha", "delta"]),
+    ('meta=cs.{"a":{"b":1}}', ["alpha"]),
+    ('meta=cd.{"k":"z","x":1}', ["gamma"]),
+    ("body=fts.fox", ["alpha", "gamma"]),  # the database's default configuration (english)
+    ("body=fts(english).fox", ["alpha", "gamma"]),
+    ("body=plfts(english).quick foxes", ["alpha", "gamma"]),
+    ("body=phfts(english).quick brown", ["alpha"]),
+    ("body=wfts(english).dog or cat -fat", ["alpha"]),
+    ("body=not.wfts(english).cat", ["alpha", "gamma"]),
+    ("label=match.^[ab]", ["alpha", "beta"]),
+    ("label=imatch.^A.*A$", ["alpha"]),
+    ("rank=isdistinct.2", ["alpha", "delta", "gamma"]),
+    ("label=like(any).{a*,*ta}", ["alpha", "beta", "delta"]),
+    ("label=like(all).{*a,*l*}", ["alpha", "delta"]),
+    ("rank=eq(any).{1,3}", ["alpha", "gamma"]),
+    ("rank=gt(all).{0,1}", ["beta", "gamma"]),
+    ("label=ilike(any).{A*,G*}", ["alpha", "gamma"]),
+    ("label=match(any).{^al,^ga}", ["alpha", "gamma"]),
+    ("or=(rank.eq(any).{1,2},body.fts(english).foxes)", ["alpha", "beta", "gamma"]),
+])
+def test_postgrest_operators(http, shelves, query, expected):
+    response = http.get(f"/shelf?select=label&label=in.(alpha,beta,gamma,delta)&order=label&{query}")
+    assert response.status_code == 200, response.text
+    assert labels(response.json()) == sorted(expected)
+
+
+def test_is_unknown_on_a_boolean_path_and_a_column(http, shelves):
+    assert labels(http.get("/shelf?select=label&label=in.(alpha,beta,gamma,delta)&rank=is.unknown").json()) == [
+        "delta"]
+
+
+def test_text_search_through_supabase_text_search_arguments(client, shelves):
+    found = client.from_("shelf").select("label").text_search("body", "'quick' & 'fox'",
+                                                               options={"config": "english"}).order("label").execute()
+    assert labels(found.data) == ["alpha", "gamma"]
+    plain = client.from_("shelf").select("label").text_search("body", "lazy dog",
+                                                               options={"type": "plain", "config": "english"}).execute()
+    assert labels(plain.data) == ["alpha"]
+
+
+@pytest.mark.parametrize(("query", "fragment"), [
+    ("label=fts(klingon).x", "text search configuration"),
+    ("rank=fts.x", "applies to text"),
+    ("rank=like(any).{1}", "applies to text"),
+    ("label=cs.{a}", "applies to arrays"),
+    ("meta=ov.{a}", "applies to arrays"),
+    ("label=eq(some).{a}", "is not an operator"),
+    ("label=like(any).a", "list in braces"),
+    ("label=sl.(1,2)", "expected operator.value"),
+    ("rank=isdistinct.x", "invalid input syntax"),
+    ("label=match.(", "regular expression"),
+    ("tags=cs.nope", "malformed array literal"),
+    ('meta=cs.{"a"', "json"),
+])
+def test_bad_operator_input_is_a_400_with_a_code(http, shelves, query, fragment):
+    response = http.get(f"/shelf?{query}")
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] and fragment.lower() in (body["message"] + str(body.get("hint"))).lower(), body
+
+
+def test_new_operators_never_reach_rows_outside_the_read_scope(base, people):
+    ann, bob = people["ann"], people["bob"]
+    created = httpx.post(f"{base}/rest/v1/doc", headers=ann["headers"], json={
+        "title": "ann secret", "body": "the hidden treasure map", "tags": ["secret"], "meta": {"k": "ann"}, "rank": 1})
+    assert created.status_code == 201, created.text
+    for query in ("body=fts(english).treasure", "tags=cs.{secret}", "tags=ov.{secret}", 'meta=cs.{"k":"ann"}',
+                  "title=match.secret", "title=like(any).{*secret*}", "rank=isdistinct.5", "meta->>k=eq.ann",
+                  "body=wfts.treasure"):
+        seen = httpx.get(f"{base}/rest/v1/doc?{query}", headers=bob["headers"])
+        assert seen.status_code == 200 and "ann" not in seen.text, (query, seen.text)
+        own = httpx.get(f"{base}/rest/v1/doc?{query}", headers=ann["headers"])
+        assert [d["title"] for d in own.json()] == ["ann secret"], (query, own.text)
+
+
+# -- 11. select: casts, JSON paths, hints, disambiguation, ordering by an embedded column --
+
+
+def test_casts_in_select(http, shelves):
+    rows = http.get("/shelf?select=label,r:rank::text,price::text,tags::text&label=eq.alpha").json()
+    assert rows == [{"label": "alpha", "r": "1", "price": "1.50", "tags": "{red,blue}"}]
+    bad = http.get("/shelf?select=label::regclass")
+    assert bad.status_code == 400 and bad.json()["code"] == "PGRST100" and "cannot cast" in bad.json()["message"]
+    failing = http.get("/shelf?select=label::integer")
+    assert failing.status_code == 400 and failing.json()["code"] == "22P02"
+
+
+def test_json_paths_in_select_filters_and_logic(http, shelves):
+    rows = http.get("/shelf?select=label,meta->a->b,k:meta->>k&meta->>k=in.(x,y)&order=label").json()
+    assert rows == [{"label": "alpha", "b": 1, "k": "x"}, {"label": "beta", "b": 2, "k": "y"}]
+    assert labels(http.get("/shelf?select=label&meta->a->b=gt.1").json()) == ["beta"]
+    assert labels(http.get("/shelf?select=label&or=(meta->>k.eq.z,meta->a->>b.eq.1)&order=label").json()) == [
+        "alpha", "gamma"]
+    not_json = http.get("/shelf?select=label->x")
+    assert not_json.status_code == 400 and "json" in not_json.json()["message"]
+
+
+def test_json_paths_through_the_client(client, shelves):
+    rows = client.from_("shelf").select("label,meta->>k").eq("meta->>k", "y").execute().data
+    assert rows == [{"label": "beta", "k": "y"}]
+
+
+def test_inner_hint_keeps_only_rows_with_a_matching_embed(http, shelves):
+    rows = http.get("/shelf?select=label,books!inner(title)&books.title=eq.B1").json()
+    assert rows == [{"label": "beta", "books": [{"title": "B1"}]}]
+    left = http.get("/shelf?select=label,books!left(title)&books.title=eq.B1&label=in.(alpha,beta)&order=label").json()
+    assert left == [{"label": "alpha", "books": []}, {"label": "beta", "books": [{"title": "B1"}]}]
+    to_one = http.get("/book?select=title,shelf!inner(label)&shelf.label=eq.beta").json()
+    assert to_one == [{"title": "B1", "shelf": {"label": "beta"}}]
+
+
+def test_inner_hint_through_the_client(client, shelves):
+    rows = client.from_("book").select("title,shelf!inner(label)").eq("shelf.label", "alpha").order("title").execute()
+    assert [r["title"] for r in rows.data] == ["A1", "A2", "A3"]
+
+
+def test_two_refs_to_one_entity_are_told_apart_by_hint(http, people, base):
+    ann = people["ann"]
+    doc = httpx.post(f"{base}/rest/v1/doc", headers={**ann["headers"], "Prefer": "return=representation"},
+                     json={"title": "two refs", "writer_id": ann["person"], "reviewer_id": ann["person"]}).json()[0]
+    ambiguous = http.get(f"/doc?select=title,person(name)&id=eq.{doc['id']}")
+    assert ambiguous.status_code == 300 and ambiguous.json()["code"] == "PGRST201", ambiguous.text
+    assert "person!reviewer" in ambiguous.json()["hint"] and "person!writer" in ambiguous.json()["hint"]
+    for hint in ("writer", "writer_id"):
+        rows = http.get(f"/doc?select=title,person!{hint}(name)&id=eq.{doc['id']}").json()
+        assert rows == [{"title": "two refs", "person": {"name": "Ann"}}]
+    reverse = http.get(f"/person?select=name,doc!reviewer(title)&id=eq.{ann['person']}").json()
+    assert reverse == [{"name": "Ann", "doc": [{"title": "two refs"}]}]
+    by_fkey = http.get(f"/person?select=name,doc!doc_writer_id_fkey(title)&id=eq.{ann['person']}"
+                       "&doc.title=eq.two refs").json()
+    assert by_fkey == [{"name": "Ann", "doc": [{"title": "two refs"}]}]
+    unknown = http.get("/doc?select=title,person!nothing(name)")
+    assert unknown.status_code == 400 and unknown.json()["code"] == "PGRST200"
+
+
+def test_order_by_a_to_one_embedded_column(http, shelves):
+    rows = http.get("/book?select=title,shelf(label)&order=shelf(label).desc,title.asc&title=in.(A1,A2,B1)").json()
+    assert [r["title"] for r in rows] == ["B1", "A1", "A2"]
+    many = http.get("/shelf?order=books(title)")
+    assert many.status_code == 400 and "to-one" in many.json()["message"]
+
+
+def test_order_by_an_embedded_column_sees_only_what_the_caller_may_read(base, people):
+    """bob's docs point at ann's person row (which bob may not read) and at his own: ordering by the
+    writer's name orders ann's as a missing row, and bob never sees ann's docs through it."""
+    ann, bob = people["ann"], people["bob"]
+    for title, writer in (("by-ann-person", ann["person"]), ("by-bob-person", bob["person"])):
+        created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": title, "writer_id": writer})
+        assert created.status_code == 201, created.text
+    rows = httpx.get(f"{base}/rest/v1/doc?select=title,writer(name)&title=like.by-*&order=writer(name).asc.nullsfirst",
+                     headers=bob["headers"]).json()
+    assert rows == [{"title": "by-ann-person", "writer": None}, {"title": "by-bob-person", "writer": {"name": "Bob"}}]
+    seen = httpx.get(f"{base}/rest/v1/doc?order=writer(name).desc", headers=bob["headers"]).text
+    assert "ann secret" not in seen and "two refs" not in seen
+    inner = httpx.get(f"{base}/rest/v1/doc?select=title,writer!inner(name)&title=like.by-*", headers=bob["headers"])
+    assert inner.json() == [{"title": "by-bob-person", "writer": {"name": "Bob"}}]
+
+
+# -- 12. rpc: the tenant's functions as PostgREST's RPC --
+
+
+def test_rpc_post_with_json_arguments(http, shelves):
+    response = http.post("/rpc/numbers", json={"count": 3, "word": "n"})
+    assert response.status_code == 200, response.text
+    assert [r["name"] for r in response.json()] == ["n 0", "n 1", "n 2"]
+    assert response.headers["content-range"] == "0-2/*"
+
+
+def test_rpc_get_with_query_arguments_for_a_read_only_function(http, shelves):
+    response = http.get("/rpc/numbers?count=4")
+    assert response.status_code == 200, response.text
+    assert [r["n"] for r in response.json()] == [0, 1, 2, 3]
+    refused = http.get("/rpc/stamp?label=x")
+    assert refused.status_code == 405 and refused.json()["code"] == "PGRST101", refused.text
+    invalid = http.get("/rpc/numbers?count=many")
+    assert invalid.status_code == 422 and invalid.json()["details"][0]["field"] == "count"
+
+
+def test_rpc_list_results_take_filters_order_limit_and_select(http, shelves):
+    response = http.get("/rpc/numbers?count=10&even=eq.true&n=gte.2&order=n.desc&limit=3&select=n,label:name")
+    assert response.status_code == 200, response.text
+    assert response.json() == [{"n": 8, "label": "item 8"}, {"n": 6, "label": "item 6"}, {"n": 4, "label": "item 4"}]
+    posted = http.post("/rpc/numbers?name=like.*1*&order=half.desc", json={"count": 12})
+    assert [r["n"] for r in posted.json()] == [11, 10, 1]
+    within = http.get("/rpc/numbers?count=6&n=in.(1,3,9)&name=match.^item")
+    assert [r["n"] for r in within.json()] == [1, 3]
+    bad = http.get("/rpc/numbers?n=fts.x")
+    assert bad.status_code == 400 and bad.json()["code"] == "PGRST100"
+    not_a_list = http.post("/rpc/stamp?order=label", json={"label": "never-shaped"})
+    assert not_a_list.status_code == 400, not_a_list.text
+
+
+def test_rpc_through_supabase(base, keys, shelves):
+    from supabase import create_client
+    supabase = create_client(base, keys["anon"])
+    assert [r["n"] for r in supabase.rpc("numbers", {"count": 2}).execute().data] == [0, 1]
+    shaped = supabase.rpc("numbers", {"count": 6}).gt("n", 2).order("n", desc=True).limit(2).execute().data
+    assert [r["n"] for r in shaped] == [5, 4]
+    assert supabase.rpc("numbers", {"count": 3}, get=True).execute().data[2]["name"] == "item 2"
+    assert supabase.rpc("stamp", {"label": "stamped"}).execute().data == "stamped"
+
+
+def test_rpc_runs_with_the_callers_permissions_and_nothing_more(base, keys, people, shelves):
+    ann, bob = people["ann"], people["bob"]
+    httpx.post(f"{base}/rest/v1/doc", headers=ann["headers"], json={"title": "ann rpc secret"})
+    bobs = httpx.get(f"{base}/rest/v1/rpc/my_docs", headers=bob["headers"])
+    assert bobs.status_code == 200 and "ann rpc secret" not in bobs.text, bobs.text
+    filtered = httpx.get(f"{base}/rest/v1/rpc/my_docs?title=like.ann*", headers=bob["headers"])
+    assert filtered.json() == []
+    anns = httpx.get(f"{base}/rest/v1/rpc/my_docs?title=eq.ann rpc secret", headers=ann["headers"])
+    assert anns.json() == [{"title": "ann rpc secret"}]
+    anonymous = httpx.get(f"{base}/rest/v1/rpc/my_docs", headers=key(keys["anon"]))
+    assert anonymous.status_code == 403, anonymous.text
+    foreign = httpx.get(f"{base}/rest/v1/rpc/numbers", headers=key(keys["elsewhere"]))
+    assert foreign.status_code == 401, foreign.text
+    missing = httpx.post(f"{base}/rest/v1/rpc/nothing", headers=key(keys["anon"]), json={})
+    assert missing.status_code == 404
+
+
+# -- 11. aggregates (opt-in per tenant, as PostgREST's db-aggregates-enabled) --
+
+
+def test_aggregates_in_select_group_by_the_other_columns(http, shelves):
+    assert http.get("/book?select=count()").json() == [{"count": len(http.get("/book").json())}]
+    rows = http.get("/book?select=shelf_id,total:pages.sum(),pages.max(),count()&shelf_id=not.is.null"
+                    "&title=in.(A1,A2,A3,B1)&order=shelf_id").json()
+    by_shelf = {r["shelf_id"]: r for r in rows}
+    assert (by_shelf[shelves["alpha"]]["total"], by_shelf[shelves["alpha"]]["max"],
+            by_shelf[shelves["alpha"]]["count"]) == (60, 30, 3)
+    assert by_shelf[shelves["beta"]]["total"] == 5
+    averaged = http.get("/book?select=pages.avg()::text&title=in.(A1,A2)").json()
+    assert averaged == [{"avg": "20.0000000000000000"}]
+    embedded = http.get(f"/shelf?select=label,books(pages.sum())&id=eq.{shelves['alpha']}").json()
+    assert embedded == [{"label": "alpha", "books": [{"sum": 60}]}]
+
+
+def test_aggregates_refuse_what_they_cannot_answer(http, shelves):
+    for query, code in (("select=title.sum()", "42883"), ("select=sum()", "PGRST100"),
+                        ("select=shelf_id,count()&order=title", "PGRST100")):
+        response = http.get(f"/book?{query}")
+        assert response.status_code == 400 and response.json()["code"] == code, (query, response.text)
+
+
+def test_aggregates_are_off_unless_the_tenant_turns_them_on(base, keys):
+    response = httpx.get(base.replace("/dialect", "/plain") + "/rest/v1/book?select=count()",
+                         headers=key(keys["plain"]))
+    assert response.status_code == 400 and response.json()["code"] == "PGRST123", response.text
+    assert "rest: {aggregates: true}" in response.json()["hint"]
+
+
+def test_aggregates_count_only_the_rows_the_caller_may_read(base, people):
+    ann, bob = people["ann"], people["bob"]
+    mine = httpx.get(f"{base}/rest/v1/doc?select=count()", headers=bob["headers"]).json()[0]["count"]
+    listed = len(httpx.get(f"{base}/rest/v1/doc", headers=bob["headers"]).json())
+    assert mine == listed
+    anns = httpx.get(f"{base}/rest/v1/doc?select=count()", headers=ann["headers"]).json()[0]["count"]
+    assert anns == len(httpx.get(f"{base}/rest/v1/doc", headers=ann["headers"]).json())
+    grouped = httpx.get(f"{base}/rest/v1/doc?select=owner_id,count()", headers=bob["headers"]).json()
+    assert [g["owner_id"] for g in grouped] == [bob["id"]]

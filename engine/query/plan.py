@@ -18,6 +18,12 @@ from dataclasses import dataclass, field, replace
 from engine.schema.model import OWNER_COLUMN, USERS, Schema
 
 OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "in", "is")
+# PostgREST's operators beyond those: containment (arrays, json), regular expressions (PostgreSQL's own
+# engine, inside the database under the statement timeout), full-text search, IS DISTINCT FROM
+MORE_OPERATORS = ("cs", "cd", "ov", "match", "imatch", "fts", "plfts", "phfts", "wfts", "isdistinct")
+QUANTIFIABLE = ("eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "match", "imatch")  # `op(any)`, `op(all)`
+CASTS = ("text", "integer", "bigint", "numeric", "double precision", "boolean", "date", "timestamptz", "json",
+         "jsonb", "uuid")
 IS_VALUES = ("null", "true", "false", "unknown")
 
 
@@ -33,11 +39,24 @@ class Relation:
 
 
 @dataclass(frozen=True)
+class JsonStep:
+    """One step of a JSON path (`->` gives json, `->>` text): the key (or, `index`, the array position) is
+    the value of parameter `param`, never SQL text."""
+
+    arrow: str  # -> | ->>
+    param: int
+    index: bool = False
+
+
+@dataclass(frozen=True)
 class Filter:
     column: str
     op: str
     param: int  # index of the value in the request's parameter list (a string, or a list for `in`)
     negate: bool = False
+    path: tuple[JsonStep, ...] = ()  # PostgREST's `meta->a->>b=eq.x`: the filter applies to the path's value
+    quantifier: str | None = None  # any | all: `eq(any).{a,b}`, the value is a list
+    config: int | None = None  # a text search's configuration (`fts(english)`), a parameter
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,9 @@ class Column:
     column: str
     as_text: bool = False  # decimals are sent as strings
     constant: str | None = None  # a constant instead of the column (GraphQL's __typename)
+    path: tuple[JsonStep, ...] = ()  # PostgREST's `meta->a->>b` in select=
+    cast: str | None = None  # PostgREST's `col::text` (a name of CASTS, never input)
+    aggregate: str | None = None  # PostgREST's `col.sum()`, `count()` (column ""): the level groups by the others
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from sqlalchemy.types import TypeEngine
 
 from engine.authz import MEMBERSHIPS
 from engine.query.plan import (
+    CASTS,
     Aggregate,
     AggregateField,
     Column,
     Condition,
     Filter,
+    JsonStep,
     Membership,
     Order,
     ReadPlan,
@@ -61,11 +63,54 @@ def value_param(index: int, type_: TypeEngine[Any], *, many: bool = False) -> Co
     return sa.cast(sa.bindparam(f"v{index}", type_=sa.Text()), base_type(type_))
 
 
+CAST_TYPES: dict[str, TypeEngine[Any]] = dict(zip(CASTS, (
+    sa.Text(), sa.Integer(), sa.BigInteger(), sa.Numeric(), postgresql.DOUBLE_PRECISION(), sa.Boolean(), sa.Date(),
+    postgresql.TIMESTAMP(timezone=True), postgresql.JSON(), postgresql.JSONB(), sa.Uuid()), strict=True))
+TEXT_SEARCH = {"fts": sa.func.to_tsquery, "plfts": sa.func.plainto_tsquery, "phfts": sa.func.phraseto_tsquery,
+               "wfts": sa.func.websearch_to_tsquery}
+QUANTIFIED = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "like": "LIKE",
+              "ilike": "ILIKE", "match": "~", "imatch": "~*"}
+TEXTUAL = ("like", "ilike", "match", "imatch")
+
+
+def target_sql(column: ColumnElement[Any], path: tuple[JsonStep, ...]) -> ColumnElement[Any]:
+    """A column, or the value at a JSON path in it (`->` json, `->>` text); keys are bound parameters."""
+    for step in path:
+        key = sa.bindparam(f"v{step.param}", type_=sa.Integer() if step.index else sa.Text())
+        column = column.op(step.arrow, return_type=postgresql.JSONB() if step.arrow == "->" else sa.Text())(key)
+    return column
+
+
+def text_search_sql(item: Filter, column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """PostgREST's fts/plfts/phfts/wfts: the column's text as a tsvector matched by the value's tsquery,
+    both in the configuration named (a bound regconfig) or the database's default."""
+    query = sa.bindparam(f"v{item.param}", type_=sa.Text())
+    if item.config is None:
+        return sa.func.to_tsvector(column).op("@@", is_comparison=True)(TEXT_SEARCH[item.op](query))
+    config = sa.cast(sa.bindparam(f"v{item.config}", type_=sa.Text()), postgresql.REGCONFIG)
+    return sa.func.to_tsvector(config, column).op("@@", is_comparison=True)(TEXT_SEARCH[item.op](config, query))
+
+
+def quantified_sql(item: Filter, column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """`op(any).{a,b}` / `op(all).{a,b}`: the column compared with ANY or ALL of a list parameter
+    (patterns as text, other values cast to the column's type)."""
+    values = sa.bindparam(f"v{item.param}", type_=postgresql.ARRAY(sa.Text())) if item.op in TEXTUAL \
+        else value_param(item.param, column.type, many=True)
+    return column.op(QUANTIFIED[item.op], is_comparison=True)(sa.any_(values) if item.quantifier == "any"
+                                                             else sa.all_(values))
+
+
 def filter_sql(item: Filter, table: sa.FromClause) -> ColumnElement[bool]:
-    column = table.c[item.column]
+    column = target_sql(table.c[item.column], item.path)
     op = item.op
     expression: ColumnElement[bool]
-    if op == "is_null" or op == "is_unknown":
+    if item.quantifier is not None:
+        expression = quantified_sql(item, column)
+    elif op in TEXT_SEARCH:
+        expression = text_search_sql(item, column)
+    elif op == "isdistinct":
+        expression = column.is_distinct_from(value_param(item.param, column.type))
+    elif op == "is_null" or op == "is_unknown":
         expression = column.is_(None)
     elif op == "is_true":
         expression = column.is_(sa.true())
@@ -138,6 +183,8 @@ class StatementBuilder:
         columns += [self.aggregate(a, (a.relation.target_column, table.c[a.relation.source_column])).label(a.alias)
                     for a in plan.aggregates if a.relation is not None]
         statement = sa.select(*columns).select_from(table)
+        if any(c.aggregate for c in plan.columns):  # grouped by every other selected column
+            statement = statement.group_by(*(self.column(c, table) for c in plan.columns if not c.aggregate))
         if link is not None:
             statement = statement.where(table.c[link[0]] == link[1]).correlate(link[1].table)
         reach = plan.reach()
@@ -167,7 +214,14 @@ class StatementBuilder:
     def column(column: Column, table: sa.FromClause) -> ColumnElement[Any]:
         if column.constant is not None:  # a name of the model (a GraphQL type name), never input
             return sa.literal_column(f"'{column.constant}'", sa.Text)
-        return sa.cast(table.c[column.column], sa.Text) if column.as_text else table.c[column.column]
+        if column.aggregate is not None:  # PostgREST's aggregates (count(), col.sum(), ...): a name of the plan
+            value = sa.func.count() if not column.column else \
+                getattr(sa.func, column.aggregate)(target_sql(table.c[column.column], column.path))
+            return sa.cast(value, CAST_TYPES[column.cast]) if column.cast is not None else value
+        value = target_sql(table.c[column.column], column.path)
+        if column.cast is not None:
+            return sa.cast(value, CAST_TYPES[column.cast])
+        return sa.cast(value, sa.Text) if column.as_text else value
 
     def order_expression(self, order: Order, table: sa.FromClause) -> ColumnElement[Any]:
         """The column to order by, or for an order through relations the related row's column, among the

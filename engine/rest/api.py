@@ -23,7 +23,6 @@ from engine.database import Database
 from engine.errors import (
     Forbidden,
     InvalidBody,
-    NotAcceptable,
     Problem,
     QueryParseError,
     RangeNotSatisfiable,
@@ -37,6 +36,7 @@ from engine.errors import (
 from engine.limits import Bounds, RowBudget, validate_sized
 from engine.query.plan import ReadPlan, Upsert
 from engine.query.sql import CompiledRead, read_statement, rest_delete, rest_insert, rest_update
+from engine.rest import rpc
 from engine.rest.media import (
     CONTENT_TYPES,
     CSV,
@@ -45,6 +45,7 @@ from engine.rest.media import (
     MediaNotAvailable,
     Prefer,
     negotiate,
+    not_one,
     parse_body,
     typed,
 )
@@ -56,11 +57,6 @@ from engine.writes import HookedWriter
 
 PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
 EXPOSED_PROFILES = ("public", "")
-
-def not_one(rows: int) -> NotAcceptable:
-    """PostgREST's PGRST116: the client asked for one object (`vnd.pgrst.object+json`) and `rows` it is not."""
-    return NotAcceptable("Cannot coerce the result to a single JSON object", hint=f"The result contains {rows} rows")
-
 
 def _whole(text: str) -> bool:
     return text.isascii() and text.isdigit()
@@ -110,6 +106,8 @@ class RestApi:
         profile = headers.get("accept-profile" if method in ("GET", "HEAD") else "content-profile", "")
         if profile not in EXPOSED_PROFILES:
             raise SchemaNotExposed(f"schema '{profile}' is not exposed", hint="use the profile 'public' or none")
+        if entity_name.startswith("rpc/"):  # PostgREST's RPC: the tenant's exposed functions (engine/rest/rpc.py)
+            return await rpc.call(self, entity_name[4:], method, query, headers, body)
         entity = self.runtime.model.entity(entity_name)
         if entity is None:
             raise UnknownEntity(f"relation '{entity_name}' does not exist",

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from engine.errors import BackSaasError, InvalidBody
+from engine.errors import BackSaasError, InvalidBody, NotAcceptable
 
 JSON = "json"
 OBJECT = "object"
@@ -31,6 +31,11 @@ PREFERENCES = {  # the preferences PostgREST honours here, in the order it lists
     "return": ("representation", "minimal", "headers-only"),
     "count": ("exact", "planned", "estimated"),
 }
+
+
+def not_one(rows: int) -> NotAcceptable:
+    """PostgREST's PGRST116: the client asked for one object (`vnd.pgrst.object+json`) and `rows` it is not."""
+    return NotAcceptable("Cannot coerce the result to a single JSON object", hint=f"The result contains {rows} rows")
 
 
 class MediaNotAvailable(BackSaasError):

@@ -26,8 +26,8 @@ def row_schema(entity: Entity) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for column, type_name in visible_columns(entity).items():
         field = next((f for f in entity.fields if f.column == column), None)
-        if field is not None and field.type == "decimal":
-            schema: dict[str, Any] = {"type": "string"}
+        if field is not None and field.type == "decimal":  # a JSON number, exact as the database writes it
+            schema: dict[str, Any] = {"type": "number"}
         elif field is not None and field.type != "ref":
             schema = {k: v for k, v in field_json_schema(field).items()
                       if k not in ("minimum", "maximum", "minLength", "maxLength", "pattern", "format")}

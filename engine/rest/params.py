@@ -7,38 +7,70 @@ knows nothing of SQL or HTTP. Every problem is a `QueryParseError`, `UnknownColu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.authz.permissions import Permissions
-from engine.errors import Problem, QueryParseError, UnknownColumn, UnknownRelation
+from engine.errors import BackSaasError, Problem, QueryParseError, UnknownColumn, UnknownRelation
 from engine.limits import DEFAULT_BOUNDS, Bounds, RowBudget, check_query
 from engine.query.plan import (
+    CASTS,
     IS_VALUES,
+    MORE_OPERATORS,
     OPERATORS,
+    QUANTIFIABLE,
     Column,
     Condition,
     Embed,
     Filter,
+    JsonStep,
     Order,
     ReadPlan,
     Relation,
+    RelationFilter,
+    Step,
 )
 from engine.schema.model import Entity, Schema
 
 TEXT_TYPES = ("string", "text", "enum")
+TEXT_SEARCH = ("fts", "plfts", "phfts", "wfts")
+TEXTUAL = ("like", "ilike", "match", "imatch", *TEXT_SEARCH)
+# PostgreSQL's own text search configurations (a name outside them is refused before the database sees it)
+TEXT_SEARCH_CONFIGS = frozenset((
+    "simple", "arabic", "armenian", "basque", "catalan", "danish", "dutch", "english", "finnish", "french", "german",
+    "greek", "hindi", "hungarian", "indonesian", "irish", "italian", "lithuanian", "nepali", "norwegian", "portuguese",
+    "romanian", "russian", "serbian", "spanish", "swedish", "tamil", "turkish", "yiddish"))
+CAST_NAMES = {**{c: c for c in CASTS}, "int": "integer", "int4": "integer", "int8": "bigint", "float8": "double precision",
+              "float": "double precision", "bool": "boolean", "varchar": "text", "timestamp with time zone": "timestamptz"}
+JSON_ARROWS = re.compile(r"(->>|->)")
+AGGREGATE = re.compile(r"(?:(?P<column>[^()]+)\.)?(?P<function>count|sum|avg|min|max)\(\)(?:::(?P<cast>[a-z0-9 ]+))?")
+
+
+class AggregatesDisabled(BackSaasError):
+    """PostgREST's PGRST123: aggregate functions are off unless the tenant turns them on."""
+
+    code = "PGRST123"
+    status = 400
+
+
+class AmbiguousEmbed(BackSaasError):
+    """PostgREST's PGRST201 (300 Multiple Choices): more than one relation answers to an embed's name."""
+
+    code = "PGRST201"
+    status = 300
 
 
 def split_top(text: str, separator: str = ",") -> list[str]:
-    """Split on `separator` outside parentheses and double quotes."""
+    """Split on `separator` outside parentheses, braces (`eq(any).{a,b}`) and double quotes."""
     parts, depth, quoted, current = [], 0, False, []
     for char in text:
         if char == '"':
             quoted = not quoted
-        elif not quoted and char == "(":
+        elif not quoted and char in "({":
             depth += 1
-        elif not quoted and char == ")":
+        elif not quoted and char in ")}":
             depth -= 1
             if depth < 0:
                 raise QueryParseError(f"unbalanced parentheses in '{text}'")
@@ -162,67 +194,201 @@ class ReadParser:
         scope = permission.predicate(self.caller_param)
         conditions: list[Filter | Condition] = []
         spec = levels.get(path, _Level())
-        selected, embeds = self.select(entity, columns, select or "*", path, levels)
+        selected, embeds, inner = self.select(entity, columns, select or "*", path, levels)
         conditions += [self.filter(columns, name, value) for name, value in spec.filters]
         for kind, value in spec.logic:
             conditions.append(self.logic(columns, kind, value))
+        conditions += inner
         where = Condition("and", tuple(conditions)) if conditions else None
-        return ReadPlan(entity_name, selected, embeds, where, self.order(columns, spec.order),
+        order = self.order(entity_name, columns, spec.order)
+        if any(c.aggregate for c in selected):  # grouped rows order by what they are grouped by
+            grouped = {c.column for c in selected if not c.aggregate and not c.path}
+            for o in order:
+                if o.through or o.column not in grouped:
+                    raise QueryParseError(f"cannot order aggregated rows by '{o.column}'",
+                                          hint=f"order by a grouped column: {', '.join(sorted(grouped)) or 'none'}")
+        return ReadPlan(entity_name, selected, embeds, where, order,
                         self.count("limit", spec.limit), self.count("offset", spec.offset), scope=scope)
 
     def select(self, entity: Entity, columns: Mapping[str, str], text: str, path: tuple[str, ...],
-               levels: dict[tuple[str, ...], _Level]) -> tuple[tuple[Column, ...], tuple[Embed, ...]]:
+               levels: dict[tuple[str, ...], _Level]
+               ) -> tuple[tuple[Column, ...], tuple[Embed, ...], list[RelationFilter]]:
+        """The columns, the embeds, and the conditions `!inner` embeds put on this level's rows."""
         selected: list[Column] = []
         embeds: list[Embed] = []
+        inner: list[RelationFilter] = []
         for raw in split_top(text):
             item = raw.strip()
             if not item:
                 raise QueryParseError(f"empty item in select='{text}'")
-            alias, _, rest = item.partition(":") if ":" in item.split("(")[0] else ("", "", item)
-            if "(" in rest:
+            head = item.split("(")[0]
+            alias, _, rest = item.partition(":") if ":" in head.replace("::", "") else ("", "", item)
+            aggregate = AGGREGATE.fullmatch(rest.strip())
+            if aggregate is not None:
+                selected.append(self.aggregate(entity, columns, alias.strip(), aggregate))
+            elif "(" in rest:
                 if not rest.endswith(")"):
                     raise QueryParseError(f"'{item}' in select= is missing its closing parenthesis")
-                name, inner = rest[: rest.index("(")].strip(), rest[rest.index("(") + 1: -1]
-                if "!" in name:
-                    raise QueryParseError(f"embed hints ('{name}') are not supported", hint="name the relation instead")
-                relation = self.relations[entity.name].get(name)
-                if relation is None:
-                    raise UnknownRelation(f"could not find a relationship between '{entity.name}' and '{name}'",
-                                          hint=f"relations of {entity.name}: {', '.join(sorted(self.relations[entity.name]))}")
-                alias = alias.strip() or name
-                child = self.level(relation.target, (*path, alias), levels, inner or "*")
+                name, inner_text = rest[: rest.index("(")].strip(), rest[rest.index("(") + 1: -1]
+                name, _, hint = name.partition("!")
+                relation = self.relation(entity, name.strip(), hint.strip())
+                alias = alias.strip() or name.strip()
+                child = self.level(relation.target, (*path, alias), levels, inner_text or "*")
                 embeds.append(Embed(alias, relation, child))
+                if hint.strip() == "inner":  # PostgREST's !inner: only rows with a related row the embed shows
+                    inner.append(RelationFilter(relation, child.where or Condition("and", ()), child.scope))
             elif rest.strip() == "*":
-                selected += [Column(c, c, t == "decimal") for c, t in columns.items()]
+                selected += [Column(c, c) for c in columns]  # decimals as JSON numbers, as PostgREST sends numeric
             else:
-                name = rest.strip()
-                if "::" in name or "->" in name:
-                    raise QueryParseError(f"casts and JSON paths in select= ('{name}') are not supported")
-                if name not in columns:
-                    raise UnknownColumn(f"column '{name}' of '{entity.name}' does not exist",
-                                        hint=f"columns: {', '.join(columns)}")
-                selected.append(Column(alias.strip() or name, name, columns[name] == "decimal"))
-        return tuple(dict.fromkeys(selected)), tuple(embeds)
+                selected.append(self.column(entity, columns, alias.strip(), rest.strip()))
+        if any(c.aggregate for c in selected) and embeds:
+            raise QueryParseError("aggregate functions and embedded resources at one level are not supported",
+                                  hint="aggregate inside the embed instead, e.g. books(pages.sum())")
+        return tuple(dict.fromkeys(selected)), tuple(embeds), inner
+
+    def aggregate(self, entity: Entity, columns: Mapping[str, str], alias: str, match: re.Match[str]) -> Column:
+        """`count()`, `col.sum()`, `col.avg()::text`...: allowed when the tenant's schema says
+        `rest: {aggregates: true}` (PostgREST's db-aggregates-enabled)."""
+        if not self.model.rest_aggregates:
+            raise AggregatesDisabled("Use of aggregate functions is not allowed",
+                                     hint="the tenant's schema enables them with `rest: {aggregates: true}` "
+                                          "(PostgREST's db-aggregates-enabled)")
+        function, name, cast = match["function"], (match["column"] or "").strip(), (match["cast"] or "").strip()
+        if cast and cast not in CAST_NAMES:
+            raise QueryParseError(f"cannot cast {function}() to '{cast}'", hint=f"casts: {', '.join(sorted(CAST_NAMES))}")
+        if not name and function != "count":
+            raise QueryParseError(f"{function}() needs a column, e.g. rank.{function}()")
+        base, path = "", ()
+        if name:
+            if not JSON_ARROWS.search(name) and name not in columns:
+                raise UnknownColumn(f"column '{name}' of '{entity.name}' does not exist",
+                                    hint=f"columns: {', '.join(columns)}")
+            base, path, _ = self.json_path(columns, name)
+        return Column(alias or function, base, path=path, cast=CAST_NAMES[cast] if cast else None, aggregate=function)
+
+    def relation(self, entity: Entity, name: str, hint: str) -> Relation:
+        """The relation an embed names: by field, column, reverse or entity name, disambiguated by a hint
+        (`person!writer`, `person!writer_id`, `person!doc_writer_id_fkey`) as PostgREST's are; `!inner` and
+        `!left` are join hints, not names."""
+        relations = self.relations[entity.name]
+        known = f"relations of {entity.name}: {', '.join(sorted(relations))}"
+        if hint in ("", "inner", "left"):
+            relation = relations.get(name)
+            if relation is not None:
+                return relation
+            candidates = self.candidates(entity.name, name)
+            if len(candidates) > 1:
+                raise AmbiguousEmbed(f"Could not embed because more than one relationship was found for "
+                                     f"'{entity.name}' and '{name}'",
+                                     hint=f"name one: {', '.join(f'{name}!{c}' for c in candidates)}")
+            raise UnknownRelation(f"could not find a relationship between '{entity.name}' and '{name}'", hint=known)
+        relation = relations.get(hint)  # a field or column of this entity
+        if relation is not None and relation.kind == "one" and name in (relation.target, relation.name, hint):
+            return relation
+        for relation in relations.values():
+            if relation.kind == "many" and relation.target == name and hint in self.link_names(relation):
+                return relation
+            if relation.kind == "one" and relation.target == name and hint in self.link_names(relation):
+                return relation
+        raise UnknownRelation(f"could not find a relationship between '{entity.name}' and '{name}' named '{hint}'",
+                              hint=known)
+
+    @staticmethod
+    def link_names(relation: Relation) -> tuple[str, ...]:
+        """The names a hint may give a relation: its column (`writer_id`), its field (`writer`) and its
+        foreign key as PostgreSQL names it (`doc_writer_id_fkey`)."""
+        column = relation.target_column if relation.kind == "many" else relation.source_column
+        table = relation.target if relation.kind == "many" else ""
+        names = [column, column.removesuffix("_id")]
+        if table:
+            names.append(f"{table}_{column}_fkey")
+        return tuple(names)
+
+    def candidates(self, entity: str, name: str) -> list[str]:
+        """The hints that would each pick one relation from `entity` to the entity `name`."""
+        found = [r for r in dict.fromkeys(self.relations[entity].values()) if r.target == name]
+        return sorted({(r.target_column if r.kind == "many" else r.source_column).removesuffix("_id") for r in found})
+
+    def json_path(self, columns: Mapping[str, str], text: str) -> tuple[str, tuple[JsonStep, ...], str]:
+        """`meta->a->>b` -> (column, its steps, the type of the value: `json` after `->`, `text` after
+        `->>`, else the column's own); keys become parameters."""
+        base, *parts = (p.strip() for p in JSON_ARROWS.split(text))
+        if base not in columns:
+            raise UnknownColumn(f"column '{base}' does not exist", hint=f"columns: {', '.join(columns)}")
+        if not parts:
+            return base, (), columns[base]
+        if columns[base] != "json":
+            raise QueryParseError(f"'{text}': JSON paths apply to json columns; '{base}' is a {columns[base]} column",
+                                  details=[Problem(base, "not a json column")])
+        steps = []
+        for arrow, key in zip(parts[0::2], parts[1::2], strict=True):
+            key = unquote(key)
+            if not key:
+                raise QueryParseError(f"'{text}': a JSON path step needs a key")
+            index = key.lstrip("-").isdigit() and key.isascii()
+            self.values.append(int(key) if index else key)
+            steps.append(JsonStep(arrow, len(self.values) - 1, index))
+        return base, tuple(steps), "text" if parts[-2] == "->>" else "json"
+
+    def column(self, entity: Entity, columns: Mapping[str, str], alias: str, text: str) -> Column:
+        """One selected column: `name`, `name::cast`, `meta->a->>b` (named `b`), renamed by `alias:`."""
+        name, _, cast = text.partition("::")
+        name, cast = name.strip(), cast.strip().lower()
+        if cast and cast not in CAST_NAMES:
+            raise QueryParseError(f"'{text}' in select=: cannot cast to '{cast}'",
+                                  hint=f"casts: {', '.join(sorted(CAST_NAMES))}")
+        if not JSON_ARROWS.search(name) and name not in columns:
+            raise UnknownColumn(f"column '{name}' of '{entity.name}' does not exist", hint=f"columns: {', '.join(columns)}")
+        base, path, _ = self.json_path(columns, name)
+        default = unquote(JSON_ARROWS.split(name)[-1].strip()) if path else name
+        return Column(alias or default, base, path=path,
+                      cast=CAST_NAMES[cast] if cast else None)
 
     def filter(self, columns: Mapping[str, str], name: str, text: str) -> Filter:
-        if name not in columns:
-            raise UnknownColumn(f"column '{name}' does not exist", hint=f"columns: {', '.join(columns)}")
+        column, path, kind = self.json_path(columns, name)
         negate = text.startswith("not.")
         if negate:
             text = text[4:]
-        op, dot, value = text.partition(".")
-        if not dot or op not in OPERATORS:
-            raise QueryParseError(f"'{name}={text}': expected operator.value with an operator of {', '.join(OPERATORS)}")
+        operator, dot, value = text.partition(".")
+        op, _, argument = operator.partition("(")
+        if argument and not argument.endswith(")"):
+            raise QueryParseError(f"'{name}={text}': unbalanced parentheses in the operator")
+        argument = argument[:-1]
+        if not dot or op not in (*OPERATORS, *MORE_OPERATORS):
+            raise QueryParseError(f"'{name}={text}': expected operator.value with an operator of "
+                                  f"{', '.join((*OPERATORS, *MORE_OPERATORS))}")
         if op == "is":
-            if value.lower() not in IS_VALUES:
+            if argument or value.lower() not in IS_VALUES:
                 raise QueryParseError(f"'{name}=is.{value}': is. takes null, true, false or unknown")
-            return Filter(name, f"is_{value.lower()}", -1, negate)
-        if op in ("like", "ilike"):
-            if columns[name] not in TEXT_TYPES:
-                raise QueryParseError(f"'{name}' is a {columns[name]} column: {op} applies to text")
-            value = value.replace("*", "%")
-        if op == "in":
-            if columns[name] == "array":
+            return Filter(column, f"is_{value.lower()}", -1, negate, path=path)
+        quantifier, config = None, None
+        if argument:
+            if op in TEXT_SEARCH:
+                if argument not in TEXT_SEARCH_CONFIGS:
+                    raise QueryParseError(f"'{name}={text}': '{argument}' is not a text search configuration",
+                                          hint=f"configurations: {', '.join(sorted(TEXT_SEARCH_CONFIGS))}")
+                self.values.append(argument)
+                config = len(self.values) - 1
+            elif op in QUANTIFIABLE and argument in ("any", "all"):
+                quantifier = argument
+            else:
+                raise QueryParseError(f"'{name}={text}': {op}({argument}) is not an operator",
+                                      hint=f"(any) and (all) quantify {', '.join(QUANTIFIABLE)}; "
+                                           "fts, plfts, phfts and wfts take a configuration")
+        if op in TEXTUAL and kind not in (*TEXT_TYPES, "text"):
+            raise QueryParseError(f"'{name}' is a {kind} column: {op} applies to text",
+                                  details=[Problem(name, f"{op} on a {kind} column")])
+        if (op in ("cs", "cd", "ov") and kind not in ("array", "json")) or (op == "ov" and kind != "array"):
+            raise QueryParseError(f"'{name}' is a {kind} column: {op} applies to "
+                                  f"{'arrays' if op == 'ov' else 'arrays and json'}",
+                                  details=[Problem(name, f"{op} on a {kind} column")])
+        if quantifier:
+            if not (value.startswith("{") and value.endswith("}")):
+                raise QueryParseError(f"'{name}={text}': {op}({quantifier}) takes a list in braces, e.g. {{a,b}}")
+            items = [unquote(v.strip()) for v in split_top(value[1:-1])] if value[1:-1].strip() else []
+            self.values.append([i.replace("*", "%") for i in items] if op in ("like", "ilike") else items)
+        elif op == "in":
+            if kind == "array":
                 raise QueryParseError(f"'{name}' is an array column: in. compares single values",
                                       details=[Problem(name, "in. on an array column")], hint="eq.{a,b} matches the array")
             if not (value.startswith("(") and value.endswith(")")):
@@ -230,8 +396,8 @@ class ReadParser:
             items = [unquote(v.strip()) for v in split_top(value[1:-1])] if value[1:-1].strip() else []
             self.values.append(items)
         else:
-            self.values.append(unquote(value))
-        return Filter(name, op, len(self.values) - 1, negate)
+            self.values.append(unquote(value).replace("*", "%") if op in ("like", "ilike") else unquote(value))
+        return Filter(column, op, len(self.values) - 1, negate, path=path, quantifier=quantifier, config=config)
 
     def logic(self, columns: Mapping[str, str], kind: str, text: str) -> Condition:
         negate = kind.startswith("not.")
@@ -253,14 +419,28 @@ class ReadParser:
             items.append(self.filter(columns, name, rest))
         return Condition(kind, tuple(items), negate)
 
-    def order(self, columns: Mapping[str, str], text: str | None) -> tuple[Order, ...]:
+    def order(self, entity: str, columns: Mapping[str, str], text: str | None) -> tuple[Order, ...]:
+        """`order=col.desc.nullslast,author(name).asc`: columns, or a column of a to-one relation, which
+        orders among the related rows the caller may read (another's row orders as a missing one)."""
         if not text:
             return ()
         orders = []
-        for raw in text.split(","):
-            name, *modifiers = raw.strip().split(".")
-            if name not in columns:
-                raise UnknownColumn(f"cannot order by '{name}': no such column", hint=f"columns: {', '.join(columns)}")
+        for raw in split_top(text):
+            head, _, tail = raw.strip().partition(")")
+            if _:  # author(name).desc
+                relation_name, _, name = head.partition("(")
+                modifiers = [m for m in tail.split(".") if m]
+                through = (self.order_step(entity, relation_name.strip(), raw),)
+                target_columns = self.permissions.of(through[0].relation.target, "read").columns
+                if name.strip() not in target_columns:
+                    raise UnknownColumn(f"cannot order by '{raw.strip()}': no such column",
+                                        hint=f"columns: {', '.join(target_columns)}")
+                name = name.strip()
+            else:
+                name, *modifiers = raw.strip().split(".")
+                through = ()
+                if name not in columns:
+                    raise UnknownColumn(f"cannot order by '{name}': no such column", hint=f"columns: {', '.join(columns)}")
             descending, nulls = False, None
             for modifier in modifiers:
                 if modifier in ("asc", "desc"):
@@ -269,8 +449,16 @@ class ReadParser:
                     nulls = modifier[5:]
                 else:
                     raise QueryParseError(f"'{raw}' in order=: expected asc, desc, nullsfirst or nullslast")
-            orders.append(Order(name, descending, nulls))
+            orders.append(Order(name, descending, nulls, through))
         return tuple(orders)
+
+    def order_step(self, entity: str, name: str, raw: str) -> Step:
+        """A to-one relation an order goes through, with the caller's read scope on its target."""
+        relation = self.relations[entity].get(name)
+        if relation is None or relation.kind != "one":
+            raise QueryParseError(f"'{raw.strip()}' in order=: '{name}' is not a to-one relation of '{entity}'",
+                                  hint="order by a column of a many-to-one embed, e.g. order=author(name).desc")
+        return Step(relation, self.permissions.scope(relation.target, "read", self.caller_param))
 
     @staticmethod
     def count(name: str, text: str | None) -> int | None:

@@ -275,10 +275,11 @@ def build_model(data: dict[str, Any]) -> Schema:
         ))
     functions = tuple(ExposedFunction(name, spec["handler"], freeze(spec["input"]) if "input" in spec else None,
                                       tuple(spec.get("roles") or ()), float(spec.get("timeout", 10.0)),
-                                      spec.get("description"))
+                                      spec.get("description"), bool(spec.get("read_only", False)))
                       for name, spec in (data.get("functions") or {}).items())
     return Schema(name=data["name"], entities=tuple(entities), roles=tuple(data.get("roles") or ()),
-                  version=data.get("version"), description=data.get("description"), functions=functions)
+                  version=data.get("version"), description=data.get("description"), functions=functions,
+                  rest_aggregates=bool((data.get("rest") or {}).get("aggregates", False)))
 
 
 def _build_field(name: str, spec: dict[str, Any], entity: str, data: dict[str, Any]) -> Field:

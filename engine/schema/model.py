@@ -127,6 +127,7 @@ class ExposedFunction:
     roles: tuple[str, ...] = ()
     timeout: float = 10.0
     description: str | None = None
+    read_only: bool = False  # callable with GET at /rest/v1/rpc/{name} (it only reads)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class Schema:
     version: int | None = None
     description: str | None = None
     functions: tuple[ExposedFunction, ...] = ()
+    rest_aggregates: bool = False  # `rest: {aggregates: true}`: aggregate functions in REST's select=
     _by_name: Mapping[str, Entity] = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
