@@ -103,7 +103,7 @@ async def _events(runtime: Any, db: Any, hub: ChangeHub, entity: str, compiled: 
     yield b": connected\n\n"
     ended = asyncio.ensure_future(guard.ended())
     try:
-        with hub.watch({f"{runtime.pg_schema}.{entity}"}) as changed:
+        async with hub.watching(runtime.role, {f"{runtime.pg_schema}.{entity}"}) as changed:
             changed.set()  # read again once: what committed between the first read and this watch
             while True:
                 if ended.done():

@@ -26,7 +26,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog, onboarding
 from engine.authz import Authorizer
-from engine.changes import CREDENTIALS, ChangeHub, session_key, tenant_key
+from engine.changes import CREDENTIALS, ChangeHub, session_key, tell_interest, tenant_key
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SESSIONS_CHANNEL, SIGNING_KEYS_CHANGED
 from engine.database import Database, driver_url
 from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
@@ -136,6 +136,7 @@ class RuntimeRegistry:
         self.jwt_secret = jwt_secret  # BACKSAAS_JWT_SECRET: signs instead of the stored key when set
         self._keyring: Keyring | None = None
         self.changes = ChangeHub()
+        self.changes.interest = self._interest
         self.streams = OpenStreams()
         self._runtimes: OrderedDict[str, TenantRuntime] = OrderedDict()
         self._states: dict[str, TenantState] = {}
@@ -181,6 +182,11 @@ class RuntimeRegistry:
         listener.add_termination_listener(self._lost)
         self._states.clear()
         self._listener = listener
+        for role, table in self.changes.watched():  # the change feed NOTIFYs those tables to this LISTEN now
+            try:
+                await self._interest(role, table, True)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("registry.watch_failed", table=table, error=str(exc))
         self.changes.listening = True
         self.changes.changed_all()  # whatever changed while nobody listened
 
@@ -205,6 +211,13 @@ class RuntimeRegistry:
         for member in [k for k in self._members if k[0] == slug]:
             del self._members[member]
         self.changes.changed(tenant_key(slug))  # after the caches are dropped: the streams' guards check again
+
+    async def _interest(self, role: str, table: str, watched: bool) -> None:
+        """The hub's `interest`: recorded under this process's LISTEN connection (none: nothing reaches this
+        process anyway; `start` records what is watched once it listens again)."""
+        listener = self._listener
+        if listener is not None:
+            await tell_interest(self.db, listener.get_server_pid(), role, table, watched)
 
     def _sessions_revoked(self, conn: object, pid: int, channel: str, ident: str) -> None:
         self.changes.changed(session_key(ident))

@@ -189,7 +189,7 @@ class Connection:
     async def stream(self, ident: str, api: GraphQLApi, subscription: Subscription) -> None:
         """The current result, then a new one after each change that alters it."""
         last = None
-        with self.registry.changes.watch(subscription.tables) as changed:
+        async with self.registry.changes.watching(api.runtime.role, subscription.tables) as changed:
             while True:
                 changed.clear()
                 data = await api.execute(subscription.compiled, subscription.variables)

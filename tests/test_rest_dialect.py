@@ -498,18 +498,6 @@ def test_json_paths_in_select_filters_and_logic(http, shelves):
     assert not_json.status_code == 400 and "json" in not_json.json()["message"]
 
 
-def test_json_paths_order(http, shelves):
-    rows = http.get("/shelf?select=label&label=in.(alpha,beta,gamma,delta)&order=meta->>k.desc.nullslast").json()
-    assert labels(rows) == ["gamma", "beta", "alpha", "delta"]
-    nested = http.get("/shelf?select=label&label=in.(alpha,beta)&order=meta->a->b.desc").json()
-    assert labels(nested) == ["beta", "alpha"]
-
-
-def test_json_path_order_sees_only_the_callers_rows(base, people):
-    rows = httpx.get(f"{base}/rest/v1/doc?select=title&order=meta->>k.desc", headers=people["bob"]["headers"]).json()
-    assert all("ann" not in r["title"] for r in rows)
-
-
 def test_json_paths_through_the_client(client, shelves):
     rows = client.from_("shelf").select("label,meta->>k").eq("meta->>k", "y").execute().data
     assert rows == [{"label": "beta", "k": "y"}]

@@ -186,15 +186,21 @@ def change_feed_sql(pg_schema: str, model: Schema) -> str:
     """What every deploy (re)installs, idempotently, as the tenant's role:
 
     - on every table, a statement trigger NOTIFYing `schema.table` on `CHANGES_FEED` (once per table and
-      transaction: PostgreSQL folds identical notifications) — what GraphQL subscriptions wake on;
+      transaction: PostgreSQL folds identical notifications) when some process watches the table (a row of
+      `backsaas_watched`, engine.changes.tell_interest) — what GraphQL subscriptions and SSE wake on;
     - for `realtime: true` entities, a row trigger appending each change to `backsaas_changes` (the log
       Server-Sent Events are read from and resumed by id; a day of it is kept), and none on the others.
     """
     schema = quote(pg_schema)
     notify = f"{schema}.{quote(naming.CHANGE_FUNCTION)}()"
     log = f"{schema}.{quote(naming.LOG_FUNCTION)}()"
-    script = [f"CREATE OR REPLACE FUNCTION {notify} RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
-              f"PERFORM pg_notify('{CHANGES_FEED}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); RETURN NULL; END$$"]
+    watched = f"{schema}.{quote(naming.WATCHED)}"
+    script = [f"CREATE TABLE IF NOT EXISTS {watched} (table_name text NOT NULL, listener integer NOT NULL, "
+              "PRIMARY KEY (table_name, listener))",
+              f"CREATE OR REPLACE FUNCTION {notify} RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+              f"IF EXISTS (SELECT 1 FROM {watched} WHERE table_name = TG_TABLE_NAME) THEN "
+              f"PERFORM pg_notify('{CHANGES_FEED}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME); END IF; "
+              "RETURN NULL; END$$"]
     if any(e.realtime for e in model.entities):  # the log exists once some entity streams its changes
         script += [
             f"CREATE TABLE IF NOT EXISTS {schema}.{quote(naming.CHANGE_LOG)} (id bigserial PRIMARY KEY, "

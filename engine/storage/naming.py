@@ -77,6 +77,7 @@ TOUCH_FUNCTION = "backsaas_touch_updated_at"
 CHANGE_FUNCTION = "backsaas_notify_change"
 LOG_FUNCTION = "backsaas_log_change"
 CHANGE_LOG = "backsaas_changes"  # a realtime entity's changes, for Server-Sent Events
+WATCHED = "backsaas_watched"  # the tables some process's streams watch: the change feed NOTIFYs only for those
 
 
 def log_trigger_name(table: str) -> str:
