@@ -498,6 +498,18 @@ def test_json_paths_in_select_filters_and_logic(http, shelves):
     assert not_json.status_code == 400 and "json" in not_json.json()["message"]
 
 
+def test_json_paths_order(http, shelves):
+    rows = http.get("/shelf?select=label&label=in.(alpha,beta,gamma,delta)&order=meta->>k.desc.nullslast").json()
+    assert labels(rows) == ["gamma", "beta", "alpha", "delta"]
+    nested = http.get("/shelf?select=label&label=in.(alpha,beta)&order=meta->a->b.desc").json()
+    assert labels(nested) == ["beta", "alpha"]
+
+
+def test_json_path_order_sees_only_the_callers_rows(base, people):
+    rows = httpx.get(f"{base}/rest/v1/doc?select=title&order=meta->>k.desc", headers=people["bob"]["headers"]).json()
+    assert all("ann" not in r["title"] for r in rows)
+
+
 def test_json_paths_through_the_client(client, shelves):
     rows = client.from_("shelf").select("label,meta->>k").eq("meta->>k", "y").execute().data
     assert rows == [{"label": "beta", "k": "y"}]
@@ -660,3 +672,52 @@ def test_aggregates_count_only_the_rows_the_caller_may_read(base, people):
     assert anns == len(httpx.get(f"{base}/rest/v1/doc", headers=ann["headers"]).json())
     grouped = httpx.get(f"{base}/rest/v1/doc?select=owner_id,count()", headers=bob["headers"]).json()
     assert [g["owner_id"] for g in grouped] == [bob["id"]]
+
+
+NODE_STORY = """
+// supabase-js's REST client (what supabase.rpc and .from delegate to): supabase-js itself needs Node 22's
+// WebSocket for its realtime client, and this machine's Node is 20
+const { PostgrestClient } = require(process.env.POSTGREST_JS);
+(async () => {
+  const key = process.env.KEY;
+  const client = new PostgrestClient(process.env.URL + '/rest/v1', {headers: {apikey: key, Authorization: 'Bearer ' + key}});
+  const out = {};
+  const listed = await client.rpc('numbers', {count: 6}).gt('n', 2).order('n', {ascending: false}).limit(2);
+  out.rpc = listed.error ? listed.error.message : listed.data.map(r => r.n);
+  const got = await client.rpc('numbers', {count: 3, word: 'get'}, {get: true});
+  out.rpc_get = got.error ? got.error.message : got.data.map(r => r.name);
+  const one = await client.rpc('stamp', {label: 'from-js'});
+  out.rpc_scalar = one.error ? one.error.message : one.data;
+  const fts = await client.from('shelf').select('label').textSearch('body', "'quick' & 'fox'", {config: 'english'})
+    .order('label');
+  out.fts = fts.error ? fts.error.message : fts.data.map(r => r.label);
+  const web = await client.from('shelf').select('label').textSearch('body', 'dog or cat -fat',
+    {type: 'websearch', config: 'english'});
+  out.wfts = web.error ? web.error.message : web.data.map(r => r.label);
+  const phrase = await client.from('shelf').select('label').textSearch('body', 'quick brown', {type: 'phrase'});
+  out.phfts = phrase.error ? phrase.error.message : phrase.data.map(r => r.label);
+  process.stdout.write(JSON.stringify(out));
+})();
+"""
+
+
+def test_supabase_js_rest_client_in_node_calls_rpc_and_text_search(base, keys, shelves):
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    package = Path(__file__).parent / "browser/node_modules/@supabase/postgrest-js"
+    if node is None or not package.exists():
+        pytest.fail("Node and supabase-js are needed: run `npm ci --prefix tests/browser`")
+    ran = subprocess.run([node, "-e", NODE_STORY], capture_output=True, text=True, timeout=60, env={
+        **os.environ, "POSTGREST_JS": str(package), "URL": base, "KEY": keys["anon"]})
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout)
+    assert out["rpc"] == [5, 4], out
+    assert out["rpc_get"] == ["get 0", "get 1", "get 2"], out
+    assert out["rpc_scalar"] == "from-js", out
+    assert out["fts"] == ["alpha", "gamma"], out
+    assert out["wfts"] == ["alpha"], out
+    assert out["phfts"] == ["alpha"], out
