@@ -109,6 +109,7 @@ class Order:
     # GraphQL's `{posts_aggregate: {count: desc}}`: `count` (column ignored) or `sum|avg|min|max|...` of the
     # column over the rows of `through`'s last step, a one-to-many relation, that its scope lets the caller read
     aggregate: str | None = None
+    path: tuple[JsonStep, ...] = ()  # PostgREST's `order=meta->>k`: the value at a JSON path of the column
 
 
 @dataclass(frozen=True)

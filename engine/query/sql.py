@@ -227,7 +227,7 @@ class StatementBuilder:
         """The column to order by, or for an order through relations the related row's column, among the
         related rows the caller may read (another's row orders as a missing one: null)."""
         if not order.through:
-            return table.c[order.column]
+            return target_sql(table.c[order.column], order.path)
         step, rest = order.through[0], order.through[1:]
         related = self.tables[step.relation.target].alias(f"t{next(self.names)}")
         if step.relation.kind == "many":  # an aggregate's relation, always the last step

@@ -204,7 +204,7 @@ class ReadParser:
         if any(c.aggregate for c in selected):  # grouped rows order by what they are grouped by
             grouped = {c.column for c in selected if not c.aggregate and not c.path}
             for o in order:
-                if o.through or o.column not in grouped:
+                if o.through or o.path or o.column not in grouped:
                     raise QueryParseError(f"cannot order aggregated rows by '{o.column}'",
                                           hint=f"order by a grouped column: {', '.join(sorted(grouped)) or 'none'}")
         return ReadPlan(entity_name, selected, embeds, where, order,
@@ -435,12 +435,13 @@ class ReadParser:
                 if name.strip() not in target_columns:
                     raise UnknownColumn(f"cannot order by '{raw.strip()}': no such column",
                                         hint=f"columns: {', '.join(target_columns)}")
-                name = name.strip()
+                name, path = name.strip(), ()
             else:
                 name, *modifiers = raw.strip().split(".")
                 through = ()
-                if name not in columns:
+                if not JSON_ARROWS.search(name) and name not in columns:
                     raise UnknownColumn(f"cannot order by '{name}': no such column", hint=f"columns: {', '.join(columns)}")
+                name, path, _ = self.json_path(columns, name)
             descending, nulls = False, None
             for modifier in modifiers:
                 if modifier in ("asc", "desc"):
@@ -449,7 +450,7 @@ class ReadParser:
                     nulls = modifier[5:]
                 else:
                     raise QueryParseError(f"'{raw}' in order=: expected asc, desc, nullsfirst or nullslast")
-            orders.append(Order(name, descending, nulls, through))
+            orders.append(Order(name, descending, nulls, through, path=path))
         return tuple(orders)
 
     def order_step(self, entity: str, name: str, raw: str) -> Step:
