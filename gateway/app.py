@@ -41,6 +41,7 @@ from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
+from gateway import metrics
 from gateway.access import AccessLog
 from gateway.audit import EXPORT_PATH, audit_export
 from gateway.auth import authenticate
@@ -459,7 +460,9 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         app.state.registry = registry = RuntimeRegistry(db, jwt_secret=jwt_secret)
         app.state.throttle = LoginThrottle(redis_url)
         app.state.privacy = RestrictedUsers(registry)
-        app.state.rate_limits = RateLimits(redis_url, **(rate_limits or {}))
+        app.state.rate_limits = RateLimits(redis_url, **{"on_refused": metrics.rate_limited, **(rate_limits or {})})
+        app.state.outbox_metrics = metrics.OutboxCollector()  # /metrics reads the outbox's figures when scraped
+        pools = asyncio.create_task(metrics.pool_recorder(db))
         await registry.start()
         dispatcher = asyncio.create_task(Dispatcher(db, registry, **(outbox or {})).run())
         log.info("gateway.started", database=db.name)
@@ -469,13 +472,16 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
             await stop_dispatcher(dispatcher)
             await registry.close()
             await app.state.rate_limits.close()
+            pools.cancel()
+            metrics.process_ended()
             await db.close()
             log.info("gateway.stopped")
 
     async def unknown_route(request: Request, exc: Exception) -> Response:
         return not_found(f"no route {request.method} {request.url.path}")
 
-    starlette = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)], lifespan=lifespan,
+    starlette = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
+                                  Route(metrics.METRICS_PATH, metrics.metrics_endpoint)], lifespan=lifespan,
                           exception_handlers={404: unknown_route})
     routing = TenantRouting(starlette, base_domain)
 
@@ -488,7 +494,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         except BackSaasError:  # the database is down: the request itself answers 503, readably
             return ANY_ORIGIN
 
-    return AccessLog(CrossOrigin(routing, origins_of))
+    return AccessLog(CrossOrigin(metrics.RequestMetrics(routing), origins_of))
 
 
 def app_from_env() -> ASGIApp:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import inspect
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -545,10 +548,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out.print(f"  try: curl -H 'apikey: {login['anon_key']}' {base}/api/tenants/{DEMO_TENANT}/rest/v1/post",
                   highlight=False)
     os.environ["BACKSAAS_DATABASE_URL"] = url
-    uvicorn.run("gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                reload=args.reload, reload_dirs=PACKAGE_DIRS if args.reload else None, access_log=False,
-                log_level="warning", timeout_graceful_shutdown=10)
+    metrics_dir = metrics_directory(args.workers)
+    # uvicorn kills a worker that does not answer its supervisor's ping in time (5 s by default), which a
+    # worker still importing on a busy machine does not: it was killed and started again, forever
+    patience = ({"timeout_worker_healthcheck": WORKER_PING_SECONDS}
+                if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters else {})
+    try:
+        uvicorn.run("gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    reload=args.reload, reload_dirs=PACKAGE_DIRS if args.reload else None, access_log=False,
+                    log_level="warning", timeout_graceful_shutdown=10, **patience)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+WORKER_PING_SECONDS = 60
+
+
+def metrics_directory(workers: int) -> str | None:
+    """With several workers, `/metrics` adds up every worker's figures from files in `PROMETHEUS_MULTIPROC_DIR`
+    (gateway/metrics.py): a fresh directory of this run's (removed at the end) unless the operator named one,
+    set before any worker starts."""
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    directory = tempfile.mkdtemp(prefix="backsaas-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
 
 
 # -- parser -----------------------------------------------------------------------------------------
