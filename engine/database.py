@@ -122,6 +122,7 @@ class Database:
     _platform_pool: asyncpg.Pool | None = None  # the system tenant's requests
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _timeouts: dict[str, int] = field(default_factory=dict)  # tenant role -> its plan's statement timeout
+    _logins: tuple[str, str] | None = None  # the request pools' login URLs (tenants, platform), once prepared
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 5, gateway_url: str | None = None) -> Database:
@@ -179,7 +180,7 @@ class Database:
         if self._pool is None or self._platform_pool is None:
             async with self._pool_lock:
                 if self._pool is None or self._platform_pool is None:
-                    tenants, platform_login = await self.prepare_gateway_roles()
+                    tenants, platform_login = self._logins = await self.prepare_gateway_roles()
                     options: dict[str, Any] = {"connection_class": RoleConnection, "reset": keep_role}
                     if self._platform_pool is None:  # a pool made before a failure is kept, never made twice
                         self._platform_pool = await asyncpg.create_pool(driver_url(platform_login), min_size=1,
@@ -266,6 +267,28 @@ class Database:
             counts[name] = {"open": pool.get_size() if pool else 0, "idle": pool.get_idle_size() if pool else 0,
                             "max": most}
         return counts
+
+    async def probe(self) -> None:
+        """Raise unless a request would be served now: a NEW connection of each request pool's login (what a
+        pool makes when it grows or replaces a dead connection), switched to a tenant role as every request
+        is, runs a statement; so does the admin engine (tenant, key and keyring lookups). A connection held
+        since before the server began shutting down would still answer, which is why `/readyz` does not
+        rely on one."""
+        await self.pool()
+        assert self._logins is not None  # set by pool()
+        for login, role in ((self._logins[1], self.role(naming.SYSTEM_TENANT)), (self._logins[0], None)):
+            conn = await asyncpg.connect(driver_url(login), connection_class=RoleConnection)
+            try:
+                if role is not None:
+                    await conn.act_as(role, self.statement_timeout_ms)
+                await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close(timeout=1)
+        await self.ping()
+
+    def statement_timeout_of(self, role: str) -> int:
+        """The statement timeout a tenant role's requests run with (its plan's, else the default)."""
+        return self._timeouts.get(role, self.statement_timeout_ms)
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:

@@ -7,9 +7,15 @@ found, and rendered at the edge (HTTP, GraphQL, CLI); nobody compares message st
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import asyncpg
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Problem:
 class BackSaasError(Exception):
     code = "internal_error"
     status = 500
+    retry_after: int | None = None  # seconds, sent as `Retry-After` (a 429's window, a 503's pause)
 
     def __init__(self, message: str, *, details: list[Problem] | None = None, hint: str | None = None) -> None:
         super().__init__(message)
@@ -109,9 +116,19 @@ class TenantExists(BackSaasError):
     status = 409
 
 
+OUTAGE_RETRY_SECONDS = 2  # the `Retry-After` of a database outage: a restart takes seconds, a failover tens
+
+
 class DatabaseUnavailable(BackSaasError):
+    """The database cannot answer now (down, starting, shutting down, out of connections): a 503 that a
+    load balancer or a client retries, never a 500 (see `is_outage`)."""
+
     code = "database_unavailable"
     status = 503
+    retry_after = OUTAGE_RETRY_SECONDS
+
+    def __init__(self, message: str = "the database is unavailable; try again shortly", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
 
 
 class GatewayRoleUnavailable(BackSaasError):
@@ -291,6 +308,8 @@ class DatabaseError(BackSaasError):
         self.code = sqlstate
         self.status = status
         self.detail = detail
+        if status == 503:  # what a retry may fix: an outage, a serialization failure, a deadlock
+            self.retry_after = OUTAGE_RETRY_SECONDS if sqlstate == DatabaseUnavailable.code else 1
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.detail, "hint": self.hint}
@@ -321,22 +340,99 @@ SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23001": 409, "23502": 400, "2351
                    "21000": 400, "54001": 400, "54011": 400, "54023": 400}
 
 
-def database_error_of(exc: Exception) -> DatabaseError:
-    """`database_error` of an exception asyncpg raised (its SQLSTATE, message, detail and hint)."""
-    return database_error(getattr(exc, "sqlstate", None) or "XX000", exc.args[0] if exc.args else str(exc),
-                          getattr(exc, "detail", None), getattr(exc, "hint", None))
+# SQLSTATEs of a server that cannot answer now, whatever the statement: connection exceptions (class 08),
+# insufficient resources (53: too many connections, out of memory or disk), and operator intervention's
+# shutdowns (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now: starting or stopping)
+OUTAGE_CLASSES = ("08", "53")
+OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03"})
+# what a connection attempt to a server that is not there raises (besides ConnectionError and timeouts)
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                             errno.ENETUNREACH, errno.EPIPE, errno.ETIMEDOUT})
+# asyncpg's protocol found consuming an error, failed or terminating when a statement starts: the connection
+# was ended under it (states PROTOCOL_FAILED 1, PROTOCOL_ERROR_CONSUME 2, PROTOCOL_TERMINATING 4)
+_BROKEN_PROTOCOL = re.compile(r"cannot switch to state \d+; another operation \([124]\) is in progress")
+
+
+def is_outage_state(sqlstate: str | None) -> bool:
+    return bool(sqlstate) and (sqlstate in OUTAGE_STATES or sqlstate.startswith(OUTAGE_CLASSES))  # type: ignore[union-attr]
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an exception says the database cannot answer now, rather than that the request or the code
+    is wrong: a refused or broken connection, a closed one, a server starting, shutting down or out of
+    connections. Looks through what raised it (`__cause__`) and through SQLAlchemy's wrappers (`.orig`,
+    whose `sqlstate` asyncpg's adapted errors carry): the asyncpg dialect raises the generic `DBAPIError`
+    for CannotConnectNowError and AdminShutdownError."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, DatabaseUnavailable):
+            return True
+        if isinstance(error, DatabaseError):
+            return is_outage_state(error.code) or error.code == DatabaseUnavailable.code
+        if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if isinstance(error, OSError) and (error.errno in _NETWORK_ERRNOS
+                                           or (error.errno is None and str(error).startswith("Multiple exceptions"))):
+            return True  # asyncio's connect to every address of a host failed
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and is_outage_state(sqlstate):
+            return True
+        if getattr(error, "connection_invalidated", False):  # SQLAlchemy saw the connection die under it
+            return True
+        if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):  # "connection is closed"
+            return True
+        if isinstance(error, asyncpg.exceptions.InternalClientError) and _BROKEN_PROTOCOL.search(str(error)):
+            return True  # the server ended the idle connection (its FATAL 57P01 is being consumed) as it was used
+        pending += [getattr(error, "orig", None), error.__cause__]
+    return False
+
+
+@contextmanager
+def outages_as_unavailable() -> Iterator[None]:
+    """Around a database call: an outage (`is_outage`, or any OSError: here it can only be the connection's,
+    such as a missing unix socket) leaves as `DatabaseUnavailable` (503 with `Retry-After`); anything else
+    leaves as it came."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or is_outage(exc):
+            raise DatabaseUnavailable() from exc
+        raise
+
+
+def database_error_of(exc: BaseException) -> DatabaseError:
+    """`database_error` of an exception asyncpg raised, or of SQLAlchemy's wrapper of one (`.orig`): its
+    SQLSTATE, message, detail and hint. The one conversion of a database's refusal into the catalogue."""
+    source: Any = exc
+    if getattr(exc, "orig", None) is not None:  # SQLAlchemy's DBAPIError: the adapted error, then asyncpg's own
+        source = exc.orig.__cause__ if isinstance(getattr(exc.orig, "__cause__", None), asyncpg.PostgresError) \
+            else exc.orig
+    sqlstate = getattr(source, "sqlstate", None) or ("08006" if is_outage(exc) else "XX000")
+    message = source.args[0] if getattr(source, "args", None) else str(source)
+    return database_error(sqlstate, str(message), getattr(source, "detail", None), getattr(source, "hint", None))
 
 
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
     """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values
-    (class 22: invalid text, out of range, bad date), 503 for what a retry may fix. PostgreSQL's "Failing row
-    contains (...)" detail is dropped: it lists the whole row, columns the caller may not read included."""
+    (class 22: invalid text, out of range, bad date), 503 `database_unavailable` for an outage (classes 08
+    and 53, and 57P01-57P03: shutting down, crashed, starting), 503 for what a retry may fix. PostgreSQL's
+    "Failing row contains (...)" detail is dropped: it lists the whole row, columns the caller may not read
+    included."""
     if detail and detail.startswith("Failing row contains"):
         detail = None
     if sqlstate == "23514":
         return check_violation(message, detail)
-    status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else
-                                               503 if sqlstate.startswith(("08", "53")) else 500)
+    if is_outage_state(sqlstate):
+        return DatabaseError(DatabaseUnavailable.code, 503, "the database is unavailable; try again shortly",
+                             f"SQLSTATE {sqlstate}: {message}", hint or "retry after the Retry-After seconds")
+    status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else 500)
     if sqlstate == "57014":  # the statement ran past its statement_timeout (the plan's limit)
         return DatabaseError("statement_timeout", status, "the query ran longer than this tenant's plan allows and "
                              "was canceled", detail or message, hint or "ask for fewer rows or try again later")

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from engine.authz import Caller
-from engine.errors import BackSaasError, Forbidden, Problem, ValidationFailed
+from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, Problem, ValidationFailed, is_outage
 from engine.schema.model import HOOK_EVENTS, Schema
 from engine.storage.naming import SYSTEM_TENANT
 
@@ -325,6 +325,8 @@ async def call(fn: HookFunction, name: str, timeout: float, context: HookContext
     except BackSaasError:
         raise
     except Exception as exc:  # the operator's code failed: report which, log the trace, write nothing
+        if is_outage(exc):  # ...unless the database went away under it: a 503 to retry, like any request's
+            raise DatabaseUnavailable() from exc
         structlog.get_logger("backsaas.hooks").exception("hook.failed", hook=name)
         raise HookFailed(f"'{name}' failed: {type(exc).__name__}; nothing was written") from exc
 

@@ -18,6 +18,15 @@ it checked, with the name as the Host header and TLS server name, so a second DN
 is never used. What a tenant sees of a failure is its kind ("refused: destination not allowed",
 "could not connect", "HTTP 500"), never the server's internal detail (that goes to the server's log).
 
+The lease always outlasts a delivery: the whole attempt (secret lookup, request or hook) is bounded by
+`timeout`, and so is the recording of its outcome; a lease shorter than twice the timeout plus
+`LEASE_SLACK` is refused (`lease_for`), so an event is delivered twice only when a process dies or its
+outcome could not be recorded in time, never because a receiver was slow.
+
+Webhook signatures follow Stripe's scheme: `BackSaas-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
+"<t>.<body>" with the secret>`, the secret being the tenant's own, stored by the platform under the
+name the schema gives (`secret: NAME`, set with `set_webhook_secret`; engine/vault.py).
+
 Webhook signatures follow Stripe's scheme: `BackSaas-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>" with the secret>`, the secret being the tenant's own, stored by the platform under the
 name the schema gives (`secret: NAME`, set with `set_webhook_secret`; engine/vault.py).
@@ -47,7 +56,7 @@ import structlog
 from engine import catalog, vault
 from engine.authz import Caller
 from engine.database import Database, driver_url
-from engine.errors import BackSaasError
+from engine.errors import BackSaasError, InvalidInput, Problem
 from engine.hooks import Change, HookContext, call, resolve
 from engine.storage.deploy import OUTBOX_CHANNEL
 
@@ -163,6 +172,63 @@ def verify_signature(secret: str, header: str, body: bytes, tolerance: int = 300
     return abs(time.time() - timestamp) <= tolerance and hmac.compare_digest(expected, parts.get("v1", ""))
 
 
+DEFAULT_LEASE = 60.0
+DEFAULT_TIMEOUT = 10.0
+LEASE_SLACK = 1.0  # beyond the attempt and its recording (each at most `timeout`): the claim's own round trip
+SETTINGS_VARIABLES = {"base_delay": "BACKSAAS_OUTBOX_BASE_DELAY", "max_attempts": "BACKSAAS_OUTBOX_MAX_ATTEMPTS",
+                      "lease": "BACKSAAS_OUTBOX_LEASE", "timeout": "BACKSAAS_OUTBOX_TIMEOUT"}
+
+
+class OutboxMisconfigured(InvalidInput):
+    """Outbox settings that would deliver events twice by design (a lease shorter than a delivery) or that
+    are not numbers: refused when the server starts, before it serves anything."""
+
+    code = "outbox_misconfigured"
+
+
+def lease_for(timeout: float, lease: float | None = None) -> float:
+    """The lease of a claim: `lease` when a whole delivery fits in it (`shortest_lease`), else refused;
+    unset, 60 s or, for a longer timeout, the shortest lease that fits it."""
+    shortest = shortest_lease(timeout)
+    if lease is None:
+        return max(DEFAULT_LEASE, shortest)
+    if lease < shortest:
+        raise OutboxMisconfigured(
+            f"the outbox lease ({lease:g} s) is shorter than a delivery: the attempt and the recording of its outcome "
+            f"(each up to the delivery timeout, {timeout:g} s) and {LEASE_SLACK:g} s; a slow receiver would get "
+            "events twice",
+            details=[Problem(SETTINGS_VARIABLES["lease"], f"must be at least {shortest:g}")],
+            hint=f"set {SETTINGS_VARIABLES['lease']} to {shortest:g} or more, or leave it unset")
+    return lease
+
+
+def shortest_lease(timeout: float) -> float:
+    """The shortest lease a delivery fits in: its attempt and the recording of its outcome, each bounded by
+    `timeout`, and `LEASE_SLACK` for the claim itself."""
+    return 2 * timeout + LEASE_SLACK
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The dispatcher's settings from `BACKSAAS_OUTBOX_*` (those set), checked now: `serve` refuses to start
+    with a lease that a delivery can outlast."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    for key, name in SETTINGS_VARIABLES.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = int(text) if key == "max_attempts" else float(text)
+        except ValueError:
+            raise OutboxMisconfigured(f"{name} must be a number, not {text!r}",
+                                      details=[Problem(name, "is not a number")]) from None
+        if value <= 0:
+            raise OutboxMisconfigured(f"{name} must be positive", details=[Problem(name, "must be positive")])
+        settings[key] = value
+    lease_for(settings.get("timeout", DEFAULT_TIMEOUT), settings.get("lease"))
+    return settings
+
+
 @dataclass(frozen=True)
 class Event:
     id: str
@@ -190,16 +256,18 @@ class Outcome:
 
 class Dispatcher:
     """`concurrency` deliveries at once in this process, at most `per_tenant` of one tenant's (across
-    processes); `timeout` bounds a whole delivery. `allow_hosts` defaults to the environment's list;
-    `resolver` and `transport` are the network's edges (tests replace them)."""
+    processes); `timeout` bounds a whole delivery, and `lease` must outlast it (`lease_for`; unset, it
+    fits the timeout). `allow_hosts` defaults to the environment's list; `resolver` and `transport` are the
+    network's edges (tests replace them)."""
 
     def __init__(self, db: Database, registry: Any, *, max_attempts: int = 8, base_delay: float = 2.0,
-                 max_delay: float = 600.0, concurrency: int = 32, per_tenant: int = 4, lease: float = 60.0,
-                 timeout: float = 10.0, allow_hosts: Iterable[str] | None = None, resolver: Resolver = resolve_host,
+                 max_delay: float = 600.0, concurrency: int = 32, per_tenant: int = 4, lease: float | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, allow_hosts: Iterable[str] | None = None, resolver: Resolver = resolve_host,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.db, self.registry = db, registry
         self.max_attempts, self.base_delay, self.max_delay = max_attempts, base_delay, max_delay
-        self.concurrency, self.per_tenant, self.lease, self.timeout = concurrency, per_tenant, lease, timeout
+        self.concurrency, self.per_tenant, self.timeout = concurrency, per_tenant, timeout
+        self.lease = lease_for(timeout, lease)
         self.wake = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
         # no keep-alive: a pooled TLS connection is keyed by address, and must not serve another name
@@ -309,7 +377,10 @@ class Dispatcher:
     async def deliver(self, event: Event) -> None:
         started = time.perf_counter()
         try:
-            outcome = await (self.post(event) if event.kind == "webhook" else self.run_hook(event))
+            async with asyncio.timeout(self.timeout):  # the whole attempt, its secret or runtime lookup included
+                outcome = await (self.post(event) if event.kind == "webhook" else self.run_hook(event))
+        except TimeoutError:
+            outcome = Outcome(False, error=f"timed out after {self.timeout:g} s")
         except BackSaasError as exc:  # the engine's own errors say what went wrong in the tenant's terms
             outcome = Outcome(False, error=exc.message)
         except Exception:  # any other failure of one delivery is that delivery's outcome; detail to the log
@@ -377,7 +448,7 @@ class Dispatcher:
         else:
             values = {"status": "pending", "last_error": outcome.error,
                       "next_attempt_at": sa.func.now() + timedelta(seconds=self.backoff(event.attempts))}
-        async with self.db.begin() as conn:
+        async with asyncio.timeout(self.timeout), self.db.begin() as conn:  # within the lease (shortest_lease)
             await conn.execute(deliveries.insert().values(
                 event_id=event.id, tenant_id=event.tenant_id, attempt=event.attempts, succeeded=outcome.ok,
                 status_code=outcome.status_code, latency_ms=latency, error=outcome.error))

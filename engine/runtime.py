@@ -22,14 +22,13 @@ import asyncpg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog, onboarding
 from engine.authz import Authorizer
 from engine.changes import CREDENTIALS, ChangeHub, session_key, tell_interest, tenant_key
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SESSIONS_CHANNEL, SIGNING_KEYS_CHANGED
 from engine.database import Database, driver_url
-from engine.errors import DatabaseUnavailable, TenantNotFound, TenantSuspended
+from engine.errors import TenantNotFound, TenantSuspended, outages_as_unavailable
 from engine.identity.signing import Keyring, load_keyring
 from engine.plans import NO_PLAN, Plan
 from engine.query.plan import Relation, relations_of
@@ -259,8 +258,9 @@ class RuntimeRegistry:
                 del self._loads[key]
 
     async def _compile(self, slug: str, tenant_id: str) -> TenantRuntime:
-        async with self.db.engine.connect() as conn:
-            version = await catalog.current_version(conn, tenant_id)
+        with outages_as_unavailable():
+            async with self.db.engine.connect() as conn:
+                version = await catalog.current_version(conn, tenant_id)
         if version is None:  # the tenant was purged between the two reads
             raise TenantNotFound(f"no tenant '{slug}'")
         return await off_loop(TenantRuntime.compile, self.db, slug, tenant_id, version,
@@ -275,14 +275,12 @@ class RuntimeRegistry:
                   .scalar_subquery())
         plan = (sa.select(sa.func.to_jsonb(plans.table_valued(), type_=JSONB)).where(plans.c.code == tenants.c.plan)
                 .scalar_subquery())  # the whole row: engine.plans.Plan
-        try:
+        with outages_as_unavailable():
             async with self.db.engine.connect() as conn:
                 row = (await conn.execute(sa.select(tenants.c.id, tenants.c.status, latest.label("version"),
                                                     plan.label("plan"),
                                                     tenants.c.settings["cors"]["allowed_origins"].label("origins"))
                                           .where(tenants.c.slug == slug))).first()
-        except (OSError, OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if row is None:
             return None  # unknown slugs are not cached: anyone can ask for any number of them
         tenant_plan = Plan.from_row(row.plan) if isinstance(row.plan, dict) else NO_PLAN
@@ -324,13 +322,11 @@ class RuntimeRegistry:
         hashed = cache_key[1]
         generation = self._generation
         keys = catalog.platform_tables()["api_keys"]
-        try:
+        with outages_as_unavailable():
             async with self.db.engine.connect() as conn:
                 row = (await conn.execute(sa.select(keys.c.tenant_id, keys.c.role, keys.c.expires_at, keys.c.revoked_at,
                                                     keys.c.name)
                                           .where(keys.c.key_hash == hashed))).first()
-        except (OSError, OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         found = ApiKey(str(row.tenant_id), row.role, row.expires_at, row.revoked_at, row.name) if row else None
         if self._listener is not None and generation == self._generation and len(self._keys) < MAX_CACHED_KEYS:
             self._keys[cache_key] = found
@@ -352,12 +348,10 @@ class RuntimeRegistry:
             uuid.UUID(user_id)
         except ValueError:
             return None
-        try:
+        with outages_as_unavailable():
             async with self.db.engine.connect() as conn:
                 role = await conn.scalar(sa.select(members.c.role).where(members.c.tenant_id == tenant_id,
                                                                          members.c.user_id == user_id))
-        except (OSError, OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if self._listener is not None and generation == self._generation and len(self._members) < MAX_CACHED_KEYS:
             self._members[cache_key] = role
         return role
@@ -367,11 +361,9 @@ class RuntimeRegistry:
         if self._keyring is not None and self._listener is not None:
             return self._keyring
         generation = self._generation
-        try:
+        with outages_as_unavailable():
             async with self.db.engine.connect() as conn:
                 keyring = await load_keyring(conn, self.jwt_secret)
-        except (OSError, OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if self._listener is not None and generation == self._generation:
             self._keyring = keyring
         return keyring

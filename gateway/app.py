@@ -29,13 +29,14 @@ from starlette.websockets import WebSocket
 from engine import audit, catalog
 from engine.authz import unrestricted
 from engine.database import Database
-from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem, TooManyAttempts
+from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, is_outage
 from engine.gdpr import RestrictedUsers
 from engine.graphql.api import GraphQLApi
 from engine.identity.gotrue import AuthApi
 from engine.identity.throttle import LoginThrottle
 from engine.invoke import invoke
 from engine.outbox import Dispatcher, event_deliveries, list_events, redeliver
+from engine.outbox import settings_from_env as outbox_settings_from_env
 from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
@@ -68,7 +69,7 @@ class JSONResponse(Response):
 
 
 def error_response(error: BackSaasError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyAttempts) else None
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
     return JSONResponse(error.as_dict(), status_code=error.status, headers=headers)
 
 
@@ -80,14 +81,21 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+READY_SECONDS = 3.0  # a database slower than this to answer a probe is not ready either
+
+
 async def readyz(request: Request) -> Response:
+    """Ready when a request would be served: `Database.probe` opens new request connections and runs a
+    statement as a tenant role (a connection the process already holds keeps working while the server
+    shuts down and refuses every new one)."""
     db: Database = request.app.state.db
     try:
-        await db.ping()
-        await db.pool()  # made once per process; a request pool that cannot log in is not ready either
+        async with asyncio.timeout(READY_SECONDS):
+            await db.probe()
     except Exception as exc:  # any failure to reach the database means not ready; the reason is logged
-        log.warning("readyz.database_unreachable", error=str(exc))
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        log.warning("readyz.database_unreachable", error=f"{type(exc).__name__}: {exc}")
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503,
+                            headers={"Retry-After": str(DatabaseUnavailable.retry_after)})
     return JSONResponse({"status": "ok", "database": "ok", "connections": db.connection_counts()})
 
 
@@ -303,7 +311,12 @@ class TenantApp:
                 if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
                     await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
                 response = error_response(error)
-        except Exception:
+        except Exception as exc:
+            if is_outage(exc):  # the database went away under the request: a 503 to retry, not a bug
+                log.warning("request.database_unavailable", path=scope["path"], tenant=scope.get("backsaas.tenant"),
+                            error=f"{type(exc).__name__}: {exc}")
+                await error_response(DatabaseUnavailable())(scope, receive, send)
+                return
             log.exception("request.failed", path=scope["path"], tenant=scope.get("backsaas.tenant"))
             response = JSONResponse({"code": "internal_error", "message": "the server failed to answer this request",
                                      "details": None, "hint": None}, status_code=500)
@@ -502,12 +515,7 @@ def app_from_env() -> ASGIApp:
     from gateway.logs import configure_logging
 
     configure_logging()
-    outbox = {key: float(os.environ[name]) for key, name in (("base_delay", "BACKSAAS_OUTBOX_BASE_DELAY"),
-                                                             ("max_attempts", "BACKSAAS_OUTBOX_MAX_ATTEMPTS"),
-                                                             ("lease", "BACKSAAS_OUTBOX_LEASE"))
-              if os.environ.get(name)}
-    if "max_attempts" in outbox:
-        outbox["max_attempts"] = int(outbox["max_attempts"])
+    outbox = outbox_settings_from_env()  # `serve` checked them before starting: a lease a delivery outlasts is refused
     return create_app(os.environ["BACKSAAS_DATABASE_URL"], base_domain=os.environ.get("BASE_DOMAIN", "localhost"),
                       jwt_secret=os.environ.get("BACKSAAS_JWT_SECRET") or None,
                       redis_url=os.environ.get("REDIS_URL") or None, outbox=outbox)

@@ -25,11 +25,9 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from engine.authz import VIEWER, Caller
 from engine.changes import CREDENTIALS, session_key, tenant_key
-from engine.errors import BackSaasError, DatabaseUnavailable, TenantNotFound, Unauthorized
+from engine.errors import BackSaasError, TenantNotFound, Unauthorized, outages_as_unavailable
 from engine.identity import sessions
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
@@ -102,11 +100,9 @@ async def session_live(registry: RuntimeRegistry, tenant_id: str, session_id: st
         uuid.UUID(tenant_id), uuid.UUID(session_id)
     except ValueError:
         return False
-    try:
+    with outages_as_unavailable():
         async with registry.db.engine.connect() as conn:
             return await sessions.is_live(conn, tenant_id, session_id)
-    except (OSError, OperationalError, InterfaceError) as exc:
-        raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
 
 
 async def stream_guard(registry: RuntimeRegistry, runtime: TenantRuntime, headers: Mapping[str, str], caller: Caller,

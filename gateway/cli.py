@@ -43,6 +43,7 @@ from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_d
 from engine.errors import BackSaasError, MigrationRefused, Problem, SchemaInvalid, TenantNotFound
 from engine.hooks import use_functions_dir
 from engine.identity.signing import rotate_signing_key
+from engine.outbox import settings_from_env as outbox_settings_from_env
 from engine.schema import load_schema, load_schema_file
 from engine.storage.deploy import Deployment, PlannedDeploy, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
@@ -526,6 +527,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     ensure_port_free(args.host, args.port)
+    outbox_settings_from_env()  # a misconfigured outbox (a lease a delivery outlasts) stops it before anything starts
     if args.functions_dir:  # in the environment, so that every worker process loads the same directory
         use_functions_dir(args.functions_dir)
     url = database_url(create=True)

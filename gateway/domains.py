@@ -15,12 +15,11 @@ import ipaddress
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import catalog
 from engine.changes import tenant_key
 from engine.channels import DOMAINS_CHANGED
-from engine.errors import DatabaseUnavailable
+from engine.errors import outages_as_unavailable
 
 MAX_CACHED_HOSTS = 10_000
 
@@ -66,12 +65,10 @@ class CustomDomains:
         elif host in self._hosts:
             return self._hosts[host]
         domains, tenants = catalog.platform_tables()["tenant_domains"], catalog.platform_tables()["tenants"]
-        try:
+        with outages_as_unavailable():
             async with registry.db.engine.connect() as conn:
                 slug = await conn.scalar(sa.select(tenants.c.slug).join(domains, domains.c.tenant_id == tenants.c.id)
                                          .where(domains.c.domain == host, domains.c.verified_at.is_not(None)))
-        except (OSError, OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable("the database cannot be reached; try again shortly") from exc
         if registry.changes.listening and not self._changed.is_set():
             if len(self._hosts) >= MAX_CACHED_HOSTS:
                 self._hosts.clear()

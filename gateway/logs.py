@@ -1,5 +1,11 @@
 """Structured logs on stderr: JSON lines, except readable `key=value` lines when stderr is a terminal;
-`BACKSAAS_LOG_FORMAT=json|console` chooses either way (e.g. JSON in a terminal to pipe into `jq`)."""
+`BACKSAAS_LOG_FORMAT=json|console` chooses either way (e.g. JSON in a terminal to pipe into `jq`).
+
+A line logged with an exception (`log.exception`, `exc_info=...`) carries it: in JSON as `exception`, a
+list of `{exc_type, exc_value, frames: [{filename, lineno, name}]}` (the exception and what caused it),
+with the request's `request_id` beside it, so a 500 can be diagnosed from the log alone. Local variables
+are never written (they hold passwords, tokens and rows).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +23,15 @@ def configure_logging(level: str | None = None, stream: TextIO | None = None) ->
     chosen = os.environ.get("BACKSAAS_LOG_FORMAT", "").lower()
     console = chosen == "console" or (chosen != "json" and sys.stderr.isatty())
     renderer = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    # the console renderer formats exceptions itself; JSON gets them as data, before it is rendered
+    exceptions = [] if console else [structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False))]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *exceptions,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),

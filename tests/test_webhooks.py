@@ -105,7 +105,8 @@ class Gateway:
         port = free_port()
         env = {**os.environ, "BACKSAAS_DATABASE_URL": self.database_url, "BACKSAAS_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
                "BACKSAAS_OUTBOX_BASE_DELAY": "0.2", "BACKSAAS_OUTBOX_MAX_ATTEMPTS": "100", "BACKSAAS_LOG_LEVEL": "warning",
-               "BACKSAAS_OUTBOX_LEASE": "3"}  # an event claimed by the stopped gateway is retaken within the wait
+               "BACKSAAS_OUTBOX_LEASE": "3",  # an event claimed by the stopped gateway is retaken within the wait
+               "BACKSAAS_OUTBOX_TIMEOUT": "1"}  # which a delivery fits in: its attempt and its recording, 1 s each
         self.process = subprocess.Popen([sys.executable, "-m", "uvicorn", "gateway.app:app_from_env", "--factory",
                                          "--port", str(port), "--log-level", "warning"], env=env)
         self.url = f"http://127.0.0.1:{port}"
