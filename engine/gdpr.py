@@ -173,8 +173,8 @@ async def platform_records(conn: AsyncConnection, tenant_id: str, user_id: str) 
         "consents": await consent_state(conn, tenant_id, user_id),
         "privacy_requests": await rows(requests, lambda c: (c.tenant_id == tenant_id, c.user_id == user_id)),
         "privacy_flags": flag_rows[0] if flag_rows else {"restricted": False, "objected": False},
-        "audit": await rows(audit_log, lambda c: (c.tenant_id == tenant_id,
-                                                  sa.or_(c.record_id == user_id, c.actor_id == user_id))),
+        "audit": await rows(audit_log, lambda c: (c.tenant_id == tenant_id, sa.or_(
+            c.record_id == user_id, c.actor_id == user_id, *([c.user_id == user_id] if "user_id" in c else [])))),
     }
 
 

@@ -17,6 +17,7 @@ from engine.database import Database
 from engine.storage import naming
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
+from functions.users import create_platform_admin
 from tests.server import running_gateway
 
 SCHEMA = """
@@ -64,6 +65,7 @@ async def keys(db: Database) -> dict[str, str]:
         await create_tenant(db, slug, source=SCHEMA)
         for role in ("anon", "service"):
             made[f"{slug}_{role}"] = (await create_api_key(db, slug, role, role)).key
+    await create_platform_admin(db, "root@platform.example", PASSWORD)
     return made
 
 
@@ -238,9 +240,35 @@ def test_a_restricted_users_writes_are_refused_until_lifted(base, keys, people):
     graphql = httpx.post(f"{api(base)}/graphql/v1", headers=bearer(dan),
                          json={"query": 'mutation { insert_contact_one(object: {label: "y"}) { id } }'})
     assert "processing_restricted" in graphql.text
+    account = httpx.put(f"{api(base)}/auth/v1/user", json={"data": {"full_name": "D"}}, headers=bearer(dan))
+    assert account.status_code == 403 and account.json()["code"] == "processing_restricted"
     assert httpx.get(f"{api(base)}/rest/v1/contact", headers=bearer(dan)).status_code == 200  # reads go on
     complete(base, keys, file_request(base, dan, "lift_restriction"))
     assert httpx.post(f"{api(base)}/rest/v1/contact", json={"label": "x"}, headers=bearer(dan)).status_code == 201
+
+
+def test_a_platform_admin_processes_requests_from_the_platform_and_strangers_cannot(base, keys):
+    fay = sign_up(base, keys, "fay@example.com")
+    request = file_request(base, fay, "objection")
+    root = httpx.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
+                      json={"email": "root@platform.example", "password": PASSWORD}).json()
+    stranger = httpx.post(f"{base}/api/platform/auth/v1/signup",
+                          json={"email": "sid@platform.example", "password": PASSWORD}).json()
+    payload = {"tenant": "crm", "request": request["id"], "decision": "complete"}
+    for session, status in ((stranger, 403), (None, 403)):
+        refused = httpx.post(f"{base}/api/platform/functions/v1/process_privacy_request", json=payload,
+                             headers=bearer(session) if session else {})
+        assert refused.status_code in (status, 401), refused.text
+    no_reason = httpx.post(f"{base}/api/platform/functions/v1/process_privacy_request",
+                           json={**payload, "decision": "reject"}, headers=bearer(root))
+    assert no_reason.status_code == 422 and no_reason.json()["details"][0]["field"] == "reason"
+    done = httpx.post(f"{base}/api/platform/functions/v1/process_privacy_request", json=payload, headers=bearer(root))
+    assert done.status_code == 200 and done.json()["status"] == "completed", done.text
+    assert done.json()["result"] == {"objected": True}
+    listed = httpx.get(f"{base}/api/platform/rest/v1/privacy_requests", params={"id": f"eq.{request['id']}"},
+                       headers=bearer(root)).json()
+    assert listed[0]["status"] == "completed"
+    assert httpx.get(f"{base}/api/platform/rest/v1/privacy_requests", headers=bearer(stranger)).json() == []
 
 
 async def test_an_objection_is_recorded_and_requests_are_processed_at_once_when_the_tenant_says_so(base, keys, people, db):

@@ -28,7 +28,7 @@ from engine import audit, onboarding
 from engine.answer import Answer
 from engine.authz import Caller
 from engine.database import Database, quote_identifier
-from engine.errors import AuthFailed, InvalidBody, Problem, Unauthorized, ValidationFailed
+from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
 from engine.identity.passwords import hash_password, password_problems, verify_password
 from engine.identity.signing import ACCESS_TOKEN_SECONDS, AUDIENCE, Keyring
@@ -285,6 +285,8 @@ class AuthApi:
 
     async def update_user(self, body: dict[str, Any]) -> dict[str, Any]:
         caller = self.signed_in()
+        if caller.restricted:  # GDPR restriction (engine/gdpr.py): their data is read-only, the account too
+            raise ProcessingRestricted("the processing of this user's data is restricted: it is read-only")
         changes: dict[str, Any] = dict(self.metadata_values(body.get("data")))
         if "email" in body:
             email = body["email"]
