@@ -18,6 +18,9 @@ from the named default below, and both dialects use the same checks:
   timeout is the backstop), but the nested fan-out that multiplies rows is what it refuses.
 - `max_body_items`: the objects one write may carry (REST bulk insert, GraphQL `objects` with their
   nested inserts, `updates`), refused with 413 `too_many_items` before any validation work.
+- `max_body_bytes`: the bytes of one request body on every surface that reads one (REST, GraphQL,
+  functions, auth), refused with 413 `body_too_large` by the gateway before the body is read whole or
+  parsed (gateway/bodies.py): by its `Content-Length`, else counted as it streams in.
 
 Plus fixed bounds that protect the parser and PostgreSQL rather than the plan: `MAX_SELECT_ITEMS` (a
 SELECT takes at most 1,664 entries) and `MAX_CONDITION_DEPTH` (nested `and(`/`or(`). Large bodies are
@@ -41,6 +44,7 @@ DEFAULT_MAX_EMBED_DEPTH = 8  # relation levels below the root
 DEFAULT_MAX_ROWS = 1000  # rows of any one array (Supabase's default `max_rows`)
 DEFAULT_MAX_REQUEST_ROWS = 100_000  # estimated rows of a whole request
 DEFAULT_MAX_BODY_ITEMS = 1000  # objects in one write
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # bytes of one request body (10 MiB)
 ASSUMED_LIST_ROWS = 25  # what an array without a limit counts for in the estimate
 MAX_SELECT_ITEMS = 1000  # items of one select= (PostgreSQL: at most 1,664 target entries per SELECT)
 MAX_CONDITION_DEPTH = 16  # parentheses nested in one or=/and= (each is a recursive parse and SQL level)
@@ -59,6 +63,7 @@ class Bounds:
     max_rows: int = DEFAULT_MAX_ROWS
     max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS
     max_body_items: int = DEFAULT_MAX_BODY_ITEMS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @classmethod
     def of_plan(cls, limits: Mapping[str, Any] | None) -> Bounds:
@@ -71,7 +76,7 @@ class Bounds:
         if known is not None and known[0] is limits:  # the entry holds the object, so its id is not reused
             return known[1]
         chosen: dict[str, int] = {}
-        for name in ("max_embed_depth", "max_rows", "max_request_rows", "max_body_items"):
+        for name in ("max_embed_depth", "max_rows", "max_request_rows", "max_body_items", "max_body_bytes"):
             value = limits.get(name)
             if value is None:
                 continue

@@ -46,6 +46,7 @@ from gateway import metrics
 from gateway.access import AccessLog
 from gateway.audit import EXPORT_PATH, audit_export
 from gateway.auth import authenticate
+from gateway.bodies import read_body
 from gateway.branding import branding_json, branding_stylesheet
 from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.domains import CustomDomains, host_of
@@ -127,14 +128,6 @@ TENANTS_BASE = "/api/tenants/"
 REST_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
 
 
-MAX_BODY = 10 * 1024 * 1024
-
-
-class PayloadTooLarge(BackSaasError):
-    code = "payload_too_large"
-    status = 413
-
-
 class RawResponse:
     """An ASGI response from the engine's (status, headers, body), with nothing computed on the way."""
 
@@ -159,19 +152,6 @@ def request_headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
 async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> Response | RawResponse:
     """`/rest/v1/{entity}`: the HTTP request handed to the engine's REST dialect, its answer handed back."""
     if request.method not in REST_METHODS:
@@ -182,7 +162,7 @@ async def rest_entity(request: Request, runtime: TenantRuntime, entity: str) -> 
     if request.method == "GET" and "text/event-stream" in headers.get("accept", ""):
         return await event_stream(request, runtime, entity)
     api = RestApi(runtime, request.app.state.db, request.scope["backsaas.caller"], limits=request.scope["backsaas.limits"])
-    body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
+    body = b"" if request.method in ("GET", "HEAD") else await read_body(request)
     result = await api.handle(request.method, entity, request.scope["query_string"], headers, body)
     return RawResponse(result.status, result.headers, result.body)
 
@@ -194,7 +174,7 @@ async def auth_endpoint(request: Request, runtime: TenantRuntime, route: str) ->
     client = request.scope.get("client")
     api = AuthApi(runtime, request.app.state.db, await registry.keyring(), request.app.state.throttle,
                   request.scope["backsaas.caller"], client[0] if client else None)
-    body = b"" if request.method in ("GET", "HEAD") else await read_body(request.receive)
+    body = b"" if request.method in ("GET", "HEAD") else await read_body(request)
     result = await api.handle(request.method, route, request.scope["query_string"], headers, body)
     return RawResponse(result.status, result.headers, result.body)
 
@@ -208,7 +188,7 @@ async def graphql_endpoint(request: Request, runtime: TenantRuntime) -> Response
             and wants_html(request.headers.get("accept", "")):
         return HTMLResponse(graphiql_page(runtime.slug))
     api = GraphQLApi(runtime, request.app.state.db, request.scope["backsaas.caller"], request.scope["backsaas.limits"])
-    body = await read_body(request.receive) if request.method == "POST" else b""
+    body = await read_body(request) if request.method == "POST" else b""
     result = await api.handle(request.method, request.query_params, body)
     return RawResponse(result.status, result.headers, result.body)
 
@@ -219,7 +199,7 @@ async def function_endpoint(request: Request, runtime: TenantRuntime, name: str)
         return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
                              "details": None, "hint": "use POST"}, status_code=405, headers={"Allow": "POST"})
     status, body = await invoke(runtime, request.app.state.db, request.scope["backsaas.caller"], name,
-                                await read_body(request.receive))
+                                await read_body(request))
     return RawResponse(status, [("Content-Type", "application/json")] if body else [], body)
 
 

@@ -310,7 +310,7 @@ def test_supabase_sdk_reads_embeds_and_writes(base, seeded, keys):
 def test_oversized_bodies_and_unsupported_methods_are_refused(http, base):
     too_big = http.post(f"{base}/api/tenants/blog/rest/v1/post", content=b"[" + b" " * (11 * 1024 * 1024) + b"]",
                          headers={"Content-Type": "application/json"})
-    assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
+    assert too_big.status_code == 413 and too_big.json()["code"] == "body_too_large"
     put = http.put(f"{base}/api/tenants/blog/rest/v1/post", json={})
     assert put.status_code == 405 and "PATCH" in put.headers["allow"]
 

@@ -1,0 +1,109 @@
+"""A body larger than the tenant's plan allows (`limits.max_body_bytes`, default 10 MiB) is refused with 413
+`body_too_large` before it is read whole or parsed, on every surface that reads a JSON body (REST, GraphQL,
+functions, auth): at once by its `Content-Length`, else as soon as a chunked body passes the limit."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from engine import catalog
+from engine.database import Database
+from engine.limits import DEFAULT_MAX_BODY_BYTES
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from tests.server import running_gateway
+
+SCHEMA = """
+name: notes
+entities:
+  note:
+    fields:
+      text: {type: text}
+    permissions:
+      read: {anon: all}
+      create: {anon: all}
+functions:
+  whoami:
+    handler: examples.whoami
+    roles: [anon]
+"""
+LIMIT = 2000  # the small plan's max_body_bytes
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> dict[str, str]:
+    plans = catalog.platform_tables()["plans"]
+    async with db.begin() as conn:
+        await conn.execute(plans.insert().values(code="tiny_bodies", name="Tiny bodies",
+                                                 limits={"max_body_bytes": LIMIT}))
+    await create_tenant(db, "roomy", source=SCHEMA)
+    await create_tenant(db, "tiny", source=SCHEMA, plan="tiny_bodies")
+    return {slug: (await create_api_key(db, slug, "anon", "anon")).key for slug in ("roomy", "tiny")}
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        yield url
+
+
+def notes(n: int) -> bytes:
+    """A JSON array of n notes of 100 characters: about 113 bytes each."""
+    return b"[" + b",".join(b'{"text": "' + b"x" * 100 + b'"}' for _ in range(n)) + b"]"
+
+
+def chunks(body: bytes, size: int = 500) -> Iterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+def test_a_body_within_the_plans_limit_is_written(base, keys):
+    body = notes(15)
+    assert len(body) < LIMIT
+    answer = httpx.post(f"{base}/api/tenants/tiny/rest/v1/note", content=body,
+                        headers={"apikey": keys["tiny"], "Content-Type": "application/json"})
+    assert answer.status_code == 201
+
+
+@pytest.mark.parametrize("surface", ["rest/v1/note", "graphql/v1", "functions/v1/whoami", "auth/v1/signup"])
+def test_a_body_over_the_plans_limit_is_413_on_every_surface(base, keys, surface):
+    answer = httpx.post(f"{base}/api/tenants/tiny/{surface}", content=notes(40),
+                        headers={"apikey": keys["tiny"], "Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert answer.json()["code"] == "body_too_large" and answer.json()["details"][0]["path"] == "body"
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(base, keys):
+    answer = httpx.post(f"{base}/api/tenants/tiny/rest/v1/note", content=chunks(notes(40)),
+                        headers={"apikey": keys["tiny"], "Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["code"] == "body_too_large"
+    count = httpx.get(f"{base}/api/tenants/tiny/rest/v1/note", headers={"apikey": keys["tiny"], "Prefer": "count=exact"})
+    assert count.headers["content-range"].endswith("/15")  # only the first test's notes: nothing half-written
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(base, keys):
+    """The server answers 413 after the headers alone: it never waits for (or reads) the 5 GB declared."""
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(f"POST /api/tenants/roomy/rest/v1/note HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                           f"apikey: {keys['roomy']}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {5 * 1024 ** 3}\r\n\r\n[".encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += connection.recv(65536)
+    assert response.startswith(b"HTTP/1.1 413")
+
+
+def test_the_default_limit_is_10_mib_and_other_plans_keep_it(base, keys):
+    assert DEFAULT_MAX_BODY_BYTES == 10 * 1024 * 1024
+    fits_roomy = httpx.post(f"{base}/api/tenants/roomy/rest/v1/note", content=notes(40),
+                            headers={"apikey": keys["roomy"], "Content-Type": "application/json"})
+    assert fits_roomy.status_code == 201  # the tiny plan's limit is the tiny plan's alone
+    too_big = httpx.post(f"{base}/api/tenants/roomy/rest/v1/note", content=b"[" + b" " * DEFAULT_MAX_BODY_BYTES + b"]",
+                         headers={"apikey": keys["roomy"], "Content-Type": "application/json"})
+    assert too_big.status_code == 413 and too_big.json()["code"] == "body_too_large"
