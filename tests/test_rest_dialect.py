@@ -378,6 +378,14 @@ def test_a_form_body_is_one_object(http, shelves):
     http.delete("/shelf?label=eq.form%20one")
 
 
+def test_json_sent_as_a_form_by_curl_is_read_as_json(http, shelves):
+    """`curl -d '{...}'` labels any body a form: JSON under that type stays JSON."""
+    response = http.post("/shelf", content='{"label": "curl-json", "rank": 6}', headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Prefer": "return=representation"})
+    assert response.status_code == 201 and response.json()[0]["rank"] == 6, response.text
+    http.delete("/shelf?label=eq.curl-json")
+
+
 def test_an_unreadable_body_type_is_415(http, shelves):
     response = http.post("/shelf", content="<shelf/>", headers={"Content-Type": "application/xml"})
     assert response.status_code == 415 and response.json()["code"] == "PGRST102", response.text

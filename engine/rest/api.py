@@ -246,11 +246,10 @@ class RestApi:
 
     def body(self, entity: Entity, headers: Mapping[str, str], body: bytes) -> Any:
         """The body as JSON values: JSON, or CSV lines and form fields typed by their columns."""
-        payload = parse_body(headers.get("content-type", ""), body)
-        if headers.get("content-type", "").split(";")[0].strip().lower() in ("text/csv",
-                                                                             "application/x-www-form-urlencoded"):
-            columns = dict(self.runtime.columns[entity.name])
-            typed_objects = typed(payload if isinstance(payload, list) else [payload], columns)
+        payload, textual = parse_body(headers.get("content-type", ""), body)
+        if textual:
+            typed_objects = typed(payload if isinstance(payload, list) else [payload],
+                                  dict(self.runtime.columns[entity.name]))
             return typed_objects if isinstance(payload, list) else typed_objects[0]
         return payload
 

@@ -152,15 +152,20 @@ def json_body(body: bytes) -> Any:
         raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
 
 
-def parse_body(content_type: str, body: bytes) -> Any:
-    """The body as JSON values, whatever PostgREST would have taken it as."""
+def parse_body(content_type: str, body: bytes) -> tuple[Any, bool]:
+    """The body as JSON values, whatever PostgREST would have taken it as, and whether its values are
+    text to be typed by their columns (CSV, forms)."""
     media = content_type.split(";")[0].strip().lower()
     if media in ("", "application/json", "application/vnd.pgrst.object+json", "application/vnd.pgrst.object"):
-        return json_body(body)
+        return json_body(body), False
     if media == "text/csv":
-        return csv_body(body)
+        return csv_body(body), True
     if media == "application/x-www-form-urlencoded":
-        return form_body(body)
+        # curl -d sends this type for any body: JSON under it (a form's first key is a column name, never
+        # `{` or `[`) is read as JSON, so `curl -d '{...}'` keeps working as it always has here
+        if body.lstrip()[:1] in (b"{", b"["):
+            return json_body(body), False
+        return form_body(body), True
     raise UnsupportedMedia(f"Content-Type not acceptable: {media}",
                            hint="application/json, text/csv or application/x-www-form-urlencoded")
 
