@@ -729,3 +729,25 @@ def test_supabase_js_rest_client_in_node_calls_rpc_and_text_search(base, keys, s
     assert out["fts"] == ["alpha", "gamma"], out
     assert out["wfts"] == ["alpha"], out
     assert out["phfts"] == ["alpha"], out
+
+
+def test_patch_and_delete_take_limit_and_order_as_postgrest_12(http, shelves):
+    http.post("/shelf", json=[{"label": f"lim-{c}", "rank": 70} for c in "abcd"])
+    patched = http.patch("/shelf?rank=eq.70&order=label.desc&limit=2&select=label",
+                         headers={"Prefer": "return=representation"}, json={"rank": 71})
+    assert labels(patched.json()) == ["lim-d", "lim-c"], patched.text
+    deleted = http.delete("/shelf?rank=eq.70&order=label&limit=1&offset=1&select=label",
+                          headers={"Prefer": "return=representation"})
+    assert labels(deleted.json()) == ["lim-b"]
+    assert labels(http.get("/shelf?label=like.lim-*&order=label&select=label").json()) == ["lim-a", "lim-c", "lim-d"]
+    http.delete("/shelf?label=like.lim-*")
+
+
+def test_a_limited_patch_reaches_only_rows_in_the_scope(base, people):
+    ann, bob = people["ann"], people["bob"]
+    httpx.post(f"{base}/rest/v1/doc", headers=ann["headers"], json={"title": "ann limited", "rank": 90})
+    response = httpx.patch(f"{base}/rest/v1/doc?rank=eq.90&order=title&limit=5", headers=bob["headers"],
+                           json={"title": "bob was here"})
+    assert response.status_code == 204 and response.headers["content-range"] == "*/*", response.text
+    mine = httpx.get(f"{base}/rest/v1/doc?rank=eq.90&select=title", headers=ann["headers"]).json()
+    assert mine == [{"title": "ann limited"}]

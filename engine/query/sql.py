@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -422,7 +422,10 @@ def _written(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan,
              representation: bool) -> sa.Select[Any]:
     table = tables[plan.entity]
     reach = plan.reach()
-    if reach is not None:
+    if plan.limit is not None or plan.offset is not None:  # PostgREST's limited PATCH/DELETE: the first rows
+        first = StatementBuilder(tables).rows(replace(plan, columns=(Column("id", "id"),), embeds=(), aggregates=()))
+        statement = statement.where(table.c.id.in_(sa.select(first.subquery().c.id)))
+    elif reach is not None:
         statement = statement.where(condition_sql(reach, table, tables))
     written = statement.returning(*(table.c if representation else [table.c.id])).cte("written")
     return body_select(StatementBuilder(tables), returned, written, representation=representation, written=written)

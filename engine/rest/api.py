@@ -417,6 +417,9 @@ class RestApi:
     async def hooked_change(self, entity: Entity, action: str, params: list[tuple[str, str]],
                             headers: Mapping[str, str], patch: dict[str, Any] | None, media: str) -> Answer:
         plan, values = self.plan(entity, action, params)
+        if plan.limit is not None or plan.offset is not None:
+            raise QueryParseError(f"limit and offset on a {action} of '{entity.name}' are not supported: it has hooks",
+                                  hint="filter the rows to change instead")
         select = shaping(params)
         prefer = Prefer.parse(headers.get("prefer", ""))
         representation = prefer.returns("representation")
