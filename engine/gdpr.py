@@ -91,22 +91,27 @@ def anonymous(field: Field, table: sa.Table) -> sa.ColumnElement[Any] | None:
     if not field.required:
         return sa.null()
     token = sa.func.replace(sa.cast(table.c.id, sa.Text), "-", "")
+    column_type = table.c[field.column].type
     if field.type in ("string", "text"):
         value = (sa.literal("erased-") + token + f"@{ERASED_DOMAIN}" if field.format == "email" or field.name == "email"
                  else sa.literal("erased-") + token)
+        if field.min_length:  # the database checks it
+            value = sa.func.rpad(value, field.min_length, "0")
         return sa.func.left(value, field.max_length) if field.max_length else value
     if field.has_default and not isinstance(field.default, (dict, list, tuple)) and field.default != "now":
-        return sa.literal(field.default)
+        return sa.literal(field.default, type_=column_type)
+    lowest = field.minimum if field.minimum is not None else (
+        0 if field.maximum is None or field.maximum >= 0 else field.maximum)
     fixed: dict[str, Any] = {
-        "integer": field.minimum if field.minimum is not None else 0, "bigint": 0, "number": 0, "decimal": 0,
-        "boolean": False, "date": sa.text("DATE '1970-01-01'"), "datetime": sa.text("TIMESTAMPTZ '1970-01-01Z'"),
+        "integer": int(lowest), "bigint": int(lowest), "number": lowest, "decimal": lowest, "boolean": False,
+        "date": sa.text("DATE '1970-01-01'"), "datetime": sa.text("TIMESTAMPTZ '1970-01-01Z'"),
         "uuid": sa.text("'00000000-0000-0000-0000-000000000000'::uuid"),
         "json": sa.text("'{}'::jsonb"), "array": sa.text("'{}'"), "enum": field.values[0] if field.values else None,
     }
     value = fixed.get(field.type)
     if value is None:
         return None
-    return value if isinstance(value, sa.TextClause) else sa.literal(value)
+    return value if isinstance(value, sa.TextClause) else sa.literal(value, type_=column_type)
 
 
 async def as_tenant(conn: AsyncConnection, runtime: Any) -> None:

@@ -32,6 +32,8 @@ entities:
       nickname: {type: string, required: true, max_length: 60, pii: true}
       phone:    {type: string, max_length: 40, pii: true}
       prefs:    {type: json, pii: true}
+      tier:     {type: enum, values: [basic, gold], required: true, pii: true}
+      born:     {type: integer, minimum: 1900, required: true, pii: true}
       bio:      {type: text}
     permissions:
       read:   {authenticated: all}
@@ -116,8 +118,10 @@ def people(base: str, keys: dict[str, str]) -> dict[str, Any]:
     cat = sign_up(base, keys, CAT["email"], full_name=CAT["full_name"])
     dan = sign_up(base, keys, "dan@example.com", full_name="Daniel Other")
     cat_profile = post(base, cat, "profile", {"nickname": CAT["nickname"], "phone": CAT["phone"],
-                                              "prefs": {"diet": CAT["diet"]}, "bio": "plays guitar"})
-    dan_profile = post(base, dan, "profile", {"nickname": "Danno", "phone": "+1 555 0100"})
+                                              "prefs": {"diet": CAT["diet"]}, "bio": "plays guitar",
+                                              "tier": "gold", "born": 1987})
+    dan_profile = post(base, dan, "profile", {"nickname": "Danno", "phone": "+1 555 0100", "tier": "gold",
+                                              "born": 1990})
     contact = post(base, dan, "contact", {"email": CAT["email"], "label": "met at the conference"})
     dan_contact = post(base, dan, "contact", {"email": "dan@example.com", "label": "me"})
     note = post(base, dan, "note", {"profile_id": cat_profile["id"], "text": "ask about the tour"})
@@ -187,12 +191,14 @@ async def test_an_erasure_leaves_no_personal_value_and_keeps_referencing_rows_re
     assert done["status"] == "completed" and done["result"]["sessions_revoked"] >= 1
 
     assert await leftovers(db, "crm", values) == []
-    note = httpx.get(f"{api(base)}/rest/v1/note", params={"select": "id,text,profile(id,nickname,bio)"},
+    note = httpx.get(f"{api(base)}/rest/v1/note", params={"select": "id,text,profile(id,nickname,bio,tier,born,phone,prefs)"},
                      headers=bearer(dan))
     assert note.status_code == 200, note.text
     [row] = note.json()
     assert row["text"] == "ask about the tour" and row["profile"]["id"] == people["cat_profile"]["id"]
     assert row["profile"]["bio"] == "plays guitar" and row["profile"]["nickname"].startswith("erased-")
+    assert (row["profile"]["tier"], row["profile"]["born"], row["profile"]["phone"], row["profile"]["prefs"]) == \
+        ("basic", 1900, None, None)  # required fields get a fixed value, optional ones NULL
     dans = httpx.get(f"{api(base)}/rest/v1/profile", params={"id": f"eq.{people['dan_profile']['id']}"},
                      headers=bearer(dan)).json()
     assert dans[0]["nickname"] == "Danno" and dans[0]["phone"] == "+1 555 0100"  # nobody else's data changed
