@@ -7,9 +7,15 @@ pathological request, side by side in one run against one gateway process.
 B's load is `wrk` (GET of 10 rows, anon) when installed (`apt-get install wrk`), else an httpx loop; A's
 requests run in two concurrent loops for the whole window: a sign-in with a 20 KB email that a
 backtracking regex takes seconds on, a POST matching `^(a+)+$`, a YAML alias bomb sent to `plan_schema`, a
-200,000-object bulk insert, a nested embed that multiplies rows by 20 per level, and 40 webhooks to a
-receiver that answers after 8 s. The gateway runs with one worker: what blocks its event loop blocks
-everyone. Prints B's p50 and p99 per scenario and the p99's ratio to B alone (target: within 2x).
+200,000-object bulk insert, a nested embed that multiplies rows by 20 per level, 40 webhooks to a
+receiver that answers after 8 s, and last a flood of plain reads from as many clients as B has. The
+gateway runs with one worker: what blocks its event loop blocks everyone. Prints B's p50 and p99 per
+scenario and the p99's ratio to B alone (target: within 2x).
+
+Rate limits are on, as deployed: A is on the plan `--a-plan` (default `free`, whose per-minute window
+stops the flood with cheap 429s), B on `enterprise` (no windows); B's clients all come from this machine's
+address, so the anonymous per-address budget is raised for the run (`BACKSAAS_ANON_RATE_LIMIT`). With
+`--no-rate-limits` the gateway runs with `BACKSAAS_RATE_LIMITS=off`, to compare.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine import catalog
 from engine.database import Database
 from engine.storage.deploy import deploy_platform
 from functions.keys import create_api_key
@@ -75,6 +83,7 @@ entities:
 """
 ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n" \
              "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+FLOOD = "flood of plain reads"
 DEEP = "id," + "children(id,parent(id," * 3 + "id" + "))" * 3
 
 
@@ -98,11 +107,18 @@ def slow_receiver(delay: float) -> tuple[http.server.ThreadingHTTPServer, int]:
     return server, server.server_address[1]
 
 
-async def prepare(url: str, receiver: int) -> dict[str, str]:
+async def prepare(url: str, receiver: int, a_plan: str, a_rpm: int | None) -> dict[str, str]:
     db = await Database.connect(url)
     await deploy_platform(db)
-    await create_tenant(db, "quiet", source=TENANT_B)
-    await create_tenant(db, "noisy", source=TENANT_A.replace("RECEIVER", str(receiver)))
+    if a_rpm is not None:  # A's plan with a smaller minute window, so that a short run reaches it
+        plans = catalog.platform_tables()["plans"]
+        async with db.begin() as conn:
+            limits = await conn.scalar(sa.select(plans.c.limits).where(plans.c.code == a_plan))
+            await conn.execute(plans.insert().values(code="bench-a", name="Bench A",
+                                                     limits={**(limits or {}), "requests_per_minute": a_rpm}))
+        a_plan = "bench-a"
+    await create_tenant(db, "quiet", source=TENANT_B, plan="enterprise")
+    await create_tenant(db, "noisy", source=TENANT_A.replace("RECEIVER", str(receiver)), plan=a_plan)
     await create_platform_admin(db, "ops@example.com", PASSWORD)
     keys = {"a_service": (await create_api_key(db, "noisy", "bench", "service")).key}
     await db.close()
@@ -119,9 +135,10 @@ async def prepare(url: str, receiver: int) -> dict[str, str]:
     return keys
 
 
-def start_gateway(url: str, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(url: str, port: int, rate_limits: bool) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "error",
-           "BACKSAAS_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+           "BACKSAAS_WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "BACKSAAS_ANON_RATE_LIMIT": "10000000/minute",
+           "BACKSAAS_RATE_LIMITS": "on" if rate_limits else "off"}
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", "1"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -184,6 +201,7 @@ def attacks(base: str, keys: dict[str, str], admin_token: str) -> dict[str, Any]
         "20x fan-out embed": lambda c: c.get(f"{a}/rest/v1/node", params={"select": DEEP}),
         "40 webhooks, 8 s receiver": lambda c: c.post(f"{a}/rest/v1/hooked", headers=service,
                                                       json=[{"name": f"h{i}"} for i in range(40)]),
+        FLOOD: lambda c: c.get(f"{a}/rest/v1/node", params={"limit": "10"}),  # last: spends A's windows
     }
 
 
@@ -202,6 +220,9 @@ def main() -> None:
                                                                  "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--a-plan", default="free", help="tenant A's plan (its rate-limit windows apply)")
+    parser.add_argument("--a-rpm", type=int, help="A's plan with this requests_per_minute instead of its own")
+    parser.add_argument("--no-rate-limits", action="store_true", help="run the gateway with BACKSAAS_RATE_LIMITS=off")
     args = parser.parse_args()
     name = f"bench_noisy_{secrets.token_hex(3)}"
     admin_url = args.database_url.replace("+asyncpg", "")
@@ -218,9 +239,9 @@ def main() -> None:
     url = on(args.database_url, name)
     gateway = None
     try:
-        keys = asyncio.run(prepare(url, receiver_port))
+        keys = asyncio.run(prepare(url, receiver_port, args.a_plan, args.a_rpm))
         port = int(os.environ.get("BENCH_PORT", "8391"))
-        gateway = start_gateway(url, port)
+        gateway = start_gateway(url, port, not args.no_rate_limits)
         base = f"http://127.0.0.1:{port}"
         token = httpx.post(f"{base}/api/platform/auth/v1/token?grant_type=password",
                            json={"email": "ops@example.com", "password": PASSWORD}).json()["access_token"]
@@ -229,7 +250,8 @@ def main() -> None:
         rows = [("B alone", *alone, "")]
         for label, send in attacks(base, keys, token).items():
             stop, statuses = threading.Event(), []
-            threads = [threading.Thread(target=run_attack, args=(send, stop, statuses)) for _ in range(2)]
+            loops = args.connections if label == FLOOD else 2  # a flood is as many clients as B has
+            threads = [threading.Thread(target=run_attack, args=(send, stop, statuses)) for _ in range(loops)]
             for thread in threads:
                 thread.start()
             time.sleep(0.5)
@@ -239,7 +261,10 @@ def main() -> None:
                 thread.join(timeout=180)
             answered = ", ".join(f"{s}x{statuses.count(s)}" for s in sorted(set(statuses)))
             rows.append((f"while A: {label}", *figures, answered))
-        print(f"\nB: GET 10 rows, {args.connections} connections, {args.seconds:g} s per scenario, gateway 1 worker\n")
+        a_plan = args.a_plan + (f" at {args.a_rpm}/minute" if args.a_rpm is not None else "")
+        limited = "off" if args.no_rate_limits else f"on (A on plan {a_plan}, B on enterprise)"
+        print(f"\nB: GET 10 rows, {args.connections} connections, {args.seconds:g} s per scenario, gateway 1 worker, "
+              f"rate limits {limited}\n")
         print(f"{'scenario':40} {'B p50 ms':>9} {'B p99 ms':>9} {'p99 / alone':>12} {'B reqs':>7}  A's answers")
         for label, p50, p99, count, answered in rows:
             if not count:
