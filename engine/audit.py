@@ -193,6 +193,8 @@ async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, mod
     """Put the audit triggers on a tenant's tables, as the platform (a tenant's role may not: EXECUTE on
     the trigger function is the platform's alone), in the deploy's transaction."""
     script = triggers_sql(naming.schema_name(slug), str(tenant_id), model)
+    if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost
+        script += ";\nDROP TRIGGER IF EXISTS audit_log_notify_change ON system.audit_log"
     if script:
         driver = (await conn.get_raw_connection()).driver_connection
         await driver.execute(script)
@@ -218,13 +220,14 @@ REVOKE ALL ON {SCHEMA}.heads FROM PUBLIC;
 GRANT INSERT ON {SCHEMA}.context TO PUBLIC;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.digest(e system.audit_log) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT encode(sha256(convert_to(coalesce(e.prev_hash, '') || jsonb_build_object(
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN  -- plpgsql, not sql: its plan is kept for the session (a SQL function's is made again at every call)
+  RETURN encode(sha256(convert_to(coalesce(e.prev_hash, '') || jsonb_build_object(
     'seq', e.seq, 'chain', e.chain, 'at', (extract(epoch FROM e.created_at) * 1000000)::bigint,
     'action', e.action, 'entity', e.entity, 'record_id', e.record_id, 'user_id', e.user_id,
     'key_name', e.key_name, 'roles', e.roles, 'request_id', e.request_id, 'ip', e.ip,
-    'user_agent', e.user_agent, 'changes', e.changes, 'data', e.data)::text, 'UTF8')), 'hex')
-$$;
+    'user_agent', e.user_agent, 'changes', e.changes, 'data', e.data)::text, 'UTF8')), 'hex');
+END $$;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.append(entries jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -303,8 +306,9 @@ END $$;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.change(ctx jsonb, tenant uuid, entity text, action text, old jsonb, new jsonb,
                                            hidden jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT jsonb_build_object('user_id', ctx -> 'user_id', 'key_name', ctx -> 'key_name', 'roles', ctx -> 'roles',
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN jsonb_build_object('user_id', ctx -> 'user_id', 'key_name', ctx -> 'key_name', 'roles', ctx -> 'roles',
            'request_id', ctx -> 'request_id', 'ip', ctx -> 'ip', 'user_agent', ctx -> 'user_agent',
            'tenant_id', tenant, 'entity', entity, 'action', action, 'record_id', coalesce(new, old) -> 'id',
            'changes', coalesce((
@@ -312,8 +316,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                       'old', CASE WHEN hidden ? k AND old -> k <> 'null' THEN '"{REDACTED}"'::jsonb ELSE old -> k END,
                       'new', CASE WHEN hidden ? k AND new -> k <> 'null' THEN '"{REDACTED}"'::jsonb ELSE new -> k END))
                FROM jsonb_object_keys(coalesce(new, old)) k
-              WHERE k NOT IN ('updated_at') AND (old -> k) IS DISTINCT FROM (new -> k)), '{{}}'::jsonb))
-$$;
+              WHERE k NOT IN ('updated_at') AND (old -> k) IS DISTINCT FROM (new -> k)), '{{}}'::jsonb));
+END $$;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
