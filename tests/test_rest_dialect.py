@@ -751,3 +751,11 @@ def test_a_limited_patch_reaches_only_rows_in_the_scope(base, people):
     assert response.status_code == 204 and response.headers["content-range"] == "*/*", response.text
     mine = httpx.get(f"{base}/rest/v1/doc?rank=eq.90&select=title", headers=ann["headers"]).json()
     assert mine == [{"title": "ann limited"}]
+
+
+def test_the_openapi_document_lists_the_rpc_functions(http, shelves):
+    document = http.get("/").json()
+    numbers = document["paths"]["/rpc/numbers"]
+    assert set(numbers) == {"post", "get"} and numbers["get"]["parameters"][0]["name"] == "count"
+    assert set(document["paths"]["/rpc/stamp"]) == {"post"}
+    assert document["components"]["schemas"]["shelf"]["properties"]["price"]["anyOf"][0] == {"type": "number"}

@@ -6,10 +6,11 @@ them (`engine.validation`). Built once per runtime and base URL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from engine.runtime import TenantRuntime
-from engine.schema.model import Entity, visible_columns
+from engine.schema.model import Entity, ExposedFunction, thaw, visible_columns
 from engine.validation import entity_json_schema, field_json_schema
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -91,6 +92,31 @@ def entity_paths(entity: Entity) -> dict[str, Any]:
     }
 
 
+def rpc_paths(function: ExposedFunction) -> dict[str, Any]:
+    """`/rpc/{name}`: POST with the function's input as the body; GET with it as query arguments when the
+    schema marks the function read_only (PostgREST's STABLE functions)."""
+    name = function.name
+    schema = thaw(function.input) if function.input is not None else {}
+    schema = schema if isinstance(schema, dict) else {}
+    result = {"200": {"description": "what the function returns (a list takes select, filters, order, limit)",
+                      "content": {"application/json": {"schema": {}}}},
+              "204": {"description": "the function returned nothing"}}
+    shaping = [{"$ref": f"#/components/parameters/{p}"} for p in ("select", "order", "limit", "offset")]
+    paths: dict[str, Any] = {"post": {
+        "operationId": f"rpc_{name}", "tags": ["rpc"], "summary": function.description or f"call {name}",
+        "parameters": shaping,
+        "requestBody": {"required": False, "content": {"application/json": {"schema": schema or {"type": "object"}}}},
+        "responses": _responses(result, "400", "403", "404", "422")}}
+    if function.read_only:
+        arguments = [{"name": key, "in": "query", "required": key in schema.get("required", ()),
+                      "schema": value if isinstance(value, Mapping) else {}}
+                     for key, value in dict(schema.get("properties") or {}).items()]
+        paths["get"] = {"operationId": f"rpc_{name}_get", "tags": ["rpc"],
+                        "summary": function.description or f"call {name}", "parameters": [*arguments, *shaping],
+                        "responses": _responses(result, "400", "403", "404", "422")}
+    return paths
+
+
 PARAMETERS = {
     "select": {"name": "select", "in": "query", "schema": {"type": "string"},
                "description": "columns and embeds, e.g. id,title,author(name),comments(*)"},
@@ -124,6 +150,8 @@ def openapi_document(runtime: TenantRuntime, server_url: str) -> dict[str, Any]:
         schemas[f"{entity.name}_create"] = _body(entity_json_schema(entity, partial=False))
         schemas[f"{entity.name}_update"] = {**_body(entity_json_schema(entity, partial=True)), "minProperties": 1}
         paths[f"/{entity.name}"] = entity_paths(entity)
+    for function in runtime.model.functions:
+        paths[f"/rpc/{function.name}"] = rpc_paths(function)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"{runtime.slug} REST API", "version": str(runtime.version),
