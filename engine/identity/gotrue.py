@@ -21,13 +21,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import audit, onboarding
+from engine import audit, errors, onboarding
 from engine.answer import Answer
 from engine.authz import Caller
-from engine.database import Database, quote_identifier
+from engine.database import Database
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
 from engine.identity.passwords import hash_password, password_problems, verify_password
@@ -85,6 +85,14 @@ class AuthApi:
 
     async def handle(self, method: str, path: str, query: bytes, headers: Mapping[str, str],
                      body: bytes) -> Answer:
+        """Answer one request; the database's refusals leave as the catalogue's errors, as REST's do (a
+        statement past the plan's timeout is a 504, an outage a 503)."""
+        try:
+            return await self.route(method, path, query, headers, body)
+        except DBAPIError as exc:
+            raise errors.database_error_of(exc) from exc
+
+    async def route(self, method: str, path: str, query: bytes, headers: Mapping[str, str], body: bytes) -> Answer:
         params = dict(parse_qsl(query.decode("utf-8", "replace")))
         route = (method, path.strip("/"))
         if route == ("POST", "signup"):
@@ -120,8 +128,10 @@ class AuthApi:
 
     async def as_tenant(self, conn: AsyncConnection) -> None:
         """Each operation is one transaction (`db.begin()`); its statements on the tenant's tables run
-        between `as_tenant` and `as_platform`, under the tenant's own database role."""
-        await conn.execute(sa.text(f"SET LOCAL ROLE {quote_identifier(self.runtime.role)}"))
+        between `as_tenant` and `as_platform`, under the tenant's own database role and with the statement
+        timeout of its plan, as every other request of the tenant does (one round trip: `SET LOCAL` both)."""
+        await conn.execute(sa.text("SELECT set_config('role', :role, true), set_config('statement_timeout', :ms, true)"),
+                           {"role": self.runtime.role, "ms": str(self.db.statement_timeout_of(self.runtime.role))})
 
     @staticmethod
     async def as_platform(conn: AsyncConnection) -> None:
