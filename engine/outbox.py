@@ -53,7 +53,7 @@ import orjson
 import sqlalchemy as sa
 import structlog
 
-from engine import catalog, vault
+from engine import catalog, metering, vault
 from engine.authz import Caller
 from engine.database import Database, driver_url
 from engine.errors import BackSaasError, InvalidInput, Problem
@@ -263,8 +263,9 @@ class Dispatcher:
     def __init__(self, db: Database, registry: Any, *, max_attempts: int = 8, base_delay: float = 2.0,
                  max_delay: float = 600.0, concurrency: int = 32, per_tenant: int = 4, lease: float | None = None,
                  timeout: float = DEFAULT_TIMEOUT, allow_hosts: Iterable[str] | None = None, resolver: Resolver = resolve_host,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, meter: Any = None) -> None:
         self.db, self.registry = db, registry
+        self.meter = meter  # engine.metering.Meter: webhook deliveries and async hooks' rows, per tenant
         self.max_attempts, self.base_delay, self.max_delay = max_attempts, base_delay, max_delay
         self.concurrency, self.per_tenant, self.timeout = concurrency, per_tenant, timeout
         self.lease = lease_for(timeout, lease)
@@ -427,12 +428,19 @@ class Dispatcher:
             return Outcome(False, error=f"no hook '{event.target}' is installed on this server")
         runtime = await self.registry.get(event.slug)
         caller = Caller(tuple(event.caller.get("roles") or ("service",)), event.caller.get("user_id"))
-        async with self.db.as_role(runtime.role) as conn, conn.transaction():
-            context = HookContext(event.slug, caller, f"after_{event.action}", DataApi(runtime, self.db, caller, conn),
-                                  log.bind(tenant=event.slug, hook=event.target))
-            payload = event.payload
-            await call(fn, event.target, self.timeout, context,
-                       Change(event.entity, event.action, payload.get("record"), payload.get("old_record")))
+        usage = metering.RequestUsage(event.tenant_id)
+        token = metering.CURRENT.set(usage)  # the rows its ctx.data writes, counted once it commits
+        try:
+            async with self.db.as_role(runtime.role) as conn, conn.transaction():
+                context = HookContext(event.slug, caller, f"after_{event.action}",
+                                      DataApi(runtime, self.db, caller, conn), log.bind(tenant=event.slug, hook=event.target))
+                payload = event.payload
+                await call(fn, event.target, self.timeout, context,
+                           Change(event.entity, event.action, payload.get("record"), payload.get("old_record")))
+        finally:
+            metering.CURRENT.reset(token)
+        if self.meter is not None:
+            self.meter.add(event.tenant_id, "rows_written", usage.rows_written)
         return Outcome(True)
 
     def backoff(self, attempts: int) -> float:
@@ -454,6 +462,8 @@ class Dispatcher:
                 status_code=outcome.status_code, latency_ms=latency, error=outcome.error))
             await conn.execute(events.update().where(events.c.id == event.id, events.c.status == "delivering")
                                .values(locked_until=None, **values))
+        if outcome.ok and event.kind == "webhook" and self.meter is not None:
+            self.meter.add(event.tenant_id, "webhook_deliveries")
         log.info("outbox.delivered" if outcome.ok else "outbox.failed", event_id=event.id, tenant=event.slug,
                  attempt=event.attempts, status=values["status"], error=outcome.error)
 
@@ -496,3 +506,27 @@ async def redeliver(db: Database, slug: str, event_id: str) -> bool:
                                   .scalar_subquery())
             .values(status="pending", next_attempt_at=sa.func.now(), last_error=None))
     return result.rowcount == 1
+
+
+async def enqueue_platform_event(conn: Any, tenant_id: str, slug: str, name: str, data: Mapping[str, Any]) -> int:
+    """A platform event about a tenant (`quota.warning`, `billing.payment_failed`), put in the outbox in the
+    caller's transaction (an admin connection of the platform), once for each webhook the tenant's deployed
+    schema declares (each distinct URL and secret), so the tenant's receivers get it signed and retried like
+    any change. The row's entity is the event's name and its action `event` (a platform event, not a change
+    of a row); the body is `{id, tenant, event, at, ...data}`. Answers how many events were written (none
+    for a tenant without webhooks)."""
+    from engine.schema import load_schema  # a tenant's schema, parsed only when a platform event is sent
+
+    version = await catalog.current_version(conn, tenant_id)
+    if version is None:
+        return 0
+    model = load_schema(version.source, f"{slug} v{version.version}")
+    targets = list(dict.fromkeys((h.webhook, h.secret) for e in model.entities for h in e.hooks if h.webhook))
+    if not targets:
+        return 0
+    payload = {"tenant": slug, "event": name, "at": datetime.now(UTC).isoformat(), **data}
+    events = catalog.platform_tables()["events"]
+    await conn.execute(events.insert(), [
+        {"tenant_id": tenant_id, "entity": name, "action": "event", "kind": "webhook", "target": url,
+         "secret_name": secret, "payload": payload, "caller": {}} for url, secret in targets])
+    return len(targets)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects import postgresql
 
+from engine import metering, quotas
 from engine.authz import Caller, guard_user_fields
 from engine.database import quote_identifier
 from engine.errors import BackSaasError, ValidationFailed
@@ -98,6 +99,7 @@ class HookedWriter:
     # -- the three writes --
 
     async def insert(self, entity: Entity, objects: Sequence[Row]) -> list[Row]:
+        quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing
         hooks = compile_hooks(entity, "create")
         table = self.runtime.tables[entity.name]
         written = []
@@ -113,6 +115,7 @@ class HookedWriter:
                     self.as_json(table))
 
             written += await self.rows(("insert", entity.name, tuple(keys)), build, [orjson.dumps(values).decode()])
+        metering.wrote(len(written))
         await self.after(entity, hooks, "create", [(row, None) for row in written])
         return written
 
@@ -129,6 +132,7 @@ class HookedWriter:
         return await self.rows(("lock", entity.name, where), build, values)
 
     async def update(self, entity: Entity, olds: Sequence[Row], patch: Row) -> list[Row]:
+        quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
         hooks = compile_hooks(entity, "update")
         table = self.runtime.tables[entity.name]
         pairs = []
@@ -148,6 +152,7 @@ class HookedWriter:
             new = await self.rows(("update", entity.name, tuple(changes)), build,
                                   [orjson.dumps(changes).decode(), old["id"]])
             pairs += [(row, old) for row in new]
+            metering.wrote(len(new))
         await self.after(entity, hooks, "update", pairs)
         return [new for new, _ in pairs]
 
@@ -160,6 +165,7 @@ class HookedWriter:
             ids = sa.cast(sa.bindparam("v0", type_=postgresql.ARRAY(sa.Text())), postgresql.ARRAY(sa.Uuid()))
             compiled = self.compiled(("delete", entity.name), lambda: sa.delete(table).where(table.c.id == sa.any_(ids)))
             await self.conn.execute(compiled.sql, *compiled.arguments([[o["id"] for o in olds]]))
+            metering.wrote(len(olds))
         await self.after(entity, hooks, "delete", [(None, old) for old in olds])
 
     # -- after the write --

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import audit, catalog
+from engine import audit, catalog, quotas
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem
 from engine.hooks import HookContext, platform_function
@@ -108,6 +108,7 @@ async def invite(db: Database, slug: str, email: str, role: str, *, actor: Actor
                                     .where(memberships.c.tenant_id == tenant_id, users.c.email == email))
         if already is not None:
             raise MemberConflict(f"{email} is already a member of '{slug}'")
+        await quotas.check_members(conn, tenant_id)  # members and open invitations within the plan's `members`
         row = (await conn.execute(invitations.insert().values(
             tenant_id=tenant_id, email=email, role=role, token_hash=token_hash(token), invited_by_id=actor.user_id,
             expires_at=datetime.now(UTC) + INVITATION_TTL).returning(invitations.c.id, invitations.c.expires_at))).one()

@@ -35,7 +35,9 @@ from engine.graphql.api import GraphQLApi
 from engine.identity.gotrue import AuthApi
 from engine.identity.throttle import LoginThrottle
 from engine.invoke import invoke
+from engine.metering import Meter, metering_enabled
 from engine.outbox import Dispatcher, event_deliveries, list_events, redeliver
+from engine.quotas import QuotaBook
 from engine.outbox import settings_from_env as outbox_settings_from_env
 from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
@@ -52,6 +54,7 @@ from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.domains import CustomDomains, host_of
 from gateway.graphql_ws import serve_graphql_ws
 from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
+from gateway.meter import Metering, admit
 from gateway.privacy import PRIVACY_BASE, privacy_endpoint
 from gateway.ratelimit import RateLimits, with_headers
 from gateway.sse import event_stream
@@ -324,6 +327,7 @@ class TenantApp:
         scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan
         scope["backsaas.tenant"] = runtime.slug
         scope["backsaas.tenant_id"] = runtime.tenant_id
+        await admit(scope, runtime, request.method, scope["path"][len(scope["root_path"]):])  # quotas: 402 past one
         scope["backsaas.headers"] = headers = request_headers(scope)
         scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
                                                       tenant_from_header=scope.get("backsaas.tenant_header", False))
@@ -422,6 +426,17 @@ class TenantRouting:
         await self.starlette(scope, receive, send)
 
 
+async def start_meter(meter: Meter, book: QuotaBook) -> None:
+    """Start the meter's flusher, refreshing the quotas after each flush, and once now (a database that is
+    down now is tried again after the first flush)."""
+    meter.after_flush.append(book.refresh)
+    try:
+        await book.refresh()
+    except Exception as exc:  # the quotas start open; the next refresh, after the first flush, tries again
+        log.warning("quotas.refresh_failed", error=f"{type(exc).__name__}: {exc}")
+    meter.start()
+
+
 DISPATCHER_STOP_SECONDS = 5.0
 
 
@@ -443,9 +458,14 @@ async def stop_dispatcher(dispatcher: asyncio.Task[None]) -> None:
 
 def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret: str | None = None,
                redis_url: str | None = None, outbox: dict[str, Any] | None = None,
-               rate_limits: dict[str, Any] | None = None) -> ASGIApp:
+               rate_limits: dict[str, Any] | None = None, metering: dict[str, Any] | None = None) -> ASGIApp:
     """The gateway; `outbox` tunes its dispatcher (`Dispatcher`'s keyword arguments), `rate_limits` the rate
-    limiter (`RateLimits`' keyword arguments)."""
+    limiter (`RateLimits`' keyword arguments), `metering` the meter and quotas (`enabled`, default
+    `BACKSAAS_METERING`; `flush_seconds`; `QuotaBook`'s `soft_percent` and `measure_seconds`)."""
+    metering = dict(metering or {})
+    meter = Meter(None, metering.pop("flush_seconds", None)) if metering.pop("enabled", metering_enabled()) else None
+    book = QuotaBook(None, meter, **metering) if meter is not None else None
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database.open(database_url)
@@ -457,12 +477,17 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         app.state.outbox_metrics = metrics.OutboxCollector()  # /metrics reads the outbox's figures when scraped
         pools = asyncio.create_task(metrics.pool_recorder(db))
         await registry.start()
-        dispatcher = asyncio.create_task(Dispatcher(db, registry, **(outbox or {})).run())
+        if meter is not None and book is not None:
+            meter.db = book.db = db
+            await start_meter(meter, book)
+        dispatcher = asyncio.create_task(Dispatcher(db, registry, meter=meter, **(outbox or {})).run())
         log.info("gateway.started", database=db.name)
         try:
             yield
         finally:
             await stop_dispatcher(dispatcher)
+            if meter is not None:
+                await meter.close()  # what was counted since the last flush
             await registry.close()
             await app.state.rate_limits.close()
             pools.cancel()
@@ -487,7 +512,8 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         except BackSaasError:  # the database is down: the request itself answers 503, readably
             return ANY_ORIGIN
 
-    return AccessLog(CrossOrigin(metrics.RequestMetrics(routing), origins_of))
+    metered: ASGIApp = Metering(routing, meter, book) if meter is not None and book is not None else routing
+    return AccessLog(CrossOrigin(metrics.RequestMetrics(metered), origins_of))
 
 
 def app_from_env() -> ASGIApp:

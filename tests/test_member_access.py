@@ -41,7 +41,8 @@ NOTE_INSERT = 'mutation { insert_note_one(object: {text: "from graphql"}) { text
 async def world(db: Database, database_url: str) -> AsyncIterator[dict[str, Any]]:
     with running_gateway(database_url) as base:
         owner = sign_up(base, "owner@acme.example")
-        assert create_tenant(base, owner, "acme", initial_schema=SCHEMA)["status"] == "active"
+        # "pro": the free plan allows 2 members, this team has 4
+        assert create_tenant(base, owner, "acme", initial_schema=SCHEMA, plan="pro")["status"] == "active"
         members = {}
         for role in ("developer", "viewer", "watcher"):
             email = f"{role}@acme.example"

@@ -283,7 +283,7 @@ def test_a_deploy_swaps_the_runtime_under_load_without_a_failed_request(base):
 
 async def test_members_invitations_and_the_last_owner(base, db):
     owner = sign_up(base, "boss@team.example")
-    create_tenant(base, owner, "team")
+    create_tenant(base, owner, "team", plan="pro")  # four members: more than the free plan allows
     admin_invite = call(base, "invite_member", owner, tenant="team", email="adm@team.example", role="admin").json()
     assert call(base, "accept_invitation", None, token=admin_invite["token"], password=PASSWORD).status_code == 200
     reused = call(base, "accept_invitation", None, token=admin_invite["token"], password=PASSWORD)

@@ -73,7 +73,7 @@ async def world(db: Database, database_url: str) -> AsyncIterator[dict[str, Any]
     await create_platform_admin(db, ADMIN_EMAIL, PASSWORD)
     with running_gateway(database_url, outbox={"base_delay": 0.05}) as base:
         owner = sign_up(base, "owner@victim.example")
-        create_tenant(base, owner, "victim", initial_schema=VICTIM_SCHEMA)
+        create_tenant(base, owner, "victim", initial_schema=VICTIM_SCHEMA, plan="pro")  # 3 members
         invited = call(base, "invite_member", owner, tenant="victim", email="pat@victim.example", role="developer")
         assert call(base, "accept_invitation", None, token=invited.json()["token"], password=PASSWORD).status_code == 200
         pending = call(base, "invite_member", owner, tenant="victim", email="later@victim.example").json()

@@ -22,6 +22,7 @@ from graphql import GraphQLSchema
 from graphql.language import ast
 from sqlalchemy.dialects import postgresql
 
+from engine import metering, quotas
 from engine.authz import guard_user_fields
 from engine.errors import Forbidden, Problem, ValidationFailed
 from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error, as_list
@@ -52,14 +53,16 @@ class MutationRunner:
     async def run(self, operation: ast.OperationDefinitionNode) -> bytes:
         results: list[tuple[str, bytes]] = []
         try:
-            async with self.api.db.as_role(self.runtime.role) as conn, conn.transaction():
-                for field in self.api.compiler(self.schema, self.document, self.variables).fields(operation.selection_set):
-                    alias = field.alias.value if field.alias else field.name.value
-                    try:
-                        results.append((alias, await self.field(conn, field)))
-                    except GraphQLError as error:
-                        error.path = [alias]
-                        raise
+            with metering.rows_kept_on_success():  # GraphQL answers a rolled-back mutation with 200 and errors
+                async with self.api.db.as_role(self.runtime.role) as conn, conn.transaction():
+                    for field in self.api.compiler(self.schema, self.document, self.variables).fields(
+                            operation.selection_set):
+                        alias = field.alias.value if field.alias else field.name.value
+                        try:
+                            results.append((alias, await self.field(conn, field)))
+                        except GraphQLError as error:
+                            error.path = [alias]
+                            raise
         except asyncpg.PostgresError as exc:
             raise as_graphql_error(exc) from exc
         return b"{" + b",".join(orjson.dumps(alias) + b":" + value for alias, value in results) + b"}"
@@ -150,7 +153,9 @@ class MutationRunner:
         statement = insert_statement(table, list(columns), body, upsert, self.runtime.tables, many=False)
         compiled = compile_statement(statement.returning(sa.cast(table.c.id, sa.Text)))
         values = compiler.values.builder()(self.variables, self.caller.user_id)
+        quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing (engine/quotas.py)
         new_id = await conn.fetchval(compiled.sql, *compiled.arguments(values))
+        metering.wrote(int(new_id is not None))
         if new_id is None and upsert is not None and upsert.update and upsert.where is None:
             raise Forbidden(f"the {entity} row this insert conflicts with is outside what the caller may update")
         self.inserted += new_id is not None
@@ -249,7 +254,7 @@ class MutationRunner:
             plan = replace(plan.returned(plan.scope), limit=1)
             rows = builder.rows(plan, source=written).subquery()
             statement = sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text))
-            return await self.fetch(conn, compiler, statement)
+            return await self.fetch_written(conn, compiler, statement, written)
         parts, selection = self.response_parts(field, compiler)
         values: list[Any] = []
         for alias, what in parts:
@@ -264,7 +269,18 @@ class MutationRunner:
                 rows = builder.rows(plan, source=written).subquery()
                 values.append(sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY))
                               .scalar_subquery())
-        return await self.fetch(conn, compiler, sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text)))
+        return await self.fetch_written(conn, compiler, sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text)),
+                                        written)
+
+    async def fetch_written(self, conn: asyncpg.Connection, compiler: QueryCompiler, statement: sa.Select[Any],
+                            written: Any) -> bytes:
+        """`fetch` of a response over the `written` rows, counting them for the meter in the same statement."""
+        counted = sa.select(statement.scalar_subquery(), sa.select(sa.func.count()).select_from(written).scalar_subquery())
+        compiled = compile_statement(counted)
+        values = compiler.values.builder()(self.variables, self.caller.user_id)
+        row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
+        metering.wrote(row[1])
+        return (row[0] or "null").encode()
 
     async def locked(self, conn: asyncpg.Connection, compiler: QueryCompiler, entity: str, condition: Condition
                      ) -> tuple[HookedWriter, list[dict[str, Any]]]:
@@ -287,6 +303,7 @@ class MutationRunner:
         condition = self.scoped_where(compiler, entity, "update", where)
         changes = dict(args.get("_set") or {})
         increments = dict(args.get("_inc") or {})
+        quotas.guard_write("update")
         both = sorted(set(changes) & set(increments))
         if both:  # Hasura refuses it too: which one would win is not the caller's to guess
             raise GraphQLError("validation-failed", f"column found in multiple operators: {', '.join(both)}")

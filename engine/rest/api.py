@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import asyncpg
 import orjson
 
+from engine import metering, quotas
 from engine.answer import Answer
 from engine.authz import Caller, guard_user_fields
 from engine.authz.permissions import Permissions
@@ -326,16 +327,19 @@ class RestApi:
         arguments = [*values, orjson.dumps(objects).decode()]
         merge = upsert is not None and bool(upsert.update)
         expect = len(objects) if merge else None
+        quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing (engine/quotas.py)
         single = media == OBJECT
         row = None
         if representation:
             row = await self.run(compiled, arguments, single=single, expect=expect)
             first_id, written, inserted = row["first_id"], row["written"], row["inserted"]
+            metering.wrote(row["written"])
         else:  # the statement returns the new ids alone (no body to build)
             ids = await self.run(compiled, arguments, many=True, single=single, expect=expect)
             # a merge may have updated rows the caller may not read: their ids are not shown
             first_id, written = (ids[0]["id"] if ids and expect is None else None), len(ids)
             inserted = sum(1 for i in ids if i["inserted"])
+            metering.wrote(written)
         location = f"/{entity.name}?id=eq.{first_id}" if not isinstance(payload, list) and first_id else None
         status = 200 if merge and inserted == 0 else 201  # PostgREST: an upsert that only updated is 200
         return self.respond_write("create", media, prefer, written=written, row=row, status=status,
@@ -377,7 +381,9 @@ class RestApi:
             return returned, values, compiled
 
         _, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
+        quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
         row = await self.run(compiled, [*values, orjson.dumps(payload).decode()], single=media == OBJECT)
+        metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         return self.respond_write("update", media, prefer, written=row["written"], row=row)
 
     async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> Answer:
@@ -397,6 +403,7 @@ class RestApi:
 
         _, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
         row = await self.run(compiled, values, single=media == OBJECT)
+        metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         return self.respond_write("delete", media, prefer, written=row["written"], row=row)
 
     # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --

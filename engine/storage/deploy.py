@@ -312,6 +312,20 @@ END $$;
 RESET ROLE"""
 
 
+# Platform entities a release may reshape, dropping their old columns: rows the engine itself writes and
+# rebuilds (usage_daily went from a column per metric to a row per metric in issue 14). Any other destructive
+# step of a platform deploy is still refused.
+PLATFORM_RESHAPED = frozenset({"usage_daily"})
+
+
+async def only_reshapes(conn: AsyncConnection, db: Database, source: str) -> bool:
+    """Whether the platform deploy of `source` has destructive steps, all of them on `PLATFORM_RESHAPED`."""
+    new = load_schema(source, naming.SYSTEM_TENANT, tenant=False)
+    _, _, plan = await _plan(conn, db, naming.SYSTEM_TENANT, new, False)
+    destructive = [s for s in plan.steps if s.destructive]
+    return bool(destructive) and all(s.target.split(".", 1)[0] in PLATFORM_RESHAPED for s in destructive)
+
+
 async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
                           source: str | None = None) -> Deployment:
     """Deploy `platform.yaml` (or `source`) as the system tenant, creating its schema and row on the very first run."""
@@ -329,7 +343,8 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
             recorded = await catalog.record_version(conn, tenant.id, 1, source, [s.as_dict() for s in plan.steps], actor)
             deployment = Deployment(slug, 1, recorded.checksum, plan, changed=True)
         else:
-            deployment = await deploy_in(conn, db, slug, source, actor=actor, progress=progress)
+            reshape = await only_reshapes(conn, db, source)
+            deployment = await deploy_in(conn, db, slug, source, actor=actor, progress=progress, allow_destructive=reshape)
         await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")
         driver = (await conn.get_raw_connection()).driver_connection
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
