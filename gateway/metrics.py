@@ -48,6 +48,7 @@ from gateway.auth import PLATFORM_ADMIN, bearer_of, token_caller
 METRICS_PATH = "/metrics"
 TOKEN_VARIABLE = "BACKSAAS_METRICS_TOKEN"
 POOL_SECONDS = 5.0  # how often each process records its pools' connections
+MAX_LABEL_SETS = 10_000  # label sets whose counters a process keeps at hand
 SURFACES = (("/rest/v1", "rest"), ("/graphql/v1", "graphql"), ("/auth/v1", "auth"), ("/functions/v1", "functions"),
             ("/events/v1", "events"))
 log = structlog.get_logger("backsaas.metrics")
@@ -81,6 +82,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,8 +103,15 @@ class RequestMetrics:
             tenant = scope.get("backsaas.tenant") or ""  # set only once the tenant is resolved
             path = scope["path"][len(scope.get("root_path", "")):] if tenant else ""
             surface = surface_of(path)
-            REQUESTS.labels(tenant, surface, scope["method"], str(status)).inc()
-            LATENCY.labels(tenant, surface).observe(time.perf_counter() - started)
+            key = (tenant, surface, scope["method"], status)
+            children = self.children.get(key)
+            if children is None:  # `labels()` takes a lock and builds the label tuple: once per label set
+                if len(self.children) >= MAX_LABEL_SETS:
+                    self.children.clear()
+                children = self.children[key] = (REQUESTS.labels(tenant, surface, key[2], str(status)),
+                                                  LATENCY.labels(tenant, surface))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 def record_pools(db: Database) -> None:
