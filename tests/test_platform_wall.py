@@ -99,6 +99,8 @@ def payload_for(name: str, world: dict[str, Any]) -> dict[str, Any]:
         everything["email"] = "pat@victim.example"
     if name.endswith("webhook_secret"):
         everything["name"] = "STOLEN"
+    everything.update(domain="victim.example.com", kind="invitation", decision="complete",  # the trust layer's
+                      request="00000000-0000-0000-0000-000000000000")
     declared = next(f for f in PLATFORM.functions if f.name == name).input
     properties = declared["properties"] if declared else everything
     return {key: value for key, value in everything.items() if key in properties}
