@@ -11,6 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -18,8 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from engine import audit, catalog
 from engine.database import Database
 from engine.errors import BackSaasError, InvalidInput, Problem, TenantNotFound
+from engine.hooks import HookContext, platform_function
 from engine.schema import load_schema
 from engine.storage.naming import SYSTEM_TENANT
+from functions.access import MANAGERS, authorize
 
 KEY_PREFIX = "bsk_"
 
@@ -125,3 +128,25 @@ async def platform_public_key(db: Database) -> str:
             await conn.execute(keys.insert().values(tenant_id=tenant.id, name=f"public-anon-{found[4:12]}", role="anon",
                                                     public_value=found, **stored))
     return found
+
+
+# -- as the system tenant's functions (platform.yaml binds them; each checks its caller itself) --
+
+
+@platform_function
+async def create_key(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """A new API key of a tenant, for its owners and admins (the console's and any client's way to mint one
+    without the CLI); its plaintext is in this answer only."""
+    await authorize(ctx, payload["tenant"], MANAGERS)
+    expires_at = datetime.fromisoformat(payload["expires_at"]) if payload.get("expires_at") else None
+    made = await create_api_key(ctx.data.db, payload["tenant"], payload["name"], payload["role"], expires_at)
+    return {"tenant": payload["tenant"], "name": made.name, "role": made.role, "key": made.key,
+            "expires_at": made.expires_at.isoformat() if made.expires_at else None}
+
+
+@platform_function
+async def revoke_key(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Revoke a tenant's key by name, at once on every process (the NOTIFY on api_keys)."""
+    await authorize(ctx, payload["tenant"], MANAGERS)
+    await revoke_api_key(ctx.data.db, payload["tenant"], payload["name"])
+    return {"tenant": payload["tenant"], "name": payload["name"], "revoked": True}

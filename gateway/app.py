@@ -46,6 +46,7 @@ from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
 from gateway import metrics
 from gateway.access import AccessLog
+from gateway.admin_console import CONSOLE_HOST, AdminConsole, is_console
 from gateway.audit import EXPORT_PATH, audit_export
 from gateway.auth import authenticate
 from gateway.bodies import read_body
@@ -367,6 +368,7 @@ class TenantRouting:
         self.starlette = starlette
         self.tenant_app = TenantApp(starlette)
         self.assets = StaticAssets()
+        self.console = AdminConsole()
         self.suffix = "." + base_domain.lower().strip(".")
         self.domains = CustomDomains(starlette.state, base_domain)
 
@@ -380,7 +382,7 @@ class TenantRouting:
         """(slug, base path) of a tenant request by its host or path, or None."""
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
         slug = host[: -len(self.suffix)] if host.endswith(self.suffix) else ""
-        if slug and "." not in slug:
+        if slug and "." not in slug and slug != CONSOLE_HOST:
             return slug, ""
         path: str = scope["path"]
         if path == PLATFORM_BASE or path.startswith(PLATFORM_BASE + "/"):
@@ -423,7 +425,14 @@ class TenantRouting:
                 else:
                     await self.tenant_app(scope, receive, send)
                 return
+            if scope["type"] == "http" and (is_console(scope["path"]) or (scope["path"] == "/" and self.on_console_host(scope))):
+                await self.console(scope, receive, send)
+                return
         await self.starlette(scope, receive, send)
+
+    def on_console_host(self, scope: Scope) -> bool:
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
+        return host == CONSOLE_HOST + self.suffix
 
 
 async def start_meter(meter: Meter, book: QuotaBook) -> None:

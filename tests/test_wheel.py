@@ -11,6 +11,7 @@ installs the wheel with all its dependencies from the index.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -91,6 +92,10 @@ def test_an_installed_wheel_serves_the_demo_from_an_empty_directory(wheel: Path,
         assert ready is not None and ready.status_code == 200
         demo = httpx2.get(f"{base}/api/tenants/demo/").json()
         assert {"author", "post", "comment"} <= {e["name"] for e in demo["entities"]}
+        console = httpx2.get(f"{base}/admin/")  # the console's bundle ships in the wheel
+        assert console.status_code == 200 and '<div id="root">' in console.text
+        script = re.search(r'src="(/admin/assets/[^"]+)"', console.text)[1]
+        assert httpx2.get(f"{base}{script}").status_code == 200
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
