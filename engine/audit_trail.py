@@ -22,6 +22,7 @@ import orjson
 from engine.audit import SCHEMA, WRITER
 from engine.database import Database
 from engine.errors import InvalidInput, Problem
+from engine.storage.naming import SYSTEM_TENANT
 
 BATCH = 500  # rows a cursor fetches at a time
 MAX_PAGE = 1000
@@ -259,10 +260,11 @@ async def prune(db: Database, tenant_id: str, retention_days: int, now: datetime
 
 async def retention_days(db: Database) -> dict[str, tuple[str, int]]:
     """Each tenant's audit retention from its plan's `features.audit_retention_days`: {id: (slug, days)};
-    -1 (or no such feature) keeps everything."""
+    -1 (or no such feature) keeps everything, and so does the platform's own chain."""
     async with db.engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         rows = await driver.fetch(
-            "SELECT t.id, t.slug, coalesce((p.features ->> 'audit_retention_days')::int, -1) AS days "
-            "FROM system.tenants t LEFT JOIN system.plans p ON p.code = t.plan")
+            "SELECT t.id, t.slug, CASE WHEN t.slug = $1 THEN -1 "  # the platform's own chain: kept
+            "ELSE coalesce((p.features ->> 'audit_retention_days')::int, -1) END AS days "
+            "FROM system.tenants t LEFT JOIN system.plans p ON p.code = t.plan", SYSTEM_TENANT)
     return {str(r["id"]): (r["slug"], r["days"]) for r in rows}

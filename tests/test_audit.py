@@ -98,6 +98,15 @@ entities:
       create: {anon: all}
     hooks:
       after_create: [audittests.explode]
+  claim:
+    owner: true
+    fields:
+      code:  {type: string, unique: true}
+      title: {type: string}
+    permissions:
+      read: {authenticated: all}
+      create: {authenticated: all}
+      update: {authenticated: own}
   unique_code:
     fields:
       code: {type: string, unique: true}
@@ -379,6 +388,24 @@ async def test_a_permission_denial_is_audited(base, setup, ids, database_url):
     [entry] = await trail(database_url, ids["alpha"], request_id="req-denied")
     assert entry["action"] == "access.denied" and entry["key_name"] == "anon"
     assert entry["data"]["method"] == "PATCH" and entry["data"]["path"].endswith("/rest/v1/locked")
+
+
+async def test_a_graphql_denial_is_audited_though_graphql_answers_200(base, setup, ids, database_url):
+    def user(email: str) -> dict[str, str]:
+        made = httpx.post(f"{api(base, 'alpha')}/auth/v1/signup", headers={"apikey": setup["alpha_anon"]},
+                          json={"email": email, "password": PASSWORD}).json()
+        return {"apikey": setup["alpha_anon"], "Authorization": f"Bearer {made['access_token']}"}
+
+    ann, bob = user("ann.claims@example.com"), user("bob.claims@example.com")
+    made = httpx.post(f"{api(base, 'alpha')}/rest/v1/claim", json={"code": "c1", "title": "ann's"},
+                      headers={**ann, "Prefer": "return=representation"})
+    assert made.status_code == 201, made.text
+    taken = httpx.post(f"{api(base, 'alpha')}/graphql/v1", headers={**bob, "X-Request-Id": "req-gql-denied"},
+                       json={"query": 'mutation { insert_claim_one(object: {code: "c1", title: "bob"}, '
+                                      'on_conflict: {constraint: claim_code_key, update_columns: [title]}) { id } }'})
+    assert taken.status_code == 200 and taken.json()["errors"], taken.text
+    [entry] = await trail(database_url, ids["alpha"], request_id="req-gql-denied")
+    assert entry["action"] == "access.denied" and entry["data"]["path"].endswith("/graphql/v1")
 
 
 # -- nobody writes it -------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from graphql.execution.values import get_variable_values
 from graphql.language import ast
 from graphql.validation import ValidationContext, ValidationRule
 
+from engine import audit
 from engine.answer import Answer
 from engine.authz import Caller
 from engine.authz.permissions import Permissions
@@ -205,6 +206,8 @@ class GraphQLApi:
         except GraphQLError as error:
             return Answer(200, JSON, error_body([problem(error.code, error.message, error.path)]))
         except BackSaasError as error:  # the engine's errors (authorization, validation), in GraphQL's shape
+            if error.status == 403:  # a denial is audited as REST's are, though GraphQL answers it with a 200
+                await audit.denied(self.db, self.runtime.tenant_id, error.message, audit.REQUEST.get() or {})
             code = ENGINE_CODES.get(error.code, error.code)
             details = [{"field": p.path, "message": p.message} for p in error.details]
             body = problem(code, error.message)
