@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,9 +26,10 @@ from engine.plans import DEFAULT_PLAN as DEFAULT_PLAN  # functions/tenants.py im
 from engine.plans import seed_plans
 from engine.schema import Schema, load_schema
 from engine.storage import naming
-from engine.storage.planner import MigrationPlan, Step, plan_migration, quote
+from engine.storage.planner import MigrationPlan, Step, bounds_checks, plan_migration, quote
 
 Progress = Callable[[int, int, Step], None]
+log = structlog.get_logger("backsaas.deploy")
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,10 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
         raise MigrationRefused(f"the deploy of '{slug}' was refused: {len(plan.blockers)} problem(s)",
                                details=list(plan.blockers))
     if current is not None and current.checksum == catalog.checksum(source):
+        await ensure_bounds_checks(conn, db, slug, new)  # a re-deploy mends a table of an older engine
         return Deployment(slug, current.version, current.checksum, plan, changed=False)
     await apply_plan(conn, db, slug, plan, progress)
+    await ensure_bounds_checks(conn, db, slug, new)
     await install_change_feed(conn, db, slug, new)
     if slug != naming.SYSTEM_TENANT:  # the platform's own: deploy_platform, once its audit functions exist
         await audit.install_triggers(conn, slug, tenant.id, new)
@@ -165,6 +169,49 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
     recorded = await catalog.record_version(conn, tenant.id, version, source, [s.as_dict() for s in plan.steps],
                                             actor, deployed_by)
     return Deployment(slug, version, recorded.checksum, plan, changed=True)
+
+
+BOUNDS_UPGRADE = "bounds_checks"  # the one-time sweep of every tenant's tables, recorded once done
+
+
+async def ensure_bounds_checks(conn: AsyncConnection, db: Database, slug: str, model: Schema) -> list[str]:
+    """Add the bounds CHECKs (`{column}_bounds`) that `model` implies and the tenant's tables lack, as its role,
+    in the caller's transaction; idempotent. Tables deployed before the engine made these constraints lack
+    them until a bound changes, since plans compare models, not the database. Answers the names added."""
+    pg_schema = naming.schema_name(slug)
+    wanted = bounds_checks(model, pg_schema)
+    if not wanted:
+        return []
+    driver = (await conn.get_raw_connection()).driver_connection
+    present = {(r["relname"], r["conname"]) for r in await driver.fetch(
+        "SELECT c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "WHERE c.relnamespace = to_regnamespace($1) AND k.contype = 'c'", pg_schema)}
+    missing = {key: sql for key, sql in wanted.items() if key not in present}
+    if missing:
+        await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")
+        await driver.execute(";\n".join(missing.values()))
+        await conn.exec_driver_sql("RESET ROLE")
+        log.info("deploy.bounds_checks_added", tenant=slug, constraints=[f"{t}.{c}" for t, c in missing])
+    return [f"{t}.{c}" for t, c in missing]
+
+
+async def ensure_every_tenants_bounds_checks(conn: AsyncConnection, db: Database) -> None:
+    """Once per database (recorded in `backsaas_private.upgrades`): `ensure_bounds_checks` for every tenant
+    with a deployed version, so that tables of an older engine are checked without waiting for a deploy."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
+                         "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
+    if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", BOUNDS_UPGRADE):
+        return
+    tenants = catalog.platform_tables()["tenants"]
+    for tenant_id, slug in (await conn.execute(sa.select(tenants.c.id, tenants.c.slug)
+                                               .where(tenants.c.status.not_in(["deleted", "pending", "failed"])))).all():
+        current = await catalog.current_version(conn, str(tenant_id))
+        if current is not None:
+            await ensure_bounds_checks(conn, db, slug, load_schema(current.source, f"{slug} v{current.version}",
+                                                                    tenant=slug != naming.SYSTEM_TENANT))
+    await driver.execute("INSERT INTO backsaas_private.upgrades (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                         BOUNDS_UPGRADE)
 
 
 async def deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False,
@@ -355,4 +402,5 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await audit.install_triggers(conn, slug, system.id, load_schema(source, "platform.yaml", tenant=False))
         await ensure_signing_key(conn)
         await seed_plans(conn)  # free (what new tenants get unless they name another), starter, pro, enterprise
+        await ensure_every_tenants_bounds_checks(conn, db)  # once: tables of an engine before bounds CHECKs
         return deployment

@@ -7,6 +7,10 @@ data, which tables hold rows, is passed in. It never executes anything: `engine.
 Order matters and is fixed by phases: constraints that go away are dropped first, then fields and
 entities, then renames, then new tables and columns and column changes, and new constraints last
 (so foreign keys can point at tables created in the same plan).
+
+One exception looks at the database: `bounds_checks` lists every bounds CHECK a model implies, so that
+tables deployed before the engine made them get them (engine.storage.deploy.ensure_bounds_checks): a plan
+from an unchanged model would never add them.
 """
 
 from __future__ import annotations
@@ -102,6 +106,21 @@ def ddl(construct: Any) -> str:
 
 def quote(name: str) -> str:
     return DIALECT.identifier_preparer.quote(name)
+
+
+def bounds_checks(model: Schema, pg_schema: str) -> dict[tuple[str, str], str]:
+    """Every bounds CHECK of `model` (`{column}_bounds`, engine.storage.tables): (table, constraint) -> the
+    ALTER TABLE adding it NOT VALID, so that rows written before it are left as they are (a table of an
+    older engine may hold some out of bounds) while every write from then on is checked."""
+    tables = build_metadata(model, pg_schema).tables
+    found: dict[tuple[str, str], str] = {}
+    for entity in model.entities:
+        named = {c.name: c for c in tables[f"{pg_schema}.{entity.name}"].constraints}
+        for f in entity.fields:
+            if bounds_of(f) is not None:
+                name = bounds_name(f.column)
+                found[(entity.name, name)] = ddl(AddConstraint(named[name])) + " NOT VALID"
+    return found
 
 
 def touch_trigger_sql(pg_schema: str, table: str) -> str:
