@@ -190,9 +190,13 @@ async def run_drill(cluster: Cluster, table_url: str, ready_url: str, key: str, 
                 await asyncio.sleep(0.05)
             await asyncio.sleep(before)
             drill.marks["stop_begin"] = time.monotonic()
-            await asyncio.to_thread(cluster.stop, mode)
+            # a smart stop waits for every session to end, and the gateway holds some: the server refuses new
+            # connections until a fast stop ends it, `down` s later
+            await asyncio.to_thread(cluster.stop, mode, wait=mode != "smart")
             drill.marks["stop_done"] = time.monotonic()
             await asyncio.sleep(down)
+            if mode == "smart":
+                await asyncio.to_thread(cluster.stop, "fast")
             drill.marks["start_begin"] = time.monotonic()
             await asyncio.to_thread(cluster.start)
             drill.marks["start_done"] = time.monotonic()
