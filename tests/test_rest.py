@@ -290,7 +290,7 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(http, base
     document = response.json()
     validate(document)
     assert document["openapi"] == "3.1.0"
-    assert set(document["paths"]) == {"/author", "/post", "/comment", "/users"}
+    assert set(document["paths"]) == {"/author", "/post", "/comment", "/users", "/rpc/whoami"}
     assert set(document["paths"]["/post"]) == {"get", "head", "post", "patch", "delete"}
     assert document["components"]["schemas"]["post_create"]["required"] == ["title"]
     assert document["servers"][0]["url"] == f"{base}/api/tenants/blog/rest/v1"
