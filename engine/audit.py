@@ -33,8 +33,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine import catalog
 from engine.database import quote_identifier as quote
 from engine.query.sql import CompiledRead
+from engine.schema import load_schema
 from engine.schema.model import Entity, Schema
 from engine.storage import naming
 
@@ -246,7 +248,10 @@ BEGIN
   chain_id := coalesce((entries -> 0 ->> 'tenant_id')::uuid, '{system_id}'::uuid);
   SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
   IF NOT FOUND THEN
-    INSERT INTO {SCHEMA}.heads (chain) VALUES (chain_id) ON CONFLICT DO NOTHING;
+    INSERT INTO {SCHEMA}.heads (chain, seq, hash)  -- a chain's first entry, or its head row lost: from its end
+    SELECT chain_id, coalesce(max(a.seq), 0), coalesce((array_agg(a.hash ORDER BY a.seq DESC))[1], '')
+      FROM system.audit_log a WHERE a.chain = chain_id
+    ON CONFLICT DO NOTHING;
     SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
   END IF;
   FOR e IN SELECT value FROM jsonb_array_elements(entries) LOOP
@@ -262,6 +267,9 @@ BEGIN
     r.updated_at := at;
     r.data := coalesce(r.data, '{{}}');
     r.changes := coalesce(r.changes, '{{}}');
+    IF r.actor_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM system.users u WHERE u.id = r.actor_id) THEN
+      r.actor_id := NULL;  -- a tenant's end user, not a platform account: `user_id` names them
+    END IF;
     r.prev_hash := head_hash;
     r.hash := {SCHEMA}.digest(r);
     head_hash := r.hash;
@@ -362,7 +370,21 @@ RESET ROLE"""
 
 
 async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> None:
-    """Create or update the audit's functions (the platform deploy, after `audit_log` exists)."""
+    """Create or update the audit's functions (the platform deploy, after `audit_log` exists). The first
+    time, on an installation whose tenants were made before the audit trail existed, their tables get
+    their audit triggers too (later deploys keep them, `deploy_in`)."""
     driver = (await conn.get_raw_connection()).driver_connection
+    first = await driver.fetchval(f"SELECT to_regnamespace('{SCHEMA}') IS NULL")
     await driver.execute(functions_sql(platform_role, str(system_id)))
+    if first:
+        await install_for_existing_tenants(conn)
+
+
+async def install_for_existing_tenants(conn: AsyncConnection) -> None:
+    tenants = catalog.platform_tables()["tenants"]
+    for tenant in (await conn.execute(sa.select(tenants.c.id, tenants.c.slug)
+                                      .where(tenants.c.slug != naming.SYSTEM_TENANT))).all():
+        version = await catalog.current_version(conn, tenant.id)
+        if version is not None:
+            await install_triggers(conn, tenant.slug, str(tenant.id), load_schema(version.source, tenant.slug))
 

@@ -18,6 +18,7 @@ import pytest
 
 from engine import audit_trail
 from engine.database import Database
+from engine.storage.deploy import deploy_platform
 from functions import audit as audit_functions
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
@@ -213,3 +214,20 @@ async def test_verify_audit_and_audit_heads_as_platform_functions(db, base, data
         assert broken.status_code == 200 and not broken.json()["ok"] and broken.json()["broken_at"] == 2
         anonymous = await client.post("/functions/v1/verify_audit", json={"tenant": "remote"})
         assert anonymous.status_code in (401, 403)
+
+
+async def test_tenants_made_before_the_audit_trail_get_it_on_the_next_platform_deploy(db, database_url):
+    """An installation upgraded to the audit trail: its tenants' tables get their triggers when the platform
+    deploys the audit's functions for the first time, and a chain whose head row is gone goes on from its end."""
+    tenant_id = await new_tenant(db, "older", rows=1)
+    before = await audit_trail.verify(db, tenant_id)
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        await conn.execute("DROP SCHEMA backsaas_audit CASCADE")  # as before the audit trail: no functions, triggers
+    finally:
+        await conn.close()
+    await deploy_platform(db)
+    async with db.as_role(db.role("older")) as tenant:
+        await tenant.execute("INSERT INTO t_older.item (n) VALUES (42)")
+    after = await audit_trail.verify(db, tenant_id)
+    assert after.ok and after.last_seq == before.last_seq + 1, after.as_dict()
