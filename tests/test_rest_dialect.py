@@ -477,7 +477,9 @@ def test_new_operators_never_reach_rows_outside_the_read_scope(base, people):
     assert created.status_code == 201, created.text
     for query in ("body=fts(english).treasure", "tags=cs.{secret}", "tags=ov.{secret}", 'meta=cs.{"k":"ann"}',
                   "title=match.secret", "title=like(any).{*secret*}", "rank=isdistinct.5", "meta->>k=eq.ann",
-                  "body=wfts.treasure"):
+                  "body=wfts.treasure", "body=plfts.treasure map", "body=phfts(english).treasure map",
+                  "title=imatch.SECRET", "tags=cd.{secret,x}", "title=ilike(all).{*ANN*,*SECRET}",
+                  "select=title::text,meta->>k&title=eq.ann secret"):
         seen = httpx.get(f"{base}/rest/v1/doc?{query}", headers=bob["headers"])
         assert seen.status_code == 200 and "ann" not in seen.text, (query, seen.text)
         own = httpx.get(f"{base}/rest/v1/doc?{query}", headers=ann["headers"])
@@ -759,3 +761,12 @@ def test_the_openapi_document_lists_the_rpc_functions(http, shelves):
     assert set(numbers) == {"post", "get"} and numbers["get"]["parameters"][0]["name"] == "count"
     assert set(document["paths"]["/rpc/stamp"]) == {"post"}
     assert document["components"]["schemas"]["shelf"]["properties"]["price"]["anyOf"][0] == {"type": "number"}
+
+
+def test_strict_handling_refuses_a_preference_not_honoured(http, shelves):
+    refused = http.get("/shelf", headers={"Prefer": "handling=strict, tx=rollback"})
+    assert refused.status_code == 400 and refused.json()["code"] == "PGRST122", refused.text
+    counted = http.get("/shelf?limit=1", headers={"Prefer": "handling=strict, count=exact"})
+    assert counted.status_code == 206 and counted.headers["preference-applied"] == "count=exact, handling=strict"
+    lenient = http.get("/shelf?limit=1", headers={"Prefer": "tx=rollback"})
+    assert lenient.status_code == 200 and "preference-applied" not in lenient.headers

@@ -30,12 +30,20 @@ PREFERENCES = {  # the preferences PostgREST honours here, in the order it lists
     "resolution": ("merge-duplicates", "ignore-duplicates"),
     "return": ("representation", "minimal", "headers-only"),
     "count": ("exact", "planned", "estimated"),
+    "handling": ("strict", "lenient"),
 }
 
 
 def not_one(rows: int) -> NotAcceptable:
     """PostgREST's PGRST116: the client asked for one object (`vnd.pgrst.object+json`) and `rows` it is not."""
     return NotAcceptable("Cannot coerce the result to a single JSON object", hint=f"The result contains {rows} rows")
+
+
+class InvalidPreferences(BackSaasError):
+    """PostgREST's PGRST122: `Prefer: handling=strict` and a preference this server does not honour."""
+
+    code = "PGRST122"
+    status = 400
 
 
 class MediaNotAvailable(BackSaasError):
@@ -84,15 +92,22 @@ class Prefer:
     returning: str | None = None  # representation | minimal | headers-only
     count: str | None = None  # exact | planned | estimated
     resolution: str | None = None  # merge-duplicates | ignore-duplicates
+    handling: str | None = None  # strict: a preference not honoured here is a 400, not ignored
 
     @classmethod
     def parse(cls, header: str) -> Prefer:
         found: dict[str, str] = {}
+        unknown: list[str] = []
         for part in header.split(","):
             name, _, value = (p.strip() for p in part.partition("="))
             if value in PREFERENCES.get(name, ()):
                 found.setdefault(name, value)
-        return cls(found.get("return"), found.get("count"), found.get("resolution"))
+            elif name:
+                unknown.append(part.strip())
+        if found.get("handling") == "strict" and unknown:
+            raise InvalidPreferences("Invalid preferences given with handling=strict",
+                                     hint=f"not honoured here: {', '.join(unknown)}")
+        return cls(found.get("return"), found.get("count"), found.get("resolution"), found.get("handling"))
 
     def returns(self, what: str) -> bool:
         """Whether the client asked for `what` (representation | headers-only); minimal by default."""
@@ -107,7 +122,8 @@ class Prefer:
         (`return=` on writes only, `resolution=` on upserts only)."""
         values = [f"resolution={self.resolution}" if resolution and self.resolution else None,
                   f"return={self.returning}" if write and self.returning else None,
-                  f"count={self.count}" if self.count else None]
+                  f"count={self.count}" if self.count else None,
+                  f"handling={self.handling}" if self.handling else None]
         named = [v for v in values if v]
         return [("Preference-Applied", ", ".join(named))] if named else []
 
