@@ -27,14 +27,17 @@ CACHE_CONTROL = "public, max-age=60"
 
 
 async def tenant_branding_settings(request: Request, runtime: TenantRuntime) -> Mapping[str, Any]:
-    """The tenant's settings, once its plan is known to include custom branding."""
+    """The tenant's settings, once its plan (which the gateway resolved with the tenant, from memory) is known
+    to include custom branding: one query, for the settings."""
+    plan: Plan | None = request.scope.get("backsaas.plan")
     tenants = catalog.platform_tables()["tenants"]
     async with request.app.state.db.engine.connect() as conn:
-        row = (await conn.execute(sa.select(tenants.c.settings, tenants.c.plan)
-                                  .where(tenants.c.id == runtime.tenant_id))).one()
-        plan = await plan_of(conn, row.plan)
-    require_feature(plan or Plan(row.plan), FEATURE)
-    return row.settings or {}
+        if plan is None:  # served outside the gateway's tenant path: read it
+            code = await conn.scalar(sa.select(tenants.c.plan).where(tenants.c.id == runtime.tenant_id))
+            plan = await plan_of(conn, code) or Plan(str(code))
+        require_feature(plan, FEATURE)
+        settings = await conn.scalar(sa.select(tenants.c.settings).where(tenants.c.id == runtime.tenant_id))
+    return settings or {}
 
 
 def cached(request: Request, body: bytes, media_type: str) -> Response:
