@@ -115,12 +115,17 @@ async def test_a_smart_shutdown_held_open_by_the_gateway_is_503_not_500(cluster:
             ready = await client.get(f"{base}/readyz")
             assert ready.status_code == 503 and ready.headers["retry-after"]
             # more requests at once than the pool holds connections: some need a new one
+            graphql = f"{base}/api/tenants/shop/graphql/v1"
             answers = await asyncio.gather(*(client.get(items, headers={"apikey": key}) for _ in range(30)),
                                            *(client.post(items, headers={"apikey": key}, json={"name": "smart"})
-                                             for _ in range(10)))
+                                             for _ in range(10)),
+                                           *(client.post(graphql, headers={"apikey": key},
+                                                         json={"query": "{ item(limit: 5) { id name } }"})
+                                             for _ in range(20)))
             assert {r.status_code for r in answers} <= {200, 201, 503}
             refused = [r for r in answers if r.status_code == 503]
             assert all(r.headers["retry-after"] and r.json()["code"] == "database_unavailable" for r in refused)
+            assert not [r for r in answers if r.status_code == 200 and "errors" in r.json()]  # GraphQL's too
             await asyncio.to_thread(cluster.stop, "fast")
             await asyncio.to_thread(cluster.start)
             deadline = time.monotonic() + 30

@@ -28,7 +28,7 @@ from engine.answer import Answer
 from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.database import Database
-from engine.errors import BackSaasError, InvalidBody
+from engine.errors import BackSaasError, DatabaseUnavailable, InvalidBody
 from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error
 from engine.graphql.cost import mutation_items
 from engine.graphql.mutations import MutationRunner
@@ -205,6 +205,8 @@ class GraphQLApi:
             return await self.run(document_text, operation_name, variables)
         except GraphQLError as error:
             return Answer(200, JSON, error_body([problem(error.code, error.message, error.path)]))
+        except DatabaseUnavailable:  # an outage is the HTTP answer's (503 with Retry-After), not an error of the query
+            raise
         except BackSaasError as error:  # the engine's errors (authorization, validation), in GraphQL's shape
             if error.status == 403:  # a denial is audited as REST's are, though GraphQL answers it with a 200
                 await audit.denied(self.db, self.runtime.tenant_id, error.message, audit.REQUEST.get() or {})

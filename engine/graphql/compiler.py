@@ -21,7 +21,7 @@ from graphql.language import ast
 from graphql.utilities import value_from_ast_untyped
 
 from engine.authz.permissions import Permissions
-from engine.errors import BackSaasError, database_error
+from engine.errors import BackSaasError, DatabaseUnavailable, database_error, is_outage_state
 from engine.graphql.cost import as_list
 from engine.query.plan import (
     Aggregate,
@@ -75,7 +75,11 @@ HASURA_CODES = {"23505": "constraint-violation", "23503": "constraint-violation"
 
 
 def as_graphql_error(exc: asyncpg.PostgresError) -> GraphQLError:
+    """The database's refusal as a GraphQL error (a 200 with `errors`), except an outage: that raises
+    `DatabaseUnavailable`, a 503 with `Retry-After` like every surface's, for load balancers and clients."""
     sqlstate = getattr(exc, "sqlstate", "") or ""
+    if is_outage_state(sqlstate):
+        raise DatabaseUnavailable() from exc
     mapped = database_error(sqlstate, str(exc), getattr(exc, "detail", None))
     code = HASURA_CODES.get(sqlstate, "data-exception" if sqlstate.startswith("22") else "unexpected")
     return GraphQLError(code, mapped.message + (f" ({mapped.detail})" if mapped.detail else ""))
