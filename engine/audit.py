@@ -47,7 +47,6 @@ REDACTED = "[redacted]"
 TRIGGER_EVENTS = (("insert", "INSERT", "NEW TABLE AS new_rows"),
                   ("update", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
                   ("delete", "DELETE", "OLD TABLE AS old_rows"))
-CONTEXT_KEYS = ("user_id", "key_name", "roles", "request_id", "ip", "user_agent")
 
 # The ASGI scope of the request being served (the gateway's AccessLog sets it): who, from where.
 REQUEST: ContextVar[Mapping[str, Any] | None] = ContextVar("backsaas_audit_request", default=None)

@@ -326,7 +326,8 @@ async def test_a_write_killed_between_statements_leaves_no_entry(db, setup, ids,
 async def test_authentication_events_are_audited_without_secrets(base, setup, ids, database_url):
     auth = f"{api(base, 'beta')}/auth/v1"
     anon = {"apikey": setup["beta_anon"]}
-    first = httpx.post(f"{auth}/signup", headers=anon, json={"email": "eve@example.com", "password": PASSWORD}).json()
+    first = httpx.post(f"{auth}/signup", headers={**anon, "X-Request-Id": "req-signup"},
+                       json={"email": "eve@example.com", "password": PASSWORD}).json()
     wrong = httpx.post(f"{auth}/token?grant_type=password", headers=anon,
                        json={"email": "eve@example.com", "password": "not the password at all"})
     assert wrong.status_code == 400
@@ -355,6 +356,7 @@ async def test_authentication_events_are_audited_without_secrets(base, setup, id
                                                                                    "new": "[redacted]"}
     signup_row = next(e for e in entries if e["entity"] == "users" and e["action"] == "create")
     assert signup_row["changes"]["password_hash"]["new"] == "[redacted]"
+    assert signup_row["request_id"] == "req-signup" and signup_row["key_name"] == "anon"  # the auth API's writes too
     failed = next(e for e in entries if e["action"] == "auth.login_failed")
     assert failed["data"]["email"] == "eve@example.com" and PASSWORD not in orjson.dumps(failed["data"]).decode()
     assert "not the password" not in orjson.dumps([e["data"] for e in entries]).decode()

@@ -130,8 +130,10 @@ class AuthApi:
         """Each operation is one transaction (`db.begin()`); its statements on the tenant's tables run
         between `as_tenant` and `as_platform`, under the tenant's own database role and with the statement
         timeout of its plan, as every other request of the tenant does (one round trip: `SET LOCAL` both)."""
-        await conn.execute(sa.text("SELECT set_config('role', :role, true), set_config('statement_timeout', :ms, true)"),
-                           {"role": self.runtime.role, "ms": str(self.db.statement_timeout_of(self.runtime.role))})
+        await conn.execute(sa.text("SELECT set_config('role', :role, true), set_config('statement_timeout', :ms, true), "
+                                   "set_config(:audit_setting, :audit, true)"),  # who, for the audit's triggers
+                           {"role": self.runtime.role, "ms": str(self.db.statement_timeout_of(self.runtime.role)),
+                            "audit_setting": audit.SETTING, "audit": audit.context_text()})
 
     @staticmethod
     async def as_platform(conn: AsyncConnection) -> None:
