@@ -9,6 +9,7 @@ two refs to `person`), `shelf` (public: the service key's ground for the dialect
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -400,6 +401,8 @@ def test_columns_reads_only_the_listed_keys(client, http, shelves):
                                                                                   ("col-2", None, None)]
     unknown = http.post("/shelf?columns=label,nope", json={"label": "col-3"})
     assert unknown.status_code == 400 and unknown.json()["code"] == "42703"
+    twice = http.post("/shelf?columns=label,label", json={"label": "col-4"})
+    assert twice.status_code == 400 and twice.json()["code"] == "PGRST100", twice.text
     http.delete("/shelf?label=like.col-*")
 
 
@@ -770,3 +773,88 @@ def test_strict_handling_refuses_a_preference_not_honoured(http, shelves):
     assert counted.status_code == 206 and counted.headers["preference-applied"] == "count=exact, handling=strict"
     lenient = http.get("/shelf?limit=1", headers={"Prefer": "tx=rollback"})
     assert lenient.status_code == 200 and "preference-applied" not in lenient.headers
+
+
+# -- bad input: an answer with a code, never a 500 --
+
+FUZZ_OPS = ["eq", "neq", "gt", "like", "in", "is", "cs", "cd", "ov", "match", "imatch", "fts", "plfts", "wfts",
+            "isdistinct", "eq(any)", "like(all)", "fts(english)", "fts(nope)", "match(all)", "cs(any)", "is(any)",
+            "sl", "", "eq(", "fts()"]
+FUZZ_COLUMNS = ["label", "rank", "tags", "meta", "price", "body", "meta->a", "meta->>k", "meta->a->>b", "rank->x",
+                "meta->", "meta->>", "nope", "meta->0", "tags->0"]
+FUZZ_VALUES = ["1", "x", "{a,b}", "(1,2)", "{}", "()", "null", "true", '{"a":1}', "{1,", "(", "*", "%25", "\\",
+               "'", '"', "[", "(?:a", "2024-01-01", "-1", "1e400", "NaN"]
+FUZZ_SELECTS = ["label::text", "rank::int", "meta->a->>b::int", "x:meta->>k", "count()", "rank.sum()",
+                "label.avg()", "rank.nope()", "books!inner(title)", "books!nope(title)", "label,count()",
+                "*,books(count())", "::text", "label::", "a:b:c", "sum()"]
+FUZZ_ORDERS = ["meta->>k.desc", "shelf(label)", "books(title)", "label.nope", "nope(x)", "(", "meta->>"]
+
+
+def test_malformed_reads_are_answered_never_500(http, shelves):
+    chooser = random.Random(13)
+    failures = []
+    for _ in range(150):
+        parts = [f"{chooser.choice(FUZZ_COLUMNS)}={chooser.choice(['', 'not.'])}{chooser.choice(FUZZ_OPS)}."
+                 f"{chooser.choice(FUZZ_VALUES)}" for _ in range(chooser.randint(1, 3))]
+        if chooser.random() < 0.5:
+            parts.append(f"select={chooser.choice(FUZZ_SELECTS)}")
+        if chooser.random() < 0.4:
+            parts.append(f"order={chooser.choice(FUZZ_ORDERS)}")
+        query = "&".join(parts)
+        for path in ("/shelf", "/book", "/rpc/numbers"):
+            response = http.get(f"{path}?{query}")
+            if response.status_code >= 500 or (response.status_code >= 400 and not response.json().get("code")):
+                failures.append((path, query, response.status_code, response.text[:200]))
+    assert not failures, failures[:10]
+
+
+def test_malformed_writes_are_answered_never_500(http, shelves):
+    cases = [
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b""),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b"label\n"),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b"\xff\xfe"),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b'label,rank\n"unclosed,1\n'),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b"nope\nx\n"),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b"label,tags\nfz1,{a,\n"),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b"label,meta\nfz2,{bad json\n"),
+        ("post", "/shelf", {"Content-Type": "text/csv"}, b"label,label\nfz3,fz4\n"),
+        ("post", "/shelf", {"Content-Type": "application/x-www-form-urlencoded"}, b"=&&="),
+        ("post", "/shelf", {"Content-Type": "application/x-www-form-urlencoded"}, b"%ZZ"),
+        ("post", "/shelf", {"Content-Type": "application/x-www-form-urlencoded"}, b"label=fz5&rank=1.5"),
+        ("post", "/shelf", {"Content-Type": "application/x-www-form-urlencoded"}, b"[1,2"),
+        ("post", "/shelf?columns=", {}, b'{"label": "fz6"}'),
+        ("post", "/shelf?columns=label,label", {}, b'{"label": "fz7"}'),
+        ("post", "/shelf?columns=id", {}, b'{"label": "fz8"}'),
+        ("post", "/shelf?columns=label", {}, b"[1]"),
+        ("post", "/shelf?on_conflict=nope", {"Prefer": "resolution=merge-duplicates"}, b'{"label": "fz9"}'),
+        ("post", "/shelf?select=nope", {"Prefer": "return=representation"}, b'{"label": "fz10"}'),
+        ("post", "/shelf", {"Accept": "text/csv", "Prefer": "return=representation"}, b'{"label": "fz11"}'),
+        ("patch", "/shelf?label=eq.zz&limit=x", {}, b'{"rank": 1}'),
+        ("patch", "/shelf?label=eq.zz&limit=1&order=meta->>k", {}, b'{"rank": 1}'),
+        ("patch", "/shelf?label=eq.zz&order=books(title)&limit=1", {}, b'{"rank": 1}'),
+        ("delete", "/shelf?label=eq.zz&offset=1", {"Accept": OBJECT}, b""),
+        ("post", "/rpc/numbers", {}, b"[1,2]"),
+        ("post", "/rpc/numbers", {}, b"{bad"),
+        ("post", "/rpc/numbers?select=n(", {}, b"{}"),
+        ("post", "/rpc/numbers?order=n.sideways", {}, b"{}"),
+        ("post", "/rpc/numbers?limit=-1", {}, b"{}"),
+        ("post", "/rpc/numbers?or=(n.eq.1)", {}, b"{}"),
+        ("post", "/rpc/numbers?n=in.1", {}, b"{}"),
+        ("post", "/rpc/numbers?n=eq", {}, b"{}"),
+        ("post", "/rpc/numbers?name=match.(", {}, b"{}"),
+        ("post", "/rpc/numbers", {"Accept": OBJECT}, b"{}"),
+        ("post", "/rpc/numbers", {"Accept": "text/csv"}, b"{}"),
+        ("get", "/rpc/numbers?count=1&count=2", {}, b""),
+        ("delete", "/rpc/numbers", {}, b""),
+        ("patch", "/rpc/numbers", {}, b"{}"),
+        ("head", "/rpc/numbers", {}, b""),
+        ("get", "/rpc/", {}, b""),
+        ("get", "/rpc", {}, b""),
+    ]
+    failures = []
+    for method, path, headers, body in cases:
+        response = http.request(method.upper(), path, headers=headers, content=body)
+        if response.status_code >= 500:
+            failures.append((method, path, body, response.status_code, response.text[:300]))
+    http.delete("/shelf?label=like.fz*")
+    assert not failures, failures

@@ -282,6 +282,9 @@ class RestApi:
         columns_param = dict(params).get("columns")
         keys = tuple(unquote(c.strip()) for c in columns_param.split(",")) if columns_param else tuple(objects[0])
         if columns_param:  # as PostgREST: only the listed keys are read from each object, the others ignored
+            if len(set(keys)) != len(keys) or not all(keys):
+                raise QueryParseError(f"columns={columns_param}: each column once, none empty",
+                                      details=[Problem("columns", "a column listed twice or an empty name")])
             if any(k in READ_ONLY for k in keys):  # body keys are checked by the validator
                 raise ValidationFailed("read-only fields cannot be written",
                                        details=[Problem(k, "is read-only") for k in keys if k in READ_ONLY])
