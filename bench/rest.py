@@ -141,7 +141,7 @@ def seed_journal(rest_base: str) -> tuple[str, str]:
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded machine starts 2 workers slowly
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -226,6 +226,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="alternate engine and baseline this many times; keep each best")
     parser.add_argument("--database-url")
+    parser.add_argument("--cases", help="run only the requests whose names contain one of these (comma-separated); "
+                                        "the identity cost runs when 'identity' is among them")
     args = parser.parse_args()
     server = args.database_url or os.environ.get("DATABASE_URL") or \
         EmbeddedPostgres.start(data_directory(REPO, name="bench-pgdata")).url("postgres")
@@ -249,11 +251,17 @@ def main() -> None:
     baseline = start([sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "baseline_app:app",
                       "--port", str(baseline_port), "--workers", "2", "--log-level", "warning", "--no-access-log"],
                      {"BENCH_DATABASE_URL": url, "BENCH_ROLE": role}, baseline_port)
+    plain_port = free_port()  # the same statements with no framework at all: plain ASGI + asyncpg
+    plain = start([sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "plain_app:app",
+                   "--port", str(plain_port), "--workers", "2", "--log-level", "warning", "--no-access-log"],
+                  {"BENCH_DATABASE_URL": url, "BENCH_ROLE": role}, plain_port)
     rest = f"http://127.0.0.1:{engine_port}/api/tenants/bench/rest/v1"
     hand = f"http://127.0.0.1:{baseline_port}"
     comment = json.dumps({"post_id": posts[0], "body": "a comment"})
     graphql = f"http://127.0.0.1:{engine_port}/api/tenants/bench/graphql/v1"
     embed_query = json.dumps({"query": "{ post(order_by: {created_at: desc}, limit: 20) { id title author { name } } }"})
+    insert_mutation = json.dumps({"query": "mutation($c: comment_insert_input!) { insert_comment_one(object: $c) { id } }",
+                                  "variables": {"c": {"post_id": posts[0], "body": "a comment"}}})
     def hooked(slug: str) -> tuple[str, str, dict[str, str]]:
         return (rest.replace("/bench/", f"/{slug}/") + "/comment",
                 json.dumps({"post_id": first_posts[slug], "body": "a comment"}), {"apikey": keys[slug]})
@@ -266,23 +274,31 @@ def main() -> None:
          f"{hand}/embed", None),
         ("GraphQL, same as embed", graphql, embed_query, f"{hand}/embed", None),
         ("insert one", f"{rest}/comment", comment, f"{hand}/insert", comment),
+        ("GraphQL insert_comment_one", graphql, insert_mutation, f"{hand}/insert", comment),
         ("insert, no-op before-hook", *hooked("hooked")[:2], f"{hand}/insert", comment, hooked("hooked")[2]),
         ("insert, webhook hook", *hooked("webhooked")[:2], f"{hand}/insert", comment, hooked("webhooked")[2]),
     ]
     try:
         print(f"load: {'wrk' if shutil.which('wrk') else 'python'} -c{args.connections}, {args.seconds}s per run, "
               f"best of {args.rounds} alternating runs; servers with 2 workers; {os.cpu_count()} cores")
+        print("baseline: Starlette + asyncpg (bench/baseline_app.py); plain: plain ASGI + asyncpg (bench/plain_app.py)")
         print(f"{'request':28}{'engine req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}"
-              f"{'baseline req/s':>16}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'ratio':>7}")
+              f"{'baseline req/s':>16}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'ratio':>7}{'plain req/s':>13}{'ratio':>7}")
+        wanted = [c.strip() for c in args.cases.split(",")] if args.cases else None
         for name, engine_url, engine_body, baseline_url, baseline_body, *engine_headers in cases:
+            if wanted is not None and not any(w in name for w in wanted):
+                continue
+            plain_url = baseline_url.replace(hand, f"http://127.0.0.1:{plain_port}")
             runs = [(measure(engine_url, args.seconds, args.connections, engine_body, url,
                              engine_headers[0] if engine_headers else headers),
-                     measure(baseline_url, args.seconds, args.connections, baseline_body, url, {}))
+                     measure(baseline_url, args.seconds, args.connections, baseline_body, url, {}),
+                     measure(plain_url, args.seconds, args.connections, baseline_body, url, {}))
                     for _ in range(args.rounds)]
-            e = max((r[0] for r in runs), key=lambda m: m[0])
-            b = max((r[1] for r in runs), key=lambda m: m[0])
+            e, b, p = (max((r[i] for r in runs), key=lambda m: m[0]) for i in range(3))
             print(f"{name:28}{e[0]:>13.0f}{e[1]:>8.2f}{e[2]:>8.2f}{e[3]:>7.2f}"
-                  f"{b[0]:>16.0f}{b[1]:>8.2f}{b[2]:>8.2f}{b[3]:>7.2f}{e[0] / b[0]:>7.2f}")
+                  f"{b[0]:>16.0f}{b[1]:>8.2f}{b[2]:>8.2f}{b[3]:>7.2f}{e[0] / b[0]:>7.2f}{p[0]:>13.0f}{e[0] / p[0]:>7.2f}")
+        if wanted is not None and "identity" not in wanted:
+            return
         user_id, _ = seed_journal(f"http://127.0.0.1:{engine_port}")
         entries = f"http://127.0.0.1:{engine_port}/api/tenants/journal/rest/v1/entry?select=id,text&order=created_at.desc" \
                   "&limit=20"
@@ -301,7 +317,7 @@ def main() -> None:
         print(f"ratio JWT/anon {jwt_rate / anon_rate:.2f} (authentication + authorization cost "
               f"{(1 - jwt_rate / anon_rate) * 100:.0f}% of throughput)")
     finally:
-        for process in (engine, baseline, webhook_receiver):
+        for process in (engine, baseline, plain, webhook_receiver):
             process.terminate()
             process.wait(timeout=30)
 

@@ -27,7 +27,6 @@ from tests.server import running_gateway
 from tests.test_browser import BROWSER_ARGS, CHROMIUM
 
 PASSWORD = "a long enough passphrase"
-EXPECT_TIMEOUT_MS = 30_000  # a loaded CI machine hashes passwords and provisions slowly; never a speed check
 ADMIN = "root@console.example"
 OWNER = "owner@console.example"
 MEMBER = "member@console.example"
@@ -60,9 +59,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 async def browser(gateway: str) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright, expect
-
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
@@ -214,34 +211,6 @@ async def test_an_invited_member_joins_deploys_a_version_and_rolls_it_back(gatew
     await expect(history.get_by_role("button", name="v4")).to_be_visible(timeout=30_000)
     openapi = httpx.get(f"{gateway}/api/tenants/shop/rest/v1/", headers={"Accept": "application/openapi+json"}).json()
     assert "stock" not in openapi["components"]["schemas"]["product"]["properties"]
-    await context.close()
-
-
-async def test_an_owner_manages_the_tenants_users_and_previews_a_plan_change(gateway, browser, elsewhere, shots):
-    from playwright.async_api import expect
-
-    user = httpx.post(f"{gateway}/api/tenants/shop/auth/v1/signup", json={"email": "buyer@shop.example", "password": PASSWORD})
-    assert user.status_code == 200, user.text
-    context = await context_of(browser, elsewhere)
-    page = await context.new_page()
-    await sign_in(page, gateway, OWNER)
-    await page.goto(f"{gateway}/admin/t/shop/users")
-    users = page.get_by_test_id("users")
-    await expect(users).to_contain_text("buyer@shop.example")
-    await page.get_by_label("buyer@shop.example is verified").click()  # the server answers; the box follows
-    await expect(page.get_by_label("buyer@shop.example is verified")).not_to_be_checked()
-    await users.get_by_role("button", name="End sessions").click()
-    await expect(page.get_by_text("Their sessions have ended.")).to_be_visible()
-    await page.screenshot(path=shots / "users.png")
-    renewed = httpx.post(f"{gateway}/api/tenants/shop/auth/v1/token", params={"grant_type": "refresh_token"},
-                         json={"refresh_token": user.json()["refresh_token"]})
-    assert renewed.status_code in (400, 401), renewed.text
-
-    await page.get_by_role("tab", name="Billing").click()
-    await page.get_by_label("New plan").select_option("starter")
-    await page.get_by_role("button", name="Preview").click()
-    await expect(page.get_by_test_id("proration")).to_contain_text("Due now")
-    await page.screenshot(path=shots / "billing.png")
     await context.close()
 
 

@@ -334,3 +334,27 @@ def test_the_standard_introspection_query_of_tools_is_accepted(base, keys, seede
     fetched = Client(transport=HTTPXTransport(url=f"{base}/api/tenants/library/graphql/v1",
                                               headers={"apikey": keys["service"]}), fetch_schema_from_transport=True)
     assert fetched.execute(gql("{ book(where: {genre: {_eq: novel}}) { title } }")) == {"book": []}
+
+
+# -- writes as fast as reads (item 15): flat objects in one statement --
+
+
+def test_flat_objects_are_inserted_together_with_defaults_owner_and_order(people, seeded):
+    ann, bob = people["ann"]["client"], people["bob"]["client"]
+    made = ann.execute(gql("""mutation { insert_writer(objects: [{name: "F1"}, {name: "F2"}, {name: "F3"}])
+                              { affected_rows returning { name n owner_id } } }"""))["insert_writer"]
+    assert made["affected_rows"] == 3
+    assert made["returning"] == [{"name": f"F{i}", "n": 0, "owner_id": people["ann"]["id"]} for i in (1, 2, 3)]
+    one = bob.execute(gql('mutation { insert_book_one(object: {title: "flat", genre: essay}) { title genre owner_id } }'))
+    assert one["insert_book_one"] == {"title": "flat", "genre": "essay", "owner_id": people["bob"]["id"]}
+    assert ann.execute(gql('{ book(where: {title: {_eq: "flat"}}) { title } }')) == {"book": []}  # bob's, not ann's
+
+
+def test_a_flat_insert_is_all_or_nothing(service, seeded):
+    error = error_of(service, 'mutation { insert_book(objects: [{title: "ok 1", isbn: "dup"}, {title: "ok 2", isbn: "dup"}]) '
+                              '{ affected_rows } }')
+    assert error["extensions"]["code"] == "constraint-violation"
+    assert service.execute(gql('{ book(where: {isbn: {_eq: "dup"}}) { title } }')) == {"book": []}
+    skipped = service.execute(gql("""mutation { insert_book(objects: [{title: "new", isbn: "n1"}, {title: "again", isbn: "a1"}],
+        on_conflict: {constraint: book_isbn_key, update_columns: []}) { affected_rows returning { title } } }"""))
+    assert skipped["insert_book"] == {"affected_rows": 1, "returning": [{"title": "new"}]}

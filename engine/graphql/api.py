@@ -293,7 +293,8 @@ class GraphQLApi:
             compiler = self.compiler(schema, document, coerced)  # the rows it writes, counted before any work
             fields = compiler.fields(operation.selection_set)
             self.bounds.check_items(mutation_items(fields, coerced, compiler.relations), "objects")
-            data = await MutationRunner(self, schema, document, coerced).run(operation)
+            runner = MutationRunner(self, schema, document, coerced)
+            data = await (runner.run_one(operation) if runner.one_statement(operation) else runner.run(operation))
             return Answer(200, JSON, b'{"data":' + data + b"}")
         compiled = self.compiled(schema, document, operation, coerced)
         return Answer(200, JSON, b'{"data":' + (await self.execute(compiled, coerced)).encode() + b"}")

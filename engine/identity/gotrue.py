@@ -1,11 +1,10 @@
 """`/auth/v1` of a tenant, in the protocol of Supabase Auth (GoTrue), so Supabase's SDKs sign in unchanged.
 
 Routes: `POST /signup`, `POST /token?grant_type=password|refresh_token`, `POST /logout?scope=global|local|
-others`, `GET /user`, `PUT /user`, and for the tenant's admins `POST /admin/users/{id}/logout`. Users are
-rows of the tenant's own `users` entity, read and written as the tenant's database role; sessions, refresh
-tokens and audit events are the system tenant's, written in the same transaction. `user_metadata` is the
-tenant's own extension fields of `users` (validated like any body), `app_metadata` carries the provider and
-roles.
+others`, `GET /user`, `PUT /user`. Users are rows of the tenant's own `users` entity, read and written
+as the tenant's database role; sessions, refresh tokens and audit events are the system tenant's, written
+in the same transaction. `user_metadata` is the tenant's own extension fields of `users` (validated like
+any body), `app_metadata` carries the provider and roles.
 
 Sign-up confirms the address at once, as Supabase's "autoconfirm" does (there is no mailer yet): the
 account can sign in immediately and is stored `verified`. `email_confirmed_at` reports `verified` (the
@@ -27,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, errors, onboarding
 from engine.answer import Answer
-from engine.authz import Caller, unrestricted
+from engine.authz import Caller
 from engine.database import Database
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
@@ -111,8 +110,6 @@ class AuthApi:
             return _answer(200, await self.current_user())
         if route == ("PUT", "user"):
             return _answer(200, await self.update_user(self.json(body)))
-        if method == "POST" and route[1].startswith("admin/users/") and route[1].endswith("/logout"):
-            return await self.admin_logout(route[1].removeprefix("admin/users/").removesuffix("/logout"))
         if route[1].startswith("privacy/"):  # the user's own GDPR requests and consents
             return await privacy.handle(self, method, route[1].removeprefix("privacy/"), body)
         raise AuthFailed("not_found", 404, f"no auth route {method} /auth/v1/{path.strip('/')}")
@@ -280,23 +277,6 @@ class AuthApi:
                                   keep_session=caller.session_id if scope == "others" else None)
             await audit.record(conn, "auth.logout", tenant_id=self.runtime.tenant_id, entity=USERS,
                                record_id=caller.user_id, ip=self.ip, data={"scope": scope})
-        return _answer(204)
-
-    async def admin_logout(self, user_id: str) -> Answer:
-        """`POST /admin/users/{id}/logout`: end every session of one of the tenant's users, for the tenant's
-        admins and its service key (GoTrue's admin routes are the service role's); their streams end too."""
-        if not unrestricted(self.caller):
-            raise AuthFailed("not_admin", 403, "only the tenant's admins may end another user's sessions")
-        if not _is_uuid(user_id):
-            raise AuthFailed("validation_failed", 400, f"'{user_id}' is not a user id")
-        async with self.db.begin() as conn:
-            await self.as_tenant(conn)
-            if await conn.scalar(sa.select(self.users.c.id).where(self.users.c.id == user_id)) is None:
-                raise AuthFailed("user_not_found", 404, f"no user {user_id}")
-            await self.as_platform(conn)
-            await sessions.revoke(conn, self.runtime.tenant_id, "admin_logout", user_id=user_id)
-            await audit.record(conn, "auth.sessions_revoked", tenant_id=self.runtime.tenant_id, entity=USERS,
-                               record_id=user_id, ip=self.ip, actor=self.caller.member_id)
         return _answer(204)
 
     async def live_user(self, conn: AsyncConnection, caller: Caller) -> Any:
