@@ -42,6 +42,7 @@ from engine.plans import Plan
 from engine.storage.naming import SYSTEM_TENANT
 
 ANON_PER_ADDRESS = "300/minute"  # an anonymous client address's requests to one tenant
+MAX_CACHED_KEYS = 100_000
 PROBE_SECONDS = 5.0  # how often a Redis that failed is tried again
 REDIS_TIMEOUT_SECONDS = 0.5  # a Redis slower than this counts as down
 log = structlog.get_logger("backsaas.ratelimit")
@@ -97,7 +98,7 @@ class RateLimits:
                                          or ANON_PER_ADDRESS)
         self.probe_seconds = probe_seconds or float(os.environ.get("BACKSAAS_RATE_LIMIT_PROBE_SECONDS") or PROBE_SECONDS)
         self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
-        self._items: dict[tuple[int, int], RateLimitItem] = {}
+        self._keys: dict[tuple[int, tuple[str, ...]], str] = {}
         self._probe: asyncio.Task[None] | None = None
 
     @property
@@ -105,21 +106,27 @@ class RateLimits:
         """Whether Redis is configured but out of use (counting in this process's memory meanwhile)."""
         return self.shared is not None and self.storage is self.fallback
 
-    def _item(self, amount: int, seconds: int) -> RateLimitItem:
-        found = self._items.get((amount, seconds))
+    def _key(self, seconds: int, identifiers: tuple[str, ...]) -> str:
+        """The counter key of a window but for its start: `limits`' key of a window that long, whatever its
+        limit (a plan edited in the middle of a window keeps its count). Cached: building it costs more
+        than counting in memory."""
+        cache_key = (seconds, identifiers)
+        found = self._keys.get(cache_key)
         if found is None:
-            found = self._items[(amount, seconds)] = RateLimitItemPerSecond(amount, seconds)
+            if len(self._keys) >= MAX_CACHED_KEYS:  # one per tenant window and anonymous address: bounded
+                self._keys.clear()
+            found = self._keys[cache_key] = RateLimitItemPerSecond(1, seconds).key_for(*identifiers)
         return found
 
-    async def _count(self, key: str, seconds: int) -> int:
+    async def _count(self, key: str, seconds: int, amount: int = 1) -> int:
         storage = self.storage
         try:
-            return await storage.incr(key, seconds)
+            return await storage.incr(key, seconds, amount)
         except Exception as exc:  # limits' StorageError (wrapped) or a timeout: Redis is down, not the API
             if storage is self.fallback:
                 raise
             self._degrade(exc)
-            return await self.fallback.incr(key, seconds)
+            return await self.fallback.incr(key, seconds, amount)
 
     def _degrade(self, exc: Exception) -> None:
         if self.storage is self.fallback:
@@ -148,30 +155,37 @@ class RateLimits:
         if self._probe is not None:
             self._probe.cancel()
 
-    async def _window(self, name: str, amount: int, seconds: int, now: float, *identifiers: str) -> Window:
-        start = int(now // seconds)
-        key = self._item(amount, seconds).key_for(*identifiers, str(start))
-        count = await self._count(key, seconds)
-        return Window(amount, amount - count, (start + 1) * seconds - now, name)
-
     async def admit(self, slug: str, tenant_id: str, plan: Plan, caller: Caller, address: str | None
                     ) -> Window | None:
         """Count one request and answer its tightest window (None when nothing limits it), or the window
         that refuses it (`refused`; the caller raises its `error()`)."""
         if not self.enabled:
             return None
-        now = time.time()
-        tightest: Window | None = None
         checks: list[tuple[str, int, int, tuple[str, ...]]] = []
         if address and caller.user_id is None and "anon" in caller.roles:
             checks.append(("address", self.anon.amount, int(self.anon.get_expiry()), ("address", tenant_id, address)))
         if slug != SYSTEM_TENANT:
             checks += [(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in plan.rate_windows]
-        for key, amount, seconds, identifiers in checks:
-            window = await self._window(key, amount, seconds, now, *identifiers)
+        if not checks:
+            return None
+        now = time.time()
+        keys = [(f"{self._key(seconds, ids)}/{int(now // seconds)}", seconds) for _, _, seconds, ids in checks]
+        if self.storage is self.fallback:  # in memory: one window after the other, stopping at a refusal
+            counts: list[int] = []
+            for key, seconds in keys:
+                counts.append(await self._count(key, seconds))
+                if counts[-1] > checks[len(counts) - 1][1]:
+                    break
+        else:  # in Redis: every window in the time of one round trip, and the longer ones given back on a refusal
+            counts = list(await asyncio.gather(*(self._count(key, seconds) for key, seconds in keys)))
+        tightest: Window | None = None
+        for index, ((name, amount, seconds, _), count) in enumerate(zip(checks, counts, strict=False)):
+            window = Window(amount, amount - count, (int(now // seconds) + 1) * seconds - now, name)
             if window.refused:
+                if len(counts) > index + 1:  # a refused request does not spend the longer windows
+                    await asyncio.gather(*(self._count(key, seconds, -1) for key, seconds in keys[index + 1:]))
                 if self.on_refused is not None:
-                    self.on_refused(slug, key)
+                    self.on_refused(slug, name)
                 return window
             if tightest is None or window.remaining < tightest.remaining:
                 tightest = window

@@ -116,15 +116,16 @@ def test_an_anonymous_address_has_its_own_budget_and_others_keep_theirs(base, ke
     assert items(base, "anons", {"apikey": keys["anons"]["service"]}).status_code == 200  # not anonymous
 
 
-def test_a_plan_edit_reaches_the_running_gateway_at_once(base, keys):
+def test_a_plan_edit_reaches_the_running_gateway_at_once_and_keeps_the_windows_count(base, keys):
+    in_one_window(60)
     service = {"apikey": keys["edited"]["service"]}
-    assert window_headers(items(base, "edited", service))[0] == 1000
+    assert window_headers(items(base, "edited", service))[:2] == (1000, 999)
     session = httpx.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
                          json={"email": ADMIN, "password": PASSWORD}).json()
     edited = httpx.patch(f"{base}/api/platform/rest/v1/plans?code=eq.rl-roomy", json={"limits": {"requests_per_minute": 700}},
                          headers={"Authorization": f"Bearer {session['access_token']}"})
     assert edited.status_code == 204, edited.text
-    assert window_headers(items(base, "edited", service))[0] == 700
+    assert window_headers(items(base, "edited", service))[:2] == (700, 698)
 
 
 # -- processes sharing Redis, and Redis going away ----------------------------------------------------------
@@ -136,7 +137,7 @@ def serve(database_url: str, port: int, redis_url: str, prefix: str, log: Path) 
            "BACKSAAS_RATE_LIMIT_PROBE_SECONDS": "0.3"}
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # two servers starting at once on a busy machine take a while
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -161,11 +162,11 @@ def redis_keys(port: int, prefix: str) -> list[str]:
 
 
 def test_two_gateway_processes_share_one_budget_in_redis(keys, database_url, tmp_path):
-    in_one_window(60, margin=20)
     prefix = f"bst-rl-{secrets.token_hex(4)}"
     ports = [free_port(), free_port()]
     processes = [serve(database_url, port, "redis://127.0.0.1:6379/0", prefix, tmp_path / f"{port}.log") for port in ports]
     try:
+        in_one_window(60, margin=15)  # the servers are up: the requests fall in one minute
         service = {"apikey": keys["shared"]["service"]}
         answers = [items(f"http://127.0.0.1:{ports[n % 2]}", "shared", service) for n in range(7)]
         assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
@@ -188,7 +189,6 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
 
 
 def test_a_redis_outage_degrades_to_per_process_limits_logs_it_and_recovers(keys, database_url, tmp_path):
-    in_one_window(60, margin=25)
     redis_port, port = free_port(), free_port()
     redis = start_redis(redis_port, tmp_path)
     log = tmp_path / "gateway.log"
@@ -196,6 +196,7 @@ def test_a_redis_outage_degrades_to_per_process_limits_logs_it_and_recovers(keys
     gateway = serve(database_url, port, f"redis://127.0.0.1:{redis_port}/0", prefix, log)
     base, service = f"http://127.0.0.1:{port}", {"apikey": keys["outage"]["service"]}
     try:
+        in_one_window(60, margin=25)  # the server is up: what follows falls in one minute
         assert [items(base, "outage", service).status_code for _ in range(2)] == [200, 200]
         assert redis_keys(redis_port, prefix)
         redis.kill()
