@@ -39,6 +39,7 @@ functions:
     handler: examples.whoami
     roles: [anon]
 """
+http = httpx.Client(timeout=60)  # generous: the test machine may be loaded
 PASSWORD = "a long enough passphrase"
 UNLIMITED_PLAN = "metering-test"
 
@@ -71,7 +72,7 @@ def totals(database_url: str, slug: str) -> dict[str, int]:
     return asyncio.run(read())
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         found = check()
@@ -85,23 +86,23 @@ def some_traffic(base: str, slug: str, keys: dict[str, str], reads: int) -> dict
     api = f"{base}/api/tenants/{slug}"
     service = {"apikey": keys["service"]}
     for _ in range(reads):
-        assert httpx.get(f"{api}/rest/v1/note", headers=service).status_code == 200
-    assert httpx.post(f"{api}/rest/v1/note", json=[{"body": "a"}, {"body": "b"}, {"body": "c"}],
+        assert http.get(f"{api}/rest/v1/note", headers=service).status_code == 200
+    assert http.post(f"{api}/rest/v1/note", json=[{"body": "a"}, {"body": "b"}, {"body": "c"}],
                       headers=service).status_code == 201
-    assert httpx.patch(f"{api}/rest/v1/note?body=eq.a", json={"body": "z"}, headers=service).status_code == 204
-    assert httpx.delete(f"{api}/rest/v1/note?body=eq.b", headers=service).status_code == 204
-    assert httpx.post(f"{api}/rest/v1/note", json={"nope": 1}, headers=service).status_code == 422
-    inserted = httpx.post(f"{api}/graphql/v1", headers=service, json={
+    assert http.patch(f"{api}/rest/v1/note?body=eq.a", json={"body": "z"}, headers=service).status_code == 204
+    assert http.delete(f"{api}/rest/v1/note?body=eq.b", headers=service).status_code == 204
+    assert http.post(f"{api}/rest/v1/note", json={"nope": 1}, headers=service).status_code == 422
+    inserted = http.post(f"{api}/graphql/v1", headers=service, json={
         "query": 'mutation { insert_note(objects: [{body: "g1"}, {body: "g2"}]) { affected_rows } }'})
     assert inserted.json() == {"data": {"insert_note": {"affected_rows": 2}}}
-    updated = httpx.post(f"{api}/graphql/v1", headers=service, json={
+    updated = http.post(f"{api}/graphql/v1", headers=service, json={
         "query": 'mutation { update_note(where: {body: {_eq: "g1"}}, _set: {body: "g3"}) { returning { body } } }'})
     assert updated.json() == {"data": {"update_note": {"returning": [{"body": "g3"}]}}}
-    failed = httpx.post(f"{api}/graphql/v1", headers=service, json={  # rolled back whole: no rows written
+    failed = http.post(f"{api}/graphql/v1", headers=service, json={  # rolled back whole: no rows written
         "query": 'mutation { a: insert_note_one(object: {body: "x"}) { id } b: insert_note_one(object: {nope: 1}) { id } }'})
     assert failed.json().get("errors"), failed.text
-    assert httpx.post(f"{api}/functions/v1/whoami", json={}, headers={"apikey": keys["anon"]}).status_code == 200
-    signed = httpx.post(f"{api}/auth/v1/signup", headers={"apikey": keys["anon"]},
+    assert http.post(f"{api}/functions/v1/whoami", json={}, headers={"apikey": keys["anon"]}).status_code == 200
+    signed = http.post(f"{api}/auth/v1/signup", headers={"apikey": keys["anon"]},
                         json={"email": f"user{time.monotonic_ns()}@example.com", "password": PASSWORD})
     assert signed.status_code == 200, signed.text
     return {"rest_calls": reads + 4, "graphql_calls": 3, "function_calls": 1, "auth_calls": 1,
@@ -141,7 +142,7 @@ def serve(database_url: str, port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            if http.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return process
         except httpx.TransportError:
             time.sleep(0.1)
@@ -169,9 +170,9 @@ def test_two_gateway_processes_add_up(keys, database_url):
 
 def test_a_request_of_an_unknown_tenant_counts_nothing(keys, database_url):
     with running_gateway(database_url, metering={"flush_seconds": 3600}) as base:
-        assert httpx.get(f"{base}/api/tenants/nobody/rest/v1/note").status_code == 404
+        assert http.get(f"{base}/api/tenants/nobody/rest/v1/note").status_code == 404
         api = f"{base}/api/tenants/meter-d/rest/v1/note"
         for _ in range(3):
-            assert httpx.get(api, headers={"apikey": keys["meter-d"]["anon"]}).status_code == 200
+            assert http.get(api, headers={"apikey": keys["meter-d"]["anon"]}).status_code == 200
     found = totals(database_url, "meter-d")
     assert found["rest_calls"] == 3 and sum(found.get(m, 0) for m in metering.LATENCY_METRICS) == 3

@@ -26,6 +26,7 @@ from functions.tenants import create_tenant
 from functions.users import create_platform_admin
 from tests.server import running_gateway
 
+http = httpx.Client(timeout=60)  # generous: the test machine may be loaded
 PASSWORD = "a long enough passphrase"
 ADMIN = "root@quotas.example"
 
@@ -101,7 +102,7 @@ def base(keys: dict[str, dict[str, str]], database_url: str) -> Iterator[str]:
         yield url
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
@@ -118,20 +119,20 @@ def rest(base: str, slug: str) -> str:
 def test_past_the_soft_limit_responses_warn_and_the_tenant_gets_one_quota_warning(base, keys, receiver):
     service = {"apikey": keys["soft"]["service"]}
     for i in range(8):  # 80% of 10 rows
-        assert httpx.post(f"{rest(base, 'soft')}/note", json={"body": f"n{i}"}, headers=service).status_code == 201
-    warned = wait_for(lambda: (r := httpx.get(f"{rest(base, 'soft')}/note", headers=service)).headers.get(
+        assert http.post(f"{rest(base, 'soft')}/note", json={"body": f"n{i}"}, headers=service).status_code == 201
+    warned = wait_for(lambda: (r := http.get(f"{rest(base, 'soft')}/note", headers=service)).headers.get(
         "X-Quota-Warning") and r)
     assert warned.status_code == 200 and warned.headers["X-Quota-Warning"] == "rows=80%"
-    assert httpx.post(f"{rest(base, 'soft')}/note", json={"body": "n9"}, headers=service).status_code == 201
+    assert http.post(f"{rest(base, 'soft')}/note", json={"body": "n9"}, headers=service).status_code == 201
     events = wait_for(lambda: [b for b in receiver.bodies if b.get("event") == "quota.warning" and b["tenant"] == "soft"])
     time.sleep(1)  # refreshes go on: no second event for the same metric and month
     events = [b for b in receiver.bodies if b.get("event") == "quota.warning" and b["tenant"] == "soft"]
     assert len(events) == 1
     assert {k: events[0][k] for k in ("metric", "limit")} == {"metric": "rows", "limit": 10}
     assert events[0]["percent"] >= 80 and events[0]["period"] == time.strftime("%Y-%m", time.gmtime())
-    listed = httpx.get(f"{base}/api/tenants/soft/events/v1", headers=service).json()
+    listed = http.get(f"{base}/api/tenants/soft/events/v1", headers=service).json()
     assert [(e["entity"], e["action"]) for e in listed if e["entity"] == "quota.warning"] == [("quota.warning", "event")]
-    other = httpx.get(f"{rest(base, 'other')}/note", headers={"apikey": keys["other"]["service"]})
+    other = http.get(f"{rest(base, 'other')}/note", headers={"apikey": keys["other"]["service"]})
     assert "X-Quota-Warning" not in other.headers
 
 
@@ -139,38 +140,38 @@ def test_past_the_hard_limit_writes_that_grow_rows_are_402_while_reads_work(base
     service = {"apikey": keys["hard"]["service"]}
     api = rest(base, "hard")
     for i in range(3):
-        assert httpx.post(f"{api}/note", json={"body": f"n{i}"}, headers=service).status_code == 201
-    refused = wait_for(lambda: (r := httpx.post(f"{api}/note", json={"body": "more"}, headers=service))
+        assert http.post(f"{api}/note", json={"body": f"n{i}"}, headers=service).status_code == 201
+    refused = wait_for(lambda: (r := http.post(f"{api}/note", json={"body": "more"}, headers=service))
                        .status_code == 402 and r)
     body = refused.json()
     assert body["code"] == "quota_exceeded" and body["metric"] == "rows" and body["limit"] == 3
     assert "rows" in body["message"] and "3" in body["message"]
     assert refused.headers["X-Quota-Warning"].startswith("rows=")
     assert int(refused.headers["X-Quota-Warning"][5:-1]) >= 100
-    stored = len(httpx.get(f"{api}/note", headers=service).json())  # 3, or a few more inserted while measuring
+    stored = len(http.get(f"{api}/note", headers=service).json())  # 3, or a few more inserted while measuring
     assert stored >= 3
-    assert httpx.patch(f"{api}/note?body=eq.n0", json={"body": "changed"}, headers=service).status_code == 204
-    mutation = httpx.post(f"{base}/api/tenants/hard/graphql/v1", headers=service,
+    assert http.patch(f"{api}/note?body=eq.n0", json={"body": "changed"}, headers=service).status_code == 204
+    mutation = http.post(f"{base}/api/tenants/hard/graphql/v1", headers=service,
                           json={"query": 'mutation { insert_note_one(object: {body: "g"}) { id } }'}).json()
     assert mutation["errors"][0]["extensions"]["code"] == "quota_exceeded"
-    assert httpx.delete(f"{api}/note?body=eq.n1", headers=service).status_code == 204
-    assert len(httpx.get(f"{api}/note", headers=service).json()) == stored - 1
+    assert http.delete(f"{api}/note?body=eq.n1", headers=service).status_code == 204
+    assert len(http.get(f"{api}/note", headers=service).json()) == stored - 1
 
 
 def test_past_the_monthly_requests_every_request_is_402(base, keys):
     anon = {"apikey": keys["busy"]["anon"]}
-    answers = [httpx.get(f"{rest(base, 'busy')}/note", headers=anon).status_code for _ in range(7)]
+    answers = [http.get(f"{rest(base, 'busy')}/note", headers=anon).status_code for _ in range(7)]
     assert answers == [200] * 5 + [402] * 2
-    refused = httpx.get(f"{rest(base, 'busy')}/note", headers=anon).json()
+    refused = http.get(f"{rest(base, 'busy')}/note", headers=anon).json()
     assert refused["code"] == "quota_exceeded" and refused["metric"] == "requests_per_month" and refused["limit"] == 5
-    assert httpx.get(f"{rest(base, 'other')}/note", headers={"apikey": keys["other"]["anon"]}).status_code == 200
+    assert http.get(f"{rest(base, 'other')}/note", headers={"apikey": keys["other"]["anon"]}).status_code == 200
 
 
 def test_sign_ups_past_the_end_users_limit_are_402(base, keys):
     signup = f"{base}/api/tenants/users/auth/v1/signup"
     anon = {"apikey": keys["users"]["anon"]}
-    assert httpx.post(signup, headers=anon, json={"email": "one@example.com", "password": PASSWORD}).status_code == 200
-    refused = httpx.post(signup, headers=anon, json={"email": "two@example.com", "password": PASSWORD})
+    assert http.post(signup, headers=anon, json={"email": "one@example.com", "password": PASSWORD}).status_code == 200
+    refused = http.post(signup, headers=anon, json={"email": "two@example.com", "password": PASSWORD})
     assert refused.status_code == 402 and refused.json()["metric"] == "end_users"
 
 
@@ -189,8 +190,8 @@ def platform(base: str, path: str) -> str:
 
 
 def account(base: str, email: str) -> dict[str, str]:
-    httpx.post(platform(base, "auth/v1/signup"), json={"email": email, "password": PASSWORD})
-    token = httpx.post(platform(base, "auth/v1/token"), params={"grant_type": "password"},
+    http.post(platform(base, "auth/v1/signup"), json={"email": email, "password": PASSWORD})
+    token = http.post(platform(base, "auth/v1/token"), params={"grant_type": "password"},
                        json={"email": email, "password": PASSWORD}).json()["access_token"]
     return {"Authorization": f"Bearer {token}"}
 
@@ -212,7 +213,7 @@ async def readers(base: str, db: Database) -> dict[str, dict[str, str]]:
 
 
 def usage(base: str, headers: dict[str, str], slug: str) -> httpx.Response:
-    return httpx.post(platform(base, "functions/v1/usage"), json={"tenant": slug}, headers=headers)
+    return http.post(platform(base, "functions/v1/usage"), json={"tenant": slug}, headers=headers)
 
 
 def test_a_member_reads_the_tenants_usage_against_its_plan(base, keys, readers):
@@ -226,27 +227,27 @@ def test_a_member_reads_the_tenants_usage_against_its_plan(base, keys, readers):
     assert found["quotas"]["rows"]["limit"] == 3 and found["quotas"]["requests_per_month"]["limit"] is None
     assert found["totals"]["rows_written"] >= 3
     assert {d["metric"] for d in found["daily"]} >= {"rest_calls", "rows_written"}
-    rows = httpx.get(platform(base, "rest/v1/usage_daily"), headers=readers["viewer"]).json()
+    rows = http.get(platform(base, "rest/v1/usage_daily"), headers=readers["viewer"]).json()
     assert rows and {r["tenant_id"] for r in rows} == {found_tenant_id(base, readers["viewer"], "hard")}
 
 
 def found_tenant_id(base: str, headers: dict[str, str], slug: str) -> str:
-    return httpx.get(platform(base, "rest/v1/tenants"), params={"slug": f"eq.{slug}"}, headers=headers).json()[0]["id"]
+    return http.get(platform(base, "rest/v1/tenants"), params={"slug": f"eq.{slug}"}, headers=headers).json()[0]["id"]
 
 
 def test_a_member_of_another_tenant_an_end_user_and_anon_get_no_usage(base, keys, readers):
     assert usage(base, readers["outsider"], "hard").status_code == 403
     hard = found_tenant_id(base, readers["viewer"], "hard")
-    assert httpx.get(platform(base, "rest/v1/usage_daily"), params={"tenant_id": f"eq.{hard}"},
+    assert http.get(platform(base, "rest/v1/usage_daily"), params={"tenant_id": f"eq.{hard}"},
                      headers=readers["outsider"]).json() == []
-    end_user = httpx.post(f"{base}/api/tenants/hard/auth/v1/signup", headers={"apikey": keys["hard"]["anon"]},
+    end_user = http.post(f"{base}/api/tenants/hard/auth/v1/signup", headers={"apikey": keys["hard"]["anon"]},
                           json={"email": "end@example.com", "password": PASSWORD})
     assert end_user.status_code == 200, end_user.text
     refused = usage(base, {"Authorization": f"Bearer {end_user.json()['access_token']}"}, "hard")
     assert refused.status_code == 401 and refused.json()["code"] == "tenant_mismatch"
     anonymous = usage(base, {}, "hard")
     assert anonymous.status_code == 403 and anonymous.json()["code"] == "permission_denied"
-    assert httpx.get(platform(base, "rest/v1/usage_daily")).status_code == 403
+    assert http.get(platform(base, "rest/v1/usage_daily")).status_code == 403
 
 
 def test_a_platform_admin_reads_every_tenants_usage(base, keys, readers):
