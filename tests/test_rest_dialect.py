@@ -858,3 +858,16 @@ def test_malformed_writes_are_answered_never_500(http, shelves):
             failures.append((method, path, body, response.status_code, response.text[:300]))
     http.delete("/shelf?label=like.fz*")
     assert not failures, failures
+
+
+def test_missing_default_fills_absent_keys_with_column_defaults(http, shelves):
+    body = [{"label": "md-1"}, {"label": "md-2", "rank": 3, "tags": ["t"]}]
+    filled = http.post("/shelf?columns=label,rank,tags&select=label,rank,tags&order=label", json=body,
+                       headers={"Prefer": "missing=default, return=representation"})
+    assert filled.status_code == 201, filled.text
+    assert filled.json() == [{"label": "md-1", "rank": None, "tags": []}, {"label": "md-2", "rank": 3, "tags": ["t"]}]
+    assert filled.headers["preference-applied"] == "missing=default, return=representation"
+    nulls = http.post("/shelf?columns=label,tags&select=label,tags", json=[{"label": "md-3"}],
+                      headers={"Prefer": "return=representation"})
+    assert nulls.json() == [{"label": "md-3", "tags": None}]  # as PostgREST: NULL unless missing=default
+    http.delete("/shelf?label=like.md-*")

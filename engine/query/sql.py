@@ -370,15 +370,35 @@ def read_statement(plan: ReadPlan, tables: Mapping[str, sa.Table], count: bool, 
     return body_select(builder, plan, tables[plan.entity], builder.count(plan) if count else None, csv=csv)
 
 
+def missing_as_default(table: sa.Table, keys: Sequence[str], param: int) -> sa.Select[Any]:
+    """PostgREST's `Prefer: missing=default`: each object's value of each key, or the column's default
+    where the object lacks the key (not NULL, as json_populate_recordset would make it)."""
+    raw = sa.func.json_array_elements(sa.cast(sa.bindparam(f"v{param}", type_=sa.Text()), postgresql.JSON)) \
+        .table_valued("value").alias("raw")
+    row_type = sa.literal_column(f"NULL::{qualified(table)}")
+    source = sa.func.json_populate_record(row_type, raw.c.value).table_valued(*table.c.keys()).lateral("j")
+    values = []
+    for key in keys:  # names of the model; each default is the model's own SQL text
+        default = table.c[key].server_default
+        present = sa.cast(raw.c.value, postgresql.JSONB).op("?", is_comparison=True)(sa.literal_column(f"'{key}'"))
+        values.append(sa.case((present, source.c[key]),
+                              else_=default.arg if default is not None else sa.null()))  # type: ignore[attr-defined]
+    return sa.select(*values).select_from(raw.join(source, sa.true()))
+
+
 def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: Upsert | None,
-                     tables: Mapping[str, sa.Table], *, many: bool = True) -> postgresql.Insert:
+                     tables: Mapping[str, sa.Table], *, many: bool = True,
+                     defaults: bool = False) -> postgresql.Insert:
     """INSERT the rows of JSON parameter `param` (an array, or one object unless `many`); with `upsert`,
     a conflict updates the existing row only within the update's scope (else the row is left alone and
-    not returned: the caller compares what was written with what was sent)."""
+    not returned: the caller compares what was written with what was sent); with `defaults` (an array),
+    a key an object lacks takes the column's default."""
     source = json_source(table, param, many=many)
     # `{}` is a row of defaults (as PostgREST inserts it): the id alone, made as its default makes it
     values = [source.c[k] for k in keys] or [table.c.id.server_default.arg]  # type: ignore[union-attr]
-    statement = postgresql.insert(table).from_select(list(keys) or ["id"], sa.select(*values).select_from(source))
+    rows = missing_as_default(table, keys, param) if defaults and keys and many \
+        else sa.select(*values).select_from(source)
+    statement = postgresql.insert(table).from_select(list(keys) or ["id"], rows)
     if upsert is None:
         return statement
     if not upsert.update:
@@ -390,10 +410,10 @@ def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: U
 
 
 def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequence[str], upsert: Upsert | None,
-                param: int, representation: bool) -> sa.Executable:
+                param: int, representation: bool, *, defaults: bool = False) -> sa.Executable:
     """REST's POST: the rows as `returned` shows them (the read scope applied), or the new ids alone."""
     table = tables[returned.entity]
-    statement = insert_statement(table, keys, param, upsert, tables)
+    statement = insert_statement(table, keys, param, upsert, tables, defaults=defaults)
     inserted = sa.literal_column("(xmax = 0)").label("inserted")  # false: an upsert updated the row it met
     if not representation:
         return statement.returning(sa.cast(table.c.id, sa.Text).label("id"), inserted)

@@ -234,7 +234,8 @@ class RestApi:
         `Location` with `return=headers-only`; `Preference-Applied` for what was honoured."""
         total = str(written) if prefer.counted else "*"
         span = f"0-{written - 1}" if action == "update" and written else "*"
-        response_headers = [("Content-Range", f"{span}/{total}"), *prefer.applied(write=True, resolution=upsert)]
+        response_headers = [("Content-Range", f"{span}/{total}"),
+                            *prefer.applied(write=True, resolution=upsert, missing=action == "create")]
         if location is not None and prefer.returns("headers-only"):
             response_headers.append(("Location", location))
         if row is not None and prefer.returns("representation"):
@@ -313,6 +314,7 @@ class RestApi:
             if column not in visible:
                 raise UnknownColumn(f"column '{column}' of '{entity.name}' does not exist")
         representation = prefer.returns("representation")
+        defaults = prefer.missing == "default"  # a key an object lacks takes its column's default, not NULL
 
         def prepare() -> tuple[ReadPlan, list[Any], CompiledRead, Upsert | None]:
             parser = self.parser()
@@ -320,9 +322,9 @@ class RestApi:
             upsert = self.upsert(parser, entity, keys, conflict, prefer.resolution)
             returned = parser.returned(plan)
             values = parser.values
-            compiled = self.statement(("insert", returned, keys, upsert, representation, len(values)),
+            compiled = self.statement(("insert", returned, keys, upsert, representation, len(values), defaults),
                                       lambda: rest_insert(self.runtime.tables, returned, keys, upsert, len(values),
-                                                          representation))
+                                                          representation, defaults=defaults))
             return returned, values, compiled, upsert
 
         _, values, compiled, upsert = self.prepared(("insert", entity.name, tuple(params), prefer, self.who, keys),

@@ -31,6 +31,7 @@ PREFERENCES = {  # the preferences PostgREST honours here, in the order it lists
     "return": ("representation", "minimal", "headers-only"),
     "count": ("exact", "planned", "estimated"),
     "handling": ("strict", "lenient"),
+    "missing": ("default", "null"),
 }
 
 
@@ -93,6 +94,7 @@ class Prefer:
     count: str | None = None  # exact | planned | estimated
     resolution: str | None = None  # merge-duplicates | ignore-duplicates
     handling: str | None = None  # strict: a preference not honoured here is a 400, not ignored
+    missing: str | None = None  # default: a key a bulk insert's object lacks takes the column's default
 
     @classmethod
     def parse(cls, header: str) -> Prefer:
@@ -107,7 +109,8 @@ class Prefer:
         if found.get("handling") == "strict" and unknown:
             raise InvalidPreferences("Invalid preferences given with handling=strict",
                                      hint=f"not honoured here: {', '.join(unknown)}")
-        return cls(found.get("return"), found.get("count"), found.get("resolution"), found.get("handling"))
+        return cls(found.get("return"), found.get("count"), found.get("resolution"), found.get("handling"),
+                   found.get("missing"))
 
     def returns(self, what: str) -> bool:
         """Whether the client asked for `what` (representation | headers-only); minimal by default."""
@@ -117,10 +120,11 @@ class Prefer:
     def counted(self) -> bool:
         return self.count is not None
 
-    def applied(self, *, write: bool, resolution: bool = False) -> list[tuple[str, str]]:
+    def applied(self, *, write: bool, resolution: bool = False, missing: bool = False) -> list[tuple[str, str]]:
         """`Preference-Applied`, as PostgREST sends it: the honoured preferences the client named
-        (`return=` on writes only, `resolution=` on upserts only)."""
+        (`return=` on writes only, `resolution=` on upserts only, `missing=` on inserts only)."""
         values = [f"resolution={self.resolution}" if resolution and self.resolution else None,
+                  f"missing={self.missing}" if missing and self.missing else None,
                   f"return={self.returning}" if write and self.returning else None,
                   f"count={self.count}" if self.count else None,
                   f"handling={self.handling}" if self.handling else None]
