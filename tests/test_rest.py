@@ -296,6 +296,14 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_entity(http, base
     assert document["servers"][0]["url"] == f"{base}/api/tenants/blog/rest/v1"
 
 
+def test_openapi_describes_a_ref_column_as_postgrest_does_naming_its_target(http, base):
+    schemas = http.get(f"{base}/api/tenants/blog/rest/v1/").json()["components"]["schemas"]
+    note = "Note:\nThis is a Foreign Key to `author.id`.<fk table='author' column='id'/>"
+    assert schemas["post"]["properties"]["author_id"]["description"] == note
+    assert schemas["post_create"]["properties"]["author_id"]["description"] == note
+    assert "description" not in schemas["post_create"]["properties"]["title"]
+
+
 def test_supabase_sdk_reads_embeds_and_writes(base, seeded, keys):
     from supabase import create_client
 

@@ -190,3 +190,9 @@ export const TENANT_COLUMNS = "id,slug,name,status,status_reason,plan,created_at
 export function isPlatformAdmin(s: Session | null): boolean {
   return Boolean(s?.user.app_metadata?.roles?.includes("platform_admin"));
 }
+
+/** GraphiQL (served by the gateway on this origin) keeps its request headers in localStorage: handing it the
+ * session's token there lets it run queries as the signed-in member, with no key. */
+export function shareSessionWithGraphiql(): void {
+  if (current) localStorage.setItem("graphiql:headers", JSON.stringify({ Authorization: `Bearer ${current.access_token}` }, null, 2));
+}

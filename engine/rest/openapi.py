@@ -138,6 +138,17 @@ PARAMETERS = {
 }
 
 
+def foreign_key_notes(entity: Entity, schema: dict[str, Any]) -> dict[str, Any]:
+    """A ref column's description is PostgREST's note naming its target (`<fk table='author' column='id'/>`),
+    which clients reading PostgREST's documents (and the console's pickers of related rows) understand."""
+    properties = dict(schema.get("properties") or {})
+    for field in entity.fields:
+        if field.ref is not None and field.column in properties:
+            note = f"Note:\nThis is a Foreign Key to `{field.ref.to}.id`.<fk table='{field.ref.to}' column='id'/>"
+            properties[field.column] = {**properties[field.column], "description": note}
+    return {**schema, "properties": properties} if properties else schema
+
+
 def openapi_document(runtime: TenantRuntime, server_url: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["code", "message"],
@@ -146,9 +157,10 @@ def openapi_document(runtime: TenantRuntime, server_url: str) -> dict[str, Any]:
     }
     paths: dict[str, Any] = {}
     for entity in runtime.model.entities:
-        schemas[entity.name] = row_schema(entity)
-        schemas[f"{entity.name}_create"] = _body(entity_json_schema(entity, partial=False))
-        schemas[f"{entity.name}_update"] = {**_body(entity_json_schema(entity, partial=True)), "minProperties": 1}
+        schemas[entity.name] = foreign_key_notes(entity, row_schema(entity))
+        schemas[f"{entity.name}_create"] = foreign_key_notes(entity, _body(entity_json_schema(entity, partial=False)))
+        schemas[f"{entity.name}_update"] = foreign_key_notes(
+            entity, {**_body(entity_json_schema(entity, partial=True)), "minProperties": 1})
         paths[f"/{entity.name}"] = entity_paths(entity)
     for function in runtime.model.functions:
         paths[f"/rpc/{function.name}"] = rpc_paths(function)

@@ -13,13 +13,21 @@ const Schema = lazy(() => import("./tenant/Schema"));
 const Data = lazy(() => import("./tenant/Data"));
 const Usage = lazy(() => import("./tenant/Usage"));
 const Audit = lazy(() => import("./tenant/Audit"));
+const Users = lazy(() => import("./tenant/Users"));
+const Events = lazy(() => import("./tenant/Events"));
+const Billing = lazy(() => import("./tenant/Billing"));
+const Api = lazy(() => import("./tenant/Api"));
 
 const TABS = [
   ["overview", "Overview"],
   ["schema", "Schema"],
   ["data", "Data"],
+  ["users", "Auth users"],
   ["members", "Members"],
+  ["events", "Webhooks"],
+  ["api", "API"],
   ["usage", "Usage"],
+  ["billing", "Billing"],
   ["audit", "Audit"],
   ["settings", "Settings"],
 ] as const;
@@ -79,7 +87,11 @@ export function TenantPage({ slug, tab }: { slug: string; tab: string }) {
           <Tabs.Content value="members">
             <Members tenant={t} />
           </Tabs.Content>
+          <Tabs.Content value="users">{tab === "users" && <Users tenant={t} />}</Tabs.Content>
+          <Tabs.Content value="events">{tab === "events" && <Events tenant={t} />}</Tabs.Content>
+          <Tabs.Content value="api">{tab === "api" && <Api tenant={t} />}</Tabs.Content>
           <Tabs.Content value="usage">{tab === "usage" && <Usage tenant={t} />}</Tabs.Content>
+          <Tabs.Content value="billing">{tab === "billing" && <Billing tenant={t} />}</Tabs.Content>
           <Tabs.Content value="audit">{tab === "audit" && <Audit tenant={t} />}</Tabs.Content>
           <Tabs.Content value="settings">
             <Settings tenant={t} />

@@ -52,7 +52,7 @@ export default function Data({ tenant }: { tenant: Tenant }) {
           </button>
         ))}
       </nav>
-      <Rows key={chosen} base={base} entity={chosen} row={schemas[chosen]} create={schemas[`${chosen}_create`]} update={schemas[`${chosen}_update`]} />
+      <Rows key={chosen} base={base} entity={chosen} schemas={schemas} />
     </div>
   );
 }
@@ -63,8 +63,9 @@ interface Filter {
   value: string;
 }
 
-function Rows({ base, entity, row, create, update }: { base: string; entity: string; row: JsonSchema; create: JsonSchema; update: JsonSchema }) {
+function Rows({ base, entity, schemas }: { base: string; entity: string; schemas: Record<string, JsonSchema> }) {
   const client = useQueryClient();
+  const [row, create, update] = [schemas[entity], schemas[`${entity}_create`], schemas[`${entity}_update`]];
   const columns = Object.keys(row.properties ?? {});
   const [filters, setFilters] = useState<Filter[]>([]);
   const [order, setOrder] = useState<{ column: string; desc: boolean }>({ column: "created_at", desc: true });
@@ -150,6 +151,7 @@ function Rows({ base, entity, row, create, update }: { base: string; entity: str
       {editing && (
         <RowForm
           base={base}
+          schemas={schemas}
           entity={entity}
           schema={editing === "new" ? create : update}
           row={editing === "new" ? null : editing}
@@ -219,7 +221,21 @@ function kindOf(schema: JsonSchema): string {
   return type ?? "json";
 }
 
-function RowForm({ base, entity, schema, row, onClose }: { base: string; entity: string; schema: JsonSchema; row: Row | null; onClose: () => void }) {
+function RowForm({
+  base,
+  schemas,
+  entity,
+  schema,
+  row,
+  onClose,
+}: {
+  base: string;
+  schemas: Record<string, JsonSchema>;
+  entity: string;
+  schema: JsonSchema;
+  row: Row | null;
+  onClose: () => void;
+}) {
   const client = useQueryClient();
   const fields = Object.entries(schema.properties ?? {});
   const [values, setValues] = useState<Record<string, string>>(() =>
@@ -268,8 +284,17 @@ function RowForm({ base, entity, schema, row, onClose }: { base: string; entity:
     <Dialog open onOpenChange={(open) => !open && onClose()} title={row ? `Edit ${entity}` : `Insert into ${entity}`}>
       <form onSubmit={submit} className="space-y-3">
         {fields.map(([name, field]) => (
-          <Field key={name} label={`${name}${(schema.required ?? []).includes(name) ? " *" : ""}`} error={local[name] ?? serverErrors[name]} hint={field.description}>
-            <Widget name={name} field={field} value={values[name]} onChange={(v) => setValues({ ...values, [name]: v })} />
+          <Field
+            key={name}
+            label={`${name}${(schema.required ?? []).includes(name) ? " *" : ""}`}
+            error={local[name] ?? serverErrors[name]}
+            hint={targetOf(field) ? `a row of ${targetOf(field)}` : field.description}
+          >
+            {targetOf(field) ? (
+              <RefPicker base={base} target={targetOf(field)!} row={schemas[targetOf(field)!]} value={values[name]} onChange={(v) => setValues({ ...values, [name]: v })} />
+            ) : (
+              <Widget name={name} field={field} value={values[name]} onChange={(v) => setValues({ ...values, [name]: v })} />
+            )}
           </Field>
         ))}
         <ErrorText error={save.error} />
@@ -347,4 +372,40 @@ function Widget({ name, field, value, onChange }: { name: string; field: JsonSch
     default:
       return <Input name={name} value={value} onChange={(e) => onChange(e.target.value)} />;
   }
+}
+
+/** The target entity of a ref column, from PostgREST's foreign-key note in its description. */
+function targetOf(field: JsonSchema): string | null {
+  const plain = field.anyOf?.find((s) => s.type !== "null") ?? field;
+  return /<fk table='([^']+)'/.exec(field.description ?? plain.description ?? "")?.[1] ?? null;
+}
+
+/** A searchable picker of the target's rows: the first text column labels them, its `ilike` searches. */
+function RefPicker({ base, target, row, value, onChange }: { base: string; target: string; row?: JsonSchema; value: string; onChange: (v: string) => void }) {
+  const [search, setSearch] = useState("");
+  const label = Object.entries(row?.properties ?? {}).find(
+    ([name, s]) => !["id", "owner_id", "created_at", "updated_at"].includes(name) && kindOf(s) === "string" && !targetOf(s),
+  )?.[0];
+  const options = useQuery({
+    queryKey: ["ref", base, target, label, search],
+    queryFn: () =>
+      request<Row[]>(
+        `${base}/rest/v1/${target}${query({ select: label ? `id,${label}` : "id", limit: 20, order: label, [label ?? "id"]: search && label ? `ilike.*${search}*` : undefined })}`,
+      ),
+  });
+  return (
+    <div className="space-y-1">
+      <Input aria-label={`Search ${target}`} placeholder={`search ${target}${label ? ` by ${label}` : ""}`} value={search} onChange={(e) => setSearch(e.target.value)} />
+      <Select aria-label={`Pick a ${target}`} value={value} onChange={(e) => onChange(e.target.value)}>
+        <option value="">(none)</option>
+        {value && !options.data?.some((o) => o.id === value) && <option value={value}>{value}</option>}
+        {options.data?.map((o) => (
+          <option key={String(o.id)} value={String(o.id)}>
+            {label ? `${String(o[label])} (${String(o.id).slice(0, 8)})` : String(o.id)}
+          </option>
+        ))}
+      </Select>
+      <ErrorText error={options.error} />
+    </div>
+  );
 }

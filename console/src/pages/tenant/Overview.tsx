@@ -1,6 +1,6 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
-import { callFunction, PLATFORM, query, request, tenantBase, type Tenant } from "../../api";
+import { callFunction, PLATFORM, query, request, shareSessionWithGraphiql, tenantBase, type Tenant } from "../../api";
 import { Button, Card, Code, ErrorText, Field, Input, Select, Spinner } from "../../ui";
 
 interface Key {
@@ -42,7 +42,7 @@ export function Overview({ tenant }: { tenant: Tenant }) {
         </dl>
         <p className="mt-3 text-sm">
           Explore as yourself:{" "}
-          <a className="text-indigo-700 underline" href={`${base}/graphql/v1`} target="_blank" rel="noreferrer" onClick={() => shareToken()}>
+          <a className="text-indigo-700 underline" href={`${base}/graphql/v1`} target="_blank" rel="noreferrer" onClick={shareSessionWithGraphiql}>
             GraphiQL
           </a>{" "}
           ·{" "}
@@ -65,14 +65,6 @@ export function Overview({ tenant }: { tenant: Tenant }) {
       <Snippets base={base} />
     </div>
   );
-}
-
-/** GraphiQL (served by the gateway on the same origin) keeps its request headers in localStorage: handing it
- * the session's token there lets it run queries as the signed-in member, without any key. */
-function shareToken() {
-  const raw = localStorage.getItem("backsaas.console.session");
-  const token = raw ? (JSON.parse(raw) as { access_token: string }).access_token : null;
-  if (token) localStorage.setItem("graphiql:headers", JSON.stringify({ Authorization: `Bearer ${token}` }, null, 2));
 }
 
 function Keys({ tenant }: { tenant: Tenant }) {
