@@ -78,7 +78,8 @@ functions:
     handler: dialect_rpc.numbers
     roles: [anon, authenticated]
     read_only: true
-    input: {type: object, properties: {count: {type: integer, minimum: 0, maximum: 100}, word: {type: string}}}
+    input: {type: object, properties: {count: {type: integer, minimum: 0, maximum: 100}, word: {type: string},
+                                       options: {type: object}}}
   my_docs:
     handler: dialect_rpc.my_docs
     roles: [authenticated]
@@ -871,3 +872,10 @@ def test_missing_default_fills_absent_keys_with_column_defaults(http, shelves):
                       headers={"Prefer": "return=representation"})
     assert nulls.json() == [{"label": "md-3", "tags": None}]  # as PostgREST: NULL unless missing=default
     http.delete("/shelf?label=like.md-*")
+
+
+def test_rpc_get_arguments_of_json_types(http, shelves):
+    assert http.get('/rpc/numbers?count=1&options={"a":1}').status_code == 200
+    for bad in ("[", "", "{bad"):
+        response = http.get(f"/rpc/numbers?count=1&options={bad}")
+        assert response.status_code == 422 and response.json()["details"][0]["field"] == "options", response.text

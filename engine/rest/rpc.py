@@ -60,7 +60,10 @@ def _argument(text: str, schema: Any) -> Any:
     if kind == "boolean":
         return {"true": True, "false": False}.get(text, text)
     if kind in ("object", "array"):
-        return _json_value(text) if text[:1] not in "[{" else orjson.loads(text)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text  # the input's validation names it
     return text
 
 
