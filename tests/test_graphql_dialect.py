@@ -42,6 +42,7 @@ entities:
       meta:   {type: json}
       pages:  {type: integer}
       isbn:   {type: string, unique: true}
+      price:  {type: decimal, precision: 10, scale: 2}
     permissions:
       read:   {anon: all, authenticated: own}
       create: {authenticated: all}
@@ -358,3 +359,14 @@ def test_a_flat_insert_is_all_or_nothing(service, seeded):
     skipped = service.execute(gql("""mutation { insert_book(objects: [{title: "new", isbn: "n1"}, {title: "again", isbn: "a1"}],
         on_conflict: {constraint: book_isbn_key, update_columns: []}) { affected_rows returning { title } } }"""))
     assert skipped["insert_book"] == {"affected_rows": 1, "returning": [{"title": "new"}]}
+
+
+def test_decimals_are_json_numbers_as_rest_sends_them(base, keys, seeded):
+    made = post(base, keys["service"], 'mutation { insert_book_one(object: {title: "priced", price: "12.50"}) { id price } }')
+    assert made["data"]["insert_book_one"]["price"] == 12.5
+    raw = httpx.post(f"{base}/api/tenants/library/graphql/v1", headers={"apikey": keys["service"]},
+                     json={"query": '{ book(where: {title: {_eq: "priced"}}) { price } }'})
+    assert raw.json() == {"data": {"book": [{"price": 12.5}]}} and '"price":12.50' in raw.text  # as the database writes it
+    rest = httpx.get(f"{base}/api/tenants/library/rest/v1/book", params={"select": "price", "title": "eq.priced"},
+                     headers={"apikey": keys["service"]})
+    assert rest.json() == [{"price": 12.5}]

@@ -68,7 +68,8 @@ def as_graphql(expression: tuple) -> str:
             return "{_not: {_and: [" + ", ".join(as_graphql(i) for i in items) + "]}}"
         return "{" + kind + ": [" + ", ".join(as_graphql(i) for i in items) + "]}"
     column, op, value = expression
-    return "{" + column + ": {" + op + ": " + graphql_value(value) + "}}"
+    literal = value if column == "status" else graphql_value(value)  # an enum field: its values are enum names
+    return "{" + column + ": {" + op + ": " + literal + "}}"
 
 
 def rest_value(value: object) -> str:

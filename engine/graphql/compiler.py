@@ -297,7 +297,7 @@ class QueryCompiler:
             if name == "__typename":
                 columns.append(Column(alias, "id", constant=entity))
             elif name in kinds:
-                columns.append(Column(alias, name, as_text=kinds[name] == "decimal"))
+                columns.append(Column(alias, name))  # decimals as JSON numbers, as REST (and PostgREST) send them
             elif name in relations:
                 relation = relations[name]
                 embeds.append(Embed(alias, relation, self.plan(relation.target, node)))

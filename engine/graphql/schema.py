@@ -53,7 +53,7 @@ def _scalar(name: str, description: str) -> GraphQLScalarType:
 UUID = _scalar("uuid", "A UUID, as a string.")
 TIMESTAMPTZ = _scalar("timestamptz", "A timestamp with its time zone, ISO 8601.")
 DATE = _scalar("date", "A date, ISO 8601.")
-NUMERIC = _scalar("numeric", "An exact decimal number (a string in results).")
+NUMERIC = _scalar("numeric", "An exact decimal number (a JSON number in results, as the database writes it).")
 BIGINT = _scalar("bigint", "A 64-bit integer.")
 JSONB = _scalar("jsonb", "Any JSON value.")
 SCALARS: dict[str, Any] = {
