@@ -256,6 +256,10 @@ async def test_an_owner_manages_the_tenants_users_and_previews_a_plan_change(gat
                          json={"refresh_token": user.json()["refresh_token"]})
     assert renewed.status_code in (400, 401), renewed.text
 
+    await page.get_by_role("tab", name="Settings").click()
+    await page.get_by_label("Domain").fill("api.shop.example")
+    await page.get_by_role("button", name="Add domain").click()
+    await expect(page.get_by_role("alert")).to_contain_text("does not include custom domain")  # a free plan
     await page.get_by_role("tab", name="Billing").click()
     await page.get_by_label("New plan").select_option("starter")
     await page.get_by_role("button", name="Preview").click()
@@ -272,6 +276,12 @@ async def test_a_platform_admin_suspends_the_tenant_and_the_console_shows_it(gat
     await sign_in(page, gateway, ADMIN)
     await page.get_by_role("link", name="Platform", exact=True).click()
     await expect(page.get_by_test_id("dashboard")).to_be_visible()
+    plans = page.get_by_test_id("plans")
+    await plans.locator("tr", has_text="starter").get_by_role("button", name="Edit").click()
+    await page.get_by_label("Limits (JSON; -1 is unlimited)").fill('{"requests_per_minute": "lots"}')
+    await page.get_by_role("button", name="Save plan").click()
+    await expect(page.get_by_role("dialog").get_by_role("alert")).to_contain_text("requests_per_minute")
+    await page.keyboard.press("Escape")
     row = page.get_by_test_id("all-tenants").locator("[data-tenant=shop]")
     await row.get_by_role("button", name="Suspend").click()
     await page.get_by_label("Reason (shown to the tenant's members)").fill("unpaid invoice")

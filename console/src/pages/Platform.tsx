@@ -2,7 +2,7 @@ import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
 import { Link } from "wouter";
 import { callFunction, PLATFORM, query, request, TENANT_COLUMNS, type Tenant } from "../api";
-import { Badge, Button, Card, Dialog, ErrorText, Field, Input, Spinner } from "../ui";
+import { Badge, Button, Card, Dialog, ErrorText, Field, Input, Spinner, TextArea } from "../ui";
 
 interface Dashboard {
   period: { from: string; to: string };
@@ -59,6 +59,7 @@ export default function Platform() {
           </table>
         </Card>
       )}
+      <Plans />
       <AllTenants />
     </div>
   );
@@ -151,5 +152,105 @@ function AllTenants() {
         </form>
       </Dialog>
     </Card>
+  );
+}
+
+interface Plan {
+  code: string;
+  name: string;
+  currency: string;
+  price_monthly_cents: number;
+  price_yearly_cents: number;
+  trial_days: number;
+  limits: Record<string, number>;
+  features: Record<string, boolean | number>;
+  active: boolean;
+}
+
+/** The plans (platform admins edit them; every running gateway applies a change at once). */
+function Plans() {
+  const client = useQueryClient();
+  const [editing, setEditing] = useState<Plan | null>(null);
+  const plans = useQuery({
+    queryKey: ["plans", "all"],
+    queryFn: () =>
+      request<Plan[]>(
+        `${PLATFORM}/rest/v1/plans${query({ select: "code,name,currency,price_monthly_cents,price_yearly_cents,trial_days,limits,features,active", order: "price_monthly_cents" })}`,
+      ),
+  });
+  return (
+    <Card title="Plans">
+      <ErrorText error={plans.error} />
+      <table className="w-full text-left text-sm" data-testid="plans">
+        <tbody>
+          {plans.data?.map((p) => (
+            <tr key={p.code} className="border-t border-slate-100">
+              <td className="py-1 font-medium">{p.name}</td>
+              <td>{p.code}</td>
+              <td>
+                {(p.price_monthly_cents / 100).toFixed(2)} {p.currency}/month
+              </td>
+              <td>{p.active ? "active" : "retired"}</td>
+              <td className="text-right">
+                <Button variant="ghost" onClick={() => setEditing(p)}>
+                  Edit
+                </Button>
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {editing && <PlanForm plan={editing} onClose={() => { setEditing(null); client.invalidateQueries({ queryKey: ["plans"] }); }} />}
+    </Card>
+  );
+}
+
+function PlanForm({ plan, onClose }: { plan: Plan; onClose: () => void }) {
+  const [name, setName] = useState(plan.name);
+  const [monthly, setMonthly] = useState(String(plan.price_monthly_cents));
+  const [yearly, setYearly] = useState(String(plan.price_yearly_cents));
+  const [limits, setLimits] = useState(JSON.stringify(plan.limits, null, 2));
+  const [features, setFeatures] = useState(JSON.stringify(plan.features, null, 2));
+  const [local, setLocal] = useState<string | null>(null);
+  const save = useMutation({
+    mutationFn: (body: Record<string, unknown>) => request(`${PLATFORM}/rest/v1/plans?code=eq.${encodeURIComponent(plan.code)}`, { method: "PATCH", body }),
+    onSuccess: onClose,
+  });
+  return (
+    <Dialog open onOpenChange={(open) => !open && onClose()} title={`Plan ${plan.code}`}>
+      <form
+        className="space-y-3"
+        onSubmit={(e) => {
+          e.preventDefault();
+          try {
+            const body = { name, price_monthly_cents: Number(monthly), price_yearly_cents: Number(yearly), limits: JSON.parse(limits), features: JSON.parse(features) };
+            setLocal(null);
+            save.mutate(body);
+          } catch {
+            setLocal("limits and features must be JSON objects");
+          }
+        }}
+      >
+        <Field label="Name">
+          <Input value={name} onChange={(e) => setName(e.target.value)} />
+        </Field>
+        <Field label="Monthly price (cents)">
+          <Input type="number" min={0} value={monthly} onChange={(e) => setMonthly(e.target.value)} />
+        </Field>
+        <Field label="Yearly price (cents)">
+          <Input type="number" min={0} value={yearly} onChange={(e) => setYearly(e.target.value)} />
+        </Field>
+        <Field label="Limits (JSON; -1 is unlimited)" error={local ?? undefined}>
+          <TextArea rows={8} value={limits} onChange={(e) => setLimits(e.target.value)} />
+        </Field>
+        <Field label="Features (JSON)">
+          <TextArea rows={5} value={features} onChange={(e) => setFeatures(e.target.value)} />
+        </Field>
+        <ErrorText error={save.error} />
+        <Button type="submit" busy={save.isPending}>
+          Save plan
+        </Button>
+      </form>
+    </Dialog>
   );
 }
