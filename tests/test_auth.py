@@ -136,8 +136,7 @@ def test_signup_refuses_a_taken_email_and_bad_metadata(base, keys):
     again = httpx.post(f"{auth_url(base)}/signup", headers=anon(keys),
                        json={"email": "TAKEN@example.com", "password": PASSWORD})
     assert again.status_code == 422 and again.json()["code"] == "user_already_exists"
-    for data, field in (({"roles": ["admin"]}, "data.roles"), ({"display_name": "x" * 41}, "data.display_name"),
-                        ({"nope": 1}, "data.nope")):
+    for data, field in (({"roles": ["admin"]}, "data.roles"), ({"display_name": "x" * 41}, "data.display_name")):
         bad = httpx.post(f"{auth_url(base)}/signup", headers=anon(keys),
                          json={"email": "meta@example.com", "password": PASSWORD, "data": data})
         assert bad.status_code == 422 and bad.json()["details"][0]["field"] == field

@@ -1,10 +1,11 @@
 """`/auth/v1` of a tenant, in the protocol of Supabase Auth (GoTrue), so Supabase's SDKs sign in unchanged.
 
 Routes: `POST /signup`, `POST /token?grant_type=password|refresh_token`, `POST /logout?scope=global|local|
-others`, `GET /user`, `PUT /user`. Users are rows of the tenant's own `users` entity, read and written
-as the tenant's database role; sessions, refresh tokens and audit events are the system tenant's, written
-in the same transaction. `user_metadata` is the tenant's own extension fields of `users` (validated like
-any body), `app_metadata` carries the provider and roles.
+others`, `GET /user`, `PUT /user`, and for the tenant's admins `POST /admin/users/{id}/logout`. Users are
+rows of the tenant's own `users` entity, read and written as the tenant's database role; sessions, refresh
+tokens and audit events are the system tenant's, written in the same transaction. `user_metadata` is the
+tenant's own extension fields of `users` (validated like any body), `app_metadata` carries the provider and
+roles.
 
 Sign-up confirms the address at once, as Supabase's "autoconfirm" does (there is no mailer yet): the
 account can sign in immediately and is stored `verified`. `email_confirmed_at` reports `verified` (the
@@ -21,12 +22,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, errors, onboarding
 from engine.answer import Answer
-from engine.authz import Caller
+from engine.authz import Caller, unrestricted
 from engine.database import Database
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
@@ -34,10 +36,12 @@ from engine.identity.passwords import hash_password, password_problems, verify_p
 from engine.identity.signing import ACCESS_TOKEN_SECONDS, AUDIENCE, Keyring
 from engine.identity.throttle import LoginThrottle
 from engine.runtime import TenantRuntime
-from engine.schema.model import USERS
+from engine.schema.model import OWNER_COLUMN, USERS
 from engine.validation import READ_ONLY
 
 BUILTIN_USER_COLUMNS = ("id", "email", "password_hash", "roles", "verified", "created_at", "updated_at")
+FREE_METADATA = "user_metadata"  # the json column of user_metadata's keys beyond the schema's fields of users
+MAX_FREE_METADATA = 16_384  # bytes of those keys, as JSON
 JSON = [("Content-Type", "application/json"), ("X-Supabase-Api-Version", "2024-01-01")]
 MAX_EMAIL_LENGTH = 320  # RFC 3696's limit, and the built-in users.email column's
 
@@ -110,6 +114,8 @@ class AuthApi:
             return _answer(200, await self.current_user())
         if route == ("PUT", "user"):
             return _answer(200, await self.update_user(self.json(body)))
+        if method == "POST" and route[1].startswith("admin/users/") and route[1].endswith("/logout"):
+            return await self.admin_logout(route[1].removeprefix("admin/users/").removesuffix("/logout"))
         if route[1].startswith("privacy/"):  # the user's own GDPR requests and consents
             return await privacy.handle(self, method, route[1].removeprefix("privacy/"), body)
         raise AuthFailed("not_found", 404, f"no auth route {method} /auth/v1/{path.strip('/')}")
@@ -151,13 +157,13 @@ class AuthApi:
             "email_confirmed_at": confirmed, "confirmed_at": confirmed,
             "app_metadata": {"provider": "email", "providers": ["email"], "roles": list(row.roles or []),
                              "tenant": self.runtime.slug},
-            "user_metadata": {c: _plain(getattr(row, c)) for c in self.metadata_fields},
+            "user_metadata": {**(row.user_metadata or {}), **{c: _plain(getattr(row, c)) for c in self.metadata_fields}},
             "identities": [], "is_anonymous": False, "verified": row.verified,
             "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
         }
 
     def user_columns(self) -> list[sa.ColumnElement[Any]]:
-        return [self.users.c[c] for c in (*BUILTIN_USER_COLUMNS, *self.metadata_fields)]
+        return [self.users.c[c] for c in (*BUILTIN_USER_COLUMNS, FREE_METADATA, *self.metadata_fields)]
 
     def token_roles(self, row: Any) -> list[str]:
         known = set(self.runtime.model.all_roles) - {"anon"}
@@ -170,18 +176,23 @@ class AuthApi:
         return {"access_token": token, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
                 "expires_at": expires_at, "refresh_token": session.refresh_token, "user": self.user_json(row)}
 
-    def metadata_values(self, data: Any) -> dict[str, Any]:
-        """`data` / user_metadata: only the tenant's own fields of users, validated like a body."""
+    def metadata_values(self, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`data` / user_metadata, any JSON object as GoTrue takes it: (the keys that are the tenant's own
+        fields of users, typed and validated like a body; every other key, kept as it is in the
+        `user_metadata` json column). The built-in columns (email, roles, ...) are never set this way."""
         if data is None:
-            return {}
+            return {}, {}
         if not isinstance(data, dict):
             raise ValidationFailed("data must be an object", details=[Problem("data", "must be an object")])
-        unknown = [k for k in data if k not in self.metadata_fields]
-        if unknown:
-            raise ValidationFailed("unknown user metadata", details=[
-                Problem(f"data.{k}", "is not a field of users" if k not in BUILTIN_USER_COLUMNS
-                        else "cannot be set through user metadata") for k in unknown])
-        return data
+        reserved = [k for k in data if k in BUILTIN_USER_COLUMNS or k in (FREE_METADATA, OWNER_COLUMN)]
+        if reserved:
+            raise ValidationFailed("reserved user metadata", details=[
+                Problem(f"data.{k}", "cannot be set through user metadata") for k in reserved])
+        free = {k: v for k, v in data.items() if k not in self.metadata_fields}
+        if len(orjson.dumps(free)) > MAX_FREE_METADATA:
+            raise ValidationFailed("user metadata too large", details=[
+                Problem("data", f"the keys beyond the schema's fields take at most {MAX_FREE_METADATA} bytes")])
+        return {k: v for k, v in data.items() if k in self.metadata_fields}, free
 
     def check_metadata(self, values: dict[str, Any], *, partial: bool) -> None:
         problems = self.runtime.body_validator(self.entity, partial=partial).problems(values)
@@ -206,14 +217,14 @@ class AuthApi:
         problems = password_problems(email, password)
         if problems:
             raise AuthFailed("weak_password", 422, "the password is too weak", details=problems)
-        data = self.metadata_values(body.get("data"))
+        data, free = self.metadata_values(body.get("data"))
         self.check_metadata({"email": email, **data}, partial=False)
         hashed = await hash_password(password)
         try:
             async with self.db.begin() as conn:
                 await self.as_tenant(conn)
                 row = (await conn.execute(self.users.insert().values(email=email, password_hash=hashed, verified=True,
-                                                                     **data)
+                                                                     user_metadata=free, **data)
                                           .returning(*self.user_columns()))).one()
                 await self.as_platform(conn)
                 session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
@@ -279,6 +290,23 @@ class AuthApi:
                                record_id=caller.user_id, ip=self.ip, data={"scope": scope})
         return _answer(204)
 
+    async def admin_logout(self, user_id: str) -> Answer:
+        """`POST /admin/users/{id}/logout`: end every session of one of the tenant's users, for the tenant's
+        admins and its service key (GoTrue's admin routes are the service role's); their streams end too."""
+        if not unrestricted(self.caller):
+            raise AuthFailed("not_admin", 403, "only the tenant's admins may end another user's sessions")
+        if not _is_uuid(user_id):
+            raise AuthFailed("validation_failed", 400, f"'{user_id}' is not a user id")
+        async with self.db.begin() as conn:
+            await self.as_tenant(conn)
+            if await conn.scalar(sa.select(self.users.c.id).where(self.users.c.id == user_id)) is None:
+                raise AuthFailed("user_not_found", 404, f"no user {user_id}")
+            await self.as_platform(conn)
+            await sessions.revoke(conn, self.runtime.tenant_id, "admin_logout", user_id=user_id)
+            await audit.record(conn, "auth.sessions_revoked", tenant_id=self.runtime.tenant_id, entity=USERS,
+                               record_id=user_id, ip=self.ip, actor=self.caller.member_id)
+        return _answer(204)
+
     async def live_user(self, conn: AsyncConnection, caller: Caller) -> Any:
         """The signed-in user's row, if their session is still live (a token of an ended session is refused)."""
         if not _is_uuid(caller.session_id) or not await sessions.is_live(conn, self.runtime.tenant_id,
@@ -299,7 +327,8 @@ class AuthApi:
         caller = self.signed_in()
         if caller.restricted:  # GDPR restriction (engine/gdpr.py): their data is read-only, the account too
             raise ProcessingRestricted("the processing of this user's data is restricted: it is read-only")
-        changes: dict[str, Any] = dict(self.metadata_values(body.get("data")))
+        typed, free = self.metadata_values(body.get("data"))
+        changes: dict[str, Any] = dict(typed)
         if "email" in body:
             email = body["email"]
             problem = email_problem(email)
@@ -317,6 +346,11 @@ class AuthApi:
         try:
             async with self.db.begin() as conn:
                 row = await self.live_user(conn, caller)
+                if free:  # merged into what is kept, as GoTrue does; a null value removes its key
+                    kept = sa.func.coalesce(self.users.c[FREE_METADATA], sa.cast(sa.literal("{}"), JSONB))
+                    gone = [k for k, v in free.items() if v is None]
+                    changes[FREE_METADATA] = kept.op("||")(sa.cast(sa.literal(orjson.dumps(free).decode()), JSONB)) \
+                        .op("-")(sa.cast(sa.literal(gone, ARRAY(sa.Text())), ARRAY(sa.Text())))
                 if changes:
                     row = (await conn.execute(self.users.update().where(self.users.c.id == caller.user_id)
                                               .values(**changes).returning(*self.user_columns()))).one()

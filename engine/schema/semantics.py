@@ -42,6 +42,8 @@ BUILTIN_USER_FIELDS: dict[str, dict[str, Any]] = {
     "password_hash": {"type": "string", "max_length": 255, "internal": True},
     "roles": {"type": "array", "items": "string", "default": []},
     "verified": {"type": "boolean", "required": True, "default": False},
+    # Supabase Auth's user_metadata beyond the declared fields: any JSON object, only through /auth/v1
+    "user_metadata": {"type": "json", "internal": True},
 }
 
 TYPE_KEYWORDS = {

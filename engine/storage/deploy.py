@@ -214,6 +214,29 @@ async def ensure_every_tenants_bounds_checks(conn: AsyncConnection, db: Database
                          BOUNDS_UPGRADE)
 
 
+METADATA_UPGRADE = "users_user_metadata"
+
+
+async def ensure_user_metadata_columns(conn: AsyncConnection, db: Database) -> None:
+    """Once per database (recorded in `backsaas_private.upgrades`): the `users` table of every tenant deployed
+    by an engine before the built-in `user_metadata` field (Supabase Auth's free metadata) gets its column;
+    a model that has it plans nothing for it, so no later deploy would add it."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
+                         "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
+    if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", METADATA_UPGRADE):
+        return
+    tenants = catalog.platform_tables()["tenants"]
+    for tenant_id, slug in (await conn.execute(sa.select(tenants.c.id, tenants.c.slug)
+                                               .where(tenants.c.status.not_in(["deleted", "pending", "failed"])))).all():
+        if await catalog.current_version(conn, str(tenant_id)) is not None:
+            users = f"{quote(naming.schema_name(slug))}.{quote('users')}"
+            await driver.execute(f"SET LOCAL ROLE {quote(db.role(slug))}; "
+                                 f"ALTER TABLE {users} ADD COLUMN IF NOT EXISTS user_metadata jsonb; RESET ROLE")
+    await driver.execute("INSERT INTO backsaas_private.upgrades (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                         METADATA_UPGRADE)
+
+
 async def deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False,
                  expected_checksum: str | None = None, actor: str = "engine", deployed_by: str | None = None,
                  progress: Progress | None = None) -> Deployment:
@@ -403,4 +426,5 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await ensure_signing_key(conn)
         await seed_plans(conn)  # free (what new tenants get unless they name another), starter, pro, enterprise
         await ensure_every_tenants_bounds_checks(conn, db)  # once: tables of an engine before bounds CHECKs
+        await ensure_user_metadata_columns(conn, db)  # once: users tables of an engine before user_metadata
         return deployment
