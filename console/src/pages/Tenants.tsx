@@ -1,7 +1,7 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
 import { Link, useLocation } from "wouter";
-import { PLATFORM, query, request, TENANT_COLUMNS, type Tenant } from "../api";
+import { callFunction, PLATFORM, query, request, TENANT_COLUMNS, type Tenant } from "../api";
 import { Badge, Button, Card, Dialog, Empty, ErrorText, Field, Input, Select, Spinner, TextArea } from "../ui";
 
 const SLUG = /^[a-z][a-z0-9-]*$/;
@@ -41,6 +41,7 @@ export function Tenants() {
                 <th className="py-1">Tenant</th>
                 <th>Status</th>
                 <th>Plan</th>
+                <th className="hidden sm:table-cell">API calls this month</th>
                 <th className="hidden sm:table-cell">Created</th>
               </tr>
             </thead>
@@ -60,6 +61,7 @@ export function Tenants() {
                     )}
                   </td>
                   <td>{t.plan}</td>
+                  <td className="hidden sm:table-cell">{t.status === "active" && <CallsThisPeriod slug={t.slug} />}</td>
                   <td className="hidden sm:table-cell">{new Date(t.created_at).toLocaleString()}</td>
                 </tr>
               ))}
@@ -69,6 +71,23 @@ export function Tenants() {
       </Card>
       <CreateTenant open={creating} onOpenChange={setCreating} />
     </div>
+  );
+}
+
+/** The tenant's API calls of the current period (platform `usage`), against its plan's monthly limit. */
+function CallsThisPeriod({ slug }: { slug: string }) {
+  const usage = useQuery({
+    queryKey: ["usage", slug, "period"],
+    queryFn: () => callFunction<{ quotas: Record<string, { used: number; limit: number | null }> }>("usage", { tenant: slug, days: 1 }),
+    retry: false,
+  });
+  const requests = usage.data?.quotas.requests_per_month;
+  if (!requests) return null;
+  return (
+    <span>
+      {requests.used.toLocaleString()}
+      {requests.limit !== null && <span className="text-slate-500"> / {requests.limit.toLocaleString()}</span>}
+    </span>
   );
 }
 
