@@ -240,6 +240,7 @@ DECLARE
   head_seq bigint;
   head_hash text;
   at timestamptz := now();
+  tenant_gone boolean;
 BEGIN
   IF entries IS NULL OR jsonb_array_length(entries) = 0 THEN
     RETURN;
@@ -253,11 +254,15 @@ BEGIN
     ON CONFLICT DO NOTHING;
     SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
   END IF;
+  tenant_gone := NOT EXISTS (SELECT 1 FROM system.tenants t WHERE t.id = chain_id);  -- purged in this transaction
   FOR e IN SELECT value FROM jsonb_array_elements(entries) LOOP
     IF coalesce((e ->> 'tenant_id')::uuid, '{system_id}'::uuid) <> chain_id THEN
       RAISE EXCEPTION 'one append is one chain' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     r := jsonb_populate_record(NULL::system.audit_log, e);
+    IF tenant_gone THEN
+      r.tenant_id := NULL;  -- its chain keeps its id; the reference to a deleted tenant would not hold
+    END IF;
     head_seq := head_seq + 1;
     r.id := gen_random_uuid();
     r.chain := chain_id;
@@ -326,6 +331,16 @@ BEGIN
               WHERE k NOT IN ('updated_at') AND (old -> k) IS DISTINCT FROM (new -> k)), '{{}}'::jsonb));
 END $$;
 
+CREATE OR REPLACE FUNCTION {SCHEMA}.route(routed boolean, entity text, row_value jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN  -- the platform's rows of a tenant (their tenant_id, or a tenants row itself) go to that tenant's chain
+  IF NOT routed THEN
+    RETURN '{{}}'::jsonb;
+  END IF;
+  RETURN jsonb_build_object('_chain', coalesce(row_value ->> 'tenant_id',
+                                               CASE WHEN entity = 'tenants' THEN row_value ->> 'id' END));
+END $$;
+
 CREATE OR REPLACE FUNCTION {SCHEMA}.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -337,13 +352,16 @@ DECLARE
   chain_entries jsonb;
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'create', NULL, to_jsonb(n.*), hidden))
+    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'create', NULL, to_jsonb(n.*), hidden)
+                     || {SCHEMA}.route(routed, TG_TABLE_NAME, to_jsonb(n.*)))
       INTO entries FROM new_rows n;
   ELSIF TG_OP = 'UPDATE' THEN
-    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'update', to_jsonb(o.*), to_jsonb(n.*), hidden))
+    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'update', to_jsonb(o.*), to_jsonb(n.*), hidden)
+                     || {SCHEMA}.route(routed, TG_TABLE_NAME, to_jsonb(n.*)))
       INTO entries FROM new_rows n JOIN old_rows o ON o.id = n.id;
   ELSE
-    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'delete', to_jsonb(o.*), NULL, hidden))
+    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'delete', to_jsonb(o.*), NULL, hidden)
+                     || {SCHEMA}.route(routed, TG_TABLE_NAME, to_jsonb(o.*)))
       INTO entries FROM old_rows o;
   END IF;
   IF entries IS NULL THEN
@@ -354,10 +372,8 @@ BEGIN
     RETURN NULL;
   END IF;
   FOR chain_entries IN  -- one append per chain, in the order of their ids (no two writers lock heads crosswise)
-    SELECT jsonb_agg(x || jsonb_build_object('tenant_id', c)) FROM (
-      SELECT x, coalesce(x -> 'changes' -> 'tenant_id' -> 'new', x -> 'changes' -> 'tenant_id' -> 'old',
-                         CASE WHEN TG_TABLE_NAME = 'tenants' THEN x -> 'record_id' END, to_jsonb(tenant)) #>> '{{}}' AS c
-        FROM jsonb_array_elements(entries) x) routed_entries
+    SELECT jsonb_agg(x - '_chain' || jsonb_build_object('tenant_id', c)) FROM (
+      SELECT x, coalesce(x ->> '_chain', tenant::text) AS c FROM jsonb_array_elements(entries) x) routed_entries
      GROUP BY c ORDER BY c
   LOOP
     PERFORM {SCHEMA}.append(chain_entries);

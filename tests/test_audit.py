@@ -371,6 +371,8 @@ async def test_api_keys_made_and_revoked_are_audited_with_the_key_redacted(db, i
     assert made.key not in text
     created = next(e for e in entries if e["action"] == "create" and e["changes"]["name"]["new"] == "deploy-bot")
     assert created["changes"]["key_hash"]["new"] == "[redacted]"
+    revoked = [e for e in entries if e["action"] == "update" and "revoked_at" in e["changes"]]
+    assert revoked and revoked[-1]["changes"]["revoked_at"]["old"] is None  # in the tenant's chain, as the rest
 
 
 async def test_platform_operations_are_audited_in_the_tenants_chain(db, ids, database_url):

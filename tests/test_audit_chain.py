@@ -20,7 +20,7 @@ from engine import audit_trail
 from engine.database import Database
 from engine.storage.deploy import deploy_platform
 from functions import audit as audit_functions
-from functions.tenants import create_tenant
+from functions.tenants import create_tenant, delete_tenant, purge_tenants
 from functions.users import create_platform_admin
 from gateway.cli import main
 from gateway.logs import configure_logging
@@ -231,3 +231,20 @@ async def test_tenants_made_before_the_audit_trail_get_it_on_the_next_platform_d
         await tenant.execute("INSERT INTO t_older.item (n) VALUES (42)")
     after = await audit_trail.verify(db, tenant_id)
     assert after.ok and after.last_seq == before.last_seq + 1, after.as_dict()
+
+
+async def test_a_purged_tenants_trail_stays_verifiable(db, database_url):
+    """Purging deletes the tenant's row and its platform rows in the transaction that audits it: the
+    entries keep their chain (their reference to the tenant is cleared) and still verify."""
+    tenant_id = await new_tenant(db, "gone", rows=1)
+    await delete_tenant(db, "gone")
+    assert "gone" in await purge_tenants(db, timedelta(0))
+    found = await audit_trail.verify(db, tenant_id)
+    assert found.ok and found.entries > 2, found.as_dict()
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        entries = [(r["entity"], r["action"]) for r in await conn.fetch(
+            "SELECT action, entity FROM system.audit_log WHERE chain = $1::uuid ORDER BY seq", tenant_id)]
+    finally:
+        await conn.close()
+    assert ("tenants", "delete") in entries and ("api_keys", "delete") in entries  # the purge, audited
