@@ -62,7 +62,8 @@ HookFunction = Callable[..., Any]
 
 SHIPPED_PACKAGE = "functions"
 SHIPPED_DIRECTORY = Path(__file__).resolve().parent.parent / SHIPPED_PACKAGE
-PLATFORM_MODULES = frozenset({"tenants", "members", "deploys", "secrets", "keys", "users", "access", "usage"})
+PLATFORM_MODULES = frozenset({"tenants", "members", "deploys", "secrets", "keys", "users", "access", "usage",
+                              "billing", "dashboard"})
 """The platform's own modules in `functions/`: only they define platform operations, and their names are
 the platform's (a tenant schema's `tenants.x` is never looked up, in `functions/` or the operator's directory)."""
 FUNCTIONS_DIR_ENV = "BACKSAAS_FUNCTIONS_DIR"

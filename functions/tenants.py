@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, catalog, onboarding
 from engine.authz import unrestricted
+from engine.billing import operations as billing
 from engine.database import Database, quote_identifier
 from engine.errors import (
     BackSaasError,
@@ -219,12 +220,9 @@ async def keys_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
 
 
 async def subscription_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:
-    plans, subscriptions = catalog.platform_tables()["plans"], catalog.platform_tables()["subscriptions"]
-    plan_id = await conn.scalar(sa.select(plans.c.id).where(plans.c.code == tenant.plan, plans.c.active))
-    if plan_id is None:
-        raise InvalidInput(f"no active plan '{tenant.plan}'", details=[Problem("plan", "no such active plan")])
-    await conn.execute(subscriptions.insert().values(tenant_id=tenant.id, plan_id=plan_id, status="active",
-                                                     current_period_start=sa.func.now()))
+    """The plan's subscription through the billing state machine: a paid plan gets its Stripe customer and
+    subscription here (or manual billing's first invoice), so a refusal fails the provisioning."""
+    await billing.subscribe(conn, tenant, actor=run.creator)
 
 
 async def onboarding_step(conn: AsyncConnection, tenant: Any, run: Run) -> None:

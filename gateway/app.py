@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket
 
 from engine import audit, catalog
 from engine.authz import unrestricted
+from engine.billing.sweeper import BillingSweeper
 from engine.database import Database
 from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, is_outage
 from engine.gdpr import RestrictedUsers
@@ -59,6 +60,8 @@ from gateway.meter import Metering, admit
 from gateway.privacy import PRIVACY_BASE, privacy_endpoint
 from gateway.ratelimit import RateLimits, with_headers
 from gateway.sse import event_stream
+from gateway.stripe_webhook import PATH as STRIPE_WEBHOOK_PATH
+from gateway.stripe_webhook import stripe_webhook
 
 log = structlog.get_logger("backsaas.gateway")
 
@@ -397,6 +400,9 @@ class TenantRouting:
         if scope["type"] == "http" and scope["path"].startswith(STATIC_PREFIX + "/"):
             await self.assets(scope, receive, send)  # on every host, tenants' included
             return
+        if scope["type"] == "http" and scope["path"] == STRIPE_WEBHOOK_PATH:
+            await self.starlette(scope, receive, send)  # the platform's, but not the system tenant's API
+            return
         if scope["type"] in ("http", "websocket"):
             try:
                 found = await self.resolve(scope)
@@ -490,11 +496,13 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
             meter.db = book.db = db
             await start_meter(meter, book)
         dispatcher = asyncio.create_task(Dispatcher(db, registry, meter=meter, **(outbox or {})).run())
+        sweeper = BillingSweeper(db).start()  # grace periods ending, manual trials and periods
         log.info("gateway.started", database=db.name)
         try:
             yield
         finally:
             await stop_dispatcher(dispatcher)
+            await sweeper.stop()
             if meter is not None:
                 await meter.close()  # what was counted since the last flush
             await registry.close()
@@ -508,7 +516,8 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         return not_found(f"no route {request.method} {request.url.path}")
 
     starlette = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                                  Route(metrics.METRICS_PATH, metrics.metrics_endpoint)], lifespan=lifespan,
+                                  Route(metrics.METRICS_PATH, metrics.metrics_endpoint),
+                                  Route(STRIPE_WEBHOOK_PATH, stripe_webhook, methods=["POST"])], lifespan=lifespan,
                           exception_handlers={404: unknown_route})
     routing = TenantRouting(starlette, base_domain)
 

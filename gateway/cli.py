@@ -38,9 +38,10 @@ import engine
 import functions
 import gateway
 from engine import catalog
+from engine.billing import operations as billing
 from engine.database import Database
 from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
-from engine.errors import BackSaasError, MigrationRefused, Problem, SchemaInvalid, TenantNotFound
+from engine.errors import BackSaasError, InvalidInput, MigrationRefused, Problem, SchemaInvalid, TenantNotFound
 from engine.hooks import use_functions_dir
 from engine.identity.signing import rotate_signing_key
 from engine.outbox import settings_from_env as outbox_settings_from_env
@@ -455,6 +456,42 @@ def cmd_member_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_billing_sweep(args: argparse.Namespace) -> int:
+    done = with_database(lambda db: billing.sweep(db))
+    if args.json:
+        out.print_json(json.dumps(done))
+    else:
+        for step, slugs in done.items():
+            out.print(f"{step}: {', '.join(slugs) if slugs else '-'}")
+    return 0
+
+
+def cmd_billing_comp(args: argparse.Namespace) -> int:
+    shown = with_database(lambda db: billing.comp(db, args.slug, args.plan))
+    if args.json:
+        out.print_json(json.dumps(shown))
+    else:
+        out.print(f"Tenant {args.slug} is on {args.plan} without charge.")
+    return 0
+
+
+def cmd_billing_report_usage(args: argparse.Namespace) -> int:
+    try:
+        through = datetime.fromisoformat(args.through).date() if args.through else None
+    except ValueError:
+        raise InvalidInput(f"--through must be a date (YYYY-MM-DD), not '{args.through}'",
+                           details=[Problem("through", "not a date")]) from None
+    reports = with_database(lambda db: billing.report_usage(db, args.tenant, through=through))
+    if args.json:
+        out.print_json(json.dumps(reports))
+    else:
+        for report in reports:
+            out.print(f"{report['tenant']}: {report['from']} to {report['through']}, "
+                      f"{report['amount_cents']} cents ({report['backend']})")
+        out.print(f"Reported {plural(len(reports), 'tenant')}.")
+    return 0
+
+
 def cmd_auth_rotate_key(args: argparse.Namespace) -> int:
     kid = with_database(rotate_signing_key)
     out.print(f"New signing key {kid}; tokens signed with the previous key stay valid until they expire.")
@@ -700,6 +737,23 @@ def build_parser() -> argparse.ArgumentParser:
     member_remove.add_argument("--tenant", required=True)
     member_remove.add_argument("--email", required=True)
     member_remove.set_defaults(run=cmd_member_remove)
+
+    billing_commands = commands.add_parser("billing", help="billing: the sweep, comps, metered usage").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    sweep = billing_commands.add_parser("sweep", help="suspend tenants past their grace period; end manual trials, "
+                                                      "renew or end manual periods")
+    sweep.add_argument("--json", action="store_true", help="machine-readable output")
+    sweep.set_defaults(run=cmd_billing_sweep)
+    comp = billing_commands.add_parser("comp", help="give a tenant a plan without charge")
+    comp.add_argument("slug")
+    comp.add_argument("--plan", required=True, help="plan code")
+    comp.add_argument("--json", action="store_true", help="machine-readable output")
+    comp.set_defaults(run=cmd_billing_comp)
+    usage = billing_commands.add_parser("report-usage", help="bill metered usage (plans with usage_prices)")
+    usage.add_argument("--tenant", help="one tenant (default: every tenant on a metered plan)")
+    usage.add_argument("--through", help="the last day to bill, YYYY-MM-DD (default: yesterday)")
+    usage.add_argument("--json", action="store_true", help="machine-readable output")
+    usage.set_defaults(run=cmd_billing_report_usage)
 
     from gateway.audit_cli import add_audit_commands  # after gateway.cli is whole: it imports its helpers
 
