@@ -44,10 +44,10 @@ async def world(db: Database, database_url: str) -> AsyncIterator[dict[str, Any]
         # "pro": the free plan allows 2 members, this team has 4
         assert create_tenant(base, owner, "acme", initial_schema=SCHEMA, plan="pro")["status"] == "active"
         members = {}
-        for role in ("developer", "viewer", "watcher"):
+        for role in ("developer", "viewer", "watcher", "viewer_fresh"):
             email = f"{role}@acme.example"
             invited = call(base, "invite_member", owner, tenant="acme", email=email,
-                           role="viewer" if role == "watcher" else role)
+                           role="viewer" if role in ("watcher", "viewer_fresh") else role)
             assert invited.status_code == 200, invited.text
             accepted = call(base, "accept_invitation", None, token=invited.json()["token"], password=PASSWORD)
             assert accepted.status_code == 200, accepted.text
@@ -156,3 +156,19 @@ async def test_a_members_event_stream_ends_when_they_leave_the_tenant(world):
     assert removed.status_code in (200, 204), removed.text
     assert (await asyncio.to_thread(stream.error))["code"] == "tenant_mismatch"
     stream.close()
+
+
+def test_a_tenant_admin_ends_a_users_sessions_and_nobody_else_may(world):
+    base, user = world["base"], world["end_user"]
+    url = tenant(base, f"auth/v1/admin/users/{user['user']['id']}/logout")
+    for stranger, status in ((world["mallory"], 401), (user, 403), (world["viewer_fresh"], 403), (None, 403)):
+        refused = httpx.post(url, headers=bearer(stranger) if stranger else {})
+        assert refused.status_code == status, refused.text
+    assert httpx.get(tenant(base, "auth/v1/user"), headers=bearer(user)).status_code == 200
+    assert httpx.post(tenant(base, "auth/v1/admin/users/nope/logout"), headers=bearer(world["owner"])).status_code == 400
+    done = httpx.post(url, headers=bearer(world["owner"]))
+    assert done.status_code == 204, done.text
+    assert httpx.get(tenant(base, "auth/v1/user"), headers=bearer(user)).status_code == 403
+    renewed = httpx.post(tenant(base, "auth/v1/token"), params={"grant_type": "refresh_token"},
+                         json={"refresh_token": user["refresh_token"]})
+    assert renewed.status_code in (400, 401), renewed.text
