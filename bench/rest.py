@@ -211,7 +211,10 @@ def measure(url: str, seconds: int, connections: int, body: str | None, db_url: 
     use_wrk = shutil.which("wrk") is not None
     run = (lambda s: wrk(url, s, connections, lua.name if lua else None, headers)) if use_wrk else \
         (lambda s: asyncio.run(python_load(url, s, connections, body, headers)))
-    run(1)  # warm up: runtimes compiled, statements prepared, pools full
+    try:
+        run(1)  # warm up: runtimes compiled, statements prepared, pools full
+    except RuntimeError:  # a cold server's first answers (a pool still filling) do not count
+        run(1)
     time.sleep(1.0)  # pg_stat_database is updated by the backends at most every second
     before = asyncio.run(transactions(db_url))
     rate, p50, p99 = run(seconds)
