@@ -13,6 +13,12 @@ Printed per request: req/s, p50 and p99 for both (the best of `--rounds` alterna
 damps the noise of a small machine shared by the servers, PostgreSQL and the load generator), the ratio
 engine/baseline, and the database transactions per request (each a round trip of a one-statement request).
 
+Then the cost of the business layer (`--business` runs this part alone): two engine servers on the same
+database, one as deployed (metering, quotas and rate limits on) and one with `BACKSAAS_METERING=off` and
+`BACKSAAS_RATE_LIMITS=off`, answer the same requests of a tenant whose plan has (generous) limits of every
+kind, so that every check runs; printed: req/s and transactions per request of both, and the ratio on/off
+(the target: above 0.95, with no more transactions per request).
+
 Then the cost of identity: a tenant whose entries are readable by anon and by their owner (`own`), 20 of
 one user's 200 entries read (a) anonymously with an explicit `owner_id` filter and (b) with that user's
 access token (JWT verification, Casbin decision, the `own` scope compiled into the same filter); the
@@ -139,17 +145,85 @@ def seed_journal(rest_base: str) -> tuple[str, str]:
     return session["user"]["id"], session["access_token"]
 
 
+BUSINESS_PLAN = {"requests_per_minute": 10**9, "requests_per_hour": 10**9, "requests_per_day": 10**9,
+                 "requests_per_month": 10**12, "rows": 10**9, "storage_bytes": 10**12, "end_users": 10**6,
+                 "function_ms_per_month": 10**12}
+SWITCHED_OFF = {"BACKSAAS_METERING": "off", "BACKSAAS_RATE_LIMITS": "off"}
+
+
+async def prepare_business(url: str) -> tuple[str, str]:
+    """The tenant `business` on a plan with a limit of every kind (none reached); a post's id, a service key."""
+    from engine import catalog
+
+    db = await Database.connect(url)
+    await deploy_platform(db)
+    async with db.begin() as conn:
+        await conn.execute(catalog.platform_tables()["plans"].insert().values(code="bench-business", name="Bench",
+                                                                              limits=BUSINESS_PLAN))
+    await create_tenant(db, "business", source=(REPO / "schemas" / "blog.yaml").read_text(), plan="bench-business")
+    async with db.as_role(db.role("business")) as conn:
+        post = await conn.fetchval("""
+            WITH a AS (INSERT INTO t_business.author (name) VALUES ('author') RETURNING id)
+            INSERT INTO t_business.post (title, status, author_id, published_at)
+              SELECT 'post ' || i, 'published', (SELECT id FROM a), now() - i * interval '1 hour'
+              FROM generate_series(1, 100) i RETURNING id::text""")
+    key = (await create_api_key(db, "business", "service", "service")).key
+    await db.close()
+    return post, key
+
+
+def business_layer(url: str, args: argparse.Namespace) -> None:
+    """Metering, quotas and rate limits on against all off, same requests, alternating runs."""
+    post, key = asyncio.run(prepare_business(url))
+    on_port, off_port = free_port(), free_port()
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port"]
+    quiet = {"DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "warning"}
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        servers.append(start([*command, str(on_port)], quiet, on_port))
+        servers.append(start([*command, str(off_port)], {**quiet, **SWITCHED_OFF}, off_port))
+        base = "/api/tenants/business/rest/v1"
+        cases = [("get one by id", f"{base}/post?id=eq.{post}", None),
+                 ("list 20, filter + order", f"{base}/post?select=id,title&status=eq.published"
+                                             "&order=published_at.desc&limit=20", None),
+                 ("insert one", f"{base}/author", json.dumps({"name": "a bench author"}))]
+        switches = ", ".join(f"{k}={v}" for k, v in SWITCHED_OFF.items())
+        print(f"\nbusiness layer: metering + quotas + rate limits on vs off ({switches}), best of {args.rounds}")
+        print(f"{'request':28}{'on req/s':>10}{'tx/req':>7}{'off req/s':>11}{'tx/req':>7}{'on/off':>8}")
+        ratios = []
+        for name, path, body in cases:
+            best: dict[int, tuple[float, float, float, float]] = {}
+            for _ in range(args.rounds):
+                for port in (on_port, off_port):
+                    m = measure(f"http://127.0.0.1:{port}{path}", args.seconds, args.connections, body, url,
+                                {"apikey": key})
+                    best[port] = max(best.get(port, m), m, key=lambda r: r[0])
+            on, off = best[on_port], best[off_port]
+            ratios.append(on[0] / off[0])
+            print(f"{name:28}{on[0]:>10.0f}{on[3]:>7.2f}{off[0]:>11.0f}{off[3]:>7.2f}{on[0] / off[0]:>8.2f}")
+        print(f"business layer costs {(1 - statistics.mean(ratios)) * 100:.1f}% of throughput on average")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180  # a loaded machine starts 2 workers slowly
-    while time.monotonic() < deadline:
+    """Start a server and wait (up to 3 minutes: a loaded machine is slow) until it answers /healthz. Its
+    stderr goes to a file (a pipe nobody reads would stall it, and its workers would hold the pipe open)."""
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
             return process
         except httpx.TransportError:
             time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{command[0]} did not start: {process.stderr.read().decode() if process.stderr else ''}")
+    process.terminate()
+    process.wait(timeout=30)
+    log.seek(0)
+    raise RuntimeError(f"{command[0]} did not start: {log.read().decode(errors='replace')[-4000:]}")
 
 
 def wrk(url: str, seconds: int, connections: int, lua: str | None, headers: dict[str, str]) -> tuple[float, float, float]:
@@ -229,6 +303,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="alternate engine and baseline this many times; keep each best")
     parser.add_argument("--database-url")
+    parser.add_argument("--business", action="store_true", help="only the business layer's cost (on vs off)")
     parser.add_argument("--cases", help="run only the requests whose names contain one of these (comma-separated); "
                                         "the identity cost runs when 'identity' is among them")
     args = parser.parse_args()
@@ -243,6 +318,12 @@ def main() -> None:
 
     asyncio.run(create())
     url = on(server, database)
+    if args.business:
+        try:
+            business_layer(url, args)
+        finally:
+            asyncio.run(drop_database(server, database))
+        return
     global RECEIVER_PORT
     RECEIVER_PORT = free_port()
     webhook_receiver = receiver(RECEIVER_PORT)
@@ -324,14 +405,15 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
 
-        async def drop() -> None:
-            admin = await asyncpg.connect(on(server, "postgres"))
-            await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
-            for (name,) in await admin.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", f"{database}_"):
-                await admin.execute(f'DROP ROLE "{name}"')
-            await admin.close()
+        asyncio.run(drop_database(server, database))
 
-        asyncio.run(drop())
+
+async def drop_database(server: str, database: str) -> None:
+    admin = await asyncpg.connect(on(server, "postgres"))
+    await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+    for (name,) in await admin.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", f"{database}_"):
+        await admin.execute(f'DROP ROLE "{name}"')
+    await admin.close()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ the tenant's rows, storage and end users from a measurement of its schema (`pg_t
 `pg_stat_user_tables.n_live_tup`) taken every `BACKSAAS_QUOTA_MEASURE_SECONDS` and after a deploy.
 So a quota may be overrun by what one flush interval or one measurement interval lets through.
 
-- Past the soft limit (`BACKSAAS_QUOTA_SOFT_PERCENT`, 80 by default) every response carries
+- Past the soft limit (the plan's `limits.quota_soft_percent`, else `BACKSAAS_QUOTA_SOFT_PERCENT`, 80 by
+  default) every response carries
   `X-Quota-Warning: rows=85%` and the tenant gets ONE `quota.warning` event per metric and month: the
   `quota_warnings` row (unique per tenant, metric and period) is written with it in one transaction, so
   any number of gateway processes send it once; it goes through the outbox to the tenant's webhooks.
@@ -201,13 +202,16 @@ class QuotaBook:
     async def measure(self) -> None:
         """Every tenant's rows, storage and end users, from the catalogue's statistics (one statement), kept
         here and as the day's gauges in usage_daily."""
-        measured = await measure_tenants(self.db)
+        exact = {t for t, limits in self.limits.items() if limit_of(limits, "rows") is not None}
+        measured = await measure_tenants(self.db, exact)
         self.measured = measured
         for tenant_id, values in measured.items():
             for metric, value in values.items():
                 self.meter.gauge(tenant_id, metric, value)
 
     async def standing(self, tenant_id: str, limits: Mapping[str, Any]) -> TenantQuota:
+        soft = limits.get("quota_soft_percent")  # the plan's own soft percentage, else the server's
+        soft = soft if isinstance(soft, int) and not isinstance(soft, bool) and 0 < soft <= 100 else self.soft_percent
         warnings, blocked = [], {}
         for limit in LIMITS:
             allowed = limit_of(limits, limit)
@@ -217,7 +221,7 @@ class QuotaBook:
             share = percent(used, allowed)
             if used >= allowed:
                 blocked[limit] = (used, allowed)
-            if share >= self.soft_percent:
+            if share >= soft:
                 warnings.append(f"{limit}={share}%")
                 if (tenant_id, limit, self.period) not in self.warned:
                     await self.warn(tenant_id, limit, used, allowed, share)
@@ -241,9 +245,14 @@ class QuotaBook:
         self.warned.add((tenant_id, limit, self.period))
 
 
-async def measure_tenants(db: Any) -> dict[str, dict[str, int]]:
+EXACT_BELOW = 100_000  # rows: a tenant with a rows quota and fewer rows than this is counted exactly
+
+
+async def measure_tenants(db: Any, exact: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, int]]:
     """tenant id -> {rows, storage_bytes, end_users} for every tenant living in this database's schemas:
-    tables' total size (indexes and TOAST included) and live rows as PostgreSQL's statistics count them."""
+    tables' total size (indexes and TOAST included) and live rows as PostgreSQL's statistics count them,
+    except for the tenants of `exact` (those with a rows quota) below `EXACT_BELOW` rows, whose rows are
+    counted: the statistics of a pooled connection that went idle are reported only at its next use."""
     tenants = catalog.platform_tables()["tenants"]
     async with db.engine.connect() as conn:
         slugs = {naming.schema_name(slug): str(tenant_id) for tenant_id, slug in (await conn.execute(
@@ -258,8 +267,18 @@ async def measure_tenants(db: Any) -> dict[str, dict[str, int]]:
             "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
             "WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(:schemas) GROUP BY n.nspname")
             .bindparams(sa.bindparam("schemas", type_=postgresql.ARRAY(sa.Text()))), {"schemas": list(slugs)})).all()
-    return {slugs[schema]: {"storage_bytes": int(size), "rows": int(live), "end_users": int(users)}
-            for schema, size, live, users in rows}
+        measured = {slugs[schema]: {"storage_bytes": int(size), "rows": int(live), "end_users": int(users)}
+                    for schema, size, live, users in rows}
+        for schema, tenant_id in slugs.items():
+            if tenant_id in exact and measured.get(tenant_id, {}).get("rows", 0) < EXACT_BELOW:
+                tables = (await conn.execute(sa.text(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = :schema AND c.relkind IN ('r', 'p')"), {"schema": schema})).scalars().all()
+                if tables:
+                    counts = " + ".join(f'(SELECT count(*) FROM "{schema}"."{t}")' for t in tables)
+                    measured.setdefault(tenant_id, {"storage_bytes": 0, "rows": 0, "end_users": 0})["rows"] = \
+                        int(await conn.scalar(sa.text(f"SELECT {counts}")))
+    return measured
 
 
 def guard_write(action: str) -> None:

@@ -152,8 +152,10 @@ def serve(database_url: str, port: int) -> subprocess.Popen[bytes]:
 
 def test_two_gateway_processes_add_up(keys, database_url):
     first, second = free_port(), free_port()
-    processes = [serve(database_url, first), serve(database_url, second)]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        processes.append(serve(database_url, first))
+        processes.append(serve(database_url, second))
         a = some_traffic(f"http://127.0.0.1:{first}", "meter-c", keys["meter-c"], reads=6)
         b = some_traffic(f"http://127.0.0.1:{second}", "meter-c", keys["meter-c"], reads=9)
         wanted = {k: a[k] + b[k] for k in a}

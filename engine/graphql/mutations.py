@@ -179,7 +179,9 @@ class MutationRunner:
                                             compiler.values.builder(), upsert))
         compiled, build, upsert = found
         values = build({**self.variables, OBJECTS: orjson.dumps(rows).decode()}, self.caller.user_id)
+        quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing (engine/quotas.py)
         body_text, count = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
+        metering.wrote(count)
         if count < len(rows) and upsert is not None and upsert.update and upsert.where is None:
             raise Forbidden(f"a {entity} row this insert conflicts with is outside what the caller may update")
         self.inserted += count
