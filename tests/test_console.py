@@ -156,6 +156,10 @@ async def test_a_developer_signs_up_creates_a_tenant_deploys_a_schema_and_adds_r
     lines = await page.locator(".cm-line").all_inner_texts()
     assert lines.index(await error.inner_text()) == BROKEN.splitlines().index("      price: {type: decimel}")
     await page.screenshot(path=shots / "schema-error.png")
+    await page.keyboard.press("Control+End")
+    await page.keyboard.type("vers")  # completion from the format's published JSON Schema (engine/schema/schema.json)
+    await expect(page.locator(".cm-tooltip-autocomplete")).to_contain_text("version")
+    await page.keyboard.press("Escape")
 
     await editor.click()
     await page.keyboard.press("Control+A")

@@ -1,10 +1,15 @@
-import { yaml } from "@codemirror/lang-yaml";
+import { yaml, yamlLanguage } from "@codemirror/lang-yaml";
 import { linter, lintGutter, type Diagnostic } from "@codemirror/lint";
+import { hoverTooltip } from "@codemirror/view";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { basicSetup, EditorView } from "codemirror";
+import { stateExtensions } from "codemirror-json-schema";
+import { yamlCompletion, yamlSchemaHover } from "codemirror-json-schema/yaml";
 import { useEffect, useRef, useState } from "react";
 import { ApiError, callFunction, PLATFORM, query, request, type Problem, type Tenant } from "../../api";
 import { Button, Card, Code, ErrorText, Spinner } from "../../ui";
+// the schema format's published JSON Schema: completion and hover docs as you type (the server still checks)
+import formatSchema from "../../../../engine/schema/schema.json";
 
 interface Step {
   kind: string;
@@ -196,6 +201,9 @@ function Editor({
       extensions: [
         basicSetup,
         yaml(),
+        yamlLanguage.data.of({ autocomplete: yamlCompletion() }),
+        hoverTooltip(yamlSchemaHover()),
+        stateExtensions(formatSchema as Parameters<typeof stateExtensions>[0]),
         lintGutter(),
         check,
         EditorView.updateListener.of((update) => {
