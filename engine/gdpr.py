@@ -2,15 +2,20 @@
 portability (an export), erasure, restriction and objection, as requests with a due date.
 
 What is personal is what the schema says: fields marked `pii: true`, and always the account's email. A
-user's data is every row they own (`owner_id`), their `users` row, and every row one of whose `pii` text
-fields holds their email (a contact row someone else typed in about them). Nothing else is touched or
-shown: other users' rows that reference theirs keep the reference (an id), and the referenced row stays,
-with its personal fields anonymised.
+user's data is every row they own (`owner_id`), their `users` row, and, once their email is confirmed
+(`verified`), the `pii` text fields of other rows that hold it (a contact row someone else typed in about
+them): of such a row of someone else's, only those fields are theirs, never its other columns. An
+unconfirmed email ties nothing: anyone can type any address into their account (`PUT /auth/v1/user`
+makes it unverified), and it must not read or erase rows about the address's owner. Nothing else is
+touched or shown: other users' rows that reference theirs keep the reference (an id), and the referenced
+row stays, with its personal fields anonymised.
 
-- `export_user`: those rows (internal columns such as password hashes left out), the user's consent
-  history, privacy requests and flags, and the audit entries about them.
-- `erase_user`: every `pii` field of those rows anonymised in place (NULL when the column allows it,
-  else a value derived from the row's id, never from the old value), the account disabled (its email
+- `export_user`: their own rows (internal columns such as password hashes left out) and the matching
+  fields of rows naming them, the user's consent history, privacy requests and flags, and the audit
+  entries about them.
+- `erase_user`: every `pii` field of their own rows, and the matching fields of rows naming them,
+  anonymised in place (NULL when the column allows it, else a value derived from the row's id, never
+  from the old value), the account disabled (its email
   replaced, password removed, roles emptied, unverified), every session and refresh token revoked, and the
   erasure flagged. Rows are never deleted, so whatever referenced them still reads.
 - Requests (`privacy_requests`): filed by the user, due in 30 days, completed or rejected by the tenant's
@@ -71,16 +76,38 @@ def personal_fields(entity: Entity) -> tuple[Field, ...]:
     return tuple(f for f in entity.fields if f.pii or (entity.name == USERS and f.name == "email"))
 
 
-def tie(entity: Entity, table: sa.Table, user_id: str, email: str) -> sa.ColumnElement[bool] | None:
-    """The rows of `entity` that are the user's data: theirs, or naming their email in a `pii` text field."""
+def owned(entity: Entity, table: sa.Table, user_id: str) -> sa.ColumnElement[bool] | None:
+    """The rows of `entity` that are the user's own: their `users` row, the rows they own (`owner_id`)."""
     conditions: list[sa.ColumnElement[bool]] = []
     if entity.name == USERS:
         conditions.append(table.c.id == user_id)
     if entity.owner:
         conditions.append(table.c[OWNER_COLUMN] == user_id)
-    conditions += [sa.func.lower(table.c[f.column]) == email.lower() for f in personal_fields(entity)
-                   if f.type in ("string", "text") and entity.name != USERS]
     return sa.or_(*conditions) if conditions else None
+
+
+def mentions(entity: Entity, table: sa.Table, email: str | None) -> list[tuple[Field, sa.ColumnElement[bool]]]:
+    """Each `pii` text field of `entity` with the condition "it holds this email". None for an email the
+    user has not confirmed: an address anyone can type into their account ties nothing (else changing
+    one's email to a victim's would read and erase rows about the victim)."""
+    if email is None or entity.name == USERS:
+        return []
+    return [(f, sa.func.lower(table.c[f.column]) == email.lower()) for f in personal_fields(entity)
+            if f.type in ("string", "text")]
+
+
+def tie(entity: Entity, table: sa.Table, user_id: str, email: str | None) -> sa.ColumnElement[bool] | None:
+    """The rows of `entity` that hold the user's data: theirs, or naming their (confirmed) email in a `pii`
+    text field."""
+    conditions = [c for c in (owned(entity, table, user_id),) if c is not None]
+    conditions += [condition for _, condition in mentions(entity, table, email)]
+    return sa.or_(*conditions) if conditions else None
+
+
+def not_owned(entity: Entity, table: sa.Table, user_id: str) -> sa.ColumnElement[bool]:
+    """Someone else's rows (a NULL owner is nobody's, so not the user's)."""
+    mine = owned(entity, table, user_id)
+    return sa.true() if mine is None else sa.not_(sa.func.coalesce(mine, sa.false()))
 
 
 def anonymous(field: Field, table: sa.Table) -> sa.ColumnElement[Any] | None:
@@ -122,39 +149,69 @@ async def as_platform(conn: AsyncConnection) -> None:
     await conn.execute(sa.text("RESET ROLE"))
 
 
-async def account_email(conn: AsyncConnection, runtime: Any, user_id: str) -> str:
-    """The user's email (as the tenant's role); UserNotFound when the tenant has no such user."""
+async def account(conn: AsyncConnection, runtime: Any, user_id: str) -> tuple[str, bool]:
+    """The user's email and whether it is confirmed (as the tenant's role); UserNotFound when the tenant
+    has no such user."""
     users = runtime.tables[USERS]
     await as_tenant(conn, runtime)
-    email = await conn.scalar(sa.select(users.c.email).where(users.c.id == user_id))
+    row = (await conn.execute(sa.select(users.c.email, users.c.verified).where(users.c.id == user_id))).first()
     await as_platform(conn)
-    if email is None:
+    if row is None:
         raise UserNotFound(f"tenant '{runtime.slug}' has no user {user_id}")
-    return str(email)
+    return str(row.email), bool(row.verified)
 
 
-def _rows_json(alias: Any, where: sa.ColumnElement[bool], hidden: list[str]) -> sa.Select[Any]:
+async def account_email(conn: AsyncConnection, runtime: Any, user_id: str) -> str:
+    """The user's email (as the tenant's role); UserNotFound when the tenant has no such user."""
+    return (await account(conn, runtime, user_id))[0]
+
+
+async def tying_email(conn: AsyncConnection, runtime: Any, user_id: str) -> str | None:
+    """The email that ties other users' rows to this user: theirs if confirmed, else None."""
+    email, verified = await account(conn, runtime, user_id)
+    return email if verified else None
+
+
+def _rows_json(alias: Any, where: sa.ColumnElement[bool], hidden: list[str],
+               row: sa.ColumnElement[Any] | None = None) -> sa.Select[Any]:
     """One statement whose value is the matching rows of `alias` (named `r`) as a JSON array (the database
-    builds it), without the `hidden` columns."""
-    row = sa.func.to_jsonb(sa.literal_column("r"))
-    if hidden:
-        row = row.op("-")(sa.cast(postgresql.array(hidden), postgresql.ARRAY(sa.Text)))
+    builds it), without the `hidden` columns; `row`, when given, is what each row contributes instead."""
+    if row is None:
+        row = sa.func.to_jsonb(sa.literal_column("r"))
+        if hidden:
+            row = row.op("-")(sa.cast(postgresql.array(hidden), postgresql.ARRAY(sa.Text)))
     aggregate = sa.func.jsonb_agg(postgresql.aggregate_order_by(row, alias.c.created_at))
     return sa.select(sa.func.coalesce(aggregate, sa.text("'[]'::jsonb"))).select_from(alias).where(where)
 
 
+def _mentioned_fields(found: list[tuple[Field, sa.ColumnElement[bool]]], alias: Any) -> sa.ColumnElement[Any]:
+    """What a row of someone else's that names the user contributes: only its fields holding their email."""
+    empty = sa.text("'{}'::jsonb")
+    parts = [sa.case((condition, sa.func.jsonb_build_object(f.column, alias.c[f.column])), else_=empty)
+             for f, condition in found]
+    row = parts[0]
+    for part in parts[1:]:
+        row = row.op("||")(part)
+    return row
+
+
 async def export_user(conn: AsyncConnection, runtime: Any, user_id: str) -> dict[str, Any]:
-    """Everything the tenant holds about the user, as JSON (see the module's docstring)."""
-    email = await account_email(conn, runtime, user_id)
+    """Everything the tenant holds about the user, as JSON (see the module's docstring): their own rows
+    whole, and of other users' rows only the fields that hold their confirmed email."""
+    email = await tying_email(conn, runtime, user_id)
     await as_tenant(conn, runtime)
     data: dict[str, list[Any]] = {}
     for entity in runtime.model.entities:
         alias = runtime.tables[entity.name].alias("r")
-        where = tie(entity, alias, user_id, email)
-        if where is None:
-            continue
-        hidden = [f.column for f in entity.fields if f.internal]
-        rows = await conn.scalar(_rows_json(alias, where, hidden))
+        rows: list[Any] = []
+        mine = owned(entity, alias, user_id)
+        if mine is not None:
+            hidden = [f.column for f in entity.fields if f.internal]
+            rows += await conn.scalar(_rows_json(alias, mine, hidden)) or []
+        found = mentions(entity, alias, email)
+        if found:
+            where = sa.and_(not_owned(entity, alias, user_id), sa.or_(*(c for _, c in found)))
+            rows += await conn.scalar(_rows_json(alias, where, [], _mentioned_fields(found, alias))) or []
         if rows:
             data[entity.name] = rows
     await as_platform(conn)
@@ -184,21 +241,28 @@ async def platform_records(conn: AsyncConnection, tenant_id: str, user_id: str) 
 
 
 async def erase_user(conn: AsyncConnection, runtime: Any, user_id: str) -> dict[str, Any]:
-    """Anonymise the user's personal data, disable the account, end its sessions (see the module)."""
-    email = await account_email(conn, runtime, user_id)
+    """Anonymise the user's personal data, disable the account, end its sessions (see the module): every
+    personal field of their own rows, and in other users' rows only the fields holding their confirmed email."""
+    email = await tying_email(conn, runtime, user_id)
     await as_tenant(conn, runtime)
     anonymised: dict[str, int] = {}
     for entity in sorted(runtime.model.entities, key=lambda e: e.name == USERS):  # users last: ties need the email
         table = runtime.tables[entity.name]
-        where = tie(entity, table, user_id, email)
+        count = 0
+        mine = owned(entity, table, user_id)
         values = {f.column: v for f in personal_fields(entity) if (v := anonymous(f, table)) is not None}
         if entity.name == USERS:
             values.update(password_hash=sa.null(), roles=sa.text("'{}'"), verified=False)
-        if where is None or not values:
-            continue
-        result = await conn.execute(table.update().where(where).values(values))
-        if result.rowcount:
-            anonymised[entity.name] = result.rowcount
+        if mine is not None and values:
+            count += (await conn.execute(table.update().where(mine).values(values))).rowcount
+        found = [(f, c, v) for f, c in mentions(entity, table, email) if (v := anonymous(f, table)) is not None]
+        if found:
+            result = await conn.execute(table.update().where(
+                not_owned(entity, table, user_id), sa.or_(*(c for _, c, _ in found))).values(
+                {f.column: sa.case((c, v), else_=table.c[f.column]) for f, c, v in found}))
+            count += result.rowcount
+        if count:
+            anonymised[entity.name] = count
     await as_platform(conn)
     revoked = await sessions.revoke(conn, runtime.tenant_id, "erased", user_id=user_id)
     await set_flags(conn, runtime, user_id, erased_at=sa.func.now())

@@ -54,6 +54,14 @@ entities:
     permissions:
       read:   {authenticated: all}
       create: {authenticated: all}
+  secret:
+    owner: true
+    fields:
+      text: {type: text}
+      note: {type: string, pii: true}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
 """
 PASSWORD = "a long enough passphrase"
 CAT = {"email": "cat.stevens@example.com", "full_name": "Catherine Stevens", "nickname": "Catnip-7781",
@@ -147,13 +155,13 @@ def test_an_access_request_exports_exactly_the_users_data(base, keys, people):
     assert [u["id"] for u in data["users"]] == [cat["user"]["id"]]
     assert "password_hash" not in data["users"][0] and data["users"][0]["full_name"] == CAT["full_name"]
     assert [p["id"] for p in data["profile"]] == [people["cat_profile"]["id"]]
-    assert [c["id"] for c in data["contact"]] == [people["contact"]["id"]]  # a row tied to her by a pii field
+    assert data["contact"] == [{"email": CAT["email"]}]  # Dan's row names her: only that field is hers
     assert "note" not in data  # Dan's note about her profile is Dan's
     assert export["consents"]["current"]["marketing_email"]["granted"] is True
     assert [r["id"] for r in export["privacy_requests"]] == [request["id"]]
     text = exported.text
     for foreign in (people["dan"]["user"]["id"], people["dan_profile"]["id"], people["dan_contact"]["id"],
-                    people["note"]["id"], "dan@example.com", "Daniel Other", "Danno"):
+                    people["note"]["id"], "dan@example.com", "Daniel Other", "Danno", "met at the conference"):
         assert foreign not in text
 
     admin_view = httpx.get(f"{api(base)}/privacy/v1/users/{cat['user']['id']}/export",
@@ -335,3 +343,61 @@ def test_nobody_else_reaches_the_privacy_endpoints(base, keys, people):
             assert answer.status_code == 401, (method, path, answer.text)
     theirs = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{cat_request['id']}/export", headers=bearer(dan))
     assert theirs.status_code == 404 and cat_id not in theirs.text
+
+
+async def auto_processing(db: Database) -> None:
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE system.tenants SET settings = settings || "
+                                   "'{\"privacy\": {\"auto_process\": true}}'::jsonb WHERE slug = 'crm'"))
+
+
+def mine(base: str, session: dict[str, Any], entity: str) -> list[dict[str, Any]]:
+    found = httpx.get(f"{api(base)}/rest/v1/{entity}", headers=bearer(session))
+    assert found.status_code == 200, found.text
+    return found.json()
+
+
+async def test_an_email_changed_to_someone_elses_neither_exports_nor_erases_their_rows(base, keys, db):
+    await auto_processing(db)
+    bob = sign_up(base, keys, "bob.secret@example.com")
+    bobs = post(base, bob, "secret", {"text": "BOB PRIVATE PLANS", "note": "target@victim.com"})
+    eve = sign_up(base, keys, "eve.attacker@example.com")
+    changed = httpx.put(f"{api(base)}/auth/v1/user", json={"email": "target@victim.com"}, headers=bearer(eve))
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["verified"] is False and changed.json()["email_confirmed_at"] is None  # until confirmed
+
+    access = file_request(base, eve, "access")
+    assert access["status"] == "completed"
+    exported = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{access['id']}/export", headers=bearer(eve))
+    assert exported.status_code == 200, exported.text
+    assert "secret" not in exported.json()["data"]
+    assert "BOB PRIVATE PLANS" not in exported.text and bobs["id"] not in exported.text
+
+    erasure = file_request(base, eve, "erasure")
+    assert erasure["status"] == "completed" and "secret" not in erasure["result"]["rows_anonymised"]
+    assert mine(base, bob, "secret") == [bobs]  # nothing of Bob's changed
+
+
+async def test_a_confirmed_email_exports_and_erases_only_the_fields_naming_it_in_others_rows(base, keys, db):
+    await auto_processing(db)
+    gil = sign_up(base, keys, "gil.legit@example.com")
+    assert gil["user"]["verified"] is True
+    hal = sign_up(base, keys, "hal.keeper@example.com")
+    hals = post(base, hal, "secret", {"text": "HAL ABOUT GIL", "note": "Gil.Legit@example.com"})
+    gils = post(base, gil, "secret", {"text": "GIL OWN TEXT", "note": "gil's own note"})
+
+    access = file_request(base, gil, "access")
+    export = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{access['id']}/export", headers=bearer(gil))
+    assert export.status_code == 200, export.text
+    rows = export.json()["data"]["secret"]
+    assert rows[0]["id"] == gils["id"] and rows[0]["text"] == "GIL OWN TEXT"  # her own row, whole
+    assert rows[1:] == [{"note": "Gil.Legit@example.com"}]  # of Hal's row, only the field naming her
+    assert "HAL ABOUT GIL" not in export.text and hals["id"] not in export.text
+
+    erasure = file_request(base, gil, "erasure")
+    assert erasure["status"] == "completed" and erasure["result"]["rows_anonymised"]["secret"] == 2
+    assert mine(base, hal, "secret") == [{**hals, "note": None, "updated_at": mine(base, hal, "secret")[0]["updated_at"]}]
+    async with db.engine.connect() as conn:
+        own = (await conn.execute(sa.text(f'SELECT text, note FROM "{naming.schema_name("crm")}".secret WHERE id = :id'),
+                                  {"id": gils["id"]})).one()
+    assert tuple(own) == ("GIL OWN TEXT", None)  # her own row: every pii field erased, the rest kept

@@ -346,6 +346,10 @@ class AuthApi:
         try:
             async with self.db.begin() as conn:
                 row = await self.live_user(conn, caller)
+                if changes.get("email", row.email) != row.email:
+                    # a new address is unconfirmed until proven (GoTrue's secure email change): until then
+                    # it ties no one's data to this account (engine/gdpr.py)
+                    changes["verified"] = False
                 if free:  # merged into what is kept, as GoTrue does; a null value removes its key
                     kept = sa.func.coalesce(self.users.c[FREE_METADATA], sa.cast(sa.literal("{}"), JSONB))
                     gone = [k for k, v in free.items() if v is None]
