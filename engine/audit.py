@@ -24,6 +24,7 @@ written for a change that rolled back, and a change never commits without its en
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -37,7 +38,7 @@ from engine import catalog
 from engine.database import quote_identifier as quote
 from engine.query.sql import CompiledRead
 from engine.schema import load_schema
-from engine.schema.model import Entity, Schema
+from engine.schema.model import USERS, Entity, Schema
 from engine.storage import naming
 
 SCHEMA = "backsaas_audit"
@@ -123,7 +124,7 @@ def entry(action: str, *, tenant_id: str | None, data: Mapping[str, Any] | None 
           changes: Mapping[str, Any] | None = None, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One entry as `append` takes it: the request's context, then what the caller says."""
     found: dict[str, Any] = {**context(request), "action": action, "tenant_id": tenant_id, "entity": entity,
-                             "record_id": record_id, "data": dict(data or {}), "changes": dict(changes or {})}
+                             "record_id": record_id, "data": pseudonymised(data or {}), "changes": dict(changes or {})}
     if actor is not None:
         found["actor_id"] = found["user_id"] = str(actor)
     if ip:
@@ -162,9 +163,26 @@ async def denied(db: Any, tenant_id: str | None, message: str, scope: Mapping[st
 
 
 def redacted_fields(entity: Entity) -> list[str]:
-    """The columns whose values never reach the trail: `sensitive: true` and engine-internal fields."""
+    """The columns whose values never reach the trail: `sensitive: true`, engine-internal fields, and personal
+    data (`pii: true`, a user's email). A hash chain cannot be edited afterwards, so what a GDPR erasure
+    must remove may never enter it; an entry keeps the row's id, which still names whose row changed."""
     return sorted(entity.column_of(f.name) for f in entity.fields
-                  if getattr(f, "sensitive", False) or f.internal or f.name.endswith("password_hash"))
+                  if getattr(f, "sensitive", False) or getattr(f, "pii", False) or f.internal
+                  or f.name.endswith("password_hash") or (entity.name == USERS and f.name == "email"))
+
+
+PERSONAL_KEYS = ("email",)  # what an event's `data` may name a person by
+
+
+def pseudonymised(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's data with each personal value replaced by its SHA-256 (`email` -> `email_sha256`, of the
+    lower-cased address): whoever already knows an address can still find its failed sign-ins, and nothing
+    readable is left in the chain once the person is erased."""
+    found = dict(data)
+    for key in PERSONAL_KEYS:
+        if isinstance(found.get(key), str):
+            found[f"{key}_sha256"] = hashlib.sha256(found.pop(key).strip().lower().encode()).hexdigest()
+    return found
 
 
 def audits(entity: Entity) -> bool:

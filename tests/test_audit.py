@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import sys
 import types
@@ -58,6 +59,7 @@ entities:
     fields:
       title:  {type: string, required: true}
       secret: {type: string, sensitive: true}
+      contact: {type: string, pii: true}
       score:  {type: integer}
     permissions:
       read: {anon: all, authenticated: all}
@@ -223,6 +225,20 @@ async def test_rest_writes_are_audited_with_old_and_new_values_actor_and_request
     assert "hunter2" not in orjson.dumps([e["changes"] for e in entries]).decode()
 
 
+async def test_personal_data_never_enters_the_trail(base, setup, ids, database_url):
+    """pii fields and users' emails are redacted like secrets: a GDPR erasure cannot edit a hash chain."""
+    made = httpx.post(f"{api(base, 'alpha')}/rest/v1/note", json={"title": "reach me", "contact": "zed@example.com"},
+                      headers={**as_key(setup["alpha_anon"]), "Prefer": "return=representation"})
+    assert made.status_code == 201, made.text
+    user = httpx.post(f"{api(base, 'alpha')}/auth/v1/signup", headers=as_key(setup["alpha_anon"]),
+                      json={"email": "zed@example.com", "password": PASSWORD})
+    assert user.status_code == 200, user.text
+    note = await trail(database_url, ids["alpha"], entity="note", record_id=uuid.UUID(made.json()[0]["id"]))
+    assert note[0]["changes"]["contact"] == {"old": None, "new": "[redacted]"}
+    everything = orjson.dumps(await trail(database_url, ids["alpha"]), default=str).decode()
+    assert "zed@example.com" not in everything
+
+
 async def test_a_signed_in_users_write_names_the_user(base, setup, ids, database_url):
     user = httpx.post(f"{api(base, 'alpha')}/auth/v1/signup", headers={"apikey": setup["alpha_anon"]},
                       json={"email": "writer@example.com", "password": PASSWORD}).json()
@@ -358,7 +374,9 @@ async def test_authentication_events_are_audited_without_secrets(base, setup, id
     assert signup_row["changes"]["password_hash"]["new"] == "[redacted]"
     assert signup_row["request_id"] == "req-signup" and signup_row["key_name"] == "anon"  # the auth API's writes too
     failed = next(e for e in entries if e["action"] == "auth.login_failed")
-    assert failed["data"]["email"] == "eve@example.com" and PASSWORD not in orjson.dumps(failed["data"]).decode()
+    assert failed["data"]["email_sha256"] == hashlib.sha256(b"eve@example.com").hexdigest()  # pseudonymised
+    assert "eve@example.com" not in orjson.dumps(failed, default=str).decode()
+    assert PASSWORD not in orjson.dumps(failed["data"]).decode()
     assert "not the password" not in orjson.dumps([e["data"] for e in entries]).decode()
 
 
