@@ -4,8 +4,15 @@ A tenant's owner adds a domain (`add_domain`) and is given a token to publish as
 `_backsaas-challenge.{domain}` holding `backsaas-verify={token}`; `verify_domain` looks the record up
 (dnspython's resolver, or whatever `use_resolver` installed: the tests' fake) and, once it holds the token,
 marks the domain verified. From then on the gateway serves the tenant at that host on every surface
-(gateway/domains.py). A domain belongs to one tenant only (unique); `remove_domain` deletes it and NOTIFYs
-`DOMAINS_CHANGED`, so that every gateway process stops serving it at once. Every change is audited.
+(gateway/domains.py). `remove_domain` deletes it and NOTIFYs `DOMAINS_CHANGED`, so that every gateway
+process stops serving it at once. Every change is audited.
+
+A claim proves nothing, so it reserves nothing: several tenants may claim one domain, each with its own
+token (else whoever claims first squats on someone else's name), and the first to verify holds it. The
+others' verify is then 409 `domain_taken`, as is any new claim of a verified domain. One verified row per
+domain is the database's rule too (a partial unique index, engine/storage/deploy.py); claims and
+verifications of a domain are serialised by a transaction lock on its name. An unverified claim older
+than 7 days expires: it is deleted (and audited) when anyone next claims or verifies that domain.
 
 The DNS lookup runs outside any transaction (a slow resolver holds no connection); the domain is written
 in one transaction afterwards.
@@ -16,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -32,6 +40,7 @@ from functions.access import MANAGERS, OWNERS, authorize
 FEATURE = "custom_domain"
 CHALLENGE = "_backsaas-challenge"
 PREFIX = "backsaas-verify="
+CLAIM_DAYS = 7  # an unverified claim expires after this
 
 
 class DomainTaken(BackSaasError):
@@ -131,6 +140,35 @@ def record_of(domain: str, token: str) -> dict[str, str]:
     return {"name": f"{CHALLENGE}.{domain}", "type": "TXT", "value": f"{PREFIX}{token}"}
 
 
+async def _lock(conn: AsyncConnection, domain: str) -> None:
+    """Serialise, until the transaction ends, every claim and verification of `domain`."""
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("backsaas-domain:" + domain))))
+
+
+async def _expire(conn: AsyncConnection, domain: str) -> None:
+    """Delete the unverified claims of `domain` older than CLAIM_DAYS, whichever tenant made them."""
+    domains = catalog.platform_tables()["tenant_domains"]
+    expired = await conn.execute(domains.delete().where(
+        domains.c.domain == domain, domains.c.verified_at.is_(None),
+        domains.c.created_at < sa.func.now() - timedelta(days=CLAIM_DAYS)).returning(domains.c.id, domains.c.tenant_id))
+    for row in expired:
+        await audit.record(conn, "domain.expired", tenant_id=str(row.tenant_id), entity="tenant_domains",
+                           record_id=str(row.id), data={"domain": domain})
+
+
+async def _refuse_if_held(conn: AsyncConnection, domain: str, tenant_id: str) -> None:
+    """DomainTaken when another tenant holds `domain` verified."""
+    domains = catalog.platform_tables()["tenant_domains"]
+    held = await conn.scalar(sa.select(domains.c.id).where(
+        domains.c.domain == domain, domains.c.verified_at.is_not(None), domains.c.tenant_id != tenant_id))
+    if held is not None:
+        raise DomainTaken(f"{domain} is verified by another tenant", details=[Problem("domain", "is taken")])
+
+
+def _taken(exc: IntegrityError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "23505"
+
+
 @platform_function
 async def add_domain(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
     """add_domain: claim a domain for the tenant; the answer is the TXT record that proves it."""
@@ -141,41 +179,60 @@ async def add_domain(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any
     try:
         async with ctx.data.db.begin() as conn:
             tenant_id = await _tenant(conn, payload["tenant"])
+            await _lock(conn, domain)
+            await _expire(conn, domain)
+            await _refuse_if_held(conn, domain, tenant_id)
             await conn.execute(domains.insert().values(tenant_id=tenant_id, domain=domain, token=token))
             await audit.record(conn, "domain.added", tenant_id=tenant_id, actor=actor.user_id, entity="tenant_domains",
                                data={"domain": domain})
     except IntegrityError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "23505":
-            raise DomainTaken(f"{domain} is already claimed", details=[Problem("domain", "is taken")]) from exc
+        if _taken(exc):  # (tenant, domain) is unique: the tenant claimed it already
+            raise DomainTaken(f"the tenant has already claimed {domain}", details=[Problem("domain", "is claimed")]) from exc
         raise
     return {"tenant": payload["tenant"], "domain": domain, "verified": False, "record": record_of(domain, token)}
 
 
 @platform_function
 async def verify_domain(ctx: HookContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """verify_domain: look up the TXT record; verified once it holds the domain's token."""
+    """verify_domain: look up the TXT record; verified once it holds the domain's token, unless another
+    tenant verified the domain first (409 domain_taken)."""
     actor = await authorize(ctx, payload["tenant"], MANAGERS)
     domain = normalise(payload["domain"])
     domains = catalog.platform_tables()["tenant_domains"]
     async with ctx.data.db.begin() as conn:
         tenant_id = await _tenant(conn, payload["tenant"])
+        await _lock(conn, domain)
+        await _expire(conn, domain)
         row = (await conn.execute(sa.select(domains.c.id, domains.c.token, domains.c.verified_at)
                                   .where(domains.c.tenant_id == tenant_id, domains.c.domain == domain))).first()
     if row is None:
-        raise DomainNotFound(f"tenant '{payload['tenant']}' has no domain {domain}")
+        raise DomainNotFound(f"tenant '{payload['tenant']}' has no domain {domain} (an unverified claim expires "
+                             f"after {CLAIM_DAYS} days: add it again)")
+    async with ctx.data.db.begin() as conn:
+        await _refuse_if_held(conn, domain, tenant_id)  # before asking DNS: nothing it says would change that
     record = record_of(domain, row.token)
     published = await _resolver.txt(record["name"])
     found = record["value"] in (value.strip() for value in published)
-    async with ctx.data.db.begin() as conn:
-        values: dict[str, Any] = {"checked_at": sa.func.now(),
-                                  "last_error": None if found else f"{record['name']} has no TXT record {record['value']}"}
-        if found and row.verified_at is None:
-            values["verified_at"] = sa.func.now()
-        await conn.execute(domains.update().where(domains.c.id == row.id).values(**values))
-        if found:
-            await audit.record(conn, "domain.verified", tenant_id=tenant_id, actor=actor.user_id,
-                               entity="tenant_domains", record_id=str(row.id), data={"domain": domain})
-            await _changed(conn)
+    try:
+        async with ctx.data.db.begin() as conn:
+            await _lock(conn, domain)
+            await _refuse_if_held(conn, domain, tenant_id)  # another tenant may have verified during the lookup
+            values: dict[str, Any] = {"checked_at": sa.func.now(),
+                                      "last_error": None if found else f"{record['name']} has no TXT record {record['value']}"}
+            if found and row.verified_at is None:
+                values["verified_at"] = sa.func.now()
+            updated = await conn.scalar(domains.update().where(domains.c.id == row.id).values(**values)
+                                        .returning(domains.c.id))
+            if updated is None:
+                raise DomainNotFound(f"tenant '{payload['tenant']}' no longer has domain {domain}")
+            if found:
+                await audit.record(conn, "domain.verified", tenant_id=tenant_id, actor=actor.user_id,
+                                   entity="tenant_domains", record_id=str(row.id), data={"domain": domain})
+                await _changed(conn)
+    except IntegrityError as exc:
+        if _taken(exc):  # the partial unique index: one verified row per domain
+            raise DomainTaken(f"{domain} is verified by another tenant", details=[Problem("domain", "is taken")]) from exc
+        raise
     if not found:
         raise DomainNotVerified(f"{record['name']} does not hold the TXT record {record['value']} (yet)",
                                 details=[Problem("domain", "the TXT record was not found")],

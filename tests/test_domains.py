@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from engine.database import Database
 from functions import domains
@@ -53,7 +54,7 @@ def dns() -> Iterator[FakeDns]:
 @pytest.fixture(scope="module")
 async def keys(db: Database) -> dict[str, str]:
     made = {}
-    for slug, plan in (("acme", "pro"), ("rival", "pro"), ("basic", "free")):
+    for slug, plan in (("acme", "pro"), ("rival", "pro"), ("basic", "free"), ("mallory", "pro")):
         await create_tenant(db, slug, source=SCHEMA, plan=plan)
         for role in ("anon", "service"):
             made[f"{slug}_{role}"] = (await create_api_key(db, slug, role, role)).key
@@ -147,3 +148,43 @@ def test_nobody_but_the_tenants_owners_manages_its_domains(base, keys, root):
     listed = httpx.get(f"{base}/api/platform/rest/v1/tenant_domains", headers=as_stranger)
     assert listed.status_code in (200, 403) and "rival.example.net" not in listed.text
     assert "rival.example.net" in httpx.get(f"{base}/api/platform/rest/v1/tenant_domains", headers=root).text
+
+
+def test_a_claim_reserves_nothing_and_the_first_tenant_to_verify_holds_the_domain(base, keys, dns, root):
+    contested = "acme-corp.example"
+    squat = call(base, "add_domain", root, tenant="mallory", domain=contested)
+    assert squat.status_code == 200, squat.text
+    claim = call(base, "add_domain", root, tenant="acme", domain=contested)
+    assert claim.status_code == 200, claim.text  # Mallory's earlier claim does not keep the owner out
+    record = claim.json()["record"]
+    assert record["value"] != squat.json()["record"]["value"]  # each claim has its own token
+    dns.records[record["name"]] = [record["value"]]  # the real owner publishes theirs
+
+    unproven = call(base, "verify_domain", root, tenant="mallory", domain=contested)
+    assert unproven.status_code == 422 and unproven.json()["code"] == "domain_not_verified"
+    assert call(base, "verify_domain", root, tenant="acme", domain=contested).status_code == 200
+    lost = call(base, "verify_domain", root, tenant="mallory", domain=contested)
+    assert lost.status_code == 409 and lost.json()["code"] == "domain_taken"
+    late = call(base, "add_domain", root, tenant="rival", domain=contested)
+    assert late.status_code == 409 and late.json()["code"] == "domain_taken"
+
+    served = httpx.get(f"{base}/rest/v1/item", headers={"Host": contested})
+    assert [i["name"] for i in served.json()] == ["anvil"]
+    assert httpx.get(f"{base}/rest/v1/item", headers={"Host": contested,
+                                                     "apikey": keys["mallory_service"]}).status_code == 401
+
+
+async def test_an_unverified_claim_expires_after_seven_days(base, dns, root, db):
+    stale = "stale-claim.example"
+    assert call(base, "add_domain", root, tenant="mallory", domain=stale).status_code == 200
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE system.tenant_domains SET created_at = now() - interval '8 days'"
+                                   " WHERE domain = :domain"), {"domain": stale})
+    expired = call(base, "verify_domain", root, tenant="mallory", domain=stale)
+    assert expired.status_code == 404 and expired.json()["code"] == "domain_not_found"
+    async with db.engine.connect() as conn:
+        left = await conn.scalar(sa.text("SELECT count(*) FROM system.tenant_domains WHERE domain = :domain"),
+                                 {"domain": stale})
+    assert left == 0
+    again = call(base, "add_domain", root, tenant="mallory", domain=stale)
+    assert again.status_code == 200 and again.json()["verified"] is False

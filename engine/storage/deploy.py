@@ -396,6 +396,12 @@ async def only_reshapes(conn: AsyncConnection, db: Database, source: str) -> boo
     return bool(destructive) and all(s.target.split(".", 1)[0] in PLATFORM_RESHAPED for s in destructive)
 
 
+# Several tenants may claim a domain (functions/domains.py), only one may hold it verified: a partial unique
+# index, which the schema format cannot declare, made here on every platform deploy (IF NOT EXISTS).
+VERIFIED_DOMAINS_UNIQUE = ("CREATE UNIQUE INDEX IF NOT EXISTS tenant_domains_verified_domain_key"
+                           " ON system.tenant_domains (domain) WHERE verified_at IS NOT NULL")
+
+
 async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
                           source: str | None = None) -> Deployment:
     """Deploy `platform.yaml` (or `source`) as the system tenant, creating its schema and row on the very first run."""
@@ -427,4 +433,5 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await seed_plans(conn)  # free (what new tenants get unless they name another), starter, pro, enterprise
         await ensure_every_tenants_bounds_checks(conn, db)  # once: tables of an engine before bounds CHECKs
         await ensure_user_metadata_columns(conn, db)  # once: users tables of an engine before user_metadata
+        await driver.execute(VERIFIED_DOMAINS_UNIQUE)
         return deployment
