@@ -47,12 +47,17 @@ async def stripe_webhook(request: Request) -> Response:
         except stripe.SignatureVerificationError as exc:
             raise SignatureInvalid("the Stripe-Signature header does not verify (signature or timestamp)",
                                    details=[Problem("Stripe-Signature", str(exc.user_message or exc))]) from None
-        except ValueError:
-            raise InvalidInput("the event is not JSON", details=[Problem("body", "is not a JSON object")]) from None
-        data = event.to_dict()
-        if not isinstance(data.get("id"), str) or not data["id"]:
-            raise InvalidInput("the event has no id", details=[Problem("id", "is required")])
-        result = await stripe_events.apply(request.app.state.db, data)
+        except (ValueError, AttributeError, TypeError):  # the library reads a signed `[]` or `null` as an object
+            raise InvalidInput("the event is not a JSON object", details=[Problem("body", "is not a JSON object")]) from None
+        data = event.to_dict() if isinstance(event, stripe.Event) else None
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+            raise InvalidInput("the event is no Stripe event object with an id", details=[Problem("id", "is required")])
+        try:
+            result = await stripe_events.apply(request.app.state.db, data)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # signed, but not shaped as its type is
+            # (the transaction rolled back: nothing of it was applied or stored)
+            raise InvalidInput(f"the {data.get('type')} event is not shaped as Stripe sends it: {exc}",
+                               details=[Problem("data.object", str(exc))]) from None
     except BackSaasError as error:
         log.info("billing.webhook_refused", code=error.code, message=error.message)
         return JSONResponse(error.as_dict(), status_code=error.status)

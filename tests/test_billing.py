@@ -548,3 +548,17 @@ def test_bad_input_is_refused_with_the_field(base, admin):
     for name, payload in (("change_plan", {"plan": "pro"}), ("report_usage", {}), ("list_invoices", {})):
         nobody = call(base, name, admin, tenant="no-such-tenant", **payload)
         assert nobody.status_code == 404 and nobody.json()["code"] == "tenant_not_found", (name, nobody.text)
+
+
+def test_a_signed_webhook_that_is_no_event_or_is_misshapen_is_refused_with_nothing_applied(base):
+    owner = new_owner(base)
+    slug = tenant_on(base, owner, "starter")
+    for body in (b"[]", b"null", b'"x"'):
+        refused = post_event(base, body)
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid_input", (body, refused.text)
+    before = subscription(base, owner, slug)
+    misshapen = stripe_event("invoice.paid", {"customer": before["stripe_customer_id"], "amount_paid": "abc",
+                                              "id": "in_x", "object": "invoice"})
+    refused = post_event(base, misshapen)
+    assert refused.status_code == 400 and refused.json()["code"] == "invalid_input", refused.text
+    assert subscription(base, owner, slug) == before
