@@ -164,8 +164,10 @@ def redis_keys(port: int, prefix: str) -> list[str]:
 def test_two_gateway_processes_share_one_budget_in_redis(keys, database_url, tmp_path):
     prefix = f"bst-rl-{secrets.token_hex(4)}"
     ports = [free_port(), free_port()]
-    processes = [serve(database_url, port, "redis://127.0.0.1:6379/0", prefix, tmp_path / f"{port}.log") for port in ports]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        for port in ports:  # one by one: a server that fails to start leaves the one before it stopped
+            processes.append(serve(database_url, port, "redis://127.0.0.1:6379/0", prefix, tmp_path / f"{port}.log"))
         in_one_window(60, margin=15)  # the servers are up: the requests fall in one minute
         service = {"apikey": keys["shared"]["service"]}
         answers = [items(f"http://127.0.0.1:{ports[n % 2]}", "shared", service) for n in range(7)]
@@ -193,9 +195,10 @@ def test_a_redis_outage_degrades_to_per_process_limits_logs_it_and_recovers(keys
     redis = start_redis(redis_port, tmp_path)
     log = tmp_path / "gateway.log"
     prefix = "bst-outage"
-    gateway = serve(database_url, port, f"redis://127.0.0.1:{redis_port}/0", prefix, log)
+    gateway = None
     base, service = f"http://127.0.0.1:{port}", {"apikey": keys["outage"]["service"]}
     try:
+        gateway = serve(database_url, port, f"redis://127.0.0.1:{redis_port}/0", prefix, log)
         in_one_window(60, margin=25)  # the server is up: what follows falls in one minute
         assert [items(base, "outage", service).status_code for _ in range(2)] == [200, 200]
         assert redis_keys(redis_port, prefix)
@@ -213,6 +216,7 @@ def test_a_redis_outage_degrades_to_per_process_limits_logs_it_and_recovers(keys
             time.sleep(0.2)
         assert "ratelimit.redis_recovered" in log.read_text()
     finally:
-        stop(gateway)
+        if gateway is not None:
+            stop(gateway)
         redis.kill()
         redis.wait()
