@@ -26,10 +26,6 @@ outcome could not be recorded in time, never because a receiver was slow.
 Webhook signatures follow Stripe's scheme: `BackSaas-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>" with the secret>`, the secret being the tenant's own, stored by the platform under the
 name the schema gives (`secret: NAME`, set with `set_webhook_secret`; engine/vault.py).
-
-Webhook signatures follow Stripe's scheme: `BackSaas-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
-"<t>.<body>" with the secret>`, the secret being the tenant's own, stored by the platform under the
-name the schema gives (`secret: NAME`, set with `set_webhook_secret`; engine/vault.py).
 """
 
 from __future__ import annotations

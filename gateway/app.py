@@ -38,8 +38,8 @@ from engine.identity.throttle import LoginThrottle
 from engine.invoke import invoke
 from engine.metering import Meter, metering_enabled
 from engine.outbox import Dispatcher, event_deliveries, list_events, redeliver
-from engine.quotas import QuotaBook
 from engine.outbox import settings_from_env as outbox_settings_from_env
+from engine.quotas import QuotaBook
 from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
