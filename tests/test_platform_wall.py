@@ -101,6 +101,7 @@ def payload_for(name: str, world: dict[str, Any]) -> dict[str, Any]:
         everything["name"] = "STOLEN"
     everything.update(domain="victim.example.com", kind="invitation", decision="complete",  # the trust layer's
                       request="00000000-0000-0000-0000-000000000000")
+    everything.update(plan="enterprise", cycle="year")  # billing's: a stranger moving the victim to another plan
     declared = next(f for f in PLATFORM.functions if f.name == name).input
     properties = declared["properties"] if declared else everything
     return {key: value for key, value in everything.items() if key in properties}

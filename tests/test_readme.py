@@ -60,11 +60,12 @@ def test_the_readme_has_runnable_blocks():
     assert "bash" in languages and "python" in languages
 
 
-def test_every_readme_block_runs_in_order_against_a_live_demo(demo: tuple[int, Path]):
+def test_every_readme_block_runs_in_order_against_a_live_demo(demo: tuple[int, Path], database_url: str):
     port, project = demo
+    # the demo's database: a newcomer's `backsaas` commands find the embedded one in the same directory
+    env = {**os.environ, "DATABASE_URL": database_url}
     for line, lang, body in runnable_blocks():
         body = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace("localhost:8000", f"localhost:{port}")
         command = ["bash", "-eo", "pipefail", "-c", STRICT_CURL + body] if lang == "bash" else [sys.executable, "-c", body]
-        done = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120,
-                              env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+        done = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0, f"README.md:{line} ({lang}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

@@ -12,6 +12,7 @@ from argon2 import PasswordHasher
 from engine import catalog
 from engine.database import Database
 from engine.errors import InvalidInput, SchemaInvalid, TenantExists
+from engine.storage import naming
 from engine.storage.deploy import deploy_platform
 from functions.tenants import ProvisioningFailed, create_tenant
 from functions.users import UserExists, create_platform_admin
@@ -21,7 +22,7 @@ from tests.conftest import driver_url, with_database
 async def test_platform_yaml_is_deployed_into_the_system_schema(db: Database):
     async with db.begin() as conn:
         tables = set((await conn.execute(sa.text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'system'"))).scalars())
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'system'"))).scalars()) - {naming.WATCHED}
         owner = await conn.scalar(sa.text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'system'"))
     assert {e.name for e in catalog.platform_model().entities} == tables
     assert owner == db.role("system")
@@ -98,7 +99,7 @@ async def test_a_tenant_without_a_schema_gets_the_builtin_users_entity(db: Datab
     async with db.begin() as conn:
         tables = set((await conn.execute(sa.text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 't_blank_one'"))).scalars())
-    assert tables == {"users"}
+    assert tables == {"users", naming.WATCHED}  # and the change feed's own bookkeeping
 
 
 @pytest.mark.parametrize("slug", ["ab", "Upper", "9lives", "system", "api", "has_underscore", "x" * 41])

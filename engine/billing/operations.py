@@ -102,7 +102,9 @@ async def subscribe(conn: AsyncConnection, tenant: Any, *, actor: str | None = N
     if backend == "manual" and paid and not trialing:
         await record_invoice(conn, sub, "subscription", [_period_line(plan, cycle, start, values["current_period_end"])],
                              period=(start, values["current_period_end"]))
-    await state.note(conn, sub, "subscribed", actor=actor)
+    # audited, not sent: a subscription made with the tenant is no news to the receivers its first schema
+    # declares (they would get a billing event before the first change they were written for)
+    await state.note(conn, sub, "subscribed", actor=actor, notify=False)
     return sub
 
 

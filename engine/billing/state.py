@@ -164,12 +164,14 @@ async def update(conn: AsyncConnection, sub: Subscription, **values: Any) -> Sub
 
 
 async def note(conn: AsyncConnection, sub: Subscription, cause: str, *, actor: str | None,
-               data: dict[str, Any] | None = None) -> None:
-    """Audit `billing.<cause>` and send it to the tenant's webhooks (a change that keeps the state)."""
+               data: dict[str, Any] | None = None, notify: bool = True) -> None:
+    """Audit `billing.<cause>` and (unless `notify` is false) send it to the tenant's webhooks (a change that
+    keeps the state)."""
     body = {"subscription": sub.as_dict(), **(data or {})}
     await audit.record(conn, f"billing.{cause}", tenant_id=sub.tenant_id, actor=actor, entity="subscriptions",
                        record_id=sub.id, data=body)
-    await enqueue_platform_event(conn, sub.tenant_id, sub.slug, f"billing.{cause}", body)
+    if notify:
+        await enqueue_platform_event(conn, sub.tenant_id, sub.slug, f"billing.{cause}", body)
 
 
 async def transition(conn: AsyncConnection, sub: Subscription, to: str, cause: str, *, actor: str | None = None,
