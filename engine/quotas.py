@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql
 
 from engine import catalog, metering
 from engine.errors import BackSaasError
+from engine.plans import limit_of
 from engine.storage import naming
 
 log = structlog.get_logger("backsaas.quotas")
@@ -74,14 +75,6 @@ def month_start(day: date | None = None) -> date:
 
 def period_of(day: date | None = None) -> str:
     return month_start(day).strftime("%Y-%m")
-
-
-def limit_of(limits: Mapping[str, Any], name: str) -> int | None:
-    """A plan's limit as a number, or None for unlimited (-1, absent, or not a whole number)."""
-    value = limits.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
 
 
 def soft_percent_from_env() -> int:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog, metering, quotas
 from engine.hooks import HookContext, platform_function
+from engine.plans import limit_of
 from functions.access import MEMBERS, authorize
 
 DEFAULT_DAYS = 31
@@ -51,7 +52,7 @@ async def tenant_usage(conn: AsyncConnection, slug: str, days: int = DEFAULT_DAY
     for limit in quotas.LIMITS:
         used = sum(totals.get(m, 0) for m in quotas.MONTHLY[limit]) if limit in quotas.MONTHLY \
             else totals.get(quotas.MEASURED[limit], 0)
-        allowed = quotas.limit_of(limits, limit)
+        allowed = limit_of(limits, limit)
         standing[limit] = {"used": used, "limit": allowed,
                            "percent": quotas.percent(used, allowed) if allowed is not None else None,
                            "warned": limit in warned}
