@@ -201,6 +201,15 @@ def test_tenant_lifecycle(project: Project):
     assert project.json("tenant", "purge", "--older-than-days", "0") == {"purged": ["life"]}
 
 
+def test_audit_verify_of_the_demo_tenants_chain(project: Project):
+    verified = project.json("audit", "verify", "--tenant", "demo")
+    assert verified["ok"] and verified["entries"] > 0 and verified["broken_at"] is None, verified
+
+
+def test_billing_sweep(project: Project):
+    assert isinstance(project.json("billing", "sweep"), dict | list)
+
+
 def test_serve_on_a_port_in_use_stops_before_its_banner(project: Project):
     port = project.base.rsplit(":", 1)[1]
     result = project("serve", "--port", port)
