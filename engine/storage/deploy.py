@@ -337,8 +337,19 @@ CREATE OR REPLACE TRIGGER signing_keys_notify AFTER INSERT OR UPDATE OR DELETE O
   FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify('{channel}', '{SIGNING_KEYS_CHANGED}');
 CREATE OR REPLACE TRIGGER plans_notify AFTER INSERT OR UPDATE OR DELETE ON system.plans
   FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify('{channel}', '{PLANS_CHANGED}');
-CREATE OR REPLACE TRIGGER events_notify AFTER INSERT OR UPDATE OF status ON system.events
-  FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify('{OUTBOX_CHANNEL}', '');
+CREATE OR REPLACE FUNCTION system.backsaas_notify_outbox_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN  -- rows a dispatcher may act on: new or redelivered events, and ended deliveries (a tenant's slot is free);
+  -- never a claim (-> delivering), nor a statement that changed no row: the dispatcher's own claims would wake it
+  IF EXISTS (SELECT 1 FROM changed_rows WHERE status <> 'delivering') THEN
+    PERFORM pg_notify('{OUTBOX_CHANNEL}', '');
+  END IF;
+  RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS events_notify ON system.events;
+CREATE OR REPLACE TRIGGER events_inserted_notify AFTER INSERT ON system.events REFERENCING NEW TABLE AS changed_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify_outbox_rows();
+CREATE OR REPLACE TRIGGER events_updated_notify AFTER UPDATE ON system.events REFERENCING NEW TABLE AS changed_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION system.backsaas_notify_outbox_rows();
 DROP FUNCTION IF EXISTS system.backsaas_notify_signing_keys(), system.backsaas_notify_plans(),
   system.backsaas_notify_outbox()"""
 
