@@ -11,7 +11,8 @@ platform.yaml checks their shape. What a JSON Schema cannot say is checked here,
   invitation); an unknown one is refused with the field named.
 
 `branding_of` and `branding_css` build what the gateway serves at `{tenant}/branding` and `/branding.css`
-(gateway/branding.py); `render_email` fills a template (the tenant's own, else the platform's default).
+(gateway/branding.py); `render_email` fills a template (the tenant's own, else the platform's default), and
+`render_mail` builds the mail the platform sends with it (engine/identity/mailflows.py, members' invitations).
 """
 
 from __future__ import annotations
@@ -32,21 +33,23 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 COMMON = ("tenant_name", "email")
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "invitation": (*COMMON, "role", "accept_url", "invited_by", "expires_at"),
-    "confirm_signup": (*COMMON, "confirm_url"),
-    "recovery": (*COMMON, "reset_url"),
-    "email_change": (*COMMON, "new_email", "confirm_url"),
-    "magic_link": (*COMMON, "link_url"),
+    "confirm_signup": (*COMMON, "confirm_url", "code"),
+    "recovery": (*COMMON, "reset_url", "code"),
+    "email_change": (*COMMON, "new_email", "confirm_url", "code"),
+    "magic_link": (*COMMON, "link_url", "code"),
 }
 DEFAULT_TEMPLATES: dict[str, dict[str, str]] = {
     "invitation": {"subject": "You are invited to {{tenant_name}}",
                    "body": "You have been invited to {{tenant_name}} as {{role}}. Accept: {{accept_url}}"},
     "confirm_signup": {"subject": "Confirm your address for {{tenant_name}}",
-                       "body": "Confirm {{email}}: {{confirm_url}}"},
-    "recovery": {"subject": "Reset your {{tenant_name}} password", "body": "Reset it here: {{reset_url}}"},
+                       "body": "Confirm {{email}}: {{confirm_url}}\nOr enter the code {{code}}"},
+    "recovery": {"subject": "Reset your {{tenant_name}} password",
+                 "body": "Reset it here: {{reset_url}}\nOr enter the code {{code}}"},
     "email_change": {"subject": "Confirm your new address for {{tenant_name}}",
-                     "body": "Confirm the change from {{email}} to {{new_email}}: {{confirm_url}}"},
-    "magic_link": {"subject": "Your {{tenant_name}} sign-in link", "body": "Sign in: {{link_url}}"},
+                     "body": "Confirm the change from {{email}} to {{new_email}}: {{confirm_url}}\nOr enter the code {{code}}"},
+    "magic_link": {"subject": "Your {{tenant_name}} sign-in link", "body": "Sign in: {{link_url}}\nOr enter the code {{code}}"},
 }
+HTML_TAG = re.compile(r"<[a-zA-Z][^<>]*>")
 
 
 def template_problems(templates: Mapping[str, Any]) -> list[Problem]:
@@ -115,6 +118,22 @@ def render_email(settings: Mapping[str, Any], kind: str, values: Mapping[str, st
     template = (settings.get("email_templates") or {}).get(kind) or DEFAULT_TEMPLATES[kind]
     return {"subject": render(template["subject"], values, escape=False),
             "body": render(template["body"], values, escape=True)}
+
+
+def render_mail(settings: Mapping[str, Any], kind: str, values: Mapping[str, str]) -> dict[str, str | None]:
+    """The mail as it is sent: subject, the plain-text body (values as they are, so a link keeps its `&`), and
+    an HTML body (values escaped) when the template's body is HTML (it holds a tag)."""
+    template = (settings.get("email_templates") or {}).get(kind) or DEFAULT_TEMPLATES[kind]
+    body = template["body"]
+    html_body = render(body, values, escape=True) if HTML_TAG.search(body) else None
+    text = render(HTML_TAG.sub("", body) if html_body is not None else body, values, escape=False)
+    return {"subject": " ".join(render(template["subject"], values, escape=False).split()), "text": text,
+            "html": html_body}
+
+
+def sender_name(name: str, settings: Mapping[str, Any]) -> str:
+    """Whom a tenant's mails come from: its display name when its settings give one, else its name."""
+    return ((settings.get("general") or {}).get("display_name") or name).strip()
 
 
 @platform_function

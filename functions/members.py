@@ -1,9 +1,13 @@
 """A tenant's members and invitations, as the system tenant's functions (and the CLI's).
 
-Invitations go by email with a role; the token is shown once to the inviter (to send), stored as its
-SHA-256 hash, valid 7 days, usable once. Accepting links the signed-in platform account with that email,
-or creates the account (the token proves the address). Owners and admins manage members; only an owner
-makes or unmakes owners, and no one removes or demotes a tenant's last owner. Every change is audited.
+Invitations go by email with a role: the `invitation` mail (the tenant's template and branding name) carries
+the console's accept link, `{public URL}/admin/accept?token=...`, and leaves once the invitation is committed;
+the token is also shown once to the inviter (the CLI prints it), stored as its SHA-256 hash, valid 7 days,
+usable once. The public URL is `BACKSAAS_PUBLIC_URL`, else the origin the inviting request came to; an
+invitation made outside a request (the CLI) without it is logged as not mailed. Accepting links the
+signed-in platform account with that email, or creates the account (the token proves the address). Owners
+and admins manage members; only an owner makes or unmakes owners, and no one removes or demotes a tenant's
+last owner. Every change is audited.
 Who acts is an explicit `Actor` (functions/access.py): each platform function asks `authorize` for it,
 the CLI passes `SYSTEM`; a caller without a user id is never an owner.
 """
@@ -11,15 +15,18 @@ the CLI passes `SYSTEM`; a caller without a user id is never an owner.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine import audit, catalog, quotas
+from engine import audit, catalog, mailer, quotas
 from engine.database import Database
 from engine.errors import BackSaasError, Forbidden, InvalidInput, Problem
 from engine.hooks import HookContext, platform_function
@@ -29,6 +36,7 @@ from functions.access import SYSTEM as SYSTEM  # the server's own actor, for the
 
 INVITATION_TTL = timedelta(days=7)
 ROLES = ("owner", "admin", "developer", "viewer")
+log = structlog.get_logger("backsaas.mail")
 
 
 class InvitationGone(BackSaasError):
@@ -114,8 +122,41 @@ async def invite(db: Database, slug: str, email: str, role: str, *, actor: Actor
             expires_at=datetime.now(UTC) + INVITATION_TTL).returning(invitations.c.id, invitations.c.expires_at))).one()
         await audit.record(conn, "member.invited", tenant_id=tenant_id, actor=actor.user_id, entity="invitations",
                            record_id=str(row.id), data={"email": email, "role": role})
+    await mail_invitation(db, tenant_id, slug, email, role, token, row.expires_at, actor)
     return {"id": str(row.id), "tenant": slug, "email": email, "role": role, "token": token,
             "expires_at": row.expires_at.isoformat()}
+
+
+def public_origin() -> str | None:
+    """Where the console is reached: `BACKSAAS_PUBLIC_URL`, else the origin of the request being served."""
+    public = os.environ.get(mailer.PUBLIC_URL_VARIABLE, "").strip().rstrip("/")
+    if public:
+        return public
+    scope = audit.REQUEST.get()
+    host = audit.header(scope, b"host") if scope else None
+    return f"{scope.get('scheme', 'http')}://{host}" if scope and host else None
+
+
+async def mail_invitation(db: Database, tenant_id: str, slug: str, email: str, role: str, token: str,
+                          expires_at: datetime, actor: Actor) -> None:
+    """Queue the invitation mail (after the invitation's commit), in the tenant's template and name."""
+    from functions.branding import render_mail, sender_name
+
+    tenants, _, _, users = tables()
+    async with db.engine.connect() as conn:
+        tenant = (await conn.execute(sa.select(tenants.c.name, tenants.c.settings).where(tenants.c.id == tenant_id))).one()
+        inviter = await conn.scalar(sa.select(users.c.email).where(users.c.id == actor.user_id)) if actor.user_id else None
+    origin = public_origin()
+    if origin is None:
+        log.warning("mail.not_sent", to=email, kind="invitation", tenant=slug,
+                    reason=f"no public URL for the accept link: set {mailer.PUBLIC_URL_VARIABLE}")
+        return
+    name = sender_name(tenant.name, tenant.settings or {})
+    mail = render_mail(tenant.settings or {}, "invitation", {
+        "tenant_name": name, "email": email, "role": role, "accept_url": f"{origin}/admin/accept?{urlencode({'token': token})}",
+        "invited_by": inviter or name, "expires_at": expires_at.isoformat()})
+    mailer.send(mailer.Mail(email, str(mail["subject"]), str(mail["text"]), tenant=slug, kind="invitation",
+                            sender_name=name, html=mail["html"]))
 
 
 async def accept(db: Database, token: str, *, user_id: str | None = None, password: str | None = None

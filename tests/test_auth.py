@@ -194,14 +194,15 @@ def test_logout_scopes(base, keys):
     assert httpx.get(f"{auth_url(base)}/user", headers=bearer(keys, b)).status_code == 403
 
 
-def test_update_user_changes_password_and_email(base, keys):
+def test_update_user_changes_the_password_at_once_and_the_email_once_confirmed(base, keys):
     session = sign_up(base, keys, "change@example.com")
     new = "another long passphrase"
     changed = httpx.put(f"{auth_url(base)}/user", headers=bearer(keys, session),
                         json={"email": "changed@example.com", "password": new})
-    assert changed.status_code == 200 and changed.json()["email"] == "changed@example.com"
+    assert changed.status_code == 200 and changed.json()["email"] == "change@example.com"
+    assert changed.json()["new_email"] == "changed@example.com"  # mailed a confirmation (tests/test_mail.py)
     url = f"{auth_url(base)}/token?grant_type=password"
-    assert httpx.post(url, headers=anon(keys), json={"email": "changed@example.com", "password": new}).status_code == 200
+    assert httpx.post(url, headers=anon(keys), json={"email": "change@example.com", "password": new}).status_code == 200
     weak = httpx.put(f"{auth_url(base)}/user", headers=bearer(keys, session), json={"password": "short"})
     assert weak.status_code == 422 and weak.json()["code"] == "weak_password"
 

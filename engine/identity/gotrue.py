@@ -1,22 +1,25 @@
 """`/auth/v1` of a tenant, in the protocol of Supabase Auth (GoTrue), so Supabase's SDKs sign in unchanged.
 
 Routes: `POST /signup`, `POST /token?grant_type=password|refresh_token`, `POST /logout?scope=global|local|
-others`, `GET /user`, `PUT /user`, and for the tenant's admins `POST /admin/users/{id}/logout`. Users are
+others`, `GET /user`, `PUT /user`, and for the tenant's admins `POST /admin/users/{id}/logout`; the mail flows
+(`POST /recover`, `/otp`, `/verify`, `/resend`, `/invite`, `GET /verify`) are engine/identity/mailflows.py's. Users are
 rows of the tenant's own `users` entity, read and written as the tenant's database role; sessions, refresh
 tokens and audit events are the system tenant's, written in the same transaction. `user_metadata` is the
 tenant's own extension fields of `users` (validated like any body), `app_metadata` carries the provider and
 roles.
 
-Sign-up confirms the address at once, as Supabase's "autoconfirm" does (there is no mailer yet): the
-account can sign in immediately and is stored `verified`. `email_confirmed_at` reports `verified` (the
-sign-up time, or null once a tenant's admin sets `verified` false), so the two never disagree.
+Sign-up confirms the address at once, as Supabase's "autoconfirm" does, unless the tenant's
+`settings.auth.confirm_email` is true: then the account is stored unverified, gets the confirmation mail,
+and cannot sign in with its password until it is confirmed. `email_confirmed_at` reports `verified` (the
+sign-up time, or null while unconfirmed), so the two never disagree. A new email given to `PUT /user` is
+mailed a confirmation and replaces the old address once confirmed.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,6 +35,7 @@ from engine.authz import Caller, unrestricted
 from engine.database import Database
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
+from engine.identity.mailflows import MailFlows
 from engine.identity.passwords import hash_password, password_problems, verify_password
 from engine.identity.signing import ACCESS_TOKEN_SECONDS, AUDIENCE, Keyring
 from engine.identity.throttle import LoginThrottle
@@ -44,6 +48,8 @@ FREE_METADATA = "user_metadata"  # the json column of user_metadata's keys beyon
 MAX_FREE_METADATA = 16_384  # bytes of those keys, as JSON
 JSON = [("Content-Type", "application/json"), ("X-Supabase-Api-Version", "2024-01-01")]
 MAX_EMAIL_LENGTH = 320  # RFC 3696's limit, and the built-in users.email column's
+MAIL_ROUTES = frozenset({("POST", "recover"), ("POST", "otp"), ("POST", "verify"), ("GET", "verify"),
+                         ("POST", "resend"), ("POST", "invite")})
 
 
 def email_problem(email: Any) -> str | None:
@@ -100,7 +106,7 @@ class AuthApi:
         params = dict(parse_qsl(query.decode("utf-8", "replace")))
         route = (method, path.strip("/"))
         if route == ("POST", "signup"):
-            return await self.signup(self.json(body), headers)
+            return await self.signup(self.json(body), headers, params)
         if route == ("POST", "token"):
             grant = params.get("grant_type")
             if grant == "password":
@@ -113,7 +119,14 @@ class AuthApi:
         if route == ("GET", "user"):
             return _answer(200, await self.current_user())
         if route == ("PUT", "user"):
-            return _answer(200, await self.update_user(self.json(body)))
+            return _answer(200, await self.update_user(self.json(body), params))
+        if route in MAIL_ROUTES:  # GoTrue's mail flows
+            flows = MailFlows(self)
+            if method == "GET":
+                return await flows.verify_get(params)
+            payload = self.json(body)
+            return await (flows.verify_post(payload) if route[1] == "verify" else
+                          getattr(flows, route[1])(payload, params))
         if method == "POST" and route[1].startswith("admin/users/") and route[1].endswith("/logout"):
             return await self.admin_logout(route[1].removeprefix("admin/users/").removesuffix("/logout"))
         if route[1].startswith("privacy/"):  # the user's own GDPR requests and consents
@@ -212,7 +225,7 @@ class AuthApi:
 
     # -- routes --
 
-    async def signup(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
+    async def signup(self, body: dict[str, Any], headers: Mapping[str, str], params: Mapping[str, str]) -> Answer:
         email, password = self.credentials(body)
         problems = password_problems(email, password)
         if problems:
@@ -220,6 +233,9 @@ class AuthApi:
         data, free = self.metadata_values(body.get("data"))
         self.check_metadata({"email": email, **data}, partial=False)
         hashed = await hash_password(password)
+        flows = MailFlows(self)
+        if (await flows.tenant()).confirm_email:  # the address is confirmed by mail before any session
+            return await flows.signup_unconfirmed(email, hashed, data, free, dict(params))
         try:
             async with self.db.begin() as conn:
                 await self.as_tenant(conn)
@@ -251,6 +267,8 @@ class AuthApi:
                 await audit.record(conn, "auth.login_failed", tenant_id=self.runtime.tenant_id, ip=self.ip,
                                    data={"email": email, "known_account": row is not None})
             raise AuthFailed("invalid_credentials", 400, "Invalid login credentials")
+        if not row.verified and (await MailFlows(self).tenant()).confirm_email:
+            raise AuthFailed("email_not_confirmed", 400, "Email not confirmed")
         async with self.db.begin() as conn:
             session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
                                                    user_agent=headers.get("user-agent"))
@@ -323,7 +341,7 @@ class AuthApi:
         async with self.db.begin() as conn:
             return self.user_json(await self.live_user(conn, caller))
 
-    async def update_user(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def update_user(self, body: dict[str, Any], params: Mapping[str, str]) -> dict[str, Any]:
         caller = self.signed_in()
         if caller.restricted:  # GDPR restriction (engine/gdpr.py): their data is read-only, the account too
             raise ProcessingRestricted("the processing of this user's data is restricted: it is read-only")
@@ -336,20 +354,20 @@ class AuthApi:
                 raise ValidationFailed("not an email address", details=[Problem("email", problem)])
             changes["email"] = email.strip().lower()
         self.check_metadata(changes, partial=True)
+        new_email = changes.pop("email", None)  # replaces the address once confirmed from it (mailflows)
+        flows = MailFlows(self)
+        redirect_to = await flows.redirect_for(params.get("redirect_to")) if new_email else ""
+        issued = None
         if "password" in body:
             async with self.db.begin() as conn:
                 current = await self.live_user(conn, caller)
-            problems = password_problems(changes.get("email", current.email), body["password"])
+            problems = password_problems(new_email or current.email, body["password"])
             if problems:
                 raise AuthFailed("weak_password", 422, "the password is too weak", details=problems)
             changes["password_hash"] = await hash_password(body["password"])
         try:
             async with self.db.begin() as conn:
                 row = await self.live_user(conn, caller)
-                if changes.get("email", row.email) != row.email:
-                    # a new address is unconfirmed until proven (GoTrue's secure email change): until then
-                    # it ties no one's data to this account (engine/gdpr.py)
-                    changes["verified"] = False
                 if free:  # merged into what is kept, as GoTrue does; a null value removes its key
                     kept = sa.func.coalesce(self.users.c[FREE_METADATA], sa.cast(sa.literal("{}"), JSONB))
                     gone = [k for k, v in free.items() if v is None]
@@ -359,15 +377,22 @@ class AuthApi:
                     row = (await conn.execute(self.users.update().where(self.users.c.id == caller.user_id)
                                               .values(**changes).returning(*self.user_columns()))).one()
                 await self.as_platform(conn)
-                await audit.record(conn, "auth.user_updated", tenant_id=self.runtime.tenant_id, entity=USERS,
-                                   record_id=caller.user_id, ip=self.ip,
-                                   data={"fields": sorted(k if k != "password_hash" else "password" for k in changes)})
+                if new_email is not None and new_email != row.email:
+                    issued = await flows.request_email_change(conn, row, new_email, redirect_to)
+                if changes or issued is None:
+                    await audit.record(conn, "auth.user_updated", tenant_id=self.runtime.tenant_id, entity=USERS,
+                                       record_id=caller.user_id, ip=self.ip,
+                                       data={"fields": sorted(k if k != "password_hash" else "password" for k in changes)})
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
                                  details=[Problem("email", "is taken")]) from exc
             raise
-        return self.user_json(row)
+        if issued is None:
+            return self.user_json(row)
+        await flows.send_token_mail("email_change", str(new_email), *issued, redirect_to, email=row.email,
+                                    new_email=str(new_email))
+        return {**self.user_json(row), "new_email": new_email, "email_change_sent_at": datetime.now(UTC).isoformat()}
 
 
 def _unique_violation(exc: IntegrityError) -> bool:

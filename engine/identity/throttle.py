@@ -1,7 +1,9 @@
-"""Failed sign-ins are rate limited per account and per client address (moving windows, `limits`).
+"""Failed sign-ins are rate limited per account and per client address (moving windows, `limits`); so are
+the mails that `/auth/v1` sends (recovery, magic links, confirmations), per address and per client address.
 
-Only failures count: a user who signs in correctly is never slowed down. Counters live in memory, or in
-Redis when `REDIS_URL` is set so that every server process shares them.
+Only failures count for sign-ins: a user who signs in correctly is never slowed down. A mail counts when it
+is asked for, whether or not the address has an account, so the limit tells nothing about who has one.
+Counters live in memory, or in Redis when `REDIS_URL` is set so that every server process shares them.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ from engine.errors import TooManyAttempts
 
 PER_ACCOUNT = "5/5 minutes"
 PER_ADDRESS = "30/5 minutes"
+MAILS_PER_EMAIL = "5/hour"  # mails to one address of a tenant (GoTrue limits them too: over_email_send_rate_limit)
+MAILS_PER_CLIENT = "60/hour"  # mails asked for from one client address, whatever the addresses
 
 
 class LoginThrottle:
     def __init__(self, redis_url: str | None = None, per_account: str = PER_ACCOUNT,
-                 per_address: str = PER_ADDRESS) -> None:
+                 per_address: str = PER_ADDRESS, mails_per_email: str = MAILS_PER_EMAIL,
+                 mails_per_client: str = MAILS_PER_CLIENT) -> None:
         backend = storage.storage_from_string(f"async+{redis_url}" if redis_url else "async+memory://")
         self.limiter = MovingWindowRateLimiter(backend)
         self.per_account: RateLimitItem = parse(per_account)
         self.per_address: RateLimitItem = parse(per_address)
+        self.mails_per_email: RateLimitItem = parse(mails_per_email)
+        self.mails_per_client: RateLimitItem = parse(mails_per_client)
 
     def _limits(self, tenant: str, email: str, address: str | None) -> list[tuple[RateLimitItem, str, str]]:
         checks = [(self.per_account, "account", f"{tenant}:{email.strip().lower()}")]
@@ -43,3 +50,18 @@ class LoginThrottle:
     async def failed(self, tenant: str, email: str, address: str | None) -> None:
         for item, kind, key in self._limits(tenant, email, address):
             await self.limiter.hit(item, "login", kind, key)
+
+    async def mail(self, tenant: str, email: str, address: str | None) -> None:
+        """Count one mail asked for `email` (from client `address`); `TooManyAttempts` (429,
+        `over_email_send_rate_limit`) past either limit, before anything is looked up or sent."""
+        checks = [(self.mails_per_email, "address", f"{tenant}:{email.strip().lower()}")]
+        if address:
+            checks.append((self.mails_per_client, "client", f"{tenant}:{address}"))
+        for item, kind, key in checks:
+            if not await self.limiter.hit(item, "mail", kind, key):
+                stats = await self.limiter.get_window_stats(item, "mail", kind, key)
+                wait = max(1, math.ceil(stats.reset_time - time.time()))
+                error = TooManyAttempts(f"too many mails asked for this {'email address' if kind == 'address' else kind}"
+                                        "; try again later", wait)
+                error.code = "over_email_send_rate_limit"
+                raise error

@@ -1,0 +1,508 @@
+"""GoTrue's mail flows at a tenant's `/auth/v1`: what `supabase.auth` does with an email address alone.
+
+- `POST /recover` (resetPasswordForEmail): a recovery mail to a known address; 200 `{}` whether or not
+  the address has an account, so the answer tells no one who has one (the throttle counts both alike);
+- `POST /otp` (signInWithOtp): a magic link and a 6-digit code; with `create_user` (the default) an
+  unknown address gets a new unconfirmed account and the sign-up confirmation instead, else 422 `otp_disabled`
+  as GoTrue answers;
+- `POST /verify` (verifyOtp) with `type` signup, invite, recovery, magiclink, email (signup or magic link)
+  or email_change, and either `token_hash` (the link's token) or `email` and `token` (the code): a session;
+- `GET /verify?token=...&type=...&redirect_to=...` (the link in the mail): 303 to the redirect with the
+  session in the URL fragment (`#access_token=...&refresh_token=...&type=recovery`), or with
+  `#error=...&error_code=otp_expired&error_description=...` when the token is refused, as GoTrue does;
+- `POST /resend` (type signup or email_change): the pending confirmation again, with a fresh token;
+- `POST /invite` (the tenant's admins and service key: auth.admin.inviteUserByEmail): an account for the
+  address and the `invitation` mail, verified with type invite;
+- sign-up when the tenant's `settings.auth.confirm_email` is true: the account is stored unconfirmed, the
+  answer is the user without a session, and the `confirm_signup` mail is sent; a password sign-in of an
+  unconfirmed account is refused (`email_not_confirmed`);
+- `PUT /user` with a new email: the `email_change` mail goes to the new address, which replaces the old one
+  only once it is confirmed (an admin still changes it directly, through `/rest/v1/users`).
+
+Tokens (system table `one_time_tokens`): a 256-bit link token and a 6-digit code, both stored as SHA-256
+only, bound to the tenant (looked up within it: another tenant's token is not found) and to the user,
+single use, one hour. A newer token of a kind replaces the user's older one. Wrong codes count as failed
+sign-ins (engine/identity/throttle.py), and mails are limited per address and per client.
+
+`redirect_to` is honoured only on the origin of the tenant's `site_url` or when it matches its
+`uri_allow_list` (GoTrue's settings of those names, in the tenant's `settings.auth`); any other is refused
+(400 `redirect_to_not_allowed`), never followed. Links are built from `BACKSAAS_PUBLIC_URL` when the tenant
+was addressed by path (its Host header is the client's to choose), else from the host that resolved the tenant.
+
+Mails use the tenant's templates and branding name (functions/branding.py) and leave through the mailer
+(engine/mailer.py) after the transaction that issued their token has committed. Every flow is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from engine import audit, catalog, mailer
+from engine.answer import Answer
+from engine.authz import unrestricted
+from engine.errors import AuthFailed, Problem, ValidationFailed
+from engine.identity import sessions
+from engine.identity.passwords import hash_password
+from engine.schema.model import USERS
+
+TOKEN_LIFETIME = timedelta(hours=1)
+KINDS_OF_TYPE: dict[str, tuple[str, ...]] = {
+    "signup": ("signup",), "invite": ("invite",), "recovery": ("recovery",), "magiclink": ("magiclink",),
+    "email": ("signup", "magiclink"), "email_change": ("email_change",),
+}
+TEMPLATE_OF_KIND = {"signup": "confirm_signup", "invite": "invitation", "recovery": "recovery",
+                    "magiclink": "magic_link", "email_change": "email_change"}
+URL_OF_TEMPLATE = {"confirm_signup": "confirm_url", "invitation": "accept_url", "recovery": "reset_url",
+                   "magic_link": "link_url", "email_change": "confirm_url"}
+INVALID = "Token has expired or is invalid"
+
+
+@dataclass(frozen=True)
+class TenantMail:
+    """What the flows need of the tenant's settings: its sender name, its templates, its auth settings."""
+
+    name: str
+    settings: dict[str, Any]
+
+    @property
+    def auth(self) -> dict[str, Any]:
+        return self.settings.get("auth") or {}
+
+    @property
+    def confirm_email(self) -> bool:
+        return bool(self.auth.get("confirm_email"))
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_digest(tenant_id: str, email: str, code: str) -> str:
+    return digest(f"{tenant_id}:{email.strip().lower()}:{code.strip()}")
+
+
+# -- redirects --------------------------------------------------------------------------------------------
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc:
+        return None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
+
+
+def redirect_allowed(url: str, auth: dict[str, Any]) -> bool:
+    """`url` is on the origin of `site_url`, or equals an entry of `uri_allow_list`, or lies under an entry
+    ending in `/**` (same origin, path below it). Nothing else: no wildcard in a host, no userinfo tricks
+    (origins are compared parsed)."""
+    origin = _origin(url)
+    if origin is None or "#" in url or any(c.isspace() for c in url):
+        return False
+    site = auth.get("site_url")
+    if site and _origin(site) == origin:
+        return True
+    for entry in auth.get("uri_allow_list") or ():
+        if entry.endswith("/**"):
+            base = entry[:-3]
+            if _origin(base) == origin:
+                path, under = urlsplit(url).path.rstrip("/"), urlsplit(base).path.rstrip("/")
+                if path == under or path.startswith(under + "/"):
+                    return True
+        elif url.rstrip("/") == entry.rstrip("/"):
+            return True
+    return False
+
+
+# -- the flows --------------------------------------------------------------------------------------------
+
+
+class MailFlows:
+    """The mail flows of one request to a tenant's `/auth/v1`; `api` is its `AuthApi` (engine/identity/gotrue.py)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.tenant_id: str = api.runtime.tenant_id
+        self.slug: str = api.runtime.slug
+        self._tenant: TenantMail | None = None
+
+    async def tenant(self) -> TenantMail:
+        if self._tenant is None:
+            tenants = catalog.platform_tables()["tenants"]
+            async with self.api.db.engine.connect() as conn:
+                row = (await conn.execute(sa.select(tenants.c.name, tenants.c.settings)
+                                          .where(tenants.c.id == self.tenant_id))).one()
+            self._tenant = TenantMail(row.name, dict(row.settings or {}))
+        return self._tenant
+
+    # -- links --
+
+    def auth_base(self) -> str:
+        """This tenant's `/auth/v1` as the mail's reader reaches it (see the module's docstring)."""
+        scope = audit.REQUEST.get() or {}
+        public = os.environ.get(mailer.PUBLIC_URL_VARIABLE, "").strip().rstrip("/")
+        path: str = scope.get("path") or ""
+        at = path.rfind("/auth/v1/")
+        prefix = path[:at] if at >= 0 else ""
+        by_host = at >= 0 and prefix == "" and not scope.get("backsaas.tenant_header")
+        host = audit.header(scope, b"host") if scope else None
+        if by_host and host:
+            return f"{scope.get('scheme', 'http')}://{host}/auth/v1"
+        if not prefix:
+            prefix = "/api/platform" if self.slug == "system" else f"/api/tenants/{self.slug}"
+        if public:
+            return f"{public}{prefix}/auth/v1"
+        if host:
+            return f"{scope.get('scheme', 'http')}://{host}{prefix}/auth/v1"
+        raise AuthFailed("mail_not_configured", 500, f"set {mailer.PUBLIC_URL_VARIABLE}: no public URL for mail links")
+
+    async def redirect_for(self, requested: str | None) -> str:
+        """Where a link lands: `requested` when allowed (else refused, 400), else the site URL, else the
+        tenant's base URL."""
+        auth = (await self.tenant()).auth
+        if requested:
+            if not redirect_allowed(requested, auth):
+                raise AuthFailed("redirect_to_not_allowed", 400,
+                                 "redirect_to is not allowed: it must be on the site URL's origin or match the tenant's "
+                                 "uri_allow_list (settings.auth)",
+                                 details=[Problem("redirect_to", "is not an allowed redirect URL")])
+            return requested
+        return auth.get("site_url") or self.auth_base().removesuffix("/auth/v1")
+
+    def link(self, token: str, kind: str, redirect_to: str) -> str:
+        link_type = "invite" if kind == "invite" else kind
+        return f"{self.auth_base()}/verify?" + urlencode({"token": token, "type": link_type, "redirect_to": redirect_to})
+
+    # -- tokens --
+
+    async def issue(self, conn: Any, user_id: str, kind: str, email: str, *, new_email: str | None = None,
+                    redirect_to: str | None = None) -> tuple[str, str]:
+        """A fresh (link token, code) for the user's `kind`, replacing their unused older one (in `conn`'s
+        transaction, as the platform)."""
+        tokens = catalog.platform_tables()["one_time_tokens"]
+        token, code = secrets.token_urlsafe(32), f"{secrets.randbelow(1_000_000):06d}"
+        await conn.execute(tokens.delete().where(tokens.c.tenant_id == self.tenant_id, tokens.c.user_id == user_id,
+                                                 tokens.c.kind == kind, tokens.c.used_at.is_(None)))
+        await conn.execute(tokens.insert().values(
+            tenant_id=self.tenant_id, user_id=user_id, kind=kind, email=email, new_email=new_email,
+            token_hash=digest(token), code_hash=code_digest(self.tenant_id, new_email or email, code),
+            redirect_to=redirect_to, expires_at=datetime.now(UTC) + TOKEN_LIFETIME))
+        return token, code
+
+    async def consume(self, conn: Any, kinds: tuple[str, ...], *, token: str | None = None,
+                      email: str | None = None, code: str | None = None) -> Any:
+        """The token row, now used; refused (403 `otp_expired`) when unknown in this tenant, of another kind,
+        used or expired."""
+        tokens = catalog.platform_tables()["one_time_tokens"]
+        query = sa.select(tokens).where(tokens.c.tenant_id == self.tenant_id)
+        if token is not None:
+            query = query.where(tokens.c.token_hash == digest(token))
+        else:
+            assert email is not None and code is not None
+            query = query.where(tokens.c.code_hash == code_digest(self.tenant_id, email, code),
+                                sa.or_(tokens.c.email == email, tokens.c.new_email == email), tokens.c.kind.in_(kinds))
+        row = (await conn.execute(query.order_by(tokens.c.created_at.desc()).limit(1).with_for_update())).first()
+        if row is None or row.kind not in kinds:
+            raise AuthFailed("otp_expired", 403, f"{INVALID}: no such token in this tenant")
+        if row.used_at is not None:
+            raise AuthFailed("otp_expired", 403, f"{INVALID}: it has already been used")
+        if row.expires_at <= datetime.now(UTC):
+            raise AuthFailed("otp_expired", 403, f"{INVALID}: it has expired")
+        await conn.execute(tokens.update().where(tokens.c.id == row.id).values(used_at=sa.func.now()))
+        return row
+
+    # -- mail --
+
+    async def send(self, template: str, to: str, values: dict[str, str]) -> None:
+        """Render the tenant's template of `template` and queue it (callers: after their commit)."""
+        from functions.branding import render_mail, sender_name  # the templates' home (a function module)
+
+        tenant = await self.tenant()
+        name = sender_name(tenant.name, tenant.settings)
+        mail = render_mail(tenant.settings, template, {"tenant_name": name, "email": to, **values})
+        mailer.send(mailer.Mail(to, str(mail["subject"]), str(mail["text"]), tenant=self.slug, kind=template,
+                                sender_name=name, html=mail["html"]))
+
+    async def send_token_mail(self, kind: str, to: str, token: str, code: str, redirect_to: str,
+                              **values: str) -> None:
+        template = TEMPLATE_OF_KIND[kind]
+        await self.send(template, to, {URL_OF_TEMPLATE[template]: self.link(token, kind, redirect_to), "code": code,
+                                       **values})
+
+    # -- helpers on the tenant's users --
+
+    async def user_by_email(self, conn: Any, email: str) -> Any:
+        api = self.api
+        await api.as_tenant(conn)
+        row = (await conn.execute(sa.select(*api.user_columns()).where(api.users.c.email == email))).first()
+        await api.as_platform(conn)
+        return row
+
+    def email_of(self, body: dict[str, Any], field: str = "email") -> str:
+        from engine.identity.gotrue import email_problem
+
+        email = body.get(field)
+        problem = email_problem(email)
+        if problem:
+            raise ValidationFailed("a valid email is required", details=[Problem(field, problem)])
+        return str(email).strip().lower()
+
+    async def audit(self, conn: Any, action: str, user_id: str | None, **data: Any) -> None:
+        await audit.record(conn, action, tenant_id=self.tenant_id, entity=USERS if user_id else None,
+                           record_id=user_id, ip=self.api.ip, data=data)
+
+    # -- routes --
+
+    async def recover(self, body: dict[str, Any], params: dict[str, str]) -> Answer:
+        email = self.email_of(body)
+        redirect_to = await self.redirect_for(params.get("redirect_to") or body.get("redirect_to"))
+        await self.api.throttle.mail(self.tenant_id, email, self.api.ip)
+        async with self.api.db.begin() as conn:
+            row = await self.user_by_email(conn, email)
+            issued = await self.issue(conn, str(row.id), "recovery", email, redirect_to=redirect_to) if row else None
+            await self.audit(conn, "auth.recovery_requested", str(row.id) if row else None, email=email,
+                             known_account=row is not None)
+        if issued:
+            await self.send_token_mail("recovery", email, *issued, redirect_to)
+        return _empty()
+
+    async def otp(self, body: dict[str, Any], params: dict[str, str]) -> Answer:
+        if body.get("phone"):
+            raise AuthFailed("phone_provider_disabled", 400, "sign-in by phone is not supported here: use email")
+        email = self.email_of(body)
+        create = body.get("create_user", True)
+        if not isinstance(create, bool):
+            raise ValidationFailed("create_user must be a boolean", details=[Problem("create_user", "must be a boolean")])
+        redirect_to = await self.redirect_for(params.get("redirect_to") or body.get("redirect_to"))
+        data, free = self.api.metadata_values(body.get("data"))
+        await self.api.throttle.mail(self.tenant_id, email, self.api.ip)
+        async with self.api.db.begin() as conn:
+            row = await self.user_by_email(conn, email)
+            if row is None and not create:
+                raise AuthFailed("otp_disabled", 422, "Signups not allowed for otp")
+            if row is None:
+                self.api.check_metadata({"email": email, **data}, partial=False)
+                row = await self.insert_user(conn, email, data, free)
+                kind, action = "signup", "auth.signup"
+            else:
+                kind, action = "magiclink", "auth.magic_link_requested"
+            issued = await self.issue(conn, str(row.id), kind, email, redirect_to=redirect_to)
+            await self.audit(conn, action, str(row.id), email=email, by="otp")
+        await self.send_token_mail(kind, email, *issued, redirect_to)
+        return _empty()
+
+    async def insert_user(self, conn: Any, email: str, data: dict[str, Any], free: dict[str, Any]) -> Any:
+        """An unconfirmed account with an unusable random password (GoTrue does the same for OTP sign-ups)."""
+        api = self.api
+        hashed = await hash_password(secrets.token_urlsafe(32))
+        await api.as_tenant(conn)
+        try:
+            async with conn.begin_nested():
+                row = (await conn.execute(api.users.insert().values(email=email, password_hash=hashed, verified=False,
+                                                                    user_metadata=free, **data)
+                                          .returning(*api.user_columns()))).one()
+        except IntegrityError as exc:
+            raise AuthFailed("user_already_exists", 422, "User already registered",
+                             details=[Problem("email", "is taken")]) from exc
+        await api.as_platform(conn)
+        return row
+
+    async def signup_unconfirmed(self, email: str, hashed: str, data: dict[str, Any], free: dict[str, Any],
+                                 params: dict[str, str]) -> Answer:
+        """Sign-up in a tenant that confirms addresses: the user, no session, and the confirmation mail."""
+        from engine import onboarding
+        from engine.identity.gotrue import _unique_violation
+
+        api = self.api
+        redirect_to = await self.redirect_for(params.get("redirect_to"))
+        await api.throttle.mail(self.tenant_id, email, api.ip)
+        try:
+            async with api.db.begin() as conn:
+                await api.as_tenant(conn)
+                row = (await conn.execute(api.users.insert().values(email=email, password_hash=hashed, verified=False,
+                                                                    user_metadata=free, **data)
+                                          .returning(*api.user_columns()))).one()
+                await api.as_platform(conn)
+                issued = await self.issue(conn, str(row.id), "signup", email, redirect_to=redirect_to)
+                await self.audit(conn, "auth.signup", str(row.id), email=email, confirmation="sent")
+                await onboarding.mark(conn, "first_user", tenant_id=self.tenant_id)
+        except IntegrityError as exc:
+            if _unique_violation(exc):
+                raise AuthFailed("user_already_exists", 422, "User already registered",
+                                 details=[Problem("email", "is taken")]) from exc
+            raise
+        await self.send_token_mail("signup", email, *issued, redirect_to)
+        return _answer(200, {**api.user_json(row), "confirmation_sent_at": datetime.now(UTC).isoformat()})
+
+    async def resend(self, body: dict[str, Any], params: dict[str, str]) -> Answer:
+        kind = body.get("type")
+        if kind not in ("signup", "email_change"):
+            raise ValidationFailed("type must be signup or email_change",
+                                   details=[Problem("type", "must be signup or email_change")])
+        email = self.email_of(body)
+        redirect_to = await self.redirect_for(params.get("redirect_to") or body.get("redirect_to"))
+        await self.api.throttle.mail(self.tenant_id, email, self.api.ip)
+        tokens = catalog.platform_tables()["one_time_tokens"]
+        issued = target = old_email = None
+        async with self.api.db.begin() as conn:
+            if kind == "signup":
+                row = await self.user_by_email(conn, email)
+                if row is not None and not row.verified:
+                    issued = await self.issue(conn, str(row.id), "signup", email, redirect_to=redirect_to)
+                    target = email
+            else:  # the pending change to this new address, if any
+                row = (await conn.execute(sa.select(tokens.c.user_id, tokens.c.email).where(
+                    tokens.c.tenant_id == self.tenant_id, tokens.c.kind == "email_change", tokens.c.new_email == email,
+                    tokens.c.used_at.is_(None)).order_by(tokens.c.created_at.desc()).limit(1))).first()
+                if row is not None:
+                    old_email = row.email
+                    issued = await self.issue(conn, str(row.user_id), "email_change", row.email, new_email=email,
+                                              redirect_to=redirect_to)
+                    target = email
+            await self.audit(conn, "auth.confirmation_resent", str(row.user_id if kind == "email_change" else row.id)
+                             if row is not None and issued else None, email=email, type=kind, sent=issued is not None)
+        if issued and target:
+            await self.send_resent(kind, target, old_email, issued, redirect_to)
+        return _empty()
+
+    async def send_resent(self, kind: str, target: str, old_email: str | None, issued: tuple[str, str],
+                          redirect_to: str) -> None:
+        if kind == "email_change":
+            await self.send_token_mail(kind, target, *issued, redirect_to, new_email=target, email=old_email or target)
+        else:
+            await self.send_token_mail(kind, target, *issued, redirect_to)
+
+    async def invite(self, body: dict[str, Any], params: dict[str, str]) -> Answer:
+        """`POST /invite` (admins, service key): a new unconfirmed account and the invitation mail."""
+        api = self.api
+        if not unrestricted(api.caller):
+            raise AuthFailed("not_admin", 403, "only the tenant's admins and its service key invite users")
+        email = self.email_of(body)
+        redirect_to = await self.redirect_for(params.get("redirect_to") or body.get("redirect_to"))
+        data, free = api.metadata_values(body.get("data"))
+        api.check_metadata({"email": email, **data}, partial=False)
+        async with api.db.begin() as conn:
+            row = await self.insert_user(conn, email, data, free)
+            issued = await self.issue(conn, str(row.id), "invite", email, redirect_to=redirect_to)
+            await audit.record(conn, "auth.user_invited", tenant_id=self.tenant_id, entity=USERS, record_id=str(row.id),
+                               ip=api.ip, actor=api.caller.member_id, data={"email": email})
+        await self.send_token_mail("invite", email, *issued, redirect_to, role="authenticated",
+                                   invited_by=(await self.tenant()).name,
+                                   expires_at=(datetime.now(UTC) + TOKEN_LIFETIME).isoformat())
+        return _answer(200, {**api.user_json(row), "invited_at": datetime.now(UTC).isoformat()})
+
+    async def request_email_change(self, conn: Any, row: Any, new_email: str, redirect_to: str) -> tuple[str, str]:
+        """In `update_user`'s transaction (as the platform): the token for confirming `new_email`; refused
+        when another account has that address."""
+        api = self.api
+        await api.as_tenant(conn)
+        taken = await conn.scalar(sa.select(api.users.c.id).where(api.users.c.email == new_email,
+                                                                  api.users.c.id != row.id))
+        await api.as_platform(conn)
+        if taken is not None:
+            raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
+                             details=[Problem("email", "is taken")])
+        issued = await self.issue(conn, str(row.id), "email_change", row.email, new_email=new_email,
+                                  redirect_to=redirect_to)
+        await self.audit(conn, "auth.email_change_requested", str(row.id), email=row.email)
+        return issued
+
+    # -- verification --
+
+    def verify_params(self, body: dict[str, Any]) -> tuple[tuple[str, ...], str, dict[str, str]]:
+        kind = body.get("type")
+        if kind not in KINDS_OF_TYPE:
+            raise AuthFailed("validation_failed", 400, f"unsupported verification type {kind!r}",
+                             details=[Problem("type", f"must be one of {', '.join(KINDS_OF_TYPE)}")])
+        token, token_hash = body.get("token"), body.get("token_hash")
+        if bool(token) == bool(token_hash):
+            raise AuthFailed("validation_failed", 400, "Verify requires either a token or a token hash",
+                             details=[Problem("token", "give token (the code, with email) or token_hash (the link's)")])
+        if token_hash:
+            if not isinstance(token_hash, str):
+                raise ValidationFailed("token_hash must be a string", details=[Problem("token_hash", "is not a string")])
+            return KINDS_OF_TYPE[kind], kind, {"token": token_hash}
+        if not isinstance(token, str):
+            raise ValidationFailed("token must be a string", details=[Problem("token", "is not a string")])
+        return KINDS_OF_TYPE[kind], kind, {"email": self.email_of(body), "code": token}
+
+    async def verify_post(self, body: dict[str, Any]) -> Answer:
+        kinds, kind, found_by = self.verify_params(body)
+        row, session = await self.verify(kinds, kind, found_by)
+        return _answer(200, self.api.session_json(row, session))
+
+    async def verify_get(self, params: dict[str, str]) -> Answer:
+        kind, token = params.get("type", ""), params.get("token", "")
+        redirect_to = await self.redirect_for(params.get("redirect_to"))  # a disallowed one: 400, no redirect
+        try:
+            if kind not in KINDS_OF_TYPE or not token:
+                raise AuthFailed("validation_failed", 400, "Verify requires a verification type and a token")
+            row, session = await self.verify(KINDS_OF_TYPE[kind], kind, {"token": token})
+        except AuthFailed as error:
+            fragment = {"error": "access_denied" if error.status == 403 else "invalid_request",
+                        "error_code": error.code, "error_description": error.message, "sb": ""}
+            return Answer(303, [("Location", f"{redirect_to}#{urlencode(fragment)}")], b"")
+        answer = self.api.session_json(row, session)
+        fragment = {"access_token": answer["access_token"], "expires_at": answer["expires_at"],
+                    "expires_in": answer["expires_in"], "refresh_token": answer["refresh_token"],
+                    "token_type": "bearer", "type": kind, "sb": ""}
+        return Answer(303, [("Location", f"{redirect_to}#{urlencode(fragment)}")], b"")
+
+    async def verify(self, kinds: tuple[str, ...], kind: str, found_by: dict[str, str]) -> tuple[Any, sessions.Session]:
+        """Use the token and apply what it proves (the address is the user's; for email_change, the new one
+        replaces the old), then start a session; a refusal is audited and counted as a failed sign-in when
+        it was a code."""
+        api = self.api
+        by_code = "code" in found_by
+        if by_code:
+            await api.throttle.check(self.tenant_id, found_by["email"], api.ip)
+        try:
+            async with api.db.begin() as conn:
+                token = await self.consume(conn, kinds, **found_by)
+                await api.as_tenant(conn)
+                changes: dict[str, Any] = {"verified": True}
+                if token.kind == "email_change":
+                    changes["email"] = token.new_email
+                try:
+                    async with conn.begin_nested():
+                        row = (await conn.execute(api.users.update().where(api.users.c.id == token.user_id)
+                                                  .values(**changes).returning(*api.user_columns()))).first()
+                except IntegrityError as exc:
+                    raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
+                                     details=[Problem("email", "is taken")]) from exc
+                if row is None:
+                    raise AuthFailed("user_not_found", 404, "the token's user no longer exists")
+                await api.as_platform(conn)
+                session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip, user_agent=None)
+                await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id)
+        except AuthFailed as error:
+            if by_code:
+                await api.throttle.failed(self.tenant_id, found_by["email"], api.ip)
+            async with api.db.begin() as conn:
+                await self.audit(conn, "auth.verify_failed", None, type=kind, reason=error.code,
+                                 **({"email": found_by["email"]} if by_code else {}))
+            raise
+        return row, session
+
+
+def _answer(status: int, payload: Any) -> Answer:
+    from engine.identity.gotrue import _answer as answer  # gotrue dispatches here: imported when a route runs
+
+    return answer(status, payload)
+
+
+def _empty() -> Answer:
+    return _answer(200, {})

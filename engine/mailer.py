@@ -1,0 +1,301 @@
+"""The platform's outgoing mail: SMTP from `BACKSAAS_SMTP_URL`, sent from a background queue, never inside a request.
+
+Why a queue: a mail is decided by a transaction (a recovery token, an invitation) and must leave only once
+that transaction has committed, and an SMTP server that is slow or down must stall neither the request
+that asked for the mail nor any other tenant's. So `Mailer.send` only enqueues (callers call it after their
+`db.begin()` block has committed) and returns at once; `workers` tasks of the process deliver, each
+attempt bounded by `timeout`, a failed one retried `attempts` times with exponential backoff, and every
+failure logged (`mail.retry`, then `mail.failed` with the recipient and subject). `aiosmtplib` speaks SMTP on
+the event loop itself, so a hung server holds no thread of the pool that password hashing needs.
+
+Why not the outbox (engine/outbox.py): its events are rows that a tenant's admins list (`/events/v1`), and a
+mail's body carries a sign-in link: the plaintext token would sit in the database and in their view. The
+queue lives in the process: a mail still queued when the process stops is logged (`mail.dropped`, without
+its body) and its user asks again (`/auth/v1/resend`, `/recover`), as a lost mail always needs anyway.
+
+`BACKSAAS_SMTP_URL`: `smtp://user:pass@host:port` (`?starttls=true` to upgrade with STARTTLS), or
+`smtps://...` for TLS from the first byte; `BACKSAAS_MAIL_FROM` the sender. Without an SMTP URL the
+transport is the server log: each mail is logged as `mail.not_sent` with its recipient, subject and body
+(the development transport), never dropped in silence; `log_configuration` says so when a server starts.
+
+One `Mailer` per event loop (`current()`): the gateway's loop, or a test's or the CLI's, each with its own
+workers; it reads the environment when the loop first sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+import structlog
+
+from engine.errors import InvalidInput, Problem
+
+SMTP_URL_VARIABLE = "BACKSAAS_SMTP_URL"
+FROM_VARIABLE = "BACKSAAS_MAIL_FROM"
+TIMEOUT_VARIABLE = "BACKSAAS_SMTP_TIMEOUT"  # seconds per attempt (connect, talk, send): default 10
+ATTEMPTS_VARIABLE = "BACKSAAS_MAIL_ATTEMPTS"  # tries per mail: default 5
+RETRY_VARIABLE = "BACKSAAS_MAIL_RETRY_SECONDS"  # the first retry's delay, doubled each time: default 5
+PUBLIC_URL_VARIABLE = "BACKSAAS_PUBLIC_URL"  # the server's public origin, for the links in mails
+DEFAULT_FROM = "BackSaas <no-reply@localhost>"
+MAX_QUEUE = 10_000  # mails waiting in one process; beyond it a mail is refused and logged, not buffered forever
+
+
+def _log() -> Any:
+    """The mail logger, looked up per line (mail is rare): so a test's `structlog.testing.capture_logs` sees it
+    although the server's configuration caches loggers on first use."""
+    return structlog.get_logger("backsaas.mail")
+
+
+class MailMisconfigured(InvalidInput):
+    code = "mail_misconfigured"
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One message: `tenant` (a slug) only labels the log lines; `sender_name` is the tenant's branding name."""
+
+    to: str
+    subject: str
+    body: str
+    tenant: str | None = None
+    kind: str | None = None
+    sender_name: str | None = None
+    html: str | None = None
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    implicit_tls: bool
+    starttls: bool
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    smtp: SmtpSettings | None
+    sender: str = DEFAULT_FROM
+    timeout: float = 10.0
+    attempts: int = 5
+    retry_seconds: float = 5.0
+    public_url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MailSettings:
+        """The settings of `BACKSAAS_SMTP_URL` and the others, checked: a malformed URL is refused whole."""
+        environ = os.environ if environ is None else environ
+        url = environ.get(SMTP_URL_VARIABLE, "").strip()
+        numbers: dict[str, float] = {}
+        for key, name, default in (("timeout", TIMEOUT_VARIABLE, 10.0), ("attempts", ATTEMPTS_VARIABLE, 5),
+                                   ("retry_seconds", RETRY_VARIABLE, 5.0)):
+            text = environ.get(name, "").strip()
+            try:
+                numbers[key] = float(text) if text else float(default)
+            except ValueError:
+                raise MailMisconfigured(f"{name} must be a number, not {text!r}",
+                                        details=[Problem(name, "is not a number")]) from None
+            if numbers[key] <= 0:
+                raise MailMisconfigured(f"{name} must be positive", details=[Problem(name, "must be positive")])
+        public = environ.get(PUBLIC_URL_VARIABLE, "").strip().rstrip("/") or None
+        if public is not None and urlsplit(public).scheme not in ("http", "https"):
+            raise MailMisconfigured(f"{PUBLIC_URL_VARIABLE} must be an http(s) URL",
+                                    details=[Problem(PUBLIC_URL_VARIABLE, "is not an http(s) URL")])
+        return cls(smtp_settings(url) if url else None, environ.get(FROM_VARIABLE, "").strip() or DEFAULT_FROM,
+                   numbers["timeout"], int(numbers["attempts"]), numbers["retry_seconds"], public)
+
+
+def smtp_settings(url: str) -> SmtpSettings:
+    """`smtp://user:pass@host:port?starttls=true` or `smtps://...` as settings (user and password URL-quoted)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise MailMisconfigured(f"{SMTP_URL_VARIABLE} must look like smtp://user:pass@host:port or smtps://...",
+                                details=[Problem(SMTP_URL_VARIABLE, "is not an smtp:// or smtps:// URL with a host")])
+    try:
+        port = parts.port or (465 if parts.scheme == "smtps" else 25)
+    except ValueError:
+        raise MailMisconfigured(f"{SMTP_URL_VARIABLE} has an invalid port",
+                                details=[Problem(SMTP_URL_VARIABLE, "has an invalid port")]) from None
+    starttls = (parse_qs(parts.query).get("starttls") or ["false"])[0].lower() in ("1", "true", "yes")
+    return SmtpSettings(parts.hostname, port, unquote(parts.username) if parts.username else None,
+                        unquote(parts.password) if parts.password else None, parts.scheme == "smtps", starttls)
+
+
+def message_of(mail: Mail, sender: str) -> EmailMessage:
+    """The MIME message: the tenant's branding name as the sender's display name, the configured address."""
+    message = EmailMessage()
+    name, _, address = sender.rpartition("<")
+    address = address.rstrip(">").strip() if name or "<" in sender else sender.strip()
+    display = mail.sender_name or name.strip().strip('"') or None
+    message["From"] = formataddr((display, address)) if display else address
+    message["To"] = mail.to
+    message["Subject"] = mail.subject
+    message["Message-ID"] = make_msgid(domain=address.rpartition("@")[2] or None)
+    message.set_content(mail.body)
+    if mail.html is not None:
+        message.add_alternative(mail.html, subtype="html")
+    return message
+
+
+class Transport(Protocol):
+    async def deliver(self, mail: Mail) -> None: ...
+
+
+class SmtpTransport:
+    """One SMTP connection per mail, bounded by the timeout (a mail is rare next to a request)."""
+
+    def __init__(self, settings: SmtpSettings, sender: str, timeout: float) -> None:
+        self.settings, self.sender, self.timeout = settings, sender, timeout
+
+    async def deliver(self, mail: Mail) -> None:
+        s = self.settings
+        async with asyncio.timeout(self.timeout):  # connect, greet, authenticate and send: the whole attempt
+            await aiosmtplib.send(message_of(mail, self.sender), hostname=s.host, port=s.port, username=s.username,
+                                  password=s.password, use_tls=s.implicit_tls, start_tls=s.starttls if not s.implicit_tls
+                                  else False, timeout=self.timeout)
+
+
+class LogTransport:
+    """The development transport: the mail in the server log, whole, for the developer to follow its link."""
+
+    async def deliver(self, mail: Mail) -> None:
+        _log().warning("mail.not_sent", reason=f"{SMTP_URL_VARIABLE} is not set", to=mail.to, subject=mail.subject,
+                    body=mail.body, tenant=mail.tenant, kind=mail.kind)
+
+
+@dataclass
+class Mailer:
+    """The queue and its workers on one event loop; `transport` is SMTP or the log (from the settings)."""
+
+    settings: MailSettings
+    transport: Transport | None = None
+    workers: int = 4
+    queue: asyncio.Queue[tuple[Mail, int]] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    retries: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.transport is None:
+            s = self.settings
+            self.transport = SmtpTransport(s.smtp, s.sender, s.timeout) if s.smtp else LogTransport()
+
+    def send(self, mail: Mail) -> None:
+        """Queue `mail` and return at once (call it after the deciding transaction committed)."""
+        self.enqueue(mail, 1)
+        _log().info("mail.queued", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind)
+
+    def enqueue(self, mail: Mail, attempt: int) -> None:
+        try:
+            self.queue.put_nowait((mail, attempt))
+        except asyncio.QueueFull:
+            _log().error("mail.failed", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                      error=f"the mail queue is full ({MAX_QUEUE} mails waiting)")
+            return
+        while len(self.tasks) < self.workers:
+            task = asyncio.get_running_loop().create_task(self.work())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def work(self) -> None:
+        try:
+            while True:
+                mail, attempt = await self.queue.get()
+                try:
+                    await self.attempt(mail, attempt)
+                except asyncio.CancelledError:
+                    _log().warning("mail.dropped", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                                reason="the server stopped while sending it")
+                    raise
+                finally:
+                    self.queue.task_done()
+        except asyncio.CancelledError:
+            self.drop_queued()
+            raise
+
+    async def attempt(self, mail: Mail, attempt: int) -> None:
+        assert self.transport is not None
+        try:
+            await self.transport.deliver(mail)
+        except Exception as exc:  # any failure of one attempt (refused, timed out, unreachable) is retried, then logged
+            error = f"{type(exc).__name__}: {exc}"
+            if attempt >= self.settings.attempts:
+                _log().error("mail.failed", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                          attempts=attempt, error=error)
+                return
+            delay = self.settings.retry_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+            _log().warning("mail.retry", to=mail.to, subject=mail.subject, tenant=mail.tenant, attempt=attempt,
+                        retry_in=round(delay, 2), error=error)
+            retry = asyncio.get_running_loop().create_task(self.retry(mail, attempt + 1, delay))
+            self.retries.add(retry)
+            retry.add_done_callback(self.retries.discard)
+            return
+        if isinstance(self.transport, SmtpTransport):
+            _log().info("mail.sent", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind, attempt=attempt)
+
+    async def retry(self, mail: Mail, attempt: int, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            _log().warning("mail.dropped", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                        reason="the server stopped before its retry")
+            raise
+        self.enqueue(mail, attempt)
+
+    def drop_queued(self) -> None:
+        while not self.queue.empty():
+            mail, _ = self.queue.get_nowait()
+            self.queue.task_done()
+            _log().warning("mail.dropped", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                        reason="the server stopped before sending it")
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until every queued mail had its attempt: for a process about to exit
+        (the CLI). True when nothing is left waiting."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.queue.join()
+        except TimeoutError:
+            return False
+        return True
+
+
+_MAILERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailer] = weakref.WeakKeyDictionary()
+
+
+def current() -> Mailer:
+    """The running loop's mailer, made from the environment the first time this loop sends."""
+    loop = asyncio.get_running_loop()
+    mailer = _MAILERS.get(loop)
+    if mailer is None:
+        mailer = _MAILERS[loop] = Mailer(MailSettings.from_env())
+    return mailer
+
+
+def send(mail: Mail) -> None:
+    """Queue `mail` on the running loop's mailer: after the deciding transaction's commit, never inside it."""
+    current().send(mail)
+
+
+def log_configuration(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Log how this server sends mail (for `serve` at start): `mail.not_configured` when mails only go to the
+    log. Raises `MailMisconfigured` for a malformed setting, so a server does not start with it."""
+    settings = MailSettings.from_env(environ)
+    if settings.smtp is None:
+        _log().warning("mail.not_configured", detail=f"{SMTP_URL_VARIABLE} is not set: mails are written to this log "
+                    "(mail.not_sent) instead of being sent")
+        return {"transport": "log"}
+    s = settings.smtp
+    _log().info("mail.configured", host=s.host, port=s.port, tls="implicit" if s.implicit_tls else
+             "starttls" if s.starttls else "none", sender=settings.sender)
+    return {"transport": "smtp", "host": s.host, "port": s.port}

@@ -1,0 +1,512 @@
+"""The mails the platform sends, end to end: a tenant's `/auth/v1` mail flows (GoTrue's recover, otp, verify,
+resend, invite, sign-up confirmation, email change) and members' invitations, read from a local SMTP sink
+(aiosmtpd) and followed by their link or code, as the mail's reader would.
+
+Also: tokens refused when expired, reused or another tenant's; `redirect_to` refused off the allow list;
+`/recover` telling nothing about who has an account; mails throttled per address; an SMTP server that is
+down neither failing nor stalling the request (the mail is retried and arrives once it is up); and the
+log transport when no SMTP server is configured."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import threading
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from structlog.testing import capture_logs
+
+from engine import catalog
+from engine.database import Database
+from functions.keys import create_api_key
+from functions.tenants import create_tenant
+from functions.users import create_platform_admin
+from tests.server import free_port, running_gateway
+
+PASSWORD = "correct horse battery"
+ADMIN_PASSWORD = "a long enough passphrase"
+SITE = "https://app.shop.example"
+SETTINGS = {
+    "general": {"display_name": "Shop Co"},
+    "auth": {"site_url": SITE, "uri_allow_list": ["https://admin.shop.example/auth/**", "myapp://callback"]},
+    "email_templates": {"recovery": {"subject": "{{tenant_name}}: reset your password",
+                                     "body": "Hello {{email}}, reset it at {{reset_url}} or type {{code}}."}},
+}
+LINK = re.compile(r"https?://\S+/verify\?\S+")
+CODE = re.compile(r"\b(\d{6})\b")
+
+
+class Sink:
+    """An SMTP server on localhost that keeps every message it receives."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.messages: list[EmailMessage] = []
+        self.arrived = threading.Condition()
+        self.controller = Controller(self, hostname="127.0.0.1", port=port or free_port())
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.arrived:
+            self.messages.append(message)  # type: ignore[arg-type]
+            self.arrived.notify_all()
+        return "250 OK"
+
+    @property
+    def port(self) -> int:
+        return self.controller.port
+
+    def start(self) -> Sink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str, count: int = 1, timeout: float = 20) -> EmailMessage:
+        """The `count`th message to `address`, waiting for it."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while True:
+                found = [m for m in self.messages if m["To"] == address]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                assert left > 0, f"no mail #{count} to {address}; got {[m['To'] for m in self.messages]}"
+                self.arrived.wait(left)
+
+    def count(self, address: str) -> int:
+        with self.arrived:
+            return sum(1 for m in self.messages if m["To"] == address)
+
+
+def body_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return part.get_content()
+
+
+def link_in(message: EmailMessage) -> str:
+    found = LINK.search(body_of(message))
+    assert found, body_of(message)
+    return found.group(0).rstrip(".")
+
+
+def code_in(message: EmailMessage) -> str:
+    found = CODE.search(body_of(message).replace(link_in(message), ""))
+    assert found, body_of(message)
+    return found.group(1)
+
+
+def fragment_of(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).fragment, keep_blank_values=True).items()}
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    started = Sink().start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def mail_env(sink: Sink) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BACKSAAS_SMTP_URL", f"smtp://127.0.0.1:{sink.port}")
+        patch.setenv("BACKSAAS_MAIL_FROM", "Platform <mail@platform.example>")
+        patch.setenv("BACKSAAS_MAIL_RETRY_SECONDS", "0.2")
+        patch.setenv("BACKSAAS_SMTP_TIMEOUT", "3")
+        patch.delenv("BACKSAAS_PUBLIC_URL", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+async def keys(db: Database) -> dict[str, str]:
+    made = {}
+    await create_platform_admin(db, "root@platform.example", ADMIN_PASSWORD)
+    for slug in ("shop", "other", "strict"):
+        await create_tenant(db, slug, name=slug.title())
+        for role in ("anon", "service"):
+            made[f"{slug}_{role}"] = (await create_api_key(db, slug, role, role)).key
+    return made
+
+
+@pytest.fixture(scope="module")
+def base(keys: dict[str, str], database_url: str, mail_env: None) -> Iterator[str]:
+    with running_gateway(database_url) as url:
+        admin = platform_admin(url)
+        for slug, settings in (("shop", SETTINGS), ("other", {"auth": {"site_url": "https://other.example"}}),
+                               ("strict", {"auth": {"site_url": "https://strict.example", "confirm_email": True}})):
+            done = httpx.post(f"{url}/api/platform/functions/v1/update_tenant", headers=admin,
+                              json={"tenant": slug, "settings": settings})
+            assert done.status_code == 200, done.text
+        yield url
+
+
+def platform_admin(base: str) -> dict[str, str]:
+    session = httpx.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
+                         json={"email": "root@platform.example", "password": ADMIN_PASSWORD})
+    assert session.status_code == 200, session.text
+    return {"Authorization": f"Bearer {session.json()['access_token']}"}
+
+
+def auth(base: str, slug: str = "shop") -> str:
+    return f"{base}/api/tenants/{slug}/auth/v1"
+
+
+def anon(keys: dict[str, str], slug: str = "shop") -> dict[str, str]:
+    return {"apikey": keys[f"{slug}_anon"], "Authorization": f"Bearer {keys[f'{slug}_anon']}"}
+
+
+def bearer(keys: dict[str, str], session: dict, slug: str = "shop") -> dict[str, str]:
+    return {"apikey": keys[f"{slug}_anon"], "Authorization": f"Bearer {session['access_token']}"}
+
+
+def sign_up(base: str, keys: dict[str, str], address: str, slug: str = "shop") -> dict:
+    made = httpx.post(f"{auth(base, slug)}/signup", headers=anon(keys, slug), json={"email": address, "password": PASSWORD})
+    assert made.status_code == 200, made.text
+    return made.json()
+
+
+def sign_in(base: str, keys: dict[str, str], address: str, password: str = PASSWORD, slug: str = "shop") -> httpx.Response:
+    return httpx.post(f"{auth(base, slug)}/token", params={"grant_type": "password"}, headers=anon(keys, slug),
+                      json={"email": address, "password": password})
+
+
+def recover(base: str, keys: dict[str, str], address: str, slug: str = "shop", **params: str) -> httpx.Response:
+    return httpx.post(f"{auth(base, slug)}/recover", params=params, headers=anon(keys, slug), json={"email": address})
+
+
+def verify(base: str, keys: dict[str, str], slug: str = "shop", **body: str) -> httpx.Response:
+    return httpx.post(f"{auth(base, slug)}/verify", headers=anon(keys, slug), json=body)
+
+
+async def audit_actions(db: Database, slug: str) -> list[str]:
+    tenants, log = catalog.platform_tables()["tenants"], catalog.platform_tables()["audit_log"]
+    async with db.engine.connect() as conn:
+        return list((await conn.execute(sa.select(log.c.action).join(tenants, tenants.c.id == log.c.tenant_id)
+                                        .where(tenants.c.slug == slug).order_by(log.c.seq))).scalars())
+
+
+# -- recovery --
+
+
+def test_recovery_mail_link_lands_on_the_redirect_with_a_session_that_sets_a_new_password(base, keys, sink):
+    sign_up(base, keys, "rita@example.com")
+    asked = recover(base, keys, "rita@example.com", redirect_to=f"{SITE}/reset")
+    assert asked.status_code == 200 and asked.json() == {}
+
+    mail = sink.to("rita@example.com")
+    assert mail["Subject"] == "Shop Co: reset your password"  # the tenant's template and branding name
+    assert mail["From"] == "Shop Co <mail@platform.example>"
+    assert body_of(mail).startswith("Hello rita@example.com, reset it at http")
+    link = link_in(mail)
+    assert link.startswith(f"{auth(base)}/verify?") and "type=recovery" in link
+
+    landed = httpx.get(link, follow_redirects=False)
+    assert landed.status_code == 303, landed.text
+    location = landed.headers["location"]
+    assert location.startswith(f"{SITE}/reset#")
+    session = fragment_of(location)
+    assert session["type"] == "recovery" and session["token_type"] == "bearer" and session["refresh_token"]
+
+    changed = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "a brand new passphrase"})
+    assert changed.status_code == 200, changed.text
+    assert sign_in(base, keys, "rita@example.com", "a brand new passphrase").status_code == 200
+    assert sign_in(base, keys, "rita@example.com").status_code == 400
+
+
+def test_recovery_code_verifies_once_by_post(base, keys, sink):
+    sign_up(base, keys, "cody@example.com")
+    assert recover(base, keys, "cody@example.com").status_code == 200
+    code = code_in(sink.to("cody@example.com"))
+    verified = verify(base, keys, type="recovery", email="cody@example.com", token=code)
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["user"]["email"] == "cody@example.com" and verified.json()["access_token"]
+
+    again = verify(base, keys, type="recovery", email="cody@example.com", token=code)
+    assert again.status_code == 403 and again.json()["code"] == "otp_expired"
+    assert "already been used" in again.json()["message"]
+
+
+def test_a_used_link_is_refused_and_redirects_with_the_error(base, keys, sink):
+    sign_up(base, keys, "lena@example.com")
+    recover(base, keys, "lena@example.com")
+    link = link_in(sink.to("lena@example.com"))
+    assert httpx.get(link, follow_redirects=False).status_code == 303
+    second = httpx.get(link, follow_redirects=False)
+    assert second.status_code == 303
+    assert second.headers["location"].startswith(f"{SITE}#")  # the site URL: no redirect_to was asked for
+    error = fragment_of(second.headers["location"])
+    assert error["error"] == "access_denied" and error["error_code"] == "otp_expired" and "access_token" not in error
+
+
+async def test_an_expired_token_is_refused(base, keys, sink, db):
+    sign_up(base, keys, "old@example.com")
+    recover(base, keys, "old@example.com")
+    mail = sink.to("old@example.com")
+    tokens = catalog.platform_tables()["one_time_tokens"]
+    async with db.begin() as conn:  # an hour goes by
+        await conn.execute(tokens.update().where(tokens.c.email == "old@example.com")
+                           .values(expires_at=sa.func.now() - sa.text("interval '1 second'")))
+    refused = verify(base, keys, type="recovery", email="old@example.com", token=code_in(mail))
+    assert refused.status_code == 403 and refused.json()["code"] == "otp_expired"
+    assert "expired" in refused.json()["message"]
+    token = parse_qs(urlsplit(link_in(mail)).query)["token"][0]
+    assert verify(base, keys, type="recovery", token_hash=token).status_code == 403
+
+
+def test_a_token_of_one_tenant_is_refused_by_another(base, keys, sink):
+    sign_up(base, keys, "twin@example.com")
+    sign_up(base, keys, "twin@example.com", slug="other")
+    recover(base, keys, "twin@example.com")
+    mail = sink.to("twin@example.com")
+    token = parse_qs(urlsplit(link_in(mail)).query)["token"][0]
+    elsewhere = verify(base, keys, slug="other", type="recovery", token_hash=token)
+    assert elsewhere.status_code == 403 and elsewhere.json()["code"] == "otp_expired"
+    by_code = verify(base, keys, slug="other", type="recovery", email="twin@example.com", token=code_in(mail))
+    assert by_code.status_code == 403
+    assert verify(base, keys, type="recovery", token_hash=token).status_code == 200  # still good at home
+
+
+def test_recover_tells_nothing_about_who_has_an_account(base, keys, sink):
+    sign_up(base, keys, "known@example.com")
+    unknown = recover(base, keys, "nobody-here@example.com")
+    known = recover(base, keys, "known@example.com")
+    assert (unknown.status_code, unknown.content) == (known.status_code, known.content) == (200, b"{}")
+    sink.to("known@example.com")
+    assert sink.count("nobody-here@example.com") == 0
+
+
+# -- redirects --
+
+
+def test_a_redirect_off_the_allow_list_is_refused(base, keys):
+    sign_up(base, keys, "red@example.com")
+    for evil in ("https://evil.example/steal", "https://app.shop.example.evil.example/x", "https://app.shop.example@evil.example/",
+                 "https://admin.shop.example/other", "//evil.example", "javascript:alert(1)"):
+        refused = recover(base, keys, "red@example.com", redirect_to=evil)
+        assert refused.status_code == 400, (evil, refused.text)
+        assert refused.json()["code"] == "redirect_to_not_allowed"
+    for allowed in (f"{SITE}/any/path", "https://admin.shop.example/auth/callback", "myapp://callback"):
+        assert recover(base, keys, "red@example.com", redirect_to=allowed).status_code == 200, allowed
+
+
+def test_the_link_refuses_a_redirect_off_the_allow_list_instead_of_following_it(base, keys, sink):
+    sign_up(base, keys, "hook@example.com")
+    recover(base, keys, "hook@example.com")
+    link = link_in(sink.to("hook@example.com")).replace("redirect_to=", "redirect_to=https%3A%2F%2Fevil.example%2F&x=")
+    answered = httpx.get(link, follow_redirects=False)
+    assert answered.status_code == 400 and answered.json()["code"] == "redirect_to_not_allowed"
+    assert "location" not in answered.headers
+
+
+# -- magic links and codes --
+
+
+def test_a_magic_link_signs_an_existing_user_in(base, keys, sink):
+    sign_up(base, keys, "magic@example.com")
+    asked = httpx.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "magic@example.com", "create_user": False})
+    assert asked.status_code == 200 and asked.json() == {}
+    mail = sink.to("magic@example.com")
+    assert mail["Subject"] == "Your Shop Co sign-in link"
+    landed = httpx.get(link_in(mail), follow_redirects=False)
+    session = fragment_of(landed.headers["location"])
+    assert session["type"] == "magiclink"
+    me = httpx.get(f"{auth(base)}/user", headers=bearer(keys, session))
+    assert me.status_code == 200 and me.json()["email"] == "magic@example.com"
+
+
+def test_an_otp_code_signs_up_a_new_address_confirmed(base, keys, sink):
+    asked = httpx.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "fresh@example.com", "data": {"plan": "x"}})
+    assert asked.status_code == 200
+    mail = sink.to("fresh@example.com")
+    assert mail["Subject"] == "Confirm your address for Shop Co"
+    verified = verify(base, keys, type="email", email="fresh@example.com", token=code_in(mail))
+    assert verified.status_code == 200, verified.text
+    user = verified.json()["user"]
+    assert user["email_confirmed_at"] is not None and user["verified"] is True and user["user_metadata"] == {"plan": "x"}
+
+
+def test_otp_without_create_user_refuses_an_unknown_address(base, keys, sink):
+    refused = httpx.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "ghost@example.com", "create_user": False})
+    assert refused.status_code == 422 and refused.json()["code"] == "otp_disabled"
+    assert sink.count("ghost@example.com") == 0
+
+
+def test_wrong_codes_are_throttled_like_failed_sign_ins(base, keys, sink):
+    sign_up(base, keys, "guess@example.com")
+    recover(base, keys, "guess@example.com")
+    right = code_in(sink.to("guess@example.com"))
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    statuses = [verify(base, keys, type="recovery", email="guess@example.com", token=wrong).status_code for _ in range(6)]
+    assert statuses[:5] == [403] * 5 and statuses[5] == 429
+    assert verify(base, keys, type="recovery", email="guess@example.com", token=right).status_code == 429  # locked out
+
+
+def test_mails_to_one_address_are_throttled_alike_for_known_and_unknown_addresses(base, keys, sink):
+    sign_up(base, keys, "flood@example.com", slug="other")
+    for address in ("flood@example.com", "flood-nobody@example.com"):
+        statuses = [recover(base, keys, address, slug="other").status_code for _ in range(6)]
+        assert statuses == [200] * 5 + [429], (address, statuses)
+        limited = recover(base, keys, address, slug="other")
+        assert limited.json()["code"] == "over_email_send_rate_limit" and int(limited.headers["retry-after"]) > 0
+    sink.to("flood@example.com", 5)
+    assert sink.count("flood@example.com") == 5
+
+
+# -- sign-up confirmation --
+
+
+def test_a_tenant_that_confirms_emails_signs_up_without_a_session_until_the_mail_is_followed(base, keys, sink):
+    made = httpx.post(f"{auth(base, 'strict')}/signup", headers=anon(keys, "strict"),
+                      json={"email": "conf@example.com", "password": PASSWORD})
+    assert made.status_code == 200, made.text
+    assert "access_token" not in made.json() and made.json()["email_confirmed_at"] is None
+    assert made.json()["confirmation_sent_at"]
+    refused = sign_in(base, keys, "conf@example.com", slug="strict")
+    assert refused.status_code == 400 and refused.json()["code"] == "email_not_confirmed"
+
+    first = sink.to("conf@example.com")
+    assert first["Subject"] == "Confirm your address for Strict"
+    resent = httpx.post(f"{auth(base, 'strict')}/resend", headers=anon(keys, "strict"),
+                        json={"type": "signup", "email": "conf@example.com"})
+    assert resent.status_code == 200
+    second = sink.to("conf@example.com", 2)
+    stale = httpx.get(link_in(first), follow_redirects=False)  # replaced by the resent one
+    assert fragment_of(stale.headers["location"])["error_code"] == "otp_expired"
+    landed = httpx.get(link_in(second), follow_redirects=False)
+    assert landed.headers["location"].startswith("https://strict.example#access_token=")
+    assert fragment_of(landed.headers["location"])["type"] == "signup"
+    assert sign_in(base, keys, "conf@example.com", slug="strict").status_code == 200
+
+
+# -- email change --
+
+
+def test_a_new_email_is_confirmed_from_the_new_address_before_it_replaces_the_old(base, keys, sink):
+    session = sign_up(base, keys, "before@example.com")
+    asked = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "After@Example.com"})
+    assert asked.status_code == 200, asked.text
+    assert asked.json()["email"] == "before@example.com" and asked.json()["new_email"] == "after@example.com"
+    assert httpx.get(f"{auth(base)}/user", headers=bearer(keys, session)).json()["email"] == "before@example.com"
+
+    mail = sink.to("after@example.com")
+    assert "from before@example.com to after@example.com" in body_of(mail)
+    token = parse_qs(urlsplit(link_in(mail)).query)["token"][0]
+    done = verify(base, keys, type="email_change", token_hash=token)
+    assert done.status_code == 200, done.text
+    assert done.json()["user"]["email"] == "after@example.com" and done.json()["user"]["verified"] is True
+    assert sign_in(base, keys, "after@example.com").status_code == 200
+    assert sign_in(base, keys, "before@example.com").status_code == 400
+
+
+def test_an_email_change_to_a_taken_address_is_refused(base, keys, sink):
+    sign_up(base, keys, "taken@example.com")
+    session = sign_up(base, keys, "wants@example.com")
+    refused = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "taken@example.com"})
+    assert refused.status_code == 422 and refused.json()["code"] == "email_exists"
+
+
+# -- invitations --
+
+
+def test_a_tenant_admin_invites_an_end_user_who_accepts_by_the_link(base, keys, sink):
+    service = {"apikey": keys["shop_service"], "Authorization": f"Bearer {keys['shop_service']}"}
+    assert httpx.post(f"{auth(base)}/invite", headers=anon(keys), json={"email": "inv@example.com"}).status_code == 403
+    invited = httpx.post(f"{auth(base)}/invite", headers=service, json={"email": "inv@example.com"})
+    assert invited.status_code == 200, invited.text
+    assert invited.json()["email"] == "inv@example.com" and invited.json()["email_confirmed_at"] is None
+    mail = sink.to("inv@example.com")
+    assert mail["Subject"] == "You are invited to Shop Co"
+    session = fragment_of(httpx.get(link_in(mail), follow_redirects=False).headers["location"])
+    assert session["type"] == "invite"
+    set_password = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "my own passphrase"})
+    assert set_password.status_code == 200 and set_password.json()["verified"] is True
+    assert sign_in(base, keys, "inv@example.com", "my own passphrase").status_code == 200
+
+
+def test_a_member_invitation_is_mailed_with_the_accept_link(base, keys, sink):
+    invited = httpx.post(f"{base}/api/platform/functions/v1/invite_member", headers=platform_admin(base),
+                         json={"tenant": "shop", "email": "dev@example.com", "role": "developer"})
+    assert invited.status_code == 200, invited.text
+    mail = sink.to("dev@example.com")
+    assert mail["Subject"] == "You are invited to Shop Co" and "as developer" in body_of(mail)
+    accept = re.search(r"http\S+/admin/accept\?token=\S+", body_of(mail))
+    assert accept and accept.group(0) == f"{base}/admin/accept?token={invited.json()['token']}"
+    joined = httpx.post(f"{base}/api/platform/functions/v1/accept_invitation",
+                        json={"token": invited.json()["token"], "password": "the developer's passphrase"})
+    assert joined.status_code == 200 and joined.json()["tenant"] == "shop"
+
+
+# -- the audit trail --
+
+
+async def test_every_mail_flow_is_audited(base, keys, sink, db):
+    sign_up(base, keys, "trail@example.com", slug="other")
+    recover(base, keys, "trail@example.com", slug="other")
+    code = code_in(sink.to("trail@example.com"))
+    assert verify(base, keys, slug="other", type="recovery", email="trail@example.com", token="000000"
+                  if code != "000000" else "111111").status_code == 403
+    assert verify(base, keys, slug="other", type="recovery", email="trail@example.com", token=code).status_code == 200
+    actions = await audit_actions(db, "other")
+    for action in ("auth.recovery_requested", "auth.verify_failed", "auth.verified"):
+        assert action in actions, actions
+
+
+# -- delivery --
+
+
+def test_a_down_smtp_server_neither_fails_nor_stalls_the_request_and_the_mail_arrives_once_it_is_up(
+        keys, database_url, mail_env, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("BACKSAAS_SMTP_URL", f"smtp://127.0.0.1:{port}")  # nothing listens there yet
+    with capture_logs() as logs, running_gateway(database_url) as url:
+        sign_up(url, keys, "patient@example.com", slug="other")
+        asked = recover(url, keys, "patient@example.com", slug="other")
+        assert asked.status_code == 200 and asked.json() == {}
+        deadline = time.monotonic() + 20
+        while not any(e["event"] == "mail.retry" for e in logs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        retry = next(e for e in logs if e["event"] == "mail.retry")
+        assert retry["to"] == "patient@example.com" and retry["attempt"] == 1
+        late = Sink(port).start()
+        try:
+            mail = late.to("patient@example.com")
+            assert "reset" in mail["Subject"].lower()
+        finally:
+            late.stop()
+
+
+def test_without_an_smtp_url_mails_are_written_to_the_log(keys, database_url, mail_env, monkeypatch):
+    monkeypatch.delenv("BACKSAAS_SMTP_URL")
+    with capture_logs() as logs, running_gateway(database_url) as url:
+        sign_up(url, keys, "logged@example.com", slug="other")
+        assert recover(url, keys, "logged@example.com", slug="other").status_code == 200
+        deadline = time.monotonic() + 20
+        while not any(e["event"] == "mail.not_sent" for e in logs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    entry = next(e for e in logs if e["event"] == "mail.not_sent")
+    assert entry["to"] == "logged@example.com" and entry["subject"] == "Reset your Other password"
+    assert "/verify?token=" in entry["body"] and entry["log_level"] == "warning"
+
+
+def test_the_configuration_is_logged_at_start_and_a_malformed_url_refused():
+    from engine import mailer
+
+    with capture_logs() as logs:
+        assert mailer.log_configuration({}) == {"transport": "log"}
+        assert mailer.log_configuration({"BACKSAAS_SMTP_URL": "smtps://u:p%40ss@mail.example:2465"}) == {
+            "transport": "smtp", "host": "mail.example", "port": 2465}
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["mail.not_configured"]
+    assert mailer.smtp_settings("smtp://u:p%40ss@h:587?starttls=true").password == "p@ss"
+    with pytest.raises(mailer.MailMisconfigured):
+        mailer.log_configuration({"BACKSAAS_SMTP_URL": "http://mail.example"})
