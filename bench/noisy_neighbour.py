@@ -13,7 +13,9 @@ gateway runs with one worker: what blocks its event loop blocks everyone. Prints
 scenario and the p99's ratio to B alone (target: within 2x).
 
 Rate limits are on, as deployed: A is on the plan `--a-plan` (default `free`, whose per-minute window
-stops the flood with cheap 429s), B on `enterprise` (no windows); B's clients all come from this machine's
+stops the flood with cheap 429s), B on `enterprise` (no windows). Each scenario's A is a tenant of its own
+(`noisy1`, `noisy2`, ...), so that each starts with its plan's whole budget, as an attacker with one more
+account would, rather than with what the scenarios before it left of one minute window; B's clients all come from this machine's
 address, so the anonymous per-address budget is raised for the run (`BACKSAAS_ANON_RATE_LIMIT`). With
 `--no-rate-limits` the gateway runs with `BACKSAAS_RATE_LIMITS=off`, to compare.
 """
@@ -37,6 +39,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -118,18 +121,21 @@ async def prepare(url: str, receiver: int, a_plan: str, a_rpm: int | None) -> di
                                                      limits={**(limits or {}), "requests_per_minute": a_rpm}))
         a_plan = "bench-a"
     await create_tenant(db, "quiet", source=TENANT_B, plan="enterprise")
-    await create_tenant(db, "noisy", source=TENANT_A.replace("RECEIVER", str(receiver)), plan=a_plan)
+    keys = {}
+    for number in range(1, SCENARIOS + 1):
+        slug = f"noisy{number}"
+        await create_tenant(db, slug, source=TENANT_A.replace("RECEIVER", str(receiver)), plan=a_plan)
+        keys[slug] = (await create_api_key(db, slug, "bench", "service")).key
     await create_platform_admin(db, "ops@example.com", PASSWORD)
-    keys = {"a_service": (await create_api_key(db, "noisy", "bench", "service")).key}
     await db.close()
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
     try:
         await conn.execute("INSERT INTO t_quiet.item (name) SELECT 'item ' || g FROM generate_series(1, 100) g")
         # 20 roots, each with 20 children, each with 20 children: every level of DEEP multiplies by 20
         await conn.execute("""
-            WITH roots AS (INSERT INTO t_noisy.node (parent_id) SELECT NULL FROM generate_series(1, 20) RETURNING id),
-                 kids AS (INSERT INTO t_noisy.node (parent_id) SELECT r.id FROM roots r, generate_series(1, 20) RETURNING id)
-            INSERT INTO t_noisy.node (parent_id) SELECT k.id FROM kids k, generate_series(1, 20)""")
+            WITH roots AS (INSERT INTO t_noisy5.node (parent_id) SELECT NULL FROM generate_series(1, 20) RETURNING id),
+                 kids AS (INSERT INTO t_noisy5.node (parent_id) SELECT r.id FROM roots r, generate_series(1, 20) RETURNING id)
+            INSERT INTO t_noisy5.node (parent_id) SELECT k.id FROM kids k, generate_series(1, 20)""")
     finally:
         await conn.close()
     return keys
@@ -186,23 +192,47 @@ async def python_load(url: str, seconds: float, connections: int) -> tuple[float
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], len(latencies)
 
 
+SCENARIOS = 7  # one tenant A each, noisy1 ... noisy7, in the order of `attacks`
+
+
 def attacks(base: str, keys: dict[str, str], admin_token: str) -> dict[str, Any]:
-    a = f"{base}/api/tenants/noisy"
-    service = {"apikey": keys["a_service"], "Authorization": f"Bearer {keys['a_service']}"}
+    a = {n: f"{base}/api/tenants/noisy{n}" for n in range(1, SCENARIOS + 1)}
+    service = {n: {"apikey": keys[f"noisy{n}"], "Authorization": f"Bearer {keys[f'noisy{n}']}"} for n in a}
     admin = {"Authorization": f"Bearer {admin_token}"}
-    bulk = [{"name": "x"}] * 200_000
+    bulk = orjson.dumps([{"name": "x"}] * 200_000)  # encoded once: the client's encoding is not the server's load
     return {
-        "20 KB email sign-in": lambda c: c.post(f"{a}/auth/v1/token?grant_type=password",
+        "20 KB email sign-in": lambda c: c.post(f"{a[1]}/auth/v1/token?grant_type=password",
                                                json={"email": "a@" + "." * 20_000 + "@", "password": PASSWORD}),
-        "pattern ^(a+)+$ POST": lambda c: c.post(f"{a}/rest/v1/coded", json={"code": "a" * 25 + "!"}),
+        "pattern ^(a+)+$ POST": lambda c: c.post(f"{a[2]}/rest/v1/coded", json={"code": "a" * 25 + "!"}),
         "YAML alias bomb": lambda c: c.post(f"{base}/api/platform/functions/v1/plan_schema", headers=admin,
-                                            json={"tenant": "noisy", "source": ALIAS_BOMB}),
-        "200k-object bulk insert": lambda c: c.post(f"{a}/rest/v1/item", headers=service, json=bulk),
-        "20x fan-out embed": lambda c: c.get(f"{a}/rest/v1/node", params={"select": DEEP}),
-        "40 webhooks, 8 s receiver": lambda c: c.post(f"{a}/rest/v1/hooked", headers=service,
+                                            json={"tenant": "noisy3", "source": ALIAS_BOMB}),
+        "200k-object bulk insert": lambda c: c.post(f"{a[4]}/rest/v1/item", content=bulk,
+                                                    headers={**service[4], "Content-Type": "application/json"}),
+        "20x fan-out embed": lambda c: c.get(f"{a[5]}/rest/v1/node", params={"select": DEEP}),
+        "40 webhooks, 8 s receiver": lambda c: c.post(f"{a[6]}/rest/v1/hooked", headers=service[6],
                                                       json=[{"name": f"h{i}"} for i in range(40)]),
-        FLOOD: lambda c: c.get(f"{a}/rest/v1/node", params={"limit": "10"}),  # last: spends A's windows
+        FLOOD: lambda c: c.get(f"{a[7]}/rest/v1/node", params={"limit": "10"}),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its descendants so far, from /proc (Linux)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def load_average() -> str:
+    return ", ".join(f"{figure:.2f}" for figure in os.getloadavg())
 
 
 def run_attack(send: Any, stop: threading.Event, statuses: list[int]) -> None:
@@ -245,9 +275,11 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         token = httpx.post(f"{base}/api/platform/auth/v1/token?grant_type=password",
                            json={"email": "ops@example.com", "password": PASSWORD}).json()["access_token"]
+        started_load = load_average()
         measure_b(base, 1, args.connections)  # warm up
+        cpu = cpu_seconds(gateway.pid)
         alone = measure_b(base, args.seconds, args.connections)
-        rows = [("B alone", *alone, "")]
+        rows = [("B alone", *alone, "", cpu_seconds(gateway.pid) - cpu)]
         for label, send in attacks(base, keys, token).items():
             stop, statuses = threading.Event(), []
             loops = args.connections if label == FLOOD else 2  # a flood is as many clients as B has
@@ -255,22 +287,35 @@ def main() -> None:
             for thread in threads:
                 thread.start()
             time.sleep(0.5)
+            cpu = cpu_seconds(gateway.pid)
             figures = measure_b(base, args.seconds, args.connections)
+            cpu = cpu_seconds(gateway.pid) - cpu
             stop.set()
             for thread in threads:
                 thread.join(timeout=180)
             answered = ", ".join(f"{s}x{statuses.count(s)}" for s in sorted(set(statuses)))
-            rows.append((f"while A: {label}", *figures, answered))
+            rows.append((f"while A: {label}", *figures, answered, cpu))
+        time.sleep(0.5)
+        cpu = cpu_seconds(gateway.pid)
+        again = measure_b(base, args.seconds, args.connections)
+        rows.append(("B alone again, after the scenarios", *again, "", cpu_seconds(gateway.pid) - cpu))
         a_plan = args.a_plan + (f" at {args.a_rpm}/minute" if args.a_rpm is not None else "")
         limited = "off" if args.no_rate_limits else f"on (A on plan {a_plan}, B on enterprise)"
         print(f"\nB: GET 10 rows, {args.connections} connections, {args.seconds:g} s per scenario, gateway 1 worker, "
-              f"rate limits {limited}\n")
-        print(f"{'scenario':40} {'B p50 ms':>9} {'B p99 ms':>9} {'p99 / alone':>12} {'B reqs':>7}  A's answers")
-        for label, p50, p99, count, answered in rows:
+              f"rate limits {limited}")
+        print(f"load average (1, 5, 15 min) at the start {started_load}, at the end {load_average()}: figures taken on a "
+              f"machine others load vary with them; the two 'B alone' rows bracket the run\n")
+        print("gateway CPU: the gateway process's CPU seconds over B's window, and the microseconds of it per "
+              "request of B's (the gateway's whole CPU divided by B's requests: what A's requests cost shows as the "
+              "growth over B alone; it does not depend on how busy the machine is)\n")
+        print(f"{'scenario':40} {'B p50 ms':>9} {'B p99 ms':>9} {'p99 / alone':>12} {'B reqs':>7} {'gw CPU s':>9} "
+              f"{'us/B req':>9}  A's answers")
+        for label, p50, p99, count, answered, cpu in rows:
             if not count:
-                print(f"{label:40} {'stalled: no answer within the window':>33} {count:7d}  {answered}")
+                print(f"{label:40} {'stalled: no answer within the window':>33} {count:7d} {cpu:9.2f} {'':>9}  {answered}")
                 continue
-            print(f"{label:40} {p50:9.2f} {p99:9.2f} {p99 / alone[1]:11.2f}x {count:7d}  {answered}")
+            print(f"{label:40} {p50:9.2f} {p99:9.2f} {p99 / alone[1]:11.2f}x {count:7d} {cpu:9.2f} "
+                  f"{cpu / count * 1e6:9.0f}  {answered}")
     finally:
         if gateway is not None:
             gateway.terminate()

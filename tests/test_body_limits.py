@@ -1,9 +1,12 @@
 """A body larger than the tenant's plan allows (`limits.max_body_bytes`, default 10 MiB) is refused with 413
 `body_too_large` before it is read whole or parsed, on every surface that reads a JSON body (REST, GraphQL,
-functions, auth): at once by its `Content-Length`, else as soon as a chunked body passes the limit."""
+functions, auth): at once by its `Content-Length`, else as soon as a chunked body passes the limit. So is a
+body of more items (`max_body_items`) or JSON values (`MAX_BODY_VALUES`) than parsing may cost, as soon as
+the part of it that passes the bound arrives."""
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -13,9 +16,10 @@ import pytest
 
 from engine import catalog
 from engine.database import Database
-from engine.limits import DEFAULT_MAX_BODY_BYTES
+from engine.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_ITEMS
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
+from gateway.bodies import MAX_BODY_VALUES, BodyShape
 from tests.server import running_gateway
 
 SCHEMA = """
@@ -107,3 +111,73 @@ def test_the_default_limit_is_10_mib_and_other_plans_keep_it(base, keys):
     too_big = httpx.post(f"{base}/api/tenants/roomy/rest/v1/note", content=b"[" + b" " * DEFAULT_MAX_BODY_BYTES + b"]",
                          headers={"apikey": keys["roomy"], "Content-Type": "application/json"})
     assert too_big.status_code == 413 and too_big.json()["code"] == "body_too_large"
+
+
+def first_answer(base: str, path: str, key: str, declared: int, head: bytes) -> bytes:
+    """The status line and headers the server sends after `head`, the first bytes of a body declared
+    `declared` bytes long, the rest never sent: an answer proves the server refused without the rest."""
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\napikey: {key}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n".encode() + head)
+        response = b""
+        while b"\r\n\r\n" not in response:
+            received = connection.recv(65536)
+            if not received:
+                break
+            response += received
+        if b"content-length:" in response.lower():
+            length = int(response.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(response.split(b"\r\n\r\n", 1)[1]) < length:
+                response += connection.recv(65536)
+    return response
+
+
+def test_a_bulk_body_of_more_items_than_the_plan_allows_is_refused_before_the_rest_arrives(base, keys):
+    """A 200,000-object bulk insert (6 MB, under the 10 MiB byte limit) was read whole and parsed before its
+    item count was looked at; its first thousand-odd items now suffice to refuse it."""
+    head = notes(DEFAULT_MAX_BODY_ITEMS + 50)[:-1] + b","  # the array goes on: 6 MB more were declared
+    answer = first_answer(base, "/api/tenants/roomy/rest/v1/note", keys["roomy"], 6_000_000, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"code":"too_many_items"' in answer and b'"path":"body"' in answer
+
+
+def test_a_body_of_more_json_values_than_parsing_may_cost_is_refused_before_the_rest_arrives(base, keys):
+    """One object holding 10 MiB of empty arrays took seconds to parse: whatever the plan, a body holds at
+    most MAX_BODY_VALUES values."""
+    head = b'{"text": [' + b"[]," * (MAX_BODY_VALUES + 10)
+    answer = first_answer(base, "/api/tenants/roomy/rest/v1/note", keys["roomy"], 9_000_000, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"code":"body_too_complex"' in answer
+
+
+def test_commas_and_brackets_inside_strings_are_not_values(base, keys):
+    text = '[{"a": 1}, ' * (MAX_BODY_VALUES // 2) + '\\" \\\\'
+    answer = httpx.post(f"{base}/api/tenants/roomy/rest/v1/note", json={"text": text},
+                        headers={"apikey": keys["roomy"], "Prefer": "return=representation"})
+    assert answer.status_code == 201, answer.text[:300]
+    assert answer.json()[0]["text"] == text
+
+
+def test_a_csv_body_of_more_rows_than_the_plan_allows_is_refused(base, keys):
+    body = b"text\n" + b"a note\n" * (DEFAULT_MAX_BODY_ITEMS + 5)
+    answer = httpx.post(f"{base}/api/tenants/roomy/rest/v1/note", content=body,
+                        headers={"apikey": keys["roomy"], "Content-Type": "text/csv"})
+    assert answer.status_code == 413 and answer.json()["code"] == "too_many_items"
+
+
+def test_the_count_is_the_same_wherever_the_body_is_cut_into_chunks():
+    """Chunks end anywhere: inside a string, after an escaping backslash, between a backslash and the quote
+    it escapes. Every cut gives the count of the body read whole."""
+    body = (b'[{"a\\"b,": "x\\\\", "c": ["\\\\\\"", {"d": [1, 2]}]}, "q,\\\\", 3, '
+            b'{"e": "\\"[{,:"}]')
+    whole = BodyShape(10**6)
+    whole.feed(body)
+    assert (whole.values, whole.commas) == (16, 3)  # , : [ { outside strings; 3 commas between the 4 items
+    rng = random.Random(11)
+    for first in range(len(body) + 1):
+        cuts = sorted({first, rng.randint(first, len(body)), rng.randint(first, len(body))})
+        shape = BodyShape(10**6)
+        for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
+            shape.feed(body[start:end])
+        assert (shape.values, shape.commas, shape.in_string) == (whole.values, whole.commas, False), cuts
