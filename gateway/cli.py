@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import getpass
 import inspect
+import ipaddress
 import json
 import os
 import secrets
@@ -560,10 +561,36 @@ def ensure_port_free(host: str, port: int) -> None:
                                 hint="stop what is listening there, or choose another port with --port") from exc
 
 
+TRUSTED_PROXIES_ENV = "BACKSAAS_TRUSTED_PROXIES"
+
+
+def trusted_proxies(setting: str | None) -> list[str]:
+    """The proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` name the client, from a comma list of
+    addresses and CIDR networks (`*`: any peer). Why explicit: the client address is what the anonymous
+    per-address rate limit counts and what the audit trail records, so a header any peer could send must not
+    set it. Empty (the default): no proxy is trusted, and the peer's address is the client's (uvicorn alone
+    would trust 127.0.0.1, so that any local process could claim any address)."""
+    entries = [entry.strip() for entry in (setting or "").split(",") if entry.strip()]
+    bad = []
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            bad.append(Problem(TRUSTED_PROXIES_ENV, f"'{entry}' is not an address or a network (CIDR)"))
+    if bad:
+        raise InvalidInput("the trusted proxies are addresses or networks, separated by commas", details=bad,
+                           hint="e.g. 10.0.0.0/8,127.0.0.1 (--trusted-proxies or BACKSAAS_TRUSTED_PROXIES)")
+    return entries
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     ensure_port_free(args.host, args.port)
+    proxies = trusted_proxies(args.trusted_proxies if args.trusted_proxies is not None
+                              else os.environ.get(TRUSTED_PROXIES_ENV))
     outbox_settings_from_env()  # a misconfigured outbox (a lease a delivery outlasts) stops it before anything starts
     if args.functions_dir:  # in the environment, so that every worker process loads the same directory
         use_functions_dir(args.functions_dir)
@@ -595,7 +622,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                     reload=args.reload, reload_dirs=PACKAGE_DIRS if args.reload else None, access_log=False,
-                    log_level="warning", timeout_graceful_shutdown=10, **patience)
+                    log_level="warning", timeout_graceful_shutdown=10, proxy_headers=bool(proxies),
+                    forwarded_allow_ips=proxies or None, **patience)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -632,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--functions-dir", metavar="DIR", help="the operator's hooks and functions that tenant schemas "
                        "may name (default: $BACKSAAS_FUNCTIONS_DIR, else ./functions when it exists)")
     serve.add_argument("--demo", action="store_true", help="also create the demo tenant (schemas/blog.yaml) and an admin")
+    serve.add_argument("--trusted-proxies", metavar="LIST", help="addresses or CIDR networks (comma-separated) of the "
+                       "reverse proxies whose X-Forwarded-For names the client (default: $BACKSAAS_TRUSTED_PROXIES, "
+                       "else none: the peer's address is the client's)")
     serve.set_defaults(run=cmd_serve)
 
     schema = commands.add_parser("schema", help="check, plan and apply tenant schemas").add_subparsers(
