@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,22 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
+class Today:
+    """The UTC day, read from the clock only when the day it holds has ended (the meter asks per request)."""
+
+    def __init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.day: date = today()
+        self.ends: float = datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC).timestamp() + 86400
+
+    def __call__(self) -> date:
+        if time.time() >= self.ends:
+            self.refresh()
+        return self.day
+
+
 class Meter:
     """This process's counters and gauges, and their flusher (`run`, cancelled by `close`)."""
 
@@ -83,6 +100,7 @@ class Meter:
         self.after_flush: list[Any] = []  # coroutines functions run after each flush (the quotas' refresh)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.today = Today()
 
     # -- counting (the hot path: dict additions only) --
 
@@ -92,7 +110,7 @@ class Meter:
             self.recent[(tenant_id, metric)] += amount
 
     def add_many(self, tenant_id: str, amounts: dict[str, int]) -> None:
-        day = today()
+        day = self.today()
         counts, recent = self.counts, self.recent
         for metric, amount in amounts.items():
             if amount:

@@ -9,8 +9,8 @@ for a refusal, why (the error's `code`). Plain ASGI: no per-request task, nothin
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -24,13 +24,14 @@ MAX_REQUEST_ID = 128
 
 
 def request_id_of(scope: Scope) -> str:
-    """The client's `X-Request-Id` if it is short printable ASCII, else a fresh one."""
+    """The client's `X-Request-Id` if it is short printable ASCII, else a fresh one: 128 random bits, as
+    hex (an id that finds log lines, no secret: `random`, which costs no system call, where `uuid4` does)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             if 0 < len(value) <= MAX_REQUEST_ID and all(33 <= b < 127 for b in value):
                 return value.decode("ascii")
             break
-    return uuid.uuid4().hex
+    return f"{random.getrandbits(128):032x}"
 
 
 class AccessLog:

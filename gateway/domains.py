@@ -11,6 +11,7 @@ anyone can send any `Host`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from typing import Any
 
@@ -22,6 +23,16 @@ from engine.channels import DOMAINS_CHANGED
 from engine.errors import outages_as_unavailable
 
 MAX_CACHED_HOSTS = 10_000
+
+
+@functools.lru_cache(maxsize=4096)
+def is_address(host: str) -> bool:
+    """Whether `host` is an IP address (parsing one costs more than the rest of routing: memoized, bounded)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def host_of(headers: Any) -> str:
@@ -45,11 +56,7 @@ class CustomDomains:
         """Whether `host` could be a custom domain (the platform's own names and addresses never are)."""
         if not host or "." not in host or host.startswith("[") or host == self.base or host.endswith("." + self.base):
             return False
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return True
-        return False
+        return not is_address(host)
 
     async def slug_of(self, host: str) -> str | None:
         """The slug of the tenant verified for `host`, or None."""

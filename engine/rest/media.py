@@ -7,6 +7,7 @@ Kept apart from `api` because it is pure text handling: no plan, no SQL, no data
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,7 @@ class UnsupportedMedia(BackSaasError):
     status = 415
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of a header that clients repeat on every request
 def negotiate(accept: str) -> str:
     """The representation to send for `Accept` (json, object or csv), by the client's q-values and then
     its order; nothing acceptable is a 406 naming what was asked."""
