@@ -8,8 +8,11 @@ at the minute), kept by the `limits` library's storage: in this process's memory
 - A tenant's windows are its plan's `requests_per_minute`, `requests_per_hour` and `requests_per_day`
   (engine/plans.py; `-1` or absent: no window). The platform itself (the system tenant) has none.
 - An anonymous caller (no signed-in user; no key, or the public anon key) also counts against a budget per
-  tenant and client address (`BACKSAAS_ANON_RATE_LIMIT`, default `ANON_PER_ADDRESS`), checked first, so one
-  address cannot spend its tenant's whole budget.
+  tenant and client address (`BACKSAAS_ANON_RATE_LIMIT`, default `ANON_PER_ADDRESS`: a minute, an hour and a
+  day window), checked first, so one address cannot spend its tenant's whole budget.
+- A failed authentication (401) counts against the same budget of its address (`admit_failed`), and an
+  address whose budget failures helped spend is refused before its credentials are even looked at
+  (`refused_address`), so that nobody tries keys or tokens faster than an anonymous client may read.
 - Windows are counted shortest first and a request refused by one is not counted by the longer ones: a
   client hammering through a refused minute does not spend its day.
 - Refusals are 429 `rate_limited` with `Retry-After`; every answer of a limited tenant carries the IETF
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
 from limits.aio.storage import MemoryStorage, Storage
 from limits.storage import storage_from_string
 from starlette.types import Message, Send
@@ -41,7 +44,9 @@ from engine.errors import RateLimited
 from engine.plans import Plan
 from engine.storage.naming import SYSTEM_TENANT
 
-ANON_PER_ADDRESS = "300/minute"  # an anonymous client address's requests to one tenant
+ANON_PER_ADDRESS = "300/minute;5000/hour;50000/day"  # an anonymous client address's requests to one tenant
+PERIODS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+MAX_SUSPECTS = 100_000  # (tenant, address) pairs with failed authentications remembered per process
 MAX_CACHED_KEYS = 100_000
 PROBE_SECONDS = 5.0  # how often a Redis that failed is tried again
 REDIS_TIMEOUT_SECONDS = 0.5  # a Redis slower than this counts as down
@@ -56,6 +61,7 @@ class Window:
     remaining: int  # below 0: this request was refused
     reset: float  # seconds until the window starts again
     name: str = ""  # the plan's key (`requests_per_minute`, ...) or `address`
+    seconds: int = 0  # the window's length
 
     @property
     def refused(self) -> bool:
@@ -64,8 +70,12 @@ class Window:
     def error(self) -> RateLimited:
         """The 429 of a refused request."""
         wait = max(1, math.ceil(self.reset))
-        what = ("this address's anonymous" if self.name == "address" else "the plan's " + self.name.replace("_", " "))
-        return RateLimited(f"{what} limit of {self.limit} requests is spent; try again in {wait} s", wait)
+        if self.name == "address":
+            period = PERIODS.get(self.seconds, f"{self.seconds} seconds")
+            what = f"this address's anonymous limit of {self.limit} requests per {period}"
+        else:
+            what = f"the plan's {self.name.replace('_', ' ')} limit of {self.limit} requests"
+        return RateLimited(f"{what} is spent; try again in {wait} s", wait)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"ratelimit-limit", str(self.limit).encode()),
@@ -78,7 +88,8 @@ class RateLimits:
 
     Settings (keyword, else environment): `enabled` (`BACKSAAS_RATE_LIMITS`, on unless `off`; off, nothing is
     counted or refused: for a deployment limited in front of the gateway), `anon_per_address`
-    (`BACKSAAS_ANON_RATE_LIMIT`, a `limits` string such as "300/minute"), `key_prefix` of the Redis keys
+    (`BACKSAAS_ANON_RATE_LIMIT`, one or more `limits` windows such as "300/minute;5000/hour"), `key_prefix` of
+    the Redis keys
     (`BACKSAAS_RATE_LIMIT_PREFIX`), `probe_seconds` between tries of a Redis that failed
     (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`)."""
 
@@ -94,8 +105,9 @@ class RateLimits:
                                               connect_timeout=REDIS_TIMEOUT_SECONDS,
                                               stream_timeout=REDIS_TIMEOUT_SECONDS)
         self.storage: Storage = self.shared or self.fallback
-        self.anon: RateLimitItem = parse(anon_per_address or os.environ.get("BACKSAAS_ANON_RATE_LIMIT")
-                                         or ANON_PER_ADDRESS)
+        self.anon: list[RateLimitItem] = sorted(parse_many(anon_per_address or os.environ.get("BACKSAAS_ANON_RATE_LIMIT")
+                                                           or ANON_PER_ADDRESS), key=lambda item: item.get_expiry())
+        self._suspects: dict[tuple[str, str], float] = {}  # (tenant id, address) -> when its last failure is forgotten
         self.probe_seconds = probe_seconds or float(os.environ.get("BACKSAAS_RATE_LIMIT_PROBE_SECONDS") or PROBE_SECONDS)
         self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
         self._keys: dict[tuple[int, tuple[str, ...]], str] = {}
@@ -163,9 +175,59 @@ class RateLimits:
             return None
         checks: list[tuple[str, int, int, tuple[str, ...]]] = []
         if address and caller.user_id is None and "anon" in caller.roles:
-            checks.append(("address", self.anon.amount, int(self.anon.get_expiry()), ("address", tenant_id, address)))
+            checks += self._address_checks(tenant_id, address)
         if slug != SYSTEM_TENANT:
             checks += [(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in plan.rate_windows]
+        return await self._spend(slug, checks)
+
+    def _address_checks(self, tenant_id: str, address: str) -> list[tuple[str, int, int, tuple[str, ...]]]:
+        return [("address", item.amount, int(item.get_expiry()), ("address", tenant_id, address)) for item in self.anon]
+
+    async def admit_failed(self, slug: str, tenant_id: str, address: str | None) -> Window | None:
+        """Count a failed authentication (a 401) against its address's anonymous budget, as `admit` counts an
+        anonymous request, and remember the address as one to check before authenticating
+        (`refused_address`) until its longest window ends. Answers the window that refuses it (the caller
+        raises its `error()`, a 429, instead of the 401), else None."""
+        if not self.enabled or not address:
+            return None
+        if len(self._suspects) >= MAX_SUSPECTS:
+            now = time.time()
+            self._suspects = {pair: until for pair, until in self._suspects.items() if until > now}
+            if len(self._suspects) >= MAX_SUSPECTS:  # all current: forget them rather than grow without bound
+                self._suspects.clear()
+        self._suspects[(tenant_id, address)] = time.time() + max(int(item.get_expiry()) for item in self.anon)
+        window = await self._spend(slug, self._address_checks(tenant_id, address))
+        return window if window is not None and window.refused else None
+
+    async def refused_address(self, tenant_id: str, address: str | None) -> Window | None:
+        """Before authenticating: the spent window of an address that failed to authenticate in this process
+        within its windows, else None. Such an address gets 429 whatever credentials it sends, so that a
+        correct guess is not told apart from a wrong one once its budget is spent. Other addresses cost a
+        dictionary lookup, no counter read."""
+        if not self.enabled or not address:
+            return None
+        until = self._suspects.get((tenant_id, address))
+        if until is None:
+            return None
+        now = time.time()
+        if until <= now:
+            del self._suspects[(tenant_id, address)]
+            return None
+        for name, amount, seconds, ids in self._address_checks(tenant_id, address):
+            key = f"{self._key(seconds, ids)}/{int(now // seconds)}"
+            try:
+                count = await self.storage.get(key)
+            except Exception as exc:  # Redis down: the counters in memory stand in, as for `_count`
+                if self.storage is self.fallback:
+                    raise
+                self._degrade(exc)
+                count = await self.fallback.get(key)
+            if count >= amount:
+                return Window(amount, -1, (int(now // seconds) + 1) * seconds - now, name, seconds)
+        return None
+
+    async def _spend(self, slug: str, checks: list[tuple[str, int, int, tuple[str, ...]]]) -> Window | None:
+        """Count one request in each window of `checks` (shortest first); the tightest, or the refusing one."""
         if not checks:
             return None
         now = time.time()
@@ -180,7 +242,7 @@ class RateLimits:
             counts = list(await asyncio.gather(*(self._count(key, seconds) for key, seconds in keys)))
         tightest: Window | None = None
         for index, ((name, amount, seconds, _), count) in enumerate(zip(checks, counts, strict=False)):
-            window = Window(amount, amount - count, (int(now // seconds) + 1) * seconds - now, name)
+            window = Window(amount, amount - count, (int(now // seconds) + 1) * seconds - now, name, seconds)
             if window.refused:
                 if len(counts) > index + 1:  # a refused request does not spend the longer windows
                     await asyncio.gather(*(self._count(key, seconds, -1) for key, seconds in keys[index + 1:]))

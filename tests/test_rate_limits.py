@@ -1,5 +1,6 @@
 """Rate limits: each window of a tenant's plan with its `RateLimit-*` headers and the 429 past it, the
-per-address budget of anonymous callers, a plan edit reaching a running gateway, one budget shared by two
+per-address budget of anonymous callers (a minute, an hour and a day window, spent by failed authentications
+too), a plan edit reaching a running gateway, one budget shared by two
 gateway processes through Redis, and a Redis outage degrading to per-process counters (logged) and back."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from engine.database import Database
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
+from gateway.ratelimit import RateLimits
 from tests.server import free_port, running_gateway
 
 PASSWORD = "a long enough passphrase"
@@ -43,7 +45,7 @@ PLANS = {
     "open": {},
 }
 TENANTS = {"minute": "per-minute", "hour": "per-hour", "day": "per-day", "anons": "open", "edited": "roomy",
-           "shared": "five", "outage": "five", "unbounded": "open"}
+           "shared": "five", "outage": "five", "unbounded": "open", "hourly": "open", "failures": "open"}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,37 @@ def test_an_anonymous_address_has_its_own_budget_and_others_keep_theirs(base, ke
     elsewhere = items(base, "anons", {**anon, "X-Forwarded-For": "203.0.113.9"})  # uvicorn trusts its local proxy
     assert elsewhere.status_code == 200 and window_headers(elsewhere)[:2] == (4, 3)
     assert items(base, "anons", {"apikey": keys["anons"]["service"]}).status_code == 200  # not anonymous
+
+
+def test_the_default_anonymous_budget_has_a_minute_an_hour_and_a_day_window(monkeypatch):
+    monkeypatch.delenv("BACKSAAS_ANON_RATE_LIMIT", raising=False)
+    assert [(item.amount, item.get_expiry()) for item in RateLimits().anon] == [(300, 60), (5000, 3600), (50000, 86400)]
+
+
+def test_an_anonymous_address_is_held_to_its_hour_window_too(keys, database_url):
+    with running_gateway(database_url, rate_limits={"anon_per_address": "1000/day;100/minute;3/hour"}) as other:
+        in_one_window(3600)
+        anon = {"apikey": keys["hourly"]["anon"]}
+        answers = [items(other, "hourly", anon) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200] * 3 + [429]
+        assert window_headers(answers[0])[:2] == (3, 2)  # the tightest of the three windows is the hour's
+        assert "anonymous limit of 3 requests per hour" in answers[3].json()["message"]
+        assert 0 < int(answers[3].headers["Retry-After"]) <= 3600
+
+
+def test_failed_authentications_spend_the_address_budget_then_no_credential_is_tried(base, keys):
+    """Wrong keys or tokens count as anonymous requests of their address: past its budget they are refused
+    (429), and so is anything else the address sends, a right key included, until the window ends.
+    (Wired in gateway/app.py's TenantApp.respond: `refused_address` before authenticating, `admit_failed`
+    on a 401.)"""
+    in_one_window(60)
+    wrong = {"apikey": "bsk_not-a-key-of-anyone", "Authorization": "Bearer not-a-token"}
+    answers = [items(base, "failures", wrong) for _ in range(5)]
+    assert [a.status_code for a in answers] == [401] * 4 + [429]
+    assert "anonymous limit of 4 requests per minute" in answers[4].json()["message"]
+    assert items(base, "failures", {"apikey": keys["failures"]["service"]}).status_code == 429
+    elsewhere = items(base, "failures", {**wrong, "X-Forwarded-For": "203.0.113.77"})  # the test server trusts 127.0.0.1
+    assert elsewhere.status_code == 401  # another address keeps its budget
 
 
 def test_a_plan_edit_reaches_the_running_gateway_at_once_and_keeps_the_windows_count(base, keys):
