@@ -1,14 +1,15 @@
 """The audit trail: one hash-chained entry per write, authentication event, platform operation and denial.
 
-Every entry is a row of the system tenant's `audit_log`, appended by ONE database function,
-`backsaas_audit.append(chain, entries)`, in the transaction of the change it records: an entry is never
-written for a change that rolled back, and a change never commits without its entry.
+Every entry is a row of the system tenant's `audit_log`, written in the transaction of the change it
+records: an entry is never written for a change that rolled back, and a change never commits without its
+entry. It is written unsealed (no seq, prev_hash or hash) and chained once committed (below).
 
 - Writes to a tenant's tables are captured by statement-level triggers (with transition tables) that
   the deploy puts on every entity not marked `audit: false`. So every surface is covered alike (REST,
   GraphQL, hooks' and functions' `ctx.data`, the auth API, migrations' backfills), old and new values
-  come from the database itself, and a bulk write costs one trigger call, not one per row. Fields
-  marked `sensitive: true` or `internal` (password hashes, secrets) are redacted by the trigger.
+  come from the database itself, and a write costs one trigger call and one set-based INSERT, whatever
+  its row count. Fields marked `sensitive: true`, `pii: true` or internal (password hashes, secrets) are
+  redacted by the trigger. Events (`record`) go through `backsaas_audit.append`.
 - Who did it (user, API key, roles), the request id, client address and user agent travel in the
   transaction-local setting `backsaas.audit`, which the write statement sets itself: `audited()` adds a
   CTE to the statement, so the context costs no round trip.
@@ -17,9 +18,13 @@ written for a change that rolled back, and a change never commits without its en
   a trigger on them (EXECUTE is revoked from PUBLIC). A tenant can neither forge, edit nor delete an
   entry; `backsaas_audit.note` lets a tenant's own connection add an event to its own chain only.
 - Tamper evidence: each tenant's entries form a chain (`seq` 1, 2, ...; `hash` = SHA-256 of the
-  previous hash and the entry's canonical form, `backsaas_audit.digest`). `append` locks the chain's
-  head row (`backsaas_audit.heads`) FOR UPDATE, so concurrent writers of one tenant queue for the few
-  microseconds between their append and their commit and still produce one chain.
+  previous hash and the entry's canonical form, `backsaas_audit.digest`). `backsaas_audit.seal(chain)`
+  chains the committed unsealed entries (by `created_at`, then id) under the chain's head row
+  (`backsaas_audit.heads`, FOR UPDATE), in a transaction of its own: writers never wait on a head (a
+  chain head locked from a write to its commit serialized every writer of a tenant, commit included),
+  and concurrent sealers still produce one chain. engine/audit_trail.py seals: the gateway's sealer each
+  second, and every reader, `verify`, `heads` and `prune` first. An entry is open to an undetected edit
+  only until then.
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ async def record(conn: AsyncConnection | asyncpg.Connection, action: str, *, ten
                  data: Mapping[str, Any] | None = None, actor: str | None = None, entity: str | None = None,
                  record_id: str | None = None, ip: str | None = None, changes: Mapping[str, Any] | None = None,
                  request: Mapping[str, Any] | None = None) -> None:
-    """Append one entry to `tenant_id`'s chain (the platform's own when None) inside `conn`'s transaction.
+    """Add one entry to `tenant_id`'s chain (the platform's own when None) inside `conn`'s transaction.
 
     `action` is `area.verb` (`auth.login_failed`, `tenant.suspended`, `gdpr.erasure_requested`); `actor` a
     platform account when there is one (else the request's user is the actor); `data` what the event
@@ -219,11 +224,65 @@ async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, mod
         await driver.execute(script)
 
 
+COLUMNS = ("tenant_id, chain, action, entity, record_id, changes, data, user_id, key_name, roles, request_id, ip, "
+           "user_agent")
+CONTEXT = "c_user, c_key, c_roles, c_request, c_ip, c_agent"  # the capture's variables, from `ctx`
+
+
+def shown(value: str) -> str:
+    """A field's value as an entry shows it: `[redacted]` for a hidden field's (the trigger's `hidden`) non-null."""
+    return f"CASE WHEN hidden ? e.key AND {value} <> 'null' THEN '\"{REDACTED}\"'::jsonb ELSE {value} END"
+
+
+def changes(old: str | None, new: str | None) -> str:
+    """The changed fields {field: {old, new}} of one row, given as jsonb (`old` NULL for an insert, `new`
+    for a delete): one pass over the row's fields (`updated_at` is no change of its own)."""
+    if old is None or new is None:
+        row = new or old
+        pair = f"'old', NULL, 'new', {shown('e.value')}" if old is None else f"'old', {shown('e.value')}, 'new', NULL"
+        return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object({pair})) FROM jsonb_each({row}) e "
+                "WHERE e.key <> 'updated_at'), '{}'::jsonb)")
+    return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object('old', {shown('f.value')}, 'new', "
+            f"{shown('e.value')})) FROM jsonb_each({new}) e JOIN jsonb_each({old}) f ON f.key = e.key "
+            "WHERE e.key <> 'updated_at' AND e.value IS DISTINCT FROM f.value), '{}'::jsonb)")
+
+
+def captured(action: str) -> str:
+    """The capture trigger's one statement for `action` on a tenant's table: an unsealed entry per row of
+    the transition table(s), in the tenant's chain, with the changed fields and the transaction's context."""
+    rows = {"create": ("new_rows n", None, "to_jsonb(n.*)", "n.id"),
+            "update": ("new_rows n JOIN old_rows o ON o.id = n.id", "to_jsonb(o.*)", "to_jsonb(n.*)", "n.id"),
+            "delete": ("old_rows o", "to_jsonb(o.*)", None, "o.id")}
+    source, old, new, record = rows[action]
+    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT tenant, tenant, '{action}', TG_TABLE_NAME, {record}, "
+            f"{changes(old, new)}, '{{}}'::jsonb, {CONTEXT}\n      FROM {source};")
+
+
+def routed_captured(action: str) -> str:
+    """`captured` for the platform's tables: each row goes to its tenant's chain (its `tenant_id`, or a
+    `tenants` row's own id; the platform's chain otherwise), its reference cleared if that tenant was
+    deleted in this transaction (a purge). Rows are read as jsonb first (`OFFSET 0` keeps that apart:
+    pulled up, each `to_jsonb(row)` would be computed again at every use)."""
+    rows = {"create": "SELECT NULL::jsonb AS o, to_jsonb(n.*) AS n FROM new_rows n",
+            "update": "SELECT to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o ON o.id = n.id",
+            "delete": "SELECT to_jsonb(o.*) AS o, NULL::jsonb AS n FROM old_rows o"}
+    old, new = {"create": (None, "x.n"), "update": ("x.o", "x.n"), "delete": ("x.o", None)}[action]
+    chain = ("coalesce((v.r ->> 'tenant_id')::uuid, CASE WHEN TG_TABLE_NAME = 'tenants' THEN (v.r ->> 'id')::uuid END, "
+             "tenant)")
+    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT (SELECT t.id FROM system.tenants t WHERE t.id = x.chain), "
+            f"x.chain, '{action}', TG_TABLE_NAME, (x.r ->> 'id')::uuid, {changes(old, new)}, '{{}}'::jsonb, {CONTEXT}\n"
+            f"      FROM (SELECT v.o, v.n, v.r, {chain} AS chain FROM (SELECT w.o, w.n, coalesce(w.n, w.o) AS r "
+            f"FROM ({rows[action]} OFFSET 0) w) v) x;")
+
+
 def functions_sql(platform_role: str, system_id: str) -> str:
     """The audit's database objects, owned by the platform's role: the chain heads, the canonical form and
-    its digest, `append`, the tenants' `note`, the trigger function and the context CTE's target."""
+    its digest, `append`, `seal`, the log's guard, the tenants' `note`, the trigger function and the
+    context CTE's target."""
     role = quote(platform_role)
     system = naming.SYSTEM_TENANT
+    insert, update, delete = captured("create"), captured("update"), captured("delete")
+    routed_insert, routed_update, routed_delete = (routed_captured(a) for a in ("create", "update", "delete"))
     return f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA} AUTHORIZATION {role};
 GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC;
@@ -250,71 +309,75 @@ END $$;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.append(entries jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  e jsonb;
-  r system.audit_log;
-  rows system.audit_log[] := '{{}}';
-  chain_id uuid;
-  head_seq bigint;
-  head_hash text;
-  at timestamptz := now();
-  tenant_gone boolean;
-BEGIN
-  IF entries IS NULL OR jsonb_array_length(entries) = 0 THEN
-    RETURN;
-  END IF;
-  chain_id := coalesce((entries -> 0 ->> 'tenant_id')::uuid, '{system_id}'::uuid);
-  SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
-  IF NOT FOUND THEN
-    INSERT INTO {SCHEMA}.heads (chain, seq, hash)  -- a chain's first entry, or its head row lost: from its end
-    SELECT chain_id, coalesce(max(a.seq), 0), coalesce((array_agg(a.hash ORDER BY a.seq DESC))[1], '')
-      FROM system.audit_log a WHERE a.chain = chain_id
-    ON CONFLICT DO NOTHING;
-    SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
-  END IF;
-  tenant_gone := NOT EXISTS (SELECT 1 FROM system.tenants t WHERE t.id = chain_id);  -- purged in this transaction
-  FOR e IN SELECT value FROM jsonb_array_elements(entries) LOOP
-    IF coalesce((e ->> 'tenant_id')::uuid, '{system_id}'::uuid) <> chain_id THEN
-      RAISE EXCEPTION 'one append is one chain' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    r := jsonb_populate_record(NULL::system.audit_log, e);
-    IF tenant_gone THEN
-      r.tenant_id := NULL;  -- its chain keeps its id; the reference to a deleted tenant would not hold
-    END IF;
-    head_seq := head_seq + 1;
-    r.id := gen_random_uuid();
-    r.chain := chain_id;
-    r.seq := head_seq;
-    r.created_at := at;
-    r.updated_at := at;
-    r.data := coalesce(r.data, '{{}}');
-    r.changes := coalesce(r.changes, '{{}}');
-    IF r.actor_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM system.users u WHERE u.id = r.actor_id) THEN
-      r.actor_id := NULL;  -- a tenant's end user, not a platform account: `user_id` names them
-    END IF;
-    r.prev_hash := head_hash;
-    r.hash := {SCHEMA}.digest(r);
-    head_hash := r.hash;
-    rows := rows || r;
-  END LOOP;
+BEGIN  -- unsealed (seq, prev_hash, hash NULL): `seal` chains them once committed, so no writer waits on a head
   PERFORM set_config('{WRITER}', 'on', true);
-  INSERT INTO system.audit_log SELECT * FROM unnest(rows);
+  INSERT INTO system.audit_log (tenant_id, actor_id, chain, action, entity, record_id, changes, data, user_id,
+                                key_name, roles, request_id, ip, user_agent)
+  SELECT (SELECT t.id FROM system.tenants t WHERE t.id = e.tenant_id),  -- NULL if purged in this transaction:
+         (SELECT u.id FROM system.users u WHERE u.id = e.actor_id),     -- its chain keeps its id; an end user
+         coalesce(e.tenant_id, '{system_id}'::uuid), e.action, e.entity,  -- is no platform account (user_id)
+         e.record_id, coalesce(e.changes, '{{}}'), coalesce(e.data, '{{}}'), e.user_id, e.key_name, e.roles,
+         e.request_id, e.ip, e.user_agent
+    FROM jsonb_populate_recordset(NULL::system.audit_log, entries) e;
   PERFORM set_config('{WRITER}', '', true);
-  UPDATE {SCHEMA}.heads SET seq = head_seq, hash = head_hash WHERE chain = chain_id;
 END $$;
 REVOKE EXECUTE ON FUNCTION {SCHEMA}.append(jsonb) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION {SCHEMA}.seal(chain_id uuid, most integer DEFAULT 10000) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE  -- chains the chain's committed unsealed entries after its head, under the head's lock (one sealer at a time)
+  r system.audit_log;
+  head_seq bigint;
+  head_hash text;
+  ids uuid[] := '{{}}';
+  seqs bigint[] := '{{}}';
+  prevs text[] := '{{}}';
+  hashes text[] := '{{}}';
+BEGIN
+  SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
+  IF NOT FOUND THEN
+    INSERT INTO {SCHEMA}.heads (chain, seq, hash)  -- a chain's first seal, or its head row lost: from its end
+    SELECT chain_id, coalesce(max(a.seq), 0), coalesce((array_agg(a.hash ORDER BY a.seq DESC))[1], '')
+      FROM system.audit_log a WHERE a.chain = chain_id AND a.seq IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
+  END IF;
+  -- a statement after the lock: it sees what a sealer that held the lock before us sealed (read committed)
+  FOR r IN SELECT a.* FROM system.audit_log a WHERE a.chain = chain_id AND a.seq IS NULL
+            ORDER BY a.created_at, a.id LIMIT most LOOP
+    head_seq := head_seq + 1;
+    r.seq := head_seq;
+    r.prev_hash := head_hash;
+    r.hash := {SCHEMA}.digest(r);
+    head_hash := r.hash;
+    ids := ids || r.id;
+    seqs := seqs || r.seq;
+    prevs := prevs || r.prev_hash;
+    hashes := hashes || r.hash;
+  END LOOP;
+  IF cardinality(ids) = 0 THEN
+    RETURN 0;
+  END IF;
+  PERFORM set_config('{WRITER}', 'on', true);
+  UPDATE system.audit_log a SET seq = s.seq, prev_hash = s.prev_hash, hash = s.hash
+    FROM unnest(ids, seqs, prevs, hashes) AS s(id, seq, prev_hash, hash) WHERE a.id = s.id;
+  PERFORM set_config('{WRITER}', '', true);
+  UPDATE {SCHEMA}.heads SET seq = head_seq, hash = head_hash WHERE chain = chain_id;
+  RETURN cardinality(ids);
+END $$;
+REVOKE EXECUTE ON FUNCTION {SCHEMA}.seal(uuid, integer) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION {SCHEMA}.guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN  -- `append` and `prune` say they write (or a foreign key's action does, e.g. a purged tenant's set null)
-  IF current_setting('{WRITER}', true) IS DISTINCT FROM 'on' AND pg_trigger_depth() < 2 THEN
-    RAISE EXCEPTION 'the audit log is appended to by backsaas_audit.append alone'
-      USING ERRCODE = 'insufficient_privilege';
-  END IF;
-  RETURN NULL;
+BEGIN  -- called only when the trigger's WHEN found a writer that is none of ours
+  RAISE EXCEPTION 'the audit log is appended to by backsaas_audit.append alone'
+    USING ERRCODE = 'insufficient_privilege';
 END $$;
+-- `append`, `seal` and `prune` say they write; a trigger's write (the capture's insert, a purged tenant's
+-- set null) is ours. The WHEN costs the log's writes no function call.
 CREATE OR REPLACE TRIGGER audit_log_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON system.audit_log
-  FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.guard();
+  FOR EACH STATEMENT WHEN (current_setting('{WRITER}', true) IS DISTINCT FROM 'on' AND pg_trigger_depth() < 1)
+  EXECUTE FUNCTION {SCHEMA}.guard();
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.note(entries jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -334,30 +397,8 @@ BEGIN
                              FROM jsonb_array_elements(entries) x));
 END $$;
 
-CREATE OR REPLACE FUNCTION {SCHEMA}.change(ctx jsonb, tenant uuid, entity text, action text, old jsonb, new jsonb,
-                                           hidden jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-  RETURN jsonb_build_object('user_id', ctx -> 'user_id', 'key_name', ctx -> 'key_name', 'roles', ctx -> 'roles',
-           'request_id', ctx -> 'request_id', 'ip', ctx -> 'ip', 'user_agent', ctx -> 'user_agent',
-           'tenant_id', tenant, 'entity', entity, 'action', action, 'record_id', coalesce(new, old) -> 'id',
-           'changes', coalesce((
-             SELECT jsonb_object_agg(k, jsonb_build_object(
-                      'old', CASE WHEN hidden ? k AND old -> k <> 'null' THEN '"{REDACTED}"'::jsonb ELSE old -> k END,
-                      'new', CASE WHEN hidden ? k AND new -> k <> 'null' THEN '"{REDACTED}"'::jsonb ELSE new -> k END))
-               FROM jsonb_object_keys(coalesce(new, old)) k
-              WHERE k NOT IN ('updated_at') AND (old -> k) IS DISTINCT FROM (new -> k)), '{{}}'::jsonb));
-END $$;
-
-CREATE OR REPLACE FUNCTION {SCHEMA}.route(routed boolean, entity text, row_value jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN  -- the platform's rows of a tenant (their tenant_id, or a tenants row itself) go to that tenant's chain
-  IF NOT routed THEN
-    RETURN '{{}}'::jsonb;
-  END IF;
-  RETURN jsonb_build_object('_chain', coalesce(row_value ->> 'tenant_id',
-                                               CASE WHEN entity = 'tenants' THEN row_value ->> 'id' END));
-END $$;
+DROP FUNCTION IF EXISTS {SCHEMA}.change(jsonb, uuid, text, text, jsonb, jsonb, jsonb);
+DROP FUNCTION IF EXISTS {SCHEMA}.route(boolean, text, jsonb);
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -366,36 +407,28 @@ DECLARE
   hidden jsonb := TG_ARGV[1]::jsonb;
   routed boolean := TG_ARGV[2] = 'routed';  -- the platform's tables: a row of a tenant goes to its chain
   ctx jsonb := coalesce(nullif(current_setting('{SETTING}', true), '')::jsonb, '{{}}'::jsonb);
-  entries jsonb;
-  chain_entries jsonb;
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'create', NULL, to_jsonb(n.*), hidden)
-                     || {SCHEMA}.route(routed, TG_TABLE_NAME, to_jsonb(n.*)))
-      INTO entries FROM new_rows n;
-  ELSIF TG_OP = 'UPDATE' THEN
-    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'update', to_jsonb(o.*), to_jsonb(n.*), hidden)
-                     || {SCHEMA}.route(routed, TG_TABLE_NAME, to_jsonb(n.*)))
-      INTO entries FROM new_rows n JOIN old_rows o ON o.id = n.id;
-  ELSE
-    SELECT jsonb_agg({SCHEMA}.change(ctx, tenant, TG_TABLE_NAME, 'delete', to_jsonb(o.*), NULL, hidden)
-                     || {SCHEMA}.route(routed, TG_TABLE_NAME, to_jsonb(o.*)))
-      INTO entries FROM old_rows o;
-  END IF;
-  IF entries IS NULL THEN
-    RETURN NULL;
-  END IF;
+  c_user uuid := (ctx ->> 'user_id')::uuid;
+  c_key text := ctx ->> 'key_name';
+  c_roles text := ctx ->> 'roles';
+  c_request text := ctx ->> 'request_id';
+  c_ip text := ctx ->> 'ip';
+  c_agent text := ctx ->> 'user_agent';
+BEGIN  -- one set-based INSERT per statement, whatever its row count: its entries, unsealed (`seal` chains them)
   IF NOT routed THEN
-    PERFORM {SCHEMA}.append(entries);
-    RETURN NULL;
+    IF TG_OP = 'INSERT' THEN
+    {insert}
+    ELSIF TG_OP = 'UPDATE' THEN
+    {update}
+    ELSE
+    {delete}
+    END IF;
+  ELSIF TG_OP = 'INSERT' THEN
+    {routed_insert}
+  ELSIF TG_OP = 'UPDATE' THEN
+    {routed_update}
+  ELSE
+    {routed_delete}
   END IF;
-  FOR chain_entries IN  -- one append per chain, in the order of their ids (no two writers lock heads crosswise)
-    SELECT jsonb_agg(x - '_chain' || jsonb_build_object('tenant_id', c)) FROM (
-      SELECT x, coalesce(x ->> '_chain', tenant::text) AS c FROM jsonb_array_elements(entries) x) routed_entries
-     GROUP BY c ORDER BY c
-  LOOP
-    PERFORM {SCHEMA}.append(chain_entries);
-  END LOOP;
   RETURN NULL;
 END $$;
 REVOKE EXECUTE ON FUNCTION {SCHEMA}.capture() FROM PUBLIC;

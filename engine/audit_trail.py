@@ -1,5 +1,10 @@
-"""Reading the audit trail (engine/audit.py writes it): filtered pages and streamed exports, verification
-of a tenant's hash chain, its daily heads, and pruning by the tenant's plan's retention.
+"""Reading the audit trail (engine/audit.py writes it): filtered pages and streamed exports, sealing and
+verification of a tenant's hash chain, its daily heads, and pruning by the tenant's plan's retention.
+
+Entries are written unsealed, in the transaction of the change they record (no lock, no wait: a write
+pays for one INSERT); `seal` chains the committed ones of a tenant (seq, prev_hash, hash) under the chain
+head's lock. The gateway's `AuditSealer` seals every chain each `BACKSAAS_AUDIT_SEAL_SECONDS` (1 s), and
+every reader here seals the chains it reads first, so no one reads or verifies an unsealed entry.
 
 All of it runs on the platform's own connection (the admin engine): `system.audit_log` is out of every
 tenant role's reach. Who may ask for which tenant is the caller's business (functions/audit.py,
@@ -9,8 +14,11 @@ Long reads go through a server-side cursor in batches, so an export never holds 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import structlog
 
 from engine.audit import SCHEMA, WRITER
 from engine.database import Database
@@ -25,6 +34,10 @@ from engine.errors import InvalidInput, Problem
 from engine.storage.naming import SYSTEM_TENANT
 
 BATCH = 500  # rows a cursor fetches at a time
+SEAL_BATCH = 10000  # entries one seal transaction chains at most (the head stays locked that long)
+SEAL_INTERVAL_ENV = "BACKSAAS_AUDIT_SEAL_SECONDS"
+DEFAULT_SEAL_INTERVAL = 1.0
+log = structlog.get_logger("backsaas.audit")
 MAX_PAGE = 1000
 COLUMNS = ("id", "seq", "created_at", "tenant_id", "action", "entity", "record_id", "user_id", "key_name", "roles",
            "request_id", "ip", "user_agent", "changes", "data", "prev_hash", "hash")
@@ -129,6 +142,7 @@ def entry_of(record: Mapping[str, Any]) -> dict[str, Any]:
 
 async def entries(db: Database, query: Query) -> AsyncIterator[dict[str, Any]]:
     """Every entry `query` selects, oldest first, read through a server-side cursor in batches."""
+    await seal(db, query.tenant_id)
     where, values = query.where()
     sql = f"SELECT {', '.join(COLUMNS)} FROM system.audit_log WHERE {where} ORDER BY created_at, id"
     async with db.engine.connect() as conn:
@@ -141,6 +155,7 @@ async def entries(db: Database, query: Query) -> AsyncIterator[dict[str, Any]]:
 async def page(db: Database, query: Query, limit: int = 100) -> dict[str, Any]:
     """One page of `query` and the cursor of the next (None at the end)."""
     limit = max(1, min(limit, MAX_PAGE))
+    await seal(db, query.tenant_id)
     where, values = query.where()
     async with db.engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
@@ -150,6 +165,59 @@ async def page(db: Database, query: Query, limit: int = 100) -> dict[str, Any]:
     rows = rows[:limit]
     cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     return {"entries": [entry_of(r) for r in rows], "next_cursor": cursor}
+
+
+# -- sealing --------------------------------------------------------------------------------------------
+
+
+async def seal(db: Database, tenant_id: str | None = None) -> int:
+    """Chain the committed unsealed entries of `tenant_id`'s chain (of every chain that has some when None),
+    each chain in transactions of its own; returns how many were sealed. Safe from any number of
+    processes at once: a chain's sealers queue on its head row, and each sees what the one before sealed."""
+    async with db.engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        if tenant_id is not None:
+            chains = [str(tenant_id)]
+        else:  # a probe of the (chain, seq) index per chain: unsealed entries have seq NULL
+            chains = [str(r["chain"]) for r in await driver.fetch(
+                f"SELECT c.chain FROM (SELECT id AS chain FROM system.tenants UNION SELECT chain FROM {SCHEMA}.heads) c "
+                "WHERE EXISTS (SELECT 1 FROM system.audit_log a WHERE a.chain = c.chain AND a.seq IS NULL)")]
+        sealed = 0
+        for chain in chains:
+            while True:
+                done = await driver.fetchval(f"SELECT {SCHEMA}.seal($1::uuid, $2)", chain, SEAL_BATCH)  # autocommit
+                sealed += done
+                if done < SEAL_BATCH:
+                    break
+    return sealed
+
+
+class AuditSealer:
+    """Seals every chain each `interval` seconds in the gateway process (see the module): how long an
+    entry may stay unsealed, and so open to an edit that `verify` would not see, when nobody reads it."""
+
+    def __init__(self, db: Database, interval: float | None = None) -> None:
+        self.db = db
+        self.interval = interval if interval is not None else float(
+            os.environ.get(SEAL_INTERVAL_ENV) or DEFAULT_SEAL_INTERVAL)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> AuditSealer:
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval * random.uniform(0.75, 1.0))  # several processes: spread out
+            try:
+                await seal(self.db)
+            except Exception as exc:  # the database is down: the next round seals what this one did not
+                log.warning("audit.seal_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 # -- the chain ------------------------------------------------------------------------------------------
@@ -184,8 +252,9 @@ async def verify(db: Database, tenant_id: str) -> Verification:
     hash (reordered or replaced), one whose content no longer gives its hash (edited), or a chain that
     ends before its head says (entries deleted from the end)."""
     result = Verification(str(tenant_id))
+    await seal(db, tenant_id)  # what committed up to now is verified; an entry unsealed since is not yet
     sql = (f"SELECT a.seq, a.prev_hash, a.hash, {SCHEMA}.digest(a) AS computed, a.tenant_id, a.chain "
-           "FROM system.audit_log a WHERE a.chain = $1::uuid ORDER BY a.seq")
+           "FROM system.audit_log a WHERE a.chain = $1::uuid AND a.seq IS NOT NULL ORDER BY a.seq")
     async with db.engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         async with driver.transaction(isolation="repeatable_read", readonly=True):
@@ -225,11 +294,13 @@ async def heads(db: Database, tenant_id: str) -> list[dict[str, Any]]:
     """The chain's head at the end of each day (UTC): the last entry's seq and hash. An auditor who keeps
     these can hold the platform to them: `verify` recomputes every hash, and a day's head that differs
     later means the chain was rewritten."""
+    await seal(db, tenant_id)
     async with db.engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         rows = await driver.fetch(
             "SELECT DISTINCT ON (day) day, seq, hash FROM (SELECT (created_at AT TIME ZONE 'UTC')::date AS day, "
-            "seq, hash FROM system.audit_log WHERE chain = $1::uuid) d ORDER BY day, seq DESC", str(tenant_id))
+            "seq, hash FROM system.audit_log WHERE chain = $1::uuid AND seq IS NOT NULL) d ORDER BY day, seq DESC",
+            str(tenant_id))
     return [{"day": r["day"].isoformat(), "seq": r["seq"], "hash": r["hash"]} for r in rows]
 
 
@@ -243,12 +314,14 @@ async def prune(db: Database, tenant_id: str, retention_days: int, now: datetime
     async with db.begin() as conn:
         await conn.exec_driver_sql(f"SELECT set_config('{WRITER}', 'on', true)")  # opens the transaction, and
         driver = (await conn.get_raw_connection()).driver_connection        # the log's guard lets it delete
+        await driver.fetchval(f"SELECT {SCHEMA}.seal($1::uuid, $2)", str(tenant_id), SEAL_BATCH)  # old ones too
         head = await driver.fetchrow(f"SELECT seq FROM {SCHEMA}.heads WHERE chain = $1::uuid FOR UPDATE",
                                      str(tenant_id))
         if head is None:
             return {"tenant_id": str(tenant_id), "pruned": 0, "anchor_seq": None}
         last = await driver.fetchrow("SELECT seq, hash FROM system.audit_log WHERE chain = $1::uuid "
-                                     "AND created_at < $2 ORDER BY seq DESC LIMIT 1", str(tenant_id), cutoff)
+                                     "AND seq IS NOT NULL AND created_at < $2 ORDER BY seq DESC LIMIT 1",
+                                     str(tenant_id), cutoff)
         if last is None:
             return {"tenant_id": str(tenant_id), "pruned": 0, "anchor_seq": None}
         status = await driver.execute("DELETE FROM system.audit_log WHERE chain = $1::uuid AND seq <= $2",

@@ -168,7 +168,9 @@ async def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]
 
 
 async def trail(database_url: str, tenant_id: str, **where: Any) -> list[dict[str, Any]]:
-    """The tenant's entries (as the platform's superuser reads them), oldest first, `where` column = value."""
+    """The tenant's entries (as the platform's superuser reads them), oldest first, `where` column = value;
+    sealed first, as the gateway's sealer would have within a second."""
+    await query(database_url, "SELECT backsaas_audit.seal($1::uuid)", tenant_id)
     clauses = "".join(f" AND {k} = ${i}" for i, k in enumerate(where, start=2))
     rows = await query(database_url, f"SELECT * FROM system.audit_log WHERE chain = $1::uuid{clauses} ORDER BY seq",
                        tenant_id, *where.values())

@@ -41,12 +41,15 @@ entities:
 
 
 async def new_tenant(db: Database, slug: str, rows: int = 5) -> str:
-    """A tenant whose chain holds its provisioning and `rows` writes; returns its id."""
+    """A tenant whose chain holds its provisioning and `rows` writes, sealed (as the gateway's sealer would
+    have within a second); returns its id."""
     await create_tenant(db, slug, source=SCHEMA)
     async with db.as_role(db.role(slug)) as conn:
         for n in range(rows):
             await conn.execute(f"INSERT INTO t_{slug.replace('-', '_')}.item (n) VALUES ($1)", n)
-    return await audit_functions.tenant_id_of(db, slug)
+    tenant_id = await audit_functions.tenant_id_of(db, slug)
+    await audit_trail.seal(db, tenant_id)
+    return tenant_id
 
 
 async def tamper(database_url: str, *statements: str) -> None:
