@@ -303,6 +303,19 @@ def test_on_conflict_where_updates_only_the_rows_it_matches(service, seeded):
     service.execute(gql('mutation { update_book(where: {isbn: {_eq: "a1"}}, _set: {title: "A1"}) { affected_rows } }'))
 
 
+def test_on_conflict_where_through_a_relation_looks_at_that_rows_relation_only(service, seeded):
+    """The related row is the conflicting row's own writer (a correlated, schema-qualified subquery), not
+    any writer: Bob's book b1 is not updated by a `where` that names Ann."""
+    upsert = """mutation($i: String!, $w: book_bool_exp) { insert_book(objects: [{title: "again", isbn: $i}],
+        on_conflict: {constraint: book_isbn_key, update_columns: [title], where: $w}) { affected_rows returning { title } } }"""
+    ann = {"writer": {"name": {"_eq": "Ann"}}}
+    untouched = service.execute(GraphQLRequest(upsert, variable_values={"i": "b1", "w": ann}))
+    assert untouched["insert_book"] == {"affected_rows": 0, "returning": []}
+    changed = service.execute(GraphQLRequest(upsert, variable_values={"i": "a2", "w": ann}))
+    assert changed["insert_book"] == {"affected_rows": 1, "returning": [{"title": "again"}]}
+    service.execute(gql('mutation { update_book(where: {isbn: {_eq: "a2"}}, _set: {title: "A2"}) { affected_rows } }'))
+
+
 def test_a_batch_of_operations_is_answered_with_an_array(base, keys, seeded):
     batch = [{"query": '{ writer(where: {name: {_eq: "Ann"}}) { name } }'},
              {"query": "query($i: String!) { book(where: {isbn: {_eq: $i}}) { title } }", "variables": {"i": "b1"}},

@@ -16,6 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
@@ -151,6 +153,26 @@ def relation_filter_sql(item: RelationFilter, table: sa.FromClause, tables: Mapp
         conditions.append(condition_sql(item.scope, related, tables))
     conditions.append(condition_sql(item.where, related, tables))
     return sa.exists(sa.select(sa.literal_column("1")).select_from(related).where(*conditions))
+
+
+PREPARER = postgresql.dialect().identifier_preparer
+
+
+class SchemaQualified(ColumnElement[bool]):
+    """A condition rendered with schema-qualified tables even where SQLAlchemy renders bare names: in ON
+    CONFLICT DO UPDATE's WHERE it drops every schema, its subqueries' included (a scope or `where` through a
+    relation or a membership would name a table of no schema on the search path)."""
+
+    inherit_cache = True
+    type = sa.Boolean()
+
+    def __init__(self, condition: ColumnElement[bool]) -> None:
+        self.condition = condition
+
+
+@compiles(SchemaQualified)
+def _render_schema_qualified(element: SchemaQualified, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.condition, **{**kw, "use_schema": True})
 
 
 def condition_sql(condition: Condition, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
@@ -322,8 +344,7 @@ def json_source(table: sa.Table, param: int, *, many: bool) -> sa.FromClause:
 
 
 def qualified(table: sa.Table) -> str:
-    preparer = postgresql.dialect().identifier_preparer
-    return f"{preparer.quote(table.schema or '')}.{preparer.quote(table.name)}"
+    return f"{PREPARER.quote(table.schema or '')}.{PREPARER.quote(table.name)}"
 
 
 # -- the statements of REST's requests: ONE statement each, whose one row is the response --------------
@@ -403,8 +424,15 @@ def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: U
         return statement
     if not upsert.update:
         return statement.on_conflict_do_nothing(index_elements=list(upsert.target))
-    conditions = [condition_sql(c, table, tables) for c in (upsert.scope, upsert.where) if c is not None]
-    where = sa.and_(*conditions) if conditions else None
+    # the scope and `where` hold for the conflicting row, looked at as a row of its own table: ON CONFLICT's
+    # WHERE correlates no subquery for SQLAlchemy (a relation's EXISTS would take in any row, not this one)
+    existing = table.alias("existing")
+    conditions = [condition_sql(c, existing, tables) for c in (upsert.scope, upsert.where) if c is not None]
+    where = None
+    if conditions:
+        conflicting = sa.literal_column(f"{PREPARER.quote(table.name)}.id")  # the target row, by its bare name
+        where = SchemaQualified(sa.exists(sa.select(sa.literal_column("1")).select_from(existing)
+                                          .where(existing.c.id == conflicting, *conditions)))
     return statement.on_conflict_do_update(index_elements=list(upsert.target),
                                            set_={c: statement.excluded[c] for c in upsert.update}, where=where)
 
