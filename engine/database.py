@@ -71,6 +71,25 @@ class RoleConnection(asyncpg.Connection):
             self.acting_role, self.acting_timeout = role, timeout_ms
 
 
+_ACT_AS_TENANT = sa.text("SELECT set_config('role', :role, true), set_config('statement_timeout', :timeout, true), "
+                          "set_config(:audit_setting, :audit, true)")
+
+
+async def act_as_tenant(conn: AsyncConnection, role: str, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> None:
+    """Switch the transaction open on `conn` (an admin-engine connection: platform functions, identity,
+    GDPR) to a tenant's `role`, with `timeout_ms` (its plan's: `Database.statement_timeout_of`) as the
+    statement timeout and the request's actor as the audit context, all three `SET LOCAL` in one round trip.
+
+    Why one function: a bare `SET LOCAL ROLE` lets the tenant's statements run without its plan's timeout
+    and leaves the audit triggers (engine/audit.py) without the actor, so every path that runs statements
+    on a tenant's tables from a platform connection switches here, the way the request pool's `act_as`
+    does for requests. Everything ends with the transaction (or with `RESET ROLE`)."""
+    from engine import audit  # audit builds on this module (quote_identifier): imported when first needed
+
+    await conn.execute(_ACT_AS_TENANT, {"role": role, "timeout": str(int(timeout_ms)),
+                                        "audit_setting": audit.SETTING, "audit": audit.context_text()})
+
+
 async def keep_role(conn: asyncpg.Connection) -> None:
     """Pool reset: end any transaction left open, keep the session's role (asyncpg's default `RESET ALL`
     would clear it and cost a round trip per request)."""

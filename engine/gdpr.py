@@ -32,18 +32,21 @@ Each operation is one transaction; tenant tables are read and written as the ten
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, catalog
 from engine.changes import tenant_key
 from engine.channels import CHANGES_CHANNEL
-from engine.database import Database, quote_identifier
-from engine.errors import BackSaasError, Problem, ValidationFailed
+from engine.database import STATEMENT_TIMEOUT_MS, Database, act_as_tenant
+from engine.errors import BackSaasError, Problem, ValidationFailed, database_error_of
 from engine.identity import sessions
 from engine.schema.model import OWNER_COLUMN, USERS, Entity, Field
 
@@ -141,19 +144,39 @@ def anonymous(field: Field, table: sa.Table) -> sa.ColumnElement[Any] | None:
     return value if isinstance(value, sa.TextClause) else sa.literal(value, type_=column_type)
 
 
-async def as_tenant(conn: AsyncConnection, runtime: Any) -> None:
-    await conn.execute(sa.text(f"SET LOCAL ROLE {quote_identifier(runtime.role)}"))
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def database_errors(operation: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """The operation with the database's refusals raised as the catalogue's errors (a statement past the
+    tenant's plan's timeout is 504 `statement_timeout`, an outage 503), as REST and /auth/v1 answer them,
+    never a 500."""
+    @functools.wraps(operation)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await operation(*args, **kwargs)
+        except DBAPIError as exc:
+            raise database_error_of(exc) from exc
+    return guarded
+
+
+async def as_tenant(conn: AsyncConnection, runtime: Any, db: Database | None) -> None:
+    """The tenant's role for the statements on its tables, under its plan's statement timeout (`db` knows
+    it; without one, the default) and with the actor in the audit context (engine.database.act_as_tenant)."""
+    await act_as_tenant(conn, runtime.role, db.statement_timeout_of(runtime.role) if db is not None
+                        else STATEMENT_TIMEOUT_MS)
 
 
 async def as_platform(conn: AsyncConnection) -> None:
     await conn.execute(sa.text("RESET ROLE"))
 
 
-async def account(conn: AsyncConnection, runtime: Any, user_id: str) -> tuple[str, bool]:
+async def account(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> tuple[str, bool]:
     """The user's email and whether it is confirmed (as the tenant's role); UserNotFound when the tenant
-    has no such user."""
+    has no such user. `db`, here and below: whose plan timeouts the tenant's statements run under."""
     users = runtime.tables[USERS]
-    await as_tenant(conn, runtime)
+    await as_tenant(conn, runtime, db)
     row = (await conn.execute(sa.select(users.c.email, users.c.verified).where(users.c.id == user_id))).first()
     await as_platform(conn)
     if row is None:
@@ -161,14 +184,14 @@ async def account(conn: AsyncConnection, runtime: Any, user_id: str) -> tuple[st
     return str(row.email), bool(row.verified)
 
 
-async def account_email(conn: AsyncConnection, runtime: Any, user_id: str) -> str:
+async def account_email(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> str:
     """The user's email (as the tenant's role); UserNotFound when the tenant has no such user."""
-    return (await account(conn, runtime, user_id))[0]
+    return (await account(conn, runtime, user_id, db))[0]
 
 
-async def tying_email(conn: AsyncConnection, runtime: Any, user_id: str) -> str | None:
+async def tying_email(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> str | None:
     """The email that ties other users' rows to this user: theirs if confirmed, else None."""
-    email, verified = await account(conn, runtime, user_id)
+    email, verified = await account(conn, runtime, user_id, db)
     return email if verified else None
 
 
@@ -195,11 +218,12 @@ def _mentioned_fields(found: list[tuple[Field, sa.ColumnElement[bool]]], alias: 
     return row
 
 
-async def export_user(conn: AsyncConnection, runtime: Any, user_id: str) -> dict[str, Any]:
+@database_errors
+async def export_user(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> dict[str, Any]:
     """Everything the tenant holds about the user, as JSON (see the module's docstring): their own rows
     whole, and of other users' rows only the fields that hold their confirmed email."""
-    email = await tying_email(conn, runtime, user_id)
-    await as_tenant(conn, runtime)
+    email = await tying_email(conn, runtime, user_id, db)
+    await as_tenant(conn, runtime, db)
     data: dict[str, list[Any]] = {}
     for entity in runtime.model.entities:
         alias = runtime.tables[entity.name].alias("r")
@@ -240,11 +264,12 @@ async def platform_records(conn: AsyncConnection, tenant_id: str, user_id: str) 
     }
 
 
-async def erase_user(conn: AsyncConnection, runtime: Any, user_id: str) -> dict[str, Any]:
+@database_errors
+async def erase_user(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> dict[str, Any]:
     """Anonymise the user's personal data, disable the account, end its sessions (see the module): every
     personal field of their own rows, and in other users' rows only the fields holding their confirmed email."""
-    email = await tying_email(conn, runtime, user_id)
-    await as_tenant(conn, runtime)
+    email = await tying_email(conn, runtime, user_id, db)
+    await as_tenant(conn, runtime, db)
     anonymised: dict[str, int] = {}
     for entity in sorted(runtime.model.entities, key=lambda e: e.name == USERS):  # users last: ties need the email
         table = runtime.tables[entity.name]
@@ -298,6 +323,7 @@ def _request_columns() -> list[sa.Column[Any]]:
                                     "processed_at", "processed_by", "result")]
 
 
+@database_errors
 async def file_request(db: Database, runtime: Any, user_id: str, kind: Any, reason: Any = None) -> dict[str, Any]:
     """A user's request, due in 30 days; processed at once when the tenant has enabled auto_process."""
     if kind not in REQUEST_TYPES:
@@ -306,26 +332,27 @@ async def file_request(db: Database, runtime: Any, user_id: str, kind: Any, reas
         raise ValidationFailed("reason must be text", details=[Problem("reason", "is text of at most 2000 characters")])
     requests = catalog.platform_tables()["privacy_requests"]
     async with db.begin() as conn:
-        await account_email(conn, runtime, user_id)
+        await account_email(conn, runtime, user_id, db)
         row = (await conn.execute(requests.insert().values(
             tenant_id=runtime.tenant_id, user_id=user_id, type=kind, reason=reason,
             due_at=datetime.now(UTC) + timedelta(days=DUE_DAYS)).returning(*_request_columns()))).one()
         await audit.record(conn, "privacy.request_filed", tenant_id=runtime.tenant_id, entity="privacy_requests",
                            record_id=str(row.id), data={"type": kind, "user_id": user_id})
         if await auto_process(conn, runtime.tenant_id):
-            return await _process(conn, runtime, str(row.id), "auto", "complete", None)
+            return await _process(conn, runtime, str(row.id), "auto", "complete", None, db)
     return request_json(row)
 
 
+@database_errors
 async def process_request(db: Database, runtime: Any, request_id: str, actor: str, decision: str,
                           reason: str | None = None) -> dict[str, Any]:
     """Complete (carry out) or reject a pending request of the tenant, as `actor` (who, for the record)."""
     async with db.begin() as conn:
-        return await _process(conn, runtime, request_id, actor, decision, reason)
+        return await _process(conn, runtime, request_id, actor, decision, reason, db)
 
 
 async def _process(conn: AsyncConnection, runtime: Any, request_id: str, actor: str, decision: str,
-                   reason: str | None) -> dict[str, Any]:
+                   reason: str | None, db: Database) -> dict[str, Any]:
     requests = catalog.platform_tables()["privacy_requests"]
     row = (await conn.execute(sa.select(*_request_columns()).where(
         requests.c.id == request_id, requests.c.tenant_id == runtime.tenant_id).with_for_update())).first()
@@ -338,9 +365,9 @@ async def _process(conn: AsyncConnection, runtime: Any, request_id: str, actor: 
     if decision == "reject":
         result = {"rejected": reason or ""}
     elif row.type == "erasure":
-        result = await erase_user(conn, runtime, user_id)
+        result = await erase_user(conn, runtime, user_id, db)
     elif row.type in EXPORTS:
-        await account_email(conn, runtime, user_id)
+        await account_email(conn, runtime, user_id, db)
         result = {"export": f"/auth/v1/privacy/requests/{request_id}/export"}
     else:
         flag, value = FLAG_CHANGES[row.type]
@@ -368,6 +395,7 @@ async def list_requests(db: Database, runtime: Any, *, user_id: str | None = Non
     return [request_json(r) for r in rows]
 
 
+@database_errors
 async def request_export(db: Database, runtime: Any, user_id: str, request_id: str) -> dict[str, Any]:
     """The export a completed access or portability request of the user's gives them."""
     requests = catalog.platform_tables()["privacy_requests"]
@@ -379,7 +407,7 @@ async def request_export(db: Database, runtime: Any, user_id: str, request_id: s
             raise PrivacyRequestNotFound(f"you have no access or portability request {request_id}")
         if row.status != "completed":
             raise PrivacyRequestClosed(f"the request is {row.status}, not completed")
-        exported = await export_user(conn, runtime, user_id)
+        exported = await export_user(conn, runtime, user_id, db)
         await audit.record(conn, "privacy.exported", tenant_id=runtime.tenant_id, entity="privacy_requests",
                            record_id=request_id, data={"user_id": user_id})
     return exported

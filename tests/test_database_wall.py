@@ -15,9 +15,11 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from engine.database import Database, quote_identifier
+from engine import audit
+from engine.database import Database, act_as_tenant, quote_identifier
 from engine.errors import GatewayRoleUnavailable
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
@@ -222,3 +224,22 @@ async def test_concurrent_first_requests_share_one_bounded_pool(database_url: st
     assert 1 <= pools["requests"]["open"] <= pools["requests"]["max"]
     listeners = 2  # the registry's and the outbox dispatcher's LISTEN connections
     assert opened <= pools["requests"]["max"] + pools["platform"]["max"] + pools["admin"]["max"] + listeners
+
+
+async def test_a_platform_transaction_acts_as_a_tenant_with_its_timeout_and_the_actor_in_one_statement(db: Database,
+                                                                                                        keys):
+    """engine.database.act_as_tenant: what identity and GDPR run a tenant's statements under on the platform's
+    connection; the role, the timeout and the audit context all end with the transaction."""
+    token = audit.REQUEST.set({"client": ("192.0.2.7", 1234), "backsaas.request_id": "req-act-as"})
+    try:
+        async with db.begin() as conn:
+            await act_as_tenant(conn, db.role("slow"), TIGHT_TIMEOUT_MS)
+            state = (await conn.execute(sa.text("SELECT current_user, current_setting('statement_timeout'), "
+                                                f"current_setting('{audit.SETTING}')"))).one()
+        async with db.begin() as conn:
+            after = (await conn.execute(sa.text("SELECT current_user, current_setting('statement_timeout')"))).one()
+    finally:
+        audit.REQUEST.reset(token)
+    assert tuple(state[:2]) == (db.role("slow"), f"{TIGHT_TIMEOUT_MS}ms")
+    assert orjson.loads(state[2]) == {"request_id": "req-act-as", "ip": "192.0.2.7"}
+    assert after[0] != db.role("slow") and after[1] != f"{TIGHT_TIMEOUT_MS}ms"

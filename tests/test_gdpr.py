@@ -8,16 +8,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
 
+from engine import catalog
 from engine.database import Database
 from engine.storage import naming
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
+from tests.conftest import driver_url
 from tests.server import running_gateway
 
 SCHEMA = """
@@ -402,3 +405,86 @@ async def test_a_confirmed_email_exports_and_erases_only_the_fields_naming_it_in
         own = (await conn.execute(sa.text(f'SELECT text, note FROM "{naming.schema_name("crm")}".secret WHERE id = :id'),
                                   {"id": gils["id"]})).one()
     assert tuple(own) == ("GIL OWN TEXT", None)  # her own row: every pii field erased, the rest kept
+
+
+# -- the tenant's role, its plan's statement timeout and the actor, as every other request of the tenant ------
+
+QUICK_MS = 400  # the statement timeout of the quick_gdpr plan
+
+
+@pytest.fixture(scope="module")
+async def quick(db: Database) -> dict[str, str]:
+    """A tenant whose plan cancels a statement after QUICK_MS, with its keys."""
+    plans = catalog.platform_tables()["plans"]
+    async with db.begin() as conn:
+        await conn.execute(plans.insert().values(code="quick_gdpr", name="Quick GDPR",
+                                                 limits={"statement_timeout_ms": QUICK_MS}))
+    await create_tenant(db, "quickcrm", source=SCHEMA, plan="quick_gdpr")
+    return {f"quickcrm_{role}": (await create_api_key(db, "quickcrm", role, role)).key for role in ("anon", "service")}
+
+
+async def behind_a_lock(database_url: str, table: str, request: Any) -> httpx.Response:
+    """The answer to `request` (an async function of a client) while quickcrm's `table` is locked: a statement
+    on it waits until the plan's timeout cancels it (without one it would wait for as long as the lock lasts)."""
+    locker = await asyncpg.connect(driver_url(database_url))
+    try:
+        async with locker.transaction():
+            await locker.execute(f'LOCK TABLE "{naming.schema_name("quickcrm")}".{table} IN ACCESS EXCLUSIVE MODE')
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await request(client)
+    finally:
+        await locker.close()
+
+
+async def test_an_erasure_runs_under_the_plans_statement_timeout_and_stops_cleanly(base, quick, database_url):
+    eve = sign_up(base, quick, "eve@example.com", slug="quickcrm", full_name="Eve Quick")
+    filed = httpx.post(f"{api(base, 'quickcrm')}/auth/v1/privacy/requests", json={"type": "erasure"}, headers=bearer(eve))
+    assert filed.status_code == 201, filed.text
+    url = f"{api(base, 'quickcrm')}/privacy/v1/requests/{filed.json()['id']}/complete"
+
+    async def complete_it(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post(url, headers={"apikey": quick["quickcrm_service"]})
+
+    stuck = await behind_a_lock(database_url, "profile", complete_it)
+    assert stuck.status_code == 504 and stuck.json()["code"] == "statement_timeout", stuck.text
+    listed = httpx.get(f"{api(base, 'quickcrm')}/privacy/v1/requests", headers={"apikey": quick["quickcrm_service"]})
+    assert [r["status"] for r in listed.json()] == ["pending"]  # nothing of it happened: one transaction
+    async with httpx.AsyncClient(timeout=60) as client:  # the lock gone, the same erasure goes through
+        assert (await complete_it(client)).json()["status"] == "completed"
+
+
+async def test_an_export_runs_under_the_plans_statement_timeout_and_stops_cleanly(base, quick, database_url):
+    fay = sign_up(base, quick, "fay@example.com", slug="quickcrm")
+    filed = httpx.post(f"{api(base, 'quickcrm')}/auth/v1/privacy/requests", json={"type": "access"}, headers=bearer(fay))
+    done = httpx.post(f"{api(base, 'quickcrm')}/privacy/v1/requests/{filed.json()['id']}/complete",
+                      headers={"apikey": quick["quickcrm_service"]})
+    assert done.status_code == 200, done.text
+
+    async def export(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.get(f"{api(base, 'quickcrm')}/auth/v1/privacy/requests/{filed.json()['id']}/export",
+                                headers=bearer(fay))
+
+    stuck = await behind_a_lock(database_url, "contact", export)
+    assert stuck.status_code == 504 and stuck.json()["code"] == "statement_timeout", stuck.text
+
+
+async def test_an_erasures_changes_are_audited_with_the_admin_who_carried_it_out(base, keys, database_url):
+    """In the tenant `other` (whose requests wait for its admins: `crm` may process them at once by now)."""
+    other = api(base, "other")
+    ivy = sign_up(base, keys, "ivy@example.com", slug="other", full_name="Ivy Audit")
+    made = httpx.post(f"{other}/rest/v1/profile", json={"nickname": "Ivy-42", "tier": "basic", "born": 1999},
+                      headers={**bearer(ivy), "Prefer": "return=representation"})
+    assert made.status_code == 201, made.text
+    filed = httpx.post(f"{other}/auth/v1/privacy/requests", json={"type": "erasure"}, headers=bearer(ivy))
+    assert filed.status_code == 201 and filed.json()["status"] == "pending", filed.text
+    done = httpx.post(f"{other}/privacy/v1/requests/{filed.json()['id']}/complete",
+                      headers={"apikey": keys["other_service"]})  # the tenant's service key, named "service"
+    assert done.status_code == 200 and done.json()["status"] == "completed", done.text
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        entries = await conn.fetch("SELECT action, key_name FROM system.audit_log WHERE entity = 'profile' "
+                                   "AND record_id = $1::uuid ORDER BY seq", made.json()[0]["id"])
+    finally:
+        await conn.close()
+    assert [e["action"] for e in entries] == ["create", "update"]
+    assert entries[1]["key_name"] == "service"  # who erased it, not nobody

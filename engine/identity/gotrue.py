@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import audit, errors, onboarding
 from engine.answer import Answer
 from engine.authz import Caller, unrestricted
-from engine.database import Database
+from engine.database import Database, act_as_tenant
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
 from engine.identity.mailflows import MailFlows
@@ -148,11 +148,9 @@ class AuthApi:
     async def as_tenant(self, conn: AsyncConnection) -> None:
         """Each operation is one transaction (`db.begin()`); its statements on the tenant's tables run
         between `as_tenant` and `as_platform`, under the tenant's own database role and with the statement
-        timeout of its plan, as every other request of the tenant does (one round trip: `SET LOCAL` both)."""
-        await conn.execute(sa.text("SELECT set_config('role', :role, true), set_config('statement_timeout', :ms, true), "
-                                   "set_config(:audit_setting, :audit, true)"),  # who, for the audit's triggers
-                           {"role": self.runtime.role, "ms": str(self.db.statement_timeout_of(self.runtime.role)),
-                            "audit_setting": audit.SETTING, "audit": audit.context_text()})
+        timeout of its plan and the request's actor for the audit, as every other request of the tenant does
+        (engine.database.act_as_tenant: one round trip)."""
+        await act_as_tenant(conn, self.runtime.role, self.db.statement_timeout_of(self.runtime.role))
 
     @staticmethod
     async def as_platform(conn: AsyncConnection) -> None:
