@@ -260,8 +260,7 @@ def captured(action: str) -> str:
 
 def routed_captured(action: str) -> str:
     """`captured` for the platform's tables: each row goes to its tenant's chain (its `tenant_id`, or a
-    `tenants` row's own id; the platform's chain otherwise), its reference cleared if that tenant was
-    deleted in this transaction (a purge). Rows are read as jsonb first (`OFFSET 0` keeps that apart:
+    `tenants` row's own id; the platform's chain otherwise). Rows are read as jsonb first (`OFFSET 0` keeps that apart:
     pulled up, each `to_jsonb(row)` would be computed again at every use)."""
     rows = {"create": "SELECT NULL::jsonb AS o, to_jsonb(n.*) AS n FROM new_rows n",
             "update": "SELECT to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o ON o.id = n.id",
@@ -269,8 +268,8 @@ def routed_captured(action: str) -> str:
     old, new = {"create": (None, "x.n"), "update": ("x.o", "x.n"), "delete": ("x.o", None)}[action]
     chain = ("coalesce((v.r ->> 'tenant_id')::uuid, CASE WHEN TG_TABLE_NAME = 'tenants' THEN (v.r ->> 'id')::uuid END, "
              "tenant)")
-    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT (SELECT t.id FROM system.tenants t WHERE t.id = x.chain), "
-            f"x.chain, '{action}', TG_TABLE_NAME, (x.r ->> 'id')::uuid, {changes(old, new)}, '{{}}'::jsonb, {CONTEXT}\n"
+    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT x.chain, x.chain, '{action}', TG_TABLE_NAME, "
+            f"(x.r ->> 'id')::uuid, {changes(old, new)}, '{{}}'::jsonb, {CONTEXT}\n"
             f"      FROM (SELECT v.o, v.n, v.r, {chain} AS chain FROM (SELECT w.o, w.n, coalesce(w.n, w.o) AS r "
             f"FROM ({rows[action]} OFFSET 0) w) v) x;")
 
@@ -313,10 +312,9 @@ BEGIN  -- unsealed (seq, prev_hash, hash NULL): `seal` chains them once committe
   PERFORM set_config('{WRITER}', 'on', true);
   INSERT INTO system.audit_log (tenant_id, actor_id, chain, action, entity, record_id, changes, data, user_id,
                                 key_name, roles, request_id, ip, user_agent)
-  SELECT (SELECT t.id FROM system.tenants t WHERE t.id = e.tenant_id),  -- NULL if purged in this transaction:
-         (SELECT u.id FROM system.users u WHERE u.id = e.actor_id),     -- its chain keeps its id; an end user
-         coalesce(e.tenant_id, '{system_id}'::uuid), e.action, e.entity,  -- is no platform account (user_id)
-         e.record_id, coalesce(e.changes, '{{}}'), coalesce(e.data, '{{}}'), e.user_id, e.key_name, e.roles,
+  SELECT e.tenant_id, (SELECT u.id FROM system.users u WHERE u.id = e.actor_id),  -- an end user is no platform
+         coalesce(e.tenant_id, '{system_id}'::uuid), e.action, e.entity, e.record_id,  -- account (user_id names them)
+         coalesce(e.changes, '{{}}'), coalesce(e.data, '{{}}'), e.user_id, e.key_name, e.roles,
          e.request_id, e.ip, e.user_agent
     FROM jsonb_populate_recordset(NULL::system.audit_log, entries) e;
   PERFORM set_config('{WRITER}', '', true);
@@ -366,6 +364,11 @@ BEGIN
   RETURN cardinality(ids);
 END $$;
 REVOKE EXECUTE ON FUNCTION {SCHEMA}.seal(uuid, integer) FROM PUBLIC;
+
+-- The log names its tenant without a foreign key: a key's check locks the tenant's row FOR KEY SHARE at
+-- every entry (one hot row that all of a tenant's writers share: multixacts), and its SET NULL edited the
+-- entries of a purged tenant. The entries of a tenant purged keep its id, as their chain does.
+ALTER TABLE system.audit_log DROP CONSTRAINT IF EXISTS audit_log_tenant_id_fkey;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
