@@ -1,16 +1,22 @@
 """The cost of the audit trail: inserts and updates of one entity with audit on (the default) against the
 same entity with `audit: false`, side by side.
 
-    python bench/audit.py [--seconds 5] [--connections 16] [--rounds 2] [--database-url URL]
+    python bench/audit.py [--seconds 5] [--connections 16] [--rounds 2] [--statements 200] [--database-url URL]
 
-Two tenants hold the same schema but for `audit: false`. Printed:
+Two tenants hold the same schema but for `audit: false`. The audit's whole cost is counted: entries are
+written unsealed in the write's transaction and chained by a sealer (engine/audit_trail.py), which runs
+here as in the gateway (each second) while the audited side is measured. Printed:
 1. over HTTP (`backsaas serve --workers 2`, a Python load generator with `--connections`, alternating
-   on/off runs, best of `--rounds`): req/s and p50 of a one-row POST and a one-row PATCH by id, and the
-   ratio on/off (the target: above 0.85, i.e. under 15% cost) with the database transactions per request
-   (the audit adds no round trip: the same count with it on);
-2. in the database alone (no HTTP, one connection acting as the tenant's role, the statements the engine
-   sends, the context CTE included on the audited side): microseconds per statement and the ratio, the
-   audit's whole cost with nothing around it to hide it.
+   on/off runs, `--rounds` each, the best kept): req/s, then per request the CPU time of the server's
+   processes and of the database's backends (the sealer's included), and the database transactions; the
+   ratio on/off of req/s and of CPU per request (the target: under 1.15, i.e. under 15% cost, and the
+   same transactions per request: no extra round trip);
+2. in the database alone (no HTTP, one connection per side acting as the tenant's role, the statements
+   the engine sends, the context CTE included on the audited side, each its own transaction as a
+   request's is): per statement the backend's CPU time and the wall-clock time (commit and its WAL flush
+   included), median of interleaved blocks; then what sealing those entries cost per entry.
+CPU times come from /proc (the database must run on this machine for those columns); they are what a
+machine shared with other work measures reliably, where wall-clock throughput is not.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -35,7 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from rest import drop_database, free_port, on, start, transactions  # noqa: E402
 
-from engine import audit  # noqa: E402
+from engine import audit, audit_trail  # noqa: E402
 from engine.database import Database  # noqa: E402
 from engine.embedded import EmbeddedPostgres, data_directory  # noqa: E402
 from engine.storage.deploy import deploy_platform  # noqa: E402
@@ -80,37 +88,79 @@ async def prepare(url: str) -> dict[str, dict[str, object]]:
 
 
 async def load(method: str, urls: list[str], body: str, headers: dict[str, str], seconds: float,
-               connections: int) -> tuple[float, float]:
-    """req/s and p50 ms of `connections` clients sending `method` to random `urls` for `seconds`."""
-    latencies: list[float] = []
+               connections: int) -> int:
+    """Requests done by `connections` clients sending `method` to random `urls` for `seconds`."""
+    done = 0
     deadline = time.monotonic() + seconds
 
     async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal done
         while time.monotonic() < deadline:
-            started = time.perf_counter()
             response = await client.request(method, random.choice(urls), content=body)
             response.raise_for_status()
-            latencies.append((time.perf_counter() - started) * 1000)
+            done += 1
 
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=connections),
                                  headers={**headers, "Content-Type": "application/json"}) as client:
-        began = time.monotonic()
         await asyncio.gather(*(worker(client) for _ in range(connections)))
-        elapsed = time.monotonic() - began
-    return len(latencies) / elapsed, statistics.median(latencies)
+    return done
+
+
+def cpu_of_tree(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of a process and its children (a server's workers)."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def backend_cpu(url: str) -> float | None:
+    """CPU seconds of the database's backends (every connection to it), from /proc/PID/schedstat; None
+    when the server is not on this machine."""
+    conn = await asyncpg.connect(url)
+    try:
+        pids = [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    finally:
+        await conn.close()
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        except OSError:
+            return None
+    return total / 1e9
+
+
+async def with_sealer(url: str, work: Any) -> Any:
+    """`work()` (blocking, in a thread) while an AuditSealer seals every second, as the gateway's does."""
+    db = await Database.connect(url)
+    sealer = audit_trail.AuditSealer(db, 1.0).start()
+    try:
+        return await asyncio.to_thread(work)
+    finally:
+        await sealer.stop()
+        await audit_trail.seal(db)  # what the last second wrote: its cost falls in this run
+        await db.close()
 
 
 def over_http(url: str, made: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
     port = free_port()
     server = start([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", "2"],
                    {"DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "warning", "BACKSAAS_RATE_LIMITS": "off"}, port)
+    tree = psutil.Process(server.pid)
     try:
         print(f"1. over HTTP: python load -c{args.connections}, {args.seconds}s per run, best of {args.rounds} "
-              f"alternating runs; 2 workers; {os.cpu_count()} cores")
-        print(f"{'request':16}{'on req/s':>10}{'p50 ms':>8}{'tx/req':>7}{'off req/s':>11}{'p50 ms':>8}{'tx/req':>7}"
-              f"{'on/off':>8}")
+              f"alternating runs; 2 workers; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+        print(f"{'request':12}{'':8}{'req/s':>7}{'server µs':>11}{'db µs':>8}{'tx/req':>8}")
         for label, method in (("insert one", "POST"), ("update one", "PATCH")):
-            best: dict[str, tuple[float, float, float]] = {}
+            best: dict[str, tuple[float, float, float, float]] = {}
             for _ in range(args.rounds):
                 for slug in TENANTS:
                     base = f"http://127.0.0.1:{port}/api/tenants/{slug}/rest/v1/item"
@@ -119,28 +169,46 @@ def over_http(url: str, made: dict[str, dict[str, object]], args: argparse.Names
                     headers = {"apikey": str(made[slug]["key"])}
                     asyncio.run(load(method, urls, body, headers, 1, args.connections))  # warm up
                     time.sleep(1.0)  # pg_stat_database is updated at most every second
-                    before = asyncio.run(transactions(url))
-                    rate, p50 = asyncio.run(load(method, urls, body, headers, args.seconds, args.connections))
-                    time.sleep(1.5)
-                    per_request = (asyncio.run(transactions(url)) - before) / max(rate * args.seconds, 1)
-                    best[slug] = max(best.get(slug, (0, 0, 0)), (rate, p50, per_request), key=lambda m: m[0])
+
+                    def run(method: str = method, urls: list[str] = urls, body: str = body,
+                            headers: dict[str, str] = headers) -> tuple[int, float, float, float | None, float]:
+                        before = (asyncio.run(transactions(url)), cpu_of_tree(tree), asyncio.run(backend_cpu(url)))
+                        began = time.monotonic()
+                        done = asyncio.run(load(method, urls, body, headers, args.seconds, args.connections))
+                        elapsed = time.monotonic() - began
+                        server_cpu, db_cpu = cpu_of_tree(tree), asyncio.run(backend_cpu(url))
+                        time.sleep(1.5)
+                        return (done, elapsed, server_cpu - before[1],
+                                None if db_cpu is None or before[2] is None else db_cpu - before[2],
+                                asyncio.run(transactions(url)) - before[0])
+
+                    done, elapsed, server_cpu, db_cpu, tx = (asyncio.run(with_sealer(url, run)) if slug == "audit-on"
+                                                             else run())
+                    measured = (done / elapsed, server_cpu / done * 1e6, (db_cpu or 0) / done * 1e6, tx / done)
+                    best[slug] = max(best.get(slug, (0, 0, 0, 0)), measured, key=lambda m: m[0])
             on_, off = best["audit-on"], best["audit-off"]
-            print(f"{label:16}{on_[0]:>10.0f}{on_[1]:>8.2f}{on_[2]:>7.2f}{off[0]:>11.0f}{off[1]:>8.2f}{off[2]:>7.2f}"
-                  f"{on_[0] / off[0]:>8.2f}")
+            for side, m in (("on", on_), ("off", off)):
+                print(f"{label if side == 'on' else '':12}{side:8}{m[0]:>7.0f}{m[1]:>11.0f}{m[2]:>8.0f}{m[3]:>8.2f}")
+            cpu_ratio = (on_[1] + on_[2]) / (off[1] + off[2])
+            print(f"{'':12}{'on/off':8}{on_[0] / off[0]:>7.2f}{on_[1] / off[1]:>11.2f}"
+                  f"{on_[2] / off[2] if off[2] else 0:>8.2f}{'':8}  server + db CPU per request: {cpu_ratio:.2f}")
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-async def in_database(url: str, statements: int) -> None:
-    """The engine's insert and update statements, one after another on one connection as the tenant's
-    role; the audited side carries the context CTE (engine/audit.py `audited`), as the engine sends it."""
+async def in_database(url: str, statements: int, blocks: int) -> None:
+    """The engine's insert and update statements, one per transaction, on one connection per side as the
+    tenant's role; the audited side carries the context CTE (engine/audit.py `audited`), as the engine
+    sends it. Blocks of `statements` alternate between the sides; medians of the blocks are printed."""
     db = await Database.connect(url)
     context = json.dumps({"request_id": "bench", "key_name": "bench", "roles": "service", "ip": "127.0.0.1"})
-    print(f"\n2. in the database: {statements} statements each, one connection, as the tenant's role")
-    print(f"{'statement':16}{'on µs':>10}{'off µs':>10}{'on/off':>8}")
+    print(f"\n2. in the database: {blocks} blocks of {statements} statements per side, interleaved, one "
+          f"connection each, as the tenant's role; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'statement':12}{'on cpu µs':>10}{'off cpu µs':>11}{'on/off':>8}{'on wall µs':>12}{'off wall µs':>12}"
+          f"{'on/off':>8}")
+    sides: dict[str, Any] = {}
     try:
-        results: dict[str, dict[str, float]] = {"insert one": {}, "update one": {}}
         for slug in TENANTS:
             table = f"t_{slug.replace('-', '_')}.item"
             insert = f"INSERT INTO {table} (name, n, token) VALUES ($1, $2, $3) RETURNING id"
@@ -149,19 +217,58 @@ async def in_database(url: str, statements: int) -> None:
                 insert = audit.audited(audit.CompiledRead(insert, (0, 1, 2), (None, None, None))).sql
                 update = audit.audited(audit.CompiledRead(update, (0, 1), (None, None))).sql
             extra = [context] if slug == "audit-on" else []
-            async with db.as_role(db.role(slug)) as conn:
-                ids = [r["id"] for r in await conn.fetch(f"SELECT id::text FROM {table} LIMIT {ROWS}")]
-                for label, sql, values in (("insert one", insert, lambda n: ["bench", n, "t0ken"]),
-                                           ("update one", update, lambda n, ids=ids: [n, ids[n % len(ids)]])):
-                    await conn.execute(sql, *values(0), *extra)  # prepared
-                    started = time.perf_counter()
+            conn = await asyncpg.connect(url)
+            await conn.execute(f'SET ROLE "{db.role(slug)}"')
+            ids = [r["id"] for r in await conn.fetch(f"SELECT id::text FROM {table} LIMIT {ROWS}")]
+            sides[slug] = (conn, {
+                "insert one": (await conn.prepare(insert), lambda n, e=extra: ["bench", n, "t0ken", *e]),
+                "update one": (await conn.prepare(update), lambda n, e=extra, ids=ids: [n, ids[n % len(ids)], *e])})
+        cpu: dict[tuple[str, str], list[float]] = {}
+        wall: dict[tuple[str, str], list[float]] = {}
+        for block in range(blocks + 1):  # block 0 warms up (plans cached, pages read)
+            for label in ("insert one", "update one"):
+                for slug, (conn, prepared) in sides.items():
+                    statement, values = prepared[label]
+                    pid = conn.get_server_pid()
+                    before, started = schedstat(pid), time.perf_counter()
                     for n in range(statements):
-                        await conn.execute(sql, *values(n), *extra)
-                    results[label][slug] = (time.perf_counter() - started) / statements * 1e6
-        for label, by in results.items():
-            print(f"{label:16}{by['audit-on']:>10.0f}{by['audit-off']:>10.0f}{by['audit-on'] / by['audit-off']:>8.2f}")
+                        await statement.fetchval(*values(block * statements + n))
+                    if block:
+                        wall.setdefault((label, slug), []).append((time.perf_counter() - started) / statements * 1e6)
+                        after = schedstat(pid)
+                        if before is not None and after is not None:
+                            cpu.setdefault((label, slug), []).append((after - before) / statements / 1e3)
+        for label in ("insert one", "update one"):
+            c_on, c_off = (statistics.median(cpu.get((label, s), [0])) for s in TENANTS)
+            w_on, w_off = (statistics.median(wall[(label, s)]) for s in TENANTS)
+            print(f"{label:12}{c_on:>10.0f}{c_off:>11.0f}{c_on / c_off if c_off else 0:>8.2f}{w_on:>12.0f}"
+                  f"{w_off:>12.0f}{w_on / w_off:>8.2f}")
+        sealer = await asyncpg.connect(url)
+        try:
+            pid = sealer.get_server_pid()
+            tenant = await sealer.fetchval("SELECT id FROM system.tenants WHERE slug = 'audit-on'")
+            before, started = schedstat(pid), time.perf_counter()
+            sealed = 0
+            while done := await sealer.fetchval(f"SELECT {audit.SCHEMA}.seal($1, 1000)", tenant):
+                sealed += done
+            elapsed, after = time.perf_counter() - started, schedstat(pid)
+            cpu_each = f"{(after - before) / sealed / 1e3:.0f} µs CPU, " if before is not None and after else ""
+            print(f"sealing those {sealed} entries afterwards (in the background, off the write): {cpu_each}"
+                  f"{elapsed / max(sealed, 1) * 1e6:.0f} µs wall per entry, in batches of 1000")
+        finally:
+            await sealer.close()
     finally:
+        for conn, _ in sides.values():
+            await conn.close()
         await db.close()
+
+
+def schedstat(pid: int) -> int | None:
+    """Nanoseconds on CPU of process `pid` (a backend), or None when it is not on this machine."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except OSError:
+        return None
 
 
 def main() -> None:
@@ -169,7 +276,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--statements", type=int, default=2000)
+    parser.add_argument("--statements", type=int, default=200, help="per block of part 2")
+    parser.add_argument("--blocks", type=int, default=7, help="blocks per side of part 2")
     parser.add_argument("--database-url")
     parser.add_argument("--database-only", action="store_true", help="part 2 alone (no HTTP)")
     args = parser.parse_args()
@@ -188,7 +296,7 @@ def main() -> None:
         made = asyncio.run(prepare(url))
         if not args.database_only:
             over_http(url, made, args)
-        asyncio.run(in_database(url, args.statements))
+        asyncio.run(in_database(url, args.statements, args.blocks))
     finally:
         asyncio.run(drop_database(server, database))
 

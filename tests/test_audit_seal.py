@@ -1,0 +1,132 @@
+"""Sealing the audit trail: entries are written unsealed in the transaction of their change (no chain lock
+on the write path) and chained once committed by `backsaas_audit.seal` (engine/audit_trail.py), from the
+gateway's sealer or from any reader. A write that commits late is chained after what was sealed before
+it; sealers and writers at once still leave one chain; a tenant's role cannot seal."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from engine import audit_trail
+from engine.database import Database
+from functions import audit as audit_functions
+from functions.tenants import create_tenant
+from tests.conftest import driver_url
+
+SCHEMA = """
+name: sealed
+entities:
+  item:
+    fields:
+      n: {type: integer}
+    permissions:
+      read: {anon: all}
+      create: {anon: all}
+"""
+
+
+async def new_tenant(db: Database, slug: str) -> str:
+    await create_tenant(db, slug, source=SCHEMA)
+    return await audit_functions.tenant_id_of(db, slug)
+
+
+async def items(database_url: str, tenant_id: str) -> list[dict[str, object]]:
+    """The tenant's item entries as stored (sealed or not): n written, seq, hash."""
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        return [dict(r) for r in await conn.fetch(
+            "SELECT (changes -> 'n' ->> 'new')::int AS n, seq, hash FROM system.audit_log "
+            "WHERE chain = $1::uuid AND entity = 'item' ORDER BY seq NULLS LAST, n", tenant_id)]
+    finally:
+        await conn.close()
+
+
+async def test_an_entry_is_written_unsealed_and_chained_by_seal(db, database_url):
+    tenant_id = await new_tenant(db, "unsealed")
+    async with db.as_role(db.role("unsealed")) as conn:
+        await conn.execute("INSERT INTO t_unsealed.item (n) VALUES (1)")
+    assert [(e["n"], e["seq"], e["hash"]) for e in await items(database_url, tenant_id)] == [(1, None, None)]
+    assert await audit_trail.seal(db, tenant_id) > 0
+    [entry] = await items(database_url, tenant_id)
+    found = await audit_trail.verify(db, tenant_id)
+    assert found.ok and entry["seq"] == found.last_seq and entry["hash"] == found.head_hash
+
+
+async def test_a_write_that_commits_late_is_chained_after_what_was_sealed_before(db, database_url):
+    """A transaction that wrote first but commits last: its entry is invisible to the sealer until it
+    commits (so never chained, and never lost), then chained after the later write's."""
+    tenant_id = await new_tenant(db, "latecomer")
+    slow = await asyncpg.connect(driver_url(database_url))
+    try:
+        await slow.execute("BEGIN")
+        await slow.execute(f'SET LOCAL ROLE "{db.role("latecomer")}"')
+        await slow.execute("INSERT INTO t_latecomer.item (n) VALUES (1)")
+        async with db.as_role(db.role("latecomer")) as conn:
+            await conn.execute("INSERT INTO t_latecomer.item (n) VALUES (2)")
+        await audit_trail.seal(db, tenant_id)
+        assert [(e["n"], e["seq"] is not None) for e in await items(database_url, tenant_id)] == [(2, True)]
+        await slow.execute("COMMIT")
+    finally:
+        await slow.close()
+    await audit_trail.seal(db, tenant_id)
+    written = await items(database_url, tenant_id)
+    assert [e["n"] for e in written] == [2, 1] and written[1]["seq"] == written[0]["seq"] + 1
+    assert (await audit_trail.verify(db, tenant_id)).ok
+
+
+async def test_sealers_and_writers_at_once_leave_one_chain(db, database_url):
+    tenant_id = await new_tenant(db, "crowded")
+    writing = True
+
+    async def writer(w: int) -> None:
+        for n in range(25):
+            async with db.as_role(db.role("crowded")) as conn, conn.transaction():
+                await conn.execute("INSERT INTO t_crowded.item (n) VALUES ($1)", w * 100 + n)
+                await asyncio.sleep(0)
+
+    async def sealer() -> None:
+        while writing:
+            await audit_trail.seal(db, tenant_id)
+            await asyncio.sleep(0)
+
+    sealers = [asyncio.create_task(sealer()) for _ in range(3)]
+    try:
+        await asyncio.gather(*(writer(w) for w in range(4)))
+    finally:
+        writing = False
+        await asyncio.gather(*sealers)
+    found = await audit_trail.verify(db, tenant_id)
+    assert found.ok and found.last_seq == found.entries, found.as_dict()
+    written = await items(database_url, tenant_id)
+    assert sorted(e["n"] for e in written) == sorted(w * 100 + n for w in range(4) for n in range(25))
+    assert len({e["seq"] for e in written}) == len(written) and None not in {e["seq"] for e in written}
+
+
+async def test_the_gateways_sealer_seals_with_no_reader(db, database_url):
+    tenant_id = await new_tenant(db, "background")
+    sealer = audit_trail.AuditSealer(db, 0.1).start()
+    try:
+        async with db.as_role(db.role("background")) as conn:
+            await conn.execute("INSERT INTO t_background.item (n) VALUES (7)")
+        for _ in range(200):  # the sealer's next rounds; no reader here seals
+            if all(e["seq"] is not None for e in await items(database_url, tenant_id)):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sealer.stop()
+    assert [(e["n"], e["seq"] is not None) for e in await items(database_url, tenant_id)] == [(7, True)]
+
+
+async def test_a_tenant_role_cannot_seal(db, database_url):
+    tenant_id = await new_tenant(db, "sealer-wannabe")
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        async with conn.transaction():
+            await conn.execute(f'SET LOCAL ROLE "{db.role("sealer-wannabe")}"')
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("SELECT backsaas_audit.seal($1::uuid)", tenant_id)
+    finally:
+        await conn.close()
