@@ -333,11 +333,21 @@ class TenantApp:
         scope["backsaas.tenant_id"] = runtime.tenant_id
         await admit(scope, runtime, request.method, scope["path"][len(scope["root_path"]):])  # quotas: 402 past one
         scope["backsaas.headers"] = headers = request_headers(scope)
-        scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
-                                                      tenant_from_header=scope.get("backsaas.tenant_header", False))
+        rate_limits: RateLimits = self.starlette.state.rate_limits
         client = scope.get("client")
-        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan,
-                                                              scope["backsaas.caller"], client[0] if client else None)
+        address = client[0] if client else None
+        suspect = await rate_limits.refused_address(runtime.tenant_id, address)  # its failures spent its budget
+        if suspect is not None:
+            raise suspect.error()
+        try:
+            scope["backsaas.caller"] = await authenticate(registry, runtime, headers,
+                                                          tenant_from_header=scope.get("backsaas.tenant_header", False))
+        except BackSaasError as error:  # a wrong key or token spends its address's anonymous budget
+            if error.status == 401 and (refused := await rate_limits.admit_failed(runtime.slug, runtime.tenant_id,
+                                                                                  address)) is not None:
+                raise refused.error() from None
+            raise
+        window = await rate_limits.admit(runtime.slug, runtime.tenant_id, plan, scope["backsaas.caller"], address)
         if window is not None:
             scope["backsaas.ratelimit"] = window
             if window.refused:
