@@ -41,6 +41,7 @@ SETTINGS = {
     "email_templates": {"recovery": {"subject": "{{tenant_name}}: reset your password",
                                      "body": "Hello {{email}}, reset it at {{reset_url}} or type {{code}}."}},
 }
+http = httpx.Client(timeout=60)  # the machine may be loaded: a sign-in hashes with argon2
 LINK = re.compile(r"https?://\S+/verify\?\S+")
 CODE = re.compile(r"\b(\d{6})\b")
 
@@ -145,14 +146,14 @@ def base(keys: dict[str, str], database_url: str, mail_env: None) -> Iterator[st
         admin = platform_admin(url)
         for slug, settings in (("shop", SETTINGS), ("other", {"auth": {"site_url": "https://other.example"}}),
                                ("strict", {"auth": {"site_url": "https://strict.example", "confirm_email": True}})):
-            done = httpx.post(f"{url}/api/platform/functions/v1/update_tenant", headers=admin,
+            done = http.post(f"{url}/api/platform/functions/v1/update_tenant", headers=admin,
                               json={"tenant": slug, "settings": settings})
             assert done.status_code == 200, done.text
         yield url
 
 
 def platform_admin(base: str) -> dict[str, str]:
-    session = httpx.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
+    session = http.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
                          json={"email": "root@platform.example", "password": ADMIN_PASSWORD})
     assert session.status_code == 200, session.text
     return {"Authorization": f"Bearer {session.json()['access_token']}"}
@@ -171,22 +172,22 @@ def bearer(keys: dict[str, str], session: dict, slug: str = "shop") -> dict[str,
 
 
 def sign_up(base: str, keys: dict[str, str], address: str, slug: str = "shop") -> dict:
-    made = httpx.post(f"{auth(base, slug)}/signup", headers=anon(keys, slug), json={"email": address, "password": PASSWORD})
+    made = http.post(f"{auth(base, slug)}/signup", headers=anon(keys, slug), json={"email": address, "password": PASSWORD})
     assert made.status_code == 200, made.text
     return made.json()
 
 
 def sign_in(base: str, keys: dict[str, str], address: str, password: str = PASSWORD, slug: str = "shop") -> httpx.Response:
-    return httpx.post(f"{auth(base, slug)}/token", params={"grant_type": "password"}, headers=anon(keys, slug),
+    return http.post(f"{auth(base, slug)}/token", params={"grant_type": "password"}, headers=anon(keys, slug),
                       json={"email": address, "password": password})
 
 
 def recover(base: str, keys: dict[str, str], address: str, slug: str = "shop", **params: str) -> httpx.Response:
-    return httpx.post(f"{auth(base, slug)}/recover", params=params, headers=anon(keys, slug), json={"email": address})
+    return http.post(f"{auth(base, slug)}/recover", params=params, headers=anon(keys, slug), json={"email": address})
 
 
 def verify(base: str, keys: dict[str, str], slug: str = "shop", **body: str) -> httpx.Response:
-    return httpx.post(f"{auth(base, slug)}/verify", headers=anon(keys, slug), json=body)
+    return http.post(f"{auth(base, slug)}/verify", headers=anon(keys, slug), json=body)
 
 
 async def audit_actions(db: Database, slug: str) -> list[str]:
@@ -211,14 +212,14 @@ def test_recovery_mail_link_lands_on_the_redirect_with_a_session_that_sets_a_new
     link = link_in(mail)
     assert link.startswith(f"{auth(base)}/verify?") and "type=recovery" in link
 
-    landed = httpx.get(link, follow_redirects=False)
+    landed = http.get(link, follow_redirects=False)
     assert landed.status_code == 303, landed.text
     location = landed.headers["location"]
     assert location.startswith(f"{SITE}/reset#")
     session = fragment_of(location)
     assert session["type"] == "recovery" and session["token_type"] == "bearer" and session["refresh_token"]
 
-    changed = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "a brand new passphrase"})
+    changed = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "a brand new passphrase"})
     assert changed.status_code == 200, changed.text
     assert sign_in(base, keys, "rita@example.com", "a brand new passphrase").status_code == 200
     assert sign_in(base, keys, "rita@example.com").status_code == 400
@@ -241,8 +242,8 @@ def test_a_used_link_is_refused_and_redirects_with_the_error(base, keys, sink):
     sign_up(base, keys, "lena@example.com")
     recover(base, keys, "lena@example.com")
     link = link_in(sink.to("lena@example.com"))
-    assert httpx.get(link, follow_redirects=False).status_code == 303
-    second = httpx.get(link, follow_redirects=False)
+    assert http.get(link, follow_redirects=False).status_code == 303
+    second = http.get(link, follow_redirects=False)
     assert second.status_code == 303
     assert second.headers["location"].startswith(f"{SITE}#")  # the site URL: no redirect_to was asked for
     error = fragment_of(second.headers["location"])
@@ -304,7 +305,7 @@ def test_the_link_refuses_a_redirect_off_the_allow_list_instead_of_following_it(
     sign_up(base, keys, "hook@example.com")
     recover(base, keys, "hook@example.com")
     link = link_in(sink.to("hook@example.com")).replace("redirect_to=", "redirect_to=https%3A%2F%2Fevil.example%2F&x=")
-    answered = httpx.get(link, follow_redirects=False)
+    answered = http.get(link, follow_redirects=False)
     assert answered.status_code == 400 and answered.json()["code"] == "redirect_to_not_allowed"
     assert "location" not in answered.headers
 
@@ -314,19 +315,19 @@ def test_the_link_refuses_a_redirect_off_the_allow_list_instead_of_following_it(
 
 def test_a_magic_link_signs_an_existing_user_in(base, keys, sink):
     sign_up(base, keys, "magic@example.com")
-    asked = httpx.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "magic@example.com", "create_user": False})
+    asked = http.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "magic@example.com", "create_user": False})
     assert asked.status_code == 200 and asked.json() == {}
     mail = sink.to("magic@example.com")
     assert mail["Subject"] == "Your Shop Co sign-in link"
-    landed = httpx.get(link_in(mail), follow_redirects=False)
+    landed = http.get(link_in(mail), follow_redirects=False)
     session = fragment_of(landed.headers["location"])
     assert session["type"] == "magiclink"
-    me = httpx.get(f"{auth(base)}/user", headers=bearer(keys, session))
+    me = http.get(f"{auth(base)}/user", headers=bearer(keys, session))
     assert me.status_code == 200 and me.json()["email"] == "magic@example.com"
 
 
 def test_an_otp_code_signs_up_a_new_address_confirmed(base, keys, sink):
-    asked = httpx.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "fresh@example.com", "data": {"plan": "x"}})
+    asked = http.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "fresh@example.com", "data": {"plan": "x"}})
     assert asked.status_code == 200
     mail = sink.to("fresh@example.com")
     assert mail["Subject"] == "Confirm your address for Shop Co"
@@ -337,7 +338,7 @@ def test_an_otp_code_signs_up_a_new_address_confirmed(base, keys, sink):
 
 
 def test_otp_without_create_user_refuses_an_unknown_address(base, keys, sink):
-    refused = httpx.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "ghost@example.com", "create_user": False})
+    refused = http.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "ghost@example.com", "create_user": False})
     assert refused.status_code == 422 and refused.json()["code"] == "otp_disabled"
     assert sink.count("ghost@example.com") == 0
 
@@ -367,7 +368,7 @@ def test_mails_to_one_address_are_throttled_alike_for_known_and_unknown_addresse
 
 
 def test_a_tenant_that_confirms_emails_signs_up_without_a_session_until_the_mail_is_followed(base, keys, sink):
-    made = httpx.post(f"{auth(base, 'strict')}/signup", headers=anon(keys, "strict"),
+    made = http.post(f"{auth(base, 'strict')}/signup", headers=anon(keys, "strict"),
                       json={"email": "conf@example.com", "password": PASSWORD})
     assert made.status_code == 200, made.text
     assert "access_token" not in made.json() and made.json()["email_confirmed_at"] is None
@@ -377,13 +378,13 @@ def test_a_tenant_that_confirms_emails_signs_up_without_a_session_until_the_mail
 
     first = sink.to("conf@example.com")
     assert first["Subject"] == "Confirm your address for Strict"
-    resent = httpx.post(f"{auth(base, 'strict')}/resend", headers=anon(keys, "strict"),
+    resent = http.post(f"{auth(base, 'strict')}/resend", headers=anon(keys, "strict"),
                         json={"type": "signup", "email": "conf@example.com"})
     assert resent.status_code == 200
     second = sink.to("conf@example.com", 2)
-    stale = httpx.get(link_in(first), follow_redirects=False)  # replaced by the resent one
+    stale = http.get(link_in(first), follow_redirects=False)  # replaced by the resent one
     assert fragment_of(stale.headers["location"])["error_code"] == "otp_expired"
-    landed = httpx.get(link_in(second), follow_redirects=False)
+    landed = http.get(link_in(second), follow_redirects=False)
     assert landed.headers["location"].startswith("https://strict.example#access_token=")
     assert fragment_of(landed.headers["location"])["type"] == "signup"
     assert sign_in(base, keys, "conf@example.com", slug="strict").status_code == 200
@@ -394,10 +395,10 @@ def test_a_tenant_that_confirms_emails_signs_up_without_a_session_until_the_mail
 
 def test_a_new_email_is_confirmed_from_the_new_address_before_it_replaces_the_old(base, keys, sink):
     session = sign_up(base, keys, "before@example.com")
-    asked = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "After@Example.com"})
+    asked = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "After@Example.com"})
     assert asked.status_code == 200, asked.text
     assert asked.json()["email"] == "before@example.com" and asked.json()["new_email"] == "after@example.com"
-    assert httpx.get(f"{auth(base)}/user", headers=bearer(keys, session)).json()["email"] == "before@example.com"
+    assert http.get(f"{auth(base)}/user", headers=bearer(keys, session)).json()["email"] == "before@example.com"
 
     mail = sink.to("after@example.com")
     assert "from before@example.com to after@example.com" in body_of(mail)
@@ -412,7 +413,7 @@ def test_a_new_email_is_confirmed_from_the_new_address_before_it_replaces_the_ol
 def test_an_email_change_to_a_taken_address_is_refused(base, keys, sink):
     sign_up(base, keys, "taken@example.com")
     session = sign_up(base, keys, "wants@example.com")
-    refused = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "taken@example.com"})
+    refused = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "taken@example.com"})
     assert refused.status_code == 422 and refused.json()["code"] == "email_exists"
 
 
@@ -421,28 +422,28 @@ def test_an_email_change_to_a_taken_address_is_refused(base, keys, sink):
 
 def test_a_tenant_admin_invites_an_end_user_who_accepts_by_the_link(base, keys, sink):
     service = {"apikey": keys["shop_service"], "Authorization": f"Bearer {keys['shop_service']}"}
-    assert httpx.post(f"{auth(base)}/invite", headers=anon(keys), json={"email": "inv@example.com"}).status_code == 403
-    invited = httpx.post(f"{auth(base)}/invite", headers=service, json={"email": "inv@example.com"})
+    assert http.post(f"{auth(base)}/invite", headers=anon(keys), json={"email": "inv@example.com"}).status_code == 403
+    invited = http.post(f"{auth(base)}/invite", headers=service, json={"email": "inv@example.com"})
     assert invited.status_code == 200, invited.text
     assert invited.json()["email"] == "inv@example.com" and invited.json()["email_confirmed_at"] is None
     mail = sink.to("inv@example.com")
     assert mail["Subject"] == "You are invited to Shop Co"
-    session = fragment_of(httpx.get(link_in(mail), follow_redirects=False).headers["location"])
+    session = fragment_of(http.get(link_in(mail), follow_redirects=False).headers["location"])
     assert session["type"] == "invite"
-    set_password = httpx.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "my own passphrase"})
+    set_password = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "my own passphrase"})
     assert set_password.status_code == 200 and set_password.json()["verified"] is True
     assert sign_in(base, keys, "inv@example.com", "my own passphrase").status_code == 200
 
 
 def test_a_member_invitation_is_mailed_with_the_accept_link(base, keys, sink):
-    invited = httpx.post(f"{base}/api/platform/functions/v1/invite_member", headers=platform_admin(base),
+    invited = http.post(f"{base}/api/platform/functions/v1/invite_member", headers=platform_admin(base),
                          json={"tenant": "shop", "email": "dev@example.com", "role": "developer"})
     assert invited.status_code == 200, invited.text
     mail = sink.to("dev@example.com")
     assert mail["Subject"] == "You are invited to Shop Co" and "as developer" in body_of(mail)
     accept = re.search(r"http\S+/admin/accept\?token=\S+", body_of(mail))
     assert accept and accept.group(0) == f"{base}/admin/accept?token={invited.json()['token']}"
-    joined = httpx.post(f"{base}/api/platform/functions/v1/accept_invitation",
+    joined = http.post(f"{base}/api/platform/functions/v1/accept_invitation",
                         json={"token": invited.json()["token"], "password": "the developer's passphrase"})
     assert joined.status_code == 200 and joined.json()["tenant"] == "shop"
 

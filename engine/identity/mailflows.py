@@ -190,12 +190,14 @@ class MailFlows:
 
     async def issue(self, conn: Any, user_id: str, kind: str, email: str, *, new_email: str | None = None,
                     redirect_to: str | None = None) -> tuple[str, str]:
-        """A fresh (link token, code) for the user's `kind`, replacing their unused older one (in `conn`'s
-        transaction, as the platform)."""
+        """A fresh (link token, code) for the user's `kind`, replacing their older ones (in `conn`'s transaction,
+        as the platform). The tenant's tokens a day past their expiry go too: a token row names an address,
+        and is kept no longer than it explains a refusal."""
         tokens = catalog.platform_tables()["one_time_tokens"]
         token, code = secrets.token_urlsafe(32), f"{secrets.randbelow(1_000_000):06d}"
-        await conn.execute(tokens.delete().where(tokens.c.tenant_id == self.tenant_id, tokens.c.user_id == user_id,
-                                                 tokens.c.kind == kind, tokens.c.used_at.is_(None)))
+        await conn.execute(tokens.delete().where(tokens.c.tenant_id == self.tenant_id, sa.or_(
+            sa.and_(tokens.c.user_id == user_id, tokens.c.kind == kind),
+            tokens.c.expires_at < sa.func.now() - sa.text("interval '1 day'"))))
         await conn.execute(tokens.insert().values(
             tenant_id=self.tenant_id, user_id=user_id, kind=kind, email=email, new_email=new_email,
             token_hash=digest(token), code_hash=code_digest(self.tenant_id, new_email or email, code),
@@ -478,15 +480,17 @@ class MailFlows:
                     changes["email"] = token.new_email
                 try:
                     async with conn.begin_nested():
-                        row = (await conn.execute(api.users.update().where(api.users.c.id == token.user_id)
-                                                  .values(**changes).returning(*api.user_columns()))).first()
+                        row = (await conn.execute(  # an erased account (no password at all) stays disabled
+                            api.users.update().where(api.users.c.id == token.user_id, api.users.c.password_hash.isnot(None))
+                            .values(**changes).returning(*api.user_columns()))).first()
                 except IntegrityError as exc:
                     raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
                                      details=[Problem("email", "is taken")]) from exc
                 if row is None:
-                    raise AuthFailed("user_not_found", 404, "the token's user no longer exists")
+                    raise AuthFailed("user_not_found", 404, "the token's user no longer exists or is disabled")
                 await api.as_platform(conn)
-                session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip, user_agent=None)
+                session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip,
+                                                       user_agent=audit.header(audit.REQUEST.get() or {}, b"user-agent"))
                 await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id)
         except AuthFailed as error:
             if by_code:
