@@ -172,6 +172,7 @@ async def as_platform(conn: AsyncConnection) -> None:
     await conn.execute(sa.text("RESET ROLE"))
 
 
+@database_errors
 async def account(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> tuple[str, bool]:
     """The user's email and whether it is confirmed (as the tenant's role); UserNotFound when the tenant
     has no such user. `db`, here and below: whose plan timeouts the tenant's statements run under."""
