@@ -4,10 +4,11 @@ Invitations go by email with a role: the `invitation` mail (the tenant's templat
 the console's accept link, `{public URL}/admin/accept?token=...`, and leaves once the invitation is committed;
 the token is also shown once to the inviter (the CLI prints it), stored as its SHA-256 hash, valid 7 days,
 usable once. The public URL is `BACKSAAS_PUBLIC_URL`, else the origin the inviting request came to; an
-invitation made outside a request (the CLI) without it is logged as not mailed. Accepting links the
-signed-in platform account with that email, or creates the account (the token proves the address). Owners
-and admins manage members; only an owner makes or unmakes owners, and no one removes or demotes a tenant's
-last owner. Every change is audited.
+invitation made outside a request (the CLI) without it is logged as not mailed, and with it is sent before
+the command returns (one attempt: the process ends). Accepting links the signed-in platform account with
+that email, or creates the account (the token proves the address). Owners and admins manage members; only
+an owner makes or unmakes owners, and no one removes or demotes a tenant's last owner. Every change is
+audited.
 Who acts is an explicit `Actor` (functions/access.py): each platform function asks `authorize` for it,
 the CLI passes `SYSTEM`; a caller without a user id is never an owner.
 """
@@ -157,6 +158,8 @@ async def mail_invitation(db: Database, tenant_id: str, slug: str, email: str, r
         "invited_by": inviter or name, "expires_at": expires_at.isoformat()})
     mailer.send(mailer.Mail(email, str(mail["subject"]), str(mail["text"]), tenant=slug, kind="invitation",
                             sender_name=name, html=mail["html"]))
+    if audit.REQUEST.get() is None:  # the CLI: its process ends with this command, so the mail is tried now
+        await mailer.current().drain(mailer.current().settings.timeout + 1)
 
 
 async def accept(db: Database, token: str, *, user_id: str | None = None, password: str | None = None

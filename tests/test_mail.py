@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -98,7 +102,7 @@ def body_of(message: EmailMessage) -> str:
 def link_in(message: EmailMessage) -> str:
     found = LINK.search(body_of(message))
     assert found, body_of(message)
-    return found.group(0).rstrip(".")
+    return found.group(0).rstrip(".)")
 
 
 def code_in(message: EmailMessage) -> str:
@@ -446,6 +450,42 @@ def test_a_member_invitation_is_mailed_with_the_accept_link(base, keys, sink):
     joined = http.post(f"{base}/api/platform/functions/v1/accept_invitation",
                         json={"token": invited.json()["token"], "password": "the developer's passphrase"})
     assert joined.status_code == 200 and joined.json()["tenant"] == "shop"
+
+
+def test_a_member_invitation_from_the_cli_is_mailed_before_the_command_returns(base, keys, sink, database_url):
+    env = {**os.environ, "DATABASE_URL": database_url, "BACKSAAS_SMTP_URL": f"smtp://127.0.0.1:{sink.port}",
+           "BACKSAAS_PUBLIC_URL": "https://console.platform.example"}
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "member", "invite", "--tenant", "shop", "--email",
+                          "cli@example.com", "--role", "viewer", "--json"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    token = json.loads(run.stdout)["token"]
+    assert sink.count("cli@example.com") == 1  # already there: the command waited for it
+    assert f"https://console.platform.example/admin/accept?token={token}" in body_of(sink.to("cli@example.com"))
+
+
+# -- templates --
+
+
+def test_an_html_template_goes_out_with_a_plain_text_part_whose_link_works(base, keys, sink):
+    html_body = '<p>Hello {{email}},</p><p><a href="{{link_url}}">Sign in to {{tenant_name}}</a></p><p>Code: <b>{{code}}</b></p>'
+    settings = {"auth": {"site_url": "https://other.example"},
+                "email_templates": {"magic_link": {"subject": "Sign in to {{tenant_name}}", "body": html_body}}}
+    done = http.post(f"{base}/api/platform/functions/v1/update_tenant", headers=platform_admin(base),
+                     json={"tenant": "other", "settings": settings})
+    assert done.status_code == 200, done.text
+    sign_up(base, keys, "html@example.com", slug="other")
+    assert http.post(f"{auth(base, 'other')}/otp", headers=anon(keys, "other"),
+                     json={"email": "html@example.com"}).status_code == 200
+    mail = sink.to("html@example.com")
+    html_part = mail.get_body(("html",))
+    assert html_part is not None and "&amp;type=magiclink" in html_part.get_content()  # escaped in HTML
+    text = body_of(mail).replace("\r\n", "\n")
+    assert text.startswith("Hello html@example.com,\nSign in to Other (http") and "<" not in text
+    landed = http.get(link_in(mail), follow_redirects=False)
+    assert fragment_of(landed.headers["location"])["type"] == "magiclink"
+    assert verify(base, keys, slug="other", type="magiclink", email="html@example.com",
+                  token=code_in(mail)).status_code == 403  # the link used the token: its code too
 
 
 # -- the audit trail --
