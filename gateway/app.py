@@ -49,7 +49,7 @@ from gateway import metrics
 from gateway.access import AccessLog
 from gateway.admin_console import CONSOLE_HOST, AdminConsole, is_console
 from gateway.audit import EXPORT_PATH, audit_export
-from gateway.auth import authenticate
+from gateway.auth import ANONYMOUS, authenticate
 from gateway.bodies import read_body
 from gateway.branding import branding_json, branding_stylesheet
 from gateway.cors import ANY_ORIGIN, CrossOrigin
@@ -318,10 +318,19 @@ class TenantApp:
             return
         registry: RuntimeRegistry = self.starlette.state.registry
         try:
-            runtime, limits = await registry.resolve(scope["backsaas.slug"])
+            runtime, plan = await registry.resolve_plan(scope["backsaas.slug"])
         except BackSaasError as error:
             await send({"type": "websocket.close", "code": 4404 if error.status == 404 else 4403, "reason": error.code})
             return
+        # opening a socket spends the tenant's windows and its address's as an anonymous request does (the
+        # credentials come later, in connection_init): a tenant past its budget opens no new subscriptions
+        client = scope.get("client")
+        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, ANONYMOUS,
+                                                              client[0] if client else None)
+        if window is not None and window.refused:
+            await send({"type": "websocket.close", "code": 4429, "reason": "rate_limited"})
+            return
+        limits = plan.limits
         await serve_graphql_ws(WebSocket(scope, receive, send), registry, runtime, limits, self.starlette.state.db,
                                request_headers(scope), scope.get("backsaas.tenant_header", False))
 
