@@ -414,6 +414,29 @@ def test_a_new_email_is_confirmed_from_the_new_address_before_it_replaces_the_ol
     assert sign_in(base, keys, "before@example.com").status_code == 400
 
 
+def test_a_pending_email_change_is_resent_with_a_fresh_token(base, keys, sink):
+    session = sign_up(base, keys, "mover@example.com")
+    http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "moved@example.com"})
+    first = sink.to("moved@example.com")
+    resent = http.post(f"{auth(base)}/resend", headers=anon(keys), json={"type": "email_change", "email": "moved@example.com"})
+    assert resent.status_code == 200 and resent.json() == {}
+    second = sink.to("moved@example.com", 2)
+    assert "from mover@example.com to moved@example.com" in body_of(second)
+    assert verify(base, keys, type="email_change", email="moved@example.com", token=code_in(first)).status_code == 403
+    done = verify(base, keys, type="email_change", email="moved@example.com", token=code_in(second))
+    assert done.status_code == 200 and done.json()["user"]["email"] == "moved@example.com"
+
+
+def test_a_platform_account_recovers_its_password_at_the_platforms_auth(base, keys, sink):
+    asked = http.post(f"{base}/api/platform/auth/v1/recover", json={"email": "root@platform.example"})
+    assert asked.status_code == 200
+    mail = sink.to("root@platform.example")
+    assert link_in(mail).startswith(f"{base}/api/platform/auth/v1/verify?")
+    verified = http.post(f"{base}/api/platform/auth/v1/verify",
+                         json={"type": "recovery", "email": "root@platform.example", "token": code_in(mail)})
+    assert verified.status_code == 200 and verified.json()["user"]["email"] == "root@platform.example"
+
+
 def test_an_email_change_to_a_taken_address_is_refused(base, keys, sink):
     sign_up(base, keys, "taken@example.com")
     session = sign_up(base, keys, "wants@example.com")
