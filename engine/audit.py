@@ -224,6 +224,16 @@ async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, mod
         await driver.execute(script)
 
 
+def hashed(e: str) -> str:
+    """An entry's hash, of record `e` (a `system.audit_log` row): SHA-256 of its previous hash and its
+    canonical form. `digest` (what `verify` recomputes) and `seal` both use this one expression."""
+    return f"""encode(sha256(convert_to(coalesce({e}.prev_hash, '') || jsonb_build_object(
+    'seq', {e}.seq, 'chain', {e}.chain, 'at', (extract(epoch FROM {e}.created_at) * 1000000)::bigint,
+    'action', {e}.action, 'entity', {e}.entity, 'record_id', {e}.record_id, 'user_id', {e}.user_id,
+    'key_name', {e}.key_name, 'roles', {e}.roles, 'request_id', {e}.request_id, 'ip', {e}.ip,
+    'user_agent', {e}.user_agent, 'changes', {e}.changes, 'data', {e}.data)::text, 'UTF8')), 'hex')"""
+
+
 COLUMNS = ("tenant_id, chain, action, entity, record_id, changes, data, user_id, key_name, roles, request_id, ip, "
            "user_agent")
 CONTEXT = "c_user, c_key, c_roles, c_request, c_ip, c_agent"  # the capture's variables, from `ctx`
@@ -242,16 +252,17 @@ def changes(old: str | None, new: str | None) -> str:
         pair = f"'old', NULL, 'new', {shown('e.value')}" if old is None else f"'old', {shown('e.value')}, 'new', NULL"
         return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object({pair})) FROM jsonb_each({row}) e "
                 "WHERE e.key <> 'updated_at'), '{}'::jsonb)")
-    return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object('old', {shown('f.value')}, 'new', "
-            f"{shown('e.value')})) FROM jsonb_each({new}) e JOIN jsonb_each({old}) f ON f.key = e.key "
-            "WHERE e.key <> 'updated_at' AND e.value IS DISTINCT FROM f.value), '{}'::jsonb)")
+    return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object('old', {shown(f'({old} -> e.key)')}, "
+            f"'new', {shown('e.value')})) FROM jsonb_each({new}) e "
+            f"WHERE e.key <> 'updated_at' AND e.value IS DISTINCT FROM ({old} -> e.key)), '{{}}'::jsonb)")
 
 
 def captured(action: str) -> str:
     """The capture trigger's one statement for `action` on a tenant's table: an unsealed entry per row of
     the transition table(s), in the tenant's chain, with the changed fields and the transaction's context."""
-    rows = {"create": ("new_rows n", None, "to_jsonb(n.*)", "n.id"),
-            "update": ("new_rows n JOIN old_rows o ON o.id = n.id", "to_jsonb(o.*)", "to_jsonb(n.*)", "n.id"),
+    rows = {"create": ("new_rows n", None, "to_jsonb(n.*)", "n.id"),  # the row's jsonb is used once: inline
+            "update": ("(SELECT n.id, to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o "
+                       "ON o.id = n.id OFFSET 0) x", "x.o", "x.n", "x.id"),  # twice a field: made once (OFFSET 0)
             "delete": ("old_rows o", "to_jsonb(o.*)", None, "o.id")}
     source, old, new, record = rows[action]
     return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT tenant, tenant, '{action}', TG_TABLE_NAME, {record}, "
@@ -299,11 +310,7 @@ GRANT INSERT ON {SCHEMA}.context TO PUBLIC;
 CREATE OR REPLACE FUNCTION {SCHEMA}.digest(e system.audit_log) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN  -- plpgsql, not sql: its plan is kept for the session (a SQL function's is made again at every call)
-  RETURN encode(sha256(convert_to(coalesce(e.prev_hash, '') || jsonb_build_object(
-    'seq', e.seq, 'chain', e.chain, 'at', (extract(epoch FROM e.created_at) * 1000000)::bigint,
-    'action', e.action, 'entity', e.entity, 'record_id', e.record_id, 'user_id', e.user_id,
-    'key_name', e.key_name, 'roles', e.roles, 'request_id', e.request_id, 'ip', e.ip,
-    'user_agent', e.user_agent, 'changes', e.changes, 'data', e.data)::text, 'UTF8')), 'hex');
+  RETURN {hashed("e")};
 END $$;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.append(entries jsonb) RETURNS void
@@ -346,7 +353,7 @@ BEGIN
     head_seq := head_seq + 1;
     r.seq := head_seq;
     r.prev_hash := head_hash;
-    r.hash := {SCHEMA}.digest(r);
+    r.hash := {hashed("r")};  -- `digest`'s expression: no function call per entry
     head_hash := r.hash;
     ids := ids || r.id;
     seqs := seqs || r.seq;
