@@ -26,6 +26,10 @@ outcome could not be recorded in time, never because a receiver was slow.
 Webhook signatures follow Stripe's scheme: `BackSaas-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>" with the secret>`, the secret being the tenant's own, stored by the platform under the
 name the schema gives (`secret: NAME`, set with `set_webhook_secret`; engine/vault.py).
+
+A tenant past its plan's `webhook_deliveries_per_month` (engine/quotas.py) gets no more deliveries: each of
+its webhooks is held (pending again, its attempt not counted, `last_error` saying why) and looked at again
+every `hold` seconds, so it goes out when the month turns or the plan grows, and nothing is lost.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from engine.authz import Caller
 from engine.database import Database, driver_url
 from engine.errors import BackSaasError, InvalidInput, Problem
 from engine.hooks import Change, HookContext, call, resolve
+from engine.plans import limit_of
 from engine.storage.deploy import OUTBOX_CHANNEL
 
 SIGNATURE_HEADER = "BackSaas-Signature"
@@ -172,7 +177,9 @@ DEFAULT_LEASE = 60.0
 DEFAULT_TIMEOUT = 10.0
 LEASE_SLACK = 1.0  # beyond the attempt and its recording (each at most `timeout`): the claim's own round trip
 SETTINGS_VARIABLES = {"base_delay": "BACKSAAS_OUTBOX_BASE_DELAY", "max_attempts": "BACKSAAS_OUTBOX_MAX_ATTEMPTS",
-                      "lease": "BACKSAAS_OUTBOX_LEASE", "timeout": "BACKSAAS_OUTBOX_TIMEOUT"}
+                      "lease": "BACKSAAS_OUTBOX_LEASE", "timeout": "BACKSAAS_OUTBOX_TIMEOUT",
+                      "hold": "BACKSAAS_OUTBOX_QUOTA_HOLD"}
+QUOTA_HOLD_SECONDS = 600.0  # how long a webhook past its tenant's monthly deliveries waits before it is looked at again
 
 
 class OutboxMisconfigured(InvalidInput):
@@ -259,9 +266,12 @@ class Dispatcher:
     def __init__(self, db: Database, registry: Any, *, max_attempts: int = 8, base_delay: float = 2.0,
                  max_delay: float = 600.0, concurrency: int = 32, per_tenant: int = 4, lease: float | None = None,
                  timeout: float = DEFAULT_TIMEOUT, allow_hosts: Iterable[str] | None = None, resolver: Resolver = resolve_host,
-                 transport: httpx.AsyncBaseTransport | None = None, meter: Any = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, meter: Any = None, quotas: Any = None,
+                 hold: float = QUOTA_HOLD_SECONDS) -> None:
         self.db, self.registry = db, registry
         self.meter = meter  # engine.metering.Meter: webhook deliveries and async hooks' rows, per tenant
+        self.quotas, self.hold = quotas, hold  # engine.quotas.QuotaBook: webhooks past the month's deliveries wait
+        self.in_flight: dict[str, int] = {}  # tenant id -> its deliveries (and hooks) this process has under way
         self.max_attempts, self.base_delay, self.max_delay = max_attempts, base_delay, max_delay
         self.concurrency, self.per_tenant, self.timeout = concurrency, per_tenant, timeout
         self.lease = lease_for(timeout, lease)
@@ -372,6 +382,23 @@ class Dispatcher:
                       r.payload, r.caller or {}, r.attempts) for r in rows]
 
     async def deliver(self, event: Event) -> None:
+        webhook = event.kind == "webhook"
+        try:
+            if webhook and (spent := await self.deliveries_spent(event)) is not None:
+                await self.hold_back(event, spent)
+                return
+        except BackSaasError as exc:  # its tenant is gone or suspended meanwhile: an attempt that failed
+            await self.record(event, Outcome(False, error=exc.message), 0.0)
+            return
+        if webhook:  # under way until recorded (and metered): a claim hands several of a tenant's events over
+            self.in_flight[event.tenant_id] = self.in_flight.get(event.tenant_id, 0) + 1
+        try:
+            await self.attempt(event)
+        finally:
+            if webhook:
+                self.in_flight[event.tenant_id] -= 1
+
+    async def attempt(self, event: Event) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):  # the whole attempt, its secret or runtime lookup included
@@ -385,6 +412,30 @@ class Dispatcher:
             outcome = Outcome(False, error="internal error")
         latency = round((time.perf_counter() - started) * 1000, 2)
         await self.record(event, outcome, latency)
+
+    async def deliveries_spent(self, event: Event) -> str | None:
+        """Why `event` may not be delivered now: its tenant's plan's monthly webhook deliveries are used up."""
+        if self.quotas is None:
+            return None
+        _, plan = await self.registry.resolve_plan(event.slug)
+        allowed = limit_of(plan.limits, "webhook_deliveries_per_month")
+        if allowed is None:
+            return None
+        used = self.quotas.used(event.tenant_id, "webhook_deliveries_per_month") + self.in_flight.get(event.tenant_id, 0)
+        if used < allowed:
+            return None
+        return (f"held: this month's {allowed} webhook deliveries of the plan are used ({used}); it is delivered "
+                "when the month turns or the plan allows more")
+
+    async def hold_back(self, event: Event, reason: str) -> None:
+        """Put a claimed webhook back, unattempted, to be looked at again in `hold` seconds."""
+        events = catalog.platform_tables()["events"]
+        async with asyncio.timeout(self.timeout), self.db.begin() as conn:
+            await conn.execute(events.update().where(events.c.id == event.id, events.c.status == "delivering")
+                               .values(status="pending", attempts=events.c.attempts - 1, locked_until=None,
+                                       last_error=reason,
+                                       next_attempt_at=sa.func.now() + timedelta(seconds=self.hold)))
+        log.info("outbox.held", event_id=event.id, tenant=event.slug, reason=reason)
 
     async def post(self, event: Event) -> Outcome:
         body = event.body()

@@ -16,7 +16,8 @@ So a quota may be overrun by what one flush interval or one measurement interval
   `guard_write`), while reads and deletes keep working; `end_users` refuses sign-ups (counted exactly
   when one is asked for); `members`
   refuses invitations (`check_members`, where an invitation is made). `webhook_deliveries_per_month`
-  warns only. A limit of -1, or none, is unlimited. The system tenant has no quota.
+  holds the tenant's webhooks back in the outbox until the month turns or the plan grows (engine/outbox.py).
+  A limit of -1, or none, is unlimited. The system tenant has no quota.
 """
 
 from __future__ import annotations

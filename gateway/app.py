@@ -514,7 +514,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         if meter is not None and book is not None:
             meter.db = book.db = db
             await start_meter(meter, book)
-        dispatcher = asyncio.create_task(Dispatcher(db, registry, meter=meter, **(outbox or {})).run())
+        dispatcher = asyncio.create_task(Dispatcher(db, registry, meter=meter, quotas=book, **(outbox or {})).run())
         sweeper = BillingSweeper(db).start()  # grace periods ending, manual trials and periods
         log.info("gateway.started", database=db.name)
         try:

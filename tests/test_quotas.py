@@ -71,7 +71,7 @@ class Receiver:
 
 PLANS = {"q-soft": {"rows": 10}, "q-hard": {"rows": 3}, "q-requests": {"requests_per_month": 5},
          "q-users": {"end_users": 1}, "q-members": {"members": 1}, "q-open": {},
-         "q-half": {"rows": 10, "quota_soft_percent": 50}}
+         "q-half": {"rows": 10, "quota_soft_percent": 50}, "q-hooks": {"webhook_deliveries_per_month": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ async def keys(db: Database, receiver: Receiver) -> dict[str, dict[str, str]]:
             await conn.execute(plans.insert().values(code=code, name=code, limits=limits))
     made = {}
     for slug, plan in (("soft", "q-soft"), ("hard", "q-hard"), ("busy", "q-requests"), ("users", "q-users"),
-                       ("team", "q-members"), ("other", "q-open"), ("half", "q-half")):
+                       ("team", "q-members"), ("other", "q-open"), ("half", "q-half"), ("hooks", "q-hooks")):
         await create_tenant(db, slug, source=schema(receiver.url), plan=plan)
         made[slug] = {role: (await create_api_key(db, slug, role, role)).key for role in ("anon", "service")}
     await create_platform_admin(db, ADMIN, PASSWORD)
@@ -99,7 +99,7 @@ async def keys(db: Database, receiver: Receiver) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def base(keys: dict[str, dict[str, str]], database_url: str) -> Iterator[str]:
     with running_gateway(database_url, metering={"flush_seconds": 0.1, "measure_seconds": 0.1},
-                         outbox={"base_delay": 0.05, "allow_hosts": ["127.0.0.1"]}) as url:
+                         outbox={"base_delay": 0.05, "allow_hosts": ["127.0.0.1"], "hold": 0.3}) as url:
         yield url
 
 
@@ -135,6 +135,28 @@ def test_past_the_soft_limit_responses_warn_and_the_tenant_gets_one_quota_warnin
     assert [(e["entity"], e["action"]) for e in listed if e["entity"] == "quota.warning"] == [("quota.warning", "event")]
     other = http.get(f"{rest(base, 'other')}/note", headers={"apikey": keys["other"]["service"]})
     assert "X-Quota-Warning" not in other.headers
+
+
+async def test_past_the_monthly_webhook_deliveries_webhooks_are_held_until_the_plan_allows_more(db, base, keys, receiver):
+    service = {"apikey": keys["hooks"]["service"]}
+
+    def alerts() -> list[dict[str, Any]]:
+        return [b for b in receiver.bodies if b.get("tenant") == "hooks" and b.get("entity") == "alert"]
+
+    for i in range(4):
+        assert http.post(f"{rest(base, 'hooks')}/alert", json={"text": f"a{i}"}, headers=service).status_code == 201
+    wait_for(lambda: len(alerts()) == 2)
+    held = wait_for(lambda: [e for e in http.get(f"{base}/api/tenants/hooks/events/v1", headers=service).json()
+                             if e["entity"] == "alert" and (e.get("last_error") or "").startswith("held:")])
+    time.sleep(1)  # looked at again every 0.3 s: still held, and no attempt counted
+    assert len(alerts()) == 2
+    assert all(e["status"] == "pending" and e["attempts"] == 0 for e in held)
+    plans = catalog.platform_tables()["plans"]
+    async with db.begin() as conn:  # the operator grows the plan: the held webhooks go out
+        await conn.execute(plans.update().where(plans.c.code == "q-hooks")
+                           .values(limits={"webhook_deliveries_per_month": 100}))
+    wait_for(lambda: len(alerts()) == 4)
+    assert sorted(b["record"]["text"] for b in alerts()) == ["a0", "a1", "a2", "a3"]
 
 
 def test_a_plan_sets_its_own_soft_percentage(base, keys):
