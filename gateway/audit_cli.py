@@ -1,9 +1,12 @@
-"""`backsaas audit verify | heads | prune | export`: the audit trail from the command line (the server's
-own authority, as every CLI command: it runs where the database URL is).
+"""`backsaas audit verify | heads | prune | export | seal`: the audit trail from the command line (the
+server's own authority, as every CLI command: it runs where the database URL is).
 
 `verify` exits 1 when the chain is broken and names the first broken link; `heads` prints the daily
 chain heads to hand to an auditor; `prune` applies each tenant's plan retention
-(`features.audit_retention_days`); `export` streams a tenant's entries as CSV or JSON lines.
+(`features.audit_retention_days`); `export` streams a tenant's entries as CSV or JSON lines; `seal`
+chains the committed unsealed entries of every chain (or one tenant's) now, as each gateway process does
+every second (engine/audit_trail.py), for an installation that writes with no gateway running (verify,
+heads, prune and export seal first anyway).
 """
 
 from __future__ import annotations
@@ -67,6 +70,21 @@ def cmd_audit_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_seal(args: argparse.Namespace) -> int:
+    from gateway.cli import out, with_database
+
+    async def work(db: Database) -> int:
+        tenant_id = await audit_functions.tenant_id_of(db, args.tenant) if args.tenant else None
+        return await audit_trail.seal(db, tenant_id)
+
+    sealed = with_database(work)
+    if args.json:
+        out.print_json(json.dumps({"sealed": sealed}))
+    else:
+        out.print(f"sealed {sealed} entries", markup=False)
+    return 0
+
+
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from gateway.cli import with_database
 
@@ -93,7 +111,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def add_audit_commands(commands: Any) -> None:
     """The `audit` command group (gateway/cli.py's parser calls this)."""
-    group = commands.add_parser("audit", help="the audit trail: verify, heads, prune, export").add_subparsers(
+    group = commands.add_parser("audit", help="the audit trail: verify, heads, prune, export, seal").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     verify = group.add_parser("verify", help="verify a tenant's hash chain; exit 1 at the first broken link")
     verify.add_argument("--tenant", required=True, help="a tenant's slug (system: the platform's own chain)")
@@ -114,3 +132,7 @@ def add_audit_commands(commands: Any) -> None:
     for name in audit_trail.FILTERS:
         export.add_argument(f"--{name.replace('_', '-')}", dest=name)
     export.set_defaults(run=cmd_audit_export)
+    seal = group.add_parser("seal", help="chain the committed unsealed entries now (each gateway does every second)")
+    seal.add_argument("--tenant", help="one tenant (default: every chain)")
+    seal.add_argument("--json", action="store_true", help="machine-readable output")
+    seal.set_defaults(run=cmd_audit_seal)

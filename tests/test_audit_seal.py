@@ -1,11 +1,14 @@
 """Sealing the audit trail: entries are written unsealed in the transaction of their change (no chain lock
 on the write path) and chained once committed by `backsaas_audit.seal` (engine/audit_trail.py), from the
 gateway's sealer or from any reader. A write that commits late is chained after what was sealed before
-it; sealers and writers at once still leave one chain; a tenant's role cannot seal."""
+it; sealers and writers at once still leave one chain; a tenant's role cannot seal; `backsaas audit seal`
+seals without a gateway."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 
 import asyncpg
 import pytest
@@ -14,6 +17,8 @@ from engine import audit_trail
 from engine.database import Database
 from functions import audit as audit_functions
 from functions.tenants import create_tenant
+from gateway.cli import main
+from gateway.logs import configure_logging
 from tests.conftest import driver_url
 
 SCHEMA = """
@@ -130,3 +135,24 @@ async def test_a_tenant_role_cannot_seal(db, database_url):
                 await conn.execute("SELECT backsaas_audit.seal($1::uuid)", tenant_id)
     finally:
         await conn.close()
+
+
+def test_cli_seal_chains_what_a_gateway_would_have(db, database_url, monkeypatch, capsys):
+    async def write() -> str:
+        local = await Database.connect(database_url)
+        try:
+            tenant_id = await new_tenant(local, "cli-sealed")
+            async with local.as_role(local.role("cli-sealed")) as conn:
+                await conn.execute("INSERT INTO t_cli_sealed.item (n) VALUES (5)")
+            return tenant_id
+        finally:
+            await local.close()
+
+    tenant_id = asyncio.run(write())
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    try:
+        code = main(["audit", "seal", "--tenant", "cli-sealed", "--json"])
+    finally:  # main() points logging at this test's captured stdout: back to the process's stderr
+        configure_logging("warning", stream=sys.__stderr__)
+    assert code == 0 and json.loads(capsys.readouterr().out)["sealed"] >= 2  # provisioning's and the write's
+    assert [(e["n"], e["seq"] is not None) for e in asyncio.run(items(database_url, tenant_id))] == [(5, True)]
