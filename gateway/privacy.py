@@ -77,9 +77,9 @@ async def privacy_endpoint(request: Request, runtime: TenantRuntime, rest: str) 
         user_id = _uuid(parts[1], "user")
         if parts[2] == "export":
             async with db.begin() as conn:
-                return _json(await gdpr.export_user(conn, runtime, user_id))
+                return _json(await gdpr.export_user(conn, runtime, user_id, db=db))
         async with db.engine.connect() as conn:
-            await gdpr.account_email(conn, runtime, user_id)
+            await gdpr.account_email(conn, runtime, user_id, db=db)
             return _json(await consent_state(conn, runtime.tenant_id, user_id))
     return _json({"code": "not_found", "message": f"no route {method} {PRIVACY_BASE}{rest}", "details": None,
                   "hint": None}, 404)
