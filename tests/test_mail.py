@@ -511,6 +511,21 @@ def test_an_html_template_goes_out_with_a_plain_text_part_whose_link_works(base,
                   token=code_in(mail)).status_code == 403  # the link used the token: its code too
 
 
+def test_an_erased_account_does_not_come_back_by_a_token_mailed_before_its_erasure(base, keys, sink):
+    done = http.post(f"{base}/api/platform/functions/v1/update_tenant", headers=platform_admin(base),
+                     json={"tenant": "strict", "settings": {"auth": {"site_url": "https://strict.example"},
+                                                             "privacy": {"auto_process": True}}})
+    assert done.status_code == 200, done.text
+    session = sign_up(base, keys, "gone@example.com", slug="strict")
+    assert recover(base, keys, "gone@example.com", slug="strict").status_code == 200
+    token = parse_qs(urlsplit(link_in(sink.to("gone@example.com"))).query)["token"][0]
+    erased = http.post(f"{auth(base, 'strict')}/privacy/requests", headers=bearer(keys, session, "strict"),
+                       json={"type": "erasure"})
+    assert erased.status_code == 201 and erased.json()["status"] == "completed", erased.text
+    refused = verify(base, keys, slug="strict", type="recovery", token_hash=token)
+    assert refused.status_code == 404 and refused.json()["code"] == "user_not_found"
+
+
 # -- the audit trail --
 
 
