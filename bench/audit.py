@@ -228,10 +228,10 @@ def over_http(url: str, made: dict[str, dict[str, object]], args: argparse.Names
             for side, m in (("on", on_), ("off", off)):
                 print(f"{label if side == 'on' else '':12}{side:8}{m[0]:>7.0f}{m[1]:>11.0f}{m[2]:>8.0f}{m[3]:>8.2f}")
             cpu_ratio = (on_[1] + on_[2]) / (off[1] + off[2])
-            server = (on_[1] + off[1]) / 2  # the same work on both sides (the context CTE is in every write)
+            mean = (on_[1] + off[1]) / 2  # the same work on both sides (the context CTE is in every write)
             print(f"{'':12}{'on/off':8}{on_[0] / off[0]:>7.2f}{on_[1] / off[1]:>11.2f}"
                   f"{on_[2] / off[2] if off[2] else 0:>8.2f}{'':8}  server + db CPU per request: {cpu_ratio:.2f} "
-                  f"(the servers' mean for both: {(server + on_[2]) / (server + off[2]):.2f})")
+                  f"(the servers' mean for both: {(mean + on_[2]) / (mean + off[2]):.2f})")
     finally:
         server.terminate()
         server.wait(timeout=30)
