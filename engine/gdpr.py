@@ -291,6 +291,8 @@ async def erase_user(conn: AsyncConnection, runtime: Any, user_id: str, db: Data
             anonymised[entity.name] = count
     await as_platform(conn)
     revoked = await sessions.revoke(conn, runtime.tenant_id, "erased", user_id=user_id)
+    tokens = catalog.platform_tables()["one_time_tokens"]  # mailed links and codes: they hold the address
+    await conn.execute(tokens.delete().where(tokens.c.tenant_id == runtime.tenant_id, tokens.c.user_id == user_id))
     await set_flags(conn, runtime, user_id, erased_at=sa.func.now())
     return {"rows_anonymised": anonymised, "sessions_revoked": revoked}
 

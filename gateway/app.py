@@ -26,7 +26,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from engine import audit, catalog
+from engine import audit, catalog, mailer
+from engine.audit_trail import AuditSealer
 from engine.authz import unrestricted
 from engine.billing.sweeper import BillingSweeper
 from engine.database import Database
@@ -127,6 +128,8 @@ async def tenant_index(request: Request, runtime: TenantRuntime) -> Response:
 
 REST_PREFIX = "/rest/v1/"
 AUTH_PREFIX = "/auth/v1/"
+AUTH_API_VERSION = (b"x-supabase-api-version", b"2024-01-01")  # GoTrue's: its error bodies carry `code`
+MAIL_DRAIN_SECONDS = 5.0
 FUNCTIONS_PREFIX = "/functions/v1/"
 EVENTS_BASE = "/events/v1"
 TENANT_SURFACES = ("/rest/v1", "/auth/v1", "/graphql/v1", "/functions/v1")  # what X-Tenant-ID may address
@@ -307,8 +310,10 @@ class TenantApp:
             log.exception("request.failed", path=scope["path"], tenant=scope.get("backsaas.tenant"))
             response = JSONResponse({"code": "internal_error", "message": "the server failed to answer this request",
                                      "details": None, "hint": None}, status_code=500)
-        window = scope.get("backsaas.ratelimit")  # every answer of a rate-limited tenant says where it stands
-        await response(scope, receive, with_headers(send, window.headers()) if window is not None else send)
+        extra = scope["backsaas.ratelimit"].headers() if "backsaas.ratelimit" in scope else []
+        if scope["path"].startswith(AUTH_PREFIX, len(scope["root_path"])):  # supabase-js then reads errors' `code`
+            extra.append(AUTH_API_VERSION)
+        await response(scope, receive, with_headers(send, extra) if extra else send)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """WebSockets of a tenant: GraphQL subscriptions at /graphql/v1; refused before accepting otherwise."""
@@ -516,16 +521,20 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
             await start_meter(meter, book)
         dispatcher = asyncio.create_task(Dispatcher(db, registry, meter=meter, quotas=book, **(outbox or {})).run())
         sweeper = BillingSweeper(db).start()  # grace periods ending, manual trials and periods
+        audit_sealer = AuditSealer(db).start()  # audit entries chained into their tenants' chains each second
+        mailer.log_configuration()  # where this process's mails go: SMTP, or the log when none is configured
         log.info("gateway.started", database=db.name)
         try:
             yield
         finally:
             await stop_dispatcher(dispatcher)
             await sweeper.stop()
+            await audit_sealer.stop()
             if meter is not None:
                 await meter.close()  # what was counted since the last flush
             await registry.close()
             await app.state.rate_limits.close()
+            await mailer.current().drain(MAIL_DRAIN_SECONDS)  # mails still queued get their chance to go
             pools.cancel()
             metrics.process_ended()
             await db.close()

@@ -38,7 +38,7 @@ from rich.table import Table
 import engine
 import functions
 import gateway
-from engine import catalog
+from engine import catalog, mailer
 from engine.billing import operations as billing
 from engine.database import Database
 from engine.embedded import DATABASE, EmbeddedPostgres, data_directory, ensure_database
@@ -592,6 +592,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     proxies = trusted_proxies(args.trusted_proxies if args.trusted_proxies is not None
                               else os.environ.get(TRUSTED_PROXIES_ENV))
     outbox_settings_from_env()  # a misconfigured outbox (a lease a delivery outlasts) stops it before anything starts
+    mailer.MailSettings.from_env()  # so does a malformed BACKSAAS_SMTP_URL or BACKSAAS_PUBLIC_URL
     if args.functions_dir:  # in the environment, so that every worker process loads the same directory
         use_functions_dir(args.functions_dir)
     url = database_url(create=True)

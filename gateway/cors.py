@@ -23,7 +23,8 @@ ALLOWED_HEADERS = ("apikey", "authorization", "content-type", "prefer", "range",
                    "last-event-id", "x-region")
 # what a browser script may read of a response: paging, upsert outcomes, tracing and throttling
 EXPOSED_HEADERS = ("Content-Range", "Range-Unit", "Location", "Preference-Applied", "X-Request-Id", "Retry-After",
-                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Content-Profile")
+                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Content-Profile",
+                   "X-Supabase-Api-Version")
 PREFLIGHT_MAX_AGE = 3600
 
 OriginsOf = Callable[[Scope], Awaitable[tuple[str, ...]]]

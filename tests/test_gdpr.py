@@ -483,7 +483,7 @@ async def test_an_erasures_changes_are_audited_with_the_admin_who_carried_it_out
     conn = await asyncpg.connect(driver_url(database_url))
     try:
         entries = await conn.fetch("SELECT action, key_name FROM system.audit_log WHERE entity = 'profile' "
-                                   "AND record_id = $1::uuid ORDER BY seq", made.json()[0]["id"])
+                                   "AND record_id = $1::uuid ORDER BY created_at, id", made.json()[0]["id"])
     finally:
         await conn.close()
     assert [e["action"] for e in entries] == ["create", "update"]

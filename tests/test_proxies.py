@@ -127,7 +127,7 @@ async def login_ips(database_url: str) -> list[str]:
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
         rows = await conn.fetch("SELECT l.ip FROM system.audit_log l JOIN system.tenants t ON t.id = l.tenant_id "
-                                "WHERE t.slug = 'signin' AND l.action = 'auth.login' ORDER BY l.seq")
+                                "WHERE t.slug = 'signin' AND l.action = 'auth.login' ORDER BY l.created_at, l.id")
         return [row["ip"] for row in rows]
     finally:
         await conn.close()
