@@ -112,6 +112,10 @@ class MailSettings:
         if public is not None and urlsplit(public).scheme not in ("http", "https"):
             raise MailMisconfigured(f"{PUBLIC_URL_VARIABLE} must be an http(s) URL",
                                     details=[Problem(PUBLIC_URL_VARIABLE, "is not an http(s) URL")])
+        if url and public is None:  # links would be built from the Host header, which the client chooses
+            raise MailMisconfigured(f"{SMTP_URL_VARIABLE} is set without {PUBLIC_URL_VARIABLE}: set the server's public "
+                                    "URL, from which the links in mails are built",
+                                    details=[Problem(PUBLIC_URL_VARIABLE, f"is required with {SMTP_URL_VARIABLE}")])
         return cls(smtp_settings(url) if url else None, environ.get(FROM_VARIABLE, "").strip() or DEFAULT_FROM,
                    numbers["timeout"], int(numbers["attempts"]), numbers["retry_seconds"], public)
 

@@ -129,10 +129,14 @@ async def invite(db: Database, slug: str, email: str, role: str, *, actor: Actor
 
 
 def public_origin() -> str | None:
-    """Where the console is reached: `BACKSAAS_PUBLIC_URL`, else the origin of the request being served."""
+    """Where the console is reached: `BACKSAAS_PUBLIC_URL`, else, only when mails go to the log (development),
+    the origin of the request being served: its Host header is the client's to choose, and a link built from it
+    in a real mail would carry the invitation's token to whoever chose it."""
     public = os.environ.get(mailer.PUBLIC_URL_VARIABLE, "").strip().rstrip("/")
     if public:
         return public
+    if os.environ.get(mailer.SMTP_URL_VARIABLE, "").strip():
+        return None
     scope = audit.REQUEST.get()
     host = audit.header(scope, b"host") if scope else None
     return f"{scope.get('scheme', 'http')}://{host}" if scope and host else None

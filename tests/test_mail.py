@@ -129,7 +129,7 @@ def mail_env(sink: Sink) -> Iterator[None]:
         patch.setenv("BACKSAAS_MAIL_FROM", "Platform <mail@platform.example>")
         patch.setenv("BACKSAAS_MAIL_RETRY_SECONDS", "0.2")
         patch.setenv("BACKSAAS_SMTP_TIMEOUT", "3")
-        patch.delenv("BACKSAAS_PUBLIC_URL", raising=False)
+        patch.setenv("BACKSAAS_PUBLIC_URL", "http://127.0.0.1")  # required with SMTP; the gateway's own URL once it runs
         yield
 
 
@@ -153,6 +153,7 @@ def base(keys: dict[str, str], database_url: str, mail_env: None) -> Iterator[st
             done = http.post(f"{url}/api/platform/functions/v1/update_tenant", headers=admin,
                               json={"tenant": slug, "settings": settings})
             assert done.status_code == 200, done.text
+        os.environ["BACKSAAS_PUBLIC_URL"] = url  # read per mail; mail_env restores it afterwards
         yield url
 
 
@@ -305,6 +306,23 @@ def test_a_redirect_off_the_allow_list_is_refused(base, keys):
         assert recover(base, keys, "red@example.com", redirect_to=allowed).status_code == 200, allowed
 
 
+def test_a_redirect_a_browser_reads_differently_is_refused(base, keys, sink):
+    """Backslashes, userinfo, control and non-ASCII characters: Python's urlsplit and a browser disagree on
+    the host (`https://evil.example\\@app.shop.example/` is evil.example to a browser)."""
+    sign_up(base, keys, "slash@example.com")
+    for evil in ("https://evil.example\\@app.shop.example/", "https:/\\evil.example", "https://evil.example%5c@app.shop.example/",
+                 "https://u:p@app.shop.example/", "https://app.shop.example\t/x", "https://app.shop.exämple/",
+                 "https://admin.shop.example/auth/..\\..\\x", "javascript://app.shop.example/%0aalert(1)"):
+        refused = recover(base, keys, "slash@example.com", redirect_to=evil)
+        assert refused.status_code == 400 and refused.json()["code"] == "redirect_to_not_allowed", (evil, refused.text)
+    assert sink.count("slash@example.com") == 0
+    recover(base, keys, "slash@example.com")
+    backslashed = "redirect_to=https%3A%2F%2Fevil.example%5C%40app.shop.example%2F&x="
+    link = link_in(sink.to("slash@example.com")).replace("redirect_to=", backslashed)
+    answered = http.get(link, follow_redirects=False)
+    assert answered.status_code == 400 and "location" not in answered.headers
+
+
 def test_the_link_refuses_a_redirect_off_the_allow_list_instead_of_following_it(base, keys, sink):
     sign_up(base, keys, "hook@example.com")
     recover(base, keys, "hook@example.com")
@@ -435,6 +453,30 @@ def test_a_platform_account_recovers_its_password_at_the_platforms_auth(base, ke
     verified = http.post(f"{base}/api/platform/auth/v1/verify",
                          json={"type": "recovery", "email": "root@platform.example", "token": code_in(mail)})
     assert verified.status_code == 200 and verified.json()["user"]["email"] == "root@platform.example"
+
+
+def test_with_smtp_and_no_public_url_a_mail_flow_refuses_instead_of_linking_to_the_host_header(base, keys, sink, monkeypatch):
+    sign_up(base, keys, "hosted@example.com")
+    monkeypatch.delenv("BACKSAAS_PUBLIC_URL")
+    for asked in (http.post(f"{auth(base)}/recover", headers={**anon(keys), "Host": "evil.example"},
+                            json={"email": "hosted@example.com"}),
+                  http.post(f"{base}/api/platform/auth/v1/recover", headers={"Host": "evil.example"},
+                            json={"email": "root@platform.example"}),
+                  http.post(f"{auth(base)}/otp", headers={**anon(keys), "Host": "evil.example"},
+                            json={"email": "hosted@example.com"})):
+        assert asked.status_code == 500 and asked.json()["code"] == "mail_not_configured", asked.text
+    monkeypatch.setenv("BACKSAAS_PUBLIC_URL", base)
+    assert recover(base, keys, "hosted@example.com").status_code == 200
+    assert link_in(sink.to("hosted@example.com")).startswith(f"{auth(base)}/verify?")  # the first mail: none went out before
+
+
+def test_serve_refuses_an_smtp_url_without_a_public_url():
+    from engine import mailer
+
+    with pytest.raises(mailer.MailMisconfigured) as refused:
+        mailer.MailSettings.from_env({"BACKSAAS_SMTP_URL": "smtp://mail.example:587"})
+    assert refused.value.details[0].path == "BACKSAAS_PUBLIC_URL"
+    assert mailer.MailSettings.from_env({}).smtp is None  # the log transport needs none
 
 
 def test_an_email_change_to_a_taken_address_is_refused(base, keys, sink):
@@ -583,7 +625,8 @@ def test_the_configuration_is_logged_at_start_and_a_malformed_url_refused():
 
     with capture_logs() as logs:
         assert mailer.log_configuration({}) == {"transport": "log"}
-        assert mailer.log_configuration({"BACKSAAS_SMTP_URL": "smtps://u:p%40ss@mail.example:2465"}) == {
+        assert mailer.log_configuration({"BACKSAAS_SMTP_URL": "smtps://u:p%40ss@mail.example:2465",
+                                         "BACKSAAS_PUBLIC_URL": "https://api.example.com"}) == {
             "transport": "smtp", "host": "mail.example", "port": 2465}
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["mail.not_configured"]
     assert mailer.smtp_settings("smtp://u:p%40ss@h:587?starttls=true").password == "p@ss"

@@ -27,7 +27,9 @@ sign-ins (engine/identity/throttle.py), and mails are limited per address and pe
 `redirect_to` is honoured only on the origin of the tenant's `site_url` or when it matches its
 `uri_allow_list` (GoTrue's settings of those names, in the tenant's `settings.auth`); any other is refused
 (400 `redirect_to_not_allowed`), never followed. Links are built from `BACKSAAS_PUBLIC_URL` when the tenant
-was addressed by path (its Host header is the client's to choose), else from the host that resolved the tenant.
+was addressed by path (its Host header is the client's to choose: it is used only when mails go to the log,
+in development; with SMTP and no public URL a flow answers 500 `mail_not_configured`), else from the host that
+resolved the tenant (one of its own: its subdomain or a verified custom domain).
 
 Mails use the tenant's templates and branding name (functions/branding.py) and leave through the mailer
 (engine/mailer.py) after the transaction that issued their token has committed. Every flow is audited.
@@ -93,38 +95,62 @@ def code_digest(tenant_id: str, email: str, code: str) -> str:
 # -- redirects --------------------------------------------------------------------------------------------
 
 
-def _origin(url: str) -> tuple[str, str, int | None] | None:
+def _plain_url(url: str) -> bool:
+    """`url` is one that every parser reads alike: printable ASCII only (no backslash, which browsers read as
+    `/` where Python's urlsplit does not: `https://evil.example\\@site/` is evil.example to a browser), and no
+    userinfo (an `@` before the host)."""
+    if not url.isascii() or "\\" in url or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return False
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - a malformed port raises here
     except ValueError:
+        return False
+    return "@" not in parts.netloc and parts.username is None and parts.password is None
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an http(s) URL read alike by every parser (`_plain_url`), else None."""
+    if not _plain_url(url):
         return None
-    if not parts.scheme or not parts.netloc:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
         return None
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
+    return scheme, parts.hostname.lower(), parts.port or {"http": 80, "https": 443}[scheme]
 
 
 def redirect_allowed(url: str, auth: dict[str, Any]) -> bool:
     """`url` is on the origin of `site_url`, or equals an entry of `uri_allow_list`, or lies under an entry
-    ending in `/**` (same origin, path below it). Nothing else: no wildcard in a host, no userinfo tricks
-    (origins are compared parsed)."""
-    origin = _origin(url)
-    if origin is None or "#" in url or any(c.isspace() for c in url):
+    ending in `/**` (same origin, path below it). Nothing else: no wildcard in a host, no userinfo, no
+    backslash, control or non-ASCII character (origins are compared parsed, so a URL must parse the same in
+    Python as in a browser), and only http(s) on origins; an app's own scheme only as an exact entry."""
+    if not _plain_url(url) or "#" in url:
         return False
+    origin = _origin(url)
     site = auth.get("site_url")
-    if site and _origin(site) == origin:
+    if origin is not None and isinstance(site, str) and _origin(site) == origin:
         return True
     for entry in auth.get("uri_allow_list") or ():
+        if not isinstance(entry, str) or not _plain_url(entry):
+            continue
         if entry.endswith("/**"):
             base = entry[:-3]
-            if _origin(base) == origin:
+            if origin is not None and _origin(base) == origin:
                 path, under = urlsplit(url).path.rstrip("/"), urlsplit(base).path.rstrip("/")
                 if path == under or path.startswith(under + "/"):
                     return True
-        elif url.rstrip("/") == entry.rstrip("/"):
+        elif url.rstrip("/") == entry.rstrip("/") and (origin is not None or _app_scheme(url)):
             return True
     return False
+
+
+def _app_scheme(url: str) -> bool:
+    """A mobile app's own scheme (`myapp://callback`, listed exactly): never one a browser runs or reads
+    locally (javascript:, data:, file:, ...)."""
+    scheme = urlsplit(url).scheme.lower()
+    return bool(scheme) and scheme not in ("http", "https", "javascript", "data", "vbscript", "file", "blob", "about") \
+        and url[len(scheme):].startswith("://")
 
 
 # -- the flows --------------------------------------------------------------------------------------------
@@ -165,13 +191,17 @@ class MailFlows:
             prefix = "/api/platform" if self.slug == "system" else f"/api/tenants/{self.slug}"
         if public:
             return f"{public}{prefix}/auth/v1"
-        if host:
+        if host and not os.environ.get(mailer.SMTP_URL_VARIABLE, "").strip():  # development: mails go to the log
             return f"{scope.get('scheme', 'http')}://{host}{prefix}/auth/v1"
-        raise AuthFailed("mail_not_configured", 500, f"set {mailer.PUBLIC_URL_VARIABLE}: no public URL for mail links")
+        raise AuthFailed("mail_not_configured", 500, f"set {mailer.PUBLIC_URL_VARIABLE}: no public URL for mail links "
+                         "(the Host header is the client's to choose: links are built from it only when mails go to the log)")
 
-    async def redirect_for(self, requested: str | None) -> str:
+    async def redirect_for(self, requested: str | None, *, mailing: bool = True) -> str:
         """Where a link lands: `requested` when allowed (else refused, 400), else the site URL, else the
-        tenant's base URL."""
+        tenant's base URL. With `mailing` (a flow about to mail a link), refused first (500
+        `mail_not_configured`) when no link can be built safely, before any token is issued."""
+        if mailing:
+            self.auth_base()
         auth = (await self.tenant()).auth
         if requested:
             if not redirect_allowed(requested, auth):
@@ -448,7 +478,7 @@ class MailFlows:
 
     async def verify_get(self, params: dict[str, str]) -> Answer:
         kind, token = params.get("type", ""), params.get("token", "")
-        redirect_to = await self.redirect_for(params.get("redirect_to"))  # a disallowed one: 400, no redirect
+        redirect_to = await self.redirect_for(params.get("redirect_to"), mailing=False)  # disallowed: 400, no redirect
         try:
             if kind not in KINDS_OF_TYPE or not token:
                 raise AuthFailed("validation_failed", 400, "Verify requires a verification type and a token")
