@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -373,6 +374,35 @@ def test_wrong_codes_are_throttled_like_failed_sign_ins(base, keys, sink):
     statuses = [verify(base, keys, type="recovery", email="guess@example.com", token=wrong).status_code for _ in range(6)]
     assert statuses[:5] == [403] * 5 and statuses[5] == 429
     assert verify(base, keys, type="recovery", email="guess@example.com", token=right).status_code == 429  # locked out
+
+
+def test_concurrent_wrong_codes_and_passwords_are_counted_before_they_are_compared(base, keys, sink):
+    sign_up(base, keys, "swarm@example.com", slug="other")
+    recover(base, keys, "swarm@example.com", slug="other")
+    right = code_in(sink.to("swarm@example.com"))
+    guesses = [f"{(int(right) + 1 + i) % 1_000_000:06d}" for i in range(30)]
+    with ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(lambda code: verify(base, keys, slug="other", type="recovery", email="swarm@example.com",
+                                                     token=code).status_code, guesses))
+    assert statuses.count(403) <= 5 and statuses.count(429) >= 25, statuses
+    assert verify(base, keys, slug="other", type="recovery", email="swarm@example.com", token=right).status_code == 429
+
+    sign_up(base, keys, "swarm2@example.com", slug="other")
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda n: sign_in(base, keys, "swarm2@example.com", f"wrong guess {n}", slug="other")
+                                 .status_code, range(20)))
+    assert statuses.count(400) <= 5 and statuses.count(429) >= 15, statuses
+
+
+def test_a_right_code_clears_the_accounts_count(base, keys, sink):
+    sign_up(base, keys, "slip@example.com", slug="other")
+    recover(base, keys, "slip@example.com", slug="other")
+    right = code_in(sink.to("slip@example.com"))
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    for _ in range(4):
+        assert verify(base, keys, slug="other", type="recovery", email="slip@example.com", token=wrong).status_code == 403
+    assert verify(base, keys, slug="other", type="recovery", email="slip@example.com", token=right).status_code == 200
+    assert [sign_in(base, keys, "slip@example.com", slug="other").status_code for _ in range(6)] == [200] * 6
 
 
 def test_mails_to_one_address_are_throttled_alike_for_known_and_unknown_addresses(base, keys, sink):

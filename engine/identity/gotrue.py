@@ -255,7 +255,7 @@ class AuthApi:
 
     async def password_grant(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
         email, password = self.credentials(body)
-        await self.throttle.check(self.runtime.tenant_id, email, self.ip)
+        await self.throttle.attempt(self.runtime.tenant_id, email, self.ip)  # counted first: parallel guesses too
         async with self.db.begin() as conn:
             await self.as_tenant(conn)
             row = (await conn.execute(sa.select(*self.user_columns()).where(self.users.c.email == email))).first()
@@ -265,6 +265,7 @@ class AuthApi:
                 await audit.record(conn, "auth.login_failed", tenant_id=self.runtime.tenant_id, ip=self.ip,
                                    data={"email": email, "known_account": row is not None})
             raise AuthFailed("invalid_credentials", 400, "Invalid login credentials")
+        await self.throttle.succeeded(self.runtime.tenant_id, email)
         if not row.verified and (await MailFlows(self).tenant()).confirm_email:
             raise AuthFailed("email_not_confirmed", 400, "Email not confirmed")
         async with self.db.begin() as conn:

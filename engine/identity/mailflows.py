@@ -499,8 +499,8 @@ class MailFlows:
         it was a code."""
         api = self.api
         by_code = "code" in found_by
-        if by_code:
-            await api.throttle.check(self.tenant_id, found_by["email"], api.ip)
+        if by_code:  # counted before the code is compared: concurrent guesses are bounded too
+            await api.throttle.attempt(self.tenant_id, found_by["email"], api.ip)
         try:
             async with api.db.begin() as conn:
                 token = await self.consume(conn, kinds, **found_by)
@@ -522,6 +522,8 @@ class MailFlows:
                 session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip,
                                                        user_agent=audit.header(audit.REQUEST.get() or {}, b"user-agent"))
                 await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id)
+            if by_code:
+                await api.throttle.succeeded(self.tenant_id, found_by["email"])
         except AuthFailed as error:
             if by_code:
                 await api.throttle.failed(self.tenant_id, found_by["email"], api.ip)

@@ -1,7 +1,9 @@
 """Failed sign-ins are rate limited per account and per client address (moving windows, `limits`); so are
 the mails that `/auth/v1` sends (recovery, magic links, confirmations), per address and per client address.
 
-Only failures count for sign-ins: a user who signs in correctly is never slowed down. A mail counts when it
+Sign-ins: each attempt on an account is counted before its password or code is evaluated (so concurrent
+guesses are bounded too), and a correct one clears the account's count, so a user who signs in correctly
+is never slowed down; the client address counts failures. A mail counts when it
 is asked for, whether or not the address has an account, so the limit tells nothing about who has one.
 Counters live in memory, or in Redis when `REDIS_URL` is set so that every server process shares them.
 """
@@ -33,23 +35,34 @@ class LoginThrottle:
         self.mails_per_email: RateLimitItem = parse(mails_per_email)
         self.mails_per_client: RateLimitItem = parse(mails_per_client)
 
-    def _limits(self, tenant: str, email: str, address: str | None) -> list[tuple[RateLimitItem, str, str]]:
-        checks = [(self.per_account, "account", f"{tenant}:{email.strip().lower()}")]
-        if address:
-            checks.append((self.per_address, "address", f"{tenant}:{address}"))
-        return checks
+    @staticmethod
+    async def _refuse(limiter: MovingWindowRateLimiter, item: RateLimitItem, kind: str, key: str) -> None:
+        stats = await limiter.get_window_stats(item, "login", kind, key)
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        raise TooManyAttempts(f"too many failed sign-ins for this {kind}; try again later", wait)
 
-    async def check(self, tenant: str, email: str, address: str | None) -> None:
-        """`TooManyAttempts` (429, with the seconds to wait) when the account or the address is locked out."""
-        for item, kind, key in self._limits(tenant, email, address):
-            if not await self.limiter.test(item, "login", kind, key):
-                stats = await self.limiter.get_window_stats(item, "login", kind, key)
-                wait = max(1, math.ceil(stats.reset_time - time.time()))
-                raise TooManyAttempts(f"too many failed sign-ins for this {kind}; try again later", wait)
+    async def attempt(self, tenant: str, email: str, address: str | None) -> None:
+        """Before a password or a code is evaluated: `TooManyAttempts` (429, with the seconds to wait) when
+        the client address or the account is locked out. The account's attempt is counted here, before the
+        evaluation, so concurrent guesses cannot all pass a check made before any of them was counted (60
+        parallel wrong codes were all evaluated when it was counted after); `succeeded` forgives it."""
+        account = f"{tenant}:{email.strip().lower()}"
+        if address and not await self.limiter.test(self.per_address, "login", "address", f"{tenant}:{address}"):
+            await self._refuse(self.limiter, self.per_address, "address", f"{tenant}:{address}")
+        if not await self.limiter.hit(self.per_account, "login", "account", account):
+            await self._refuse(self.limiter, self.per_account, "account", account)
 
     async def failed(self, tenant: str, email: str, address: str | None) -> None:
-        for item, kind, key in self._limits(tenant, email, address):
-            await self.limiter.hit(item, "login", kind, key)
+        """After a refused password or code: the client address's count (the account's was counted by
+        `attempt`). The address limit bounds guesses spread over many accounts; each account's own limit is
+        the strict one."""
+        if address:
+            await self.limiter.hit(self.per_address, "login", "address", f"{tenant}:{address}")
+
+    async def succeeded(self, tenant: str, email: str) -> None:
+        """The right password or code: the account's count is forgiven (its owner is never slowed down by
+        their own sign-ins; whoever passed knows the secret)."""
+        await self.limiter.clear(self.per_account, "login", "account", f"{tenant}:{email.strip().lower()}")
 
     async def mail(self, tenant: str, email: str, address: str | None) -> None:
         """Count one mail asked for `email` (from client `address`); `TooManyAttempts` (429,
