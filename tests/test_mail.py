@@ -442,6 +442,29 @@ def test_a_tenant_that_confirms_emails_signs_up_without_a_session_until_the_mail
     assert sign_in(base, keys, "conf@example.com", slug="strict").status_code == 200
 
 
+def test_a_password_set_by_whoever_signed_up_with_the_address_stops_working_once_its_owner_confirms_it(base, keys, sink):
+    made = http.post(f"{auth(base, 'strict')}/signup", headers=anon(keys, "strict"),
+                     json={"email": "owner@example.com", "password": "the squatter's passphrase"})
+    assert made.status_code == 200, made.text
+    asked = http.post(f"{auth(base, 'strict')}/otp", headers=anon(keys, "strict"), json={"email": "owner@example.com"})
+    assert asked.status_code == 200
+    landed = http.get(link_in(sink.to("owner@example.com", 2)), follow_redirects=False)
+    session = fragment_of(landed.headers["location"])
+    assert session["type"] == "magiclink" and session["access_token"]
+    squatter = sign_in(base, keys, "owner@example.com", "the squatter's passphrase", slug="strict")
+    assert squatter.status_code == 400 and squatter.json()["code"] == "invalid_credentials"
+    me = http.get(f"{auth(base, 'strict')}/user", headers=bearer(keys, session, "strict"))
+    assert me.status_code == 200 and me.json()["verified"] is True
+
+
+def test_a_signup_confirmation_keeps_the_password_it_was_signed_up_with(base, keys, sink):
+    http.post(f"{auth(base, 'strict')}/signup", headers=anon(keys, "strict"),
+              json={"email": "keeper@example.com", "password": PASSWORD})
+    landed = http.get(link_in(sink.to("keeper@example.com")), follow_redirects=False)
+    assert fragment_of(landed.headers["location"])["type"] == "signup"
+    assert sign_in(base, keys, "keeper@example.com", slug="strict").status_code == 200
+
+
 # -- email change --
 
 
@@ -473,6 +496,45 @@ def test_a_pending_email_change_is_resent_with_a_fresh_token(base, keys, sink):
     assert verify(base, keys, type="email_change", email="moved@example.com", token=code_in(first)).status_code == 403
     done = verify(base, keys, type="email_change", email="moved@example.com", token=code_in(second))
     assert done.status_code == 200 and done.json()["user"]["email"] == "moved@example.com"
+
+
+def test_a_token_mailed_to_the_old_address_is_refused_after_the_email_changed(base, keys, sink):
+    session = sign_up(base, keys, "stale@example.com")
+    recover(base, keys, "stale@example.com")
+    old_link = link_in(sink.to("stale@example.com"))
+    asked = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "fresh-stale@example.com"})
+    assert asked.status_code == 200, asked.text
+    confirmed = http.get(link_in(sink.to("fresh-stale@example.com")), follow_redirects=False)
+    assert "access_token" in fragment_of(confirmed.headers["location"])
+    refused = fragment_of(http.get(old_link, follow_redirects=False).headers["location"])
+    assert refused["error_code"] == "otp_expired" and "access_token" not in refused
+
+
+async def test_a_token_whose_account_changed_address_is_refused(base, keys, sink, db):
+    """The token's address is checked against the account's at verification, whatever deleted the token or not."""
+    sign_up(base, keys, "moved-away@example.com", slug="other")
+    recover(base, keys, "moved-away@example.com", slug="other")
+    code = code_in(sink.to("moved-away@example.com"))
+    service = {"apikey": keys["other_service"], "Authorization": f"Bearer {keys['other_service']}"}
+    changed = http.patch(f"{base}/api/tenants/other/rest/v1/users", params={"email": "eq.moved-away@example.com"},
+                         headers=service, json={"email": "moved-here@example.com"})
+    assert changed.status_code in (200, 204), changed.text
+    refused = verify(base, keys, slug="other", type="recovery", email="moved-away@example.com", token=code)
+    assert refused.status_code == 403 and refused.json()["code"] == "otp_expired"
+    assert "changed" in refused.json()["message"]
+
+
+def test_a_password_change_voids_the_recovery_and_magic_links_mailed_before(base, keys, sink):
+    session = sign_up(base, keys, "changer@example.com")
+    recover(base, keys, "changer@example.com")
+    recovery = link_in(sink.to("changer@example.com"))
+    http.post(f"{auth(base)}/otp", headers=anon(keys), json={"email": "changer@example.com"})
+    magic = link_in(sink.to("changer@example.com", 2))
+    changed = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"password": "a changed passphrase"})
+    assert changed.status_code == 200, changed.text
+    for link in (recovery, magic):
+        landed = fragment_of(http.get(link, follow_redirects=False).headers["location"])
+        assert landed["error_code"] == "otp_expired" and "access_token" not in landed
 
 
 def test_a_platform_account_recovers_its_password_at_the_platforms_auth(base, keys, sink):

@@ -376,6 +376,8 @@ class AuthApi:
                     row = (await conn.execute(self.users.update().where(self.users.c.id == caller.user_id)
                                               .values(**changes).returning(*self.user_columns()))).one()
                 await self.as_platform(conn)
+                if "password_hash" in changes:  # a link mailed before the change must not undo it
+                    await flows.forget_tokens(conn, str(caller.user_id), ("recovery", "magiclink"))
                 if new_email is not None and new_email != row.email:
                     issued = await flows.request_email_change(conn, row, new_email, redirect_to)
                 if changes or issued is None:

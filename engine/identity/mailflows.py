@@ -21,8 +21,13 @@
 
 Tokens (system table `one_time_tokens`): a 256-bit link token and a 6-digit code, both stored as SHA-256
 only, bound to the tenant (looked up within it: another tenant's token is not found) and to the user,
-single use, one hour. A newer token of a kind replaces the user's older one. Wrong codes count as failed
-sign-ins (engine/identity/throttle.py), and mails are limited per address and per client.
+single use, one hour, and honoured only while the account still has the address it was mailed to. A newer
+token of a kind replaces the user's older one; a password change deletes the user's recovery and magic-link
+tokens, a confirmed email change all the others. The first confirmation of an address by a magic link, a
+recovery or an invitation replaces a password set before it with an unusable one and ends the account's
+other sessions: whoever signed up with someone else's address keeps nothing once its owner confirms it.
+Wrong codes count as failed sign-ins (engine/identity/throttle.py), and mails are limited per address and
+per client.
 
 `redirect_to` is honoured only on the origin of the tenant's `site_url` or when it matches its
 `uri_allow_list` (GoTrue's settings of those names, in the tenant's `settings.auth`); any other is refused
@@ -66,6 +71,9 @@ TEMPLATE_OF_KIND = {"signup": "confirm_signup", "invite": "invitation", "recover
 URL_OF_TEMPLATE = {"confirm_signup": "confirm_url", "invitation": "accept_url", "recovery": "reset_url",
                    "magic_link": "link_url", "email_change": "confirm_url"}
 INVALID = "Token has expired or is invalid"
+# Tokens whose first confirmation of an address hands the account to the address's owner: a password set
+# before (by whoever signed up with an address that was not theirs) stops working, its sessions end.
+CLAIMING_KINDS = frozenset({"magiclink", "recovery", "invite"})
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,18 @@ class MailFlows:
             token_hash=digest(token), code_hash=code_digest(self.tenant_id, new_email or email, code),
             redirect_to=redirect_to, expires_at=datetime.now(UTC) + TOKEN_LIFETIME))
         return token, code
+
+    async def forget_tokens(self, conn: Any, user_id: str, kinds: tuple[str, ...] | None = None,
+                            except_id: Any = None) -> None:
+        """Delete the user's outstanding tokens (of `kinds`, else all; as the platform, in `conn`'s
+        transaction): after a password or an address changes, a link mailed before must not undo it."""
+        tokens = catalog.platform_tables()["one_time_tokens"]
+        conditions = [tokens.c.tenant_id == self.tenant_id, tokens.c.user_id == user_id]
+        if kinds is not None:
+            conditions.append(tokens.c.kind.in_(kinds))
+        if except_id is not None:
+            conditions.append(tokens.c.id != except_id)
+        await conn.execute(tokens.delete().where(*conditions))
 
     async def consume(self, conn: Any, kinds: tuple[str, ...], *, token: str | None = None,
                       email: str | None = None, code: str | None = None) -> Any:
@@ -505,20 +525,30 @@ class MailFlows:
             async with api.db.begin() as conn:
                 token = await self.consume(conn, kinds, **found_by)
                 await api.as_tenant(conn)
+                before = (await conn.execute(sa.select(api.users.c.email, api.users.c.verified).where(
+                    api.users.c.id == token.user_id, api.users.c.password_hash.isnot(None)).with_for_update())).first()
+                if before is None:  # an erased account (no password at all) stays disabled
+                    raise AuthFailed("user_not_found", 404, "the token's user no longer exists or is disabled")
+                if before.email != token.email:  # mailed to an address the account no longer has
+                    raise AuthFailed("otp_expired", 403, f"{INVALID}: the account's email address has changed since")
                 changes: dict[str, Any] = {"verified": True}
                 if token.kind == "email_change":
                     changes["email"] = token.new_email
+                claimed = not before.verified and token.kind in CLAIMING_KINDS
+                if claimed:  # whoever signed up with this address before its owner confirmed it loses its password
+                    changes["password_hash"] = await hash_password(secrets.token_urlsafe(32))
                 try:
                     async with conn.begin_nested():
-                        row = (await conn.execute(  # an erased account (no password at all) stays disabled
-                            api.users.update().where(api.users.c.id == token.user_id, api.users.c.password_hash.isnot(None))
-                            .values(**changes).returning(*api.user_columns()))).first()
+                        row = (await conn.execute(api.users.update().where(api.users.c.id == token.user_id)
+                                                  .values(**changes).returning(*api.user_columns()))).one()
                 except IntegrityError as exc:
                     raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
                                      details=[Problem("email", "is taken")]) from exc
-                if row is None:
-                    raise AuthFailed("user_not_found", 404, "the token's user no longer exists or is disabled")
                 await api.as_platform(conn)
+                if claimed:
+                    await sessions.revoke(conn, self.tenant_id, "address_confirmed", user_id=str(row.id))
+                if token.kind == "email_change":  # what was mailed to the old address no longer holds
+                    await self.forget_tokens(conn, str(row.id), except_id=token.id)
                 session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip,
                                                        user_agent=audit.header(audit.REQUEST.get() or {}, b"user-agent"))
                 await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id)
