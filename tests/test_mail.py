@@ -394,7 +394,7 @@ def test_concurrent_wrong_codes_and_passwords_are_counted_before_they_are_compar
     assert statuses.count(400) <= 5 and statuses.count(429) >= 15, statuses
 
 
-def test_a_right_code_clears_the_accounts_count(base, keys, sink):
+def test_right_codes_and_passwords_are_never_counted_as_attempts(base, keys, sink):
     sign_up(base, keys, "slip@example.com", slug="other")
     recover(base, keys, "slip@example.com", slug="other")
     right = code_in(sink.to("slip@example.com"))
@@ -496,6 +496,29 @@ def test_a_pending_email_change_is_resent_with_a_fresh_token(base, keys, sink):
     assert verify(base, keys, type="email_change", email="moved@example.com", token=code_in(first)).status_code == 403
     done = verify(base, keys, type="email_change", email="moved@example.com", token=code_in(second))
     assert done.status_code == 200 and done.json()["user"]["email"] == "moved@example.com"
+
+
+def test_email_change_mails_are_throttled_per_address(base, keys, sink):
+    session = sign_up(base, keys, "pusher@example.com", slug="other")
+    asked = [http.put(f"{auth(base, 'other')}/user", headers=bearer(keys, session, "other"),
+                      json={"email": "inbox@example.com"}) for _ in range(6)]
+    assert [a.status_code for a in asked] == [200] * 5 + [429], [a.text for a in asked]
+    assert asked[5].json()["code"] == "over_email_send_rate_limit"
+    sink.to("inbox@example.com", 5)
+    assert sink.count("inbox@example.com") == 5
+
+
+def test_invitation_mails_are_throttled_per_address(base, keys, sink):
+    service = {"apikey": keys["strict_service"], "Authorization": f"Bearer {keys['strict_service']}"}
+    statuses = []
+    for _ in range(6):  # each invitation makes the account: it is removed before the next one
+        statuses.append(http.post(f"{auth(base, 'strict')}/invite", headers=service,
+                                  json={"email": "invitee@example.com"}).status_code)
+        if statuses[-1] == 200:
+            removed = http.delete(f"{base}/api/tenants/strict/rest/v1/users", params={"email": "eq.invitee@example.com"},
+                                  headers=service)
+            assert removed.status_code in (200, 204), removed.text
+    assert statuses == [200] * 5 + [429], statuses
 
 
 def test_a_token_mailed_to_the_old_address_is_refused_after_the_email_changed(base, keys, sink):

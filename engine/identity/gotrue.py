@@ -255,17 +255,16 @@ class AuthApi:
 
     async def password_grant(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
         email, password = self.credentials(body)
-        await self.throttle.attempt(self.runtime.tenant_id, email, self.ip)  # counted first: parallel guesses too
-        async with self.db.begin() as conn:
-            await self.as_tenant(conn)
-            row = (await conn.execute(sa.select(*self.user_columns()).where(self.users.c.email == email))).first()
-        if not await verify_password(row.password_hash if row else None, password):
-            await self.throttle.failed(self.runtime.tenant_id, email, self.ip)
+        async with self.throttle.attempt(self.runtime.tenant_id, email, self.ip):  # concurrent guesses bounded too
             async with self.db.begin() as conn:
-                await audit.record(conn, "auth.login_failed", tenant_id=self.runtime.tenant_id, ip=self.ip,
-                                   data={"email": email, "known_account": row is not None})
-            raise AuthFailed("invalid_credentials", 400, "Invalid login credentials")
-        await self.throttle.succeeded(self.runtime.tenant_id, email)
+                await self.as_tenant(conn)
+                row = (await conn.execute(sa.select(*self.user_columns()).where(self.users.c.email == email))).first()
+            if not await verify_password(row.password_hash if row else None, password):
+                await self.throttle.failed(self.runtime.tenant_id, email, self.ip)
+                async with self.db.begin() as conn:
+                    await audit.record(conn, "auth.login_failed", tenant_id=self.runtime.tenant_id, ip=self.ip,
+                                       data={"email": email, "known_account": row is not None})
+                raise AuthFailed("invalid_credentials", 400, "Invalid login credentials")
         if not row.verified and (await MailFlows(self).tenant()).confirm_email:
             raise AuthFailed("email_not_confirmed", 400, "Email not confirmed")
         async with self.db.begin() as conn:
@@ -379,6 +378,7 @@ class AuthApi:
                 if "password_hash" in changes:  # a link mailed before the change must not undo it
                     await flows.forget_tokens(conn, str(caller.user_id), ("recovery", "magiclink"))
                 if new_email is not None and new_email != row.email:
+                    await self.throttle.mail(self.runtime.tenant_id, new_email, self.ip)  # a mail to any address
                     issued = await flows.request_email_change(conn, row, new_email, redirect_to)
                 if changes or issued is None:
                     await audit.record(conn, "auth.user_updated", tenant_id=self.runtime.tenant_id, entity=USERS,

@@ -446,6 +446,7 @@ class MailFlows:
         redirect_to = await self.redirect_for(params.get("redirect_to") or body.get("redirect_to"))
         data, free = api.metadata_values(body.get("data"))
         api.check_metadata({"email": email, **data}, partial=False)
+        await api.throttle.mail(self.tenant_id, email, api.ip)
         async with api.db.begin() as conn:
             row = await self.insert_user(conn, email, data, free)
             issued = await self.issue(conn, str(row.id), "invite", email, redirect_to=redirect_to)
@@ -517,10 +518,14 @@ class MailFlows:
         """Use the token and apply what it proves (the address is the user's; for email_change, the new one
         replaces the old), then start a session; a refusal is audited and counted as a failed sign-in when
         it was a code."""
+        if "code" not in found_by:
+            return await self._verify(kinds, kind, found_by)
+        async with self.api.throttle.attempt(self.tenant_id, found_by["email"], self.api.ip):  # parallel guesses too
+            return await self._verify(kinds, kind, found_by)
+
+    async def _verify(self, kinds: tuple[str, ...], kind: str, found_by: dict[str, str]) -> tuple[Any, sessions.Session]:
         api = self.api
         by_code = "code" in found_by
-        if by_code:  # counted before the code is compared: concurrent guesses are bounded too
-            await api.throttle.attempt(self.tenant_id, found_by["email"], api.ip)
         try:
             async with api.db.begin() as conn:
                 token = await self.consume(conn, kinds, **found_by)
@@ -552,8 +557,6 @@ class MailFlows:
                 session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip,
                                                        user_agent=audit.header(audit.REQUEST.get() or {}, b"user-agent"))
                 await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id)
-            if by_code:
-                await api.throttle.succeeded(self.tenant_id, found_by["email"])
         except AuthFailed as error:
             if by_code:
                 await api.throttle.failed(self.tenant_id, found_by["email"], api.ip)

@@ -1,9 +1,8 @@
 """Failed sign-ins are rate limited per account and per client address (moving windows, `limits`); so are
 the mails that `/auth/v1` sends (recovery, magic links, confirmations), per address and per client address.
 
-Sign-ins: each attempt on an account is counted before its password or code is evaluated (so concurrent
-guesses are bounded too), and a correct one clears the account's count, so a user who signs in correctly
-is never slowed down; the client address counts failures. A mail counts when it
+Only failures count for sign-ins: a user who signs in correctly is never slowed down; attempts still being
+evaluated count as failures while they run, so concurrent guesses are bounded too. A mail counts when it
 is asked for, whether or not the address has an account, so the limit tells nothing about who has one.
 Counters live in memory, or in Redis when `REDIS_URL` is set so that every server process shares them.
 """
@@ -12,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from limits import RateLimitItem, parse, storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -34,35 +35,45 @@ class LoginThrottle:
         self.per_address: RateLimitItem = parse(per_address)
         self.mails_per_email: RateLimitItem = parse(mails_per_email)
         self.mails_per_client: RateLimitItem = parse(mails_per_client)
+        self.pending: dict[str, int] = {}  # account -> its attempts being evaluated now, in this process
 
-    @staticmethod
-    async def _refuse(limiter: MovingWindowRateLimiter, item: RateLimitItem, kind: str, key: str) -> None:
-        stats = await limiter.get_window_stats(item, "login", kind, key)
+    async def _refuse(self, item: RateLimitItem, kind: str, key: str) -> None:
+        stats = await self.limiter.get_window_stats(item, "login", kind, key)
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         raise TooManyAttempts(f"too many failed sign-ins for this {kind}; try again later", wait)
 
-    async def attempt(self, tenant: str, email: str, address: str | None) -> None:
-        """Before a password or a code is evaluated: `TooManyAttempts` (429, with the seconds to wait) when
-        the client address or the account is locked out. The account's attempt is counted here, before the
-        evaluation, so concurrent guesses cannot all pass a check made before any of them was counted (60
-        parallel wrong codes were all evaluated when it was counted after); `succeeded` forgives it."""
+    @asynccontextmanager
+    async def attempt(self, tenant: str, email: str, address: str | None) -> AsyncIterator[None]:
+        """Around the evaluation of a password or a code: `TooManyAttempts` (429, with the seconds to wait)
+        when the client address or the account is locked out, counting the account's attempts still being
+        evaluated as if they had failed. A check of failures alone let 60 concurrent wrong codes all pass it
+        before the first was counted; now at most the account's remaining failures are evaluated at once (in
+        this process: each server process allows as many). Only failures (`failed`) stay counted, so a user
+        who signs in correctly is never slowed down."""
         account = f"{tenant}:{email.strip().lower()}"
         if address and not await self.limiter.test(self.per_address, "login", "address", f"{tenant}:{address}"):
-            await self._refuse(self.limiter, self.per_address, "address", f"{tenant}:{address}")
-        if not await self.limiter.hit(self.per_account, "login", "account", account):
-            await self._refuse(self.limiter, self.per_account, "account", account)
+            await self._refuse(self.per_address, "address", f"{tenant}:{address}")
+        stats = await self.limiter.get_window_stats(self.per_account, "login", "account", account)
+        if self.pending.get(account, 0) >= stats.remaining:  # no await from this check to the count below
+            await self._refuse(self.per_account, "account", account)
+        self.pending[account] = self.pending.get(account, 0) + 1
+        try:
+            yield
+        finally:
+            self.pending[account] -= 1
+            if not self.pending[account]:
+                del self.pending[account]
 
     async def failed(self, tenant: str, email: str, address: str | None) -> None:
-        """After a refused password or code: the client address's count (the account's was counted by
-        `attempt`). The address limit bounds guesses spread over many accounts; each account's own limit is
-        the strict one."""
-        if address:
-            await self.limiter.hit(self.per_address, "login", "address", f"{tenant}:{address}")
+        """A refused password or code (within its `attempt`): counted for the account and the client address."""
+        for item, kind, key in self._limits(tenant, email, address):
+            await self.limiter.hit(item, "login", kind, key)
 
-    async def succeeded(self, tenant: str, email: str) -> None:
-        """The right password or code: the account's count is forgiven (its owner is never slowed down by
-        their own sign-ins; whoever passed knows the secret)."""
-        await self.limiter.clear(self.per_account, "login", "account", f"{tenant}:{email.strip().lower()}")
+    def _limits(self, tenant: str, email: str, address: str | None) -> list[tuple[RateLimitItem, str, str]]:
+        checks = [(self.per_account, "account", f"{tenant}:{email.strip().lower()}")]
+        if address:
+            checks.append((self.per_address, "address", f"{tenant}:{address}"))
+        return checks
 
     async def mail(self, tenant: str, email: str, address: str | None) -> None:
         """Count one mail asked for `email` (from client `address`); `TooManyAttempts` (429,
