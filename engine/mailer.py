@@ -5,7 +5,8 @@ that transaction has committed, and an SMTP server that is slow or down must sta
 that asked for the mail nor any other tenant's. So `Mailer.send` only enqueues (callers call it after their
 `db.begin()` block has committed) and returns at once; `workers` tasks of the process deliver, each
 attempt bounded by `timeout`, a failed one retried `attempts` times with exponential backoff, and every
-failure logged (`mail.retry`, then `mail.failed` with the recipient and subject). `aiosmtplib` speaks SMTP on
+failure logged (`mail.retry`, then `mail.failed` with the mail's kind and its recipient's domain and hash,
+never its subject, which a template may fill with a code). `aiosmtplib` speaks SMTP on
 the event loop itself, so a hung server holds no thread of the pool that password hashing needs.
 
 Why not the outbox (engine/outbox.py): its events are rows that a tenant's admins list (`/events/v1`), and a
@@ -25,6 +26,8 @@ workers; it reads the environment when the loop first sends.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import hashlib
 import os
 import random
 import weakref
@@ -71,6 +74,14 @@ class Mail:
     kind: str | None = None
     sender_name: str | None = None
     html: str | None = None
+
+    def labels(self) -> dict[str, str | None]:
+        """What a log line says of this mail: its kind, tenant, and recipient's domain and SHA-256; never its
+        subject or body, which a tenant's template may fill with a sign-in code or link (only the log
+        transport, in development, writes the whole mail, by design)."""
+        domain = self.to.rpartition("@")[2].lower()
+        return {"kind": self.kind, "tenant": self.tenant, "to_domain": domain,
+                "to_sha256": hashlib.sha256(self.to.strip().lower().encode()).hexdigest()}
 
 
 @dataclass(frozen=True)
@@ -197,17 +208,19 @@ class Mailer:
     def send(self, mail: Mail) -> None:
         """Queue `mail` and return at once (call it after the deciding transaction committed)."""
         self.enqueue(mail, 1)
-        _log().info("mail.queued", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind)
+        _log().info("mail.queued", **mail.labels())
 
     def enqueue(self, mail: Mail, attempt: int) -> None:
         try:
             self.queue.put_nowait((mail, attempt))
         except asyncio.QueueFull:
-            _log().error("mail.failed", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+            _log().error("mail.failed", **mail.labels(),
                       error=f"the mail queue is full ({MAX_QUEUE} mails waiting)")
             return
         while len(self.tasks) < self.workers:
-            task = asyncio.get_running_loop().create_task(self.work())
+            # a fresh context: the worker outlives the request that started it, and must not log as that request
+            # (its structlog context: request id, tenant, client) for every later tenant's mail
+            task = asyncio.get_running_loop().create_task(self.work(), context=contextvars.Context())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -218,7 +231,7 @@ class Mailer:
                 try:
                     await self.attempt(mail, attempt)
                 except asyncio.CancelledError:
-                    _log().warning("mail.dropped", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                    _log().warning("mail.dropped", **mail.labels(),
                                 reason="the server stopped while sending it")
                     raise
                 finally:
@@ -234,24 +247,24 @@ class Mailer:
         except Exception as exc:  # any failure of one attempt (refused, timed out, unreachable) is retried, then logged
             error = f"{type(exc).__name__}: {exc}"
             if attempt >= self.settings.attempts:
-                _log().error("mail.failed", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+                _log().error("mail.failed", **mail.labels(),
                           attempts=attempt, error=error)
                 return
             delay = self.settings.retry_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-            _log().warning("mail.retry", to=mail.to, subject=mail.subject, tenant=mail.tenant, attempt=attempt,
+            _log().warning("mail.retry", **mail.labels(), attempt=attempt,
                         retry_in=round(delay, 2), error=error)
-            retry = asyncio.get_running_loop().create_task(self.retry(mail, attempt + 1, delay))
+            retry = asyncio.get_running_loop().create_task(self.retry(mail, attempt + 1, delay), context=contextvars.Context())
             self.retries.add(retry)
             retry.add_done_callback(self.retries.discard)
             return
         if isinstance(self.transport, SmtpTransport):
-            _log().info("mail.sent", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind, attempt=attempt)
+            _log().info("mail.sent", **mail.labels(), attempt=attempt)
 
     async def retry(self, mail: Mail, attempt: int, delay: float) -> None:
         try:
             await asyncio.sleep(delay)
         except asyncio.CancelledError:
-            _log().warning("mail.dropped", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+            _log().warning("mail.dropped", **mail.labels(),
                         reason="the server stopped before its retry")
             raise
         self.enqueue(mail, attempt)
@@ -260,7 +273,7 @@ class Mailer:
         while not self.queue.empty():
             mail, _ = self.queue.get_nowait()
             self.queue.task_done()
-            _log().warning("mail.dropped", to=mail.to, subject=mail.subject, tenant=mail.tenant, kind=mail.kind,
+            _log().warning("mail.dropped", **mail.labels(),
                         reason="the server stopped before sending it")
 
     async def drain(self, timeout: float) -> bool:

@@ -8,7 +8,8 @@ platform.yaml checks their shape. What a JSON Schema cannot say is checked here,
 - branding needs the plan feature `custom_branding` (402 `plan_feature_required` otherwise);
 - `custom_css` must be plain CSS (engine/css.py: parsed, and refused with its line otherwise);
 - a template's subject and body may name only the placeholders of its kind (`{{ accept_url }}` in an
-  invitation); an unknown one is refused with the field named.
+  invitation); an unknown one is refused with the field named, and so is a secret one (`{{code}}`, a
+  `*_url` link) in a subject, which mail servers, phone notifications and logs show.
 
 `branding_of` and `branding_css` build what the gateway serves at `{tenant}/branding` and `/branding.css`
 (gateway/branding.py); `render_email` fills a template (the tenant's own, else the platform's default), and
@@ -71,7 +72,16 @@ def template_problems(templates: Mapping[str, Any]) -> list[Problem]:
                 if name not in allowed:
                     problems.append(Problem(f"settings.email_templates.{kind}.{part}",
                                             f"unknown placeholder {{{{{name}}}}}; known: {', '.join(allowed)}"))
+                elif part == "subject" and secret_placeholder(name):
+                    problems.append(Problem(f"settings.email_templates.{kind}.subject",
+                                            f"{{{{{name}}}}} is a secret (a sign-in code or link): it belongs in the body, "
+                                            "not in the subject, which mail servers, notifications and logs show"))
     return problems
+
+
+def secret_placeholder(name: str) -> bool:
+    """A placeholder whose value signs its reader in: the code, and every link (`*_url`)."""
+    return name == "code" or name.endswith("_url")
 
 
 def settings_problems(settings: Mapping[str, Any]) -> list[Problem]:
