@@ -19,6 +19,10 @@ its body) and its user asks again (`/auth/v1/resend`, `/recover`), as a lost mai
 transport is the server log: each mail is logged as `mail.not_sent` with its recipient, subject and body
 (the development transport), never dropped in silence; `log_configuration` says so when a server starts.
 
+The queue is fair between tenants (`FairQueue`): each tenant's mails wait in their own line, taken in
+turn, with at most `workers - 1` of one tenant's being sent at once, so a tenant flooding the queue delays
+its own mails, not the others'.
+
 One `Mailer` per event loop (`current()`): the gateway's loop, or a test's or the CLI's, each with its own
 workers; it reads the environment when the loop first sends.
 """
@@ -31,6 +35,7 @@ import hashlib
 import os
 import random
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -189,6 +194,80 @@ class LogTransport:
                     body=mail.body, tenant=mail.tenant, kind=mail.kind)
 
 
+class FairQueue:
+    """The mails waiting in one process, taken a tenant at a time: each tenant's mails wait in their own line,
+    workers take from the lines in turn, and no tenant has more than `cap` mails being sent at once (fewer than
+    the workers), so one tenant flooding the queue, or whose mails hang on a slow server, delays only its own.
+    `maxsize` bounds all lines together. An item is (mail, attempt); `task_done(item)` ends its sending."""
+
+    def __init__(self, maxsize: int, cap: int) -> None:
+        self.maxsize, self.cap = maxsize, max(1, cap)
+        self.lines: dict[str | None, deque[tuple[Mail, int]]] = {}  # in turn order: a served tenant goes last
+        self.busy: dict[str | None, int] = {}
+        self.size = 0
+        self.unfinished = 0
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def put_nowait(self, item: tuple[Mail, int]) -> None:
+        if self.size >= self.maxsize:
+            raise asyncio.QueueFull
+        self.lines.setdefault(item[0].tenant, deque()).append(item)
+        self.size += 1
+        self.unfinished += 1
+        self.idle.clear()
+        self.wake.set()
+
+    def take(self) -> tuple[Mail, int] | None:
+        """The next mail of the first tenant in turn with fewer than `cap` being sent, else None."""
+        for tenant in list(self.lines):
+            if self.busy.get(tenant, 0) < self.cap:
+                line = self.lines.pop(tenant)
+                item = line.popleft()
+                if line:
+                    self.lines[tenant] = line  # back of the turn
+                self.busy[tenant] = self.busy.get(tenant, 0) + 1
+                self.size -= 1
+                return item
+        return None
+
+    async def get(self) -> tuple[Mail, int]:
+        while (item := self.take()) is None:
+            self.wake.clear()
+            await self.wake.wait()
+        return item
+
+    def task_done(self, item: tuple[Mail, int]) -> None:
+        tenant = item[0].tenant
+        self.busy[tenant] -= 1
+        if not self.busy[tenant]:
+            del self.busy[tenant]
+        self.finished()
+        self.wake.set()  # a tenant at its cap may be taken again
+
+    def finished(self) -> None:
+        self.unfinished -= 1
+        if not self.unfinished:
+            self.idle.set()
+
+    def empty(self) -> bool:
+        return not self.size
+
+    def get_nowait(self) -> tuple[Mail, int]:
+        """Any waiting mail, out of turn (for dropping them all at shutdown)."""
+        tenant = next(iter(self.lines))
+        item = self.lines[tenant].popleft()
+        if not self.lines[tenant]:
+            del self.lines[tenant]
+        self.size -= 1
+        self.finished()
+        return item
+
+    async def join(self) -> None:
+        await self.idle.wait()
+
+
 @dataclass
 class Mailer:
     """The queue and its workers on one event loop; `transport` is SMTP or the log (from the settings)."""
@@ -196,11 +275,12 @@ class Mailer:
     settings: MailSettings
     transport: Transport | None = None
     workers: int = 4
-    queue: asyncio.Queue[tuple[Mail, int]] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
+    queue: FairQueue = field(init=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     retries: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self.queue = FairQueue(MAX_QUEUE, self.workers - 1)  # a tenant never holds every worker
         if self.transport is None:
             s = self.settings
             self.transport = SmtpTransport(s.smtp, s.sender, s.timeout) if s.smtp else LogTransport()
@@ -227,7 +307,8 @@ class Mailer:
     async def work(self) -> None:
         try:
             while True:
-                mail, attempt = await self.queue.get()
+                item = await self.queue.get()
+                mail, attempt = item
                 try:
                     await self.attempt(mail, attempt)
                 except asyncio.CancelledError:
@@ -235,7 +316,7 @@ class Mailer:
                                 reason="the server stopped while sending it")
                     raise
                 finally:
-                    self.queue.task_done()
+                    self.queue.task_done(item)
         except asyncio.CancelledError:
             self.drop_queued()
             raise
@@ -272,7 +353,6 @@ class Mailer:
     def drop_queued(self) -> None:
         while not self.queue.empty():
             mail, _ = self.queue.get_nowait()
-            self.queue.task_done()
             _log().warning("mail.dropped", **mail.labels(),
                         reason="the server stopped before sending it")
 

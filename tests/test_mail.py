@@ -768,6 +768,36 @@ async def test_mail_workers_do_not_log_as_the_request_that_started_them():
     assert seen == [{}]
 
 
+async def test_a_tenant_flooding_the_mail_queue_does_not_hold_back_another_tenants_mail():
+    import asyncio
+
+    release, other_sent = asyncio.Event(), asyncio.Event()
+    sent: list[str] = []
+
+    class Hanging:  # the flooding tenant's mails hang on the server until released
+        async def deliver(self, mail: mailer.Mail) -> None:
+            if mail.tenant == "flood":
+                await release.wait()
+            sent.append(mail.tenant or "")
+            if mail.tenant == "calm":
+                other_sent.set()
+
+    sending = mailer.Mailer(mailer.MailSettings(None), transport=Hanging(), workers=4)
+    try:
+        for n in range(50):
+            sending.send(mailer.Mail(f"user{n}@example.com", "s", "b", tenant="flood", kind="recovery"))
+        sending.send(mailer.Mail("calm@example.com", "s", "b", tenant="calm", kind="recovery"))
+        await asyncio.wait_for(other_sent.wait(), 20)  # never, if the flood held every worker
+        assert sent == ["calm"]
+        release.set()
+        assert await sending.drain(20)
+        assert sent.count("flood") == 50
+    finally:
+        release.set()
+        for task in sending.tasks:
+            task.cancel()
+
+
 def test_the_configuration_is_logged_at_start_and_a_malformed_url_refused():
     from engine import mailer
 
