@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import structlog
 from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
-from limits.aio.storage import Storage
-from limits.storage import MemoryStorage, storage_from_string
+from limits.aio.storage import MemoryStorage, Storage
+from limits.storage import storage_from_string
 from starlette.types import Message, Send
 
 from engine.authz import Caller
@@ -98,15 +98,13 @@ class RateLimits:
                  on_refused: Callable[[str, str], None] | None = None) -> None:
         self.enabled = enabled if enabled is not None else os.environ.get("BACKSAAS_RATE_LIMITS", "on") != "off"
         prefix = key_prefix or os.environ.get("BACKSAAS_RATE_LIMIT_PREFIX") or "backsaas"
-        # in memory, `limits`' synchronous storage: a counter is a dictionary update that never waits, and its
-        # asyncio twin costs two awaits and a lock per window on every request (a third of this limiter's time)
-        self.fallback = MemoryStorage()
+        self.fallback: Storage = MemoryStorage()
         self.shared: Storage | None = None
         if redis_url:
             self.shared = storage_from_string(f"async+{redis_url}", wrap_exceptions=True, key_prefix=prefix,
                                               connect_timeout=REDIS_TIMEOUT_SECONDS,
                                               stream_timeout=REDIS_TIMEOUT_SECONDS)
-        self.storage: Storage | MemoryStorage = self.shared or self.fallback
+        self.storage: Storage = self.shared or self.fallback
         self.anon: list[RateLimitItem] = sorted(parse_many(anon_per_address or os.environ.get("BACKSAAS_ANON_RATE_LIMIT")
                                                            or ANON_PER_ADDRESS), key=lambda item: item.get_expiry())
         self._suspects: dict[tuple[str, str], float] = {}  # (tenant id, address) -> when its last failure is forgotten
@@ -134,13 +132,13 @@ class RateLimits:
 
     async def _count(self, key: str, seconds: int, amount: int = 1) -> int:
         storage = self.storage
-        if storage is self.fallback:
-            return self.fallback.incr(key, seconds, amount)
         try:
-            return await storage.incr(key, seconds, amount)  # type: ignore[misc]
+            return await storage.incr(key, seconds, amount)
         except Exception as exc:  # limits' StorageError (wrapped) or a timeout: Redis is down, not the API
+            if storage is self.fallback:
+                raise
             self._degrade(exc)
-            return self.fallback.incr(key, seconds, amount)
+            return await self.fallback.incr(key, seconds, amount)
 
     def _degrade(self, exc: Exception) -> None:
         if self.storage is self.fallback:
@@ -217,15 +215,13 @@ class RateLimits:
             return None
         for name, amount, seconds, ids in self._address_checks(tenant_id, address):
             key = f"{self._key(seconds, ids)}/{int(now // seconds)}"
-            storage = self.storage
-            if storage is self.fallback:
-                count = self.fallback.get(key)
-            else:
-                try:
-                    count = await storage.get(key)  # type: ignore[misc]
-                except Exception as exc:  # Redis down: the counters in memory stand in, as for `_count`
-                    self._degrade(exc)
-                    count = self.fallback.get(key)
+            try:
+                count = await self.storage.get(key)
+            except Exception as exc:  # Redis down: the counters in memory stand in, as for `_count`
+                if self.storage is self.fallback:
+                    raise
+                self._degrade(exc)
+                count = await self.fallback.get(key)
             if count >= amount:
                 return Window(amount, -1, (int(now // seconds) + 1) * seconds - now, name, seconds)
         return None
