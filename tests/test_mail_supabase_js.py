@@ -75,6 +75,7 @@ async def anon_key(db: Database) -> str:
 def base(anon_key: str, database_url: str, sink: Sink) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BACKSAAS_SMTP_URL", f"smtp://127.0.0.1:{sink.port}")
+        patch.setenv("BACKSAAS_PUBLIC_URL", "http://127.0.0.1")  # links in mails: the server's public origin
         patch.setenv("BACKSAAS_MAIL_RETRY_SECONDS", "0.2")
         with running_gateway(database_url) as url:
             yield f"{url}/api/tenants/jsapp"
