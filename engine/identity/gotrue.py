@@ -234,24 +234,33 @@ class AuthApi:
         flows = MailFlows(self)
         if (await flows.tenant()).confirm_email:  # the address is confirmed by mail before any session
             return await flows.signup_unconfirmed(email, hashed, data, free, dict(params))
+        async with self.db.begin() as conn:
+            row = await self.insert_user(conn, email, hashed, verified=True, data=data, free=free)
+            session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
+                                                   user_agent=headers.get("user-agent"))
+            await audit.record(conn, "auth.signup", tenant_id=self.runtime.tenant_id, entity=USERS,
+                               record_id=str(row.id), ip=self.ip, data={"email": email})
+            await onboarding.mark(conn, "first_user", tenant_id=self.runtime.tenant_id)
+        return _answer(200, self.session_json(row, session))
+
+    async def insert_user(self, conn: AsyncConnection, email: str, password_hash: str, *, verified: bool,
+                          data: Mapping[str, Any], free: Mapping[str, Any]) -> Any:
+        """A new account of the tenant (every sign-up path: password, unconfirmed, OTP, invitation), inserted
+        as the tenant's role in a savepoint; its address taken is 422 `user_already_exists`. The connection
+        acts as the platform again afterwards."""
+        await self.as_tenant(conn)
         try:
-            async with self.db.begin() as conn:
-                await self.as_tenant(conn)
-                row = (await conn.execute(self.users.insert().values(email=email, password_hash=hashed, verified=True,
-                                                                     user_metadata=free, **data)
-                                          .returning(*self.user_columns()))).one()
-                await self.as_platform(conn)
-                session = await sessions.start_session(conn, self.runtime.tenant_id, str(row.id), ip=self.ip,
-                                                       user_agent=headers.get("user-agent"))
-                await audit.record(conn, "auth.signup", tenant_id=self.runtime.tenant_id, entity=USERS,
-                                   record_id=str(row.id), ip=self.ip, data={"email": email})
-                await onboarding.mark(conn, "first_user", tenant_id=self.runtime.tenant_id)
+            async with conn.begin_nested():
+                row = (await conn.execute(self.users.insert().values(
+                    email=email, password_hash=password_hash, verified=verified, user_metadata=dict(free), **data)
+                    .returning(*self.user_columns()))).one()
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise AuthFailed("user_already_exists", 422, "User already registered",
                                  details=[Problem("email", "is taken")]) from exc
             raise
-        return _answer(200, self.session_json(row, session))
+        await self.as_platform(conn)
+        return row
 
     async def password_grant(self, body: dict[str, Any], headers: Mapping[str, str]) -> Answer:
         email, password = self.credentials(body)

@@ -358,44 +358,22 @@ class MailFlows:
 
     async def insert_user(self, conn: Any, email: str, data: dict[str, Any], free: dict[str, Any]) -> Any:
         """An unconfirmed account with an unusable random password (GoTrue does the same for OTP sign-ups)."""
-        api = self.api
-        hashed = await hash_password(secrets.token_urlsafe(32))
-        await api.as_tenant(conn)
-        try:
-            async with conn.begin_nested():
-                row = (await conn.execute(api.users.insert().values(email=email, password_hash=hashed, verified=False,
-                                                                    user_metadata=free, **data)
-                                          .returning(*api.user_columns()))).one()
-        except IntegrityError as exc:
-            raise AuthFailed("user_already_exists", 422, "User already registered",
-                             details=[Problem("email", "is taken")]) from exc
-        await api.as_platform(conn)
-        return row
+        return await self.api.insert_user(conn, email, await hash_password(secrets.token_urlsafe(32)),
+                                          verified=False, data=data, free=free)
 
     async def signup_unconfirmed(self, email: str, hashed: str, data: dict[str, Any], free: dict[str, Any],
                                  params: dict[str, str]) -> Answer:
         """Sign-up in a tenant that confirms addresses: the user, no session, and the confirmation mail."""
         from engine import onboarding
-        from engine.identity.gotrue import _unique_violation
 
         api = self.api
         redirect_to = await self.redirect_for(params.get("redirect_to"))
         await api.throttle.mail(self.tenant_id, email, api.ip)
-        try:
-            async with api.db.begin() as conn:
-                await api.as_tenant(conn)
-                row = (await conn.execute(api.users.insert().values(email=email, password_hash=hashed, verified=False,
-                                                                    user_metadata=free, **data)
-                                          .returning(*api.user_columns()))).one()
-                await api.as_platform(conn)
-                issued = await self.issue(conn, str(row.id), "signup", email, redirect_to=redirect_to)
-                await self.audit(conn, "auth.signup", str(row.id), email=email, confirmation="sent")
-                await onboarding.mark(conn, "first_user", tenant_id=self.tenant_id)
-        except IntegrityError as exc:
-            if _unique_violation(exc):
-                raise AuthFailed("user_already_exists", 422, "User already registered",
-                                 details=[Problem("email", "is taken")]) from exc
-            raise
+        async with api.db.begin() as conn:
+            row = await api.insert_user(conn, email, hashed, verified=False, data=data, free=free)
+            issued = await self.issue(conn, str(row.id), "signup", email, redirect_to=redirect_to)
+            await self.audit(conn, "auth.signup", str(row.id), email=email, confirmation="sent")
+            await onboarding.mark(conn, "first_user", tenant_id=self.tenant_id)
         await self.send_token_mail("signup", email, *issued, redirect_to)
         return _answer(200, {**api.user_json(row), "confirmation_sent_at": datetime.now(UTC).isoformat()})
 
