@@ -206,6 +206,16 @@ def test_audit_verify_of_the_demo_tenants_chain(project: Project):
     assert verified["ok"] and verified["entries"] > 0 and verified["broken_at"] is None, verified
 
 
+def test_audit_seal_then_verify_on_the_embedded_default(project: Project):
+    assert isinstance(project.json("audit", "seal", "--tenant", "demo")["sealed"], int)
+    assert project.json("audit", "verify", "--tenant", "demo")["broken_at"] is None
+
+
+def test_serve_refuses_a_malformed_trusted_proxies_list_before_it_starts(project: Project):
+    result = project("serve", "--port", str(free_port()), "--trusted-proxies", "not-an-address")
+    assert result.returncode != 0 and "not-an-address" in result.stdout + result.stderr
+
+
 def test_billing_sweep(project: Project):
     assert isinstance(project.json("billing", "sweep"), dict | list)
 
