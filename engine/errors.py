@@ -172,6 +172,13 @@ class RateLimited(TooManyAttempts):
     code = "rate_limited"
 
 
+class TooManyConcurrentRequests(TooManyAttempts):
+    """A tenant with as many requests in progress in this gateway process as its plan allows
+    (`concurrent_requests`), and this one waited its turn longer than the gateway queues (gateway/fairness.py)."""
+
+    code = "too_many_concurrent_requests"
+
+
 class PlanFeatureRequired(BackSaasError):
     """An operation needs a feature the tenant's plan does not include (engine/plans.py `require_feature`)."""
 

@@ -40,6 +40,7 @@ from engine.invoke import invoke
 from engine.metering import Meter, metering_enabled
 from engine.outbox import Dispatcher, event_deliveries, list_events, redeliver
 from engine.outbox import settings_from_env as outbox_settings_from_env
+from engine.plans import Plan
 from engine.quotas import QuotaBook
 from engine.rest.api import RestApi
 from engine.rest.openapi import openapi_document
@@ -55,6 +56,7 @@ from gateway.bodies import read_body
 from gateway.branding import branding_json, branding_stylesheet
 from gateway.cors import ANY_ORIGIN, CrossOrigin
 from gateway.domains import CustomDomains, host_of
+from gateway.fairness import TenantGates
 from gateway.graphql_ws import serve_graphql_ws
 from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
 from gateway.meter import Metering, admit
@@ -151,6 +153,24 @@ class RawResponse:
         headers.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+CONNECTION_CLOSE = (b"connection", b"close")
+LARGE_BODY_BYTES = 64 * 1024
+
+
+def sends_large_body(scope: Scope) -> bool:
+    """Whether the request announced a body of more than `LARGE_BODY_BYTES`, or one of unknown length (chunked).
+
+    A refusal of such a request (401, 413, 429, ...) closes the connection (`Connection: close`): on a
+    connection kept alive, the server would go on receiving and parsing the rest of a body it refused,
+    which is how a client that repeats a refused multi-megabyte request would spend the process's time."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > LARGE_BODY_BYTES
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -289,18 +309,20 @@ class TenantApp:
 
     def __init__(self, starlette: Starlette) -> None:
         self.starlette = starlette
+        self.gates = TenantGates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self.starlette
         request = Request(scope, receive)
         response: Response | RawResponse
+        refused = False
         try:
             try:
                 response = await self.respond(request, scope)
             except BackSaasError as error:
                 if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
                     await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
-                response = error_response(error)
+                response, refused = error_response(error), True
         except Exception as exc:
             if is_outage(exc):  # the database went away under the request: a 503 to retry, not a bug
                 log.warning("request.database_unavailable", path=scope["path"], tenant=scope.get("backsaas.tenant"),
@@ -313,6 +335,8 @@ class TenantApp:
         extra = scope["backsaas.ratelimit"].headers() if "backsaas.ratelimit" in scope else []
         if scope["path"].startswith(AUTH_PREFIX, len(scope["root_path"])):  # supabase-js then reads errors' `code`
             extra.append(AUTH_API_VERSION)
+        if refused and sends_large_body(scope):
+            extra.append(CONNECTION_CLOSE)
         await response(scope, receive, with_headers(send, extra) if extra else send)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -345,6 +369,12 @@ class TenantApp:
         scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan
         scope["backsaas.tenant"] = runtime.slug
         scope["backsaas.tenant_id"] = runtime.tenant_id
+        async with self.gates.slot(runtime.tenant_id, plan.limit("concurrent_requests")):  # its share of the process
+            return await self.serve(request, scope, runtime, plan)
+
+    async def serve(self, request: Request, scope: Scope, runtime: TenantRuntime, plan: Plan) -> Response | RawResponse:
+        """`respond`, within a slot of the tenant's: admission (quotas, credentials, rate limits), then the route."""
+        registry = self.starlette.state.registry
         await admit(scope, runtime, request.method, scope["path"][len(scope["root_path"]):])  # quotas: 402 past one
         scope["backsaas.headers"] = headers = request_headers(scope)
         rate_limits: RateLimits = self.starlette.state.rate_limits

@@ -62,6 +62,7 @@ from functions.tenants import (
     suspend_tenant,
 )
 from functions.users import UserExists, create_platform_admin
+from gateway.fairness import queue_seconds_from_env
 
 PACKAGE_DIRS = [str(Path(package.__file__).resolve().parent) for package in (engine, gateway, functions)]
 DEMO_SCHEMA = resources.files("gateway") / "schemas" / "blog.yaml"  # the repository's schemas/, shipped in the package
@@ -593,6 +594,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               else os.environ.get(TRUSTED_PROXIES_ENV))
     outbox_settings_from_env()  # a misconfigured outbox (a lease a delivery outlasts) stops it before anything starts
     mailer.MailSettings.from_env()  # so does a malformed BACKSAAS_SMTP_URL or BACKSAAS_PUBLIC_URL
+    queue_seconds_from_env()  # and a BACKSAAS_TENANT_QUEUE_SECONDS that is no positive number
     if args.functions_dir:  # in the environment, so that every worker process loads the same directory
         use_functions_dir(args.functions_dir)
     url = database_url(create=True)

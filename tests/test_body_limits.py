@@ -142,6 +142,28 @@ def test_a_bulk_body_of_more_items_than_the_plan_allows_is_refused_before_the_re
     assert b'"code":"too_many_items"' in answer and b'"path":"body"' in answer
 
 
+def test_a_refused_large_body_closes_the_connection_so_the_rest_is_never_read(base, keys):
+    """Kept alive, the connection would make the server receive and parse the 6 MB it refused."""
+    address = urlsplit(base)
+    head = notes(DEFAULT_MAX_BODY_ITEMS + 50)[:-1] + b","
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(f"POST /api/tenants/roomy/rest/v1/note HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                           f"apikey: {keys['roomy']}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: 6000000\r\n\r\n".encode() + head)
+        response = b""
+        while received := connection.recv(65536):  # until the server closes its end
+            response += received
+    assert response.startswith(b"HTTP/1.1 413")
+    assert b"\r\nconnection: close\r\n" in response.lower()
+
+
+def test_a_refused_small_body_keeps_the_connection_alive(base, keys):
+    answer = httpx.post(f"{base}/api/tenants/tiny/rest/v1/note", content=notes(40),
+                        headers={"apikey": keys["tiny"], "Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert answer.headers.get("connection") != "close"
+
+
 def test_a_body_of_more_json_values_than_parsing_may_cost_is_refused_before_the_rest_arrives(base, keys):
     """One object holding 10 MiB of empty arrays took seconds to parse: whatever the plan, a body holds at
     most MAX_BODY_VALUES values."""

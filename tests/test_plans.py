@@ -127,6 +127,7 @@ def test_a_platform_admin_creates_and_edits_a_plan(base):
     ({"requests_per_minute": "many"}, "requests_per_minute"),
     ({"rows": -2}, "rows"),
     ({"request_per_minute": 10}, "request_per_minute"),
+    ({"concurrent_requests": 0}, "concurrent_requests"),
 ])
 def test_limits_outside_the_plans_json_schema_are_refused_naming_the_field(base, limits, field):
     admin = sign_in(base, ADMIN)
