@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from engine import audit, catalog, mailer
 from engine.audit_trail import AuditSealer
-from engine.authz import unrestricted
+from engine.authz import Caller, unrestricted
 from engine.billing.sweeper import BillingSweeper
 from engine.database import Database
 from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, is_outage
@@ -153,6 +153,19 @@ class RawResponse:
         headers.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+def share_of(runtime: TenantRuntime, plan: Plan, caller: Caller, address: str | None, db: Database
+             ) -> tuple[str, int | None]:
+    """Whose share of the process a request spends (gateway/fairness.py), and its bound: its tenant's, by its
+    plan. The platform serves every tenant's developers from a small pool of its own, so there a share is
+    the caller's (the user, else the client's address), bounded by the system tenant's plan and below that
+    pool's size: one account's slow requests queue behind its own and leave a connection to the others."""
+    bound = plan.limit("concurrent_requests")
+    if runtime.slug != SYSTEM_TENANT:
+        return runtime.tenant_id, bound
+    below_pool = max(1, db.platform_pool_max - 1)
+    return f"{runtime.tenant_id}/{caller.user_id or address or caller.key_name}", min(bound or below_pool, below_pool)
 
 
 CONNECTION_CLOSE = (b"connection", b"close")
@@ -369,12 +382,6 @@ class TenantApp:
         scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan
         scope["backsaas.tenant"] = runtime.slug
         scope["backsaas.tenant_id"] = runtime.tenant_id
-        async with self.gates.slot(runtime.tenant_id, plan.limit("concurrent_requests")):  # its share of the process
-            return await self.serve(request, scope, runtime, plan)
-
-    async def serve(self, request: Request, scope: Scope, runtime: TenantRuntime, plan: Plan) -> Response | RawResponse:
-        """`respond`, within a slot of the tenant's: admission (quotas, credentials, rate limits), then the route."""
-        registry = self.starlette.state.registry
         await admit(scope, runtime, request.method, scope["path"][len(scope["root_path"]):])  # quotas: 402 past one
         scope["backsaas.headers"] = headers = request_headers(scope)
         rate_limits: RateLimits = self.starlette.state.rate_limits
@@ -391,6 +398,15 @@ class TenantApp:
                                                                                   address)) is not None:
                 raise refused.error() from None
             raise
+        async with self.gates.slot(*share_of(runtime, plan, scope["backsaas.caller"], address,  # its share
+                                             self.starlette.state.db)):
+            return await self.serve(request, scope, runtime, plan, address)
+
+    async def serve(self, request: Request, scope: Scope, runtime: TenantRuntime, plan: Plan, address: str | None
+                    ) -> Response | RawResponse:
+        """`respond`'s rest, within one of the tenant's slots: the rate windows, then the route."""
+        registry = self.starlette.state.registry
+        rate_limits: RateLimits = self.starlette.state.rate_limits
         window = await rate_limits.admit(runtime.slug, runtime.tenant_id, plan, scope["backsaas.caller"], address)
         if window is not None:
             scope["backsaas.ratelimit"] = window
