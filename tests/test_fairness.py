@@ -21,6 +21,7 @@ from engine import catalog
 from engine.database import Database
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
+from functions.users import create_platform_admin
 from tests.conftest import driver_url
 from tests.server import free_port, running_gateway
 
@@ -34,6 +35,7 @@ entities:
       read: {anon: all}
 """
 QUEUE_SECONDS = 0.6
+PASSWORD = "a long enough passphrase"
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,43 @@ def test_serve_refuses_a_queue_bound_that_is_no_positive_number(database_url: st
     assert result.returncode != 0
     assert "BACKSAAS_TENANT_QUEUE_SECONDS" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+async def platform_tokens(db: Database, base: str) -> dict[str, str]:
+    tokens = {}
+    for email in ("first-ops@example.com", "second-ops@example.com"):
+        await create_platform_admin(db, email, PASSWORD)
+        async with httpx.AsyncClient() as client:
+            session = await client.post(f"{base}/api/platform/auth/v1/token", params={"grant_type": "password"},
+                                        json={"email": email, "password": PASSWORD})
+        tokens[email.split("-")[0]] = session.json()["access_token"]
+    return tokens
+
+
+
+
+async def test_on_the_platform_each_caller_has_its_own_share(base: str, database_url: str,
+                                                             platform_tokens: dict[str, str]):
+    """The platform serves every tenant's developers from a small pool: its shares are per caller and below
+    that pool's size, so one account's slow requests queue behind its own while another account's are answered."""
+    first = {"Authorization": f"Bearer {platform_tokens['first']}"}
+    conn = await asyncpg.connect(driver_url(database_url))
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("LOCK TABLE system.plans IN ACCESS EXCLUSIVE MODE")
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            stuck = [asyncio.ensure_future(client.get(f"{base}/api/platform/rest/v1/plans", headers=first))
+                     for _ in range(3)]
+            await asyncio.sleep(0.2)
+            assert 1 <= await waiting_on_locks(database_url) < len(stuck)  # the rest wait their turn in the gateway
+            other = await client.get(f"{base}/api/platform/rest/v1/users?select=id",
+                                     headers={"Authorization": f"Bearer {platform_tokens['second']}"})
+            assert other.status_code == 200, other.text
+            await transaction.rollback()
+            answers = await asyncio.gather(*stuck)
+    finally:
+        await conn.close()
+    assert answers[0].status_code == 200
+    assert {a.status_code for a in answers} <= {200, 429}  # a later one may have waited past the queue's bound
