@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import pytest
 import sqlalchemy as sa
 import structlog
@@ -34,6 +35,8 @@ from structlog.testing import capture_logs
 
 from engine import catalog, mailer
 from engine.database import Database
+from engine.identity.mailflows import TOKEN_KEY_PURPOSE, code_digest, link_digest
+from engine.identity.signing import derive_key, rotate_signing_key
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
@@ -140,7 +143,7 @@ def mail_env(sink: Sink) -> Iterator[None]:
 async def keys(db: Database) -> dict[str, str]:
     made = {}
     await create_platform_admin(db, "root@platform.example", ADMIN_PASSWORD)
-    for slug in ("shop", "other", "strict"):
+    for slug in ("shop", "other", "strict", "loose"):
         await create_tenant(db, slug, name=slug.title())
         for role in ("anon", "service"):
             made[f"{slug}_{role}"] = (await create_api_key(db, slug, role, role)).key
@@ -152,7 +155,8 @@ def base(keys: dict[str, str], database_url: str, mail_env: None) -> Iterator[st
     with running_gateway(database_url) as url:
         admin = platform_admin(url)
         for slug, settings in (("shop", SETTINGS), ("other", {"auth": {"site_url": "https://other.example"}}),
-                               ("strict", {"auth": {"site_url": "https://strict.example", "confirm_email": True}})):
+                               ("strict", {"auth": {"site_url": "https://strict.example", "confirm_email": True}}),
+                               ("loose", {"auth": {"site_url": "https://loose.example", "secure_email_change": False}})):
             done = http.post(f"{url}/api/platform/functions/v1/update_tenant", headers=admin,
                               json={"tenant": slug, "settings": settings})
             assert done.status_code == 200, done.text
@@ -271,6 +275,49 @@ async def test_an_expired_token_is_refused(base, keys, sink, db):
     assert "expired" in refused.json()["message"]
     token = parse_qs(urlsplit(link_in(mail)).query)["token"][0]
     assert verify(base, keys, type="recovery", token_hash=token).status_code == 403
+
+
+async def test_a_copy_of_the_tokens_table_gives_no_code(base, keys, sink, db):
+    """Codes and link tokens are stored as HMAC-SHA-256 under a key derived from the server's signing secret
+    (not the secret itself): a million plain SHA-256 guesses no longer find a code."""
+    sign_up(base, keys, "dump@example.com")
+    recover(base, keys, "dump@example.com")
+    mail = sink.to("dump@example.com")
+    code, token = code_in(mail), parse_qs(urlsplit(link_in(mail)).query)["token"][0]
+    tables = catalog.platform_tables()
+    tokens, tenants, signing = tables["one_time_tokens"], tables["tenants"], tables["signing_keys"]
+    async with db.engine.connect() as conn:
+        tenant_id = str(await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == "shop")))
+        row = (await conn.execute(sa.select(tokens.c.code_hash, tokens.c.token_hash)
+                                  .where(tokens.c.email == "dump@example.com"))).one()
+        secret = await conn.scalar(sa.select(signing.c.secret).where(signing.c.retired_at.is_(None))
+                                   .order_by(signing.c.created_at.desc()).limit(1))
+    plain = hashlib.sha256(f"{tenant_id}:dump@example.com:{code}".encode()).hexdigest()
+    assert row.code_hash != plain and row.token_hash != hashlib.sha256(token.encode()).hexdigest()
+    key = derive_key(secret, TOKEN_KEY_PURPOSE)
+    assert row.code_hash == code_digest(key, tenant_id, "dump@example.com", code)
+    assert row.token_hash == link_digest(key, tenant_id, token)
+    assert row.code_hash != code_digest(secret.encode(), tenant_id, "dump@example.com", code)  # a key of its own
+    guesses = {hashlib.sha256(f"{tenant_id}:dump@example.com:{n:06d}".encode()).hexdigest() for n in range(1_000_000)}
+    assert row.code_hash not in guesses
+    assert verify(base, keys, type="recovery", email="dump@example.com", token=code).status_code == 200
+
+
+async def test_a_code_mailed_before_a_signing_key_rotation_still_verifies(base, keys, sink, db):
+    sign_up(base, keys, "rotated@example.com", slug="other")
+    recover(base, keys, "rotated@example.com", slug="other")
+    code = code_in(sink.to("rotated@example.com"))
+    kid = await rotate_signing_key(db)
+    deadline = time.monotonic() + 20
+    while jwt.get_unverified_header(sign_in(base, keys, "rotated@example.com", slug="other").json()["access_token"]
+                                    )["kid"] != kid:  # the gateway reloads its keys on the rotation's NOTIFY
+        assert time.monotonic() < deadline, "the gateway never signed with the new key"
+        time.sleep(0.2)
+    answered = verify(base, keys, slug="other", type="recovery", email="rotated@example.com", token=code)
+    assert answered.status_code == 200, answered.text
+    recover(base, keys, "rotated@example.com", slug="other")  # made under the new key
+    fresh = code_in(sink.to("rotated@example.com", 2))
+    assert verify(base, keys, slug="other", type="recovery", email="rotated@example.com", token=fresh).status_code == 200
 
 
 def test_a_token_of_one_tenant_is_refused_by_another(base, keys, sink):
@@ -469,34 +516,97 @@ def test_a_signup_confirmation_keeps_the_password_it_was_signed_up_with(base, ke
 # -- email change --
 
 
-def test_a_new_email_is_confirmed_from_the_new_address_before_it_replaces_the_old(base, keys, sink):
+def test_a_new_email_replaces_the_old_only_once_both_addresses_have_confirmed(base, keys, sink):
+    """GoTrue's secure email change (its default): a session alone (a stolen one) cannot move the account to
+    an address of its holder's; the current address must confirm too."""
     session = sign_up(base, keys, "before@example.com")
     asked = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "After@Example.com"})
     assert asked.status_code == 200, asked.text
     assert asked.json()["email"] == "before@example.com" and asked.json()["new_email"] == "after@example.com"
-    assert http.get(f"{auth(base)}/user", headers=bearer(keys, session)).json()["email"] == "before@example.com"
 
-    mail = sink.to("after@example.com")
-    assert "from before@example.com to after@example.com" in body_of(mail)
-    token = parse_qs(urlsplit(link_in(mail)).query)["token"][0]
-    done = verify(base, keys, type="email_change", token_hash=token)
+    to_new, to_current = sink.to("after@example.com"), sink.to("before@example.com")
+    for mail in (to_new, to_current):
+        assert "from before@example.com to after@example.com" in body_of(mail)
+    token = parse_qs(urlsplit(link_in(to_new)).query)["token"][0]
+    first = verify(base, keys, type="email_change", token_hash=token)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"msg": "Confirmation link accepted. Please proceed to confirm link sent to the other email",
+                            "code": "200"}
+    assert http.get(f"{auth(base)}/user", headers=bearer(keys, session)).json()["email"] == "before@example.com"
+    assert sign_in(base, keys, "before@example.com").status_code == 200
+
+    again = verify(base, keys, type="email_change", token_hash=token)  # the same confirmation twice is not two
+    assert again.status_code == 403 and again.json()["code"] == "otp_expired"
+    done = verify(base, keys, type="email_change", email="before@example.com", token=code_in(to_current))
     assert done.status_code == 200, done.text
     assert done.json()["user"]["email"] == "after@example.com" and done.json()["user"]["verified"] is True
     assert sign_in(base, keys, "after@example.com").status_code == 200
     assert sign_in(base, keys, "before@example.com").status_code == 400
 
 
-def test_a_pending_email_change_is_resent_with_a_fresh_token(base, keys, sink):
+def test_the_first_email_change_link_lands_with_gotrues_message_and_no_session(base, keys, sink):
+    session = sign_up(base, keys, "linkfirst@example.com")
+    asked = http.put(f"{auth(base)}/user", params={"redirect_to": f"{SITE}/account"}, headers=bearer(keys, session),
+                     json={"email": "linksecond@example.com"})
+    assert asked.status_code == 200, asked.text
+    to_current, to_new = sink.to("linkfirst@example.com"), sink.to("linksecond@example.com")
+    landed = http.get(link_in(to_current), follow_redirects=False)
+    assert landed.status_code == 303 and landed.headers["location"].startswith(f"{SITE}/account#")
+    assert fragment_of(landed.headers["location"]) == {
+        "message": "Confirmation link accepted. Please proceed to confirm link sent to the other email", "sb": ""}
+    wrong_address = verify(base, keys, type="email_change", email="linkfirst@example.com", token=code_in(to_new))
+    assert wrong_address.status_code == 403  # the new address's code, given with the current address
+    done = fragment_of(http.get(link_in(to_new), follow_redirects=False).headers["location"])
+    assert done["type"] == "email_change" and done["access_token"]
+    me = http.get(f"{auth(base)}/user", headers={"apikey": keys["shop_anon"], "Authorization": f"Bearer {done['access_token']}"})
+    assert me.json()["email"] == "linksecond@example.com"
+
+
+def test_a_tenant_that_turns_secure_email_change_off_confirms_from_the_new_address_alone(base, keys, sink):
+    session = sign_up(base, keys, "solo@example.com", slug="loose")
+    asked = http.put(f"{auth(base, 'loose')}/user", headers=bearer(keys, session, "loose"), json={"email": "solo2@example.com"})
+    assert asked.status_code == 200, asked.text
+    done = verify(base, keys, slug="loose", type="email_change", email="solo2@example.com",
+                  token=code_in(sink.to("solo2@example.com")))
+    assert done.status_code == 200 and done.json()["user"]["email"] == "solo2@example.com", done.text
+    assert sink.count("solo@example.com") == 0
+
+
+def test_secure_email_change_must_be_a_boolean(base):
+    refused = http.post(f"{base}/api/platform/functions/v1/update_tenant", headers=platform_admin(base), json={
+        "tenant": "loose", "settings": {"auth": {"site_url": "https://loose.example", "secure_email_change": "no"}}})
+    assert 400 <= refused.status_code < 500 and refused.json()["code"], refused.text
+    assert "secure_email_change" in refused.text
+
+
+def test_a_pending_email_change_is_resent_with_fresh_tokens_to_both_addresses(base, keys, sink):
     session = sign_up(base, keys, "mover@example.com")
     http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "moved@example.com"})
-    first = sink.to("moved@example.com")
+    first_new, first_current = sink.to("moved@example.com"), sink.to("mover@example.com")
+    assert verify(base, keys, type="email_change", email="mover@example.com",  # half confirmed: starts over
+                  token=code_in(first_current)).status_code == 200
     resent = http.post(f"{auth(base)}/resend", headers=anon(keys), json={"type": "email_change", "email": "moved@example.com"})
     assert resent.status_code == 200 and resent.json() == {}
-    second = sink.to("moved@example.com", 2)
-    assert "from mover@example.com to moved@example.com" in body_of(second)
-    assert verify(base, keys, type="email_change", email="moved@example.com", token=code_in(first)).status_code == 403
-    done = verify(base, keys, type="email_change", email="moved@example.com", token=code_in(second))
+    second_new, second_current = sink.to("moved@example.com", 2), sink.to("mover@example.com", 2)
+    assert "from mover@example.com to moved@example.com" in body_of(second_new)
+    assert verify(base, keys, type="email_change", email="moved@example.com", token=code_in(first_new)).status_code == 403
+    half = verify(base, keys, type="email_change", email="moved@example.com", token=code_in(second_new))
+    assert half.status_code == 200 and "msg" in half.json(), half.text
+    done = verify(base, keys, type="email_change", email="mover@example.com", token=code_in(second_current))
     assert done.status_code == 200 and done.json()["user"]["email"] == "moved@example.com"
+
+
+def test_malformed_verifications_are_refused_with_a_code_never_a_500(base, keys):
+    for body in ({"type": "email_change", "token_hash": ["x"]}, {"type": "email_change", "email": "a@b.example", "token": 123},
+                 {"type": "email_change", "email": "not an address", "token": "123456"}, {"type": "email_change"},
+                 {"type": "email_change", "token_hash": "x" * 5000}, {"type": "email_change_current", "token_hash": "x"},
+                 {"type": "email_change", "email": "a@b.example", "token": "12345\u0000"}):
+        refused = http.post(f"{auth(base)}/verify", headers=anon(keys), json=body)
+        assert 400 <= refused.status_code < 500 and refused.json()["code"] and refused.json()["message"], (body, refused.text)
+    for body in ({"type": "email_change", "email": 5}, {"type": "email_change"},
+                 {"type": "phone_change", "email": "a@b.example"}):
+        refused = http.post(f"{auth(base)}/resend", headers=anon(keys), json=body)
+        assert 400 <= refused.status_code < 500 and refused.json()["code"], (body, refused.text)
 
 
 def test_email_change_mails_are_throttled_per_address(base, keys, sink):
@@ -528,6 +638,7 @@ def test_a_token_mailed_to_the_old_address_is_refused_after_the_email_changed(ba
     old_link = link_in(sink.to("stale@example.com"))
     asked = http.put(f"{auth(base)}/user", headers=bearer(keys, session), json={"email": "fresh-stale@example.com"})
     assert asked.status_code == 200, asked.text
+    http.get(link_in(sink.to("stale@example.com", 2)), follow_redirects=False)  # the current address confirms
     confirmed = http.get(link_in(sink.to("fresh-stale@example.com")), follow_redirects=False)
     assert "access_token" in fragment_of(confirmed.headers["location"])
     refused = fragment_of(http.get(old_link, follow_redirects=False).headers["location"])

@@ -1,7 +1,9 @@
 """The mail flows through Supabase's own JavaScript SDK in Node, as an app calls them: `resetPasswordForEmail`,
 then `verifyOtp` with the code from the mail and `updateUser` with the new password; `signInWithOtp`, then
-`verifyOtp` with the mail's code (type `email`) and with its link's token (`token_hash`). The mails are read
-from a local SMTP sink. Needs Node and `npm ci --prefix tests/browser` (the pinned @supabase/supabase-js)."""
+`verifyOtp` with the mail's code (type `email`) and with its link's token (`token_hash`); `updateUser` with a
+new email, then `verifyOtp` (type `email_change`) with the code mailed to each address (GoTrue's secure email
+change: the first answers no session and no error). The mails are read from a local SMTP sink. Needs Node
+and `npm ci --prefix tests/browser` (the pinned @supabase/supabase-js)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,12 @@ const show = (error, data) => ({
   } else if (step.do === 'otp') {
     const { data, error } = await client.auth.signInWithOtp({ email: step.email, options: step.options || {} });
     out = show(error, { data });
+  } else if (step.do === 'change_email') {
+    const signed = await client.auth.signUp({ email: step.email, password: step.password });
+    if (signed.error) { out = show(signed.error, {}); } else {
+      const { data, error } = await client.auth.updateUser({ email: step.new_email });
+      out = show(error, { email: data.user && data.user.email, new_email: data.user && data.user.new_email });
+    }
   } else if (step.do === 'password') {
     const { data, error } = await client.auth.signInWithPassword({ email: step.email, password: step.password });
     out = show(error, { email: data.user && data.user.email });
@@ -123,3 +131,19 @@ def test_supabase_js_signs_in_with_otp_by_code_and_by_the_links_token(base, anon
     token = parse_qs(urlsplit(link_in(sink.to("js-otp@example.com", 2))).query)["token"][0]
     by_link = app(base, anon_key, do="verify", params={"token_hash": token, "type": "magiclink"})
     assert by_link["error"] is None and by_link["session"] is True and by_link["email"] == "js-otp@example.com"
+
+
+def test_supabase_js_changes_an_email_once_both_addresses_confirm(base, anon_key, sink):
+    asked = app(base, anon_key, do="change_email", email="js-old@example.com", password="a js passphrase here",
+                new_email="js-new@example.com")
+    assert asked["error"] is None and asked["email"] == "js-old@example.com" and asked["new_email"] == "js-new@example.com"
+    first = app(base, anon_key, do="verify", params={"email": "js-old@example.com", "token": code_in(
+        sink.to("js-old@example.com")), "type": "email_change"})
+    assert first == {"error": None, "email": None, "session": False}, first  # accepted, the other address to go
+    still = app(base, anon_key, do="password", email="js-old@example.com", password="a js passphrase here")
+    assert still["error"] is None and still["email"] == "js-old@example.com"
+    second = app(base, anon_key, do="verify", params={"email": "js-new@example.com", "token": code_in(
+        sink.to("js-new@example.com")), "type": "email_change"})
+    assert second["error"] is None and second["session"] is True and second["email"] == "js-new@example.com", second
+    moved = app(base, anon_key, do="password", email="js-new@example.com", password="a js passphrase here")
+    assert moved["error"] is None and moved["email"] == "js-new@example.com"

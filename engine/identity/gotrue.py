@@ -12,7 +12,8 @@ Sign-up confirms the address at once, as Supabase's "autoconfirm" does, unless t
 `settings.auth.confirm_email` is true: then the account is stored unverified, gets the confirmation mail,
 and cannot sign in with its password until it is confirmed. `email_confirmed_at` reports `verified` (the
 sign-up time, or null while unconfirmed), so the two never disagree. A new email given to `PUT /user` is
-mailed a confirmation and replaces the old address once confirmed.
+mailed a confirmation, and so is the current one unless the tenant turns `secure_email_change` off; the new
+address replaces the old once confirmed (from both).
 """
 
 from __future__ import annotations
@@ -400,8 +401,7 @@ class AuthApi:
             raise
         if issued is None:
             return self.user_json(row)
-        await flows.send_token_mail("email_change", str(new_email), *issued, redirect_to, email=row.email,
-                                    new_email=str(new_email))
+        await flows.send_email_change(issued, row.email, str(new_email), redirect_to)
         return {**self.user_json(row), "new_email": new_email, "email_change_sent_at": datetime.now(UTC).isoformat()}
 
 

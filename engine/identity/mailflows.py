@@ -16,14 +16,25 @@
 - sign-up when the tenant's `settings.auth.confirm_email` is true: the account is stored unconfirmed, the
   answer is the user without a session, and the `confirm_signup` mail is sent; a password sign-in of an
   unconfirmed account is refused (`email_not_confirmed`);
-- `PUT /user` with a new email: the `email_change` mail goes to the new address, which replaces the old one
-  only once it is confirmed (an admin still changes it directly, through `/rest/v1/users`).
+- `PUT /user` with a new email: the `email_change` mail goes to the new address and, unless the tenant's
+  `settings.auth.secure_email_change` is false, to the current one too (GoTrue's secure email change, on by
+  default); the new address replaces the old one only once every address mailed has confirmed. The first
+  of two confirmations answers as GoTrue does: 200 `{"msg": "Confirmation link accepted. Please proceed to
+  confirm link sent to the other email", "code": "200"}` by POST, a 303 to the redirect with that
+  `#message=...` by the link; no session. Whoever holds a session alone (a stolen one) cannot move the
+  account to an address of theirs. An admin still changes it directly, through `/rest/v1/users`.
 
-Tokens (system table `one_time_tokens`): a 256-bit link token and a 6-digit code, both stored as SHA-256
-only, bound to the tenant (looked up within it: another tenant's token is not found) and to the user,
-single use, one hour, and honoured only while the account still has the address it was mailed to. A newer
-token of a kind replaces the user's older one; a password change deletes the user's recovery and magic-link
-tokens, a confirmed email change all the others. The first confirmation of an address by a magic link, a
+Tokens (system table `one_time_tokens`): a 256-bit link token and a 6-digit code, both stored only as
+HMAC-SHA-256 under a key derived (HKDF) from the server's token-signing secret (`BACKSAAS_JWT_SECRET`, else
+the stored signing key: engine/identity/signing.py, `derived_keys`), never the signing key itself; a code's
+digest also binds the tenant and the address it was mailed to. A copy of this table alone gives no code (a
+plain digest of a 6-digit code falls to a million guesses); with `BACKSAAS_JWT_SECRET` set, neither does a
+copy of the whole database. Codes are compared in constant time. After a key rotation, tokens made under
+the previous key keep working until it is retired. Tokens are bound to the tenant (looked up within it:
+another tenant's token is not found) and to the user, single use, one hour, and honoured only while the
+account still has the address it was mailed to. A newer token of a kind replaces the user's older one (an
+email change's two replace both); a password change deletes the user's recovery and magic-link tokens, a
+confirmed email change all the others. The first confirmation of an address by a magic link, a
 recovery or an invitation replaces a password set before it with an unusable one and ends the account's
 other sessions: whoever signed up with someone else's address keeps nothing once its owner confirms it.
 Wrong codes count as failed sign-ins (engine/identity/throttle.py), and mails are limited per address and
@@ -43,6 +54,7 @@ Mails use the tenant's templates and branding name (functions/branding.py) and l
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass
@@ -62,15 +74,22 @@ from engine.identity.passwords import hash_password
 from engine.schema.model import USERS
 
 TOKEN_LIFETIME = timedelta(hours=1)
+# An email change's tokens: `email_change` is mailed to the new address, `email_change_current` to the
+# current one (GoTrue's email_change_token_new and _current); both carry the new address in `new_email`.
+EMAIL_CHANGE_KINDS = ("email_change", "email_change_current")
 KINDS_OF_TYPE: dict[str, tuple[str, ...]] = {
     "signup": ("signup",), "invite": ("invite",), "recovery": ("recovery",), "magiclink": ("magiclink",),
-    "email": ("signup", "magiclink"), "email_change": ("email_change",),
+    "email": ("signup", "magiclink"), "email_change": EMAIL_CHANGE_KINDS,
 }
 TEMPLATE_OF_KIND = {"signup": "confirm_signup", "invite": "invitation", "recovery": "recovery",
-                    "magiclink": "magic_link", "email_change": "email_change"}
+                    "magiclink": "magic_link", "email_change": "email_change", "email_change_current": "email_change"}
+LINK_TYPE_OF_KIND = {"email_change_current": "email_change"}  # else the kind itself
 URL_OF_TEMPLATE = {"confirm_signup": "confirm_url", "invitation": "accept_url", "recovery": "reset_url",
                    "magic_link": "link_url", "email_change": "confirm_url"}
 INVALID = "Token has expired or is invalid"
+# GoTrue's answer to the first of a secure email change's two confirmations (internal/api/verify.go)
+SINGLE_CONFIRMATION = "Confirmation link accepted. Please proceed to confirm link sent to the other email"
+TOKEN_KEY_PURPOSE = b"backsaas one-time tokens v1"  # the HKDF label of the tokens' digest key (signing.py)
 # Tokens whose first confirmation of an address hands the account to the address's owner: a password set
 # before (by whoever signed up with an address that was not theirs) stops working, its sessions end.
 CLAIMING_KINDS = frozenset({"magiclink", "recovery", "invite"})
@@ -91,13 +110,38 @@ class TenantMail:
     def confirm_email(self) -> bool:
         return bool(self.auth.get("confirm_email"))
 
+    @property
+    def secure_email_change(self) -> bool:
+        """GoTrue's MAILER_SECURE_EMAIL_CHANGE_ENABLED, on unless the tenant turns it off: an email change
+        is confirmed from the current address as well as the new one."""
+        return self.auth.get("secure_email_change", True) is not False
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+
+@dataclass(frozen=True)
+class MailedToken:
+    """A token issued in a transaction, to be mailed to `to` once that transaction has committed."""
+
+    kind: str
+    to: str
+    token: str
+    code: str
 
 
-def code_digest(tenant_id: str, email: str, code: str) -> str:
-    return digest(f"{tenant_id}:{email.strip().lower()}:{code.strip()}")
+def link_digest(key: bytes, tenant_id: str, token: str) -> str:
+    """What is stored of a link's token: its HMAC-SHA-256 under the server's token key (see the module)."""
+    return hmac.new(key, f"link\x00{tenant_id}\x00{token}".encode(), hashlib.sha256).hexdigest()
+
+
+def code_digest(key: bytes, tenant_id: str, address: str, code: str) -> str:
+    """What is stored of a 6-digit code: its HMAC-SHA-256 with the tenant and the address it was mailed to.
+    Keyed, because a million plain digests are tried in a second: a copy of the table alone gives no code."""
+    return hmac.new(key, f"code\x00{tenant_id}\x00{address.strip().lower()}\x00{code.strip()}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def mailed_to(kind: str, email: str, new_email: str | None) -> str:
+    """The address a token of `kind` is mailed to: the new one for an email change's `email_change`."""
+    return new_email if kind == "email_change" and new_email else email
 
 
 # -- redirects --------------------------------------------------------------------------------------------
@@ -171,6 +215,7 @@ class MailFlows:
         self.api = api
         self.tenant_id: str = api.runtime.tenant_id
         self.slug: str = api.runtime.slug
+        self.keys: tuple[bytes, ...] = api.keyring.derived_keys(TOKEN_KEY_PURPOSE)  # the current key first
         self._tenant: TenantMail | None = None
 
     async def tenant(self) -> TenantMail:
@@ -221,24 +266,27 @@ class MailFlows:
         return auth.get("site_url") or self.auth_base().removesuffix("/auth/v1")
 
     def link(self, token: str, kind: str, redirect_to: str) -> str:
-        link_type = "invite" if kind == "invite" else kind
+        link_type = LINK_TYPE_OF_KIND.get(kind, kind)
         return f"{self.auth_base()}/verify?" + urlencode({"token": token, "type": link_type, "redirect_to": redirect_to})
 
     # -- tokens --
 
     async def issue(self, conn: Any, user_id: str, kind: str, email: str, *, new_email: str | None = None,
-                    redirect_to: str | None = None) -> tuple[str, str]:
-        """A fresh (link token, code) for the user's `kind`, replacing their older ones (in `conn`'s transaction,
-        as the platform). The tenant's tokens a day past their expiry go too: a token row names an address,
-        and is kept no longer than it explains a refusal."""
+                    redirect_to: str | None = None, replacing: tuple[str, ...] | None = None) -> tuple[str, str]:
+        """A fresh (link token, code) for the user's `kind`, replacing their older ones of `replacing` (else
+        of `kind`; in `conn`'s transaction, as the platform). The tenant's tokens a day past their expiry go
+        too: a token row names an address, and is kept no longer than it explains a refusal."""
         tokens = catalog.platform_tables()["one_time_tokens"]
         token, code = secrets.token_urlsafe(32), f"{secrets.randbelow(1_000_000):06d}"
-        await conn.execute(tokens.delete().where(tokens.c.tenant_id == self.tenant_id, sa.or_(
-            sa.and_(tokens.c.user_id == user_id, tokens.c.kind == kind),
-            tokens.c.expires_at < sa.func.now() - sa.text("interval '1 day'"))))
+        if replacing != ():
+            await conn.execute(tokens.delete().where(tokens.c.tenant_id == self.tenant_id, sa.or_(
+                sa.and_(tokens.c.user_id == user_id, tokens.c.kind.in_(replacing or (kind,))),
+                tokens.c.expires_at < sa.func.now() - sa.text("interval '1 day'"))))
+        key = self.keys[0]
         await conn.execute(tokens.insert().values(
             tenant_id=self.tenant_id, user_id=user_id, kind=kind, email=email, new_email=new_email,
-            token_hash=digest(token), code_hash=code_digest(self.tenant_id, new_email or email, code),
+            token_hash=link_digest(key, self.tenant_id, token),
+            code_hash=code_digest(key, self.tenant_id, mailed_to(kind, email, new_email), code),
             redirect_to=redirect_to, expires_at=datetime.now(UTC) + TOKEN_LIFETIME))
         return token, code
 
@@ -257,17 +305,35 @@ class MailFlows:
     async def consume(self, conn: Any, kinds: tuple[str, ...], *, token: str | None = None,
                       email: str | None = None, code: str | None = None) -> Any:
         """The token row, now used; refused (403 `otp_expired`) when unknown in this tenant, of another kind,
-        used or expired."""
+        used or expired. A link's token is looked up by its keyed digest (a 256-bit secret: the lookup's
+        timing tells nothing of another); a code, among the address's outstanding tokens of `kinds`, by
+        comparing digests in constant time. The user's tokens of the found one's group (an email change's
+        two, else its kind) are then locked in one order, so that two confirmations of one email change
+        take turns and the second sees the first."""
         tokens = catalog.platform_tables()["one_time_tokens"]
-        query = sa.select(tokens).where(tokens.c.tenant_id == self.tenant_id)
+        query = sa.select(tokens.c.id, tokens.c.user_id, tokens.c.kind).where(tokens.c.tenant_id == self.tenant_id)
         if token is not None:
-            query = query.where(tokens.c.token_hash == digest(token))
+            expected = [link_digest(key, self.tenant_id, token) for key in self.keys]
+            stored = tokens.c.token_hash
+            query = query.where(stored.in_(expected))
         else:
             assert email is not None and code is not None
-            query = query.where(tokens.c.code_hash == code_digest(self.tenant_id, email, code),
-                                sa.or_(tokens.c.email == email, tokens.c.new_email == email), tokens.c.kind.in_(kinds))
-        row = (await conn.execute(query.order_by(tokens.c.created_at.desc()).limit(1).with_for_update())).first()
-        if row is None or row.kind not in kinds:
+            expected = [code_digest(key, self.tenant_id, email, code) for key in self.keys]
+            stored = tokens.c.code_hash
+            query = query.where(sa.or_(tokens.c.email == email, tokens.c.new_email == email), tokens.c.kind.in_(kinds))
+        found = None
+        for candidate in (await conn.execute(query.add_columns(stored.label("stored")))).all():
+            matches = [hmac.compare_digest(candidate.stored, digest) for digest in expected]  # every one compared
+            if any(matches) and found is None:
+                found = candidate
+        if found is None or found.kind not in kinds:
+            raise AuthFailed("otp_expired", 403, f"{INVALID}: no such token in this tenant")
+        group = EMAIL_CHANGE_KINDS if found.kind in EMAIL_CHANGE_KINDS else (found.kind,)
+        locked = (await conn.execute(sa.select(tokens).where(
+            tokens.c.tenant_id == self.tenant_id, tokens.c.user_id == found.user_id, tokens.c.kind.in_(group))
+            .order_by(tokens.c.id).with_for_update())).all()
+        row = next((r for r in locked if r.id == found.id), None)
+        if row is None:  # replaced by a newer one meanwhile
             raise AuthFailed("otp_expired", 403, f"{INVALID}: no such token in this tenant")
         if row.used_at is not None:
             raise AuthFailed("otp_expired", 403, f"{INVALID}: it has already been used")
@@ -386,34 +452,33 @@ class MailFlows:
         redirect_to = await self.redirect_for(params.get("redirect_to") or body.get("redirect_to"))
         await self.api.throttle.mail(self.tenant_id, email, self.api.ip)
         tokens = catalog.platform_tables()["one_time_tokens"]
-        issued = target = old_email = None
+        issued = pending = None
+        changes: list[MailedToken] = []
         async with self.api.db.begin() as conn:
             if kind == "signup":
                 row = await self.user_by_email(conn, email)
                 if row is not None and not row.verified:
                     issued = await self.issue(conn, str(row.id), "signup", email, redirect_to=redirect_to)
-                    target = email
-            else:  # the pending change to this new address, if any
-                row = (await conn.execute(sa.select(tokens.c.user_id, tokens.c.email).where(
-                    tokens.c.tenant_id == self.tenant_id, tokens.c.kind == "email_change", tokens.c.new_email == email,
-                    tokens.c.used_at.is_(None)).order_by(tokens.c.created_at.desc()).limit(1))).first()
-                if row is not None:
-                    old_email = row.email
-                    issued = await self.issue(conn, str(row.user_id), "email_change", row.email, new_email=email,
-                                              redirect_to=redirect_to)
-                    target = email
-            await self.audit(conn, "auth.confirmation_resent", str(row.user_id if kind == "email_change" else row.id)
-                             if row is not None and issued else None, email=email, type=kind, sent=issued is not None)
-        if issued and target:
-            await self.send_resent(kind, target, old_email, issued, redirect_to)
+                user_id = str(row.id) if row is not None and issued else None
+            else:  # the pending change to or from this address (GoTrue's resend takes the current one), if any
+                pending = (await conn.execute(sa.select(tokens.c.user_id, tokens.c.email, tokens.c.new_email).where(
+                    tokens.c.tenant_id == self.tenant_id, tokens.c.kind.in_(EMAIL_CHANGE_KINDS),
+                    sa.or_(tokens.c.new_email == email, tokens.c.email == email), tokens.c.used_at.is_(None))
+                    .order_by(tokens.c.created_at.desc()).limit(1))).first()
+                if pending is not None:  # both tokens again, as GoTrue does: a half-confirmed change starts over
+                    changes = await self.issue_email_change(conn, str(pending.user_id), pending.email,
+                                                            pending.new_email, redirect_to)
+                    if len(changes) > 1:  # the other address gets a mail too
+                        other = pending.email if email == pending.new_email else pending.new_email
+                        await self.api.throttle.mail(self.tenant_id, other, self.api.ip)
+                user_id = str(pending.user_id) if pending is not None else None
+            await self.audit(conn, "auth.confirmation_resent", user_id, email=email, type=kind,
+                             sent=bool(issued or changes))
+        if issued:
+            await self.send_token_mail("signup", email, *issued, redirect_to)
+        if pending is not None:
+            await self.send_email_change(changes, pending.email, pending.new_email, redirect_to)
         return _empty()
-
-    async def send_resent(self, kind: str, target: str, old_email: str | None, issued: tuple[str, str],
-                          redirect_to: str) -> None:
-        if kind == "email_change":
-            await self.send_token_mail(kind, target, *issued, redirect_to, new_email=target, email=old_email or target)
-        else:
-            await self.send_token_mail(kind, target, *issued, redirect_to)
 
     async def invite(self, body: dict[str, Any], params: dict[str, str]) -> Answer:
         """`POST /invite` (admins, service key): a new unconfirmed account and the invitation mail."""
@@ -435,9 +500,10 @@ class MailFlows:
                                    expires_at=(datetime.now(UTC) + TOKEN_LIFETIME).isoformat())
         return _answer(200, {**api.user_json(row), "invited_at": datetime.now(UTC).isoformat()})
 
-    async def request_email_change(self, conn: Any, row: Any, new_email: str, redirect_to: str) -> tuple[str, str]:
-        """In `update_user`'s transaction (as the platform): the token for confirming `new_email`; refused
-        when another account has that address."""
+    async def request_email_change(self, conn: Any, row: Any, new_email: str, redirect_to: str) -> list[MailedToken]:
+        """In `update_user`'s transaction (as the platform): the tokens confirming the change of `row`'s
+        address to `new_email`, for `send_email_change` once committed; refused when another account has
+        that address. The current address's mails are throttled too when it gets one."""
         api = self.api
         await api.as_tenant(conn)
         taken = await conn.scalar(sa.select(api.users.c.id).where(api.users.c.email == new_email,
@@ -446,10 +512,31 @@ class MailFlows:
         if taken is not None:
             raise AuthFailed("email_exists", 422, "A user with this email address has already been registered",
                              details=[Problem("email", "is taken")])
-        issued = await self.issue(conn, str(row.id), "email_change", row.email, new_email=new_email,
-                                  redirect_to=redirect_to)
-        await self.audit(conn, "auth.email_change_requested", str(row.id), email=row.email)
-        return issued
+        mails = await self.issue_email_change(conn, str(row.id), row.email, new_email, redirect_to)
+        if len(mails) > 1:
+            await api.throttle.mail(self.tenant_id, row.email, api.ip)
+        await self.audit(conn, "auth.email_change_requested", str(row.id), email=row.email,
+                         secure=len(mails) > 1)
+        return mails
+
+    async def issue_email_change(self, conn: Any, user_id: str, email: str, new_email: str,
+                                 redirect_to: str) -> list[MailedToken]:
+        """The tokens of an email change from `email` to `new_email`, replacing any pending one: one mailed to
+        the new address, and with the tenant's `secure_email_change` (GoTrue's default) one to the current
+        address too, both needed before the address changes (`_verify`)."""
+        kinds = ["email_change"] + (["email_change_current"] if (await self.tenant()).secure_email_change else [])
+        mails = []
+        for n, kind in enumerate(kinds):
+            token, code = await self.issue(conn, user_id, kind, email, new_email=new_email, redirect_to=redirect_to,
+                                           replacing=EMAIL_CHANGE_KINDS if n == 0 else ())
+            mails.append(MailedToken(kind, mailed_to(kind, email, new_email), token, code))
+        return mails
+
+    async def send_email_change(self, mails: list[MailedToken], email: str, new_email: str, redirect_to: str) -> None:
+        """The email change's mails (after the commit): GoTrue's `email_change` template to each address."""
+        for mail in mails:
+            await self.send_token_mail(mail.kind, mail.to, mail.token, mail.code, redirect_to, email=email,
+                                       new_email=new_email)
 
     # -- verification --
 
@@ -472,8 +559,10 @@ class MailFlows:
 
     async def verify_post(self, body: dict[str, Any]) -> Answer:
         kinds, kind, found_by = self.verify_params(body)
-        row, session = await self.verify(kinds, kind, found_by)
-        return _answer(200, self.api.session_json(row, session))
+        verified = await self.verify(kinds, kind, found_by)
+        if verified is None:  # GoTrue's answer, word for word (its code is a string there)
+            return _answer(200, {"msg": SINGLE_CONFIRMATION, "code": "200"})
+        return _answer(200, self.api.session_json(*verified))
 
     async def verify_get(self, params: dict[str, str]) -> Answer:
         kind, token = params.get("type", ""), params.get("token", "")
@@ -481,32 +570,44 @@ class MailFlows:
         try:
             if kind not in KINDS_OF_TYPE or not token:
                 raise AuthFailed("validation_failed", 400, "Verify requires a verification type and a token")
-            row, session = await self.verify(KINDS_OF_TYPE[kind], kind, {"token": token})
+            verified = await self.verify(KINDS_OF_TYPE[kind], kind, {"token": token})
         except AuthFailed as error:
             fragment = {"error": "access_denied" if error.status == 403 else "invalid_request",
                         "error_code": error.code, "error_description": error.message, "sb": ""}
             return Answer(303, [("Location", f"{redirect_to}#{urlencode(fragment)}")], b"")
+        if verified is None:  # one of an email change's two links: GoTrue's message, no session
+            return Answer(303, [("Location", f"{redirect_to}#{urlencode({'message': SINGLE_CONFIRMATION, 'sb': ''})}")], b"")
+        row, session = verified
         answer = self.api.session_json(row, session)
         fragment = {"access_token": answer["access_token"], "expires_at": answer["expires_at"],
                     "expires_in": answer["expires_in"], "refresh_token": answer["refresh_token"],
                     "token_type": "bearer", "type": kind, "sb": ""}
         return Answer(303, [("Location", f"{redirect_to}#{urlencode(fragment)}")], b"")
 
-    async def verify(self, kinds: tuple[str, ...], kind: str, found_by: dict[str, str]) -> tuple[Any, sessions.Session]:
+    async def verify(self, kinds: tuple[str, ...], kind: str, found_by: dict[str, str]
+                     ) -> tuple[Any, sessions.Session] | None:
         """Use the token and apply what it proves (the address is the user's; for email_change, the new one
-        replaces the old), then start a session; a refusal is audited and counted as a failed sign-in when
-        it was a code."""
+        replaces the old once each of the change's tokens is used), then start a session; None when it was
+        the first of a secure email change's two (no session: the other address has yet to confirm). A
+        refusal is audited and counted as a failed sign-in when it was a code."""
         if "code" not in found_by:
             return await self._verify(kinds, kind, found_by)
         async with self.api.throttle.attempt(self.tenant_id, found_by["email"], self.api.ip):  # parallel guesses too
             return await self._verify(kinds, kind, found_by)
 
-    async def _verify(self, kinds: tuple[str, ...], kind: str, found_by: dict[str, str]) -> tuple[Any, sessions.Session]:
+    async def _verify(self, kinds: tuple[str, ...], kind: str, found_by: dict[str, str]
+                      ) -> tuple[Any, sessions.Session] | None:
         api = self.api
         by_code = "code" in found_by
+        tokens = catalog.platform_tables()["one_time_tokens"]
         try:
             async with api.db.begin() as conn:
                 token = await self.consume(conn, kinds, **found_by)
+                # the change's other token, not yet used (consume locked both): the address waits for it
+                waiting = token.kind in EMAIL_CHANGE_KINDS and await conn.scalar(sa.select(sa.func.count()).where(
+                    tokens.c.tenant_id == self.tenant_id, tokens.c.user_id == token.user_id,
+                    tokens.c.kind.in_(EMAIL_CHANGE_KINDS), tokens.c.id != token.id,
+                    tokens.c.new_email == token.new_email, tokens.c.used_at.is_(None))) > 0
                 await api.as_tenant(conn)
                 before = (await conn.execute(sa.select(api.users.c.email, api.users.c.verified).where(
                     api.users.c.id == token.user_id, api.users.c.password_hash.isnot(None)).with_for_update())).first()
@@ -514,8 +615,13 @@ class MailFlows:
                     raise AuthFailed("user_not_found", 404, "the token's user no longer exists or is disabled")
                 if before.email != token.email:  # mailed to an address the account no longer has
                     raise AuthFailed("otp_expired", 403, f"{INVALID}: the account's email address has changed since")
+                if waiting:
+                    await api.as_platform(conn)
+                    await self.audit(conn, "auth.verified", str(token.user_id), type=kind, kind=token.kind,
+                                     awaiting="the other address's confirmation")
+                    return None
                 changes: dict[str, Any] = {"verified": True}
-                if token.kind == "email_change":
+                if token.kind in EMAIL_CHANGE_KINDS:
                     changes["email"] = token.new_email
                 claimed = not before.verified and token.kind in CLAIMING_KINDS
                 if claimed:  # whoever signed up with this address before its owner confirmed it loses its password
@@ -530,7 +636,7 @@ class MailFlows:
                 await api.as_platform(conn)
                 if claimed:
                     await sessions.revoke(conn, self.tenant_id, "address_confirmed", user_id=str(row.id))
-                if token.kind == "email_change":  # what was mailed to the old address no longer holds
+                if token.kind in EMAIL_CHANGE_KINDS:  # what was mailed to the old address no longer holds
                     await self.forget_tokens(conn, str(row.id), except_id=token.id)
                 session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip,
                                                        user_agent=audit.header(audit.REQUEST.get() or {}, b"user-agent"))

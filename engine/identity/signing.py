@@ -5,6 +5,10 @@ tenant's `signing_keys` (internal: never served by its APIs). Rotating adds a ne
 one verifying (tokens issued before the rotation stay valid until they expire) and retires the older
 ones. Every process holds the keyring in memory and reloads it when the keys' NOTIFY arrives, so
 verifying a token never reads the database.
+
+The same keys also key other server-side digests (`derived_keys`: the mailed one-time codes' HMAC), each
+through a key derived for its purpose (HKDF-SHA256), never the signing key itself: a digest key that
+leaked would not sign a token, and no digest is a MAC of anything a token signs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 
 import jwt
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
@@ -42,6 +48,17 @@ class Keyring:
     secret: str
     verifying: Mapping[str, str]
     verified: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+    derived: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def derived_keys(self, purpose: bytes) -> tuple[bytes, ...]:
+        """Keys for `purpose` (e.g. b"backsaas one-time tokens v1"), derived with HKDF-SHA256 from the signing
+        key first, then from each other verifying key: a digest made under the key before a rotation still
+        matches until that key is retired. Cached per keyring (a rotation builds a new one)."""
+        keys = self.derived.get(purpose)
+        if keys is None:
+            secrets_in_order = [self.secret, *(s for k, s in sorted(self.verifying.items()) if k != self.kid)]
+            keys = self.derived[purpose] = tuple(derive_key(s, purpose) for s in secrets_in_order)
+        return keys
 
     def issue(self, claims: Mapping[str, Any], lifetime: int = ACCESS_TOKEN_SECONDS) -> tuple[str, int]:
         """A signed access token with `claims` plus iat, exp, iss, aud and jti; returns it and its exp."""
@@ -81,6 +98,11 @@ class Keyring:
             raise Unauthorized("token_expired", "the access token has expired; refresh the session") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized("invalid_token", f"invalid access token: {exc}") from exc
+
+
+def derive_key(secret: str, purpose: bytes) -> bytes:
+    """A 256-bit key for `purpose` from a server secret (HKDF-SHA256, the purpose as its info)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret.encode())
 
 
 def _env_kid(secret: str) -> str:
