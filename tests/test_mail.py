@@ -37,6 +37,7 @@ from engine import catalog, mailer
 from engine.database import Database
 from engine.identity.mailflows import TOKEN_KEY_PURPOSE, code_digest, link_digest
 from engine.identity.signing import derive_key, rotate_signing_key
+from engine.identity.throttle import LoginThrottle
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
@@ -462,6 +463,64 @@ def test_mails_to_one_address_are_throttled_alike_for_known_and_unknown_addresse
         assert limited.json()["code"] == "over_email_send_rate_limit" and int(limited.headers["retry-after"]) > 0
     sink.to("flood@example.com", 5)
     assert sink.count("flood@example.com") == 5
+
+
+REDIS_URL = os.environ.get("BACKSAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def redis_answers(url: str) -> bool:
+    import socket
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def concurrent_guesses(throttles: list[LoginThrottle], guesses: int) -> tuple[int, list[str]]:
+    """`guesses` attempts on one account held open at once, spread over `throttles` (one per gateway process):
+    how many were let in to be evaluated, and what each got."""
+    import asyncio
+    import uuid
+
+    tenant, inside, release = str(uuid.uuid4()), [0], asyncio.Event()
+
+    async def guess(throttle: LoginThrottle) -> str:
+        try:
+            async with throttle.attempt(tenant, "target@example.com", None):
+                inside[0] += 1
+                await release.wait()
+        except Exception as exc:  # the answer is what the test looks at
+            return getattr(exc, "code", type(exc).__name__)
+        return "evaluated"
+
+    running = [asyncio.ensure_future(guess(throttles[n % len(throttles)])) for n in range(guesses)]
+    await asyncio.sleep(1)
+    let_in = inside[0]
+    release.set()
+    return let_in, list(await asyncio.gather(*running))
+
+
+@pytest.mark.skipif(not redis_answers(REDIS_URL), reason=f"needs a Redis at {REDIS_URL} (BACKSAAS_TEST_REDIS_URL)")
+async def test_concurrent_guesses_are_bounded_across_gateway_processes_sharing_redis():
+    processes = [LoginThrottle(REDIS_URL), LoginThrottle(REDIS_URL), LoginThrottle(REDIS_URL)]
+    let_in, answers = await concurrent_guesses(processes, 30)
+    assert let_in == 5 and answers.count("evaluated") == 5, answers  # the account's 5, not 5 per process
+    assert set(answers) == {"evaluated", "over_request_rate_limit"}, answers
+    let_in, _ = await concurrent_guesses(processes, 3)  # every attempt that ended gave its place back
+    assert let_in == 3
+
+
+async def test_the_throttle_counts_in_memory_while_redis_is_down():
+    with capture_logs() as logs:
+        down = LoginThrottle(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
+        let_in, answers = await concurrent_guesses([down], 12)
+        await down.failed("t", "someone@example.com", "192.0.2.1")
+        await down.mail("t", "someone@example.com", "192.0.2.1")
+    assert let_in == 5 and answers.count("evaluated") == 5, answers  # bounded in this process, no error
+    assert any(e["event"] == "throttle.redis_unavailable" for e in logs)
 
 
 # -- sign-up confirmation --
