@@ -34,6 +34,7 @@ from engine.graphql.cost import mutation_items
 from engine.graphql.mutations import MutationRunner
 from engine.graphql.schema import build_schema, graph_relations
 from engine.limits import Bounds, RowBudget
+from engine.query.plan import Relation
 from engine.query.sql import EMPTY_ARRAY, StatementBuilder, compile_statement
 from engine.runtime import TenantRuntime
 
@@ -293,8 +294,7 @@ class GraphQLApi:
             compiler = self.compiler(schema, document, coerced)  # the rows it writes, counted before any work
             fields = compiler.fields(operation.selection_set)
             self.bounds.check_items(mutation_items(fields, coerced, compiler.relations), "objects")
-            runner = MutationRunner(self, schema, document, coerced)
-            data = await (runner.run_one(operation) if runner.one_statement(operation) else runner.run(operation))
+            data = await MutationRunner(self, schema, document, coerced).execute(fields)
             return Answer(200, JSON, b'{"data":' + data + b"}")
         compiled = self.compiled(schema, document, operation, coerced)
         return Answer(200, JSON, b'{"data":' + (await self.execute(compiled, coerced)).encode() + b"}")
@@ -318,11 +318,15 @@ class GraphQLApi:
         tables = frozenset(f"{self.runtime.pg_schema}.{e}" for e in compiled.entities)
         return Subscription(compiled, coerced, tables)
 
-    def compiler(self, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> QueryCompiler:
+    def relations(self) -> Mapping[str, Mapping[str, Relation]]:
+        """The relations GraphQL names (entity -> field -> relation), made once per runtime."""
         relations = self.runtime.statements.get("graphql-relations")
         if relations is None:
             relations = self.runtime.statements["graphql-relations"] = graph_relations(self.runtime.model)
-        return QueryCompiler(schema, relations, self.runtime.columns, document.fragments, Values(variables),
+        return relations
+
+    def compiler(self, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> QueryCompiler:
+        return QueryCompiler(schema, self.relations(), self.runtime.columns, document.fragments, Values(variables),
                              self.permissions)
 
     def compiled(self, schema: GraphQLSchema, document: Document, operation: ast.OperationDefinitionNode,

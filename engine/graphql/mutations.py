@@ -52,13 +52,17 @@ class MutationRunner:
         self.runtime, self.caller = api.runtime, api.caller
         self.inserted = 0
 
-    async def run(self, operation: ast.OperationDefinitionNode) -> bytes:
+    async def execute(self, fields: list[ast.FieldNode]) -> bytes:
+        """The mutation's root `fields` (collected by the caller's compiler), as the `data` object's text."""
+        single = self.single_insert(fields)
+        return await (self.run_one(fields[0], *single) if single is not None else self.run(fields))
+
+    async def run(self, fields: list[ast.FieldNode]) -> bytes:
         results: list[tuple[str, bytes]] = []
         try:
             with metering.rows_kept_on_success():  # GraphQL answers a rolled-back mutation with 200 and errors
                 async with self.api.db.as_role(self.runtime.role) as conn, conn.transaction():
-                    for field in self.api.compiler(self.schema, self.document, self.variables).fields(
-                            operation.selection_set):
+                    for field in fields:
                         alias = field.alias.value if field.alias else field.name.value
                         try:
                             results.append((alias, await self.field(conn, field)))
@@ -110,28 +114,30 @@ class MutationRunner:
 
     # -- inserts --
 
-    def one_statement(self, operation: ast.OperationDefinitionNode) -> bool:
-        """Whether the mutation is one flat insert without an upsert's update: one statement, atomic on its
-        own, needs no transaction around it (two round trips fewer)."""
-        compiler = self.compiler()
-        fields = compiler.fields(operation.selection_set)
+    def single_insert(self, fields: list[ast.FieldNode]) -> tuple[str, list[Any], Any, bool] | None:
+        """(entity, objects, on_conflict, `_one`) when the mutation is one flat insert without an upsert's
+        update: one statement, atomic on its own, needs no transaction around it (two round trips fewer)."""
         if len(fields) != 1 or not fields[0].name.value.startswith("insert_"):
-            return False
+            return None
+        compiler = self.compiler()
         args = {a.name.value: compiler.values.resolve(a.value) for a in fields[0].arguments or ()}
         rest = fields[0].name.value[len("insert_"):]
         one = rest.endswith("_one") and rest[:-4] in self.runtime.columns
         entity = rest[:-4] if one else rest
         on_conflict = args.get("on_conflict")
-        return (entity in self.runtime.columns and not (on_conflict and as_list(on_conflict.get("update_columns")))
-                and self.flat(entity, [args.get("object")] if one else as_list(args.get("objects"))))
+        objects = [args.get("object")] if one else as_list(args.get("objects"))
+        if entity not in self.runtime.columns or (on_conflict and as_list(on_conflict.get("update_columns"))) \
+                or not self.flat(entity, objects):
+            return None
+        return entity, objects, on_conflict, one
 
-    async def run_one(self, operation: ast.OperationDefinitionNode) -> bytes:
-        """`run` for a mutation `one_statement` accepts: its statement alone, on a connection as the tenant."""
-        field = self.compiler().fields(operation.selection_set)[0]
+    async def run_one(self, field: ast.FieldNode, entity: str, objects: list[dict[str, Any]], on_conflict: Any,
+                      one: bool) -> bytes:
+        """`run` for the insert `single_insert` found: its statement alone, on a connection as the tenant."""
         alias = field.alias.value if field.alias else field.name.value
         try:
             async with self.api.db.as_role(self.runtime.role) as conn:
-                value = await self.field(conn, field)
+                value = await self.insert_flat(conn, entity, objects, on_conflict, field, one)
         except asyncpg.PostgresError as exc:
             raise as_graphql_error(exc) from exc
         except GraphQLError as error:
@@ -144,7 +150,7 @@ class MutationRunner:
         relations, every object with the same keys (a key absent from all is the column's default)."""
         if not objects or self.runtime.hooks(entity, "create"):
             return False
-        relations = self.api.compiler(self.schema, self.document, self.variables).relations[entity]
+        relations = self.api.relations()[entity]
         if not all(isinstance(o, dict) and not any(k in relations for k in o) for o in objects):
             return False
         keys = objects[0].keys()
@@ -231,7 +237,7 @@ class MutationRunner:
                      on_conflict: Mapping[str, Any] | None, prefix: str = "") -> str | None:
         """Insert one object with its nested relations; its id (None when on_conflict did nothing)."""
         self.api.permissions.of(entity, "create")
-        relations = self.api.compiler(self.schema, self.document, self.variables).relations[entity]
+        relations = self.api.relations()[entity]
         columns = {k: v for k, v in obj.items() if k not in relations}
         children = []
         for key, nested in obj.items():
