@@ -322,7 +322,8 @@ class MailFlows:
             stored = tokens.c.code_hash
             query = query.where(sa.or_(tokens.c.email == email, tokens.c.new_email == email), tokens.c.kind.in_(kinds))
         found = None
-        for candidate in (await conn.execute(query.add_columns(stored.label("stored")))).all():
+        query = query.add_columns(stored.label("stored")).order_by(tokens.c.created_at.desc())
+        for candidate in (await conn.execute(query)).all():
             matches = [hmac.compare_digest(candidate.stored, digest) for digest in expected]  # every one compared
             if any(matches) and found is None:
                 found = candidate

@@ -7,8 +7,10 @@ is asked for, whether or not the address has an account, so the limit tells noth
 
 Counters live in memory, or in Redis when `REDIS_URL` is set so that every server process shares them: the
 windows of failures and mails (limits' Redis storage) and the count of each account's attempts being
-evaluated (a counter of our own, `INCR` on entering and `DECR` on leaving in one Lua script each), so that
-N gateway processes together evaluate no more of an account's guesses than one would. A Redis that fails
+evaluated (a counter of our own on limits' own Redis client, so on every Redis URL form limits takes:
+`INCR` on entering and `DECR` on leaving, in one Lua script each), so that N gateway processes together
+evaluate no more of an account's guesses than one would. (A `REDIS_URL` of another store limits speaks,
+memcached or MongoDB, shares the windows only: attempts being evaluated are then counted per process.) A Redis that fails
 or is slower than `REDIS_TIMEOUT_SECONDS` never fails a sign-in: this process counts in its own memory
 (each process then bounds guesses on its own, as without Redis), logs `throttle.redis_unavailable`, and
 tries Redis again after `PROBE_SECONDS`. An attempt that was counted in Redis and could not be uncounted
@@ -25,7 +27,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import coredis
 import structlog
 from limits import RateLimitItem, parse, storage
 from limits.aio.strategies import MovingWindowRateLimiter, WindowStats
@@ -53,13 +54,13 @@ class LoginThrottle:
                  mails_per_client: str = MAILS_PER_CLIENT, probe_seconds: float = PROBE_SECONDS) -> None:
         self.memory = MovingWindowRateLimiter(storage.storage_from_string("async+memory://"))
         self.shared: MovingWindowRateLimiter | None = None
-        self.redis: coredis.Redis[bytes] | None = None
+        self.redis: Any = None  # limits' Redis bridge (coredis): the client of the shared attempt counts
         if redis_url:
-            self.shared = MovingWindowRateLimiter(storage.storage_from_string(
-                f"async+{redis_url}", wrap_exceptions=True, connect_timeout=REDIS_TIMEOUT_SECONDS,
-                stream_timeout=REDIS_TIMEOUT_SECONDS))
-            self.redis = coredis.Redis.from_url(redis_url, connect_timeout=REDIS_TIMEOUT_SECONDS,
-                                                stream_timeout=REDIS_TIMEOUT_SECONDS)
+            backend = storage.storage_from_string(f"async+{redis_url}", wrap_exceptions=True,
+                                                  connect_timeout=REDIS_TIMEOUT_SECONDS,
+                                                  stream_timeout=REDIS_TIMEOUT_SECONDS)
+            self.shared = MovingWindowRateLimiter(backend)
+            self.redis = getattr(backend, "bridge", None)
         self.per_account: RateLimitItem = parse(per_account)
         self.per_address: RateLimitItem = parse(per_address)
         self.mails_per_email: RateLimitItem = parse(mails_per_email)
@@ -103,15 +104,15 @@ class LoginThrottle:
     async def _enter(self, account: str) -> tuple[bool, int]:
         """Count one more attempt on `account` being evaluated: (counted in Redis, how many there are now,
         this one included)."""
-        if self._redis_up():
-            assert self.redis is not None
-            try:
-                count = await self.redis.eval(ENTER, keys=[PENDING_PREFIX + account], args=[ATTEMPT_SECONDS])
+        if self.redis is not None and self._redis_up():
+            try:  # the connection as limits asks for it (a sentinel's master, a cluster's client)
+                count = await self.redis.get_connection().eval(ENTER, keys=[PENDING_PREFIX + account],
+                                                               args=[ATTEMPT_SECONDS])
             except Exception as exc:
                 self._degrade(exc)
             else:
                 self._recovered()
-                return True, int(count)  # type: ignore[arg-type]
+                return True, int(count)
         self.pending[account] = self.pending.get(account, 0) + 1
         return False, self.pending[account]
 
@@ -121,9 +122,8 @@ class LoginThrottle:
             if not self.pending[account]:
                 del self.pending[account]
             return
-        assert self.redis is not None
         try:
-            await self.redis.eval(LEAVE, keys=[PENDING_PREFIX + account], args=[])
+            await self.redis.get_connection().eval(LEAVE, keys=[PENDING_PREFIX + account], args=[])
         except Exception as exc:  # the count lapses ATTEMPT_SECONDS after the account's last attempt
             self._degrade(exc)
 
