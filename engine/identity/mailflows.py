@@ -273,9 +273,10 @@ class MailFlows:
 
     async def issue(self, conn: Any, user_id: str, kind: str, email: str, *, new_email: str | None = None,
                     redirect_to: str | None = None, replacing: tuple[str, ...] | None = None) -> tuple[str, str]:
-        """A fresh (link token, code) for the user's `kind`, replacing their older ones of `replacing` (else
-        of `kind`; in `conn`'s transaction, as the platform). The tenant's tokens a day past their expiry go
-        too: a token row names an address, and is kept no longer than it explains a refusal."""
+        """A fresh (link token, code) for the user's `kind`, replacing their older ones of `replacing` (None:
+        of `kind`; `()`: none, for the second token of one request), in `conn`'s transaction, as the platform.
+        The tenant's tokens a day past their expiry go too: a token row names an address, and is kept no
+        longer than it explains a refusal."""
         tokens = catalog.platform_tables()["one_time_tokens"]
         token, code = secrets.token_urlsafe(32), f"{secrets.randbelow(1_000_000):06d}"
         if replacing != ():
