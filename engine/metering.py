@@ -1,7 +1,9 @@
 """Usage metering: what each tenant used, counted in memory per request and written in batches.
 
-Every tenant request adds to counters held by this process's `Meter`, keyed by (tenant id, day, metric)
-(DESIGN.md, request flow step 7): a few dict additions, never a database round trip. A flusher writes
+Every tenant request adds to counters held by this process's `Meter` (DESIGN.md, request flow step 7): one
+tally per (tenant, surface, status class, latency bucket) holding the requests, bytes, rows and function
+milliseconds, expanded into the counters of (tenant id, day, metric) when flushed, so a request costs one
+dict lookup and a few additions, never a database round trip. A flusher writes
 them to the system tenant's `usage_daily` every few seconds (`BACKSAAS_METER_FLUSH_SECONDS`) and at
 shutdown, in ONE statement for all keys (`value = usage_daily.value + EXCLUDED.value`), so any number
 of gateway processes add up, and a crash loses at most one interval. A flush that fails puts its counts
@@ -20,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -59,11 +62,8 @@ def flush_seconds_from_env() -> float:
 
 
 def latency_metric(ms: float) -> str:
-    """The latency bucket a request of `ms` milliseconds falls in."""
-    for bound, metric in zip(LATENCY_BOUNDS, LATENCY_METRICS, strict=False):
-        if ms <= bound:
-            return metric
-    return LATENCY_METRICS[-1]
+    """The latency bucket a request of `ms` milliseconds falls in (the first bound at or above it)."""
+    return LATENCY_METRICS[bisect_left(LATENCY_BOUNDS, ms)]
 
 
 def today() -> date:
@@ -94,7 +94,13 @@ class Meter:
         self.flush_seconds = flush_seconds if flush_seconds is not None else flush_seconds_from_env()
         self.counts: defaultdict[tuple[str, date, str], int] = defaultdict(int)
         self.gauges: dict[tuple[str, date, str], int] = {}
-        self.recent: defaultdict[tuple[str, str], int] = defaultdict(int)  # (tenant, metric): unflushed, for quotas
+        # (tenant, surface metric or None, errors_4xx/errors_5xx or None, latency metric) -> [requests, egress
+        # bytes, rows written, function ms] of the day `requests_day`, expanded into `counts` by `fold`
+        self.requests: dict[tuple[str, str | None, str | None, str], list[int]] = {}
+        self.requests_day = today()
+        # (tenant, metric): unflushed, of the metrics quotas read per request (the surfaces' calls and
+        # function_ms, and whatever `add` counts)
+        self.recent: defaultdict[tuple[str, str], int] = defaultdict(int)
         # written by the last flush, counted as pending until the quotas read the totals that hold them
         self.flushed: dict[tuple[str, str], int] = {}
         self.after_flush: list[Any] = []  # coroutines functions run after each flush (the quotas' refresh)
@@ -109,19 +115,51 @@ class Meter:
             self.counts[(tenant_id, today(), metric)] += amount
             self.recent[(tenant_id, metric)] += amount
 
-    def add_many(self, tenant_id: str, amounts: dict[str, int]) -> None:
+    def count_request(self, tenant_id: str, surface: str | None, status: int, ms: float, sent: int,
+                      rows_written: int) -> None:
+        """One answered request of a tenant: `surface` is its metric in SURFACE_METRICS (None outside them),
+        `sent` its body bytes; its rows count only when it succeeded, its milliseconds (at least 1) only for
+        a function call."""
         day = self.today()
-        counts, recent = self.counts, self.recent
-        for metric, amount in amounts.items():
-            if amount:
-                counts[(tenant_id, day, metric)] += amount
-                recent[(tenant_id, metric)] += amount
+        if day != self.requests_day:
+            self.fold()
+            self.requests_day = day
+        outcome = None if status < 400 else "errors_4xx" if status < 500 else "errors_5xx"
+        key = (tenant_id, surface, outcome, LATENCY_METRICS[bisect_left(LATENCY_BOUNDS, ms)])
+        tally = self.requests.get(key)
+        if tally is None:
+            tally = self.requests[key] = [0, 0, 0, 0]
+        tally[0] += 1
+        tally[1] += sent
+        if outcome is None:
+            tally[2] += rows_written
+        if surface is not None:
+            self.recent[(tenant_id, surface)] += 1
+            if surface == "function_calls":
+                spent = max(1, round(ms))
+                tally[3] += spent
+                self.recent[(tenant_id, "function_ms")] += spent
+
+    def fold(self) -> None:
+        """The request tallies into the counters of their day."""
+        day, counts = self.requests_day, self.counts
+        for (tenant_id, surface, outcome, latency), (requests, sent, rows, spent) in self.requests.items():
+            counts[(tenant_id, day, latency)] += requests
+            if surface is not None:
+                counts[(tenant_id, day, surface)] += requests
+            if outcome is not None:
+                counts[(tenant_id, day, outcome)] += requests
+            for metric, amount in (("egress_bytes", sent), ("rows_written", rows), ("function_ms", spent)):
+                if amount:
+                    counts[(tenant_id, day, metric)] += amount
+        self.requests = {}
 
     def gauge(self, tenant_id: str, metric: str, value: int) -> None:
         self.gauges[(tenant_id, today(), metric)] = int(value)
 
     def pending(self, tenant_id: str, metric: str) -> int:
-        """What this process counted for `tenant_id` in `metric` and has not flushed yet (one dict lookup)."""
+        """What this process counted for `tenant_id` in `metric` and has not flushed yet (one dict lookup), for
+        the metrics `recent` keeps."""
         key = (tenant_id, metric)
         return self.recent.get(key, 0) + self.flushed.get(key, 0)
 
@@ -155,6 +193,7 @@ class Meter:
         """Write every pending count and gauge in one statement; the number of keys written. On failure the
         counts are kept for the next flush (and logged), so a database outage delays them, loses nothing."""
         async with self._lock:
+            self.fold()
             counts, self.counts = self.counts, defaultdict(int)
             gauges, self.gauges = self.gauges, {}
             recent, self.recent = self.recent, defaultdict(int)
@@ -205,7 +244,7 @@ def upsert_statement() -> sa.TextClause:
 # -- the request's own tally, reported into by the write core --
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestUsage:
     """What one request used beyond what the gateway sees itself; `quota` is the tenant's quota state
     the write core consults before a write that grows a metric (engine/quotas.py)."""
@@ -213,7 +252,6 @@ class RequestUsage:
     tenant_id: str | None = None
     rows_written: int = 0
     quota: Any = None
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 CURRENT: ContextVar[RequestUsage | None] = ContextVar("backsaas_request_usage", default=None)

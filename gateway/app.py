@@ -48,13 +48,13 @@ from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
 from gateway import metrics
-from gateway.access import AccessLog
+from gateway.access import RequestObserver
 from gateway.admin_console import CONSOLE_HOST, AdminConsole, is_console
 from gateway.audit import EXPORT_PATH, audit_export
 from gateway.auth import ANONYMOUS, authenticate
 from gateway.bodies import read_body
 from gateway.branding import branding_json, branding_stylesheet
-from gateway.cors import ANY_ORIGIN, CrossOrigin
+from gateway.cors import ANY_ORIGIN
 from gateway.domains import CustomDomains, host_of
 from gateway.fairness import TenantGates
 from gateway.graphql_ws import serve_graphql_ws
@@ -604,8 +604,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         except BackSaasError:  # the database is down: the request itself answers 503, readably
             return ANY_ORIGIN
 
-    metered: ASGIApp = Metering(routing, meter, book) if meter is not None and book is not None else routing
-    return AccessLog(CrossOrigin(metrics.RequestMetrics(metered), origins_of))
+    return RequestObserver(routing, origins_of, Metering(meter, book) if meter is not None and book is not None else None)
 
 
 def app_from_env() -> ASGIApp:

@@ -5,15 +5,21 @@ A line logged with an exception (`log.exception`, `exc_info=...`) carries it: in
 list of `{exc_type, exc_value, frames: [{filename, lineno, name}]}` (the exception and what caused it),
 with the request's `request_id` beside it, so a 500 can be diagnosed from the log alone. Local variables
 are never written (they hold passwords, tokens and rows).
+
+JSON lines are rendered by orjson (a tenth of the standard library's time: every request writes an access
+line), with the standard library as the fallback for what orjson refuses (an integer past 64 bits).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
+import orjson
 import structlog
 
 
@@ -22,7 +28,7 @@ def configure_logging(level: str | None = None, stream: TextIO | None = None) ->
     level_name = (level or os.environ.get("BACKSAAS_LOG_LEVEL", "info")).upper()
     chosen = os.environ.get("BACKSAAS_LOG_FORMAT", "").lower()
     console = chosen == "console" or (chosen != "json" and sys.stderr.isatty())
-    renderer = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    renderer = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(serializer=json_line)
     # the console renderer formats exceptions itself; JSON gets them as data, before it is rendered
     exceptions = [] if console else [structlog.processors.ExceptionRenderer(
         structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False))]
@@ -38,3 +44,11 @@ def configure_logging(level: str | None = None, stream: TextIO | None = None) ->
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def json_line(event: dict[str, Any], default: Callable[[Any], Any]) -> str:
+    """One log line's JSON (`JSONRenderer`'s serializer; `default` renders what JSON has no type for)."""
+    try:
+        return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError: e.g. an integer past 64 bits, which the standard library writes
+        return json.dumps(event, default=default)

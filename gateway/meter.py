@@ -1,12 +1,13 @@
 """The gateway's meter: counts every tenant request into the process's `Meter`, and applies quotas.
 
-Plain ASGI around the tenant routing: it gives the request a `RequestUsage` (the context variable the
-write core reports written rows into, and the tenant's quota standing the write core consults), then,
-once the response has gone, adds its counts by the surface its path names (`rest_calls`,
-`graphql_calls`, `auth_calls`, `function_calls` and `function_ms`), its status class (`errors_4xx`,
-`errors_5xx`), its latency bucket, the body bytes sent (`egress_bytes`) and, when it succeeded, the rows
-it wrote. A request that reaches no tenant (unknown, or outside the tenant surfaces) counts nothing.
-The counting is a few dict additions: no database round trip (engine/metering.py flushes in batches).
+Called by the gateway's one observing layer (gateway/access.py) at each HTTP request's start and end: it
+gives the request a `RequestUsage` (the context variable the write core reports written rows into, and the
+tenant's quota standing the write core consults), then, once the response has gone, counts it by the surface
+its path names (`rest_calls`, `graphql_calls`, `auth_calls`, `function_calls` and `function_ms`), its status
+class (`errors_4xx`, `errors_5xx`), its latency bucket, the body bytes sent (`egress_bytes`) and, when it
+succeeded, the rows it wrote. A request that reaches no tenant (unknown, or outside the tenant surfaces)
+counts nothing. The counting is one tally in memory: no database round trip (engine/metering.py expands the
+tallies into metrics and flushes them in batches).
 
 `admit` is called by the tenant app once the tenant is resolved and the caller authenticated (request
 flow step 3): it refuses what a hard quota refuses whole (402) and keeps the tenant's standing for the
@@ -15,10 +16,10 @@ write core and for the `X-Quota-Warning` header.
 
 from __future__ import annotations
 
-import time
+from contextvars import Token
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from engine import metering
 from engine.quotas import WARNING_HEADER, QuotaBook
@@ -36,55 +37,31 @@ def surface_of(path: str) -> str | None:
 
 
 class Metering:
-    """Counts each HTTP request of a tenant (see the module's docstring); `book` holds the quotas."""
+    """The meter's part of each HTTP request (see the module's docstring); `book` holds the quotas."""
 
-    def __init__(self, app: ASGIApp, meter: metering.Meter, book: QuotaBook) -> None:
-        self.app, self.meter, self.book = app, meter, book
+    def __init__(self, meter: metering.Meter, book: QuotaBook) -> None:
+        self.meter, self.book = meter, book
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def begin(self, scope: Scope) -> tuple[metering.RequestUsage, Token[metering.RequestUsage | None]]:
+        """The request's usage, in its scope and the write core's context variable (`end` resets it)."""
         usage = metering.RequestUsage()
         scope["backsaas.usage"] = usage
         scope["backsaas.quotas"] = self.book
-        token = metering.CURRENT.set(usage)
-        started = time.perf_counter()
-        status, sent = 500, 0
+        return usage, metering.CURRENT.set(usage)
 
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                warning = usage.quota.warning if usage.quota is not None else None
-                if warning:
-                    message["headers"] = [*message.get("headers", ()), (WARNING_HEADER_NAME, warning.encode())]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
+    def end(self, scope: Scope, usage: metering.RequestUsage, token: Token[metering.RequestUsage | None],
+            status: int, sent: int, seconds: float) -> None:
+        """Count the request (when it reached a tenant) once its answer has gone."""
+        metering.CURRENT.reset(token)
+        if usage.tenant_id is not None:
+            surface = surface_of(scope["path"][len(scope.get("root_path", "")):])
+            self.meter.count_request(usage.tenant_id, surface, status, seconds * 1000, sent, usage.rows_written)
 
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            metering.CURRENT.reset(token)
-            if usage.tenant_id is not None:
-                self.count(scope, usage, status, sent, (time.perf_counter() - started) * 1000)
 
-    def count(self, scope: Scope, usage: metering.RequestUsage, status: int, sent: int, ms: float) -> None:
-        path = scope["path"][len(scope.get("root_path", "")):]
-        surface = surface_of(path)
-        amounts: dict[str, int] = {metering.latency_metric(ms): 1, "egress_bytes": sent}
-        if surface is not None:
-            amounts[surface] = 1
-            if surface == "function_calls":
-                amounts["function_ms"] = max(1, round(ms))
-        if status >= 500:
-            amounts["errors_5xx"] = 1
-        elif status >= 400:
-            amounts["errors_4xx"] = 1
-        else:
-            amounts["rows_written"] = usage.rows_written
-        self.meter.add_many(usage.tenant_id or "", amounts)
+def warning_header(usage: metering.RequestUsage) -> tuple[bytes, bytes] | None:
+    """`X-Quota-Warning` for an answer of a tenant past a soft limit, else None."""
+    warning = usage.quota.warning if usage.quota is not None else None
+    return (WARNING_HEADER_NAME, warning.encode()) if warning else None
 
 
 async def admit(scope: Scope, runtime: Any, method: str, path: str) -> None:

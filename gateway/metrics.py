@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from engine import catalog
 from engine.database import Database
@@ -76,42 +75,25 @@ def surface_of(path: str) -> str:
 
 
 class RequestMetrics:
-    """Plain ASGI around the tenant routing: counts each HTTP request once its answer has started, and its
-    time once it has ended. A few label lookups and additions: no I/O (the multi-process mode writes to
-    memory-mapped files)."""
+    """Each HTTP request's count and time, observed once its answer has ended (by the gateway's one
+    observing layer, gateway/access.py). A few label lookups and additions: no I/O (the multi-process mode
+    writes to memory-mapped files)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self.children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def noting_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, noting_send)
-        finally:
-            tenant = scope.get("backsaas.tenant") or ""  # set only once the tenant is resolved
-            path = scope["path"][len(scope.get("root_path", "")):] if tenant else ""
-            surface = surface_of(path)
-            key = (tenant, surface, scope["method"], status)
-            children = self.children.get(key)
-            if children is None:  # `labels()` takes a lock and builds the label tuple: once per label set
-                if len(self.children) >= MAX_LABEL_SETS:
-                    self.children.clear()
-                children = self.children[key] = (REQUESTS.labels(tenant, surface, key[2], str(status)),
-                                                  LATENCY.labels(tenant, surface))
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        tenant = scope.get("backsaas.tenant") or ""  # set only once the tenant is resolved
+        surface = surface_of(scope["path"][len(scope.get("root_path", "")):]) if tenant else "other"
+        key = (tenant, surface, scope["method"], status)
+        children = self.children.get(key)
+        if children is None:  # `labels()` takes a lock and builds the label tuple: once per label set
+            if len(self.children) >= MAX_LABEL_SETS:
+                self.children.clear()
+            children = self.children[key] = (REQUESTS.labels(tenant, surface, key[2], str(status)),
+                                              LATENCY.labels(tenant, surface))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def record_pools(db: Database) -> None:

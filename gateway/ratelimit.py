@@ -43,6 +43,7 @@ from engine.authz import Caller
 from engine.errors import RateLimited
 from engine.plans import Plan
 from engine.storage.naming import SYSTEM_TENANT
+from gateway.access import ObservedSend
 
 ANON_PER_ADDRESS = "300/minute;5000/hour;50000/day"  # an anonymous client address's requests to one tenant
 PERIODS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
@@ -96,25 +97,48 @@ class ProcessCounters:
     SWEEP_SECONDS = 60.0
 
     def __init__(self) -> None:
-        self.counts: dict[str, tuple[float, int]] = {}  # key -> (when it expires, count)
+        self.counts: dict[str, list[float]] = {}  # key -> [when it expires, count]
         self.swept_at = 0.0
 
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        now = time.time()
+    def incr(self, key: str, expiry: float, amount: int = 1, now: float | None = None) -> int:
+        now = time.time() if now is None else now
         found = self.counts.get(key)
         if found is None or found[0] <= now:
             if now - self.swept_at >= self.SWEEP_SECONDS:
                 self.counts = {k: v for k, v in self.counts.items() if v[0] > now}
                 self.swept_at = now
-            self.counts[key] = (now + expiry, amount)
+            self.counts[key] = [now + expiry, amount]
             return amount
-        count = found[1] + amount
-        self.counts[key] = (found[0], count)
-        return count
+        found[1] += amount
+        return int(found[1])
 
     def get(self, key: str) -> int:
         found = self.counts.get(key)
-        return found[1] if found is not None and found[0] > time.time() else 0
+        return int(found[1]) if found is not None and found[0] > time.time() else 0
+
+
+class Counted:
+    """One window a request is counted in: its name (the plan's key, or `address`), bound and length, and its
+    counter's key (`limits`' key of a window that long, whatever its limit, so that a plan edited in the
+    middle of a window keeps its count; then `/` and the window's start), built once per window start: a
+    request formats no string. Held per tenant and per anonymous address (`RateLimits._checks`)."""
+
+    __slots__ = ("amount", "key", "name", "prefix", "seconds", "start")
+
+    def __init__(self, name: str, amount: int, seconds: int, identifiers: tuple[str, ...]) -> None:
+        self.name, self.amount, self.seconds = name, amount, seconds
+        self.prefix = RateLimitItemPerSecond(1, seconds).key_for(*identifiers)
+        self.start, self.key = -1, ""
+
+    def key_at(self, now: float) -> str:
+        start = int(now // self.seconds)
+        if start != self.start:
+            self.start, self.key = start, f"{self.prefix}/{start}"
+        return self.key
+
+    def window(self, remaining: int, now: float) -> Window:
+        return Window(self.amount, remaining, (int(now // self.seconds) + 1) * self.seconds - now, self.name,
+                      self.seconds)
 
 
 class RateLimits:
@@ -144,25 +168,15 @@ class RateLimits:
         self._suspects: dict[tuple[str, str], float] = {}  # (tenant id, address) -> when its last failure is forgotten
         self.probe_seconds = probe_seconds or float(os.environ.get("BACKSAAS_RATE_LIMIT_PROBE_SECONDS") or PROBE_SECONDS)
         self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
-        self._keys: dict[tuple[int, tuple[str, ...]], str] = {}
+        # tenant id -> (its plan's windows, their Counted); (tenant id, address) -> the address's Counted
+        self._tenants: dict[str, tuple[tuple[tuple[str, int, int], ...], tuple[Counted, ...]]] = {}
+        self._addresses: dict[tuple[str, str], tuple[Counted, ...]] = {}
         self._probe: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
         """Whether Redis is configured but out of use (counting in this process's memory meanwhile)."""
         return self.shared is not None and self.storage is self.fallback
-
-    def _key(self, seconds: int, identifiers: tuple[str, ...]) -> str:
-        """The counter key of a window but for its start: `limits`' key of a window that long, whatever its
-        limit (a plan edited in the middle of a window keeps its count). Cached: building it costs more
-        than counting in memory."""
-        cache_key = (seconds, identifiers)
-        found = self._keys.get(cache_key)
-        if found is None:
-            if len(self._keys) >= MAX_CACHED_KEYS:  # one per tenant window and anonymous address: bounded
-                self._keys.clear()
-            found = self._keys[cache_key] = RateLimitItemPerSecond(1, seconds).key_for(*identifiers)
-        return found
 
     async def _count(self, key: str, seconds: int, amount: int = 1) -> int:
         storage = self.storage
@@ -207,15 +221,30 @@ class RateLimits:
         that refuses it (`refused`; the caller raises its `error()`)."""
         if not self.enabled:
             return None
-        checks: list[tuple[str, int, int, tuple[str, ...]]] = []
+        checks = () if slug == SYSTEM_TENANT else self._tenant_checks(tenant_id, plan)
         if address and caller.user_id is None and "anon" in caller.roles:
-            checks += self._address_checks(tenant_id, address)
-        if slug != SYSTEM_TENANT:
-            checks += [(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in plan.rate_windows]
+            checks = (*self._address_checks(tenant_id, address), *checks)
         return await self._spend(slug, checks)
 
-    def _address_checks(self, tenant_id: str, address: str) -> list[tuple[str, int, int, tuple[str, ...]]]:
-        return [("address", item.amount, int(item.get_expiry()), ("address", tenant_id, address)) for item in self.anon]
+    def _tenant_checks(self, tenant_id: str, plan: Plan) -> tuple[Counted, ...]:
+        windows = plan.rate_windows
+        found = self._tenants.get(tenant_id)
+        if found is None or found[0] != windows:
+            if len(self._tenants) >= MAX_CACHED_KEYS:  # one per tenant: bounded all the same
+                self._tenants.clear()
+            found = self._tenants[tenant_id] = (windows, tuple(
+                Counted(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in windows))
+        return found[1]
+
+    def _address_checks(self, tenant_id: str, address: str) -> tuple[Counted, ...]:
+        found = self._addresses.get((tenant_id, address))
+        if found is None:
+            if len(self._addresses) >= MAX_CACHED_KEYS:  # anyone can come from a new address: bounded
+                self._addresses.clear()
+            found = self._addresses[(tenant_id, address)] = tuple(
+                Counted("address", item.amount, int(item.get_expiry()), ("address", tenant_id, address))
+                for item in self.anon)
+        return found
 
     async def admit_failed(self, slug: str, tenant_id: str, address: str | None) -> Window | None:
         """Count a failed authentication (a 401) against its address's anonymous budget, as `admit` counts an
@@ -247,8 +276,8 @@ class RateLimits:
         if until <= now:
             del self._suspects[(tenant_id, address)]
             return None
-        for name, amount, seconds, ids in self._address_checks(tenant_id, address):
-            key = f"{self._key(seconds, ids)}/{int(now // seconds)}"
+        for check in self._address_checks(tenant_id, address):
+            key = check.key_at(now)
             storage = self.storage
             if storage is self.fallback:
                 count = self.fallback.get(key)
@@ -258,40 +287,54 @@ class RateLimits:
                 except Exception as exc:  # Redis down: the counters in memory stand in, as for `_count`
                     self._degrade(exc)
                     count = self.fallback.get(key)
-            if count >= amount:
-                return Window(amount, -1, (int(now // seconds) + 1) * seconds - now, name, seconds)
+            if count >= check.amount:
+                return check.window(-1, now)
         return None
 
-    async def _spend(self, slug: str, checks: list[tuple[str, int, int, tuple[str, ...]]]) -> Window | None:
+    async def _spend(self, slug: str, checks: tuple[Counted, ...]) -> Window | None:
         """Count one request in each window of `checks` (shortest first); the tightest, or the refusing one."""
         if not checks:
             return None
         now = time.time()
-        keys = [(f"{self._key(seconds, ids)}/{int(now // seconds)}", seconds) for _, _, seconds, ids in checks]
+        tightest: Counted | None = None
+        least = 0
         if self.storage is self.fallback:  # in memory: one window after the other, stopping at a refusal
-            counts: list[int] = []
-            for key, seconds in keys:
-                counts.append(await self._count(key, seconds))
-                if counts[-1] > checks[len(counts) - 1][1]:
-                    break
-        else:  # in Redis: every window in the time of one round trip, and the longer ones given back on a refusal
-            counts = list(await asyncio.gather(*(self._count(key, seconds) for key, seconds in keys)))
-        tightest: Window | None = None
-        for index, ((name, amount, seconds, _), count) in enumerate(zip(checks, counts, strict=False)):
-            window = Window(amount, amount - count, (int(now // seconds) + 1) * seconds - now, name, seconds)
-            if window.refused:
-                if len(counts) > index + 1:  # a refused request does not spend the longer windows
-                    await asyncio.gather(*(self._count(key, seconds, -1) for key, seconds in keys[index + 1:]))
-                if self.on_refused is not None:
-                    self.on_refused(slug, name)
-                return window
-            if tightest is None or window.remaining < tightest.remaining:
-                tightest = window
-        return tightest
+            counters = self.fallback
+            for check in checks:
+                remaining = check.amount - counters.incr(check.key_at(now), check.seconds, 1, now)
+                if remaining < 0:
+                    return self._refused(slug, check, remaining, now)
+                if tightest is None or remaining < least:
+                    tightest, least = check, remaining
+            return tightest.window(least, now) if tightest is not None else None
+        # in Redis: every window in the time of one round trip, and the longer ones given back on a refusal
+        keys = [check.key_at(now) for check in checks]
+        counts = await asyncio.gather(*(self._count(key, check.seconds) for key, check in zip(keys, checks, strict=True)))
+        for index, (check, count) in enumerate(zip(checks, counts, strict=True)):
+            remaining = check.amount - count
+            if remaining < 0:
+                if len(checks) > index + 1:  # a refused request does not spend the longer windows
+                    await asyncio.gather(*(self._count(key, later.seconds, -1)
+                                           for key, later in zip(keys[index + 1:], checks[index + 1:], strict=True)))
+                return self._refused(slug, check, remaining, now)
+            if tightest is None or remaining < least:
+                tightest, least = check, remaining
+        return tightest.window(least, now) if tightest is not None else None
+
+    def _refused(self, slug: str, check: Counted, remaining: int, now: float) -> Window:
+        if self.on_refused is not None:
+            self.on_refused(slug, check.name)
+        return check.window(remaining, now)
 
 
 def with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
-    """`send` adding `headers` to the response's start (plain ASGI: no copy of the body)."""
+    """`send` adding `headers` to the response's start. The gateway's observed send (gateway/access.py), which
+    every tenant request gets, takes them into the one header list it builds at the start: no wrapper, no
+    copy; any other `send` is wrapped (plain ASGI: no copy of the body)."""
+    if isinstance(send, ObservedSend):
+        send.add_headers(headers)
+        return send
+
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", ()), *headers]}
