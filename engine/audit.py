@@ -8,12 +8,15 @@ entry. It is written unsealed (no seq, prev_hash or hash) and chained once commi
   the deploy puts on every entity not marked `audit: false`. So every surface is covered alike (REST,
   GraphQL, hooks' and functions' `ctx.data`, the auth API, migrations' backfills), old and new values
   come from the database itself, and a write costs one trigger call and one set-based INSERT, whatever
-  its row count. Fields marked `sensitive: true`, `pii: true` or internal (password hashes, secrets) are
-  redacted by the trigger. Events (`record`) go through `backsaas_audit.append`.
+  its row count. Each table has a capture function of its own (`backsaas_audit."capture.<schema>.<table>"`,
+  made by the table's deploy for its columns): an entry's fields are expressions planned once per session,
+  where one function for every table made a pass over each row's keys (an aggregate over `jsonb_each`).
+  Fields marked `sensitive: true`, `pii: true` or internal (password hashes, secrets) are redacted by
+  the trigger. Events (`record`) go through `backsaas_audit.append`.
 - Who did it (user, API key, roles), the request id, client address and user agent travel in the
   transaction-local setting `backsaas.audit`, which the write statement sets itself: `audited()` adds a
   CTE to the statement, so the context costs no round trip.
-- The tenants' request roles have no privilege on `system` (wall 3): the trigger function and `append`
+- The tenants' request roles have no privilege on `system` (wall 3): the capture functions and `append`
   run as the platform's role (SECURITY DEFINER), and no tenant role may execute them directly or build
   a trigger on them (EXECUTE is revoked from PUBLIC). A tenant can neither forge, edit nor delete an
   entry; `backsaas_audit.note` lets a tenant's own connection add an event to its own chain only.
@@ -194,34 +197,71 @@ def audits(entity: Entity) -> bool:
     return bool(getattr(entity, "audit", True))
 
 
-def triggers_sql(pg_schema: str, tenant_id: str, model: Schema) -> str:
-    """The audit triggers of every entity of `model` that is audited (and none on those that opt out).
+def capture_function(pg_schema: str, table: str) -> str:
+    """The name of table `pg_schema.table`'s capture function (in SCHEMA)."""
+    return naming.fit(f"capture.{pg_schema}.{table}")
+
+
+def triggers_sql(pg_schema: str, tenant_id: str, model: Schema, columns: Mapping[str, list[str]]) -> str:
+    """The audit triggers of every entity of `model` that is audited (and none on those that opt out), and
+    the capture function of each, made for its table's `columns` (as the database has them, in order).
     On the platform's tables a row that belongs to a tenant (its `tenant_id`, or a `tenants` row itself)
-    is filed in that tenant's chain: its admins see their keys, members and plan change there."""
-    routed = "routed" if pg_schema == naming.SYSTEM_TENANT else "own"
-    script = []
+    is filed in that tenant's chain: its admins see their keys, members and plan change there.
+
+    Returns the script that makes the functions (to run as the platform's role, their owner) and the
+    one that puts the triggers on (as the deploy's own role, which may create triggers on the table)."""
+    routed = pg_schema == naming.SYSTEM_TENANT
+    functions, triggers = [], []
     for entity in model.entities:
         table = f"{quote(pg_schema)}.{quote(entity.name)}"
+        function = f"{SCHEMA}.{quote(capture_function(pg_schema, entity.name))}"
+        if audits(entity) and columns.get(entity.name):
+            functions.append(capture_sql(function, pg_schema, entity.name, tenant_id, columns[entity.name],
+                                         redacted_fields(entity), routed))
         for name, event, referencing in TRIGGER_EVENTS:
             trigger = quote(f"backsaas_audit_{name}")
-            if audits(entity):
-                hidden = orjson.dumps(redacted_fields(entity)).decode().replace("'", "''")
-                script.append(f"CREATE OR REPLACE TRIGGER {trigger} AFTER {event} ON {table} REFERENCING {referencing}"
-                              f" FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.capture('{tenant_id}', '{hidden}', '{routed}')")
+            if audits(entity) and columns.get(entity.name):
+                triggers.append(f"CREATE OR REPLACE TRIGGER {trigger} AFTER {event} ON {table} REFERENCING {referencing}"
+                                f" FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
             else:
-                script.append(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
-    return ";\n".join(script)
+                triggers.append(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+    return ";\n".join(functions), ";\n".join(triggers)
+
+
+# The capture functions of tables that are gone (a tenant purged, an entity removed or renamed): no
+# trigger calls them any more.
+DROP_UNUSED_CAPTURES = f"""DO $$
+DECLARE
+  f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+            WHERE p.pronamespace = '{SCHEMA}'::regnamespace AND starts_with(p.proname, 'capture.')
+              AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgfoid = p.oid) LOOP
+    EXECUTE 'DROP FUNCTION ' || f;
+  END LOOP;
+END $$"""
 
 
 async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, model: Schema) -> None:
-    """Put the audit triggers on a tenant's tables, as the platform (a tenant's role may not: EXECUTE on
-    the trigger function is the platform's alone), in the deploy's transaction."""
-    script = triggers_sql(naming.schema_name(slug), str(tenant_id), model)
-    if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost
-        script += ";\nDROP TRIGGER IF EXISTS audit_log_notify_change ON system.audit_log"
-    if script:
-        driver = (await conn.get_raw_connection()).driver_connection
-        await driver.execute(script)
+    """Put the audit triggers on a tenant's tables, and make their capture functions, as the platform (a
+    tenant's role may not: EXECUTE on a capture function is the platform's alone), in the deploy's
+    transaction, after its migration (the functions are made for the tables' columns as they are now)."""
+    pg_schema = naming.schema_name(slug)
+    driver = (await conn.get_raw_connection()).driver_connection
+    rows = await driver.fetch(
+        "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum) AS columns FROM pg_class c "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE c.relnamespace = to_regnamespace($1) AND c.relkind IN ('r', 'p') GROUP BY c.relname", pg_schema)
+    functions, triggers = triggers_sql(pg_schema, str(tenant_id), model, {r["relname"]: r["columns"] for r in rows})
+    owner = await driver.fetchval(f"SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = '{SCHEMA}'")
+    script = [f"SET LOCAL ROLE {owner};\n{functions};\nRESET ROLE"] if functions else []
+    script += [triggers] if triggers else []
+    if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost, and
+        # an entry is never edited: `seal`'s update of every entry would call the touch trigger on each
+        script += ["DROP TRIGGER IF EXISTS audit_log_notify_change ON system.audit_log",
+                   f"DROP TRIGGER IF EXISTS {quote(naming.trigger_name('audit_log'))} ON system.audit_log"]
+    script.append(DROP_UNUSED_CAPTURES)
+    await driver.execute(";\n".join(script))
 
 
 def hashed(e: str) -> str:
@@ -237,62 +277,97 @@ def hashed(e: str) -> str:
 COLUMNS = ("tenant_id, chain, action, entity, record_id, changes, data, user_id, key_name, roles, request_id, ip, "
            "user_agent")
 CONTEXT = "c_user, c_key, c_roles, c_request, c_ip, c_agent"  # the capture's variables, from `ctx`
+PAIRS_PER_CALL = 40  # jsonb_build_object takes at most 100 arguments: an entry's fields in calls of 40 pairs
 
 
-def shown(value: str) -> str:
-    """A field's value as an entry shows it: `[redacted]` for a hidden field's (the trigger's `hidden`) non-null."""
-    return f"CASE WHEN hidden ? e.key AND {value} <> 'null' THEN '\"{REDACTED}\"'::jsonb ELSE {value} END"
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def changes(old: str | None, new: str | None) -> str:
-    """The changed fields {field: {old, new}} of one row, given as jsonb (`old` NULL for an insert, `new`
-    for a delete): one pass over the row's fields (`updated_at` is no change of its own)."""
-    if old is None or new is None:
-        row = new or old
-        pair = f"'old', NULL, 'new', {shown('e.value')}" if old is None else f"'old', {shown('e.value')}, 'new', NULL"
-        return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object({pair})) FROM jsonb_each({row}) e "
-                "WHERE e.key <> 'updated_at'), '{}'::jsonb)")
-    return (f"coalesce((SELECT jsonb_object_agg(e.key, jsonb_build_object('old', {shown(f'({old} -> e.key)')}, "
-            f"'new', {shown('e.value')})) FROM jsonb_each({new}) e "
-            f"WHERE e.key <> 'updated_at' AND e.value IS DISTINCT FROM ({old} -> e.key)), '{{}}'::jsonb)")
+def shown(value: str, hidden: bool) -> str:
+    """A field's value as an entry shows it: `[redacted]` for a hidden field's non-null one."""
+    return f"CASE WHEN {value} <> 'null' THEN '\"{REDACTED}\"'::jsonb ELSE {value} END" if hidden else value
 
 
-def captured(action: str) -> str:
-    """The capture trigger's one statement for `action` on a tenant's table: an unsealed entry per row of
-    the transition table(s), in the tenant's chain, with the changed fields and the transaction's context."""
-    rows = {"create": ("new_rows n", None, "to_jsonb(n.*)", "n.id"),  # the row's jsonb is used once: inline
-            "update": ("(SELECT n.id, to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o "
-                       "ON o.id = n.id OFFSET 0) x", "x.o", "x.n", "x.id"),  # twice a field: made once (OFFSET 0)
-            "delete": ("old_rows o", "to_jsonb(o.*)", None, "o.id")}
-    source, old, new, record = rows[action]
-    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT tenant, tenant, '{action}', TG_TABLE_NAME, {record}, "
-            f"{changes(old, new)}, '{{}}'::jsonb, {CONTEXT}\n      FROM {source};")
+def changes(action: str, columns: list[str], hidden: list[str]) -> str:
+    """The changed fields {field: {old, new}} of one row (`x.o`, `x.n`: its old and new values as jsonb), one
+    expression per field named in it: no pass over the row's keys, no aggregate (`updated_at` is no change of
+    its own). An update names the fields whose value differs."""
+    fields = [c for c in columns if c != "updated_at"]
+    if action == "update":
+        return " || ".join(
+            f"CASE WHEN (x.o -> {literal(c)}) IS DISTINCT FROM (x.n -> {literal(c)}) THEN jsonb_build_object("
+            f"{literal(c)}, jsonb_build_object('old', {shown(f'(x.o -> {literal(c)})', c in hidden)}, "
+            f"'new', {shown(f'(x.n -> {literal(c)})', c in hidden)})) ELSE '{{}}'::jsonb END" for c in fields) \
+            or "'{}'::jsonb"
+    row = "x.n" if action == "create" else "x.o"
+    pairs = [f"{literal(c)}, jsonb_build_object("
+             + (f"'old', NULL, 'new', {shown(f'({row} -> {literal(c)})', c in hidden)})" if action == "create"
+                else f"'old', {shown(f'({row} -> {literal(c)})', c in hidden)}, 'new', NULL)") for c in fields]
+    calls = [f"jsonb_build_object({', '.join(pairs[i:i + PAIRS_PER_CALL])})" for i in range(0, len(pairs), PAIRS_PER_CALL)]
+    return " || ".join(calls) or "'{}'::jsonb"
 
 
-def routed_captured(action: str) -> str:
-    """`captured` for the platform's tables: each row goes to its tenant's chain (its `tenant_id`, or a
-    `tenants` row's own id; the platform's chain otherwise). Rows are read as jsonb first (`OFFSET 0` keeps that apart:
-    pulled up, each `to_jsonb(row)` would be computed again at every use)."""
-    rows = {"create": "SELECT NULL::jsonb AS o, to_jsonb(n.*) AS n FROM new_rows n",
-            "update": "SELECT to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o ON o.id = n.id",
-            "delete": "SELECT to_jsonb(o.*) AS o, NULL::jsonb AS n FROM old_rows o"}
-    old, new = {"create": (None, "x.n"), "update": ("x.o", "x.n"), "delete": ("x.o", None)}[action]
-    chain = ("coalesce((v.r ->> 'tenant_id')::uuid, CASE WHEN TG_TABLE_NAME = 'tenants' THEN (v.r ->> 'id')::uuid END, "
-             "tenant)")
-    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT x.chain, x.chain, '{action}', TG_TABLE_NAME, "
-            f"(x.r ->> 'id')::uuid, {changes(old, new)}, '{{}}'::jsonb, {CONTEXT}\n"
-            f"      FROM (SELECT v.o, v.n, v.r, {chain} AS chain FROM (SELECT w.o, w.n, coalesce(w.n, w.o) AS r "
-            f"FROM ({rows[action]} OFFSET 0) w) v) x;")
+def captured(action: str, entity: str, tenant_id: str, columns: list[str], hidden: list[str], routed: bool) -> str:
+    """A capture function's statement for `action`: an unsealed entry per row of the transition table(s),
+    with the changed fields and the transaction's context. The row's fields are read from its jsonb (made
+    once: `OFFSET 0`), and only while the row has the columns the function was made for: a migration that
+    adds, drops or renames one runs before the deploy makes the function again, and an entry of its
+    backfill takes `diff`'s pass over the row's keys instead, as it would an error or a wrong entry."""
+    rows = {"create": "SELECT n.id, NULL::jsonb AS o, to_jsonb(n.*) AS n FROM new_rows n",
+            "update": "SELECT n.id, to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o ON o.id = n.id",
+            "delete": "SELECT o.id, to_jsonb(o.*) AS o, NULL::jsonb AS n FROM old_rows o"}[action]
+    row = "x.n" if action != "delete" else "x.o"
+    keys = literal("{" + ",".join(columns) + "}") + "::text[]"
+    fits = f"{row} ?& {keys} AND {row} - {keys} = '{{}}'::jsonb"
+    chain = f"'{tenant_id}'::uuid"
+    if routed:  # a platform row of a tenant: its `tenant_id`, or a `tenants` row's own id
+        owners = [f"({row} ->> 'tenant_id')::uuid"] if "tenant_id" in columns else []
+        owners += ["x.id"] if entity == "tenants" else []
+        chain = f"coalesce({', '.join([*owners, chain])})"
+    hidden_json = literal(orjson.dumps(hidden).decode())
+    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', TG_TABLE_NAME, x.id, "
+            f"CASE WHEN {fits} THEN {changes(action, columns, hidden)} "
+            f"ELSE {SCHEMA}.diff(x.o, x.n, {hidden_json}::jsonb) END, '{{}}'::jsonb, {CONTEXT}\n"
+            f"      FROM ({rows} OFFSET 0) x;")
+
+
+def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, columns: list[str], hidden: list[str],
+                routed: bool) -> str:
+    """The capture function of one table: one set-based INSERT per statement, whatever its row count, of
+    its entries, unsealed (`seal` chains them). Made for the table (its columns, its redacted fields, its
+    chain), so an entry's fields are expressions planned once per session, not a pass over each row's keys."""
+    insert, update, delete = (captured(a, entity, tenant_id, columns, hidden, routed) for a in ("create", "update", "delete"))
+    return f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  ctx jsonb := coalesce(nullif(current_setting('{SETTING}', true), '')::jsonb, '{{}}'::jsonb);
+  c_user uuid := (ctx ->> 'user_id')::uuid;
+  c_key text := ctx ->> 'key_name';
+  c_roles text := ctx ->> 'roles';
+  c_request text := ctx ->> 'request_id';
+  c_ip text := ctx ->> 'ip';
+  c_agent text := ctx ->> 'user_agent';
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {insert}
+  ELSIF TG_OP = 'UPDATE' THEN
+    {update}
+  ELSE
+    {delete}
+  END IF;
+  RETURN NULL;
+END $$;
+REVOKE EXECUTE ON FUNCTION {function}() FROM PUBLIC;
+COMMENT ON FUNCTION {function}() IS {literal(f"the audit capture of {pg_schema}.{entity} (engine/audit.py)")}"""
 
 
 def functions_sql(platform_role: str, system_id: str) -> str:
     """The audit's database objects, owned by the platform's role: the chain heads, the canonical form and
-    its digest, `append`, `seal`, the log's guard, the tenants' `note`, the trigger function and the
-    context CTE's target."""
+    its digest, `append`, `seal`, the log's guard, the tenants' `note`, the capture functions' `diff` and
+    the context CTE's target (each table's capture function is made by its deploy: `install_triggers`)."""
     role = quote(platform_role)
     system = naming.SYSTEM_TENANT
-    insert, update, delete = captured("create"), captured("update"), captured("delete")
-    routed_insert, routed_update, routed_delete = (routed_captured(a) for a in ("create", "update", "delete"))
     return f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA} AUTHORIZATION {role};
 GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC;
@@ -306,6 +381,18 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.heads (
 CREATE TABLE IF NOT EXISTS {SCHEMA}.context (CONSTRAINT context_is_never_written CHECK (false));
 REVOKE ALL ON {SCHEMA}.heads FROM PUBLIC;
 GRANT INSERT ON {SCHEMA}.context TO PUBLIC;
+
+-- An entry's id: its first 48 bits the time in milliseconds, then random (UUID version 7), so entries are
+-- added at the right edge of the log's primary key, not on a random page of it each (gen_random_uuid).
+-- A SQL function of one expression, inlined into the INSERTs that use it (every name qualified: it is
+-- parsed where it is inlined).
+CREATE OR REPLACE FUNCTION {SCHEMA}.entry_id() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+  SELECT pg_catalog.uuid_in(pg_catalog.textout(pg_catalog.concat(
+    pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.int8(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
+                                                      OPERATOR(pg_catalog.*) 1000)), 12, '0'),
+    '7', pg_catalog.substr(pg_catalog.textin(pg_catalog.uuid_out(pg_catalog.gen_random_uuid())), 16))))
+$$;
+ALTER TABLE system.audit_log ALTER COLUMN id SET DEFAULT {SCHEMA}.entry_id();
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.digest(e system.audit_log) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -379,15 +466,22 @@ ALTER TABLE system.audit_log DROP CONSTRAINT IF EXISTS audit_log_tenant_id_fkey;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN  -- called only when the trigger's WHEN found a writer that is none of ours
-  RAISE EXCEPTION 'the audit log is appended to by backsaas_audit.append alone'
-    USING ERRCODE = 'insufficient_privilege';
+BEGIN  -- a statement on the log outside any trigger: only `append`, `seal` and `prune`, which say they write
+  IF current_setting('{WRITER}', true) IS DISTINCT FROM 'on' THEN
+    RAISE EXCEPTION 'the audit log is appended to by backsaas_audit.append alone'
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN NULL;
 END $$;
--- `append`, `seal` and `prune` say they write; a trigger's write (the capture's insert, a purged tenant's
--- set null) is ours. The WHEN costs the log's writes no function call.
+-- A trigger's write (the capture's insert, a purged tenant's set null) is ours: the WHEN lets it by. The WHEN
+-- is parsed again at every statement on the log, the capture's included: so it is the smallest one that
+-- tells a trigger's write, and the writer's setting is checked in the function.
 CREATE OR REPLACE TRIGGER audit_log_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON system.audit_log
-  FOR EACH STATEMENT WHEN (current_setting('{WRITER}', true) IS DISTINCT FROM 'on' AND pg_trigger_depth() < 1)
-  EXECUTE FUNCTION {SCHEMA}.guard();
+  FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION {SCHEMA}.guard();
+-- Every index of the log is paid by every entry. A platform account's is looked up (a deleted account's
+-- entries set null) but only `append` names one: its index holds the entries that name one.
+DROP INDEX IF EXISTS system.ix_audit_log_actor_id;
+CREATE INDEX IF NOT EXISTS audit_log_actor_id_named ON system.audit_log (actor_id) WHERE actor_id IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.note(entries jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -410,50 +504,33 @@ END $$;
 DROP FUNCTION IF EXISTS {SCHEMA}.change(jsonb, uuid, text, text, jsonb, jsonb, jsonb);
 DROP FUNCTION IF EXISTS {SCHEMA}.route(boolean, text, jsonb);
 
-CREATE OR REPLACE FUNCTION {SCHEMA}.capture() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  tenant uuid := TG_ARGV[0]::uuid;
-  hidden jsonb := TG_ARGV[1]::jsonb;
-  routed boolean := TG_ARGV[2] = 'routed';  -- the platform's tables: a row of a tenant goes to its chain
-  ctx jsonb := coalesce(nullif(current_setting('{SETTING}', true), '')::jsonb, '{{}}'::jsonb);
-  c_user uuid := (ctx ->> 'user_id')::uuid;
-  c_key text := ctx ->> 'key_name';
-  c_roles text := ctx ->> 'roles';
-  c_request text := ctx ->> 'request_id';
-  c_ip text := ctx ->> 'ip';
-  c_agent text := ctx ->> 'user_agent';
-BEGIN  -- one set-based INSERT per statement, whatever its row count: its entries, unsealed (`seal` chains them)
-  IF NOT routed THEN
-    IF TG_OP = 'INSERT' THEN
-    {insert}
-    ELSIF TG_OP = 'UPDATE' THEN
-    {update}
-    ELSE
-    {delete}
-    END IF;
-  ELSIF TG_OP = 'INSERT' THEN
-    {routed_insert}
-  ELSIF TG_OP = 'UPDATE' THEN
-    {routed_update}
-  ELSE
-    {routed_delete}
-  END IF;
-  RETURN NULL;
-END $$;
-REVOKE EXECUTE ON FUNCTION {SCHEMA}.capture() FROM PUBLIC;
+-- The changed fields of a row whose columns are not those its table's capture function was made for (a
+-- migration's backfill, before the deploy makes the function again): a pass over the row's keys.
+CREATE OR REPLACE FUNCTION {SCHEMA}.diff(o jsonb, n jsonb, hidden jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT coalesce(jsonb_object_agg(k, jsonb_build_object(
+           'old', CASE WHEN hidden ? k AND (o -> k) <> 'null' THEN '"{REDACTED}"'::jsonb ELSE o -> k END,
+           'new', CASE WHEN hidden ? k AND (n -> k) <> 'null' THEN '"{REDACTED}"'::jsonb ELSE n -> k END)), '{{}}'::jsonb)
+    FROM jsonb_object_keys(coalesce(n, o)) k
+   WHERE k <> 'updated_at' AND (o IS NULL OR n IS NULL OR (o -> k) IS DISTINCT FROM (n -> k))
+$$;
 RESET ROLE"""
 
 
 async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> None:
     """Create or update the audit's functions (the platform deploy, after `audit_log` exists). The first
     time, on an installation whose tenants were made before the audit trail existed, their tables get
-    their audit triggers too (later deploys keep them, `deploy_in`)."""
+    their audit triggers too (later deploys keep them, `deploy_in`); so they do on one whose tables shared
+    one capture function (`capture()`, before each table had its own), which then goes (its triggers on
+    the platform's tables with it: the platform deploy puts them back next, in this transaction)."""
     driver = (await conn.get_raw_connection()).driver_connection
-    first = await driver.fetchval(f"SELECT to_regnamespace('{SCHEMA}') IS NULL")
+    first, shared = await driver.fetchrow(f"SELECT to_regnamespace('{SCHEMA}') IS NULL, "
+                                          f"to_regprocedure('{SCHEMA}.capture()') IS NOT NULL")
     await driver.execute(functions_sql(platform_role, str(system_id)))
-    if first:
+    if first or shared:
         await install_for_existing_tenants(conn)
+    if shared:
+        await driver.execute(f"DROP FUNCTION {SCHEMA}.capture() CASCADE")
 
 
 async def install_for_existing_tenants(conn: AsyncConnection) -> None:

@@ -446,7 +446,7 @@ async def test_a_tenant_role_can_neither_read_nor_forge_edit_or_delete_entries_b
                           "UPDATE backsaas_audit.heads SET seq = 0",
                           f"SELECT backsaas_audit.append('[{{\"tenant_id\": \"{ids['beta']}\", \"action\": \"forged\"}}]')",
                           "CREATE TRIGGER forged AFTER INSERT ON t_alpha.journal REFERENCING NEW TABLE AS new_rows "
-                          f"FOR EACH STATEMENT EXECUTE FUNCTION backsaas_audit.capture('{ids['beta']}', '[]', 'own')"):
+                          'FOR EACH STATEMENT EXECUTE FUNCTION backsaas_audit."capture.t_beta.journal"()'):
             async with conn.transaction():
                 await conn.execute(f'SET LOCAL ROLE "{role}"')
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):

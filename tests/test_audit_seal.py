@@ -2,7 +2,9 @@
 on the write path) and chained once committed by `backsaas_audit.seal` (engine/audit_trail.py), from the
 gateway's sealer or from any reader. A write that commits late is chained after what was sealed before
 it; sealers and writers at once still leave one chain; a tenant's role cannot seal; `backsaas audit seal`
-seals without a gateway."""
+seals without a gateway. Each table's capture function (made by its deploy) records the writes of the
+deploy's own migration, goes with its table, covers an entity of many fields, and replaces the one
+capture function that an older installation's tables shared."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 
 from engine import audit_trail
 from engine.database import Database
+from engine.storage.deploy import deploy, deploy_platform
 from functions import audit as audit_functions
 from functions.tenants import create_tenant
 from gateway.cli import main
@@ -156,3 +159,99 @@ def test_cli_seal_chains_what_a_gateway_would_have(db, database_url, monkeypatch
         configure_logging("warning", stream=sys.__stderr__)
     assert code == 0 and json.loads(capsys.readouterr().out)["sealed"] >= 2  # provisioning's and the write's
     assert [(e["n"], e["seq"] is not None) for e in asyncio.run(items(database_url, tenant_id))] == [(5, True)]
+
+
+# -- each table's capture function ------------------------------------------------------------------------
+
+
+async def entries_of(database_url: str, tenant_id: str, entity: str) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        return [{"action": r["action"], "changes": json.loads(r["changes"])} for r in await conn.fetch(
+            "SELECT action, changes FROM system.audit_log WHERE chain = $1::uuid AND entity = $2 "
+            "ORDER BY created_at, id", tenant_id, entity)]
+    finally:
+        await conn.close()
+
+
+async def capture_functions(database_url: str, slug: str) -> list[str]:
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        return sorted(r["proname"] for r in await conn.fetch(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'backsaas_audit'::regnamespace "
+            "AND starts_with(proname, $1)", f"capture.t_{slug}."))
+    finally:
+        await conn.close()
+
+
+RENAMED = """
+name: renamed
+entities:
+  item:
+    fields:
+      title: {type: string}
+      score: {type: integer}
+    permissions:
+      read: {anon: all}
+"""
+
+
+async def test_a_backfill_of_a_field_renamed_in_the_same_deploy_is_audited_with_its_new_name(db, database_url):
+    """The deploy makes a table's capture function again after its migration: the migration's own writes
+    meet the function made for the columns before it, and the row's keys are read instead."""
+    await create_tenant(db, "renamed", source=RENAMED)
+    tenant_id = await audit_functions.tenant_id_of(db, "renamed")
+    async with db.as_role(db.role("renamed")) as conn:
+        await conn.execute("INSERT INTO t_renamed.item (title) VALUES ('first')")
+    await deploy(db, "renamed", RENAMED.replace("score: {type: integer}",
+                                                "points: {type: integer, required: true, default: 5, renamed_from: score}"))
+    backfill = (await entries_of(database_url, tenant_id, "item"))[-1]
+    assert backfill == {"action": "update", "changes": {"points": {"old": None, "new": 5}}}
+    async with db.as_role(db.role("renamed")) as conn:  # the function made after the deploy knows `points`
+        await conn.execute("UPDATE t_renamed.item SET points = 6, title = 'second'")
+    assert (await entries_of(database_url, tenant_id, "item"))[-1]["changes"] == {
+        "points": {"old": 5, "new": 6}, "title": {"old": "first", "new": "second"}}
+
+
+async def test_an_entity_removed_takes_its_capture_function_with_it(db, database_url):
+    source = RENAMED.replace("name: renamed", "name: removed") + "  gone:\n    fields:\n      n: {type: integer}\n"
+    await create_tenant(db, "removed", source=source)
+    assert await capture_functions(database_url, "removed") == ["capture.t_removed.gone", "capture.t_removed.item",
+                                                                "capture.t_removed.users"]
+    await deploy(db, "removed", source.split("  gone:")[0], allow_destructive=True)
+    assert await capture_functions(database_url, "removed") == ["capture.t_removed.item", "capture.t_removed.users"]
+
+
+async def test_an_entity_of_many_fields_is_captured_whole(db, database_url):
+    fields = "".join(f"      f{i}: {{type: integer}}\n" for i in range(60))
+    await create_tenant(db, "wide", source=f"name: wide\nentities:\n  item:\n    fields:\n{fields}")
+    tenant_id = await audit_functions.tenant_id_of(db, "wide")
+    async with db.as_role(db.role("wide")) as conn:
+        await conn.execute(f"INSERT INTO t_wide.item ({', '.join(f'f{i}' for i in range(60))}) "
+                           f"VALUES ({', '.join(str(i) for i in range(60))})")
+        await conn.execute("UPDATE t_wide.item SET f59 = 0")
+    create, update = await entries_of(database_url, tenant_id, "item")
+    assert {f"f{i}": {"old": None, "new": i} for i in range(60)}.items() <= create["changes"].items()
+    assert update["changes"] == {"f59": {"old": 59, "new": 0}}
+
+
+async def test_tables_of_the_one_shared_capture_function_get_their_own_at_the_platform_deploy(db, database_url):
+    """An installation whose tables' triggers all called `backsaas_audit.capture()` (before each table had its own)."""
+    tenant_id = await new_tenant(db, "legacy")
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        await conn.execute("CREATE FUNCTION backsaas_audit.capture() RETURNS trigger LANGUAGE plpgsql AS "
+                           "'BEGIN RETURN NULL; END'")
+        await conn.execute("CREATE OR REPLACE TRIGGER backsaas_audit_insert AFTER INSERT ON t_legacy.item "
+                           "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION backsaas_audit.capture()")
+        await deploy_platform(db)
+        assert await conn.fetchval("SELECT to_regprocedure('backsaas_audit.capture()')") is None
+        assert await conn.fetchval("SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgname = 'backsaas_audit_insert' "
+                                   "AND tgrelid = 't_legacy.item'::regclass") == 'backsaas_audit."capture.t_legacy.item"'
+        assert await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'backsaas_audit_insert' "
+                                   "AND tgrelid = 'system.tenants'::regclass") == 1
+    finally:
+        await conn.close()
+    async with db.as_role(db.role("legacy")) as tenant:
+        await tenant.execute("INSERT INTO t_legacy.item (n) VALUES (7)")
+    assert [e["n"] for e in await items(database_url, tenant_id)] == [7]
