@@ -163,20 +163,30 @@ class RestApi:
         written (and, with a body, shown), as PostgREST does: a 406 never leaves a change.
         `expect` (an upsert's row count) rolls it back unless every row sent was written: a conflicting
         row outside the caller's update scope is left alone by the statement, and refused here (403)."""
-        async with self.connection() as conn:
-            fetch = conn.fetch if many else conn.fetchrow
-            if not single and expect is None:
-                return await fetch(compiled.sql, *compiled.arguments(values))
-            async with conn.transaction():
-                row = await fetch(compiled.sql, *compiled.arguments(values))
-                if single:
-                    written = len(row) if many else row["written"] if row["written"] is not None else row["page_rows"]
-                    if written != 1 or (not many and row["page_rows"] != 1):
-                        raise not_one(written if written != 1 else row["page_rows"])
-                if expect is not None and (len(row) if many else row["written"]) != expect:
-                    raise Forbidden("a row this upsert conflicts with is outside what the caller may update; "
-                                    "nothing was changed")
-                return row
+        try:  # `connection()` inlined: this is every one-statement request's path
+            if self.conn is not None:
+                return await self.run_on(self.conn, compiled, values, many, single, expect)
+            async with self.db.as_role(self.runtime.role) as conn:
+                return await self.run_on(conn, compiled, values, many, single, expect)
+        except asyncpg.PostgresError as exc:
+            raise database_error_of(exc) from exc
+
+    @staticmethod
+    async def run_on(conn: asyncpg.Connection, compiled: CompiledRead, values: list[Any], many: bool, single: bool,
+                     expect: int | None) -> Any:
+        fetch = conn.fetch if many else conn.fetchrow
+        if not single and expect is None:
+            return await fetch(compiled.sql, *compiled.arguments(values))
+        async with conn.transaction():
+            row = await fetch(compiled.sql, *compiled.arguments(values))
+            if single:
+                written = len(row) if many else row["written"] if row["written"] is not None else row["page_rows"]
+                if written != 1 or (not many and row["page_rows"] != 1):
+                    raise not_one(written if written != 1 else row["page_rows"])
+            if expect is not None and (len(row) if many else row["written"]) != expect:
+                raise Forbidden("a row this upsert conflicts with is outside what the caller may update; "
+                                "nothing was changed")
+            return row
 
     # -- reads --
 

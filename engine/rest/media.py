@@ -99,6 +99,7 @@ class Prefer:
     missing: str | None = None  # default: a key a bulk insert's object lacks takes the column's default
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # a pure function of a header clients repeat (a refusal is not kept)
     def parse(cls, header: str) -> Prefer:
         found: dict[str, str] = {}
         unknown: list[str] = []
