@@ -19,7 +19,6 @@ import orjson
 import sqlalchemy as sa
 from graphql import GraphQLError as CoreError
 from graphql import GraphQLSchema, execute, parse, validate
-from graphql.execution.values import get_variable_values
 from graphql.language import ast
 from graphql.validation import ValidationContext, ValidationRule
 
@@ -33,6 +32,7 @@ from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, V
 from engine.graphql.cost import mutation_items
 from engine.graphql.mutations import MutationRunner
 from engine.graphql.schema import build_schema, graph_relations
+from engine.graphql.variables import coerce_variables, signatures
 from engine.limits import Bounds, RowBudget
 from engine.query.plan import Relation
 from engine.query.sql import EMPTY_ARRAY, StatementBuilder, compile_statement
@@ -132,15 +132,6 @@ def _depth(selection_set: ast.SelectionSetNode | None, context: ValidationContex
             if fragment is not None:
                 deepest = max(deepest, _depth(fragment.selection_set, context, level, seen | {selection.name.value}))
     return deepest
-
-
-def coerce_variables(schema: GraphQLSchema, operation: ast.OperationDefinitionNode,
-                     variables: dict[str, Any]) -> dict[str, Any]:
-    """The request's variables checked and coerced to the operation's declared types."""
-    coerced = get_variable_values(schema, operation.variable_definitions or (), variables)
-    if isinstance(coerced, list):
-        raise GraphQLError("validation-failed", coerced[0].message)
-    return dict(getattr(coerced, "coerced", coerced))  # graphql-core 3.3 wraps them, 3.2 does not
 
 
 def json_object_text(parts: list[Any]) -> Any:
@@ -263,6 +254,16 @@ class GraphQLApi:
         fragments = {d.name.value: d for d in node.definitions if isinstance(d, ast.FragmentDefinitionNode)}
         return self.remember(key, Document(node, fragments, digest))
 
+    def coerce(self, schema: GraphQLSchema, document: Document, operation: ast.OperationDefinitionNode,
+               variables: dict[str, Any]) -> dict[str, Any]:
+        """The request's variables coerced to the operation's types, resolved once per document and operation."""
+        key = ("graphql-variables", self.caller.roles, document.digest, operation.name.value if operation.name else None)
+        declared = self.runtime.statements.get(key)
+        if declared is None:
+            found = signatures(schema, operation)
+            declared = self.remember(key, found if found is not None else False)  # False: graphql-core's alone
+        return coerce_variables(schema, operation, variables, declared if declared is not False else None)
+
     @staticmethod
     def operation(document: Document, name: str | None) -> ast.OperationDefinitionNode:
         operations = [d for d in document.node.definitions if isinstance(d, ast.OperationDefinitionNode)]
@@ -277,7 +278,7 @@ class GraphQLApi:
         schema = self.schema()
         document = self.document(text, schema)
         operation = self.operation(document, operation_name)
-        coerced = coerce_variables(schema, operation, variables)
+        coerced = self.coerce(schema, document, operation, variables)
         roots = [s for s in operation.selection_set.selections if isinstance(s, ast.FieldNode)]
         introspects = any(f.name.value in ("__schema", "__type") for f in roots)
         if introspects or (roots and all(f.name.value in INTROSPECTION for f in roots)):
@@ -313,7 +314,7 @@ class GraphQLApi:
         if operation.operation != ast.OperationType.SUBSCRIPTION:
             raise GraphQLError("validation-failed", "only subscription operations run over this protocol's subscribe "
                                                     "here; send queries and mutations over HTTP")
-        coerced = coerce_variables(schema, operation, variables)
+        coerced = self.coerce(schema, document, operation, variables)
         compiled = self.compiled(schema, document, operation, coerced)
         tables = frozenset(f"{self.runtime.pg_schema}.{e}" for e in compiled.entities)
         return Subscription(compiled, coerced, tables)
