@@ -448,12 +448,13 @@ class TenantRouting:
     async def resolve(self, scope: Scope) -> tuple[str, str] | None:
         """(slug, base path) of a tenant request: a tenant's verified custom domain first (gateway/domains.py,
         the tenant's whole API at its root), else `tenant_of`."""
-        custom = await self.domains.slug_of(host_of(scope["headers"]))
+        host = host_of(scope["headers"])
+        custom = await self.domains.slug_of(host) if self.domains.candidate(host) else None
         return (custom, "") if custom is not None else self.tenant_of(scope)
 
     def tenant_of(self, scope: Scope) -> tuple[str, str] | None:
         """(slug, base path) of a tenant request by its host or path, or None."""
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
+        host = header_text(scope, b"host").split(":")[0].lower()
         slug = host[: -len(self.suffix)] if host.endswith(self.suffix) else ""
         if slug and "." not in slug and slug != CONSOLE_HOST:
             return slug, ""
@@ -467,7 +468,7 @@ class TenantRouting:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(STATIC_PREFIX + "/"):
+        if scope["type"] == "http" and scope["path"].startswith(STATIC_PATHS):
             await self.assets(scope, receive, send)  # on every host, tenants' included
             return
         if scope["type"] == "http" and scope["path"] == STRIPE_WEBHOOK_PATH:
@@ -482,7 +483,7 @@ class TenantRouting:
                 else:
                     await error_response(error)(scope, receive, send)
                 return
-            named = next((v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k == b"x-tenant-id"), "")
+            named = header_text(scope, b"x-tenant-id").strip().lower()
             if found is not None and named and named != found[0]:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 4400, "reason": "X-Tenant-ID contradicts the URL"})
@@ -507,8 +508,18 @@ class TenantRouting:
         await self.starlette(scope, receive, send)
 
     def on_console_host(self, scope: Scope) -> bool:
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "").split(":")[0].lower()
-        return host == CONSOLE_HOST + self.suffix
+        return header_text(scope, b"host").split(":")[0].lower() == CONSOLE_HOST + self.suffix
+
+
+STATIC_PATHS = STATIC_PREFIX + "/"
+
+
+def header_text(scope: Scope, name: bytes) -> str:
+    """The first value of the request header `name` (lowercase), or ""."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
 async def start_meter(meter: Meter, book: QuotaBook) -> None:

@@ -62,9 +62,17 @@ POOL = Gauge("backsaas_db_pool_connections", "database connections of the gatewa
              ["pool", "state"], multiprocess_mode="livesum")
 
 
+_refusals: dict[tuple[str, str], Any] = {}  # (tenant, window) -> its counter: `labels()` takes a lock
+
+
 def rate_limited(tenant: str, window: str) -> None:
-    """gateway/ratelimit.py's `on_refused`."""
-    RATE_LIMITED.labels(tenant, window).inc()
+    """gateway/ratelimit.py's `on_refused` (a client hammering through its 429s calls it for each)."""
+    counter = _refusals.get((tenant, window))
+    if counter is None:
+        if len(_refusals) >= MAX_LABEL_SETS:
+            _refusals.clear()
+        counter = _refusals[(tenant, window)] = RATE_LIMITED.labels(tenant, window)
+    counter.inc()
 
 
 def surface_of(path: str) -> str:
