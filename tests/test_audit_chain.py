@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from engine import audit_trail
+from engine import audit, audit_trail
 from engine.database import Database
 from engine.storage.deploy import deploy_platform
 from functions import audit as audit_functions
@@ -72,6 +72,41 @@ def cli(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     finally:  # main() points logging at this test's captured stdout: back to the process's stderr
         configure_logging("warning", stream=sys.__stderr__)
     return code, json.loads(capsys.readouterr().out)
+
+
+TRICKY = ["plain", "quote \" and backslash \\", "tab\tnew line\n\u0001 bell\u0007", "é ü 漢字 🙂", "</script>",
+          "'single'", "", "{\"not\": \"json\"}", "\u2028 line separator"]
+
+
+async def test_the_canonical_form_is_the_text_of_the_entrys_jsonb_object(db, database_url):
+    """An entry's hash covers its canonical form, written as one concat (engine/audit.py `canonical`): it
+    must stay byte for byte the text of jsonb_build_object(...), which the chains sealed before it hashed,
+    whatever the entry holds (escapes, control characters, non-ASCII, numbers, nested changes, nulls)."""
+    tenant_id = await new_tenant(db, "canonical", rows=1)
+    entries = [{"tenant_id": tenant_id, "action": f"test.{n}", "entity": text or None, "record_id": None,
+                "user_id": None, "key_name": text, "roles": text, "request_id": text, "ip": text[:45],
+                "user_agent": text, "changes": {text: {"old": None, "new": [1, 1.5, -0.0, 1e30, True, text]}},
+                "data": {"n": n, "nested": {"empty": {}, "list": [], "text": text}, "null": None}}
+               for n, text in enumerate(TRICKY)]
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('backsaas.audit_writer', 'on', true)")
+            await conn.execute("SELECT backsaas_audit.append($1::jsonb)", json.dumps(entries))
+        await audit_trail.seal(db, tenant_id)
+        rows = await conn.fetch(
+            f"SELECT a.action, {audit.canonical('a')} AS written, jsonb_build_object("
+            "'seq', a.seq, 'chain', a.chain, 'at', (extract(epoch FROM a.created_at) * 1000000)::bigint, "
+            "'action', a.action, 'entity', a.entity, 'record_id', a.record_id, 'user_id', a.user_id, "
+            "'key_name', a.key_name, 'roles', a.roles, 'request_id', a.request_id, 'ip', a.ip, "
+            "'user_agent', a.user_agent, 'changes', a.changes, 'data', a.data)::text AS printed "
+            "FROM system.audit_log a WHERE a.chain = $1::uuid", tenant_id)
+    finally:
+        await conn.close()
+    assert len(rows) > len(TRICKY)
+    for row in rows:
+        assert row["written"] == row["printed"], row["action"]
+    assert (await audit_trail.verify(db, tenant_id)).ok
 
 
 async def test_a_chain_as_written_verifies(db, database_url):
