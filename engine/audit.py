@@ -301,31 +301,43 @@ COLUMNS = ("tenant_id, chain, action, entity, record_id, changes, data, user_id,
 # An entry's actor and request, from the capture's one variable `ctx` (the transaction's `backsaas.audit`)
 CONTEXT = ("(ctx ->> 'user_id')::uuid, ctx ->> 'key_name', ctx ->> 'roles', ctx ->> 'request_id', ctx ->> 'ip', "
            "ctx ->> 'user_agent'")
-PAIRS_PER_CALL = 40  # jsonb_build_object takes at most 100 arguments: an entry's fields in calls of 40 pairs
+FIELDS_PER_CALL = 30  # concat and concat_ws take at most 100 arguments: an entry's fields in calls of 30
 
 
 def shown(value: str, hidden: bool) -> str:
-    """A field's value as an entry shows it: `[redacted]` for a hidden field's non-null one."""
-    return f"CASE WHEN {value} <> 'null' THEN '\"{REDACTED}\"'::jsonb ELSE {value} END" if hidden else value
+    """A field's value (jsonb) as an entry shows it, as JSON text: `[redacted]` for a hidden field's non-null one."""
+    return f"CASE WHEN {value} <> 'null' THEN '\"{REDACTED}\"' ELSE 'null' END" if hidden else value
 
 
 def changes(action: str, columns: list[str], hidden: list[str]) -> str:
     """The changed fields {field: {old, new}} of one row (`x.o`, `x.n`: its old and new values as jsonb), one
-    expression per field named in it: no pass over the row's keys, no aggregate (`updated_at` is no change of
-    its own). An update names the fields whose value differs."""
+    expression per field named in it, written as JSON text and read once (`::jsonb`): no pass over the row's
+    keys, no aggregate, no jsonb object built per field (`updated_at` is no change of its own). An update
+    names the fields whose value differs."""
     fields = [c for c in columns if c != "updated_at"]
+    if not fields:
+        return "'{}'::jsonb"
+    key = {c: orjson.dumps(c).decode() for c in fields}
     if action == "update":
-        return " || ".join(
-            f"CASE WHEN (x.o -> {literal(c)}) IS DISTINCT FROM (x.n -> {literal(c)}) THEN jsonb_build_object("
-            f"{literal(c)}, jsonb_build_object('old', {shown(f'(x.o -> {literal(c)})', c in hidden)}, "
-            f"'new', {shown(f'(x.n -> {literal(c)})', c in hidden)})) ELSE '{{}}'::jsonb END" for c in fields) \
-            or "'{}'::jsonb"
+        items = []
+        for c in fields:
+            old, new = f"(x.o -> {literal(c)})", f"(x.n -> {literal(c)})"
+            opening, middle = literal(key[c] + ': {"old": '), literal(', "new": ')
+            items.append(f"CASE WHEN {old} IS DISTINCT FROM {new} THEN concat({opening}, {shown(old, c in hidden)}, "
+                         f"{middle}, {shown(new, c in hidden)}, '}}') END")
+        chunks = [f"nullif(concat_ws(', ', {', '.join(items[i:i + FIELDS_PER_CALL])}), '')"
+                  for i in range(0, len(items), FIELDS_PER_CALL)]  # concat_ws leaves out the unchanged (NULL)
+        return f"concat('{{', concat_ws(', ', {', '.join(chunks)}), '}}')::jsonb"
     row = "x.n" if action == "create" else "x.o"
-    pairs = [f"{literal(c)}, jsonb_build_object("
-             + (f"'old', NULL, 'new', {shown(f'({row} -> {literal(c)})', c in hidden)})" if action == "create"
-                else f"'old', {shown(f'({row} -> {literal(c)})', c in hidden)}, 'new', NULL)") for c in fields]
-    calls = [f"jsonb_build_object({', '.join(pairs[i:i + PAIRS_PER_CALL])})" for i in range(0, len(pairs), PAIRS_PER_CALL)]
-    return " || ".join(calls) or "'{}'::jsonb"
+    opening, closing = ('{"old": null, "new": ', "}") if action == "create" else ('{"old": ', ', "new": null}')
+    parts = []
+    for number, c in enumerate(fields):
+        parts += [literal(("{" if number == 0 else closing + ", ") + key[c] + ": " + opening),
+                  shown(f"({row} -> {literal(c)})", c in hidden)]
+    parts.append(literal(closing + "}"))
+    chunks = [f"concat({', '.join(parts[i:i + 2 * FIELDS_PER_CALL])})" for i in range(0, len(parts), 2 * FIELDS_PER_CALL)]
+    whole = chunks[0] if len(chunks) == 1 else "concat(" + ", ".join(chunks) + ")"
+    return f"{whole}::jsonb"
 
 
 def captured(action: str, entity: str, tenant_id: str, columns: list[str], hidden: list[str], routed: bool) -> str:
@@ -338,7 +350,7 @@ def captured(action: str, entity: str, tenant_id: str, columns: list[str], hidde
             "update": "SELECT n.id, to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o ON o.id = n.id",
             "delete": "SELECT o.id, to_jsonb(o.*) AS o, NULL::jsonb AS n FROM old_rows o"}[action]
     row = "x.n" if action != "delete" else "x.o"
-    keys = literal("{" + ",".join(columns) + "}") + "::text[]"
+    keys = f"ARRAY[{', '.join(literal(c) for c in columns)}]::text[]"
     fits = f"{row} ?& {keys} AND {row} - {keys} = '{{}}'::jsonb"
     chain = f"'{tenant_id}'::uuid"
     if routed:  # a platform row of a tenant: its `tenant_id`, or a `tenants` row's own id
