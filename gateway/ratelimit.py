@@ -115,6 +115,29 @@ class ProcessCounters:
         found = self.counts.get(key)
         return int(found[1]) if found is not None and found[0] > time.time() else 0
 
+    def spend(self, checks: tuple[Counted, ...], now: float) -> tuple[Counted, int]:
+        """Count one request in each of `checks` (at least one), shortest first: the first that refuses it and
+        its remaining count (below 0; the longer ones are not counted), else the tightest and its remaining.
+        `incr` and `Counted.key_at` written out for a window already open: this runs for every request."""
+        counts = self.counts
+        tightest, least = checks[0], 0
+        for index, check in enumerate(checks):
+            start = int(now // check.seconds)
+            if start != check.start:
+                check.start, check.key = start, f"{check.prefix}/{start}"
+            found = counts.get(check.key)
+            if found is None or found[0] <= now:
+                count = self.incr(check.key, check.seconds, 1, now)
+            else:
+                found[1] += 1
+                count = int(found[1])
+            remaining = check.amount - count
+            if remaining < 0:
+                return check, remaining
+            if index == 0 or remaining < least:
+                tightest, least = check, remaining
+        return tightest, least
+
 
 class Counted:
     """One window a request is counted in: its name (the plan's key, or `address`), bound and length, and its
@@ -298,14 +321,8 @@ class RateLimits:
         tightest: Counted | None = None
         least = 0
         if self.storage is self.fallback:  # in memory: one window after the other, stopping at a refusal
-            counters = self.fallback
-            for check in checks:
-                remaining = check.amount - counters.incr(check.key_at(now), check.seconds, 1, now)
-                if remaining < 0:
-                    return self._refused(slug, check, remaining, now)
-                if tightest is None or remaining < least:
-                    tightest, least = check, remaining
-            return tightest.window(least, now) if tightest is not None else None
+            check, remaining = self.fallback.spend(checks, now)
+            return self._refused(slug, check, remaining, now) if remaining < 0 else check.window(remaining, now)
         # in Redis: every window in the time of one round trip, and the longer ones given back on a refusal
         keys = [check.key_at(now) for check in checks]
         counts = await asyncio.gather(*(self._count(key, check.seconds) for key, check in zip(keys, checks, strict=True)))
