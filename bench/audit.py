@@ -152,6 +152,7 @@ class Sealer:
         self.conn = await asyncpg.connect(self.url)
         self.chain = await self.conn.fetchval("SELECT id FROM system.tenants WHERE slug = $1", self.slug)
         self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()  # `settle` and the second's round share the connection: one at a time
         self.task = asyncio.create_task(self.run())
         return self
 
@@ -161,10 +162,11 @@ class Sealer:
             await self.seal()
 
     async def seal(self) -> None:
-        while True:
-            self.calls += 1
-            if await self.conn.fetchval(f"SELECT {audit.SCHEMA}.seal($1, 1000)", self.chain) < 1000:
-                return
+        async with self.lock:
+            while True:
+                self.calls += 1
+                if await self.conn.fetchval(f"SELECT {audit.SCHEMA}.seal($1, 1000)", self.chain) < 1000:
+                    return
 
     def settle(self) -> None:
         """From another thread: seal what is left now (the run's whole cost falls in the run)."""
