@@ -78,7 +78,7 @@ async def prepare(url: str) -> dict[str, dict[str, object]]:
     try:
         await deploy_platform(db)
         for slug, keyword in TENANTS.items():
-            await create_tenant(db, slug, source=SCHEMA.format(audit=keyword))
+            await create_tenant(db, slug, source=SCHEMA.format(audit=keyword), plan="enterprise")  # nothing bounds the load
             key = (await create_api_key(db, slug, "bench", "service")).key
             async with db.as_role(db.role(slug)) as conn:
                 ids = [str(r["id"]) for r in await conn.fetch(

@@ -29,6 +29,7 @@ from engine.changes import CREDENTIALS, ChangeHub, session_key, tell_interest, t
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, PLANS_CHANGED, SESSIONS_CHANNEL, SIGNING_KEYS_CHANGED
 from engine.database import Database, driver_url
 from engine.errors import TenantNotFound, TenantSuspended, outages_as_unavailable
+from engine.heap import Heap
 from engine.identity.signing import Keyring, load_keyring
 from engine.plans import NO_PLAN, Plan
 from engine.query.plan import Relation, relations_of
@@ -148,6 +149,7 @@ class RuntimeRegistry:
         self._ids: dict[str, str] = {}  # slug -> the id of the tenant this process last served under it
         self._loads: dict[Any, tuple[int, asyncio.Future[Any]]] = {}  # what is being read now, and since when
         self._background: set[asyncio.Task[None]] = set()
+        self.heap = Heap()  # runtimes are frozen out of the garbage collector's full collections
 
     def note_call(self, runtime: TenantRuntime) -> None:
         """Onboarding's `first_api_call`: once per tenant and process, after the answer, a write that
@@ -300,7 +302,7 @@ class RuntimeRegistry:
         one), so they are replaced before their next use."""
         log.info("registry.slug_reused", slug=slug, tenant_id=tenant_id)
         self._ids[slug] = tenant_id
-        self._runtimes.pop(slug, None)
+        self.heap.dropped(int(self._runtimes.pop(slug, None) is not None))
         for key in [k for k in self._keys if k[0] == slug]:
             del self._keys[key]
         await (await self.db.pool()).expire_connections()
@@ -391,7 +393,13 @@ class RuntimeRegistry:
             return cached, state.plan
         runtime = await self._shared(("runtime", slug, state.tenant_id, state.version),  # once for a cold burst
                                      lambda: self._compile(slug, state.tenant_id))
-        self._runtimes[slug] = runtime
-        while len(self._runtimes) > self.capacity:
-            self._runtimes.popitem(last=False)
+        previous = self._runtimes.get(slug)
+        if previous is not runtime:  # the first of a cold burst's requests installs it
+            self._runtimes[slug] = runtime
+            dropped = int(previous is not None)
+            while len(self._runtimes) > self.capacity:
+                self._runtimes.popitem(last=False)
+                dropped += 1
+            self.heap.settle()  # the runtime stays: out of the full collections that pause every tenant
+            self.heap.dropped(dropped)
         return runtime, state.plan

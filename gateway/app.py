@@ -580,6 +580,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         sweeper = BillingSweeper(db).start()  # grace periods ending, manual trials and periods
         audit_sealer = AuditSealer(db).start()  # audit entries chained into their tenants' chains each second
         mailer.log_configuration()  # where this process's mails go: SMTP, or the log when none is configured
+        registry.heap.settle(collect=True)  # what the process loaded to start stays for its life (engine/heap.py)
         log.info("gateway.started", database=db.name)
         try:
             yield
