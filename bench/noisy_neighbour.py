@@ -2,7 +2,7 @@
 pathological request, side by side in one run against one gateway process.
 
     python bench/noisy_neighbour.py [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
-                                    [--seconds 6] [--connections 8]
+                                    [--seconds 6] [--rounds 3] [--connections 8]
 
 B's load is `wrk` (GET of 10 rows, anon) when installed (`apt-get install wrk`), else an httpx loop; A's
 requests run in two concurrent loops for the whole window: a sign-in with a 20 KB email that a
@@ -11,14 +11,16 @@ platform account that signed up and made a tenant of its own, a
 200,000-object bulk insert, a nested embed that multiplies rows by 20 per level, 40 webhooks to a
 receiver that answers after 8 s, and last a flood of plain reads from as many clients as B has. The
 gateway runs with one worker: what blocks its event loop blocks everyone. Prints B's p50 and p99 per
-scenario and the p99's ratio to B alone (target: within 2x).
+scenario and the p99's ratio to B alone (target: within 2x). Each round measures each scenario as a pair of
+windows, B alone then B while A runs, and the figures are medians over the rounds: B alone saturates the
+gateway, so one window's p99 moves by half from one window to the next on this machine.
 
 Rate limits are on, as deployed: A is on the plan `--a-plan` (default `free`, whose per-minute window
 stops the flood with cheap 429s and whose `concurrent_requests`, 4, keeps its flood's excess waiting behind
 its own requests), B on `enterprise` (no windows, no bound). A's client threads run at nice 19: an
 attacker's client is on the attacker's machine, and on this small one its Python HTTP client would
 otherwise take the CPU the gateway and PostgreSQL need, which is no isolation property of the gateway.
-Each scenario's A is a tenant of its own (`noisy1`, `noisy2`, ...), so that each starts with its plan's
+Each scenario's A is a tenant of its own in each round (`noisy1r0`, `noisy2r0`, ...), so that each starts with its plan's
 whole budget, as an attacker with one more account would, rather than with what the scenarios before it
 left of one minute window; B's clients all come from this machine's address, so the anonymous
 per-address budget is raised for the run (`BACKSAAS_ANON_RATE_LIMIT`). With
@@ -40,7 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import httpx
@@ -114,7 +116,7 @@ def slow_receiver(delay: float) -> tuple[http.server.ThreadingHTTPServer, int]:
     return server, server.server_address[1]
 
 
-async def prepare(url: str, receiver: int, a_plan: str, a_rpm: int | None) -> dict[str, str]:
+async def prepare(url: str, receiver: int, a_plan: str, a_rpm: int | None, rounds: int) -> dict[str, str]:
     db = await Database.connect(url)
     await deploy_platform(db)
     if a_rpm is not None:  # A's plan with a smaller minute window, so that a short run reaches it
@@ -126,22 +128,30 @@ async def prepare(url: str, receiver: int, a_plan: str, a_rpm: int | None) -> di
         a_plan = "bench-a"
     await create_tenant(db, "quiet", source=TENANT_B, plan="enterprise")
     keys = {}
-    for number in range(1, SCENARIOS + 1):
-        slug = f"noisy{number}"
-        await create_tenant(db, slug, source=TENANT_A.replace("RECEIVER", str(receiver)), plan=a_plan)
-        keys[slug] = (await create_api_key(db, slug, "bench", "service")).key
+    for round_ in range(rounds):
+        for number in range(1, SCENARIOS + 1):
+            slug = a_tenant(number, round_)
+            await create_tenant(db, slug, source=TENANT_A.replace("RECEIVER", str(receiver)), plan=a_plan)
+            keys[slug] = (await create_api_key(db, slug, "bench", "service")).key
     await db.close()
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
     try:
         await conn.execute("INSERT INTO t_quiet.item (name) SELECT 'item ' || g FROM generate_series(1, 100) g")
-        # 20 roots, each with 20 children, each with 20 children: every level of DEEP multiplies by 20
-        await conn.execute("""
-            WITH roots AS (INSERT INTO t_noisy5.node (parent_id) SELECT NULL FROM generate_series(1, 20) RETURNING id),
-                 kids AS (INSERT INTO t_noisy5.node (parent_id) SELECT r.id FROM roots r, generate_series(1, 20) RETURNING id)
-            INSERT INTO t_noisy5.node (parent_id) SELECT k.id FROM kids k, generate_series(1, 20)""")
+        for round_ in range(rounds):  # 20 roots, 20 children each, 20 each of theirs: DEEP multiplies by 20 a level
+            schema = f"t_{a_tenant(5, round_)}"
+            await conn.execute(f"""
+                WITH roots AS (INSERT INTO {schema}.node (parent_id) SELECT NULL FROM generate_series(1, 20) RETURNING id),
+                     kids AS (INSERT INTO {schema}.node (parent_id) SELECT r.id FROM roots r, generate_series(1, 20)
+                              RETURNING id)
+                INSERT INTO {schema}.node (parent_id) SELECT k.id FROM kids k, generate_series(1, 20)""")
     finally:
         await conn.close()
     return keys
+
+
+def a_tenant(scenario: int, round_: int) -> str:
+    """Tenant A of a scenario in a round: each its own, so each starts with its plan's whole budget."""
+    return f"noisy{scenario}r{round_}"
 
 
 def start_gateway(url: str, port: int, rate_limits: bool) -> subprocess.Popen[bytes]:
@@ -195,7 +205,7 @@ async def python_load(url: str, seconds: float, connections: int) -> tuple[float
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], len(latencies)
 
 
-SCENARIOS = 7  # one tenant A each, noisy1 ... noisy7, in the order of `attacks`
+SCENARIOS = 7  # one tenant A each per round (`a_tenant`), in the order of `attacks`
 
 
 def developer_of_a_tenant(base: str) -> tuple[str, str]:
@@ -215,9 +225,10 @@ def developer_of_a_tenant(base: str) -> tuple[str, str]:
     raise SystemExit("the developer's tenant was not provisioned")
 
 
-def attacks(base: str, keys: dict[str, str], developer: tuple[str, str]) -> dict[str, Any]:
-    a = {n: f"{base}/api/tenants/noisy{n}" for n in range(1, SCENARIOS + 1)}
-    service = {n: {"apikey": keys[f"noisy{n}"], "Authorization": f"Bearer {keys[f'noisy{n}']}"} for n in a}
+def attacks(base: str, keys: dict[str, str], developer: tuple[str, str], round_: int) -> dict[str, Any]:
+    a = {n: f"{base}/api/tenants/{a_tenant(n, round_)}" for n in range(1, SCENARIOS + 1)}
+    service = {n: {"apikey": keys[a_tenant(n, round_)], "Authorization": f"Bearer {keys[a_tenant(n, round_)]}"}
+               for n in a}
     token, own_tenant = developer
     bulk = orjson.dumps([{"name": "x"}] * 200_000)  # encoded once: the client's encoding is not the server's load
     return {
@@ -234,6 +245,30 @@ def attacks(base: str, keys: dict[str, str], developer: tuple[str, str]) -> dict
                                                       json=[{"name": f"h{i}"} for i in range(40)]),
         FLOOD: lambda c: c.get(f"{a[7]}/rest/v1/node", params={"limit": "10"}),
     }
+
+
+class Window(NamedTuple):
+    """B's figures over one window: p50 and p99 (ms), requests, and the gateway's CPU seconds meanwhile."""
+    p50: float
+    p99: float
+    count: int
+    cpu: float
+
+
+def window(pid: int, base: str, args: argparse.Namespace) -> Window:
+    cpu = cpu_seconds(pid)
+    p50, p99, count = measure_b(base, args.seconds, args.connections)
+    return Window(p50, p99, count, cpu_seconds(pid) - cpu)
+
+
+def row(label: str, windows: list[Window], alone_p99: float | None, answered: str) -> str:
+    """A table row: medians over the windows; the p99's ratio to `alone_p99` (the alone row's is 1)."""
+    if any(w.count == 0 for w in windows):
+        return f"{label:40} {'stalled: a window had no answer':>31}   {answered}"
+    p50, p99, count = (statistics.median(getattr(w, f) for w in windows) for f in ("p50", "p99", "count"))
+    per_request = sum(w.cpu for w in windows) / sum(w.count for w in windows) * 1e6
+    ratio = p99 / alone_p99 if alone_p99 else 1.0
+    return f"{label:40} {p50:9.2f} {p99:9.2f} {ratio:11.2f}x {count:7.0f} {per_request:9.0f}  {answered}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -274,6 +309,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
                                                                  "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of windows (alone, then attacked) per scenario")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--a-plan", default="free", help="tenant A's plan (its rate-limit windows apply)")
     parser.add_argument("--a-rpm", type=int, help="A's plan with this requests_per_minute instead of its own")
@@ -294,52 +330,48 @@ def main() -> None:
     url = on(args.database_url, name)
     gateway = None
     try:
-        keys = asyncio.run(prepare(url, receiver_port, args.a_plan, args.a_rpm))
+        keys = asyncio.run(prepare(url, receiver_port, args.a_plan, args.a_rpm, args.rounds))
         port = int(os.environ.get("BENCH_PORT", "8391"))
         gateway = start_gateway(url, port, not args.no_rate_limits)
         base = f"http://127.0.0.1:{port}"
         developer = developer_of_a_tenant(base)
         started_load = load_average()
         measure_b(base, 1, args.connections)  # warm up
-        cpu = cpu_seconds(gateway.pid)
-        alone = measure_b(base, args.seconds, args.connections)
-        rows = [("B alone", *alone, "", cpu_seconds(gateway.pid) - cpu)]
-        for label, send in attacks(base, keys, developer).items():
-            stop, statuses = threading.Event(), []
-            loops = args.connections if label == FLOOD else 2  # a flood is as many clients as B has
-            threads = [threading.Thread(target=run_attack, args=(send, stop, statuses)) for _ in range(loops)]
-            for thread in threads:
-                thread.start()
-            time.sleep(0.5)
-            cpu = cpu_seconds(gateway.pid)
-            figures = measure_b(base, args.seconds, args.connections)
-            cpu = cpu_seconds(gateway.pid) - cpu
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=180)
-            answered = ", ".join(f"{s}x{statuses.count(s)}" for s in sorted(set(statuses)))
-            rows.append((f"while A: {label}", *figures, answered, cpu))
-        time.sleep(0.5)
-        cpu = cpu_seconds(gateway.pid)
-        again = measure_b(base, args.seconds, args.connections)
-        rows.append(("B alone again, after the scenarios", *again, "", cpu_seconds(gateway.pid) - cpu))
+        alone: list[Window] = []
+        attacked: dict[str, list[Window]] = {}
+        answers: dict[str, list[int]] = {}
+        for round_ in range(args.rounds):
+            for label, send in attacks(base, keys, developer, round_).items():
+                alone.append(window(gateway.pid, base, args))  # B alone just before, paired with what follows
+                stop, statuses = threading.Event(), answers.setdefault(label, [])
+                loops = args.connections if label == FLOOD else 2  # a flood is as many clients as B has
+                threads = [threading.Thread(target=run_attack, args=(send, stop, statuses)) for _ in range(loops)]
+                for thread in threads:
+                    thread.start()
+                time.sleep(0.5)
+                attacked.setdefault(label, []).append(window(gateway.pid, base, args))
+                stop.set()
+                for thread in threads:
+                    thread.join(timeout=180)
         a_plan = args.a_plan + (f" at {args.a_rpm}/minute" if args.a_rpm is not None else "")
         limited = "off" if args.no_rate_limits else f"on (A on plan {a_plan}, B on enterprise)"
-        print(f"\nB: GET 10 rows, {args.connections} connections, {args.seconds:g} s per scenario, gateway 1 worker, "
-              f"rate limits {limited}")
+        print(f"\nB: GET 10 rows, {args.connections} connections, {args.seconds:g} s windows, {args.rounds} rounds, "
+              f"gateway 1 worker, rate limits {limited}")
         print(f"load average (1, 5, 15 min) at the start {started_load}, at the end {load_average()}: figures taken on a "
-              f"machine others load vary with them; the two 'B alone' rows bracket the run\n")
-        print("gateway CPU: the gateway process's CPU seconds over B's window, and the microseconds of it per "
-              "request of B's (the gateway's whole CPU divided by B's requests: what A's requests cost shows as the "
-              "growth over B alone; it does not depend on how busy the machine is)\n")
-        print(f"{'scenario':40} {'B p50 ms':>9} {'B p99 ms':>9} {'p99 / alone':>12} {'B reqs':>7} {'gw CPU s':>9} "
-              f"{'us/B req':>9}  A's answers")
-        for label, p50, p99, count, answered, cpu in rows:
-            if not count:
-                print(f"{label:40} {'stalled: no answer within the window':>33} {count:7d} {cpu:9.2f} {'':>9}  {answered}")
-                continue
-            print(f"{label:40} {p50:9.2f} {p99:9.2f} {p99 / alone[1]:11.2f}x {count:7d} {cpu:9.2f} "
-                  f"{cpu / count * 1e6:9.0f}  {answered}")
+              f"machine others load vary with them\n")
+        print("Each round measures every scenario as a pair of windows, B alone and then B while A runs (A a tenant of "
+              "its own per round); a row's figures are the medians over the rounds, and its ratio is the median "
+              "p99 while A runs over the median p99 of its paired alone windows. 'B alone' is the median of all "
+              "alone windows. gateway CPU: the microseconds of the gateway's whole CPU per request of B's (what A's "
+              "requests cost shows as the growth over B alone)\n")
+        print(f"{'scenario':40} {'B p50 ms':>9} {'B p99 ms':>9} {'p99 / alone':>12} {'B reqs':>7} {'us/B req':>9}"
+              f"  A's answers")
+        print(row("B alone", alone, None, ""))
+        for index, (label, windows) in enumerate(attacked.items()):
+            paired = alone[index::SCENARIOS]
+            statuses = answers[label]
+            answered = ", ".join(f"{s}x{statuses.count(s)}" for s in sorted(set(statuses)))
+            print(row(f"while A: {label}", windows, statistics.median(w.p99 for w in paired), answered))
     finally:
         if gateway is not None:
             gateway.terminate()
