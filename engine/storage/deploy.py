@@ -413,6 +413,12 @@ VERIFIED_DOMAINS_UNIQUE = ("CREATE UNIQUE INDEX IF NOT EXISTS tenant_domains_ver
                            " ON system.tenant_domains (domain) WHERE verified_at IS NOT NULL")
 
 
+# The outbox's claim (engine/outbox.py `CLAIM`) walks the tenants with pending events and reads each one's
+# oldest first: an index of pending events only, by tenant, so a tenant's backlog is never scanned whole.
+PENDING_BY_TENANT = ("CREATE INDEX IF NOT EXISTS events_pending_by_tenant"
+                     " ON system.events (tenant_id, next_attempt_at) WHERE status = 'pending'")
+
+
 async def deploy_platform(db: Database, progress: Progress | None = None, actor: str = "engine",
                           source: str | None = None) -> Deployment:
     """Deploy `platform.yaml` (or `source`) as the system tenant, creating its schema and row on the very first run."""
@@ -445,4 +451,5 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await ensure_every_tenants_bounds_checks(conn, db)  # once: tables of an engine before bounds CHECKs
         await ensure_user_metadata_columns(conn, db)  # once: users tables of an engine before user_metadata
         await driver.execute(VERIFIED_DOMAINS_UNIQUE)
+        await driver.execute(PENDING_BY_TENANT)
         return deployment
