@@ -307,6 +307,11 @@ class RuntimeRegistry:
             del self._keys[key]
         await (await self.db.pool()).expire_connections()
 
+    def knows(self, slug: str) -> bool:
+        """Whether `slug` named a tenant in this process before (its state held, or served once): resolving
+        it is no probe for names (gateway/probes.py), even when a notification dropped its state."""
+        return slug in self._ids or (self._listener is not None and slug in self._states)
+
     async def cors_origins(self, slug: str) -> tuple[str, ...]:
         """The origins a tenant's browser clients may call from (`("*",)`: any; also for unknown tenants,
         whose requests answer 404 readably)."""

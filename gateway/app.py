@@ -31,7 +31,7 @@ from engine.audit_trail import AuditSealer
 from engine.authz import Caller, unrestricted
 from engine.billing.sweeper import BillingSweeper
 from engine.database import Database
-from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, is_outage
+from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, TenantNotFound, is_outage
 from engine.gdpr import RestrictedUsers
 from engine.graphql.api import GraphQLApi
 from engine.identity.gotrue import AuthApi
@@ -47,7 +47,7 @@ from engine.rest.openapi import openapi_document
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
-from gateway import metrics
+from gateway import metrics, probes
 from gateway.access import RequestObserver
 from gateway.admin_console import CONSOLE_HOST, AdminConsole, is_console
 from gateway.audit import EXPORT_PATH, audit_export
@@ -360,9 +360,10 @@ class TenantApp:
             return
         registry: RuntimeRegistry = self.starlette.state.registry
         try:
-            runtime, plan = await registry.resolve_plan(scope["backsaas.slug"])
+            runtime, plan = await self.named_tenant(scope)
         except BackSaasError as error:
-            await send({"type": "websocket.close", "code": 4404 if error.status == 404 else 4403, "reason": error.code})
+            code = {404: 4404, 429: 4429}.get(error.status, 4403)
+            await send({"type": "websocket.close", "code": code, "reason": error.code})
             return
         # opening a socket spends the tenant's windows and its address's as an anonymous request does (the
         # credentials come later, in connection_init): a tenant past its budget opens no new subscriptions
@@ -376,9 +377,24 @@ class TenantApp:
         await serve_graphql_ws(WebSocket(scope, receive, send), registry, runtime, limits, self.starlette.state.db,
                                request_headers(scope), scope.get("backsaas.tenant_header", False))
 
+    async def named_tenant(self, scope: Scope) -> tuple[TenantRuntime, Plan]:
+        """The active tenant the request names, and its plan. A name this process does not hold costs a
+        query, which an address naming no tenant pays from its anonymous budget (gateway/probes.py)."""
+        registry: RuntimeRegistry = self.starlette.state.registry
+        slug = scope["backsaas.slug"]
+        held = registry.knows(slug)
+        if not held:
+            await probes.before_lookup(self.starlette.state.rate_limits, scope)
+        try:
+            return await registry.resolve_plan(slug)
+        except TenantNotFound:
+            if not held:
+                await probes.unknown_name(self.starlette.state.rate_limits, scope)
+            raise
+
     async def respond(self, request: Request, scope: Scope) -> Response | RawResponse:
         registry = self.starlette.state.registry
-        runtime, plan = await registry.resolve_plan(scope["backsaas.slug"])
+        runtime, plan = await self.named_tenant(scope)
         scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan
         scope["backsaas.tenant"] = runtime.slug
         scope["backsaas.tenant_id"] = runtime.tenant_id
@@ -449,7 +465,14 @@ class TenantRouting:
         """(slug, base path) of a tenant request: a tenant's verified custom domain first (gateway/domains.py,
         the tenant's whole API at its root), else `tenant_of`."""
         host = host_of(scope["headers"])
-        custom = await self.domains.slug_of(host) if self.domains.candidate(host) else None
+        custom = None
+        if self.domains.candidate(host):
+            held = self.domains.knows(host)
+            if not held:  # a query: an address whose unknown names spent its budget gets 429 (gateway/probes.py)
+                await probes.before_lookup(self.starlette.state.rate_limits, scope)
+            custom = await self.domains.slug_of(host)
+            if custom is None and not held:
+                await probes.unknown_name(self.starlette.state.rate_limits, scope)
         return (custom, "") if custom is not None else self.tenant_of(scope)
 
     def tenant_of(self, scope: Scope) -> tuple[str, str] | None:

@@ -50,6 +50,7 @@ class CustomDomains:
         self.state = state  # the app's state: its registry exists once the lifespan has started
         self.base = base_domain.lower().strip(".")
         self._hosts: dict[str, str | None] = {}
+        self._served: set[str] = set()  # hosts that named a tenant once (bounded as `_hosts` is)
         self._changed: asyncio.Event | None = None
 
     def candidate(self, host: str) -> bool:
@@ -57,6 +58,12 @@ class CustomDomains:
         if not host or "." not in host or host.startswith("[") or host == self.base or host.endswith("." + self.base):
             return False
         return not is_address(host)
+
+    def knows(self, host: str) -> bool:
+        """Whether `host` named a tenant here before, or its answer is held: looking it up is no probe for
+        names (gateway/probes.py), even when a change emptied the cache."""
+        return host in self._served or (host in self._hosts and self._changed is not None
+                                        and not self._changed.is_set() and self.state.registry.changes.listening)
 
     async def slug_of(self, host: str) -> str | None:
         """The slug of the tenant verified for `host`, or None."""
@@ -80,4 +87,8 @@ class CustomDomains:
             if len(self._hosts) >= MAX_CACHED_HOSTS:
                 self._hosts.clear()
             self._hosts[host] = slug
+        if slug is not None:
+            if len(self._served) >= MAX_CACHED_HOSTS:
+                self._served.clear()
+            self._served.add(host)
         return slug
