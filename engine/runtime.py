@@ -305,7 +305,7 @@ class RuntimeRegistry:
         self.heap.dropped(int(self._runtimes.pop(slug, None) is not None))
         for key in [k for k in self._keys if k[0] == slug]:
             del self._keys[key]
-        await (await self.db.pool()).expire_connections()
+        await self.db.expire_connections()
 
     def knows(self, slug: str) -> bool:
         """Whether `slug` named a tenant in this process before (its state held, or served once): resolving
