@@ -57,7 +57,7 @@ TRIGGER_EVENTS = (("insert", "INSERT", "NEW TABLE AS new_rows"),
                   ("update", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
                   ("delete", "DELETE", "OLD TABLE AS old_rows"))
 
-# The ASGI scope of the request being served (the gateway's AccessLog sets it): who, from where.
+# The ASGI scope of the request being served (the gateway's RequestObserver sets it): who, from where.
 REQUEST: ContextVar[Mapping[str, Any] | None] = ContextVar("backsaas_audit_request", default=None)
 
 
@@ -269,31 +269,39 @@ def literal(text: str) -> str:
 
 
 # The fields of an entry's canonical form, in the order a jsonb object keeps its keys (shorter first, then
-# by bytes), each with how its value is written: `json` by to_json (strings, uuids: escaped and quoted), `text`
-# as it prints (numbers, jsonb).
-CANONICAL = (("at", "at"), ("ip", "json"), ("seq", "text"), ("data", "text"), ("chain", "json"), ("roles", "json"),
-             ("action", "json"), ("entity", "json"), ("changes", "text"), ("user_id", "json"), ("key_name", "json"),
-             ("record_id", "json"), ("request_id", "json"), ("user_agent", "json"))
+# by bytes), each with how its value is written: `json` by to_json (strings: escaped and quoted), `uuid` quoted
+# as it prints (what to_json writes for a uuid, which never needs escaping, without to_json's lookups of the
+# type's category and output function at every call), `text` as it prints (numbers, jsonb). Every value is
+# text before concat (a cast's output function is found once per plan; concat finds a non-text argument's
+# at every call).
+CANONICAL = (("at", "at"), ("ip", "json"), ("seq", "text"), ("data", "text"), ("chain", "uuid"), ("roles", "json"),
+             ("action", "json"), ("entity", "json"), ("changes", "text"), ("user_id", "uuid"), ("key_name", "json"),
+             ("record_id", "uuid"), ("request_id", "json"), ("user_agent", "json"))
 
 
-def canonical(e: str) -> str:
+def canonical(e: str, seq: str | None = None) -> str:
     """Entry `e`'s canonical form: the text of the jsonb object {seq, chain, at (microseconds since the epoch),
     action, entity, record_id, user_id, key_name, roles, request_id, ip, user_agent, changes, data}, byte
     for byte what `jsonb_build_object(...)::text` prints (tests/test_audit_chain.py holds it to that),
-    written as one concat: building the jsonb object to print it was half of what sealing an entry cost."""
+    written as one concat: building the jsonb object to print it was half of what sealing an entry cost.
+    `seq`, when given, is the expression of the entry's seq (`seal`'s, before it is stored)."""
     args = []
     for number, (key, kind) in enumerate(CANONICAL):
         args.append(literal(("{" if number == 0 else ", ") + f'"{key}": '))
-        args.append(f"(extract(epoch FROM {e}.created_at) * 1000000)::bigint" if kind == "at"
+        args.append(f"((extract(epoch FROM {e}.created_at) * 1000000)::bigint)::text" if kind == "at"
                     else f"coalesce(to_json({e}.{key})::text, 'null')" if kind == "json"
+                    else f"coalesce('\"' || {e}.{key}::text || '\"', 'null')" if kind == "uuid"
+                    else f"coalesce({seq}::text, 'null')" if key == "seq" and seq is not None
                     else f"coalesce({e}.{key}::text, 'null')")
     return f"concat({', '.join(args)}, '}}')"
 
 
-def hashed(e: str) -> str:
+def hashed(e: str, seq: str | None = None, prev_hash: str | None = None) -> str:
     """An entry's hash, of record `e` (a `system.audit_log` row): SHA-256 of its previous hash and its
-    canonical form. `digest` (what `verify` recomputes) and `seal` both use this one expression."""
-    return f"encode(sha256(convert_to(coalesce({e}.prev_hash, '') || {canonical(e)}, 'UTF8')), 'hex')"
+    canonical form. `digest` (what `verify` recomputes) and `seal` both use this one expression; `seal`
+    gives the seq and previous hash it is about to store as expressions of its own (`seq`, `prev_hash`)."""
+    previous = f"{e}.prev_hash" if prev_hash is None else prev_hash
+    return f"encode(sha256(convert_to(coalesce({previous}, '') || {canonical(e, seq)}, 'UTF8')), 'hex')"
 
 
 COLUMNS = ("tenant_id, chain, action, entity, record_id, changes, data, user_id, key_name, roles, request_id, ip, "
@@ -358,7 +366,7 @@ def captured(action: str, entity: str, tenant_id: str, columns: list[str], hidde
         owners += ["x.id"] if entity == "tenants" else []
         chain = f"coalesce({', '.join([*owners, chain])})"
     hidden_json = literal(orjson.dumps(hidden).decode())
-    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', TG_TABLE_NAME, x.id, "
+    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', {literal(entity)}, x.id, "
             f"CASE WHEN {fits} THEN {changes(action, columns, hidden)} "
             f"ELSE {SCHEMA}.diff(x.o, x.n, {hidden_json}::jsonb) END, '{{}}'::jsonb, {CONTEXT}\n"
             f"      FROM ({rows} OFFSET 0) x;")
@@ -447,9 +455,9 @@ DECLARE  -- chains the chain's committed unsealed entries after its head, under 
   r system.audit_log;
   head_seq bigint;
   head_hash text;
+  start_seq bigint;
+  start_hash text;
   ids uuid[] := '{{}}';
-  seqs bigint[] := '{{}}';
-  prevs text[] := '{{}}';
   hashes text[] := '{{}}';
 BEGIN
   SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
@@ -460,25 +468,26 @@ BEGIN
     ON CONFLICT DO NOTHING;
     SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
   END IF;
-  -- a statement after the lock: it sees what a sealer that held the lock before us sealed (read committed)
+  start_seq := head_seq;
+  start_hash := head_hash;
+  -- a statement after the lock: it sees what a sealer that held the lock before us sealed (read committed).
+  -- Per entry its hash alone is worked out: its seq is the next, its prev_hash the hash before it (the UPDATE
+  -- numbers them), so an entry costs four plpgsql statements, not eight.
   FOR r IN SELECT a.* FROM system.audit_log a WHERE a.chain = chain_id AND a.seq IS NULL
             ORDER BY a.created_at, a.id LIMIT most LOOP
     head_seq := head_seq + 1;
-    r.seq := head_seq;
-    r.prev_hash := head_hash;
-    r.hash := {hashed("r")};  -- `digest`'s expression: no function call per entry
-    head_hash := r.hash;
+    head_hash := {hashed("r", seq="head_seq", prev_hash="head_hash")};  -- `digest`'s expression, no call per entry
     ids := ids || r.id;
-    seqs := seqs || r.seq;
-    prevs := prevs || r.prev_hash;
-    hashes := hashes || r.hash;
+    hashes := hashes || head_hash;
   END LOOP;
   IF cardinality(ids) = 0 THEN
     RETURN 0;
   END IF;
   PERFORM set_config('{WRITER}', 'on', true);
-  UPDATE system.audit_log a SET seq = s.seq, prev_hash = s.prev_hash, hash = s.hash
-    FROM unnest(ids, seqs, prevs, hashes) AS s(id, seq, prev_hash, hash) WHERE a.id = s.id;
+  UPDATE system.audit_log a SET seq = start_seq + s.n, prev_hash = s.prev_hash, hash = s.hash
+    FROM unnest(ids, hashes, array_prepend(start_hash, hashes[1:cardinality(hashes) - 1]))
+         WITH ORDINALITY AS s(id, hash, prev_hash, n)
+   WHERE a.id = s.id;
   PERFORM set_config('{WRITER}', '', true);
   UPDATE {SCHEMA}.heads SET seq = head_seq, hash = head_hash WHERE chain = chain_id;
   RETURN cardinality(ids);
