@@ -98,32 +98,38 @@ class Meter:
         # bytes, rows written, function ms] of the day `requests_day`, expanded into `counts` by `fold`
         self.requests: dict[tuple[str, str | None, str | None, str], list[int]] = {}
         self.requests_day = today()
-        # (tenant, metric): unflushed, of the metrics quotas read per request (the surfaces' calls and
-        # function_ms, and whatever `add` counts)
+        # (tenant, metric): unflushed, of the metrics quotas read (function_ms, and whatever `add` counts but
+        # the surfaces' calls, which `calls` holds)
         self.recent: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # tenant -> unflushed requests of the surfaces together (what requests_per_month is measured by): the
+        # quotas read it per request, one lookup where the four surface metrics took eight
+        self.calls: dict[str, int] = {}
         # written by the last flush, counted as pending until the quotas read the totals that hold them
         self.flushed: dict[tuple[str, str], int] = {}
+        self.flushed_calls: dict[str, int] = {}
         self.after_flush: list[Any] = []  # coroutines functions run after each flush (the quotas' refresh)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.today = Today()
+        self.day_ends = self.today.ends  # when `requests_day` ends: count_request reads the clock against it
 
     # -- counting (the hot path: dict additions only) --
 
     def add(self, tenant_id: str, metric: str, amount: int = 1) -> None:
         if amount:
             self.counts[(tenant_id, today(), metric)] += amount
-            self.recent[(tenant_id, metric)] += amount
+            if metric in SURFACE_METRICS:
+                self.calls[tenant_id] = self.calls.get(tenant_id, 0) + amount
+            else:
+                self.recent[(tenant_id, metric)] += amount
 
     def count_request(self, tenant_id: str, surface: str | None, status: int, ms: float, sent: int,
                       rows_written: int) -> None:
         """One answered request of a tenant: `surface` is its metric in SURFACE_METRICS (None outside them),
         `sent` its body bytes; its rows count only when it succeeded, its milliseconds (at least 1) only for
         a function call."""
-        day = self.today()
-        if day != self.requests_day:
-            self.fold()
-            self.requests_day = day
+        if time.time() >= self.day_ends:
+            self.new_day()
         outcome = None if status < 400 else "errors_4xx" if status < 500 else "errors_5xx"
         key = (tenant_id, surface, outcome, LATENCY_METRICS[bisect_left(LATENCY_BOUNDS, ms)])
         tally = self.requests.get(key)
@@ -134,11 +140,20 @@ class Meter:
         if outcome is None:
             tally[2] += rows_written
         if surface is not None:
-            self.recent[(tenant_id, surface)] += 1
+            calls = self.calls
+            calls[tenant_id] = calls.get(tenant_id, 0) + 1
             if surface == "function_calls":
                 spent = max(1, round(ms))
                 tally[3] += spent
                 self.recent[(tenant_id, "function_ms")] += spent
+
+    def new_day(self) -> None:
+        """The clock passed `day_ends`: the tallies of the day before go to its counters."""
+        day = self.today()
+        self.day_ends = self.today.ends
+        if day != self.requests_day:
+            self.fold()
+            self.requests_day = day
 
     def fold(self) -> None:
         """The request tallies into the counters of their day."""
@@ -159,9 +174,18 @@ class Meter:
 
     def pending(self, tenant_id: str, metric: str) -> int:
         """What this process counted for `tenant_id` in `metric` and has not flushed yet (one dict lookup), for
-        the metrics `recent` keeps."""
+        the metrics `recent` keeps: not the surfaces' calls, which `pending_calls` gives together."""
         key = (tenant_id, metric)
         return self.recent.get(key, 0) + self.flushed.get(key, 0)
+
+    def pending_calls(self, tenant_id: str) -> int:
+        """The requests of every surface (SURFACE_METRICS together) this process counted for `tenant_id` and
+        has not flushed yet, or flushed but not yet read back by the quotas."""
+        return self.calls.get(tenant_id, 0) + self.flushed_calls.get(tenant_id, 0)
+
+    def flushed_read(self) -> None:
+        """The quotas read the totals holding the last flush: its counts are no longer pending."""
+        self.flushed, self.flushed_calls = {}, {}
 
     # -- flushing --
 
@@ -197,7 +221,9 @@ class Meter:
             counts, self.counts = self.counts, defaultdict(int)
             gauges, self.gauges = self.gauges, {}
             recent, self.recent = self.recent, defaultdict(int)
+            calls, self.calls = self.calls, {}
             self.flushed = dict(recent) if self.after_flush else {}
+            self.flushed_calls = dict(calls) if self.after_flush else {}
             rows = [(t, d, m, v, False) for (t, d, m), v in counts.items() if v] + \
                    [(t, d, m, v, True) for (t, d, m), v in gauges.items()]
             if not rows:
@@ -213,7 +239,9 @@ class Meter:
                     self.gauges.setdefault(key, value)
                 for key, value in recent.items():
                     self.recent[key] += value
-                self.flushed = {}
+                for tenant_id, value in calls.items():
+                    self.calls[tenant_id] = self.calls.get(tenant_id, 0) + value
+                self.flushed, self.flushed_calls = {}, {}
                 return 0
             return len(rows)
 

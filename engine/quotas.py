@@ -97,6 +97,19 @@ class TenantQuota:
 OPEN = TenantQuota()
 
 
+class _Tenant:
+    """What `QuotaBook.admit` needs of one tenant, kept for its plan's limits and schema version: the hard
+    limits a request checks (looked up once, not per request), this month's flushed requests (set with
+    the totals they come from) and the standing of the last refresh."""
+
+    __slots__ = ("calls", "functions", "limits", "requests", "state", "version")
+
+    def __init__(self, limits: Mapping[str, Any], version: int, calls: int, state: TenantQuota) -> None:
+        self.limits, self.version, self.calls, self.state = limits, version, calls, state
+        self.requests = limit_of(limits, "requests_per_month")
+        self.functions = limit_of(limits, "function_ms_per_month")
+
+
 class QuotaBook:
     """This process's view of every tenant's usage against its limits (refreshed after each flush)."""
 
@@ -112,6 +125,7 @@ class QuotaBook:
         self.monthly: dict[str, dict[str, int]] = {}  # tenant id -> metric -> this month's flushed total
         self.measured: dict[str, dict[str, int]] = {}  # tenant id -> rows / storage_bytes / end_users
         self.states: dict[str, TenantQuota] = {}
+        self.tenants: dict[str, _Tenant] = {}  # tenant id -> what admit reads (the dicts above, kept together)
         self.warned: set[tuple[str, str, str]] = set()  # (tenant, limit, period) whose event is written
         self.period = period_of()
         self.measured_at = 0.0
@@ -123,27 +137,42 @@ class QuotaBook:
         if limit in MEASURED:
             return self.measured.get(tenant_id, {}).get(limit, 0)
         flushed = self.monthly.get(tenant_id, {})
+        if limit == "requests_per_month":  # the surfaces' calls, which the meter keeps together
+            return sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS) + self.meter.pending_calls(tenant_id)
         return sum(flushed.get(m, 0) + self.meter.pending(tenant_id, m) for m in MONTHLY[limit])
 
     def admit(self, tenant_id: str, slug: str, version: int, limits: Mapping[str, Any], method: str,
               path: str) -> TenantQuota | None:
-        """The tenant's standing for this request, or QuotaExceeded when a hard limit refuses it whole."""
+        """The tenant's standing for this request, or QuotaExceeded when a hard limit refuses it whole.
+        Per request: one lookup of the tenant's entry (made again when its limits or version change), and
+        for a requests_per_month limit its flushed total plus the meter's pending calls, against the limit."""
         if slug == naming.SYSTEM_TENANT:
             return None
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None or tenant.limits is not limits or tenant.version != version:
+            tenant = self.enter(tenant_id, slug, version, limits)
+        allowed = tenant.requests
+        if allowed is not None:
+            meter = self.meter
+            used = tenant.calls + meter.calls.get(tenant_id, 0) + meter.flushed_calls.get(tenant_id, 0)
+            if used >= allowed:
+                raise QuotaExceeded("requests_per_month", used, allowed, "this month's requests are used up")
+        if tenant.functions is not None and path.startswith("/functions/v1/"):
+            self.refuse_past("function_ms_per_month", tenant_id, limits, "functions' compute time is used up")
+        return tenant.state
+
+    def enter(self, tenant_id: str, slug: str, version: int, limits: Mapping[str, Any]) -> _Tenant:
+        """A tenant first seen, or seen with other limits or another schema version (a deploy: remeasured)."""
         if self.limits.get(tenant_id) is not limits:
             self.limits[tenant_id], self.slugs[tenant_id] = limits, slug
         if self.versions.get(tenant_id) != version:
             if tenant_id in self.versions:
                 self.remeasure = True  # a deploy: its tables changed
             self.versions[tenant_id] = version
-        allowed = limit_of(limits, "requests_per_month")
-        if allowed is not None:
-            used = self.used(tenant_id, "requests_per_month")
-            if used >= allowed:
-                raise QuotaExceeded("requests_per_month", used, allowed, "this month's requests are used up")
-        if path.startswith("/functions/v1/"):
-            self.refuse_past("function_ms_per_month", tenant_id, limits, "functions' compute time is used up")
-        return self.states.get(tenant_id, OPEN)
+        flushed = self.monthly.get(tenant_id, {})
+        tenant = self.tenants[tenant_id] = _Tenant(limits, version, sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS),
+                                                   self.states.get(tenant_id, OPEN))
+        return tenant
 
     async def admit_signup(self, pg_schema: str, limits: Mapping[str, Any]) -> None:
         """A sign-up with an `end_users` limit counts the tenant's users exactly (one query: sign-ups are no
@@ -179,7 +208,9 @@ class QuotaBook:
             self.measured_at = time.monotonic()
             await self.measure()
         for tenant_id, limits in list(self.limits.items()):
-            self.states[tenant_id] = await self.standing(tenant_id, limits)
+            state = self.states[tenant_id] = await self.standing(tenant_id, limits)
+            if (tenant := self.tenants.get(tenant_id)) is not None:
+                tenant.state = state
 
     async def read_monthly(self) -> None:
         usage = catalog.platform_tables()["usage_daily"]
@@ -191,7 +222,12 @@ class QuotaBook:
         monthly: dict[str, dict[str, int]] = {}
         for tenant_id, metric, total in rows:
             monthly.setdefault(str(tenant_id), {})[metric] = int(total)
-        self.monthly, self.meter.flushed = monthly, {}  # together: the flushed counts are now in the totals
+        # together (no await between): the flushed counts are now in the totals
+        self.monthly = monthly
+        self.meter.flushed_read()
+        for tenant_id, tenant in self.tenants.items():
+            flushed = monthly.get(tenant_id, {})
+            tenant.calls = sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS)
 
     async def measure(self) -> None:
         """Every tenant's rows, storage and end users, from the catalogue's statistics (one statement), kept

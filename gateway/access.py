@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import audit, metering
 from gateway.cors import CorsPolicy, CrossOrigin, OriginsOf, is_preflight
-from gateway.meter import Metering, warning_header
+from gateway.meter import WARNING_HEADER_NAME, Metering
 from gateway.metrics import RequestMetrics
 
 log = structlog.get_logger("backsaas.gateway")
@@ -86,17 +86,18 @@ class ObservedSend:
     def add_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Headers the answer's start will carry (gateway/ratelimit.py `with_headers`)."""
         if self.extra is None:
-            self.extra = list(headers)
+            self.extra = headers  # never changed here: a second call makes a new list (no copy for the usual one)
         else:
-            self.extra += headers
+            self.extra = [*self.extra, *headers]
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = status = message["status"]
             headers = [*message.get("headers", ()), *(self.extra or ())]
-            if self.usage is not None and self.usage.quota is not None and (warning := warning_header(self.usage)):
-                headers.append(warning)
+            usage = self.usage
+            if usage is not None and (quota := usage.quota) is not None and quota.warning:
+                headers.append((WARNING_HEADER_NAME, quota.warning.encode()))  # as meter.warning_header makes it
             if self.policy is not None and self.origin is not None:
                 headers = self.policy.answer_headers(self.origin, headers)
             headers.append((b"x-request-id", self.request_id.encode("ascii")))

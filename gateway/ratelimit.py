@@ -79,8 +79,15 @@ class Window(NamedTuple):
         return RateLimited(f"{what} is spent; try again in {wait} s", wait)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"ratelimit-limit", b"%d" % self.limit), (b"ratelimit-remaining", b"%d" % max(0, self.remaining)),
-                (b"ratelimit-reset", b"%d" % max(1, math.ceil(self.reset)))]
+        """`RateLimit-Limit`, `-Remaining` (at least 0) and `-Reset` (whole seconds, at least 1), as bytes (fields
+        by index and comparisons instead of `max`: this runs for every answer of a limited tenant)."""
+        limit, remaining, reset = self[0], self[1], self[2]
+        return [(b"ratelimit-limit", b"%d" % limit), (b"ratelimit-remaining", b"%d" % (remaining if remaining > 0 else 0)),
+                (b"ratelimit-reset", b"%d" % (_ceil(reset) if reset > 1 else 1))]
+
+
+_ceil = math.ceil
+_new_window = tuple.__new__  # Window(...) through its generated __new__ costs twice as much (one per request)
 
 
 class ProcessCounters:
@@ -118,39 +125,53 @@ class ProcessCounters:
     def spend(self, checks: tuple[Counted, ...], now: float) -> tuple[Counted, int]:
         """Count one request in each of `checks` (at least one), shortest first: the first that refuses it and
         its remaining count (below 0; the longer ones are not counted), else the tightest and its remaining.
-        `incr` and `Counted.key_at` written out for a window already open: this runs for every request."""
-        counts = self.counts
+        A check holds its open window's bounds and counter (`Counted.open`): while `now` is within them, which
+        is every request but a window's first in this process, counting is one addition to that counter."""
         tightest, least = checks[0], 0
-        for index, check in enumerate(checks):
-            start = int(now // check.seconds)
-            if start != check.start:
-                check.start, check.key = start, f"{check.prefix}/{start}"
-            found = counts.get(check.key)
-            if found is None or found[0] <= now:
-                count = self.incr(check.key, check.seconds, 1, now)
+        first = True
+        for check in checks:
+            if check.begins <= now < check.ends:
+                counter = check.counter
+                counter[1] += 1
+                count = counter[1]
             else:
-                found[1] += 1
-                count = int(found[1])
+                count = self.open(check, now)
             remaining = check.amount - count
             if remaining < 0:
                 return check, remaining
-            if index == 0 or remaining < least:
-                tightest, least = check, remaining
+            if first or remaining < least:
+                tightest, least, first = check, remaining, False
         return tightest, least
+
+    def open(self, check: Counted, now: float) -> int:
+        """Count one request in the window of `check` that holds `now`, first of that window's in this check:
+        its counter (made, or found: counted by another check of the same key, or before a plan edit) is kept
+        in the check with the window's bounds. A counter lives in `counts` from its window's first request
+        until `SWEEP_SECONDS` after its window ended (it expires a window's length after its first request), so
+        the one held is the one `incr` and `get` find while the window is open."""
+        key = check.key_at(now)
+        count = self.incr(key, check.seconds, 1, now)
+        start = check.start
+        check.counter = self.counts[key]
+        check.begins, check.ends = start * check.seconds, (start + 1) * check.seconds
+        return count
 
 
 class Counted:
     """One window a request is counted in: its name (the plan's key, or `address`), bound and length, and its
     counter's key (`limits`' key of a window that long, whatever its limit, so that a plan edited in the
     middle of a window keeps its count; then `/` and the window's start), built once per window start: a
-    request formats no string. Held per tenant and per anonymous address (`RateLimits._checks`)."""
+    request formats no string. In memory it also holds its open window's bounds and counter
+    (`ProcessCounters.open`). Held per tenant and per anonymous address (`RateLimits._checks`)."""
 
-    __slots__ = ("amount", "key", "name", "prefix", "seconds", "start")
+    __slots__ = ("amount", "begins", "counter", "ends", "key", "name", "prefix", "seconds", "start")
 
     def __init__(self, name: str, amount: int, seconds: int, identifiers: tuple[str, ...]) -> None:
         self.name, self.amount, self.seconds = name, amount, seconds
         self.prefix = RateLimitItemPerSecond(1, seconds).key_for(*identifiers)
         self.start, self.key = -1, ""
+        self.begins, self.ends = 0.0, 0.0  # the open window's bounds in memory: none yet
+        self.counter: list[float] = [0.0, 0]
 
     def key_at(self, now: float) -> str:
         start = int(now // self.seconds)
@@ -159,8 +180,8 @@ class Counted:
         return self.key
 
     def window(self, remaining: int, now: float) -> Window:
-        return Window(self.amount, remaining, (int(now // self.seconds) + 1) * self.seconds - now, self.name,
-                      self.seconds)
+        return _new_window(Window, (self.amount, remaining, (int(now // self.seconds) + 1) * self.seconds - now,
+                                    self.name, self.seconds))
 
 
 class RateLimits:
@@ -190,8 +211,8 @@ class RateLimits:
         self._suspects: dict[tuple[str, str], float] = {}  # (tenant id, address) -> when its last failure is forgotten
         self.probe_seconds = probe_seconds or float(os.environ.get("BACKSAAS_RATE_LIMIT_PROBE_SECONDS") or PROBE_SECONDS)
         self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
-        # tenant id -> (its plan's windows, their Counted); (tenant id, address) -> the address's Counted
-        self._tenants: dict[str, tuple[tuple[tuple[str, int, int], ...], tuple[Counted, ...]]] = {}
+        # tenant id -> (the plan last seen, its windows' Counted); (tenant id, address) -> the address's Counted
+        self._tenants: dict[str, tuple[Plan, tuple[Counted, ...]]] = {}
         self._addresses: dict[tuple[str, str], tuple[Counted, ...]] = {}
         self._probe: asyncio.Task[None] | None = None
 
@@ -240,23 +261,40 @@ class RateLimits:
     async def admit(self, slug: str, tenant_id: str, plan: Plan, caller: Caller, address: str | None
                     ) -> Window | None:
         """Count one request and answer its tightest window (None when nothing limits it), or the window
-        that refuses it (`refused`; the caller raises its `error()`)."""
+        that refuses it (`refused`; the caller raises its `error()`). In memory it is counted here, without
+        awaiting `_spend`: this runs for every request."""
         if not self.enabled:
             return None
-        checks = () if slug == SYSTEM_TENANT else self._tenant_checks(tenant_id, plan)
+        if slug == SYSTEM_TENANT:
+            checks: tuple[Counted, ...] = ()
+        else:
+            found = self._tenants.get(tenant_id)
+            checks = found[1] if found is not None and found[0] is plan else self._tenant_checks(tenant_id, plan)
         if address and caller.user_id is None and "anon" in caller.roles:
             checks = (*self._address_checks(tenant_id, address), *checks)
+        if not checks:
+            return None
+        if self.storage is self.fallback:
+            now = time.time()
+            check, remaining = self.fallback.spend(checks, now)
+            if remaining < 0:
+                return self._refused(slug, check, remaining, now)
+            return _new_window(Window, (check.amount, remaining, check.ends - now, check.name, check.seconds))
         return await self._spend(slug, checks)
 
     def _tenant_checks(self, tenant_id: str, plan: Plan) -> tuple[Counted, ...]:
+        """The tenant's windows as `Counted`, kept with the plan they were made for: made again only when the
+        plan's windows differ (a plan object reloaded with the same windows keeps them, and their counters)."""
         windows = plan.rate_windows
         found = self._tenants.get(tenant_id)
-        if found is None or found[0] != windows:
+        if found is None or found[0].rate_windows != windows:
             if len(self._tenants) >= MAX_CACHED_KEYS:  # one per tenant: bounded all the same
                 self._tenants.clear()
-            found = self._tenants[tenant_id] = (windows, tuple(
-                Counted(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in windows))
-        return found[1]
+            checks = tuple(Counted(key, bound, seconds, ("tenant", tenant_id, key)) for key, seconds, bound in windows)
+        else:
+            checks = found[1]
+        self._tenants[tenant_id] = (plan, checks)
+        return checks
 
     def _address_checks(self, tenant_id: str, address: str) -> tuple[Counted, ...]:
         found = self._addresses.get((tenant_id, address))
@@ -289,7 +327,7 @@ class RateLimits:
         within its windows, else None. Such an address gets 429 whatever credentials it sends, so that a
         correct guess is not told apart from a wrong one once its budget is spent. Other addresses cost a
         dictionary lookup, no counter read."""
-        if not self.enabled or not address:
+        if not self.enabled or not address or not self._suspects:
             return None
         until = self._suspects.get((tenant_id, address))
         if until is None:
