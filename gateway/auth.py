@@ -45,12 +45,27 @@ class TenantHeaderForbidden(BackSaasError):
     status = 403
 
 
+KNOWN_HASHES = 1024  # hashes of keys that named a key, kept (the registry's key cache is by hash)
+_hashes: dict[str, str] = {}
+
+
+def hash_of(key: str) -> str:
+    """`key_hash(key)`, kept for keys that named a key (each request of a client repeats its key)."""
+    known = _hashes.get(key)
+    return known if known is not None else key_hash(key)
+
+
 async def key_caller(registry: RuntimeRegistry, runtime: TenantRuntime, key: str) -> Caller:
     if not key.startswith(KEY_PREFIX):
         raise Unauthorized("invalid_api_key", "not a valid API key")
-    found = await registry.api_key(runtime.slug, key_hash(key))
+    hashed = hash_of(key)
+    found = await registry.api_key(runtime.slug, hashed)
     if found is None:
         raise Unauthorized("invalid_api_key", "not a valid API key")
+    if key not in _hashes:
+        if len(_hashes) >= KNOWN_HASHES:
+            _hashes.clear()
+        _hashes[key] = hashed
     if found.tenant_id != runtime.tenant_id:
         raise Unauthorized("tenant_mismatch", "this key belongs to another tenant")
     if found.revoked_at is not None:
