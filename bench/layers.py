@@ -1,7 +1,7 @@
 """CPU per request of the gateway called in-process: what its layers cost, without sockets or a load generator.
 
     python bench/layers.py [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--requests 300]
-                           [--rounds 9] [--log-level warning]
+                           [--rounds 9] [--log-level warning] [--cases get,insert]
 
 Why: on a small machine shared with PostgreSQL and the load generator (and here with other work), wrk's
 req/s move by ±10% between runs, more than the gateway's own layers cost. This calls the ASGI apps
@@ -21,8 +21,10 @@ the tenants' service keys:
   the business layer's metering and quotas are then skipped too;
 - `plain`: bench/plain_app.py, plain ASGI + asyncpg running the same SQL (issue 13's baseline).
 
-for a GET of one post by id, a list of 20 (both also against `plain`), a 429 (the `tight` tenant's minute is
-spent) and a 404 (an unknown entity). The log level is `warning` as in bench/rest.py's servers; `info`
+for a GET of one post by id, a list of 20 (both also against `plain`), an insert of one author (bench/rest.py
+--business's write: the business layer's share of a write, whose rows are metered and checked against the
+rows quota), a 429 (the `tight` tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks
+some by name. The log level is `warning` as in bench/rest.py's servers; `info`
 adds the access line's cost.
 """
 
@@ -69,16 +71,22 @@ async def prepare_tight(url: str) -> tuple[str, str]:
     return key, role
 
 
-def scope_of(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+def scope_of(path: str, headers: list[tuple[bytes, bytes]], method: str = "GET") -> dict[str, Any]:
     route, _, query = path.partition("?")
     return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": "GET", "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": query.encode(),
+            "method": method, "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": query.encode(),
             "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), *headers],
             "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
 
 
-async def receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
+def receiving(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A `receive` handing over `body` whole (every time: each request reads it once)."""
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
+receive = receiving(b"")
 
 
 class Answer:
@@ -92,11 +100,12 @@ class Answer:
             self.status = message["status"]
 
 
-async def requests(app: App, scope: dict[str, Any], count: int) -> int:
+async def requests(app: App, scope: dict[str, Any], count: int, body: bytes = b"") -> int:
     """Run `count` requests one after the other; the last status."""
     answer = Answer()
+    received = receiving(body) if body else receive
     for _ in range(count):
-        await app(dict(scope), receive, answer)  # the app writes into its scope: a fresh one each time
+        await app(dict(scope), received, answer)  # the app writes into its scope: a fresh one each time
     return answer.status
 
 
@@ -117,32 +126,37 @@ async def measure(url: str, args: argparse.Namespace) -> None:
         routing = routing.app
     business, tight_key = [(b"apikey", key.encode())], [(b"apikey", tight.encode())]
     base = "/api/tenants/business/rest/v1"
-    cases = [("get one by id", f"{base}/post?id=eq.{post}", business, f"/get?id={post}"),
+    inserting = [*business, (b"content-type", b"application/json")]
+    author = b'{"name": "a bench author"}'  # bench/rest.py's insert
+    cases = [("get one by id", f"{base}/post?id=eq.{post}", business, f"/get?id={post}", b""),
              ("list 20", f"{base}/post?select=id,title,status,rating&status=eq.published&order=published_at.desc"
-                         "&limit=20", business, "/list?status=published"),
-             ("429 rate limited", f"/api/tenants/tight/rest/v1/post?id=eq.{post}", tight_key, None),
-             ("404 unknown entity", f"{base}/nosuch", business, None)]
+                         "&limit=20", business, "/list?status=published", b""),
+             ("insert one", f"{base}/author", inserting, None, author),
+             ("429 rate limited", f"/api/tenants/tight/rest/v1/post?id=eq.{post}", tight_key, None, b""),
+             ("404 unknown entity", f"{base}/nosuch", business, None, b"")]
     refused = "429 rate limited"  # without the business layer it is a read: no column, no share
     apps = {"gateway": gateway, "no business": no_business, "routing": routing, "plain": plain_app.app}
     async with LifespanManager(gateway), LifespanManager(no_business), LifespanManager(plain_app.app):
         print(f"CPU us per request, least of {args.rounds} rounds of {args.requests}; log level {args.log_level}; "
               f"load average {os.getloadavg()[0]:.2f}")
         print(f"{'request':22}{'status':>7}" + "".join(f"{name:>13}" for name in apps) + f"{'business':>10}")
-        for name, path, headers, plain_path in cases:
-            scopes = {app: scope_of(path, headers) for app in apps if app != "plain"}
+        for name, path, headers, plain_path, body in cases:
+            if args.cases and not any(part.strip() in name for part in args.cases.split(",")):
+                continue
+            scopes = {app: scope_of(path, headers, "POST" if body else "GET") for app in apps if app != "plain"}
             if name == refused:
                 del scopes["no business"]
             if plain_path is not None:
                 scopes["plain"] = scope_of(plain_path, [])
             for app, scope in scopes.items():
-                await requests(apps[app], scope, max(20, args.requests // 5))  # warm: statements, caches
-            status = await requests(gateway, scopes["gateway"], 1)
+                await requests(apps[app], scope, max(20, args.requests // 5), body)  # warm: statements, caches
+            status = await requests(gateway, scopes["gateway"], 1, body)
             least = {app: float("inf") for app in scopes}
             for _ in range(args.rounds):
                 for app, scope in scopes.items():
                     gc.collect()
                     started = time.process_time()
-                    await requests(apps[app], scope, args.requests)
+                    await requests(apps[app], scope, args.requests, body)
                     least[app] = min(least[app], (time.process_time() - started) / args.requests * 1e6)
             cells = "".join(f"{least[app]:>13.0f}" if app in least else f"{'':>13}" for app in apps)
             share = f"{(least['gateway'] - least['no business']) / least['gateway'] * 100:>9.1f}%" \
@@ -157,6 +171,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--cases", help="only the requests whose names contain one of these (comma-separated)")
     args = parser.parse_args()
     from gateway.logs import configure_logging
 
