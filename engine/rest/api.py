@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -87,7 +88,11 @@ class RestApi:
         self.conn = conn  # a hook's or function's transaction to run in, instead of a pooled connection
         self.bounds = Bounds.of_plan(limits)  # the tenant's plan's limits (engine.limits)
         self.who = (caller.roles, caller.user_id, self.bounds)  # what a prepared request depends on (not the session)
-        self.permissions = Permissions(runtime.authorizer, caller, runtime.columns)
+
+    @cached_property
+    def permissions(self) -> Permissions:
+        """The caller's permissions, made when a plan is (a prepared request repeated needs none)."""
+        return Permissions(self.runtime.authorizer, self.caller, self.runtime.columns)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -195,7 +200,10 @@ class RestApi:
     async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> Answer:
         media = negotiate(headers.get("accept", ""))
         key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), media == CSV, self.who)
-        plan, values, compiled, prefer = self.prepared(key, lambda: self.prepare_read(entity, query, headers, media))
+        found = self.runtime.prepared.get(key)  # `prepared`'s lookup, inlined for the repeated read
+        if found is None:
+            found = self.prepared(key, lambda: self.prepare_read(entity, query, headers, media))
+        plan, values, compiled, prefer = found
         row = await self.run(compiled, values)
         return self.respond_read(row, plan, media, prefer, head=head)
 

@@ -126,6 +126,8 @@ class Prefer:
     def applied(self, *, write: bool, resolution: bool = False, missing: bool = False) -> list[tuple[str, str]]:
         """`Preference-Applied`, as PostgREST sends it: the honoured preferences the client named
         (`return=` on writes only, `resolution=` on upserts only, `missing=` on inserts only)."""
+        if not (self.returning or self.count or self.handling or self.resolution or self.missing):
+            return []  # no preference named (most requests): nothing to build
         values = [f"resolution={self.resolution}" if resolution and self.resolution else None,
                   f"missing={self.missing}" if missing and self.missing else None,
                   f"return={self.returning}" if write and self.returning else None,
