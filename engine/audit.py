@@ -376,10 +376,16 @@ def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, colu
                 routed: bool) -> str:
     """The capture function of one table: one set-based INSERT per statement, whatever its row count, of
     its entries, unsealed (`seal` chains them). Made for the table (its columns, its redacted fields, its
-    chain), so an entry's fields are expressions planned once per session, not a pass over each row's keys."""
+    chain), so an entry's fields are expressions planned once per session, not a pass over each row's keys.
+
+    Planned once per session means planned for the transition tables' size at the first call: after
+    single-row updates, an update's old and new rows were paired by a nested loop, so a 5,000-row update on
+    that connection took 4.5 s instead of 0.17 s (quadratic: a bulk PATCH of tens of thousands of rows met
+    the statement timeout). `enable_nestloop = off` for the function keeps the pairing a hash join whatever
+    the first call's size."""
     insert, update, delete = (captured(a, entity, tenant_id, columns, hidden, routed) for a in ("create", "update", "delete"))
     return f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_nestloop = off AS $$
 DECLARE  -- one variable: each plpgsql assignment is an expression evaluated apart, its plan checked
   ctx jsonb := nullif(current_setting('{SETTING}', true), '')::jsonb;  -- none: NULL, and so is each ->>
 BEGIN
@@ -554,6 +560,12 @@ $$;
 RESET ROLE"""
 
 
+# Capture functions made before they kept a hash join (`capture_sql`): made again, once, by `install`.
+STALE_CAPTURES = f"""SELECT EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = to_regnamespace('{SCHEMA}')
+                     AND starts_with(p.proname, 'capture.')
+                     AND NOT coalesce('enable_nestloop=off' = ANY (p.proconfig), false))"""
+
+
 async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> None:
     """Create or update the audit's functions (the platform deploy, after `audit_log` exists). The first
     time, on an installation whose tenants were made before the audit trail existed, their tables get
@@ -564,7 +576,7 @@ async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> 
     first, shared = await driver.fetchrow(f"SELECT to_regnamespace('{SCHEMA}') IS NULL, "
                                           f"to_regprocedure('{SCHEMA}.capture()') IS NOT NULL")
     await driver.execute(functions_sql(platform_role, str(system_id)))
-    if first or shared:
+    if first or shared or await driver.fetchval(STALE_CAPTURES):
         await install_for_existing_tenants(conn)
     if shared:
         await driver.execute(f"DROP FUNCTION {SCHEMA}.capture() CASCADE")
