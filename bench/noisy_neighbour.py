@@ -378,6 +378,10 @@ def main() -> None:
             gateway.wait(timeout=30)
         receiver.shutdown()
         asyncio.run(database(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(database(f"""DO $$ DECLARE r text; BEGIN  -- the tenants' roles are the server's, not the database's
+            FOR r IN SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{name}_') LOOP
+              EXECUTE format('DROP ROLE %I', r);
+            END LOOP; END $$"""))
 
 
 if __name__ == "__main__":
