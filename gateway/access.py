@@ -97,7 +97,7 @@ class ObservedSend:
             headers = [*message.get("headers", ()), *(self.extra or ())]
             usage = self.usage
             if usage is not None and (quota := usage.quota) is not None and quota.warning:
-                headers.append((WARNING_HEADER_NAME, quota.warning.encode()))  # as meter.warning_header makes it
+                headers.append((WARNING_HEADER_NAME, quota.warning.encode()))  # X-Quota-Warning: past a soft limit
             if self.policy is not None and self.origin is not None:
                 headers = self.policy.answer_headers(self.origin, headers)
             headers.append((b"x-request-id", self.request_id.encode("ascii")))

@@ -58,12 +58,6 @@ class Metering:
             self.meter.count_request(usage.tenant_id, surface, status, seconds * 1000, sent, usage.rows_written)
 
 
-def warning_header(usage: metering.RequestUsage) -> tuple[bytes, bytes] | None:
-    """`X-Quota-Warning` for an answer of a tenant past a soft limit, else None."""
-    warning = usage.quota.warning if usage.quota is not None else None
-    return (WARNING_HEADER_NAME, warning.encode()) if warning else None
-
-
 async def admit(scope: Scope, runtime: Any, method: str, path: str) -> None:
     """Quotas for a request of a resolved tenant: refuses (402 `quota_exceeded`) what a used-up quota
     refuses whole, and keeps the tenant's standing for the write core and the warning header. Nothing
