@@ -21,6 +21,7 @@ the same checks again, plus that the token's session is still live, and ends the
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -45,14 +46,8 @@ class TenantHeaderForbidden(BackSaasError):
     status = 403
 
 
-KNOWN_HASHES = 1024  # hashes of keys that named a key, kept (the registry's key cache is by hash)
-_hashes: dict[str, str] = {}
-
-
-def hash_of(key: str) -> str:
-    """`key_hash(key)`, kept for keys that named a key (each request of a client repeats its key)."""
-    known = _hashes.get(key)
-    return known if known is not None else key_hash(key)
+# `key_hash`, memoized: each request of a client repeats its key, and the registry's key cache is by hash
+hash_of = functools.lru_cache(maxsize=1024)(key_hash)
 
 
 async def key_caller(registry: RuntimeRegistry, runtime: TenantRuntime, key: str) -> Caller:
@@ -62,10 +57,6 @@ async def key_caller(registry: RuntimeRegistry, runtime: TenantRuntime, key: str
     found = await registry.api_key(runtime.slug, hashed)
     if found is None:
         raise Unauthorized("invalid_api_key", "not a valid API key")
-    if key not in _hashes:
-        if len(_hashes) >= KNOWN_HASHES:
-            _hashes.clear()
-        _hashes[key] = hashed
     if found.tenant_id != runtime.tenant_id:
         raise Unauthorized("tenant_mismatch", "this key belongs to another tenant")
     if found.revoked_at is not None:

@@ -145,12 +145,13 @@ class RestApi:
         plan = parser.parse(entity.name, params, action)
         return plan, parser.returned(plan), parser.values
 
-    def prepared(self, key: Any, prepare: Any) -> Any:
+    def prepared(self, key: Any, prepare: Any, *args: Any) -> Any:
         """What a request needs before the database (plan, values, statement) is a pure function of the
-        request, so the runtime keeps it, bounded, for requests that repeat (one dict lookup)."""
+        request, so the runtime keeps it, bounded, for requests that repeat (one dict lookup; `prepare(*args)`
+        only when it is not kept, so a repeated request builds no closure either)."""
         found = self.runtime.prepared.get(key)
         if found is None:
-            found = prepare()
+            found = prepare(*args)
             if len(self.runtime.prepared) >= PREPARED_CACHE_SIZE:
                 del self.runtime.prepared[next(iter(self.runtime.prepared))]
             self.runtime.prepared[key] = found
@@ -172,8 +173,6 @@ class RestApi:
             if self.conn is not None:
                 return await self.run_on(self.conn, compiled, values, many, single, expect)
             async with self.db.as_role(self.runtime.role) as conn:
-                if not single and expect is None:  # `run_on`'s first case, inlined
-                    return await (conn.fetch if many else conn.fetchrow)(compiled.sql, *compiled.arguments(values))
                 return await self.run_on(conn, compiled, values, many, single, expect)
         except asyncpg.PostgresError as exc:
             raise database_error_of(exc) from exc
@@ -200,10 +199,7 @@ class RestApi:
     async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> Answer:
         media = negotiate(headers.get("accept", ""))
         key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), media == CSV, self.who)
-        found = self.runtime.prepared.get(key)  # `prepared`'s lookup, inlined for the repeated read
-        if found is None:
-            found = self.prepared(key, lambda: self.prepare_read(entity, query, headers, media))
-        plan, values, compiled, prefer = found
+        plan, values, compiled, prefer = self.prepared(key, self.prepare_read, entity, query, headers, media)
         row = await self.run(compiled, values)
         return self.respond_read(row, plan, media, prefer, head=head)
 
