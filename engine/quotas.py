@@ -97,6 +97,11 @@ class TenantQuota:
 OPEN = TenantQuota()
 
 
+def surface_calls(flushed: Mapping[str, int]) -> int:
+    """A tenant's flushed requests of every surface together (what `requests_per_month` is measured by)."""
+    return sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS)
+
+
 class _Tenant:
     """What `QuotaBook.admit` needs of one tenant, kept for its plan's limits and schema version: the hard
     limits a request checks (looked up once, not per request), this month's flushed requests (set with
@@ -138,7 +143,7 @@ class QuotaBook:
             return self.measured.get(tenant_id, {}).get(limit, 0)
         flushed = self.monthly.get(tenant_id, {})
         if limit == "requests_per_month":  # the surfaces' calls, which the meter keeps together
-            return sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS) + self.meter.pending_calls(tenant_id)
+            return surface_calls(flushed) + self.meter.pending_calls(tenant_id)
         return sum(flushed.get(m, 0) + self.meter.pending(tenant_id, m) for m in MONTHLY[limit])
 
     def admit(self, tenant_id: str, slug: str, version: int, limits: Mapping[str, Any], method: str,
@@ -153,8 +158,7 @@ class QuotaBook:
             tenant = self.enter(tenant_id, slug, version, limits)
         allowed = tenant.requests
         if allowed is not None:
-            meter = self.meter
-            used = tenant.calls + meter.calls.get(tenant_id, 0) + meter.flushed_calls.get(tenant_id, 0)
+            used = tenant.calls + self.meter.pending_calls(tenant_id)
             if used >= allowed:
                 raise QuotaExceeded("requests_per_month", used, allowed, "this month's requests are used up")
         if tenant.functions is not None and path.startswith("/functions/v1/"):
@@ -169,8 +173,7 @@ class QuotaBook:
             if tenant_id in self.versions:
                 self.remeasure = True  # a deploy: its tables changed
             self.versions[tenant_id] = version
-        flushed = self.monthly.get(tenant_id, {})
-        tenant = self.tenants[tenant_id] = _Tenant(limits, version, sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS),
+        tenant = self.tenants[tenant_id] = _Tenant(limits, version, surface_calls(self.monthly.get(tenant_id, {})),
                                                    self.states.get(tenant_id, OPEN))
         return tenant
 
@@ -226,8 +229,7 @@ class QuotaBook:
         self.monthly = monthly
         self.meter.flushed_read()
         for tenant_id, tenant in self.tenants.items():
-            flushed = monthly.get(tenant_id, {})
-            tenant.calls = sum(flushed.get(m, 0) for m in metering.SURFACE_METRICS)
+            tenant.calls = surface_calls(monthly.get(tenant_id, {}))
 
     async def measure(self) -> None:
         """Every tenant's rows, storage and end users, from the catalogue's statistics (one statement), kept
