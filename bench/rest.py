@@ -5,7 +5,8 @@
 Both servers run with 2 workers (`backsaas serve --workers 2`, `uvicorn --workers 2`) on one scratch
 database holding the blog schema with 1,000 posts, and answer the same requests: list 20 posts with a
 filter and an order, get one post by id, list 20 posts with their author embedded (by REST, then by
-GraphQL as one query), insert one comment, and insert one comment into tenants whose comments have a
+GraphQL as one query), insert one comment (audited, the default), and insert one comment into tenants whose
+comments have `audit: false` (the write path without the audit trail, whose cost `--audit` measures), a
 no-op `before_create` hook (`examples.noop`) or an `after_create` webhook (delivered meanwhile from the
 outbox to a local receiver). The load comes from wrk (Debian's package) when installed, else from a
 Python load generator.
@@ -25,6 +26,13 @@ Then the cost of identity: a tenant whose entries are readable by anon and by th
 one user's 200 entries read (a) anonymously with an explicit `owner_id` filter and (b) with that user's
 access token (JWT verification, Casbin decision, the `own` scope compiled into the same filter); the
 ratio b/a is what authentication and authorization cost.
+
+Then the cost of the audit trail (`--audit` runs this part alone): one engine server, two tenants with the
+blog schema, one as written (audited, the default) and one with `audit: false` on every entity; inserts of
+one comment and updates of one post's rating (a random one of 1,000 per request, so writers rarely queue on
+a row's lock), alternating runs; printed: req/s and transactions per request of both, and the ratio
+(the target: audited above 0.85 of unaudited, with no more transactions per request). bench/audit.py
+breaks the same cost down into server and database CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -74,7 +83,7 @@ UNBOUNDED = "enterprise"
 
 
 async def prepare(url: str) -> tuple[str, list[str], dict[str, str], dict[str, str]]:
-    """The bench role, 20 post ids, a service key per tenant, and a post of each hooked tenant."""
+    """The bench role, 20 post ids, a service key per tenant, and a post of each other tenant (hooked, unaudited)."""
     db = await Database.connect(url)
     await deploy_platform(db)
     await create_tenant(db, "bench", source=(REPO / "schemas" / "blog.yaml").read_text(), plan=UNBOUNDED)
@@ -87,6 +96,7 @@ async def prepare(url: str) -> tuple[str, list[str], dict[str, str], dict[str, s
                         plan=UNBOUNDED)
     webhook = f'{{webhook: "http://127.0.0.1:{RECEIVER_PORT}/hook", secret: BENCH_WEBHOOK_SECRET}}'
     await create_tenant(db, "webhooked", source=hooked.replace("EVENT", "after_create").replace("HOOK", webhook), plan=UNBOUNDED)
+    await create_tenant(db, "unaudited", source=unaudited(blog), plan=UNBOUNDED)
     async with db.as_role(db.role("bench")) as conn:
         await conn.execute("""
             INSERT INTO t_bench.author (name, email) SELECT 'author ' || i, 'a' || i || '@example.com'
@@ -98,10 +108,11 @@ async def prepare(url: str) -> tuple[str, list[str], dict[str, str], dict[str, s
               FROM generate_series(1, 1000) i""")
         posts = [r["id"] for r in await conn.fetch("SELECT id::text FROM t_bench.post ORDER BY title LIMIT 20")]
     first_posts = {}
-    for slug in ("hooked", "webhooked"):
+    for slug in ("hooked", "webhooked", "unaudited"):
         async with db.as_role(db.role(slug)) as conn:
             first_posts[slug] = await conn.fetchval(f"INSERT INTO t_{slug}.post (title) VALUES ('a post') RETURNING id::text")
-    keys = {slug: (await create_api_key(db, slug, "service", "service")).key for slug in ("bench", "hooked", "webhooked")}
+    keys = {slug: (await create_api_key(db, slug, "service", "service")).key
+            for slug in ("bench", "hooked", "webhooked", "unaudited")}
     await db.close()
     return db.role("bench"), posts, keys, first_posts
 
@@ -180,6 +191,32 @@ async def prepare_business(url: str) -> tuple[str, str]:
     return post, key
 
 
+Case = tuple[str, tuple[str, str], tuple[str | None, str | None], str | None]  # name, URLs, wrk scripts, body
+
+
+def side_by_side(title: str, sides: tuple[str, str], cases: list[Case], url: str, args: argparse.Namespace,
+                 headers: tuple[dict[str, str], dict[str, str]]) -> list[float]:
+    """Each case's two requests (a URL each, a wrk Lua script each or None, one body) measured alternately
+    `args.rounds` times, the best of each kept, and printed with the transactions per request of the first
+    round; returns the ratios first/second."""
+    print(f"\n{title}, best of {args.rounds}")
+    print(f"{'request':28}{sides[0] + ' req/s':>16}{'tx/req':>7}{sides[1] + ' req/s':>16}{'tx/req':>7}{'ratio':>8}")
+    ratios = []
+    for name, targets, scripts, body in cases:
+        best: dict[int, tuple[float, float, float, float]] = {}
+        counted: dict[int, float] = {}
+        for round_ in range(args.rounds):
+            for side, target in enumerate(targets):
+                m = measure(target, args.seconds, args.connections, body, url, headers[side], count=round_ == 0,
+                            script=scripts[side])
+                counted.setdefault(side, m[3])
+                best[side] = max(best.get(side, m), m, key=lambda r: r[0])
+        first, second = ((*best[s][:3], counted[s]) for s in (0, 1))
+        ratios.append(first[0] / second[0])
+        print(f"{name:28}{first[0]:>16.0f}{first[3]:>7.2f}{second[0]:>16.0f}{second[3]:>7.2f}{first[0] / second[0]:>8.2f}")
+    return ratios
+
+
 def business_layer(url: str, args: argparse.Namespace) -> None:
     """Metering, quotas and rate limits on against all off, same requests, alternating runs."""
     post, key = asyncio.run(prepare_business(url))
@@ -196,26 +233,75 @@ def business_layer(url: str, args: argparse.Namespace) -> None:
                                              "&order=published_at.desc&limit=20", None),
                  ("insert one", f"{base}/author", json.dumps({"name": "a bench author"}))]
         switches = ", ".join(f"{k}={v}" for k, v in SWITCHED_OFF.items())
-        print(f"\nbusiness layer: metering + quotas + rate limits on vs off ({switches}), best of {args.rounds}")
-        print(f"{'request':28}{'on req/s':>10}{'tx/req':>7}{'off req/s':>11}{'tx/req':>7}{'on/off':>8}")
-        ratios = []
-        for name, path, body in cases:
-            best: dict[int, tuple[float, float, float, float]] = {}
-            counted: dict[int, float] = {}
-            for round_ in range(args.rounds):
-                for port in (on_port, off_port):
-                    m = measure(f"http://127.0.0.1:{port}{path}", args.seconds, args.connections, body, url,
-                                {"apikey": key}, count=round_ == 0)
-                    counted.setdefault(port, m[3])
-                    best[port] = max(best.get(port, m), m, key=lambda r: r[0])
-            on, off = ((*best[p][:3], counted[p]) for p in (on_port, off_port))
-            ratios.append(on[0] / off[0])
-            print(f"{name:28}{on[0]:>10.0f}{on[3]:>7.2f}{off[0]:>11.0f}{off[3]:>7.2f}{on[0] / off[0]:>8.2f}")
+        ratios = side_by_side(f"business layer: metering + quotas + rate limits on vs off ({switches})", ("on", "off"),
+                              [(name, (f"http://127.0.0.1:{on_port}{path}", f"http://127.0.0.1:{off_port}{path}"),
+                                (None, None), body) for name, path, body in cases],
+                              url, args, ({"apikey": key}, {"apikey": key}))
         print(f"business layer costs {(1 - statistics.mean(ratios)) * 100:.1f}% of throughput on average")
     finally:
         for server in servers:
             server.terminate()
             server.wait(timeout=30)
+
+
+def unaudited(source: str) -> str:
+    """`source` (a schema whose entities are indented by two spaces) with `audit: false` on every entity."""
+    head, entities = source.split("\nentities:\n", 1)
+    entities, rest = re.match(r"(?s)(.*?\n)((?=[a-z]).*|)$", entities).groups()
+    marked = re.sub(r"(?m)^(  [a-z_]+:\n)", r"\1    audit: false\n", entities)
+    return f"{head}\nentities:\n{marked}{rest}"
+
+
+async def prepare_audit(url: str) -> tuple[list[str], dict[str, str]]:
+    """Tenants `audited` (the blog schema) and `unaudited` (the same, `audit: false`), 1,000 posts each;
+    the posts' ids (the same on both sides) and a service key per tenant."""
+    db = await Database.connect(url)
+    await deploy_platform(db)
+    blog = (REPO / "schemas" / "blog.yaml").read_text()
+    keys, ids = {}, [str(uuid.uuid4()) for _ in range(1000)]
+    for slug, source in (("audited", blog), ("unaudited", unaudited(blog))):
+        await create_tenant(db, slug, source=source, plan=UNBOUNDED)
+        async with db.as_role(db.role(slug)) as conn:
+            await conn.execute(f"""
+                WITH a AS (INSERT INTO t_{slug}.author (name) VALUES ('author') RETURNING id)
+                INSERT INTO t_{slug}.post (id, title, status, author_id, rating)
+                  SELECT id::uuid, 'post ' || n, 'published', (SELECT id FROM a), 2.5
+                    FROM unnest($1::text[]) WITH ORDINALITY AS i(id, n)""", ids)
+        keys[slug] = (await create_api_key(db, slug, "service", "service")).key
+    await db.close()
+    return ids, keys
+
+
+def audit_cost(url: str, args: argparse.Namespace) -> None:
+    """Inserts and updates of the same entity audited against `audit: false`, one server, alternating runs."""
+    if not shutil.which("wrk"):  # the updates are a Lua script's (a random post each)
+        raise SystemExit("--audit needs wrk (apt-get install wrk)")
+    ids, keys = asyncio.run(prepare_audit(url))
+    port = free_port()
+    server = start([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+                   {"DATABASE_URL": url, "BACKSAAS_LOG_LEVEL": "warning"}, port)
+    try:
+        def rest(slug: str) -> str:
+            return f"http://127.0.0.1:{port}/api/tenants/{slug}/rest/v1"
+
+        def update(slug: str) -> str:  # PATCH a random post's rating (a value that changes it) per request
+            listed = ", ".join(f'"{i}"' for i in ids)
+            return (f'local ids = {{{listed}}}\nwrk.method = "PATCH"\nwrk.headers["Content-Type"] = "application/json"\n'
+                    f'request = function()\n  return wrk.format(nil, "/api/tenants/{slug}/rest/v1/post?id=eq." .. '
+                    f'ids[math.random(#ids)], nil, \'{{"rating": \' .. (math.random(0, 50) / 10) .. \'}}\')\nend\n')
+
+        comment = json.dumps({"post_id": ids[0], "body": "a comment"})
+        one = f"post?id=eq.{ids[1]}"
+        cases = [("insert one comment", (f"{rest('audited')}/comment", f"{rest('unaudited')}/comment"),
+                  (None, None), comment),
+                 ("update one post", (f"{rest('audited')}/{one}", f"{rest('unaudited')}/{one}"),
+                  (update("audited"), update("unaudited")), json.dumps({"rating": 4.5}))]
+        ratios = side_by_side("audit trail: audited vs `audit: false`", ("audited", "off"), cases, url, args,
+                              ({"apikey": keys["audited"]}, {"apikey": keys["unaudited"]}))
+        print(f"the audit trail costs {(1 - statistics.mean(ratios)) * 100:.1f}% of write throughput on average")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -289,13 +375,17 @@ STATS_SETTLE_SECONDS = 11  # PostgreSQL 15's backends report their statistics wh
 
 
 def measure(url: str, seconds: int, connections: int, body: str | None, db_url: str,
-            headers: dict[str, str], count: bool = True) -> tuple[float, float, float, float]:
+            headers: dict[str, str], count: bool = True, script: str | None = None) -> tuple[float, float, float, float]:
     """req/s, p50 and p99 (ms), and with `count` the database transactions per request (else nan): counted
     in pg_stat_database after the backends reported everything before and during the run, which takes
     `STATS_SETTLE_SECONDS` on each side (a second's wait let the neighbouring runs' counts leak in by up to
-    half a figure)."""
+    half a figure). `script`: wrk's Lua script for the requests (then `body` is not sent)."""
     lua = None
-    if body is not None:
+    if script is not None:
+        lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        lua.write(script)
+        lua.close()
+    elif body is not None:
         lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
         lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
         lua.close()
@@ -323,6 +413,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternate engine and baseline this many times; keep each best")
     parser.add_argument("--database-url")
     parser.add_argument("--business", action="store_true", help="only the business layer's cost (on vs off)")
+    parser.add_argument("--audit", action="store_true", help="only the audit trail's cost (audited vs audit: false)")
     parser.add_argument("--cases", help="run only the requests whose names contain one of these (comma-separated); "
                                         "the identity cost runs when 'identity' is among them")
     args = parser.parse_args()
@@ -337,9 +428,9 @@ def main() -> None:
 
     asyncio.run(create())
     url = on(server, database)
-    if args.business:
+    if args.business or args.audit:
         try:
-            business_layer(url, args)
+            (business_layer if args.business else audit_cost)(url, args)
         finally:
             asyncio.run(drop_database(server, database))
         return
@@ -366,7 +457,7 @@ def main() -> None:
     embed_query = json.dumps({"query": "{ post(order_by: {created_at: desc}, limit: 20) { id title author { name } } }"})
     insert_mutation = json.dumps({"query": "mutation($c: comment_insert_input!) { insert_comment_one(object: $c) { id } }",
                                   "variables": {"c": {"post_id": posts[0], "body": "a comment"}}})
-    def hooked(slug: str) -> tuple[str, str, dict[str, str]]:
+    def other(slug: str) -> tuple[str, str, dict[str, str]]:  # a comment into another tenant
         return (rest.replace("/bench/", f"/{slug}/") + "/comment",
                 json.dumps({"post_id": first_posts[slug], "body": "a comment"}), {"apikey": keys[slug]})
 
@@ -379,8 +470,9 @@ def main() -> None:
         ("GraphQL, same as embed", graphql, embed_query, f"{hand}/embed", None),
         ("insert one", f"{rest}/comment", comment, f"{hand}/insert", comment),
         ("GraphQL insert_comment_one", graphql, insert_mutation, f"{hand}/insert", comment),
-        ("insert, no-op before-hook", *hooked("hooked")[:2], f"{hand}/insert", comment, hooked("hooked")[2]),
-        ("insert, webhook hook", *hooked("webhooked")[:2], f"{hand}/insert", comment, hooked("webhooked")[2]),
+        ("insert one, audit: false", *other("unaudited")[:2], f"{hand}/insert", comment, other("unaudited")[2]),
+        ("insert, no-op before-hook", *other("hooked")[:2], f"{hand}/insert", comment, other("hooked")[2]),
+        ("insert, webhook hook", *other("webhooked")[:2], f"{hand}/insert", comment, other("webhooked")[2]),
     ]
     try:
         print(f"load: {'wrk' if shutil.which('wrk') else 'python'} -c{args.connections}, {args.seconds}s per run, "
