@@ -1,9 +1,11 @@
-"""The row-by-row write core REST, GraphQL and the data API share: writes to entities that have hooks (and
-every write of `ctx.data`), all in the caller's transaction.
+"""The write core REST, GraphQL and the data API share for writes to entities that have hooks (and every
+write of `ctx.data`), all in the caller's transaction.
 
 An entity without hooks is written by REST and GraphQL in one statement each. With hooks, a write is:
 lock the matching rows (`SELECT ... FOR UPDATE`, through the caller's row scope), run the `before_*`
-hooks per row (they may alter the change or refuse it), validate what they return, write, run the
+hooks per row (they may alter the change or refuse it), validate what they return, write (row by row
+when there are `before_*` hooks, as a hook may read what the rows before its own wrote; else all the
+rows in one statement), run the
 synchronous `after_*` hooks (a failure rolls everything back), and put one outbox event per webhook
 and async hook in `system.events` in the same transaction, for the dispatcher to deliver after commit.
 Which rows a write reaches is the caller's plan's (`ReadPlan.reach()`: its row scope and filters); this
@@ -101,23 +103,35 @@ class HookedWriter:
     async def insert(self, entity: Entity, objects: Sequence[Row]) -> list[Row]:
         quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing
         hooks = compile_hooks(entity, "create")
-        table = self.runtime.tables[entity.name]
-        written = []
+        written: list[Row] = []
+        pending: list[Row] = []  # validated, not yet written
         for obj in objects:
             values = await self.run_hooks(hooks.before, Change(entity.name, "create", dict(obj)), alter=True) or {}
             self.validate(entity, values, partial=False)
             if entity.owner and self.caller.user_id is not None:
                 values = {**values, OWNER_COLUMN: self.caller.user_id}
-            keys = list(values)
-
-            def build(keys: list[str] = keys) -> sa.Executable:
-                return insert_statement(table, keys, 0, None, self.runtime.tables, many=False).returning(
-                    self.as_json(table))
-
-            written += await self.rows(("insert", entity.name, tuple(keys)), build, [orjson.dumps(values).decode()])
+            pending.append(values)
+            if hooks.before:  # the next row's before hooks may read this one (ctx.data): it is written first
+                written += await self.insert_rows(entity, pending)
+                pending = []
+        written += await self.insert_rows(entity, pending)  # with no before hook, every row in one statement
         metering.wrote(len(written))
         await self.after(entity, hooks, "create", [(row, None) for row in written])
         return written
+
+    async def insert_rows(self, entity: Entity, rows: Sequence[Row]) -> list[Row]:
+        """INSERT `rows` in one statement, each key a row lacks taking its column's default (as a row
+        inserted alone would), and return them as written, in order."""
+        if not rows:
+            return []
+        table = self.runtime.tables[entity.name]
+        keys = tuple(dict.fromkeys(key for row in rows for key in row))
+
+        def build() -> sa.Executable:
+            return insert_statement(table, keys, 0, None, self.runtime.tables, defaults=True).returning(
+                self.as_json(table))
+
+        return await self.rows(("insert", entity.name, keys), build, [orjson.dumps(rows).decode()])
 
     async def lock(self, entity: Entity, where: Condition | None, values: Sequence[Any]) -> list[Row]:
         """The rows a write will touch, locked for it (the condition carries the caller's row scope)."""
@@ -134,27 +148,34 @@ class HookedWriter:
     async def update(self, entity: Entity, olds: Sequence[Row], patch: Row) -> list[Row]:
         quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
         hooks = compile_hooks(entity, "update")
-        table = self.runtime.tables[entity.name]
-        pairs = []
-        for old in olds:
-            changes = await self.run_hooks(hooks.before, Change(entity.name, "update", dict(patch), old), alter=True)
-            changes = changes or {}
+        pairs: list[tuple[Row, Row]] = []
+        if hooks.before:  # each row's hooks may change its change: row by row
+            for old in olds:
+                changes = await self.run_hooks(hooks.before, Change(entity.name, "update", dict(patch), old), alter=True)
+                changes = changes or {}
+                self.validate(entity, changes, partial=True)
+                pairs += await self.update_rows(entity, [old], changes) if changes else [(old, old)]
+        else:  # every row takes the same change: one statement
+            changes = dict(patch)
             self.validate(entity, changes, partial=True)
-            if not changes:
-                pairs.append((old, old))
-                continue
-            def build(keys: tuple[str, ...] = tuple(changes)) -> sa.Executable:
-                source = json_source(table, 0, many=False)
-                return (sa.update(table).values({k: sa.select(source.c[k]).scalar_subquery() for k in keys})
-                        .where(table.c.id == sa.cast(sa.bindparam("v1", type_=sa.Text()), sa.Uuid()))
-                        .returning(self.as_json(table)))
-
-            new = await self.rows(("update", entity.name, tuple(changes)), build,
-                                  [orjson.dumps(changes).decode(), old["id"]])
-            pairs += [(row, old) for row in new]
-            metering.wrote(len(new))
+            pairs = await self.update_rows(entity, olds, changes) if changes else [(old, old) for old in olds]
         await self.after(entity, hooks, "update", pairs)
         return [new for new, _ in pairs]
+
+    async def update_rows(self, entity: Entity, olds: Sequence[Row], changes: Row) -> list[tuple[Row, Row]]:
+        """UPDATE the rows `olds` (locked) with `changes` in one statement: (new, old) of each, in order."""
+        table = self.runtime.tables[entity.name]
+
+        def build(keys: tuple[str, ...] = tuple(changes)) -> sa.Executable:
+            source = json_source(table, 0, many=False)
+            ids = sa.cast(sa.bindparam("v1", type_=postgresql.ARRAY(sa.Text())), postgresql.ARRAY(sa.Uuid()))
+            return (sa.update(table).values({k: sa.select(source.c[k]).scalar_subquery() for k in keys})
+                    .where(table.c.id == sa.any_(ids)).returning(self.as_json(table)))
+
+        new = {row["id"]: row for row in await self.rows(("update", entity.name, tuple(changes)), build,
+                                                         [orjson.dumps(changes).decode(), [o["id"] for o in olds]])}
+        metering.wrote(len(new))
+        return [(new[old["id"]], old) for old in olds if old["id"] in new]
 
     async def delete(self, entity: Entity, olds: Sequence[Row]) -> None:
         hooks = compile_hooks(entity, "delete")

@@ -97,6 +97,18 @@ entities:
       after_update:  [hooktests.log_after]
       before_delete: [hooktests.guard_delete]
       after_delete:  [hooktests.log_after]
+  note:
+    fields:
+      title:  {type: string, required: true}
+      status: {type: enum, values: [draft, published], default: draft, required: true}
+      rank:   {type: integer, default: 7}
+    permissions:
+      read: {anon: all}
+      create: {anon: all}
+      update: {anon: all}
+    hooks:
+      after_create: [hooktests.log_after]
+      after_update: [hooktests.log_after]
   trail:
     fields:
       what: {type: text, required: true}
@@ -201,6 +213,28 @@ def test_an_async_after_hook_runs_after_commit_from_the_outbox(rest):
     while "later Deferred" not in trail(rest) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "later Deferred" in trail(rest)
+
+
+def test_a_bulk_create_with_only_after_hooks_keeps_each_rows_own_defaults_and_runs_them_per_row(base, keys, rest):
+    objects = [{"title": "n1"}, {"title": "n2", "status": "published", "rank": 1}, {"title": "n3", "rank": None}]
+    created = httpx.post(f"{base}/api/tenants/hooked/graphql/v1", headers={"apikey": keys["anon"]}, json={
+        "query": "mutation($o: [note_insert_input!]!) { insert_note(objects: $o) { returning { title status rank } } }",
+        "variables": {"o": objects}}).json()
+    assert [(n["title"], n["status"], n["rank"]) for n in created["data"]["insert_note"]["returning"]] == \
+        [("n1", "draft", 7), ("n2", "published", 1), ("n3", "draft", None)], created
+    assert EVENTS == [("after_create", "n1"), ("after_create", "n2"), ("after_create", "n3")]
+    assert trail(rest)[-3:] == ["create n1", "create n2", "create n3"]
+
+
+def test_a_bulk_update_with_only_after_hooks_changes_every_row_and_runs_them_per_row(rest):
+    rest.post("/note", json=[{"title": "u1"}, {"title": "u2"}, {"title": "u3"}])
+    EVENTS.clear()
+    updated = rest.patch("/note", params={"title": "in.(u1,u2)"}, json={"rank": 3})
+    assert updated.status_code == 200, updated.text
+    assert sorted((n["title"], n["rank"]) for n in updated.json()) == [("u1", 3), ("u2", 3)]
+    assert sorted(EVENTS) == [("after_update", "u1"), ("after_update", "u2")]
+    assert {n["title"]: n["rank"] for n in rest.get("/note", params={"title": "like.u*"}).json()} == \
+        {"u1": 3, "u2": 3, "u3": 7}
 
 
 def test_a_hook_out_of_time_fails_the_request_and_writes_nothing(rest):
