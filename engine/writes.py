@@ -164,6 +164,8 @@ class HookedWriter:
 
     async def update_rows(self, entity: Entity, olds: Sequence[Row], changes: Row) -> list[tuple[Row, Row]]:
         """UPDATE the rows `olds` (locked) with `changes` in one statement: (new, old) of each, in order."""
+        if not olds:
+            return []
         table = self.runtime.tables[entity.name]
 
         def build(keys: tuple[str, ...] = tuple(changes)) -> sa.Executable:
