@@ -126,12 +126,13 @@ class HookedWriter:
             return []
         table = self.runtime.tables[entity.name]
         keys = tuple(dict.fromkeys(key for row in rows for key in row))
+        defaults = len(rows) > 1  # one row names every key inserted: no key to look for in each
 
         def build() -> sa.Executable:
-            return insert_statement(table, keys, 0, None, self.runtime.tables, defaults=True).returning(
+            return insert_statement(table, keys, 0, None, self.runtime.tables, defaults=defaults).returning(
                 self.as_json(table))
 
-        return await self.rows(("insert", entity.name, keys), build, [orjson.dumps(rows).decode()])
+        return await self.rows(("insert", entity.name, keys, defaults), build, [orjson.dumps(rows).decode()])
 
     async def lock(self, entity: Entity, where: Condition | None, values: Sequence[Any]) -> list[Row]:
         """The rows a write will touch, locked for it (the condition carries the caller's row scope)."""
