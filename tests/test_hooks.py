@@ -70,8 +70,14 @@ async def publish(ctx: HookContext, payload: dict) -> dict:
     return {"published": len(rows)}
 
 
+@function
+async def add_notes(ctx: HookContext, payload: dict) -> dict:
+    rows = await ctx.data.insert("note", payload["notes"])
+    return {"notes": sorted([r["title"], r["status"], r["rank"]] for r in rows)}
+
+
 module = types.ModuleType("functions.hooktests")
-for fn in (stamp, log_after, keep_history, guard_delete, dawdle, later, publish):
+for fn in (stamp, log_after, keep_history, guard_delete, dawdle, later, publish, add_notes):
     setattr(module, fn.__name__, fn)
 
 SCHEMA = """
@@ -103,8 +109,8 @@ entities:
       status: {type: enum, values: [draft, published], default: draft, required: true}
       rank:   {type: integer, default: 7}
     permissions:
-      read: {anon: all}
-      create: {anon: all}
+      read: {anon: all, editor: all}
+      create: {anon: all, editor: all}
       update: {anon: all}
     hooks:
       after_create: [hooktests.log_after]
@@ -123,6 +129,10 @@ entities:
     hooks:
       before_create: [{function: hooktests.dawdle, timeout: 0.2}]
 functions:
+  add_notes:
+    handler: hooktests.add_notes
+    roles: [editor]
+    input: {type: object, required: [notes], properties: {notes: {type: array, items: {type: object}}}}
   publish:
     handler: hooktests.publish
     roles: [editor]
@@ -215,15 +225,22 @@ def test_an_async_after_hook_runs_after_commit_from_the_outbox(rest):
     assert "later Deferred" in trail(rest)
 
 
-def test_a_bulk_create_with_only_after_hooks_keeps_each_rows_own_defaults_and_runs_them_per_row(base, keys, rest):
-    objects = [{"title": "n1"}, {"title": "n2", "status": "published", "rank": 1}, {"title": "n3", "rank": None}]
-    created = httpx.post(f"{base}/api/tenants/hooked/graphql/v1", headers={"apikey": keys["anon"]}, json={
-        "query": "mutation($o: [note_insert_input!]!) { insert_note(objects: $o) { returning { title status rank } } }",
-        "variables": {"o": objects}}).json()
-    assert [(n["title"], n["status"], n["rank"]) for n in created["data"]["insert_note"]["returning"]] == \
-        [("n1", "draft", 7), ("n2", "published", 1), ("n3", "draft", None)], created
+def test_a_bulk_create_with_only_after_hooks_runs_them_per_row_in_order(rest):
+    created = rest.post("/note", json=[{"title": "n1"}, {"title": "n2"}, {"title": "n3"}])
+    assert created.status_code == 201, created.text
+    assert [(n["title"], n["status"], n["rank"]) for n in created.json()] == \
+        [("n1", "draft", 7), ("n2", "draft", 7), ("n3", "draft", 7)]
     assert EVENTS == [("after_create", "n1"), ("after_create", "n2"), ("after_create", "n3")]
     assert trail(rest)[-3:] == ["create n1", "create n2", "create n3"]
+
+
+def test_a_data_api_bulk_insert_of_objects_with_different_keys_keeps_each_rows_own_defaults(base, keys, rest):
+    notes = [{"title": "d1"}, {"title": "d2", "status": "published", "rank": 1}, {"title": "d3", "rank": None}]
+    added = httpx.post(f"{base}/api/tenants/hooked/functions/v1/add_notes", json={"notes": notes},
+                       headers={"apikey": keys["editor"]})
+    assert added.status_code == 200, added.text
+    assert added.json() == {"notes": [["d1", "draft", 7], ["d2", "published", 1], ["d3", "draft", None]]}
+    assert EVENTS == [("after_create", "d1"), ("after_create", "d2"), ("after_create", "d3")]
 
 
 def test_a_bulk_update_with_only_after_hooks_changes_every_row_and_runs_them_per_row(rest):
