@@ -94,7 +94,10 @@ class MutationRunner:
             if self.flat(entity, objects):
                 return await self.insert_flat(conn, entity, objects, args.get("on_conflict"), field, variant == "_one")
             self.inserted = 0  # every row written, nested ones included (Hasura's affected_rows)
-            ids = [await self.insert(conn, entity, o, args.get("on_conflict")) for o in objects]
+            if self.hooked_flat(entity, objects, args.get("on_conflict")):
+                ids = await self.insert_hooked(conn, entity, objects)
+            else:
+                ids = [await self.insert(conn, entity, o, args.get("on_conflict")) for o in objects]
             written = [i for i in ids if i is not None]
             if variant == "_one":
                 return await self.one_by_id(conn, entity, written[0] if written else None, field)
@@ -232,6 +235,23 @@ class MutationRunner:
         problems = self.runtime.body_validator(model_entity, partial=partial).problems(values, prefix)
         if problems:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in {entity}", details=problems)
+
+    def hooked_flat(self, entity: str, objects: list[Any], on_conflict: Any) -> bool:
+        """Whether `objects` go to the write core in one call: an entity with create hooks, no upsert, no
+        nested relations (the write core writes them in one statement when no before hook runs)."""
+        if on_conflict or not objects or not self.runtime.hooks(entity, "create"):
+            return False
+        relations = self.api.relations()[entity]
+        return all(isinstance(o, dict) and not any(k in relations for k in o) for o in objects)
+
+    async def insert_hooked(self, conn: asyncpg.Connection, entity: str, objects: list[dict[str, Any]]) -> list[str]:
+        """Flat objects of a hooked entity through the write core, together: their ids, in order."""
+        self.api.permissions.of(entity, "create")
+        model_entity = self.runtime.model.entity(entity)
+        assert model_entity is not None
+        written = await HookedWriter(self.runtime, self.caller, conn, self.api.db).insert(model_entity, objects)
+        self.inserted += len(written)
+        return [row["id"] for row in written]
 
     async def insert(self, conn: asyncpg.Connection, entity: str, obj: Mapping[str, Any],
                      on_conflict: Mapping[str, Any] | None, prefix: str = "") -> str | None:
