@@ -151,10 +151,7 @@ class MutationRunner:
     def flat(self, entity: str, objects: list[Any]) -> bool:
         """Whether `objects` can be inserted by ONE statement: no create hooks on the entity, no nested
         relations, every object with the same keys (a key absent from all is the column's default)."""
-        if not objects or self.runtime.hooks(entity, "create"):
-            return False
-        relations = self.api.relations()[entity]
-        if not all(isinstance(o, dict) and not any(k in relations for k in o) for o in objects):
+        if not objects or self.runtime.hooks(entity, "create") or not self.unnested(entity, objects):
             return False
         keys = objects[0].keys()
         return all(o.keys() == keys for o in objects)
@@ -239,8 +236,11 @@ class MutationRunner:
     def hooked_flat(self, entity: str, objects: list[Any], on_conflict: Any) -> bool:
         """Whether `objects` go to the write core in one call: an entity with create hooks, no upsert, no
         nested relations (the write core writes them in one statement when no before hook runs)."""
-        if on_conflict or not objects or not self.runtime.hooks(entity, "create"):
-            return False
+        return bool(objects) and not on_conflict and bool(self.runtime.hooks(entity, "create")) \
+            and self.unnested(entity, objects)
+
+    def unnested(self, entity: str, objects: list[Any]) -> bool:
+        """Whether every one of `objects` is an object naming none of `entity`'s relations."""
         relations = self.api.relations()[entity]
         return all(isinstance(o, dict) and not any(k in relations for k in o) for o in objects)
 
