@@ -5,9 +5,9 @@ An entity without hooks is written by REST and GraphQL in one statement each. Wi
 lock the matching rows (`SELECT ... FOR UPDATE`, through the caller's row scope), run the `before_*`
 hooks per row (they may alter the change or refuse it), validate what they return, write (row by row
 when there are `before_*` hooks, as a hook may read what the rows before its own wrote; else all the
-rows in one statement), run the
-synchronous `after_*` hooks (a failure rolls everything back), and put one outbox event per webhook
-and async hook in `system.events` in the same transaction, for the dispatcher to deliver after commit.
+rows in one statement), run the synchronous `after_*` hooks (a failure rolls everything back), and put
+one outbox event per webhook and async hook in `system.events` in the same transaction, for the
+dispatcher to deliver after commit.
 Which rows a write reaches is the caller's plan's (`ReadPlan.reach()`: its row scope and filters); this
 module never decides a scope.
 """
@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy.dialects import postgresql
 
 from engine import metering, quotas
-from engine.authz import Caller, guard_user_fields
+from engine.authz import Caller, authorize, guard_user_fields
 from engine.database import quote_identifier
 from engine.errors import BackSaasError, ValidationFailed
 from engine.hooks import Change, HookContext, call, resolve
@@ -101,6 +101,9 @@ class HookedWriter:
     # -- the three writes --
 
     async def insert(self, entity: Entity, objects: Sequence[Row]) -> list[Row]:
+        """Insert `objects` for the caller, who must hold the create permission: decided here, for every
+        surface, as no plan carries an insert here (REST's hooked insert asked nobody: anon could insert)."""
+        authorize(self.runtime.authorizer, self.caller, entity.name, "create")
         quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing
         hooks = compile_hooks(entity, "create")
         written: list[Row] = []

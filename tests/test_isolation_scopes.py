@@ -61,6 +61,17 @@ entities:
     hooks:
       before_update: [examples.noop]
       before_delete: [examples.noop]
+  diary:                      # private to its owner, written through after hooks alone: one statement a write
+    owner: true
+    fields:
+      note: {type: text}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
+      update: {authenticated: own}
+    hooks:
+      after_create: [examples.noop]
+      after_update: [examples.noop]
   guestbook:                  # anon may read and sign, never change a line
     fields:
       line: {type: string, unique: true, required: true}
@@ -75,6 +86,13 @@ PASSWORD = "a long enough passphrase"
 async def keys(db: Database) -> dict[str, str]:
     await create_tenant(db, "scoped", source=SCHEMA)
     return {role: (await create_api_key(db, "scoped", role, role)).key for role in ("anon", "service")}
+
+
+@pytest.fixture(scope="module")
+async def stranger(db: Database) -> dict[str, str]:
+    """The service key of another tenant, as both headers."""
+    await create_tenant(db, "stranger", source="name: stranger\nentities:\n  thing:\n    fields:\n      x: {type: text}\n")
+    return key((await create_api_key(db, "stranger", "service", "service")).key)
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +299,51 @@ def test_writes_through_hooks_return_only_rows_the_caller_may_read(base, keys, p
     deleted = httpx.delete(f"{base}/rest/v1/locker?id=eq.{locker['id']}", headers=representation)
     assert deleted.status_code == 200 and deleted.json() == [], deleted.text
     assert stored(base, keys, "locker", locker["id"]) is None
+
+
+def diary_of(base: str, keys: dict[str, str]) -> dict[str, tuple[str, str]]:
+    rows = httpx.get(f"{base}/rest/v1/diary?select=id,note,owner_id", headers=key(keys["service"])).json()
+    return {r["id"]: (r["note"], r["owner_id"]) for r in rows}
+
+
+def test_a_bulk_update_through_after_hooks_alone_reaches_only_the_callers_rows(base, keys, people, stranger):
+    ann, bob = people["ann"], people["bob"]
+    for who, notes in ((ann, ["ann 1", "ann 2"]), (bob, ["bob 1"])):
+        response = httpx.post(f"{base}/rest/v1/diary", headers=who["headers"], json=[{"note": n} for n in notes])
+        assert response.status_code == 201, response.text
+    before = diary_of(base, keys)
+    patched = httpx.patch(f"{base}/rest/v1/diary?note=like.*", json={"note": "bob wrote"},
+                          headers={**bob["headers"], "Prefer": "return=representation"})
+    assert patched.status_code == 200 and [r["owner_id"] for r in patched.json()] == [bob["id"]], patched.text
+    updated = graphql(base, bob["headers"], """mutation {
+        update_diary(where: {}, _set: {note: "bob again"}) { affected_rows returning { owner_id } } }""")
+    assert updated["data"]["update_diary"] == {"affected_rows": 1, "returning": [{"owner_id": bob["id"]}]}, updated
+    after = diary_of(base, keys)
+    assert {i: v for i, v in after.items() if v[1] == ann["id"]} == {i: v for i, v in before.items() if v[1] == ann["id"]}
+    for who, code in ((key(keys["anon"]), 403), (stranger, 401)):
+        refused = httpx.patch(f"{base}/rest/v1/diary?note=like.*", json={"note": "x"}, headers=who)
+        assert refused.status_code == code, refused.text
+    assert diary_of(base, keys) == after
+
+
+def test_a_bulk_create_through_after_hooks_alone_owns_every_row_for_the_caller(base, keys, people, stranger):
+    ann, bob = people["ann"], people["bob"]
+    created = httpx.post(f"{base}/rest/v1/diary", headers=bob["headers"],
+                         json=[{"note": "bob's a"}, {"note": "bob's b", "owner_id": ann["id"]}])
+    made = graphql(base, bob["headers"], 'mutation { insert_diary(objects: [{note: "bob\'s c"}, {note: "bob\'s d"}]) '
+                                         '{ affected_rows } }')
+    assert made["data"]["insert_diary"] == {"affected_rows": 2}, made
+    notes = {note: owner for note, owner in diary_of(base, keys).values() if note.startswith("bob's")}
+    assert set(notes.values()) == {bob["id"]} and {"bob's c", "bob's d"} <= set(notes)
+    assert created.status_code != 201 or set(notes) == {"bob's a", "bob's b", "bob's c", "bob's d"}, created.text
+    before = diary_of(base, keys)
+    for who in (key(keys["anon"]), stranger):
+        refused = httpx.post(f"{base}/rest/v1/diary", headers=who, json=[{"note": "intruder"}, {"note": "again"}])
+        assert refused.status_code in (401, 403), refused.text
+        answer = httpx.post(f"{base}/graphql/v1", headers=who,
+                            json={"query": 'mutation { insert_diary(objects: [{note: "intruder"}]) { affected_rows } }'})
+        assert answer.status_code == 401 or "errors" in answer.json(), answer.text
+    assert diary_of(base, keys) == before
 
 
 def test_a_write_returns_the_callers_own_rows_as_before(base, keys, people):

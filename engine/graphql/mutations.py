@@ -245,8 +245,8 @@ class MutationRunner:
         return all(isinstance(o, dict) and not any(k in relations for k in o) for o in objects)
 
     async def insert_hooked(self, conn: asyncpg.Connection, entity: str, objects: list[dict[str, Any]]) -> list[str]:
-        """Flat objects of a hooked entity through the write core, together: their ids, in order."""
-        self.api.permissions.of(entity, "create")
+        """Objects of a hooked entity (without their nested relations) through the write core, together, in
+        one statement when it has no before hook: their ids, in order (the write core checks the permission)."""
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
         written = await HookedWriter(self.runtime, self.caller, conn, self.api.db).insert(model_entity, objects)
@@ -275,9 +275,7 @@ class MutationRunner:
         if self.runtime.hooks(entity, "create"):
             if on_conflict:
                 raise GraphQLError("validation-failed", f"on_conflict is not supported on '{entity}': it has hooks")
-            new_id = (await HookedWriter(self.runtime, self.caller, conn, self.api.db)
-                      .insert(model_entity, [columns]))[0]["id"]
-            self.inserted += 1
+            new_id = (await self.insert_hooked(conn, entity, [columns]))[0]
             for index, (relation, child) in enumerate(children):
                 await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
                                   f"{prefix}{relation.name}.data[{index}].")
