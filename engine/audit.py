@@ -43,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import catalog
+from engine.database import driver_of
 from engine.database import quote_identifier as quote
 from engine.query.sql import CompiledRead
 from engine.schema import load_schema
@@ -247,7 +248,7 @@ async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, mod
     tenant's role may not: EXECUTE on a capture function is the platform's alone), in the deploy's
     transaction, after its migration (the functions are made for the tables' columns as they are now)."""
     pg_schema = naming.schema_name(slug)
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     rows = await driver.fetch(
         "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum) AS columns FROM pg_class c "
         "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
@@ -572,7 +573,7 @@ async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> 
     their audit triggers too (later deploys keep them, `deploy_in`); so they do on one whose tables shared
     one capture function (`capture()`, before each table had its own), which then goes (its triggers on
     the platform's tables with it: the platform deploy puts them back next, in this transaction)."""
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     first, shared = await driver.fetchrow(f"SELECT to_regnamespace('{SCHEMA}') IS NULL, "
                                           f"to_regprocedure('{SCHEMA}.capture()') IS NOT NULL")
     await driver.execute(functions_sql(platform_role, str(system_id)))

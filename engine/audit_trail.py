@@ -29,7 +29,7 @@ import orjson
 import structlog
 
 from engine.audit import SCHEMA, WRITER
-from engine.database import Database
+from engine.database import Database, driver_of
 from engine.errors import InvalidInput, Problem
 from engine.storage.naming import SYSTEM_TENANT
 
@@ -146,7 +146,7 @@ async def entries(db: Database, query: Query) -> AsyncIterator[dict[str, Any]]:
     where, values = query.where()
     sql = f"SELECT {', '.join(COLUMNS)} FROM system.audit_log WHERE {where} ORDER BY created_at, id"
     async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         async with driver.transaction(readonly=True):
             async for record in driver.cursor(sql, *values, prefetch=BATCH):
                 yield entry_of(record)
@@ -158,7 +158,7 @@ async def page(db: Database, query: Query, limit: int = 100) -> dict[str, Any]:
     await seal(db, query.tenant_id)
     where, values = query.where()
     async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         rows = await driver.fetch(f"SELECT {', '.join(COLUMNS)} FROM system.audit_log WHERE {where} "
                                   f"ORDER BY created_at, id LIMIT {limit + 1}", *values)
     more = len(rows) > limit
@@ -175,7 +175,7 @@ async def seal(db: Database, tenant_id: str | None = None) -> int:
     each chain in transactions of its own; returns how many were sealed. Safe from any number of
     processes at once: a chain's sealers queue on its head row, and each sees what the one before sealed."""
     async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         if tenant_id is not None:
             chains = [str(tenant_id)]
         else:  # a probe of the (chain, seq) index per chain: unsealed entries have seq NULL
@@ -256,7 +256,7 @@ async def verify(db: Database, tenant_id: str) -> Verification:
     sql = (f"SELECT a.seq, a.prev_hash, a.hash, {SCHEMA}.digest(a) AS computed, a.tenant_id, a.chain "
            "FROM system.audit_log a WHERE a.chain = $1::uuid AND a.seq IS NOT NULL ORDER BY a.seq")
     async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         async with driver.transaction(isolation="repeatable_read", readonly=True):
             head = await driver.fetchrow(f"SELECT seq, hash, anchor_seq, anchor_hash FROM {SCHEMA}.heads "
                                          "WHERE chain = $1::uuid", str(tenant_id))
@@ -296,7 +296,7 @@ async def heads(db: Database, tenant_id: str) -> list[dict[str, Any]]:
     later means the chain was rewritten."""
     await seal(db, tenant_id)
     async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         rows = await driver.fetch(
             "SELECT DISTINCT ON (day) day, seq, hash FROM (SELECT (created_at AT TIME ZONE 'UTC')::date AS day, "
             "seq, hash FROM system.audit_log WHERE chain = $1::uuid AND seq IS NOT NULL) d ORDER BY day, seq DESC",
@@ -312,8 +312,8 @@ async def prune(db: Database, tenant_id: str, retention_days: int, now: datetime
         return {"tenant_id": str(tenant_id), "pruned": 0, "anchor_seq": None}
     cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
     async with db.begin() as conn:
-        await conn.exec_driver_sql(f"SELECT set_config('{WRITER}', 'on', true)")  # opens the transaction, and
-        driver = (await conn.get_raw_connection()).driver_connection        # the log's guard lets it delete
+        await conn.exec_driver_sql(f"SELECT set_config('{WRITER}', 'on', true)")  # the log's guard lets it delete
+        driver = await driver_of(conn)
         await driver.fetchval(f"SELECT {SCHEMA}.seal($1::uuid, $2)", str(tenant_id), SEAL_BATCH)  # old ones too
         head = await driver.fetchrow(f"SELECT seq FROM {SCHEMA}.heads WHERE chain = $1::uuid FOR UPDATE",
                                      str(tenant_id))
@@ -335,7 +335,7 @@ async def retention_days(db: Database) -> dict[str, tuple[str, int]]:
     """Each tenant's audit retention from its plan's `features.audit_retention_days`: {id: (slug, days)};
     -1 (or no such feature) keeps everything, and so does the platform's own chain."""
     async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         rows = await driver.fetch(
             "SELECT t.id, t.slug, CASE WHEN t.slug = $1 THEN -1 "  # the platform's own chain: kept
             "ELSE coalesce((p.features ->> 'audit_retention_days')::int, -1) END AS days "

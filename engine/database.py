@@ -76,6 +76,16 @@ _ACT_AS_TENANT = sa.text("SELECT set_config('role', :role, true), set_config('st
                           "set_config(:audit_setting, :audit, true)")
 
 
+async def driver_of(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `conn`, inside `conn`'s transaction when it has one. SQLAlchemy begins
+    its transaction on the server at its own first statement: a statement sent to the driver before any
+    of SQLAlchemy's ran, and committed, on its own (an advisory xact lock taken so was let go at once)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if conn.in_transaction() and not driver.is_in_transaction():
+        await conn.exec_driver_sql("SELECT")
+    return driver
+
+
 async def act_as_tenant(conn: AsyncConnection, role: str, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> None:
     """Switch the transaction open on `conn` (an admin-engine connection: platform functions, identity,
     GDPR) to a tenant's `role`, with `timeout_ms` (its plan's: `Database.statement_timeout_of`) as the
@@ -316,7 +326,7 @@ class Database:
         each is made a member of its tenants' roles that exist, tenants made before it included.
         """
         async with self.begin() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver = await driver_of(conn)
             await driver.execute(f"SELECT pg_advisory_xact_lock({GATEWAY_LOCK})")  # tenant creation: shared
             if self.gateway_url:
                 logins = (self.gateway_url, self.gateway_url)

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import audit, catalog, onboarding
 from engine.authz import unrestricted
 from engine.billing import operations as billing
-from engine.database import Database, quote_identifier
+from engine.database import Database, driver_of, quote_identifier
 from engine.errors import (
     BackSaasError,
     Forbidden,
@@ -407,7 +407,7 @@ async def purge_tenants(db: Database, older_than: timedelta, *, actor: str | Non
     for tenant_id, slug in due:
         async with db.begin() as conn:
             await lock_tenant(conn, slug)
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver = await driver_of(conn)
             role = db.role(slug)
             exists = await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
             await driver.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(naming.schema_name(slug))} CASCADE"

@@ -202,6 +202,19 @@ async def test_without_a_superuser_or_a_second_url_the_request_pool_says_what_to
         await operator.close()
 
 
+async def test_gateway_processes_opening_their_request_pools_at_once_all_open_them(database_url: str,
+                                                                                   keys: dict[str, str]):
+    """Each gateway process sets its request pools' login roles right (ALTER ROLE ... PASSWORD) as it
+    opens them, queued on an advisory lock; the lock was let go as soon as taken, so processes starting
+    together failed with `tuple concurrently updated` (a 500 to a first request)."""
+    for _ in range(3):
+        processes = [Database.open(database_url) for _ in range(6)]
+        try:
+            await asyncio.gather(*(p.prepare_gateway_roles() for p in processes))
+        finally:
+            await asyncio.gather(*(p.close() for p in processes))
+
+
 async def gateway_connections(admin: asyncpg.Connection) -> int:
     return await admin.fetchval("SELECT count(*) FROM pg_stat_activity "
                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, catalog
 from engine.channels import CHANGES_CHANNEL, CHANGES_FEED, OUTBOX_CHANNEL, PLANS_CHANGED, SIGNING_KEYS_CHANGED
-from engine.database import GATEWAY_LOCK, Database
+from engine.database import GATEWAY_LOCK, Database, driver_of
 from engine.errors import MigrationFailed, MigrationRefused, SchemaInvalid, TenantNotFound, VersionConflict
 from engine.hooks import missing_handlers
 from engine.identity.signing import ensure_signing_key
@@ -86,7 +86,7 @@ async def create_tenant_schema(conn: AsyncConnection, db: Database, slug: str) -
         f"REVOKE EXECUTE ON FUNCTION {schema}.{quote(naming.TOUCH_FUNCTION)}() FROM PUBLIC",
         "RESET ROLE",
     ]
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     await driver.execute(";\n".join(script))
 
 
@@ -132,7 +132,7 @@ async def apply_plan(conn: AsyncConnection, db: Database, slug: str, plan: Migra
     and no prepared statements for DDL that runs once.
     """
     await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")  # also opens the transaction
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     for number, step in enumerate(plan.steps, start=1):
         try:
             await driver.execute(";\n".join(step.sql))
@@ -182,7 +182,7 @@ async def ensure_bounds_checks(conn: AsyncConnection, db: Database, slug: str, m
     wanted = bounds_checks(model, pg_schema)
     if not wanted:
         return []
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     present = {(r["relname"], r["conname"]) for r in await driver.fetch(
         "SELECT c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
         "WHERE c.relnamespace = to_regnamespace($1) AND k.contype = 'c'", pg_schema)}
@@ -198,7 +198,7 @@ async def ensure_bounds_checks(conn: AsyncConnection, db: Database, slug: str, m
 async def ensure_every_tenants_bounds_checks(conn: AsyncConnection, db: Database) -> None:
     """Once per database (recorded in `backsaas_private.upgrades`): `ensure_bounds_checks` for every tenant
     with a deployed version, so that tables of an older engine are checked without waiting for a deploy."""
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
                          "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
     if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", BOUNDS_UPGRADE):
@@ -221,7 +221,7 @@ async def ensure_user_metadata_columns(conn: AsyncConnection, db: Database) -> N
     """Once per database (recorded in `backsaas_private.upgrades`): the `users` table of every tenant deployed
     by an engine before the built-in `user_metadata` field (Supabase Auth's free metadata) gets its column;
     a model that has it plans nothing for it, so no later deploy would add it."""
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
                          "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
     if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", METADATA_UPGRADE):
@@ -297,7 +297,7 @@ def change_feed_sql(pg_schema: str, model: Schema) -> str:
 
 
 async def install_change_feed(conn: AsyncConnection, db: Database, slug: str, model: Schema) -> None:
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await driver_of(conn)
     await driver.execute(f"SET LOCAL ROLE {quote(db.role(slug))};\n"
                          f"{change_feed_sql(naming.schema_name(slug), model)};\nRESET ROLE")
 
@@ -439,7 +439,7 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
             reshape = await only_reshapes(conn, db, source)
             deployment = await deploy_in(conn, db, slug, source, actor=actor, progress=progress, allow_destructive=reshape)
         await conn.exec_driver_sql(f"SET LOCAL ROLE {quote(db.role(slug))}")
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await driver_of(conn)
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
         await driver.execute(outbox_function_sql(db.role(slug)))
