@@ -203,7 +203,8 @@ def capture_function(pg_schema: str, table: str) -> str:
     return naming.fit(f"capture.{pg_schema}.{table}")
 
 
-def triggers_sql(pg_schema: str, tenant_id: str, model: Schema, columns: Mapping[str, list[str]]) -> str:
+def triggers_sql(pg_schema: str, tenant_id: str, model: Schema, columns: Mapping[str, list[str]],
+                 generic: bool = False) -> tuple[str, str]:
     """The audit triggers of every entity of `model` that is audited (and none on those that opt out), and
     the capture function of each, made for its table's `columns` (as the database has them, in order).
     On the platform's tables a row that belongs to a tenant (its `tenant_id`, or a `tenants` row itself)
@@ -217,8 +218,8 @@ def triggers_sql(pg_schema: str, tenant_id: str, model: Schema, columns: Mapping
         table = f"{quote(pg_schema)}.{quote(entity.name)}"
         function = f"{SCHEMA}.{quote(capture_function(pg_schema, entity.name))}"
         if audits(entity) and columns.get(entity.name):
-            functions.append(capture_sql(function, pg_schema, entity.name, tenant_id, columns[entity.name],
-                                         redacted_fields(entity), routed))
+            functions.append(capture_sql(function, pg_schema, entity.name, tenant_id,
+                                         None if generic else columns[entity.name], redacted_fields(entity), routed))
         for name, event, referencing in TRIGGER_EVENTS:
             trigger = quote(f"backsaas_audit_{name}")
             if audits(entity) and columns.get(entity.name):
@@ -243,19 +244,29 @@ BEGIN
 END $$"""
 
 
-async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, model: Schema) -> None:
+async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, model: Schema, *,
+                           generic: bool = False) -> None:
     """Put the audit triggers on a tenant's tables, and make their capture functions, as the platform (a
     tenant's role may not: EXECUTE on a capture function is the platform's alone), in the deploy's
-    transaction, after its migration (the functions are made for the tables' columns as they are now)."""
+    transaction, after its migration (the functions are made for the tables' columns as they are now).
+
+    `generic`: only the functions of the tables there are, each reading a row's fields by its keys, which
+    any columns have; the deploy makes them so before a migration (of the model before it), whose
+    backfills meet them, and for their columns again after it."""
     pg_schema = naming.schema_name(slug)
     driver = await driver_of(conn)
     rows = await driver.fetch(
         "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum) AS columns FROM pg_class c "
         "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
         "WHERE c.relnamespace = to_regnamespace($1) AND c.relkind IN ('r', 'p') GROUP BY c.relname", pg_schema)
-    functions, triggers = triggers_sql(pg_schema, str(tenant_id), model, {r["relname"]: r["columns"] for r in rows})
+    functions, triggers = triggers_sql(pg_schema, str(tenant_id), model, {r["relname"]: r["columns"] for r in rows},
+                                       generic=generic)
     owner = await driver.fetchval(f"SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = '{SCHEMA}'")
     script = [f"SET LOCAL ROLE {owner};\n{functions};\nRESET ROLE"] if functions else []
+    if generic:  # (an installation whose audit functions are not made yet has no capture functions)
+        if script and owner is not None:
+            await driver.execute(script[0])
+        return
     script += [triggers] if triggers else []
     if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost, and
         # an entry is never edited: `seal`'s update of every entry would call the touch trigger on each
@@ -349,32 +360,29 @@ def changes(action: str, columns: list[str], hidden: list[str]) -> str:
     return f"{whole}::jsonb"
 
 
-def captured(action: str, entity: str, tenant_id: str, columns: list[str], hidden: list[str], routed: bool) -> str:
+def captured(action: str, entity: str, tenant_id: str, columns: list[str] | None, hidden: list[str],
+             routed: bool) -> str:
     """A capture function's statement for `action`: an unsealed entry per row of the transition table(s),
     with the changed fields and the transaction's context. The row's fields are read from its jsonb (made
-    once: `OFFSET 0`), and only while the row has the columns the function was made for: a migration that
-    adds, drops or renames one runs before the deploy makes the function again, and an entry of its
-    backfill takes `diff`'s pass over the row's keys instead, as it would an error or a wrong entry."""
+    once: `OFFSET 0`), each by name, for the table's `columns`; with None (a deploy's migration is about to
+    add, drop or rename some: `install_triggers`' `generic`), by `diff`'s pass over the row's keys."""
     rows = {"create": "SELECT n.id, NULL::jsonb AS o, to_jsonb(n.*) AS n FROM new_rows n",
             "update": "SELECT n.id, to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n JOIN old_rows o ON o.id = n.id",
             "delete": "SELECT o.id, to_jsonb(o.*) AS o, NULL::jsonb AS n FROM old_rows o"}[action]
     row = "x.n" if action != "delete" else "x.o"
-    keys = f"ARRAY[{', '.join(literal(c) for c in columns)}]::text[]"
-    fits = f"{row} ?& {keys} AND {row} - {keys} = '{{}}'::jsonb"
     chain = f"'{tenant_id}'::uuid"
     if routed:  # a platform row of a tenant: its `tenant_id`, or a `tenants` row's own id
-        owners = [f"({row} ->> 'tenant_id')::uuid"] if "tenant_id" in columns else []
+        owners = [f"({row} ->> 'tenant_id')::uuid"] if columns is None or "tenant_id" in columns else []
         owners += ["x.id"] if entity == "tenants" else []
         chain = f"coalesce({', '.join([*owners, chain])})"
-    hidden_json = literal(orjson.dumps(hidden).decode())
+    fields = (f"{SCHEMA}.diff(x.o, x.n, {literal(orjson.dumps(hidden).decode())}::jsonb)" if columns is None
+              else changes(action, columns, hidden))
     return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', {literal(entity)}, x.id, "
-            f"CASE WHEN {fits} THEN {changes(action, columns, hidden)} "
-            f"ELSE {SCHEMA}.diff(x.o, x.n, {hidden_json}::jsonb) END, '{{}}'::jsonb, {CONTEXT}\n"
-            f"      FROM ({rows} OFFSET 0) x;")
+            f"{fields}, '{{}}'::jsonb, {CONTEXT}\n      FROM ({rows} OFFSET 0) x;")
 
 
-def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, columns: list[str], hidden: list[str],
-                routed: bool) -> str:
+def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, columns: list[str] | None,
+                hidden: list[str], routed: bool) -> str:
     """The capture function of one table: one set-based INSERT per statement, whatever its row count, of
     its entries, unsealed (`seal` chains them). Made for the table (its columns, its redacted fields, its
     chain), so an entry's fields are expressions planned once per session, not a pass over each row's keys.
@@ -561,10 +569,12 @@ $$;
 RESET ROLE"""
 
 
-# Capture functions made before they kept a hash join (`capture_sql`): made again, once, by `install`.
+# Capture functions of an older engine (before they kept a hash join, `capture_sql`, or while they checked
+# every row's keys, `captured`): made again, once, by `install`.
 STALE_CAPTURES = f"""SELECT EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = to_regnamespace('{SCHEMA}')
                      AND starts_with(p.proname, 'capture.')
-                     AND NOT coalesce('enable_nestloop=off' = ANY (p.proconfig), false))"""
+                     AND (NOT coalesce('enable_nestloop=off' = ANY (p.proconfig), false)
+                          OR strpos(p.prosrc, ' ?& ARRAY[') > 0))"""
 
 
 async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> None:

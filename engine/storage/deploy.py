@@ -160,6 +160,9 @@ async def deploy_in(conn: AsyncConnection, db: Database, slug: str, source: str,
     if current is not None and current.checksum == catalog.checksum(source):
         await ensure_bounds_checks(conn, db, slug, new)  # a re-deploy mends a table of an older engine
         return Deployment(slug, current.version, current.checksum, plan, changed=False)
+    if current is not None and plan.steps:  # the migration's backfills are audited whatever columns it changes
+        before = load_schema(current.source, slug, tenant=slug != naming.SYSTEM_TENANT)
+        await audit.install_triggers(conn, slug, tenant.id, before, generic=True)
     await apply_plan(conn, db, slug, plan, progress)
     await ensure_bounds_checks(conn, db, slug, new)
     await install_change_feed(conn, db, slug, new)
