@@ -32,8 +32,8 @@ UNLIMITED = -1
 DEFAULT_PLAN = "free"  # `tenants.plan` defaults to it
 
 # The windows the gateway rate limits by (gateway/ratelimit.py): the plan's key and its length in seconds.
-RATE_WINDOWS: tuple[tuple[str, int], ...] = (
-    ("requests_per_minute", 60), ("requests_per_hour", 3600), ("requests_per_day", 86400))
+RATE_WINDOWS: tuple[tuple[str, int], ...] = (  # shortest first; the second bounds a burst within the minute
+    ("requests_per_second", 1), ("requests_per_minute", 60), ("requests_per_hour", 3600), ("requests_per_day", 86400))
 QUOTA_LIMITS = ("requests_per_month", "rows", "storage_bytes", "end_users", "members", "function_ms_per_month",
                 "webhook_deliveries_per_month")
 FEATURES = ("custom_branding", "custom_domain", "database_isolation", "sso", "audit_retention_days")
@@ -116,9 +116,9 @@ def require_feature(plan: Plan, name: str) -> None:
                                   hint=f"change to a plan with the feature '{name}'")
 
 
-def _limits(rpm: int, rph: int, rpd: int, month: int, rows: int, storage: int, end_users: int, members: int,
-            function_ms: int, webhooks: int, concurrent: int) -> dict[str, int]:
-    return {"requests_per_minute": rpm, "requests_per_hour": rph, "requests_per_day": rpd,
+def _limits(rps: int, rpm: int, rph: int, rpd: int, month: int, rows: int, storage: int, end_users: int,
+            members: int, function_ms: int, webhooks: int, concurrent: int) -> dict[str, int]:
+    return {"requests_per_second": rps, "requests_per_minute": rpm, "requests_per_hour": rph, "requests_per_day": rpd,
             "requests_per_month": month, "rows": rows, "storage_bytes": storage, "end_users": end_users,
             "members": members, "function_ms_per_month": function_ms, "webhook_deliveries_per_month": webhooks,
             "concurrent_requests": concurrent}
@@ -134,20 +134,20 @@ MB = 1024 * 1024
 SEED_PLANS: tuple[dict[str, Any], ...] = (
     {"code": "free", "name": "Free", "price_monthly_cents": 0, "price_yearly_cents": 0, "trial_days": 0,
      "grace_days": 0,
-     "limits": _limits(600, 10_000, 100_000, 1_000_000, 50_000, 500 * MB, 10_000, 2, 100_000, 1_000, 4),
+     "limits": _limits(25, 600, 10_000, 100_000, 1_000_000, 50_000, 500 * MB, 10_000, 2, 100_000, 1_000, 4),
      "features": _features(False, False, False, False, 7)},
     {"code": "starter", "name": "Starter", "price_monthly_cents": 2_500, "price_yearly_cents": 25_000,
      "trial_days": 14, "grace_days": 7,
-     "limits": _limits(1_200, 50_000, 500_000, 5_000_000, 500_000, 8_192 * MB, 100_000, 5, 1_000_000, 50_000, 8),
+     "limits": _limits(50, 1_200, 50_000, 500_000, 5_000_000, 500_000, 8_192 * MB, 100_000, 5, 1_000_000, 50_000, 8),
      "features": _features(True, False, False, False, 30)},
     {"code": "pro", "name": "Pro", "price_monthly_cents": 9_900, "price_yearly_cents": 99_000,
      "trial_days": 14, "grace_days": 14,
-     "limits": _limits(6_000, 250_000, 2_500_000, 50_000_000, 10_000_000, 102_400 * MB, 1_000_000, 25, 10_000_000,
+     "limits": _limits(250, 6_000, 250_000, 2_500_000, 50_000_000, 10_000_000, 102_400 * MB, 1_000_000, 25, 10_000_000,
                        500_000, 16),
      "features": _features(True, True, False, True, 90)},
     {"code": "enterprise", "name": "Enterprise", "price_monthly_cents": 99_900, "price_yearly_cents": 999_000,
      "trial_days": 30, "grace_days": 30,
-     "limits": _limits(*(UNLIMITED,) * 11),
+     "limits": _limits(*(UNLIMITED,) * 12),
      "features": _features(True, True, True, True, UNLIMITED)},
 )
 

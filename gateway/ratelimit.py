@@ -5,8 +5,9 @@ Why: one tenant (or one anonymous client of a tenant) must not take the capacity
 at the minute), kept by the `limits` library's storage: in this process's memory, or in Redis when
 `REDIS_URL` is set so that every gateway process counts against one budget.
 
-- A tenant's windows are its plan's `requests_per_minute`, `requests_per_hour` and `requests_per_day`
-  (engine/plans.py; `-1` or absent: no window). The platform itself (the system tenant) has none.
+- A tenant's windows are its plan's `requests_per_second` (a burst: a minute's budget is not spent in one
+  second), `requests_per_minute`, `requests_per_hour` and `requests_per_day` (engine/plans.py; `-1` or
+  absent: no window). The platform itself (the system tenant) has none.
 - An anonymous caller (no signed-in user; no key, or the public anon key) also counts against a budget per
   tenant and client address (`BACKSAAS_ANON_RATE_LIMIT`, default `ANON_PER_ADDRESS`: a minute, an hour and a
   day window), checked first, so one address cannot spend its tenant's whole budget.

@@ -40,12 +40,13 @@ PLANS = {
     "per-minute": {"requests_per_minute": 3, "requests_per_hour": 100, "requests_per_day": 1000},
     "per-hour": {"requests_per_minute": 100, "requests_per_hour": 3, "requests_per_day": -1},
     "per-day": {"requests_per_minute": -1, "requests_per_day": 3},
+    "per-second": {"requests_per_second": 3, "requests_per_minute": 100},
     "roomy": {"requests_per_minute": 1000},
     "five": {"requests_per_minute": 5},
     "open": {},
 }
-TENANTS = {"minute": "per-minute", "hour": "per-hour", "day": "per-day", "anons": "open", "edited": "roomy",
-           "shared": "five", "outage": "five", "unbounded": "open", "hourly": "open", "failures": "open"}
+TENANTS = {"second": "per-second", "minute": "per-minute", "hour": "per-hour", "day": "per-day", "anons": "open",
+           "edited": "roomy", "shared": "five", "outage": "five", "unbounded": "open", "hourly": "open", "failures": "open"}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,17 @@ def test_each_window_of_the_plan_counts_down_in_its_headers_then_refuses_with_42
     assert 0 < int(refused.headers["Retry-After"]) <= seconds
     assert window_headers(refused)[:2] == (3, 0)
     assert "3 requests" in refused.json()["message"]
+
+
+def test_a_plans_requests_per_second_refuses_a_burst_its_minute_would_allow(base, keys):
+    service = {"apikey": keys["second"]["service"]}
+    answers = [items(base, "second", service) for _ in range(10)]  # within two or three clock seconds: 9 at most
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused and {a.status_code for a in answers} == {200, 429}
+    assert refused[0].json()["code"] == "rate_limited" and "3 requests" in refused[0].json()["message"]
+    assert int(refused[0].headers["Retry-After"]) == 1 and window_headers(refused[0])[:2] == (3, 0)
+    time.sleep(1.05)
+    assert items(base, "second", service).status_code == 200
 
 
 def test_a_tenant_without_windows_carries_no_rate_limit_headers(base, keys):
