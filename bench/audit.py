@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from rest import drop_database, free_port, on, start, transactions  # noqa: E402
+from rest import backend_cpu, cpu_of_tree, drop_database, free_port, on, start, transactions  # noqa: E402
 
 from engine import audit  # noqa: E402
 from engine.database import Database  # noqa: E402
@@ -107,38 +107,6 @@ async def load(method: str, urls: list[str], body: str, headers: dict[str, str],
                                  headers={**headers, "Content-Type": "application/json"}) as client:
         await asyncio.gather(*(worker(client) for _ in range(connections)))
     return done
-
-
-def cpu_of_tree(process: psutil.Process) -> float:
-    """CPU seconds (user + system) of a process and its children (a server's workers)."""
-    total = 0.0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-async def backend_cpu(url: str) -> float | None:
-    """CPU seconds of the database's backends (every connection to it), from /proc/PID/schedstat; None
-    when the server is not on this machine."""
-    conn = await asyncpg.connect(url)
-    try:
-        pids = [r["pid"] for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
-    finally:
-        await conn.close()
-    total = 0
-    for pid in pids:
-        try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-        except FileNotFoundError:  # ended meanwhile
-            continue
-        except OSError:
-            return None
-    return total / 1e9
 
 
 class Sealer:

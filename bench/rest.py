@@ -14,7 +14,10 @@ Printed per request: req/s, p50 and p99 for both (the best of `--rounds` alterna
 damps the noise of a small machine shared by the servers, PostgreSQL and the load generator), the ratio
 engine/baseline, and the database transactions per request (each a round trip of a one-statement request;
 counted in the first round only, as it takes PostgreSQL's statistics 10 s to settle on each side of a run;
-background work such as the audit sealer and the meter's flush adds a few hundredths).
+background work such as the audit sealer and the meter's flush adds a few hundredths), and the CPU
+microseconds per request of the servers and the database's backends together (the least of the rounds,
+from /proc: the database must run on this machine; a VM's neighbours move it far less than req/s).
+The `--business` and `--audit` tables carry the same CPU figure for both sides and its ratio.
 
 Then the cost of the business layer (`--business` runs this part alone): two engine servers on the same
 database, one as deployed (metering, quotas and rate limits on) and one with `BACKSAAS_METERING=off` and
@@ -51,10 +54,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +70,50 @@ from engine.embedded import EmbeddedPostgres, data_directory  # noqa: E402
 from engine.storage.deploy import deploy_platform  # noqa: E402
 from functions.keys import create_api_key  # noqa: E402
 from functions.tenants import create_tenant  # noqa: E402
+
+
+def cpu_of_tree(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of a process and its children (a server's workers)."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def backend_cpu(url: str) -> float | None:
+    """CPU seconds of the database's backends (every connection to it), from /proc/PID/schedstat; None
+    when the server is not on this machine."""
+    conn = await asyncpg.connect(url)
+    try:
+        pids = [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    finally:
+        await conn.close()
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        except OSError:
+            return None
+    return total / 1e9
+
+
+def cpu_meter(servers: list[subprocess.Popen[bytes]], db_url: str) -> Callable[[], float | None]:
+    """The CPU seconds used so far by `servers` (their workers included) and the database's backends
+    (None when the database is not on this machine): sampled around a run, what the run cost the machine,
+    which a VM's neighbours disturb far less than its throughput."""
+    trees = [psutil.Process(s.pid) for s in servers]
+
+    def used() -> float | None:
+        database = asyncio.run(backend_cpu(db_url))
+        return None if database is None else database + sum(cpu_of_tree(t) for t in trees)
+    return used
 
 
 def free_port() -> int:
@@ -195,25 +244,30 @@ Case = tuple[str, tuple[str, str], tuple[str | None, str | None], str | None]  #
 
 
 def side_by_side(title: str, sides: tuple[str, str], cases: list[Case], url: str, args: argparse.Namespace,
-                 headers: tuple[dict[str, str], dict[str, str]]) -> list[float]:
+                 headers: tuple[dict[str, str], dict[str, str]], cpu: Callable[[], float | None]) -> list[float]:
     """Each case's two requests (a URL each, a wrk Lua script each or None, one body) measured alternately
     `args.rounds` times, the best of each kept, and printed with the transactions per request of the first
-    round; returns the ratios first/second."""
-    print(f"\n{title}, best of {args.rounds}")
-    print(f"{'request':28}{sides[0] + ' req/s':>16}{'tx/req':>7}{sides[1] + ' req/s':>16}{'tx/req':>7}{'ratio':>8}")
+    round and the least CPU per request (servers and database, `cpu_meter`) of any round; returns the
+    ratios first/second of req/s."""
+    print(f"\n{title}, best of {args.rounds}; CPU: µs of the servers and the database per request, the least of the rounds")
+    print(f"{'request':28}{sides[0] + ' req/s':>16}{'tx/req':>7}{'CPU µs':>8}{sides[1] + ' req/s':>16}{'tx/req':>7}"
+          f"{'CPU µs':>8}{'ratio':>8}{'CPU ratio':>11}")
     ratios = []
     for name, targets, scripts, body in cases:
-        best: dict[int, tuple[float, float, float, float]] = {}
+        best: dict[int, tuple[float, float, float, float, float]] = {}
         counted: dict[int, float] = {}
+        least: dict[int, float] = {}
         for round_ in range(args.rounds):
             for side, target in enumerate(targets):
                 m = measure(target, args.seconds, args.connections, body, url, headers[side], count=round_ == 0,
-                            script=scripts[side])
+                            script=scripts[side], cpu=cpu)
                 counted.setdefault(side, m[3])
+                least[side] = min(least.get(side, m[4]), m[4])
                 best[side] = max(best.get(side, m), m, key=lambda r: r[0])
-        first, second = ((*best[s][:3], counted[s]) for s in (0, 1))
-        ratios.append(first[0] / second[0])
-        print(f"{name:28}{first[0]:>16.0f}{first[3]:>7.2f}{second[0]:>16.0f}{second[3]:>7.2f}{first[0] / second[0]:>8.2f}")
+        first, second = best[0][0], best[1][0]
+        ratios.append(first / second)
+        print(f"{name:28}{first:>16.0f}{counted[0]:>7.2f}{least[0]:>8.0f}{second:>16.0f}{counted[1]:>7.2f}"
+              f"{least[1]:>8.0f}{first / second:>8.2f}{least[0] / least[1]:>11.2f}")
     return ratios
 
 
@@ -236,7 +290,7 @@ def business_layer(url: str, args: argparse.Namespace) -> None:
         ratios = side_by_side(f"business layer: metering + quotas + rate limits on vs off ({switches})", ("on", "off"),
                               [(name, (f"http://127.0.0.1:{on_port}{path}", f"http://127.0.0.1:{off_port}{path}"),
                                 (None, None), body) for name, path, body in cases],
-                              url, args, ({"apikey": key}, {"apikey": key}))
+                              url, args, ({"apikey": key}, {"apikey": key}), cpu_meter(servers, url))
         print(f"business layer costs {(1 - statistics.mean(ratios)) * 100:.1f}% of throughput on average")
     finally:
         for server in servers:
@@ -296,7 +350,7 @@ def audit_cost(url: str, args: argparse.Namespace) -> None:
                  ("update one post", (f"{rest('audited')}/post", f"{rest('unaudited')}/post"),
                   (update("audited"), update("unaudited")), None)]
         ratios = side_by_side("audit trail: audited vs `audit: false`", ("audited", "off"), cases, url, args,
-                              ({"apikey": keys["audited"]}, {"apikey": keys["unaudited"]}))
+                              ({"apikey": keys["audited"]}, {"apikey": keys["unaudited"]}), cpu_meter([server], url))
         print(f"the audit trail costs {(1 - statistics.mean(ratios)) * 100:.1f}% of write throughput on average")
     finally:
         server.terminate()
@@ -374,11 +428,13 @@ STATS_SETTLE_SECONDS = 11  # PostgreSQL 15's backends report their statistics wh
 
 
 def measure(url: str, seconds: int, connections: int, body: str | None, db_url: str,
-            headers: dict[str, str], count: bool = True, script: str | None = None) -> tuple[float, float, float, float]:
-    """req/s, p50 and p99 (ms), and with `count` the database transactions per request (else nan): counted
+            headers: dict[str, str], count: bool = True, script: str | None = None,
+            cpu: Callable[[], float | None] | None = None) -> tuple[float, float, float, float, float]:
+    """req/s, p50 and p99 (ms), with `count` the database transactions per request (else nan): counted
     in pg_stat_database after the backends reported everything before and during the run, which takes
     `STATS_SETTLE_SECONDS` on each side (a second's wait let the neighbouring runs' counts leak in by up to
-    half a figure). `script`: wrk's Lua script for the requests (then `body` is not sent)."""
+    half a figure), and with `cpu` (`cpu_meter`) the CPU microseconds per request of the servers and the
+    database during the run (else nan). `script`: wrk's Lua script for the requests (then `body` is not sent)."""
     if script is None and body is not None:
         script = f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
     lua = None
@@ -393,14 +449,24 @@ def measure(url: str, seconds: int, connections: int, body: str | None, db_url: 
         run(1)  # warm up: runtimes compiled, statements prepared, pools full
     except RuntimeError:  # a cold server's first answers (a pool still filling) do not count
         run(1)
+    nan = float("nan")
+
+    def timed() -> tuple[float, float, float, float]:
+        began = cpu() if cpu else None
+        rate, p50, p99 = run(seconds)
+        ended = cpu() if cpu else None
+        used = (ended - began) * 1e6 / max(rate * seconds, 1) if began is not None and ended is not None else nan
+        return rate, p50, p99, used
+
     if not count:
-        return (*run(seconds), float("nan"))
+        rate, p50, p99, used = timed()
+        return rate, p50, p99, nan, used
     time.sleep(STATS_SETTLE_SECONDS)
     before = asyncio.run(transactions(db_url))
-    rate, p50, p99 = run(seconds)
+    rate, p50, p99, used = timed()
     time.sleep(STATS_SETTLE_SECONDS)
     after = asyncio.run(transactions(db_url))
-    return rate, p50, p99, (after - before) / max(rate * seconds, 1)
+    return rate, p50, p99, (after - before) / max(rate * seconds, 1), used
 
 
 def main() -> None:
@@ -475,22 +541,27 @@ def main() -> None:
         print(f"load: {'wrk' if shutil.which('wrk') else 'python'} -c{args.connections}, {args.seconds}s per run, "
               f"best of {args.rounds} alternating runs; servers with 2 workers; {os.cpu_count()} cores")
         print("baseline: Starlette + asyncpg (bench/baseline_app.py); plain: plain ASGI + asyncpg (bench/plain_app.py)")
-        print(f"{'request':28}{'engine req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}"
-              f"{'baseline req/s':>16}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'ratio':>7}{'plain req/s':>13}{'ratio':>7}")
+        print(f"{'request':28}{'engine req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'CPU µs':>8}"
+              f"{'baseline req/s':>16}{'p50 ms':>8}{'p99 ms':>8}{'tx/req':>7}{'CPU µs':>8}{'ratio':>7}"
+              f"{'plain req/s':>13}{'ratio':>7}")
+        cpu = cpu_meter([engine, baseline, plain], url)
         wanted = [c.strip() for c in args.cases.split(",")] if args.cases else None
         for name, engine_url, engine_body, baseline_url, baseline_body, *engine_headers in cases:
             if wanted is not None and not any(w in name for w in wanted):
                 continue
             plain_url = baseline_url.replace(hand, f"http://127.0.0.1:{plain_port}")
             runs = [(measure(engine_url, args.seconds, args.connections, engine_body, url,
-                             engine_headers[0] if engine_headers else headers, count=round_ == 0),
-                     measure(baseline_url, args.seconds, args.connections, baseline_body, url, {}, count=round_ == 0),
+                             engine_headers[0] if engine_headers else headers, count=round_ == 0, cpu=cpu),
+                     measure(baseline_url, args.seconds, args.connections, baseline_body, url, {}, count=round_ == 0,
+                             cpu=cpu),
                      measure(plain_url, args.seconds, args.connections, baseline_body, url, {}, count=False))
                     for round_ in range(args.rounds)]
             e, b, p = (max((r[i] for r in runs), key=lambda m: m[0]) for i in range(3))
-            e, b = ((*m[:3], runs[0][i][3]) for i, m in enumerate((e, b)))  # transactions: the counted round's
-            print(f"{name:28}{e[0]:>13.0f}{e[1]:>8.2f}{e[2]:>8.2f}{e[3]:>7.2f}"
-                  f"{b[0]:>16.0f}{b[1]:>8.2f}{b[2]:>8.2f}{b[3]:>7.2f}{e[0] / b[0]:>7.2f}{p[0]:>13.0f}{e[0] / p[0]:>7.2f}")
+            # transactions: the counted round's; CPU per request: the least of the rounds
+            e, b = ((*m[:3], runs[0][i][3], min(r[i][4] for r in runs)) for i, m in enumerate((e, b)))
+            print(f"{name:28}{e[0]:>13.0f}{e[1]:>8.2f}{e[2]:>8.2f}{e[3]:>7.2f}{e[4]:>8.0f}"
+                  f"{b[0]:>16.0f}{b[1]:>8.2f}{b[2]:>8.2f}{b[3]:>7.2f}{b[4]:>8.0f}{e[0] / b[0]:>7.2f}"
+                  f"{p[0]:>13.0f}{e[0] / p[0]:>7.2f}")
         if wanted is not None and "identity" not in wanted:
             return
         user_id, _ = seed_journal(f"http://127.0.0.1:{engine_port}")
