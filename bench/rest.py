@@ -16,7 +16,7 @@ engine/baseline, and the database transactions per request (each a round trip of
 counted in the first round only, as it takes PostgreSQL's statistics 10 s to settle on each side of a run;
 background work such as the audit sealer and the meter's flush adds a few hundredths), and the CPU
 microseconds per request of the servers and the database's backends together (the least of the rounds,
-from /proc: the database must run on this machine; a VM's neighbours move it far less than req/s).
+from /proc: the database must run on this machine; a VM's neighbours move it less than req/s).
 The `--business` and `--audit` tables carry the same CPU figure for both sides and its ratio.
 
 Then the cost of the business layer (`--business` runs this part alone): two engine servers on the same
@@ -107,7 +107,7 @@ async def backend_cpu(url: str) -> float | None:
 def cpu_meter(servers: list[subprocess.Popen[bytes]], db_url: str) -> Callable[[], float | None]:
     """The CPU seconds used so far by `servers` (their workers included) and the database's backends
     (None when the database is not on this machine): sampled around a run, what the run cost the machine,
-    which a VM's neighbours disturb far less than its throughput."""
+    which a VM's neighbours disturb less than its throughput."""
     trees = [psutil.Process(s.pid) for s in servers]
 
     def used() -> float | None:
