@@ -15,11 +15,12 @@ scenario and the p99's ratio to B alone (target: within 2x). Each round measures
 windows, B alone then B while A runs, and the figures are medians over the rounds: B alone saturates the
 gateway, so one window's p99 moves by half from one window to the next on this machine.
 
-Rate limits are on, as deployed: A is on the plan `--a-plan` (default `free`, whose per-minute window
-stops the flood with cheap 429s and whose `concurrent_requests`, 4, keeps its flood's excess waiting behind
-its own requests), B on `enterprise` (no windows, no bound). A's client threads run at nice 19: an
-attacker's client is on the attacker's machine, and on this small one its Python HTTP client would
-otherwise take the CPU the gateway and PostgreSQL need, which is no isolation property of the gateway.
+Rate limits are on, as deployed: A is on the plan `--a-plan` (default `free`, whose per-second window, 25,
+bounds its bursts, whose per-minute window stops the flood with cheap 429s and whose `concurrent_requests`,
+4, keeps its flood's excess waiting behind its own requests), B on `enterprise` (no windows, no bound).
+A's client threads run at nice 19: an attacker's client is on the attacker's machine, and on this small
+one its Python HTTP client would otherwise take the CPU the gateway and PostgreSQL need, which is no
+isolation property of the gateway.
 Each scenario's A is a tenant of its own in each round (`noisy1r0`, `noisy2r0`, ...), so that each starts with its plan's
 whole budget, as an attacker with one more account would, rather than with what the scenarios before it
 left of one minute window; B's clients all come from this machine's address, so the anonymous
