@@ -263,17 +263,17 @@ async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, mod
                                        generic=generic)
     owner = await driver.fetchval(f"SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = '{SCHEMA}'")
     script = [f"SET LOCAL ROLE {owner};\n{functions};\nRESET ROLE"] if functions else []
-    if generic:  # (an installation whose audit functions are not made yet has no capture functions)
-        if script and owner is not None:
-            await driver.execute(script[0])
-        return
-    script += [triggers] if triggers else []
-    if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost, and
-        # an entry is never edited: `seal`'s update of every entry would call the touch trigger on each
-        script += ["DROP TRIGGER IF EXISTS audit_log_notify_change ON system.audit_log",
-                   f"DROP TRIGGER IF EXISTS {quote(naming.trigger_name('audit_log'))} ON system.audit_log"]
-    script.append(DROP_UNUSED_CAPTURES)
-    await driver.execute(";\n".join(script))
+    if generic:  # the functions alone (none on an installation whose audit schema is not made yet)
+        script = script if owner is not None else []
+    else:
+        script += [triggers] if triggers else []
+        if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost,
+            # and an entry is never edited: `seal`'s update of every entry would call the touch trigger on each
+            script += ["DROP TRIGGER IF EXISTS audit_log_notify_change ON system.audit_log",
+                       f"DROP TRIGGER IF EXISTS {quote(naming.trigger_name('audit_log'))} ON system.audit_log"]
+        script.append(DROP_UNUSED_CAPTURES)
+    if script:
+        await driver.execute(";\n".join(script))
 
 
 def literal(text: str) -> str:

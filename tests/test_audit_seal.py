@@ -17,7 +17,7 @@ import pytest
 
 from engine import audit_trail
 from engine.database import Database
-from engine.storage.deploy import deploy, deploy_platform
+from engine.storage.deploy import METADATA_UPGRADE, deploy, deploy_platform
 from functions import audit as audit_functions
 from functions.tenants import create_tenant
 from gateway.cli import main
@@ -255,3 +255,23 @@ async def test_tables_of_the_one_shared_capture_function_get_their_own_at_the_pl
     async with db.as_role(db.role("legacy")) as tenant:
         await tenant.execute("INSERT INTO t_legacy.item (n) VALUES (7)")
     assert [e["n"] for e in await items(database_url, tenant_id)] == [7]
+
+
+async def test_the_user_metadata_upgrade_audits_the_column_it_adds(db, database_url):
+    """An installation whose `users` tables predate `user_metadata` gets the column from the platform
+    deploy's one-time upgrade; the tables' capture functions, made for the columns before it, are made
+    again, so a change of the metadata is in its entry."""
+    tenant_id = await new_tenant(db, "olden")
+    admin = await asyncpg.connect(driver_url(database_url))
+    try:
+        await admin.execute("ALTER TABLE t_olden.users DROP COLUMN user_metadata")
+        await deploy(db, "olden", SCHEMA.replace("n: {type: integer}", "n: {type: integer}\n      m: {type: integer}"))
+        await admin.execute("DELETE FROM backsaas_private.upgrades WHERE name = $1", METADATA_UPGRADE)
+    finally:
+        await admin.close()
+    await deploy_platform(db)
+    async with db.as_role(db.role("olden")) as conn:
+        await conn.execute("INSERT INTO t_olden.users (email) VALUES ('old@example.com')")
+        await conn.execute("""UPDATE t_olden.users SET user_metadata = '{"theme": "dark"}'""")
+    assert (await entries_of(database_url, tenant_id, "users"))[-1]["changes"] == {
+        "user_metadata": {"old": None, "new": "[redacted]"}}  # personal data: its change shown, not its value

@@ -223,7 +223,8 @@ METADATA_UPGRADE = "users_user_metadata"
 async def ensure_user_metadata_columns(conn: AsyncConnection, db: Database) -> None:
     """Once per database (recorded in `backsaas_private.upgrades`): the `users` table of every tenant deployed
     by an engine before the built-in `user_metadata` field (Supabase Auth's free metadata) gets its column;
-    a model that has it plans nothing for it, so no later deploy would add it."""
+    a model that has it plans nothing for it, so no later deploy would add it. Its audit capture functions
+    are made again for the columns it now has (a capture names the columns it was made for)."""
     driver = await driver_of(conn)
     await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
                          "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
@@ -232,10 +233,13 @@ async def ensure_user_metadata_columns(conn: AsyncConnection, db: Database) -> N
     tenants = catalog.platform_tables()["tenants"]
     for tenant_id, slug in (await conn.execute(sa.select(tenants.c.id, tenants.c.slug)
                                                .where(tenants.c.status.not_in(["deleted", "pending", "failed"])))).all():
-        if await catalog.current_version(conn, str(tenant_id)) is not None:
+        version = await catalog.current_version(conn, str(tenant_id))
+        if version is not None:
             users = f"{quote(naming.schema_name(slug))}.{quote('users')}"
             await driver.execute(f"SET LOCAL ROLE {quote(db.role(slug))}; "
                                  f"ALTER TABLE {users} ADD COLUMN IF NOT EXISTS user_metadata jsonb; RESET ROLE")
+            model = load_schema(version.source, slug, tenant=slug != naming.SYSTEM_TENANT)
+            await audit.install_triggers(conn, slug, str(tenant_id), model)
     await driver.execute("INSERT INTO backsaas_private.upgrades (name) VALUES ($1) ON CONFLICT DO NOTHING",
                          METADATA_UPGRADE)
 
