@@ -23,8 +23,9 @@ the tenants' service keys:
 
 for a GET of one post by id, a list of 20 (both also against `plain`), an insert of one author (bench/rest.py
 --business's write: the business layer's share of a write, whose rows are metered and checked against the
-rows quota), a 429 (the `tight` tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks
-some by name. The log level is `warning` as in bench/rest.py's servers; `info`
+rows quota), the same insert as a GraphQL `insert_author_one` (issue 13's GraphQL-against-REST line), a
+429 (the `tight` tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks some by name.
+The log level is `warning` as in bench/rest.py's servers; `info`
 adds the access line's cost.
 """
 
@@ -128,10 +129,13 @@ async def measure(url: str, args: argparse.Namespace) -> None:
     base = "/api/tenants/business/rest/v1"
     inserting = [*business, (b"content-type", b"application/json")]
     author = b'{"name": "a bench author"}'  # bench/rest.py's insert
+    graphql_author = b'{"query": "mutation($o: author_insert_input!) { insert_author_one(object: $o) { id } }", ' \
+                     b'"variables": {"o": {"name": "a bench author"}}}'  # bench/rest.py's GraphQL insert
     cases = [("get one by id", f"{base}/post?id=eq.{post}", business, f"/get?id={post}", b""),
              ("list 20", f"{base}/post?select=id,title,status,rating&status=eq.published&order=published_at.desc"
                          "&limit=20", business, "/list?status=published", b""),
              ("insert one", f"{base}/author", inserting, None, author),
+             ("GraphQL insert one", "/api/tenants/business/graphql/v1", inserting, None, graphql_author),
              ("429 rate limited", f"/api/tenants/tight/rest/v1/post?id=eq.{post}", tight_key, None, b""),
              ("404 unknown entity", f"{base}/nosuch", business, None, b"")]
     refused = "429 rate limited"  # without the business layer it is a read: no column, no share

@@ -173,6 +173,25 @@ def test_by_pk_mutations_and_update_many(service, seeded):
     assert gone["delete_post_by_pk"] == {"title": "Pk 2"}
 
 
+def test_one_insert_document_takes_each_requests_objects_however_they_differ(service, seeded):
+    by_variable = "mutation($o: post_insert_input!) { insert_post_one(object: $o) { title views author { name } } }"
+    answers = [service.execute(GraphQLRequest(by_variable, variable_values={"o": o}))["insert_post_one"] for o in (
+        {"title": "Again 1"}, {"title": "Again 2", "views": 7}, {"title": "Again 3", "author": {"data": {"name": "Di"}}},
+        {"title": "Again 4"})]
+    assert answers == [{"title": "Again 1", "views": 0, "author": None}, {"title": "Again 2", "views": 7, "author": None},
+                       {"title": "Again 3", "views": 0, "author": {"name": "Di"}},
+                       {"title": "Again 4", "views": 0, "author": None}]
+    in_document = "mutation($t: String!) { insert_post(objects: [{title: $t}]) { returning { title } } }"
+    titles = [service.execute(GraphQLRequest(in_document, variable_values={"t": t}))["insert_post"]["returning"]
+              for t in ("Again 5", "Again 6")]
+    assert titles == [[{"title": "Again 5"}], [{"title": "Again 6"}]]
+    with pytest.raises(TransportQueryError) as refused:
+        service.execute(GraphQLRequest(by_variable, variable_values={"o": {"title": "Again 7", "rating": 9}}))
+    assert refused.value.errors[0]["extensions"]["code"] == "validation-failed"
+    service.execute(gql('mutation { delete_post(where: {title: {_like: "Again%"}}) { affected_rows } '
+                        'delete_author(where: {name: {_eq: "Di"}}) { affected_rows } }'))
+
+
 def test_upsert_with_on_conflict(service, seeded):
     upsert = """mutation($name: String!) { insert_author_one(object: {name: $name, email: "ann@example.com"},
                     on_conflict: {constraint: author_email_key, update_columns: [name]}) { id name } }"""

@@ -28,9 +28,9 @@ from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.database import Database
 from engine.errors import BackSaasError, DatabaseUnavailable, InvalidBody
-from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error
+from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error, as_list
 from engine.graphql.cost import mutation_items
-from engine.graphql.mutations import MutationRunner
+from engine.graphql.mutations import MutationRunner, objects_variable
 from engine.graphql.schema import build_schema, graph_relations
 from engine.graphql.variables import coerce_variables, signatures
 from engine.limits import Bounds, RowBudget
@@ -67,6 +67,28 @@ class CompiledQuery:
     constants: tuple[Any, ...]
     build: Any  # (variables, user id) -> values
     entities: frozenset[str]  # what it reads
+
+
+@dataclass(frozen=True)
+class KnownInsert:
+    """A mutation that is one `insert_*` root field without an upsert's update, as found once per (roles,
+    signed in or not, document, operation, plan bounds, variables but the objects): its next requests go
+    from their objects to the statement cached for their keys, without collecting fields, resolving
+    arguments or counting nested rows again (a flat insert's rows are its objects)."""
+
+    field: ast.FieldNode
+    entity: str
+    objects: list[Any]  # the document's own (when `variable` is None)
+    on_conflict: Any
+    one: bool
+    variable: str | None  # the variable that is the whole `object`/`objects` argument
+    shape: tuple[Any, ...]  # MutationRunner.insert_shape
+
+    def objects_of(self, variables: Mapping[str, Any]) -> list[Any]:
+        if self.variable is None:
+            return self.objects
+        value = variables.get(self.variable)
+        return [value] if self.one else as_list(value)
 
 
 @dataclass(frozen=True)
@@ -292,13 +314,44 @@ class GraphQLApi:
                 found = self.remember(key, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
             return Answer(200, JSON, found)
         if operation.operation == ast.OperationType.MUTATION:
+            runner = MutationRunner(self, schema, document, coerced)
+            known = self.known_insert(runner, operation)
+            objects = known.objects_of(coerced) if known is not None else None
+            if known is not None and runner.flat(known.entity, objects):
+                self.bounds.check_items(len(objects), "objects")
+                data = await runner.run_one(known.field, known.entity, objects, known.on_conflict, known.one,
+                                            known.shape)
+                return Answer(200, JSON, b'{"data":' + data + b"}")
             compiler = self.compiler(schema, document, coerced)  # the rows it writes, counted before any work
             fields = compiler.fields(operation.selection_set)
             self.bounds.check_items(mutation_items(fields, coerced, compiler.relations), "objects")
-            data = await MutationRunner(self, schema, document, coerced).execute(fields)
+            data = await runner.execute(fields)
             return Answer(200, JSON, b'{"data":' + data + b"}")
         compiled = self.compiled(schema, document, operation, coerced)
         return Answer(200, JSON, b'{"data":' + (await self.execute(compiled, coerced)).encode() + b"}")
+
+    def known_insert(self, runner: MutationRunner, operation: ast.OperationDefinitionNode) -> KnownInsert | None:
+        """The operation as a `KnownInsert`, when it is one: an operation whose one root field (no fragment,
+        no directive) is an `insert_*`; then per its variables but the objects, as `single_insert` finds it."""
+        name = operation.name.value if operation.name else None
+        base = ("graphql-insert-of", self.caller.roles, self.caller.user_id is not None, runner.document.digest,
+                name, self.bounds)
+        variable = self.runtime.statements.get(base)  # the objects' variable; "" in the document; False: no insert
+        if variable is None:
+            roots = operation.selection_set.selections
+            alone = len(roots) == 1 and isinstance(roots[0], ast.FieldNode) and not roots[0].directives \
+                and roots[0].name.value.startswith("insert_")
+            variable = self.remember(base, (objects_variable(roots[0]) or "") if alone else False)
+        if variable is False:
+            return None
+        others = orjson.dumps({k: v for k, v in runner.variables.items() if k != variable}, option=orjson.OPT_SORT_KEYS)
+        known = self.runtime.statements.get((base, others))
+        if known is None:
+            field = self.compiler(runner.schema, runner.document, runner.variables).fields(operation.selection_set)[0]
+            single = runner.single_insert([field])
+            known = self.remember((base, others), False if single is None else KnownInsert(
+                field, *single, variable or None, runner.insert_shape(field, single[2])))
+        return known or None
 
     async def execute(self, compiled: CompiledQuery, variables: Mapping[str, Any]) -> str:
         """The `data` of a compiled query for these variables: one statement, its text as is."""

@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 OBJECTS = " objects"  # the variable a flat insert's objects reach its statement by (no GraphQL name has a space)
 
 
+def objects_variable(field: ast.FieldNode) -> str | None:
+    """The variable that is an insert field's whole `objects`/`object` argument, if one is."""
+    for argument in field.arguments or ():
+        if argument.name.value in ("objects", "object") and isinstance(argument.value, ast.VariableNode):
+            return argument.value.name.value
+    return None
+
+
 class MutationRunner:
     def __init__(self, api: GraphQLApi, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> None:
         self.api, self.schema, self.document, self.variables = api, schema, document, variables
@@ -55,7 +63,9 @@ class MutationRunner:
     async def execute(self, fields: list[ast.FieldNode]) -> bytes:
         """The mutation's root `fields` (collected by the caller's compiler), as the `data` object's text."""
         single = self.single_insert(fields)
-        return await (self.run_one(fields[0], *single) if single is not None else self.run(fields))
+        if single is not None and self.flat(single[0], single[1]):
+            return await self.run_one(fields[0], *single)
+        return await self.run(fields)
 
     async def run(self, fields: list[ast.FieldNode]) -> bytes:
         results: list[tuple[str, bytes]] = []
@@ -118,8 +128,9 @@ class MutationRunner:
     # -- inserts --
 
     def single_insert(self, fields: list[ast.FieldNode]) -> tuple[str, list[Any], Any, bool] | None:
-        """(entity, objects, on_conflict, `_one`) when the mutation is one flat insert without an upsert's
-        update: one statement, atomic on its own, needs no transaction around it (two round trips fewer)."""
+        """(entity, objects, on_conflict, `_one`) when the mutation is one insert without an upsert's
+        update: when its objects are `flat` too, one statement, atomic on its own, needs no transaction
+        around it (two round trips fewer)."""
         if len(fields) != 1 or not fields[0].name.value.startswith("insert_"):
             return None
         compiler = self.compiler()
@@ -129,18 +140,18 @@ class MutationRunner:
         entity = rest[:-4] if one else rest
         on_conflict = args.get("on_conflict")
         objects = [args.get("object")] if one else as_list(args.get("objects"))
-        if entity not in self.runtime.columns or (on_conflict and as_list(on_conflict.get("update_columns"))) \
-                or not self.flat(entity, objects):
+        if entity not in self.runtime.columns or (on_conflict and as_list(on_conflict.get("update_columns"))):
             return None
         return entity, objects, on_conflict, one
 
     async def run_one(self, field: ast.FieldNode, entity: str, objects: list[dict[str, Any]], on_conflict: Any,
-                      one: bool) -> bytes:
-        """`run` for the insert `single_insert` found: its statement alone, on a connection as the tenant."""
+                      one: bool, shape: tuple[Any, ...] | None = None) -> bytes:
+        """`run` for the flat insert `single_insert` found: its statement alone, on a connection as the
+        tenant (`shape`: its `insert_shape`, when the caller keeps it)."""
         alias = field.alias.value if field.alias else field.name.value
         try:
             async with self.api.db.as_role(self.runtime.role) as conn:
-                value = await self.insert_flat(conn, entity, objects, on_conflict, field, one)
+                value = await self.insert_flat(conn, entity, objects, on_conflict, field, one, shape)
         except asyncpg.PostgresError as exc:
             raise as_graphql_error(exc) from exc
         except GraphQLError as error:
@@ -157,10 +168,11 @@ class MutationRunner:
         return all(o.keys() == keys for o in objects)
 
     async def insert_flat(self, conn: asyncpg.Connection, entity: str, objects: list[dict[str, Any]],
-                          on_conflict: Mapping[str, Any] | None, field: ast.FieldNode, single: bool) -> bytes:
+                          on_conflict: Mapping[str, Any] | None, field: ast.FieldNode, single: bool,
+                          shape: tuple[Any, ...] | None = None) -> bytes:
         """Flat objects in ONE statement: INSERT ... SELECT from the JSON of all of them, and the response
         (`returning` through the read scope, `affected_rows`) read from the rows it wrote, in the same
-        statement; compiled once per (document, field, keys, on_conflict, other variables)."""
+        statement; compiled once per `insert_shape` and the objects' keys."""
         self.api.permissions.of(entity, "create")
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
@@ -169,10 +181,7 @@ class MutationRunner:
         owned = model_entity.owner and self.caller.user_id is not None
         rows = [{**o, OWNER_COLUMN: self.caller.user_id} for o in objects] if owned else objects
         keys = tuple(rows[0])
-        alias = field.alias.value if field.alias else field.name.value
-        key = ("graphql-insert", self.caller.roles, self.caller.user_id is not None, self.document.digest, alias,
-               keys, orjson.dumps(on_conflict, option=orjson.OPT_SORT_KEYS), self.other_variables(field),
-               self.api.bounds)
+        key = (shape or self.insert_shape(field, on_conflict), keys)
         found = self.runtime.statements.get(key)
         if found is None:
             compiler = self.compiler()
@@ -193,12 +202,16 @@ class MutationRunner:
         self.inserted += count
         return (body_text or "null").encode()
 
-    def other_variables(self, field: ast.FieldNode) -> bytes:
-        """The request's variables but the one that is the whole `objects`/`object` argument (its values
-        are a parameter of the statement, not part of its shape)."""
-        skip = {a.value.name.value for a in field.arguments or ()
-                if a.name.value in ("objects", "object") and isinstance(a.value, ast.VariableNode)}
-        return orjson.dumps({k: v for k, v in self.variables.items() if k not in skip}, option=orjson.OPT_SORT_KEYS)
+    def insert_shape(self, field: ast.FieldNode, on_conflict: Mapping[str, Any] | None) -> tuple[Any, ...]:
+        """What a flat insert's statement depends on but its objects' keys: the caller's roles and whether
+        signed in, the document and field, `on_conflict`, the plan's bounds and the request's other
+        variables (all but the one that is the whole `objects`/`object` argument, whose values are a
+        parameter of the statement, not part of its shape)."""
+        alias = field.alias.value if field.alias else field.name.value
+        skip = objects_variable(field)
+        others = orjson.dumps({k: v for k, v in self.variables.items() if k != skip}, option=orjson.OPT_SORT_KEYS)
+        return ("graphql-insert", self.caller.roles, self.caller.user_id is not None, self.document.digest, alias,
+                orjson.dumps(on_conflict, option=orjson.OPT_SORT_KEYS), others, self.api.bounds)
 
     def written_body(self, compiler: QueryCompiler, entity: str, written: Any, field: ast.FieldNode,
                      single: bool) -> sa.Select[Any]:
