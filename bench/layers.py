@@ -23,8 +23,9 @@ the tenants' service keys:
 
 for a GET of one post by id, a list of 20 (both also against `plain`), an insert of one author (bench/rest.py
 --business's write: the business layer's share of a write, whose rows are metered and checked against the
-rows quota), the same insert as a GraphQL `insert_author_one` (issue 13's GraphQL-against-REST line), a
-429 (the `tight` tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks some by name.
+rows quota), the same insert as a GraphQL `insert_author_one`, a PATCH of one post's rating and the same
+update as a GraphQL `update_post_by_pk` (issue 13's GraphQL-against-REST lines), a 429 (the `tight`
+tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks some by name.
 The log level is `warning` as in bench/rest.py's servers; `info`
 adds the access line's cost.
 """
@@ -131,11 +132,16 @@ async def measure(url: str, args: argparse.Namespace) -> None:
     author = b'{"name": "a bench author"}'  # bench/rest.py's insert
     graphql_author = b'{"query": "mutation($o: author_insert_input!) { insert_author_one(object: $o) { id } }", ' \
                      b'"variables": {"o": {"name": "a bench author"}}}'  # bench/rest.py's GraphQL insert
+    rating = b'{"rating": 3}'
+    graphql_rating = (b'{"query": "mutation($id: uuid!, $r: Float) { update_post_by_pk(pk_columns: {id: $id}, '
+                      b'_set: {rating: $r}) { id } }", "variables": {"id": "' + post.encode() + b'", "r": 3}}')
     cases = [("get one by id", f"{base}/post?id=eq.{post}", business, f"/get?id={post}", b""),
              ("list 20", f"{base}/post?select=id,title,status,rating&status=eq.published&order=published_at.desc"
                          "&limit=20", business, "/list?status=published", b""),
              ("insert one", f"{base}/author", inserting, None, author),
              ("GraphQL insert one", "/api/tenants/business/graphql/v1", inserting, None, graphql_author),
+             ("PATCH one by id", f"{base}/post?id=eq.{post}", inserting, None, rating),
+             ("GraphQL update by pk", "/api/tenants/business/graphql/v1", inserting, None, graphql_rating),
              ("429 rate limited", f"/api/tenants/tight/rest/v1/post?id=eq.{post}", tight_key, None, b""),
              ("404 unknown entity", f"{base}/nosuch", business, None, b"")]
     refused = "429 rate limited"  # without the business layer it is a read: no column, no share
@@ -147,7 +153,8 @@ async def measure(url: str, args: argparse.Namespace) -> None:
         for name, path, headers, plain_path, body in cases:
             if args.cases and not any(part.strip() in name for part in args.cases.split(",")):
                 continue
-            scopes = {app: scope_of(path, headers, "POST" if body else "GET") for app in apps if app != "plain"}
+            method = "PATCH" if name.startswith("PATCH") else "POST" if body else "GET"
+            scopes = {app: scope_of(path, headers, method) for app in apps if app != "plain"}
             if name == refused:
                 del scopes["no business"]
             if plain_path is not None:

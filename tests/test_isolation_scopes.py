@@ -285,6 +285,27 @@ def test_graphql_update_and_delete_return_only_rows_the_caller_may_read(base, ke
     assert stored(base, keys, "box", box["id"]) is None
 
 
+def test_one_graphql_write_document_reaches_only_each_callers_rows(base, keys, people, stranger):
+    """Update and delete statements are compiled once per document: the next caller's scope still holds."""
+    ann, bob = people["ann"], people["bob"]
+    post = create(base, ann["headers"], "post", {"title": "ann's, kept"})
+    update = """mutation($id: uuid!, $t: String!) {
+        update_post(where: {id: {_eq: $id}}, _set: {title: $t}) { affected_rows returning { title } } }"""
+    delete = "mutation($ids: [uuid!]!) { delete_post(where: {id: {_in: $ids}}) { affected_rows } }"
+    mine = graphql(base, ann["headers"], update, {"id": post["id"], "t": "ann's, renamed"})
+    assert mine["data"]["update_post"] == {"affected_rows": 1, "returning": [{"title": "ann's, renamed"}]}, mine
+    theirs = graphql(base, bob["headers"], update, {"id": post["id"], "t": "bob was here"})
+    assert theirs["data"]["update_post"] == {"affected_rows": 0, "returning": []}, theirs
+    assert graphql(base, bob["headers"], delete, {"ids": [post["id"]]})["data"]["delete_post"] == {"affected_rows": 0}
+    anon = graphql(base, {"apikey": keys["anon"]}, delete, {"ids": [post["id"]]})
+    assert "data" not in anon and anon["errors"][0]["extensions"]["code"] == "validation-failed", anon
+    foreign = httpx.post(f"{base}/graphql/v1", headers=stranger, json={"query": delete, "variables": {"ids": [post["id"]]}})
+    assert foreign.status_code == 401 and foreign.json()["code"] == "tenant_mismatch", foreign.text
+    assert stored(base, keys, "post", post["id"])["title"] == "ann's, renamed"
+    assert graphql(base, ann["headers"], delete, {"ids": [post["id"]]})["data"]["delete_post"] == {"affected_rows": 1}
+    assert stored(base, keys, "post", post["id"]) is None
+
+
 def test_writes_through_hooks_return_only_rows_the_caller_may_read(base, keys, people):
     ann, bob = people["ann"], people["bob"]
     locker = create(base, ann["headers"], "locker", {"note": "ann's"})

@@ -259,22 +259,30 @@ class GraphQLApi:
         return payload["query"], name if isinstance(name, str) else None, variables
 
     def document(self, text: str, schema: GraphQLSchema) -> Document:
+        """The document of `text`, parsed and validated once per (roles, plan limits, text); an invalid one's
+        error is kept too (parsing and validating cost a few ms: a client repeating a broken query in a loop
+        would spend them at every request)."""
         digest = hashlib.sha256(text.encode()).digest()
         key = ("graphql-document", self.caller.roles, self.limits, digest)
         found = self.runtime.statements.get(key)
-        if found is not None:
-            return found
+        if found is None:
+            found = self.remember(key, self.parsed(text, schema, digest))
+        if isinstance(found, tuple):  # a document refused is refused again without parsing it again
+            raise GraphQLError(*found)
+        return found
+
+    def parsed(self, text: str, schema: GraphQLSchema, digest: bytes) -> Document | tuple[str, str]:
+        """The document parsed and validated, or (code, message) of the first error found."""
         try:
             node = parse(text)
         except CoreError as error:
-            raise GraphQLError("parse-failed", error.message) from error
+            return "parse-failed", error.message
         errors = validate(schema, node, rules=None) + validate(schema, node, [plan_limits(*self.limits)])
         if errors:
             first = errors[0]
-            code = (first.extensions or {}).get("code", "validation-failed")
-            raise GraphQLError(code, first.message)
+            return (first.extensions or {}).get("code", "validation-failed"), first.message
         fragments = {d.name.value: d for d in node.definitions if isinstance(d, ast.FragmentDefinitionNode)}
-        return self.remember(key, Document(node, fragments, digest))
+        return Document(node, fragments, digest)
 
     def coerce(self, schema: GraphQLSchema, document: Document, operation: ast.OperationDefinitionNode,
                variables: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +322,7 @@ class GraphQLApi:
                 found = self.remember(key, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
             return Answer(200, JSON, found)
         if operation.operation == ast.OperationType.MUTATION:
-            runner = MutationRunner(self, schema, document, coerced)
+            runner = MutationRunner(self, schema, document, operation.name.value if operation.name else None, coerced)
             known = self.known_insert(runner, operation)
             objects = known.objects_of(coerced) if known is not None else None
             if known is not None and runner.flat(known.entity, objects):

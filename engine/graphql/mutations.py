@@ -5,13 +5,16 @@ and action, row scopes in the WHERE of updates and deletes and of an upsert's up
 update: the update permission and its scope, owner_id never set), the read scope on whatever `returning`
 shows, `owner_id` from the caller, bodies validated by the entity's JSON Schema, users' `roles` and
 `verified` reserved to admins. `update_*` and `delete_*` are one statement each (a CTE whose
-returned rows the same read builder turns into `returning`); inserts go row by row so that nested
-object relations are inserted first and array relations after, with their keys filled in.
+returned rows the same read builder turns into `returning`), compiled once per document and shaping
+variables like a query (the values they set and compare are parameters); flat inserts are one statement
+too; nested ones go row by row so that object relations are inserted first and array relations after,
+with their keys filled in; an entity's hooks take its writes through the write core. A mutation of one
+field written by one statement runs without a transaction around it (two round trips fewer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,7 @@ from engine.limits import RowBudget
 from engine.query.plan import Condition, Filter, ReadPlan, Upsert
 from engine.query.sql import (
     EMPTY_ARRAY,
+    CompiledRead,
     StatementBuilder,
     compile_statement,
     condition_sql,
@@ -43,7 +47,10 @@ from engine.writes import HookedWriter
 if TYPE_CHECKING:
     from engine.graphql.api import Document, GraphQLApi
 
-OBJECTS = " objects"  # the variable a flat insert's objects reach its statement by (no GraphQL name has a space)
+# the variables a statement's own values reach it by (no GraphQL name has a space): a flat insert's objects,
+# an update's `_set` (one JSON object) and each of its `_inc` amounts
+OBJECTS, SET, INCREMENT = " objects", " set", " inc "
+Builder = Callable[[Mapping[str, Any], str | None], list[Any]]  # a request's parameter values (Values.builder)
 
 
 def objects_variable(field: ast.FieldNode) -> str | None:
@@ -55,8 +62,10 @@ def objects_variable(field: ast.FieldNode) -> str | None:
 
 
 class MutationRunner:
-    def __init__(self, api: GraphQLApi, schema: GraphQLSchema, document: Document, variables: Mapping[str, Any]) -> None:
+    def __init__(self, api: GraphQLApi, schema: GraphQLSchema, document: Document, operation: str | None,
+                 variables: Mapping[str, Any]) -> None:
         self.api, self.schema, self.document, self.variables = api, schema, document, variables
+        self.operation = operation  # its name: a document's operations may give one alias to different fields
         self.runtime, self.caller = api.runtime, api.caller
         self.inserted = 0
 
@@ -65,6 +74,8 @@ class MutationRunner:
         single = self.single_insert(fields)
         if single is not None and self.flat(single[0], single[1]):
             return await self.run_one(fields[0], *single)
+        if len(fields) == 1 and self.one_statement(fields[0]):
+            return await self.alone(fields[0], lambda conn: self.field(conn, fields[0]))
         return await self.run(fields)
 
     async def run(self, fields: list[ast.FieldNode]) -> bytes:
@@ -92,13 +103,7 @@ class MutationRunner:
             return b'"mutation_root"'
         compiler = self.compiler()
         args = {a.name.value: compiler.values.resolve(a.value) for a in field.arguments or ()}
-        kind, _, rest = name.partition("_")
-        for suffix in ("_one", "_by_pk", "_many"):
-            if rest.endswith(suffix) and rest[:-len(suffix)] in self.runtime.columns:
-                entity, variant = rest[:-len(suffix)], suffix
-                break
-        else:
-            entity, variant = rest, ""
+        kind, entity, variant = self.named(name)
         if kind == "insert":
             objects = [args["object"]] if variant == "_one" else as_list(args.get("objects"))
             if self.flat(entity, objects):
@@ -113,17 +118,16 @@ class MutationRunner:
                 return await self.one_by_id(conn, entity, written[0] if written else None, field)
             return await self.response_by_ids(conn, entity, written, field, self.inserted)
         if kind == "update" and variant == "_many":
-            answers = [await self.update(conn, entity, u.get("where") or {}, u, field) for u in as_list(args["updates"])]
+            answers = [await self.update_one_of_many(conn, entity, u, field) for u in as_list(args["updates"])]
             return b"[" + b",".join(answers) + b"]"
-        if variant == "_by_pk":
-            key = args["pk_columns"]["id"] if kind == "update" else args["id"]
-            where = {"id": {"_eq": key}}
-            if kind == "update":
-                return await self.update(conn, entity, where, args, field, single=True)
-            return await self.delete(conn, entity, where, field, single=True)
-        if kind == "update":
-            return await self.update(conn, entity, args["where"], args, field)
-        return await self.delete(conn, entity, args["where"], field)
+        single = variant == "_by_pk"
+        if self.runtime.hooks(entity, kind):
+            where = {"id": {"_eq": args["pk_columns"]["id"] if kind == "update" else args["id"]}} if single \
+                else args["where"]
+            return await self.hooked_write(conn, kind, entity, where, args, field, single)
+        changes, increments = self.changes(entity, args, kind)
+        prepared = self.prepared_write(field, kind, entity, single, tuple(changes), tuple(increments))
+        return await self.run_write(conn, prepared, changes, increments)
 
     # -- inserts --
 
@@ -144,14 +148,35 @@ class MutationRunner:
             return None
         return entity, objects, on_conflict, one
 
+    def named(self, name: str) -> tuple[str, str, str]:
+        """(kind, entity, variant) of a root field's name: `update_post_by_pk` is (update, post, _by_pk)."""
+        kind, _, rest = name.partition("_")
+        for suffix in ("_one", "_by_pk", "_many"):
+            if rest.endswith(suffix) and rest[:-len(suffix)] in self.runtime.columns:
+                return kind, rest[:-len(suffix)], suffix
+        return kind, rest, ""
+
+    def one_statement(self, field: ast.FieldNode) -> bool:
+        """Whether the field writes by ONE statement: an update or delete (not `_many`) of an entity
+        without hooks for it."""
+        kind, entity, variant = self.named(field.name.value)
+        return kind in ("update", "delete") and variant != "_many" and entity in self.runtime.columns \
+            and not self.runtime.hooks(entity, kind)
+
     async def run_one(self, field: ast.FieldNode, entity: str, objects: list[dict[str, Any]], on_conflict: Any,
                       one: bool, shape: tuple[Any, ...] | None = None) -> bytes:
-        """`run` for the flat insert `single_insert` found: its statement alone, on a connection as the
-        tenant (`shape`: its `insert_shape`, when the caller keeps it)."""
+        """`run` for the flat insert `single_insert` found (`shape`: its `insert_shape`, when the caller
+        keeps it)."""
+        return await self.alone(field, lambda conn: self.insert_flat(conn, entity, objects, on_conflict, field, one,
+                                                                     shape))
+
+    async def alone(self, field: ast.FieldNode, write: Callable[[asyncpg.Connection], Awaitable[bytes]]) -> bytes:
+        """`run` for a mutation of one field whose `write` is ONE statement, atomic on its own: on a
+        connection as the tenant, without a transaction around it (two round trips fewer)."""
         alias = field.alias.value if field.alias else field.name.value
         try:
             async with self.api.db.as_role(self.runtime.role) as conn:
-                value = await self.insert_flat(conn, entity, objects, on_conflict, field, one, shape)
+                value = await write(conn)
         except asyncpg.PostgresError as exc:
             raise as_graphql_error(exc) from exc
         except GraphQLError as error:
@@ -204,14 +229,14 @@ class MutationRunner:
 
     def insert_shape(self, field: ast.FieldNode, on_conflict: Mapping[str, Any] | None) -> tuple[Any, ...]:
         """What a flat insert's statement depends on but its objects' keys: the caller's roles and whether
-        signed in, the document and field, `on_conflict`, the plan's bounds and the request's other
+        signed in, the document, operation and field, `on_conflict`, the plan's bounds and the request's other
         variables (all but the one that is the whole `objects`/`object` argument, whose values are a
         parameter of the statement, not part of its shape)."""
         alias = field.alias.value if field.alias else field.name.value
         skip = objects_variable(field)
         others = orjson.dumps({k: v for k, v in self.variables.items() if k != skip}, option=orjson.OPT_SORT_KEYS)
-        return ("graphql-insert", self.caller.roles, self.caller.user_id is not None, self.document.digest, alias,
-                orjson.dumps(on_conflict, option=orjson.OPT_SORT_KEYS), others, self.api.bounds)
+        return ("graphql-insert", self.caller.roles, self.caller.user_id is not None, self.document.digest,
+                self.operation, alias, orjson.dumps(on_conflict, option=orjson.OPT_SORT_KEYS), others, self.api.bounds)
 
     def written_body(self, compiler: QueryCompiler, entity: str, written: Any, field: ast.FieldNode,
                      single: bool) -> sa.Select[Any]:
@@ -396,104 +421,129 @@ class MutationRunner:
         scope = compiler.scope(entity, action)
         return Condition("and", (*((scope,) if scope is not None else ()), compiler.condition(entity, where)))
 
-    async def written_response(self, conn: asyncpg.Connection, compiler: QueryCompiler, entity: str,
-                               written: Any, field: ast.FieldNode, single: bool) -> bytes:
-        builder = StatementBuilder(self.runtime.tables)
-        if single:
-            plan = self.returning_plan(compiler, entity, field.selection_set)  # its scope: the read scope
-            plan = replace(plan.returned(plan.scope), limit=1)
-            rows = builder.rows(plan, source=written).subquery()
-            statement = sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text))
-            return await self.fetch_written(conn, compiler, statement, written)
-        parts, selection = self.response_parts(field, compiler)
-        values: list[Any] = []
-        for alias, what in parts:
-            values.append(sa.literal_column(f"'{alias}'"))
-            if what == "affected_rows":
-                values.append(sa.select(sa.func.count()).select_from(written).scalar_subquery())
-            elif what == "__typename":
-                values.append(sa.literal_column(f"'{entity}_mutation_response'"))
-            else:
-                plan = self.returning_plan(compiler, entity, selection)  # its scope: the read scope
-                plan = plan.returned(plan.scope)
-                rows = builder.rows(plan, source=written).subquery()
-                values.append(sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY))
-                              .scalar_subquery())
-        return await self.fetch_written(conn, compiler, sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text)),
-                                        written)
-
-    async def fetch_written(self, conn: asyncpg.Connection, compiler: QueryCompiler, statement: sa.Select[Any],
-                            written: Any) -> bytes:
-        """`fetch` of a response over the `written` rows, counting them for the meter in the same statement."""
-        counted = sa.select(statement.scalar_subquery(), sa.select(sa.func.count()).select_from(written).scalar_subquery())
-        compiled = compile_statement(counted)
-        values = compiler.values.builder()(self.variables, self.caller.user_id)
-        row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
-        metering.wrote(row[1])
-        return (row[0] or "null").encode()
-
-    async def locked(self, conn: asyncpg.Connection, compiler: QueryCompiler, entity: str, condition: Condition
-                     ) -> tuple[HookedWriter, list[dict[str, Any]]]:
-        """For an entity with hooks: the writer, and the rows the write will touch, locked."""
-        writer = HookedWriter(self.runtime, self.caller, conn, self.api.db)
-        model_entity = self.runtime.model.entity(entity)
-        assert model_entity is not None
-        values = compiler.values.builder()(self.variables, self.caller.user_id)
-        return writer, await writer.lock(model_entity, condition, values)
-
-    async def hooked_response(self, conn: asyncpg.Connection, entity: str, ids: list[str], field: ast.FieldNode,
-                              single: bool) -> bytes:
-        if single:
-            return await self.one_by_id(conn, entity, ids[0] if ids else None, field)
-        return await self.response_by_ids(conn, entity, ids, field)
-
-    async def update(self, conn: asyncpg.Connection, entity: str, where: Any, args: Mapping[str, Any],
-                     field: ast.FieldNode, *, single: bool = False) -> bytes:
-        compiler = self.compiler()
-        condition = self.scoped_where(compiler, entity, "update", where)
+    def changes(self, entity: str, args: Mapping[str, Any], kind: str, *, hooked: bool = False
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """An update's `_set` and `_inc`, checked (the permission first, then the quota, then the values:
+        a `hooked` entity's by the write core); none for a delete, whose permission alone is checked."""
+        self.api.permissions.of(entity, kind)
+        if kind == "delete":
+            return {}, {}
+        quotas.guard_write("update")
         changes = dict(args.get("_set") or {})
         increments = dict(args.get("_inc") or {})
-        quotas.guard_write("update")
         both = sorted(set(changes) & set(increments))
         if both:  # Hasura refuses it too: which one would win is not the caller's to guess
             raise GraphQLError("validation-failed", f"column found in multiple operators: {', '.join(both)}")
-        if self.runtime.hooks(entity, "update"):
+        if hooked:
             if increments:
                 raise GraphQLError("validation-failed", f"_inc is not supported on '{entity}': it has hooks; use _set")
-            writer, olds = await self.locked(conn, compiler, entity, condition)
-            model_entity = self.runtime.model.entity(entity)
-            assert model_entity is not None
-            await writer.update(model_entity, olds, changes)
-            return await self.hooked_response(conn, entity, [o["id"] for o in olds], field, single)
+            return changes, increments
         self.validate(entity, changes, partial=True, prefix="_set.")
-        table = self.runtime.tables[entity]
-        if not changes and not increments:  # Hasura writes nothing and says so: no rows affected
-            nothing = sa.select(*table.c).where(sa.false()).cte("written")
-            return await self.written_response(conn, compiler, entity, nothing, field, single)
-        values: dict[str, Any] = {}
-        if changes:
-            source = json_source(table, compiler.values.add(Slot(constant=orjson.dumps(changes).decode())), many=False)
-            values.update({k: sa.select(source.c[k]).scalar_subquery() for k in changes})
         for column, amount in increments.items():
             if not isinstance(amount, (int, float)) or isinstance(amount, bool):
                 raise ValidationFailed("_inc takes numbers", details=[Problem(f"_inc.{column}", "must be a number")])
-            values[column] = table.c[column] + sa.cast(sa.literal(amount), table.c[column].type)
-        statement = sa.update(table).values(values).where(condition_sql(condition, table, self.runtime.tables))
-        written = statement.returning(*table.c).cte("written")
-        return await self.written_response(conn, compiler, entity, written, field, single)
+        return changes, increments
 
-    async def delete(self, conn: asyncpg.Connection, entity: str, where: Any, field: ast.FieldNode, *,
-                     single: bool = False) -> bytes:
+    def prepared_write(self, field: ast.FieldNode, kind: str, entity: str, single: bool, set_columns: tuple[str, ...],
+                       increments: tuple[str, ...]) -> tuple[CompiledRead, Builder]:
+        """An `update_*`/`delete_*` field's statement and how to make its parameters: compiled once per
+        (roles, signed in or not, document, operation, field, plan bounds), then per the variables that
+        shape it (as queries are, `GraphQLApi.compiled`) and the columns it sets and increments; what it
+        sets and the values its `where` compares are parameters."""
+        alias = field.alias.value if field.alias else field.name.value
+        selections = tuple(s.loc.start if s.loc else -1 for s in (field.selection_set.selections
+                                                                   if field.selection_set else ()))
+        base = ("graphql-write", self.caller.roles, self.caller.user_id is not None, self.document.digest,
+                self.operation, alias, selections, self.api.bounds)
+        statements = self.runtime.statements
+        shape = statements.get(base)
+        if shape is not None:
+            found = statements.get((base, self.shaped(shape), set_columns, increments))
+            if found is not None:
+                return found
         compiler = self.compiler()
-        condition = self.scoped_where(compiler, entity, "delete", where)
-        if self.runtime.hooks(entity, "delete"):
-            writer, olds = await self.locked(conn, compiler, entity, condition)
-            response = await self.hooked_response(conn, entity, [o["id"] for o in olds], field, single)
-            model_entity = self.runtime.model.entity(entity)
-            assert model_entity is not None
-            await writer.delete(model_entity, olds)
-            return response
+        arguments = {a.name.value: a.value for a in field.arguments or ()}  # AST: its variables become parameters
+        statement = self.write_statement(compiler, kind, entity, self.target(compiler, kind, single, arguments),
+                                         set_columns, increments, field, single)
+        prepared = (compile_statement(statement), compiler.values.builder())
+        names = self.api.remember(base, tuple(sorted(compiler.values.shape)))
+        return self.api.remember((base, self.shaped(names), set_columns, increments), prepared)
+
+    def shaped(self, names: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+        return tuple((n, orjson.dumps(self.variables.get(n), option=orjson.OPT_SORT_KEYS)) for n in names)
+
+    @staticmethod
+    def target(compiler: QueryCompiler, kind: str, single: bool, arguments: Mapping[str, Any]) -> Any:
+        """The rows a field names, as the compiler's `where` takes it: `where`, or by_pk's key as `{id: {_eq}}`."""
+        if not single:
+            return arguments.get("where")
+        key = arguments["pk_columns"] if kind == "update" else arguments["id"]
+        if isinstance(key, ast.ObjectValueNode):
+            key = next(f.value for f in key.fields if f.name.value == "id")
+        elif kind == "update":  # `pk_columns: $pk`: the key's value shapes the statement
+            key = (compiler.values.resolve(key) or {}).get("id")
+        return {"id": {"_eq": key}}
+
+    def write_statement(self, compiler: QueryCompiler, kind: str, entity: str, where: Any, set_columns: tuple[str, ...],
+                        increments: tuple[str, ...], field: ast.FieldNode, single: bool) -> sa.Select[Any]:
+        """ONE statement: the UPDATE or DELETE of the rows `where` names within the caller's row scope, and
+        the field's answer over the rows it wrote (`written_body`). The values set come in one JSON
+        parameter (`SET`), each increment in its own (`INCREMENT` + column)."""
+        condition = self.scoped_where(compiler, entity, kind, where)
         table = self.runtime.tables[entity]
-        statement = sa.delete(table).where(condition_sql(condition, table, self.runtime.tables))
-        written = statement.returning(*table.c).cte("written")
-        return await self.written_response(conn, compiler, entity, written, field, single)
+        reached = condition_sql(condition, table, self.runtime.tables)
+        if kind == "delete":
+            written = sa.delete(table).where(reached).returning(*table.c).cte("written")
+        elif not set_columns and not increments:  # Hasura writes nothing and says so: no rows affected
+            written = sa.select(*table.c).where(sa.false()).cte("written")
+        else:
+            values: dict[str, Any] = {}
+            if set_columns:
+                source = json_source(table, compiler.values.add(Slot(variable=SET)), many=False)
+                values.update({k: sa.select(source.c[k]).scalar_subquery() for k in set_columns})
+            for column in increments:
+                amount = sa.bindparam(f"v{compiler.values.add(Slot(variable=INCREMENT + column))}", type_=sa.Text())
+                values[column] = table.c[column] + sa.cast(amount, table.c[column].type)
+            written = sa.update(table).values(values).where(reached).returning(*table.c).cte("written")
+        return self.written_body(compiler, entity, written, field, single)
+
+    async def run_write(self, conn: asyncpg.Connection, prepared: tuple[CompiledRead, Builder], changes: dict[str, Any],
+                        increments: dict[str, Any]) -> bytes:
+        """A prepared update or delete with this request's values; the rows it wrote counted for the meter."""
+        compiled, build = prepared
+        variables = {**self.variables, SET: orjson.dumps(changes).decode(),
+                     **{INCREMENT + column: amount for column, amount in increments.items()}}
+        body, count = await conn.fetchrow(compiled.sql, *compiled.arguments(build(variables, self.caller.user_id)))
+        metering.wrote(count)
+        return (body or "null").encode()
+
+    async def update_one_of_many(self, conn: asyncpg.Connection, entity: str, update: Mapping[str, Any],
+                                 field: ast.FieldNode) -> bytes:
+        """One of `update_*_many`'s `updates` (their values are the request's: compiled for each)."""
+        where = update.get("where") or {}
+        if self.runtime.hooks(entity, "update"):
+            return await self.hooked_write(conn, "update", entity, where, update, field, False)
+        changes, increments = self.changes(entity, update, "update")
+        compiler = self.compiler()
+        statement = self.write_statement(compiler, "update", entity, where, tuple(changes), tuple(increments), field, False)
+        return await self.run_write(conn, (compile_statement(statement), compiler.values.builder()), changes, increments)
+
+    async def hooked_write(self, conn: asyncpg.Connection, kind: str, entity: str, where: Any, args: Mapping[str, Any],
+                           field: ast.FieldNode, single: bool) -> bytes:
+        """An update or delete of an entity with hooks: the rows it reaches locked, then written through the
+        write core (its hooks, its validation), the answer read back by id through the read scope."""
+        changes, _ = self.changes(entity, args, kind, hooked=True)
+        compiler = self.compiler()
+        condition = self.scoped_where(compiler, entity, kind, where)
+        model_entity = self.runtime.model.entity(entity)
+        assert model_entity is not None
+        writer = HookedWriter(self.runtime, self.caller, conn, self.api.db)
+        olds = await writer.lock(model_entity, condition, compiler.values.builder()(self.variables, self.caller.user_id))
+        ids = [o["id"] for o in olds]
+        if kind == "update":
+            await writer.update(model_entity, olds, changes)
+        response = await (self.one_by_id(conn, entity, ids[0] if ids else None, field) if single
+                          else self.response_by_ids(conn, entity, ids, field))
+        if kind == "delete":
+            await writer.delete(model_entity, olds)
+        return response
