@@ -226,16 +226,19 @@ async def auth_endpoint(request: Request, runtime: TenantRuntime, route: str) ->
 
 
 async def graphql_endpoint(request: Request, runtime: TenantRuntime) -> Response | RawResponse:
-    """`/graphql/v1`: GraphQL over HTTP (GET or POST); a browser's GET without a query gets GraphiQL."""
-    if request.method not in ("GET", "POST"):
-        return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
+    """`/graphql/v1`: GraphQL over HTTP (GET or POST); a browser's GET without a query gets GraphiQL. A POST
+    carries everything in its body: its query string is not parsed."""
+    scope = request.scope
+    method = scope["method"]
+    if method not in ("GET", "POST"):
+        return JSONResponse({"code": "method_not_allowed", "message": f"{method} is not supported here",
                              "details": None, "hint": "use GET or POST"}, status_code=405, headers={"Allow": "GET, POST"})
-    if request.method == "GET" and "query" not in request.query_params \
-            and wants_html(request.headers.get("accept", "")):
+    if method == "GET" and "query" not in request.query_params \
+            and wants_html(scope["backsaas.headers"].get("accept", "")):
         return HTMLResponse(graphiql_page(runtime.slug))
-    api = GraphQLApi(runtime, request.app.state.db, request.scope["backsaas.caller"], request.scope["backsaas.limits"])
-    body = await read_body(request) if request.method == "POST" else b""
-    result = await api.handle(request.method, request.query_params, body)
+    api = GraphQLApi(runtime, scope["app"].state.db, scope["backsaas.caller"], scope["backsaas.limits"])
+    body = await read_body(request) if method == "POST" else b""
+    result = await api.handle(method, request.query_params if method == "GET" else {}, body)
     return RawResponse(result.status, result.headers, result.body)
 
 
