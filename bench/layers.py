@@ -21,13 +21,13 @@ the tenants' service keys:
   the business layer's metering and quotas are then skipped too;
 - `plain`: bench/plain_app.py, plain ASGI + asyncpg running the same SQL (issue 13's baseline).
 
-for a GET of one post by id, a list of 20 (both also against `plain`), an insert of one author (bench/rest.py
---business's write: the business layer's share of a write, whose rows are metered and checked against the
-rows quota), the same insert as a GraphQL `insert_author_one`, a PATCH of one post's rating and the same
+for a GET of one post by id (the same id, and a new id at each request as a client reading rows one by one
+sends: no query string repeats), a list of 20 (both also against `plain`), an insert of one author
+(bench/rest.py --business's write: the business layer's share of a write, whose rows are metered and
+checked against the rows quota), the same insert as a GraphQL `insert_author_one`, a PATCH of one post's rating and the same
 update as a GraphQL `update_post_by_pk` (issue 13's GraphQL-against-REST lines), a 429 (the `tight`
-tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks some by name.
-The log level is `warning` as in bench/rest.py's servers; `info`
-adds the access line's cost.
+tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks some by name. The log level is
+`warning` as in bench/rest.py's servers; `info` adds the access line's cost.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import os
 import secrets
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,14 @@ class Answer:
 
 
 async def requests(app: App, scope: dict[str, Any], count: int, body: bytes = b"") -> int:
-    """Run `count` requests one after the other; the last status."""
+    """Run `count` requests one after the other; the last status. A scope whose query string holds `{id}`
+    asks for a new random id at each request (ids never asked for before: no request repeats another)."""
     answer = Answer()
     received = receiving(body) if body else receive
+    template = scope["query_string"]
     for _ in range(count):
+        if b"{id}" in template:
+            scope = {**scope, "query_string": template.replace(b"{id}", str(uuid.uuid4()).encode())}
         await app(dict(scope), received, answer)  # the app writes into its scope: a fresh one each time
     return answer.status
 
@@ -136,6 +141,7 @@ async def measure(url: str, args: argparse.Namespace) -> None:
     graphql_rating = (b'{"query": "mutation($id: uuid!, $r: Float) { update_post_by_pk(pk_columns: {id: $id}, '
                       b'_set: {rating: $r}) { id } }", "variables": {"id": "' + post.encode() + b'", "r": 3}}')
     cases = [("get one by id", f"{base}/post?id=eq.{post}", business, f"/get?id={post}", b""),
+             ("get by a new id each", f"{base}/post?id=eq.{{id}}", business, "/get?id={id}", b""),
              ("list 20", f"{base}/post?select=id,title,status,rating&status=eq.published&order=published_at.desc"
                          "&limit=20", business, "/list?status=published", b""),
              ("insert one", f"{base}/author", inserting, None, author),

@@ -93,6 +93,22 @@ def test_every_filter_operator(client, seeded, method, args, expected):
     assert titles(query.execute()) == expected
 
 
+def test_reads_of_one_shape_answer_each_with_their_own_values(http, base, seeded):
+    """Reads that differ only in their comparisons' operands share one preparation (engine/rest/shapes.py)."""
+    url = f"{base}/api/tenants/blog/rest/v1/post"
+    answers = {(status, title): [row["title"] for row in http.get(url, params={
+        "select": "title", "status": f"eq.{status}", "title": f"not.eq.{title}", "order": "title"}).json()]
+        for status in ("published", "draft", "nothing") for title in ("First", '"Third"', "Second")}
+    assert answers == {
+        ("published", "First"): ["Fourth, with a comma", "Third"], ("published", '"Third"'): ["First", "Fourth, with a comma"],
+        ("published", "Second"): ["First", "Fourth, with a comma", "Third"], ("draft", "First"): ["Second"],
+        ("draft", '"Third"'): ["Second"], ("draft", "Second"): [], ("nothing", "First"): [], ("nothing", '"Third"'): [],
+        ("nothing", "Second"): []}
+    one = [http.get(url, params={"select": "title", "id": f"eq.{seeded['first']}"}).json(),
+           http.get(url, params={"select": "title", "id": "eq.not-a-uuid"})]
+    assert one[0] == [{"title": "First"}] and one[1].status_code == 400, one[1].text
+
+
 def test_not_negates_a_filter(client, seeded):
     assert titles(client.from_("post").select("title").not_.eq("status", "published").execute()) == ["Second"]
     assert titles(client.from_("post").select("title").not_.is_("rating", "null").order("title").execute()) == [

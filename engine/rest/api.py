@@ -7,7 +7,7 @@ role, and shape the response. Reads and writes alike are ONE statement whose res
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import cached_property
@@ -23,6 +23,7 @@ from engine.authz import Caller, guard_user_fields
 from engine.authz.permissions import Permissions
 from engine.database import Database
 from engine.errors import (
+    BackSaasError,
     Forbidden,
     InvalidBody,
     Problem,
@@ -52,6 +53,7 @@ from engine.rest.media import (
     typed,
 )
 from engine.rest.params import ReadParser, has_root_filters, shaping, unquote
+from engine.rest.shapes import Shape, filled, placed, shape_of
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import READ_ONLY
@@ -133,7 +135,7 @@ class RestApi:
         return ReadParser(self.runtime.model, self.runtime.relations, self.permissions, self.caller.user_id,
                           self.bounds)
 
-    def plan(self, entity: Entity, action: str, params: list[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
+    def plan(self, entity: Entity, action: str, params: Sequence[tuple[str, str]]) -> tuple[ReadPlan, list[Any]]:
         """The plan of the request, every level of it authorized for this caller (row scopes included)."""
         parser = self.parser()
         return parser.parse(entity.name, params, action), parser.values
@@ -199,9 +201,41 @@ class RestApi:
     async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> Answer:
         media = negotiate(headers.get("accept", ""))
         key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), media == CSV, self.who)
-        plan, values, compiled, prefer = self.prepared(key, self.prepare_read, entity, query, headers, media)
+        plan, values, compiled, prefer = self.prepared(key, self.prepare_request, entity, query, headers, media)
         row = await self.run(compiled, values)
         return self.respond_read(row, plan, media, prefer, head=head)
+
+    def prepare_request(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
+                        ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer]:
+        """A read not kept by its exact text: prepared by its shape when it has one that can be kept, else
+        from its text. Kept by its text either way, so that a repeated request is one dict lookup (each new
+        text takes a place in the bounded cache: a shape pushed out by 2,048 of them costs one parse)."""
+        return self.shaped_read(entity, query, headers, media) or self.prepare_read(entity, query, headers, media)
+
+    def shaped_read(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
+                    ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer] | None:
+        """A read prepared by its shape (`engine.rest.shapes`: its query with the operands of its plain
+        comparisons taken out), with its own operands; None when its shape has none or cannot be kept."""
+        shape = shape_of(query.decode("utf-8", "replace"))
+        if shape is None:
+            return None
+        key = ("read-shape", entity.name, shape.query, headers.get("range"), headers.get("prefer"), media == CSV,
+               self.who)
+        kept = self.prepared(key, self.prepare_shape, entity, shape, headers, media)
+        if kept is False:
+            return None
+        plan, template, positions, compiled, prefer = kept
+        return plan, filled(template, positions, shape.operands), compiled, prefer
+
+    def prepare_shape(self, entity: Entity, shape: Shape, headers: Mapping[str, str], media: str) -> Any:
+        """(plan, values, where the operands go, statement, preferences) of a shape; False when its operands
+        do not reach the values as written (the request is then prepared by its exact text)."""
+        try:
+            plan, values, compiled, prefer = self.prepare_read(entity, shape.query.encode(), headers, media)
+        except BackSaasError:  # the request's own preparation words the error, with its own values
+            return False
+        positions = placed(shape, plan, values)
+        return False if positions is None else (plan, values, positions, compiled, prefer)
 
     def prepare_read(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
                      ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer]:
