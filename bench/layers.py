@@ -24,10 +24,11 @@ the tenants' service keys:
 for a GET of one post by id (the same id, and a new id at each request as a client reading rows one by one
 sends: no query string repeats), a list of 20 (both also against `plain`), an insert of one author
 (bench/rest.py --business's write: the business layer's share of a write, whose rows are metered and
-checked against the rows quota), the same insert as a GraphQL `insert_author_one`, a PATCH of one post's rating and the same
-update as a GraphQL `update_post_by_pk` (issue 13's GraphQL-against-REST lines), a 429 (the `tight`
-tenant's minute is spent) and a 404 (an unknown entity); `--cases` picks some by name. The log level is
-`warning` as in bench/rest.py's servers; `info` adds the access line's cost.
+checked against the rows quota), the same insert as a GraphQL `insert_author_one`, a PATCH of one post's
+rating (also by a new id at each request, which matches no row) and the same update as a GraphQL
+`update_post_by_pk` (issue 13's GraphQL-against-REST lines), a 429 (the `tight` tenant's minute is spent)
+and a 404 (an unknown entity); `--cases` picks some by name. The log level is `warning` as in
+bench/rest.py's servers; `info` adds the access line's cost.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ async def measure(url: str, args: argparse.Namespace) -> None:
              ("insert one", f"{base}/author", inserting, None, author),
              ("GraphQL insert one", "/api/tenants/business/graphql/v1", inserting, None, graphql_author),
              ("PATCH one by id", f"{base}/post?id=eq.{post}", inserting, None, rating),
+             ("PATCH by a new id each", f"{base}/post?id=eq.{{id}}", inserting, None, rating),
              ("GraphQL update by pk", "/api/tenants/business/graphql/v1", inserting, None, graphql_rating),
              ("429 rate limited", f"/api/tenants/tight/rest/v1/post?id=eq.{post}", tight_key, None, b""),
              ("404 unknown entity", f"{base}/nosuch", business, None, b"")]

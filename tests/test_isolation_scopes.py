@@ -306,6 +306,32 @@ def test_one_graphql_write_document_reaches_only_each_callers_rows(base, keys, p
     assert stored(base, keys, "post", post["id"]) is None
 
 
+def test_rest_writes_of_one_shape_reach_only_each_callers_rows(base, keys, people):
+    """PATCH and DELETE by `id=eq.<id>` are prepared once per shape and caller (engine/rest/shapes.py)."""
+    ann, bob = people["ann"], people["bob"]
+    posts = {who: [create(base, people[who]["headers"], "post", {"title": f"{who}'s {i}"})["id"] for i in range(2)]
+             for who in ("ann", "bob")}
+    url = f"{base}/rest/v1/post"
+    prefer = {"Prefer": "return=representation"}
+
+    def patch(who: dict[str, Any], row: str, title: str) -> list[Any]:
+        response = httpx.patch(url, params={"id": f"eq.{row}"}, headers={**who["headers"], **prefer}, json={"title": title})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert [patch(ann, row, "ann renamed") for row in posts["ann"]] == [[{**r, "title": "ann renamed"}] for r in [
+        stored(base, keys, "post", row) for row in posts["ann"]]]
+    assert [patch(bob, row, "bob was here") for row in posts["ann"]] == [[], []]
+    assert [patch(bob, row, "bob renamed")[0]["title"] for row in posts["bob"]] == ["bob renamed"] * 2
+    for row in posts["ann"]:
+        gone = httpx.delete(url, params={"id": f"eq.{row}"}, headers={**bob["headers"], **prefer})
+        assert gone.status_code == 200 and gone.json() == [], gone.text
+    assert [stored(base, keys, "post", row)["title"] for row in posts["ann"]] == ["ann renamed"] * 2
+    for row in posts["ann"]:
+        assert httpx.delete(url, params={"id": f"eq.{row}"}, headers=ann["headers"]).status_code == 204
+    assert [stored(base, keys, "post", row) for row in posts["ann"]] == [None, None]
+
+
 def test_writes_through_hooks_return_only_rows_the_caller_may_read(base, keys, people):
     ann, bob = people["ann"], people["bob"]
     locker = create(base, ann["headers"], "locker", {"note": "ann's"})

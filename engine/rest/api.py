@@ -7,7 +7,7 @@ role, and shape the response. Reads and writes alike are ONE statement whose res
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import cached_property
@@ -126,8 +126,8 @@ class RestApi:
         if method == "POST":
             return await self.insert(entity, params, headers, body)
         if method == "PATCH":
-            return await self.update(entity, params, headers, body)
-        return await self.delete(entity, params, headers)
+            return await self.update(entity, query, params, headers, body)
+        return await self.delete(entity, query, params, headers)
 
     # -- planning --
 
@@ -158,6 +158,36 @@ class RestApi:
                 del self.runtime.prepared[next(iter(self.runtime.prepared))]
             self.runtime.prepared[key] = found
         return found
+
+    def prepared_request(self, key: tuple[Any, ...], prepare: Callable[..., tuple[Any, ...]], *args: Any
+                         ) -> Any:
+        """What `prepare(query, *args)` makes of a request (plan, values, ...: its values second), kept by the
+        request's exact text (`key`, whose third item is the query string), a repeated request being one dict
+        lookup. A request not seen before is made from its shape when it has one that can be kept
+        (engine/rest/shapes.py: its query with its plain comparisons' operands taken out), else from its
+        text; a request differing from one seen before only in those operands is not parsed again."""
+        return self.prepared(key, self.prepare_request, key, prepare, args)
+
+    def prepare_request(self, key: tuple[Any, ...], prepare: Callable[..., tuple[Any, ...]], args: tuple[Any, ...]
+                        ) -> tuple[Any, ...]:
+        shape = shape_of(key[2].decode("utf-8", "replace"))
+        if shape is not None:
+            kept = self.prepared(("shape", *key[:2], shape.query, *key[3:]), self.prepare_shape, shape, prepare, args)
+            if kept is not False:
+                made, positions = kept
+                return (made[0], filled(made[1], positions, shape.operands), *made[2:])
+        return prepare(key[2], *args)
+
+    @staticmethod
+    def prepare_shape(shape: Shape, prepare: Callable[..., tuple[Any, ...]], args: tuple[Any, ...]) -> Any:
+        """(what `prepare` makes of the shape, where its operands go in the values); False when the operands
+        do not reach the values as written (each request is then made from its own text)."""
+        try:
+            made = prepare(shape.query.encode(), *args)
+        except BackSaasError:  # the request's own preparation words the error, with its own values
+            return False
+        positions = placed(shape, (made[0], *made[2:]), made[1])
+        return False if positions is None else (made, positions)
 
     def statement(self, key: Any, build: Any) -> CompiledRead:
         return self.runtime.statement(key, build)
@@ -201,43 +231,11 @@ class RestApi:
     async def read(self, entity: Entity, query: bytes, headers: Mapping[str, str], *, head: bool) -> Answer:
         media = negotiate(headers.get("accept", ""))
         key = ("read", entity.name, query, headers.get("range"), headers.get("prefer"), media == CSV, self.who)
-        plan, values, compiled, prefer = self.prepared(key, self.prepare_request, entity, query, headers, media)
+        plan, values, compiled, prefer = self.prepared_request(key, self.prepare_read, entity, headers, media)
         row = await self.run(compiled, values)
         return self.respond_read(row, plan, media, prefer, head=head)
 
-    def prepare_request(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
-                        ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer]:
-        """A read not kept by its exact text: prepared by its shape when it has one that can be kept, else
-        from its text. Kept by its text either way, so that a repeated request is one dict lookup (each new
-        text takes a place in the bounded cache: a shape pushed out by 2,048 of them costs one parse)."""
-        return self.shaped_read(entity, query, headers, media) or self.prepare_read(entity, query, headers, media)
-
-    def shaped_read(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
-                    ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer] | None:
-        """A read prepared by its shape (`engine.rest.shapes`: its query with the operands of its plain
-        comparisons taken out), with its own operands; None when its shape has none or cannot be kept."""
-        shape = shape_of(query.decode("utf-8", "replace"))
-        if shape is None:
-            return None
-        key = ("read-shape", entity.name, shape.query, headers.get("range"), headers.get("prefer"), media == CSV,
-               self.who)
-        kept = self.prepared(key, self.prepare_shape, entity, shape, headers, media)
-        if kept is False:
-            return None
-        plan, template, positions, compiled, prefer = kept
-        return plan, filled(template, positions, shape.operands), compiled, prefer
-
-    def prepare_shape(self, entity: Entity, shape: Shape, headers: Mapping[str, str], media: str) -> Any:
-        """(plan, values, where the operands go, statement, preferences) of a shape; False when its operands
-        do not reach the values as written (the request is then prepared by its exact text)."""
-        try:
-            plan, values, compiled, prefer = self.prepare_read(entity, shape.query.encode(), headers, media)
-        except BackSaasError:  # the request's own preparation words the error, with its own values
-            return False
-        positions = placed(shape, plan, values)
-        return False if positions is None else (plan, values, positions, compiled, prefer)
-
-    def prepare_read(self, entity: Entity, query: bytes, headers: Mapping[str, str], media: str
+    def prepare_read(self, query: bytes, entity: Entity, headers: Mapping[str, str], media: str
                      ) -> tuple[ReadPlan, list[Any], CompiledRead, Prefer]:
         limit, offset = parse_range(headers.get("range"))
         plan, values = self.plan(entity, "read", parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
@@ -415,7 +413,7 @@ class RestApi:
         scope = self.permissions.scope(entity.name, "update", parser.caller_param)
         return Upsert(target, tuple(k for k in keys if k not in target and k != OWNER_COLUMN), scope)
 
-    async def update(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
+    async def update(self, entity: Entity, query: bytes, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
         if not has_root_filters(params):
             raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
@@ -427,41 +425,41 @@ class RestApi:
         if self.runtime.hooks(entity.name, "update"):
             return await self.hooked_change(entity, "update", params, headers, payload, media)
         prefer = Prefer.parse(headers.get("prefer", ""))
-        representation = prefer.returns("representation")
         keys = tuple(payload)
-
-        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
-            plan, returned, values = self.write_plan(entity, "update", params)
-            compiled = self.statement(("update", plan, returned, keys, representation, len(values)),
-                                      lambda: rest_update(self.runtime.tables, plan, returned, keys, len(values),
-                                                          representation))
-            return returned, values, compiled
-
-        _, values, compiled = self.prepared(("update", entity.name, tuple(params), prefer, self.who, keys), prepare)
+        _, values, compiled = self.prepared_request(("update", entity.name, query, prefer, self.who, keys),
+                                                    self.prepare_write, entity, "update", prefer, keys)
         quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
         row = await self.run(compiled, [*values, orjson.dumps(payload).decode()], single=media == OBJECT)
         metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         return self.respond_write("update", media, prefer, written=row["written"], row=row)
 
-    async def delete(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str]) -> Answer:
+    async def delete(self, entity: Entity, query: bytes, params: list[tuple[str, str]], headers: Mapping[str, str]
+                     ) -> Answer:
         if not has_root_filters(params):
             raise UnfilteredWrite("DELETE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
         media = self.write_media(headers)
         if self.runtime.hooks(entity.name, "delete"):
             return await self.hooked_change(entity, "delete", params, headers, None, media)
         prefer = Prefer.parse(headers.get("prefer", ""))
-        representation = prefer.returns("representation")
-
-        def prepare() -> tuple[ReadPlan, list[Any], CompiledRead]:
-            plan, returned, values = self.write_plan(entity, "delete", params)
-            return returned, values, self.statement(("delete", plan, returned, representation),
-                                                    lambda: rest_delete(self.runtime.tables, plan, returned,
-                                                                        representation))
-
-        _, values, compiled = self.prepared(("delete", entity.name, tuple(params), prefer, self.who), prepare)
+        _, values, compiled = self.prepared_request(("delete", entity.name, query, prefer, self.who),
+                                                    self.prepare_write, entity, "delete", prefer, None)
         row = await self.run(compiled, values, single=media == OBJECT)
         metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         return self.respond_write("delete", media, prefer, written=row["written"], row=row)
+
+    def prepare_write(self, query: bytes, entity: Entity, action: str, prefer: Prefer, keys: tuple[str, ...] | None
+                      ) -> tuple[ReadPlan, list[Any], CompiledRead]:
+        """(what the answer shows, values, statement) of a PATCH setting `keys`, or of a DELETE."""
+        params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
+        plan, returned, values = self.write_plan(entity, action, params)
+        representation = prefer.returns("representation")
+        if keys is None:
+            return returned, values, self.statement(("delete", plan, returned, representation),
+                                                    lambda: rest_delete(self.runtime.tables, plan, returned,
+                                                                        representation))
+        return returned, values, self.statement(("update", plan, returned, keys, representation, len(values)),
+                                                lambda: rest_update(self.runtime.tables, plan, returned, keys,
+                                                                    len(values), representation))
 
     # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --
 

@@ -1,9 +1,9 @@
-"""A read's shape: its query string with the operands of its plain comparisons taken out.
+"""A request's shape: its query string with the operands of its plain comparisons taken out.
 
-Why: a read is prepared (parsed, authorized, planned, its statement found) once per exact request and
-kept (`RestApi.prepared`), but a client reading rows one at a time (`?id=eq.<uuid>`, a user's page of
-orders, ...) sends a new query string each time: each was parsed again (about 100 µs of a 170 µs read)
-and took a place in the cache that a repeated request could have used. The operands of `eq`, `neq`,
+Why: a read, update or delete is prepared (parsed, authorized, planned, its statement found) once per
+exact request and kept (`RestApi.prepared_request`), but a client reading or writing rows one at a time
+(`?id=eq.<uuid>`, a user's page of orders, ...) sends a new query string each time: each was parsed
+again (about 100 µs of a 270 µs read, in process). The operands of `eq`, `neq`,
 `gt`, `gte`, `lt` and `lte`, unquoted, reach the plan's values as they are written
 (`params.ReadParser.filter`), so a request of a known shape is its shape's plan with its own operands put
 in their places. That they do is checked, not assumed: the shape is parsed with markers in place of the
