@@ -26,6 +26,8 @@ EMBED = (f"SELECT coalesce(json_agg(t), '[]')::text FROM (SELECT p.id, p.title, 
          "ORDER BY p.created_at DESC LIMIT 20) t")
 INSERT = (f"INSERT INTO {SCHEMA}.comment (post_id, body) "
           f"SELECT post_id, body FROM json_populate_record(NULL::{SCHEMA}.comment, $1::json)")
+UPDATE = (f"UPDATE {SCHEMA}.post p SET rating = j.rating "
+          f"FROM json_populate_record(NULL::{SCHEMA}.post, $2::json) j WHERE p.id = $1::uuid")
 
 
 async def set_role(conn: asyncpg.Connection) -> None:
@@ -65,5 +67,11 @@ async def insert_comment(request: Request) -> Response:
     return Response(status_code=201)
 
 
+async def update_post(request: Request) -> Response:
+    await request.app.state.pool.execute(UPDATE, request.query_params["id"], (await request.body()).decode())
+    return Response(status_code=204)
+
+
 app = Starlette(routes=[Route("/list", list_posts), Route("/get", get_post), Route("/embed", embed_posts),
-                        Route("/insert", insert_comment, methods=["POST"])], lifespan=lifespan)
+                        Route("/insert", insert_comment, methods=["POST"]),
+                        Route("/update", update_post, methods=["PATCH"])], lifespan=lifespan)

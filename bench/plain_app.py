@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import asyncpg
-from baseline_app import EMBED, GET, INSERT, LIST, keep_session, set_role
+from baseline_app import EMBED, GET, INSERT, LIST, UPDATE, keep_session, set_role
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 pool: asyncpg.Pool | None = None
@@ -57,6 +57,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/insert" and scope["method"] == "POST":
         await pool.execute(INSERT, (await body_of(receive)).decode())
         await answer(send, 201)
+    elif path == "/update" and scope["method"] == "PATCH":
+        await pool.execute(UPDATE, query["id"], (await body_of(receive)).decode())
+        await answer(send, 204)
     elif path == "/healthz":
         await answer(send, 200, b"{}")
     else:

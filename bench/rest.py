@@ -5,7 +5,9 @@
 Both servers run with 2 workers (`backsaas serve --workers 2`, `uvicorn --workers 2`) on one scratch
 database holding the blog schema with 1,000 posts, and answer the same requests: list 20 posts with a
 filter and an order, get one post by id, list 20 posts with their author embedded (by REST, then by
-GraphQL as one query), insert one comment (audited, the default), and insert one comment into tenants whose
+GraphQL as one query), insert one comment (audited, the default; by REST, then by GraphQL's
+`insert_comment_one`), update one post's rating (a random one of the 1,000 per request: by REST's PATCH,
+then by GraphQL's `update_post_by_pk`; these need wrk), and insert one comment into tenants whose
 comments have `audit: false` (the write path without the audit trail, whose cost `--audit` measures), a
 no-op `before_create` hook (`examples.noop`) or an `after_create` webhook (delivered meanwhile from the
 outbox to a local receiver). The load comes from wrk (Debian's package) when installed, else from a
@@ -55,6 +57,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -259,8 +262,8 @@ def side_by_side(title: str, sides: tuple[str, str], cases: list[Case], url: str
         least: dict[int, float] = {}
         for round_ in range(args.rounds):
             for side, target in enumerate(targets):
-                m = measure(target, args.seconds, args.connections, body, url, headers[side], count=round_ == 0,
-                            script=scripts[side], cpu=cpu)
+                m = measure(target, args.seconds, args.connections, body, scripts[side], url, headers[side],
+                            count=round_ == 0, cpu=cpu)
                 counted.setdefault(side, m[3])
                 least[side] = min(least.get(side, m[4]), m[4])
                 best[side] = max(best.get(side, m), m, key=lambda r: r[0])
@@ -427,8 +430,36 @@ async def transactions(url: str) -> int:
 STATS_SETTLE_SECONDS = 11  # PostgreSQL 15's backends report their statistics when idle, at the latest 10 s later
 
 
-def measure(url: str, seconds: int, connections: int, body: str | None, db_url: str,
-            headers: dict[str, str], count: bool = True, script: str | None = None,
+@dataclass(frozen=True)
+class Script:
+    """A case's requests as wrk's Lua script (each request its own: a random row), instead of one body."""
+
+    lua: str
+
+
+def sent(body: str | Script | None) -> tuple[str | None, str | None]:
+    """`measure`'s body and script of a case's body."""
+    return (None, body.lua) if isinstance(body, Script) else (body, None)
+
+
+def update_script(ids: list[str], method: str, path: str, body: str) -> str:
+    """wrk's Lua for requests naming a random one of `ids` (`id` in the `path` and `body` expressions)."""
+    listed = ", ".join(f'"{i}"' for i in ids)
+    return (f'local ids = {{{listed}}}\nwrk.method = "{method}"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"request = function()\n  local id = ids[math.random(#ids)]\n"
+            f"  return wrk.format(nil, {path}, nil, {body})\nend\n")
+
+
+async def post_ids(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT id::text FROM t_bench.post")]
+    finally:
+        await conn.close()
+
+
+def measure(url: str, seconds: int, connections: int, body: str | None, script: str | None, db_url: str,
+            headers: dict[str, str], count: bool = True,
             cpu: Callable[[], float | None] | None = None) -> tuple[float, float, float, float, float]:
     """req/s, p50 and p99 (ms), with `count` the database transactions per request (else nan): counted
     in pg_stat_database after the backends reported everything before and during the run, which takes
@@ -520,6 +551,17 @@ def main() -> None:
     embed_query = json.dumps({"query": "{ post(order_by: {created_at: desc}, limit: 20) { id title author { name } } }"})
     insert_mutation = json.dumps({"query": "mutation($c: comment_insert_input!) { insert_comment_one(object: $c) { id } }",
                                   "variables": {"c": {"post_id": posts[0], "body": "a comment"}}})
+    every_post = asyncio.run(post_ids(url))
+
+    def rating(path: str, method: str = "PATCH") -> Script:  # one of the 1,000 posts' rating per request
+        return Script(update_script(every_post, method, f'"{path}"',
+                                    "'{\"rating\": ' .. (math.random(0, 50) / 10) .. '}'"))
+
+    graphql_rating = Script(update_script(every_post, "POST", '"/api/tenants/bench/graphql/v1"',
+                                          "'{\"query\": \"mutation($id: uuid!, $r: Float) { update_post_by_pk("
+                                          "pk_columns: {id: $id}, _set: {rating: $r}) { id } }\", \"variables\": "
+                                          "{\"id\": \"' .. id .. '\", \"r\": ' .. (math.random(0, 50) / 10) .. '}}'"))
+
     def other(slug: str) -> tuple[str, str, dict[str, str]]:  # a comment into another tenant
         return (rest.replace("/bench/", f"/{slug}/") + "/comment",
                 json.dumps({"post_id": first_posts[slug], "body": "a comment"}), {"apikey": keys[slug]})
@@ -533,6 +575,9 @@ def main() -> None:
         ("GraphQL, same as embed", graphql, embed_query, f"{hand}/embed", None),
         ("insert one", f"{rest}/comment", comment, f"{hand}/insert", comment),
         ("GraphQL insert_comment_one", graphql, insert_mutation, f"{hand}/insert", comment),
+        ("PATCH one post's rating", f"{rest}/post", rating("/api/tenants/bench/rest/v1/post?id=eq.\" .. id .. \""),
+         f"{hand}/update", rating("/update?id=\" .. id .. \"")),
+        ("GraphQL update_post_by_pk", graphql, graphql_rating, f"{hand}/update", rating("/update?id=\" .. id .. \"")),
         ("insert one, audit: false", *other("unaudited")[:2], f"{hand}/insert", comment, other("unaudited")[2]),
         ("insert, no-op before-hook", *other("hooked")[:2], f"{hand}/insert", comment, other("hooked")[2]),
         ("insert, webhook hook", *other("webhooked")[:2], f"{hand}/insert", comment, other("webhooked")[2]),
@@ -549,12 +594,15 @@ def main() -> None:
         for name, engine_url, engine_body, baseline_url, baseline_body, *engine_headers in cases:
             if wanted is not None and not any(w in name for w in wanted):
                 continue
+            if isinstance(engine_body, Script) and not shutil.which("wrk"):
+                print(f"{name:28}needs wrk (its requests are a Lua script's)")
+                continue
             plain_url = baseline_url.replace(hand, f"http://127.0.0.1:{plain_port}")
-            runs = [(measure(engine_url, args.seconds, args.connections, engine_body, url,
+            runs = [(measure(engine_url, args.seconds, args.connections, *sent(engine_body), url,
                              engine_headers[0] if engine_headers else headers, count=round_ == 0, cpu=cpu),
-                     measure(baseline_url, args.seconds, args.connections, baseline_body, url, {}, count=round_ == 0,
-                             cpu=cpu),
-                     measure(plain_url, args.seconds, args.connections, baseline_body, url, {}, count=False))
+                     measure(baseline_url, args.seconds, args.connections, *sent(baseline_body), url, {},
+                             count=round_ == 0, cpu=cpu),
+                     measure(plain_url, args.seconds, args.connections, *sent(baseline_body), url, {}, count=False))
                     for round_ in range(args.rounds)]
             e, b, p = (max((r[i] for r in runs), key=lambda m: m[0]) for i in range(3))
             # transactions: the counted round's; CPU per request: the least of the rounds
@@ -574,7 +622,7 @@ def main() -> None:
             token = sign_in(f"http://127.0.0.1:{engine_port}", "writer@example.com")["access_token"]  # fresh: 15 min
             for label, target, auth in (("anon, explicit owner_id filter", f"{entries}&owner_id=eq.{user_id}", {}),
                                         ("user JWT, own scope", entries, {"Authorization": f"Bearer {token}"})):
-                m = measure(target, args.seconds, args.connections, None, url, auth, count=False)
+                m = measure(target, args.seconds, args.connections, None, None, url, auth, count=False)
                 best[label] = max(best.get(label, m), m, key=lambda r: r[0])
         for label, m in best.items():
             print(f"{label:40}{m[0]:>8.0f}{m[1]:>8.2f}{m[2]:>8.2f}")
