@@ -212,6 +212,19 @@ def test_one_update_document_writes_what_each_requests_variables_name(service, s
     service.execute(gql('mutation { delete_post(where: {title: {_like: "Same%"}}) { affected_rows } }'))
 
 
+def test_an_omitted_variable_leaves_its_input_field_out(service, seeded):
+    made = service.execute(GraphQLRequest(
+        "mutation($t: String!, $b: String) { insert_post_one(object: {title: $t, body: $b}) { id body } }",
+        variable_values={"t": "Omitted"}))["insert_post_one"]
+    assert made["body"] is None
+    changed = service.execute(GraphQLRequest(
+        "mutation($id: uuid!, $v: bigint, $t: String) { update_post_by_pk(pk_columns: {id: $id}, "
+        "_set: {views: $v, title: $t}) { title views } }", variable_values={"id": made["id"], "v": 3}))
+    assert changed["update_post_by_pk"] == {"title": "Omitted", "views": 3}
+    service.execute(GraphQLRequest("mutation($id: uuid!) { delete_post_by_pk(id: $id) { id } }",
+                                   variable_values={"id": made["id"]}))
+
+
 def test_operations_of_one_document_giving_one_alias_to_different_fields_each_run_their_own(service, seeded):
     author = service.execute(gql('mutation { insert_author_one(object: {name: "Ops"}) { id } }'))["insert_author_one"]
     post = service.execute(gql('mutation { insert_post_one(object: {title: "Ops"}) { id } }'))["insert_post_one"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from graphql import GraphQLSchema
+from graphql import GraphQLSchema, Undefined
 from graphql.language import ast
 from graphql.utilities import value_from_ast_untyped
 
@@ -137,6 +137,17 @@ def encoded(value: Any, encoding: str) -> Any:
     return as_text(value)
 
 
+def given(value: Any) -> Any:
+    """A value written in the document, without what its omitted variables left undefined: an input
+    object's field whose variable was not given is absent (the spec's input coercion: `_set: {title: $t}`
+    without `$t` sets nothing), a list's item is null."""
+    if isinstance(value, dict):
+        return {k: given(v) for k, v in value.items() if v is not Undefined}
+    if isinstance(value, list):
+        return [None if v is Undefined else given(v) for v in value]
+    return value
+
+
 def as_text(value: Any) -> Any:
     """A value as the text PostgreSQL casts to the column's type (lists stay lists of texts)."""
     if isinstance(value, bool):
@@ -171,7 +182,7 @@ class Values:
             name = node.name.value
             self.shape[name] = self.variables.get(name)
             return self.variables.get(name)
-        return value_from_ast_untyped(node, self.variables)
+        return given(value_from_ast_untyped(node, self.variables))
 
     def builder(self) -> Callable[[Mapping[str, Any], str | None], list[Any]]:
         """How to make a request's parameter values from its variables and the caller's user id."""
