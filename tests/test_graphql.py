@@ -146,6 +146,15 @@ def test_variables_fragments_aliases_and_directives(service, seeded):
     assert without["published"] == [{"name": "Second"}]
 
 
+def test_variables_inside_an_order_or_a_list_take_each_requests_values(service, seeded):
+    ordered = "query($d: order_by) { post(where: {title: {_in: [\"First\", \"Second\"]}}, order_by: {title: $d}) { title } }"
+    assert [[p["title"] for p in service.execute(GraphQLRequest(ordered, variable_values={"d": d}))["post"]]
+            for d in ("asc", "desc")] == [["First", "Second"], ["Second", "First"]]
+    listed = 'query($a: String!) { post(where: {title: {_in: [$a, "Third"]}}, order_by: {title: asc}) { title } }'
+    assert [[p["title"] for p in service.execute(GraphQLRequest(listed, variable_values={"a": a}))["post"]]
+            for a in ("First", "Second")] == [["First", "Third"], ["Second", "Third"]]
+
+
 def test_insert_update_and_delete_return_affected_rows_and_returning(service, seeded):
     inserted = service.execute(gql("""mutation { insert_post(objects: [{title: "Tmp 1", views: 1}, {title: "Tmp 2"}])
                                       { affected_rows returning { title views } } }"""))

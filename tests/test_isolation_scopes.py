@@ -304,10 +304,19 @@ def test_one_graphql_write_document_reaches_only_each_callers_rows(base, keys, p
     assert stored(base, keys, "post", post["id"])["title"] == "ann's, renamed"
     assert graphql(base, ann["headers"], delete, {"ids": [post["id"]]})["data"]["delete_post"] == {"affected_rows": 1}
     assert stored(base, keys, "post", post["id"]) is None
+    insert = "mutation($o: post_insert_input!) { insert_post_one(object: $o) { title } }"  # one statement, kept
+    made = {who: graphql(base, people[who]["headers"], insert, {"o": {"title": f"{who}'s, by one document"}})
+            for who in ("ann", "bob")}
+    assert {who: answer["data"]["insert_post_one"]["title"] for who, answer in made.items()} == {
+        "ann": "ann's, by one document", "bob": "bob's, by one document"}
+    owners = httpx.get(f"{base}/rest/v1/post", params={"title": "like.*by one document", "select": "title,owner_id"},
+                       headers=key(keys["service"])).json()
+    assert sorted((row["title"], row["owner_id"]) for row in owners) == [
+        ("ann's, by one document", ann["id"]), ("bob's, by one document", bob["id"])]
 
 
-def test_rest_writes_of_one_shape_reach_only_each_callers_rows(base, keys, people):
-    """PATCH and DELETE by `id=eq.<id>` are prepared once per shape and caller (engine/rest/shapes.py)."""
+def test_rest_requests_of_one_shape_reach_only_each_callers_rows(base, keys, people, stranger):
+    """GET, PATCH and DELETE by `id=eq.<id>` are prepared once per shape and caller (engine/rest/shapes.py)."""
     ann, bob = people["ann"], people["bob"]
     posts = {who: [create(base, people[who]["headers"], "post", {"title": f"{who}'s {i}"})["id"] for i in range(2)]
              for who in ("ann", "bob")}
@@ -322,6 +331,14 @@ def test_rest_writes_of_one_shape_reach_only_each_callers_rows(base, keys, peopl
     assert [patch(ann, row, "ann renamed") for row in posts["ann"]] == [[{**r, "title": "ann renamed"}] for r in [
         stored(base, keys, "post", row) for row in posts["ann"]]]
     assert [patch(bob, row, "bob was here") for row in posts["ann"]] == [[], []]
+    read = {who: [httpx.get(url, params={"id": f"eq.{row}", "select": "title"}, headers=people[who]["headers"]).json()
+                  for row in posts["ann"]] for who in ("ann", "bob")}
+    assert read == {"ann": [[{"title": "ann renamed"}]] * 2, "bob": [[], []]}
+    for outsider in ({"apikey": keys["anon"]}, stranger):
+        for method in ("GET", "PATCH", "DELETE"):
+            answer = httpx.request(method, url, params={"id": f"eq.{posts['ann'][0]}"}, headers=outsider,
+                                   json={"title": "outsider"} if method == "PATCH" else None)
+            assert answer.status_code in (401, 403), (method, answer.status_code, answer.text)
     assert [patch(bob, row, "bob renamed")[0]["title"] for row in posts["bob"]] == ["bob renamed"] * 2
     for row in posts["ann"]:
         gone = httpx.delete(url, params={"id": f"eq.{row}"}, headers={**bob["headers"], **prefer})

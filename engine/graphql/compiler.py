@@ -10,7 +10,7 @@ serves every request of the same document. A variable that shapes the statement 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +137,18 @@ def encoded(value: Any, encoding: str) -> Any:
     return as_text(value)
 
 
+def variables_in(node: ast.ValueNode) -> Iterator[str]:
+    """The names of the variables a value of the document uses, at any depth."""
+    if isinstance(node, ast.VariableNode):
+        yield node.name.value
+    elif isinstance(node, ast.ListValueNode):
+        for item in node.values:
+            yield from variables_in(item)
+    elif isinstance(node, ast.ObjectValueNode):
+        for part in node.fields:
+            yield from variables_in(part.value)
+
+
 def given(value: Any) -> Any:
     """A value written in the document, without what its omitted variables left undefined: an input
     object's field whose variable was not given is absent (the spec's input coercion: `_set: {title: $t}`
@@ -170,18 +182,21 @@ class Values:
         return len(self.slots) - 1
 
     def leaf(self, node: ast.ValueNode, many: bool = False, encoding: str = "text") -> int:
+        """A compared value's parameter: a variable's, or the document's own value (`[$a, "b"]` included:
+        its variables then shape the statement, their values written into it)."""
         if isinstance(node, ast.VariableNode):
             return self.add(Slot(variable=node.name.value, many=many, encoding=encoding))
-        return self.add(Slot(constant=value_from_ast_untyped(node), many=many, encoding=encoding))
+        return self.add(Slot(constant=self.resolve(node), many=many, encoding=encoding))
 
     def resolve(self, node: ast.ValueNode | None) -> Any:
-        """A structural argument's value; a variable used here becomes part of the cache key."""
+        """A structural argument's value; every variable used in it, at any depth (`order_by: {title: $d}`),
+        becomes part of the cache key, since its value is written into the statement."""
         if node is None:
             return None
-        if isinstance(node, ast.VariableNode):
-            name = node.name.value
+        for name in variables_in(node):
             self.shape[name] = self.variables.get(name)
-            return self.variables.get(name)
+        if isinstance(node, ast.VariableNode):
+            return self.variables.get(node.name.value)
         return given(value_from_ast_untyped(node, self.variables))
 
     def builder(self) -> Callable[[Mapping[str, Any], str | None], list[Any]]:

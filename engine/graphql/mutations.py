@@ -122,9 +122,7 @@ class MutationRunner:
             return b"[" + b",".join(answers) + b"]"
         single = variant == "_by_pk"
         if self.runtime.hooks(entity, kind):
-            where = {"id": {"_eq": args["pk_columns"]["id"] if kind == "update" else args["id"]}} if single \
-                else args["where"]
-            return await self.hooked_write(conn, kind, entity, where, args, field, single)
+            return await self.hooked_write(conn, kind, entity, None, args, field, single)
         changes, increments = self.changes(entity, args, kind)
         prepared = self.prepared_write(field, kind, entity, single, tuple(changes), tuple(increments))
         return await self.run_write(conn, prepared, changes, increments)
@@ -530,10 +528,13 @@ class MutationRunner:
 
     async def hooked_write(self, conn: asyncpg.Connection, kind: str, entity: str, where: Any, args: Mapping[str, Any],
                            field: ast.FieldNode, single: bool) -> bytes:
-        """An update or delete of an entity with hooks: the rows it reaches locked, then written through the
-        write core (its hooks, its validation), the answer read back by id through the read scope."""
+        """An update or delete of an entity with hooks: the rows it reaches (`where`, or the field's own
+        `target`) locked, then written through the write core (its hooks, its validation), the answer read
+        back by id through the read scope."""
         changes, _ = self.changes(entity, args, kind, hooked=True)
         compiler = self.compiler()
+        if where is None:
+            where = self.target(compiler, kind, single, {a.name.value: a.value for a in field.arguments or ()})
         condition = self.scoped_where(compiler, entity, kind, where)
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
