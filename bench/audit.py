@@ -111,7 +111,8 @@ async def load(method: str, urls: list[str], body: str, headers: dict[str, str],
 
 class Sealer:
     """The gateway's sealer for the audited tenant's chain, on one connection of its own (so its backend's
-    CPU is counted with the others): `backsaas_audit.seal` each second, in a transaction of its own."""
+    CPU is counted with the others): `backsaas_audit.seal` each second, in a transaction of its own, and
+    the vacuum of `pending` after it (engine/audit_trail.py `seal`)."""
 
     def __init__(self, url: str, slug: str) -> None:
         self.url, self.slug, self.calls = url, slug, 0
@@ -131,10 +132,15 @@ class Sealer:
 
     async def seal(self) -> None:
         async with self.lock:
+            sealed = 0
             while True:
                 self.calls += 1
-                if await self.conn.fetchval(f"SELECT {audit.SCHEMA}.seal($1, 1000)", self.chain) < 1000:
-                    return
+                done = await self.conn.fetchval(f"SELECT {audit.SCHEMA}.seal($1, 1000)", self.chain)
+                sealed += done
+                if done < 1000:
+                    break
+            if sealed:  # as engine/audit_trail.py's seal does: the dead rows sealing left in `pending`
+                await self.conn.execute(f"VACUUM (SKIP_LOCKED) {audit.PENDING}")
 
     def settle(self) -> None:
         """From another thread: seal what is left now (the run's whole cost falls in the run)."""

@@ -1,8 +1,11 @@
 """The audit trail: one hash-chained entry per write, authentication event, platform operation and denial.
 
-Every entry is a row of the system tenant's `audit_log`, written in the transaction of the change it
-records: an entry is never written for a change that rolled back, and a change never commits without its
-entry. It is written unsealed (no seq, prev_hash or hash) and chained once committed (below).
+Every entry is written in the transaction of the change it records: an entry is never written for a
+change that rolled back, and a change never commits without its entry. It is written to
+`backsaas_audit.pending`, a table without an index, a guard or a foreign key, and moved into the system
+tenant's `audit_log`, chained, once committed (below): the log takes each entry once, whole, in batches.
+(Entries written unsealed into the log and updated there by the sealer were inserted into each of its
+five indexes twice and left a dead row behind, which the log's vacuum then had to find in every index.)
 
 - Writes to a tenant's tables are captured by statement-level triggers (with transition tables) that
   the deploy puts on every entity not marked `audit: false`. So every surface is covered alike (REST,
@@ -22,8 +25,9 @@ entry. It is written unsealed (no seq, prev_hash or hash) and chained once commi
   entry; `backsaas_audit.note` lets a tenant's own connection add an event to its own chain only.
 - Tamper evidence: each tenant's entries form a chain (`seq` 1, 2, ...; `hash` = SHA-256 of the
   previous hash and the entry's canonical form, `backsaas_audit.digest`). `backsaas_audit.seal(chain)`
-  chains the committed unsealed entries (by `created_at`, then id) under the chain's head row
-  (`backsaas_audit.heads`, FOR UPDATE), in a transaction of its own: writers never wait on a head (a
+  moves the chain's committed pending entries (by `created_at`, then id) into the log under the chain's
+  head row (`backsaas_audit.heads`, FOR UPDATE; every chain's, in one order, when chain is NULL), in a
+  transaction of its own: writers never wait on a head (a
   chain head locked from a write to its commit serialized every writer of a tenant, commit included),
   and concurrent sealers still produce one chain. engine/audit_trail.py seals: the gateway's sealer each
   second, and every reader, `verify`, `heads` and `prune` first. An entry is open to an undetected edit
@@ -268,7 +272,7 @@ async def install_triggers(conn: AsyncConnection, slug: str, tenant_id: str, mod
     else:
         script += [triggers] if triggers else []
         if slug == naming.SYSTEM_TENANT:  # the log itself is no change feed: a NOTIFY per entry is all cost,
-            # and an entry is never edited: `seal`'s update of every entry would call the touch trigger on each
+            # and an entry is never edited (`seal` inserts it whole): it keeps no updated_at of its own
             script += ["DROP TRIGGER IF EXISTS audit_log_notify_change ON system.audit_log",
                        f"DROP TRIGGER IF EXISTS {quote(naming.trigger_name('audit_log'))} ON system.audit_log"]
         script.append(DROP_UNUSED_CAPTURES)
@@ -318,6 +322,10 @@ def hashed(e: str, seq: str | None = None, prev_hash: str | None = None) -> str:
 
 COLUMNS = ("tenant_id, chain, action, entity, record_id, changes, data, user_id, key_name, roles, request_id, ip, "
            "user_agent")
+PENDING = f"{SCHEMA}.pending"  # where entries wait for `seal` (see the module)
+# An entry's columns as `seal` moves it into the log (its seq, prev_hash and hash apart)
+MOVED = f"id, created_at, actor_id, {COLUMNS}"
+MOVED_COLUMNS = ", ".join(f"e.{c.strip()}" for c in COLUMNS.split(","))
 # An entry's actor and request, from the capture's one variable `ctx` (the transaction's `backsaas.audit`)
 CONTEXT = ("(ctx ->> 'user_id')::uuid, ctx ->> 'key_name', ctx ->> 'roles', ctx ->> 'request_id', ctx ->> 'ip', "
            "ctx ->> 'user_agent'")
@@ -362,7 +370,7 @@ def changes(action: str, columns: list[str], hidden: list[str]) -> str:
 
 def captured(action: str, entity: str, tenant_id: str, columns: list[str] | None, hidden: list[str],
              routed: bool) -> str:
-    """A capture function's statement for `action`: an unsealed entry per row of the transition table(s),
+    """A capture function's statement for `action`: a pending entry per row of the transition table(s),
     with the changed fields and the transaction's context. The row's fields are read from its jsonb (made
     once: `OFFSET 0`), each by name, for the table's `columns`; with None (a deploy's migration is about to
     add, drop or rename some: `install_triggers`' `generic`), by `diff`'s pass over the row's keys."""
@@ -377,14 +385,14 @@ def captured(action: str, entity: str, tenant_id: str, columns: list[str] | None
         chain = f"coalesce({', '.join([*owners, chain])})"
     fields = (f"{SCHEMA}.diff(x.o, x.n, {literal(orjson.dumps(hidden).decode())}::jsonb)" if columns is None
               else changes(action, columns, hidden))
-    return (f"INSERT INTO system.audit_log ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', {literal(entity)}, x.id, "
+    return (f"INSERT INTO {PENDING} ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', {literal(entity)}, x.id, "
             f"{fields}, '{{}}'::jsonb, {CONTEXT}\n      FROM ({rows} OFFSET 0) x;")
 
 
 def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, columns: list[str] | None,
                 hidden: list[str], routed: bool) -> str:
     """The capture function of one table: one set-based INSERT per statement, whatever its row count, of
-    its entries, unsealed (`seal` chains them). Made for the table (its columns, its redacted fields, its
+    its entries, pending (`seal` chains them). Made for the table (its columns, its redacted fields, its
     chain), so an entry's fields are expressions planned once per session, not a pass over each row's keys.
 
     Planned once per session means planned for the transition tables' size at the first call: after
@@ -445,6 +453,27 @@ CREATE OR REPLACE FUNCTION {SCHEMA}.entry_id() RETURNS uuid LANGUAGE sql VOLATIL
 $$;
 ALTER TABLE system.audit_log ALTER COLUMN id SET DEFAULT {SCHEMA}.entry_id();
 
+-- Entries wait in `pending` from the transaction they record until `seal` moves them into the log with their
+-- seq and hashes: a write adds one row to a table without an index, a guard or a foreign key, and the log
+-- takes each entry once, whole, in batches (an entry written into the log and updated by the sealer was
+-- inserted into each of its indexes twice, and left a dead row behind). No role but this one reaches it.
+DO $pending$
+BEGIN
+  IF to_regclass('{PENDING}') IS NULL THEN
+    CREATE TABLE {PENDING} (LIKE system.audit_log INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+    ALTER TABLE {PENDING} DROP COLUMN seq, DROP COLUMN prev_hash, DROP COLUMN hash,
+                          DROP COLUMN IF EXISTS updated_at, ALTER COLUMN chain SET NOT NULL;
+    PERFORM set_config('{WRITER}', 'on', true);  -- an older engine's unsealed entries, in the log: they wait here
+    WITH unsealed AS (DELETE FROM system.audit_log a WHERE a.seq IS NULL RETURNING a.*)
+    INSERT INTO {PENDING} ({MOVED}) SELECT {MOVED} FROM unsealed;
+    PERFORM set_config('{WRITER}', '', true);
+  END IF;
+END $pending$;
+REVOKE ALL ON {PENDING} FROM PUBLIC;
+-- Each entry leaves a dead row once sealed; the sealer vacuums (engine/audit_trail.py seal), and nothing
+-- is given back to the disk at the end of the table, which would take the lock every writer needs.
+ALTER TABLE {PENDING} SET (vacuum_truncate = false);
+
 CREATE OR REPLACE FUNCTION {SCHEMA}.digest(e system.audit_log) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN  -- plpgsql, not sql: its plan is kept for the session (a SQL function's is made again at every call)
@@ -453,63 +482,91 @@ END $$;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.append(entries jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN  -- unsealed (seq, prev_hash, hash NULL): `seal` chains them once committed, so no writer waits on a head
-  PERFORM set_config('{WRITER}', 'on', true);
-  INSERT INTO system.audit_log (tenant_id, actor_id, chain, action, entity, record_id, changes, data, user_id,
-                                key_name, roles, request_id, ip, user_agent)
+BEGIN  -- pending: `seal` chains them once committed, so no writer waits on a head
+  INSERT INTO {PENDING} (tenant_id, actor_id, chain, action, entity, record_id, changes, data, user_id, key_name,
+                         roles, request_id, ip, user_agent)
   SELECT e.tenant_id, (SELECT u.id FROM system.users u WHERE u.id = e.actor_id),  -- an end user is no platform
          coalesce(e.tenant_id, '{system_id}'::uuid), e.action, e.entity, e.record_id,  -- account (user_id names them)
          coalesce(e.changes, '{{}}'), coalesce(e.data, '{{}}'), e.user_id, e.key_name, e.roles,
          e.request_id, e.ip, e.user_agent
     FROM jsonb_populate_recordset(NULL::system.audit_log, entries) e;
-  PERFORM set_config('{WRITER}', '', true);
 END $$;
 REVOKE EXECUTE ON FUNCTION {SCHEMA}.append(jsonb) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.seal(chain_id uuid, most integer DEFAULT 10000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE  -- chains the chain's committed unsealed entries after its head, under the head's lock (one sealer at a time)
-  r system.audit_log;
+DECLARE  -- moves the committed pending entries of chain_id (of every chain when NULL) into the log, each chain's
+  -- after its head, under the heads' locks: one sealer at a time per chain, whichever chains it seals
+  chains uuid[];
+  c uuid;
+  r {PENDING};
+  open_chain uuid;
   head_seq bigint;
   head_hash text;
   start_seq bigint;
   start_hash text;
   ids uuid[] := '{{}}';
   hashes text[] := '{{}}';
+  sealed integer := 0;
 BEGIN
-  SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
-  IF NOT FOUND THEN
-    INSERT INTO {SCHEMA}.heads (chain, seq, hash)  -- a chain's first seal, or its head row lost: from its end
-    SELECT chain_id, coalesce(max(a.seq), 0), coalesce((array_agg(a.hash ORDER BY a.seq DESC))[1], '')
-      FROM system.audit_log a WHERE a.chain = chain_id AND a.seq IS NOT NULL
-    ON CONFLICT DO NOTHING;
-    SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = chain_id FOR UPDATE;
-  END IF;
-  start_seq := head_seq;
-  start_hash := head_hash;
-  -- a statement after the lock: it sees what a sealer that held the lock before us sealed (read committed).
-  -- Per entry its hash alone is worked out: its seq is the next, its prev_hash the hash before it (the UPDATE
+  chains := CASE WHEN chain_id IS NULL THEN ARRAY(SELECT DISTINCT p.chain FROM {PENDING} p ORDER BY 1)
+                 ELSE ARRAY[chain_id] END;
+  FOREACH c IN ARRAY chains LOOP  -- in one order, so that two sealers of several chains never wait on each other
+    PERFORM FROM {SCHEMA}.heads h WHERE h.chain = c FOR UPDATE;
+    IF NOT FOUND THEN
+      INSERT INTO {SCHEMA}.heads (chain, seq, hash)  -- a chain's first seal, or its head row lost: from its end
+      SELECT c, coalesce(max(a.seq), 0), coalesce((array_agg(a.hash ORDER BY a.seq DESC))[1], '')
+        FROM system.audit_log a WHERE a.chain = c
+      ON CONFLICT DO NOTHING;
+      PERFORM FROM {SCHEMA}.heads h WHERE h.chain = c FOR UPDATE;
+    END IF;
+  END LOOP;
+  -- a statement after the locks: it sees what a sealer that held them before us moved (read committed).
+  -- Per entry its hash alone is worked out: its seq is the next, its prev_hash the hash before it (`moved`
   -- numbers them), so an entry costs four plpgsql statements, not eight.
-  FOR r IN SELECT a.* FROM system.audit_log a WHERE a.chain = chain_id AND a.seq IS NULL
-            ORDER BY a.created_at, a.id LIMIT most LOOP
+  FOR r IN SELECT p.* FROM {PENDING} p WHERE p.chain = ANY (chains)
+            ORDER BY p.chain, p.created_at, p.id LIMIT most LOOP
+    IF r.chain IS DISTINCT FROM open_chain THEN
+      sealed := sealed + {SCHEMA}.moved(open_chain, start_seq, start_hash, ids, hashes);
+      SELECT h.seq, h.hash INTO head_seq, head_hash FROM {SCHEMA}.heads h WHERE h.chain = r.chain;
+      open_chain := r.chain;
+      start_seq := head_seq;
+      start_hash := head_hash;
+      ids := '{{}}';
+      hashes := '{{}}';
+    END IF;
     head_seq := head_seq + 1;
     head_hash := {hashed("r", seq="head_seq", prev_hash="head_hash")};  -- `digest`'s expression, no call per entry
     ids := ids || r.id;
     hashes := hashes || head_hash;
   END LOOP;
-  IF cardinality(ids) = 0 THEN
+  RETURN sealed + {SCHEMA}.moved(open_chain, start_seq, start_hash, ids, hashes);
+END $$;
+REVOKE EXECUTE ON FUNCTION {SCHEMA}.seal(uuid, integer) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.moved(chain_id uuid, start_seq bigint, start_hash text, ids uuid[], hashes text[])
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN  -- `seal`'s: pending entries `ids` of chain_id into the log, as its seq start_seq + 1, ... with `hashes`
+  IF chain_id IS NULL OR cardinality(ids) = 0 THEN
     RETURN 0;
   END IF;
   PERFORM set_config('{WRITER}', 'on', true);
-  UPDATE system.audit_log a SET seq = start_seq + s.n, prev_hash = s.prev_hash, hash = s.hash
-    FROM unnest(ids, hashes, array_prepend(start_hash, hashes[1:cardinality(hashes) - 1]))
-         WITH ORDINALITY AS s(id, hash, prev_hash, n)
-   WHERE a.id = s.id;
+  WITH sealed AS (
+    DELETE FROM {PENDING} p
+     USING unnest(ids, hashes, array_prepend(start_hash, hashes[1:cardinality(hashes) - 1]))
+           WITH ORDINALITY AS s(id, hash, prev_hash, n)
+     WHERE p.id = s.id
+    RETURNING p.*, start_seq + s.n AS seq, s.prev_hash, s.hash)
+  INSERT INTO system.audit_log ({MOVED}, seq, prev_hash, hash)
+  SELECT e.id, e.created_at, (SELECT u.id FROM system.users u WHERE u.id = e.actor_id),  -- deleted since: none
+         {MOVED_COLUMNS}, e.seq, e.prev_hash, e.hash
+    FROM sealed e;
   PERFORM set_config('{WRITER}', '', true);
-  UPDATE {SCHEMA}.heads SET seq = head_seq, hash = head_hash WHERE chain = chain_id;
+  UPDATE {SCHEMA}.heads SET seq = start_seq + cardinality(ids), hash = hashes[cardinality(hashes)]
+   WHERE chain = chain_id;
   RETURN cardinality(ids);
 END $$;
-REVOKE EXECUTE ON FUNCTION {SCHEMA}.seal(uuid, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION {SCHEMA}.moved(uuid, bigint, text, uuid[], text[]) FROM PUBLIC;
 
 -- The log names its tenant without a foreign key: a key's check locks the tenant's row FOR KEY SHARE at
 -- every entry (one hot row that all of a tenant's writers share: multixacts), and its SET NULL edited the
@@ -569,12 +626,12 @@ $$;
 RESET ROLE"""
 
 
-# Capture functions of an older engine (before they kept a hash join, `capture_sql`, or while they checked
-# every row's keys, `captured`): made again, once, by `install`.
+# Capture functions of an older engine (before they kept a hash join, `capture_sql`, while they checked
+# every row's keys, or while they wrote into the log itself, `captured`): made again, once, by `install`.
 STALE_CAPTURES = f"""SELECT EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = to_regnamespace('{SCHEMA}')
                      AND starts_with(p.proname, 'capture.')
                      AND (NOT coalesce('enable_nestloop=off' = ANY (p.proconfig), false)
-                          OR strpos(p.prosrc, ' ?& ARRAY[') > 0))"""
+                          OR strpos(p.prosrc, ' ?& ARRAY[') > 0 OR strpos(p.prosrc, 'INTO system.audit_log') > 0))"""
 
 
 async def install(conn: AsyncConnection, platform_role: str, system_id: str) -> None:

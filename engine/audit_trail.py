@@ -1,10 +1,11 @@
 """Reading the audit trail (engine/audit.py writes it): filtered pages and streamed exports, sealing and
 verification of a tenant's hash chain, its daily heads, and pruning by the tenant's plan's retention.
 
-Entries are written unsealed, in the transaction of the change they record (no lock, no wait: a write
-pays for one INSERT); `seal` chains the committed ones of a tenant (seq, prev_hash, hash) under the chain
-head's lock. The gateway's `AuditSealer` seals every chain each `BACKSAAS_AUDIT_SEAL_SECONDS` (1 s), and
-every reader here seals the chains it reads first, so no one reads or verifies an unsealed entry.
+Entries are written pending, in the transaction of the change they record (no lock, no wait: a write
+pays for one INSERT into a table without indexes); `seal` moves the committed ones of a tenant into the
+log, chained (seq, prev_hash, hash), under the chain head's lock. The gateway's `AuditSealer` seals every
+chain each `BACKSAAS_AUDIT_SEAL_SECONDS` (1 s), and every reader here seals the chains it reads first,
+so no one reads or verifies an entry before it is sealed.
 
 All of it runs on the platform's own connection (the admin engine): `system.audit_log` is out of every
 tenant role's reach. Who may ask for which tenant is the caller's business (functions/audit.py,
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 import structlog
 
-from engine.audit import SCHEMA, WRITER
+from engine.audit import PENDING, SCHEMA, WRITER
 from engine.database import Database, driver_of
 from engine.errors import InvalidInput, Problem
 from engine.storage.naming import SYSTEM_TENANT
@@ -171,24 +172,23 @@ async def page(db: Database, query: Query, limit: int = 100) -> dict[str, Any]:
 
 
 async def seal(db: Database, tenant_id: str | None = None) -> int:
-    """Chain the committed unsealed entries of `tenant_id`'s chain (of every chain that has some when None),
-    each chain in transactions of its own; returns how many were sealed. Safe from any number of
-    processes at once: a chain's sealers queue on its head row, and each sees what the one before sealed."""
+    """Move the committed pending entries of `tenant_id`'s chain (of every chain when None) into the log,
+    chained, in transactions of SEAL_BATCH entries at most; returns how many were sealed. Safe from any
+    number of processes at once: sealers queue on the heads of the chains they seal, in one order, and
+    each sees what the one before it moved. After a round that sealed something, `pending` is vacuumed
+    (unless another sealer is at it): each sealed entry left a dead row there, which the next round's
+    scan would read again and again until autovacuum came by (a minute apart by default)."""
+    chain = str(tenant_id) if tenant_id is not None else None
+    sealed = 0
     async with db.engine.connect() as conn:
         driver = await driver_of(conn)
-        if tenant_id is not None:
-            chains = [str(tenant_id)]
-        else:  # a probe of the (chain, seq) index per chain: unsealed entries have seq NULL
-            chains = [str(r["chain"]) for r in await driver.fetch(
-                f"SELECT c.chain FROM (SELECT id AS chain FROM system.tenants UNION SELECT chain FROM {SCHEMA}.heads) c "
-                "WHERE EXISTS (SELECT 1 FROM system.audit_log a WHERE a.chain = c.chain AND a.seq IS NULL)")]
-        sealed = 0
-        for chain in chains:
-            while True:
-                done = await driver.fetchval(f"SELECT {SCHEMA}.seal($1::uuid, $2)", chain, SEAL_BATCH)  # autocommit
-                sealed += done
-                if done < SEAL_BATCH:
-                    break
+        while True:
+            done = await driver.fetchval(f"SELECT {SCHEMA}.seal($1::uuid, $2)", chain, SEAL_BATCH)  # autocommit
+            sealed += done
+            if done < SEAL_BATCH:
+                break
+        if sealed:
+            await driver.execute(f"VACUUM (SKIP_LOCKED) {PENDING}")
     return sealed
 
 

@@ -256,6 +256,7 @@ async def platform_records(conn: AsyncConnection, tenant_id: str, user_id: str) 
         return list(await conn.scalar(_rows_json(alias, sa.and_(*where(alias.c)), [])) or [])
 
     flag_rows = await rows(flags, lambda c: (c.tenant_id == tenant_id, c.user_id == user_id))
+    await conn.execute(sa.text(f"SELECT {audit.SCHEMA}.seal(:chain)"), {"chain": tenant_id})  # entries pending too
     return {
         "consents": await consent_state(conn, tenant_id, user_id),
         "privacy_requests": await rows(requests, lambda c: (c.tenant_id == tenant_id, c.user_id == user_id)),

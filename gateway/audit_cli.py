@@ -4,7 +4,7 @@ server's own authority, as every CLI command: it runs where the database URL is)
 `verify` exits 1 when the chain is broken and names the first broken link; `heads` prints the daily
 chain heads to hand to an auditor; `prune` applies each tenant's plan retention
 (`features.audit_retention_days`); `export` streams a tenant's entries as CSV or JSON lines; `seal`
-chains the committed unsealed entries of every chain (or one tenant's) now, as each gateway process does
+chains the committed pending entries of every chain (or one tenant's) now, as each gateway process does
 every second (engine/audit_trail.py), for an installation that writes with no gateway running (verify,
 heads, prune and export seal first anyway).
 """
@@ -132,7 +132,7 @@ def add_audit_commands(commands: Any) -> None:
     for name in audit_trail.FILTERS:
         export.add_argument(f"--{name.replace('_', '-')}", dest=name)
     export.set_defaults(run=cmd_audit_export)
-    seal = group.add_parser("seal", help="chain the committed unsealed entries now (each gateway does every second)")
+    seal = group.add_parser("seal", help="chain the committed pending entries now (each gateway does every second)")
     seal.add_argument("--tenant", help="one tenant (default: every chain)")
     seal.add_argument("--json", action="store_true", help="machine-readable output")
     seal.set_defaults(run=cmd_audit_seal)

@@ -444,6 +444,10 @@ async def test_a_tenant_role_can_neither_read_nor_forge_edit_or_delete_entries_b
                           "DELETE FROM system.audit_log",
                           "INSERT INTO system.audit_log (action, data) VALUES ('forged', '{}')",
                           "UPDATE backsaas_audit.heads SET seq = 0",
+                          "SELECT count(*) FROM backsaas_audit.pending",
+                          "INSERT INTO backsaas_audit.pending (chain, action, data) VALUES (gen_random_uuid(), 'forged', '{}')",
+                          "DELETE FROM backsaas_audit.pending",
+                          "SELECT backsaas_audit.moved(gen_random_uuid(), 0, '', ARRAY[gen_random_uuid()], ARRAY['x'])",
                           f"SELECT backsaas_audit.append('[{{\"tenant_id\": \"{ids['beta']}\", \"action\": \"forged\"}}]')",
                           "CREATE TRIGGER forged AFTER INSERT ON t_alpha.journal REFERENCING NEW TABLE AS new_rows "
                           'FOR EACH STATEMENT EXECUTE FUNCTION backsaas_audit."capture.t_beta.journal"()'):

@@ -1,6 +1,7 @@
-"""Sealing the audit trail: entries are written unsealed in the transaction of their change (no chain lock
-on the write path) and chained once committed by `backsaas_audit.seal` (engine/audit_trail.py), from the
-gateway's sealer or from any reader. A write that commits late is chained after what was sealed before
+"""Sealing the audit trail: entries are written pending in the transaction of their change (no chain lock
+on the write path) and moved into the log, chained, once committed by `backsaas_audit.seal`
+(engine/audit_trail.py), from the gateway's sealer or from any reader; an older installation's unsealed
+entries in the log itself are chained too. A write that commits late is chained after what was sealed before
 it; sealers and writers at once still leave one chain; a tenant's role cannot seal; `backsaas audit seal`
 seals without a gateway. Each table's capture function (made by its deploy) records the writes of the
 deploy's own migration, goes with its table, covers an entity of many fields, and replaces the one
@@ -42,17 +43,18 @@ async def new_tenant(db: Database, slug: str) -> str:
 
 
 async def items(database_url: str, tenant_id: str) -> list[dict[str, object]]:
-    """The tenant's item entries as stored (sealed or not): n written, seq, hash."""
+    """The tenant's item entries as stored, sealed (in the log) or pending (seq and hash None): n written, seq, hash."""
     conn = await asyncpg.connect(driver_url(database_url))
     try:
         return [dict(r) for r in await conn.fetch(
-            "SELECT (changes -> 'n' ->> 'new')::int AS n, seq, hash FROM system.audit_log "
+            "SELECT (changes -> 'n' ->> 'new')::int AS n, seq, hash FROM (SELECT chain, entity, changes, seq, hash "
+            "FROM system.audit_log UNION ALL SELECT chain, entity, changes, NULL, NULL FROM backsaas_audit.pending) e "
             "WHERE chain = $1::uuid AND entity = 'item' ORDER BY seq NULLS LAST, n", tenant_id)]
     finally:
         await conn.close()
 
 
-async def test_an_entry_is_written_unsealed_and_chained_by_seal(db, database_url):
+async def test_an_entry_waits_pending_until_seal_chains_it_into_the_log(db, database_url):
     tenant_id = await new_tenant(db, "unsealed")
     async with db.as_role(db.role("unsealed")) as conn:
         await conn.execute("INSERT INTO t_unsealed.item (n) VALUES (1)")
@@ -140,6 +142,37 @@ async def test_a_tenant_role_cannot_seal(db, database_url):
         await conn.close()
 
 
+async def test_an_older_installations_unsealed_entries_are_chained_after_the_platform_deploy(db, database_url):
+    """An engine before `pending` wrote entries unsealed into the log itself (seq NULL) from its capture
+    functions: the platform deploy moves those entries to `pending` and makes the captures again."""
+    tenant_id = await new_tenant(db, "upgraded")
+    async with db.as_role(db.role("upgraded")) as conn:
+        await conn.execute("INSERT INTO t_upgraded.item (n) VALUES (1)")
+    await audit_trail.seal(db, tenant_id)
+    admin = await asyncpg.connect(driver_url(database_url))
+    try:  # as the older engine left it: captures writing into the log, no `pending`, an entry unsealed
+        await admin.execute("""DO $$ DECLARE f oid; BEGIN
+          FOR f IN SELECT oid FROM pg_proc WHERE pronamespace = 'backsaas_audit'::regnamespace
+                                            AND starts_with(proname, 'capture.') LOOP
+            EXECUTE replace(pg_get_functiondef(f), 'backsaas_audit.pending', 'system.audit_log');
+          END LOOP; END $$""")
+        await admin.execute("DROP TABLE backsaas_audit.pending")
+        async with db.as_role(db.role("upgraded")) as conn:
+            await conn.execute("INSERT INTO t_upgraded.item (n) VALUES (2)")
+        assert await admin.fetchval("SELECT count(*) FROM system.audit_log WHERE chain = $1 AND seq IS NULL",
+                                    tenant_id) == 1
+        await deploy_platform(db)
+        async with db.as_role(db.role("upgraded")) as conn:  # the capture made again: into `pending`
+            await conn.execute("INSERT INTO t_upgraded.item (n) VALUES (3)")
+        assert await admin.fetchval("SELECT count(*) FROM system.audit_log WHERE seq IS NULL") == 0
+    finally:
+        await admin.close()
+    await audit_trail.seal(db, tenant_id)
+    written = await items(database_url, tenant_id)
+    assert [e["n"] for e in written] == [1, 2, 3] and None not in {e["seq"] for e in written}
+    assert (await audit_trail.verify(db, tenant_id)).ok
+
+
 def test_cli_seal_chains_what_a_gateway_would_have(db, database_url, monkeypatch, capsys):
     async def write() -> str:
         local = await Database.connect(database_url)
@@ -167,6 +200,7 @@ def test_cli_seal_chains_what_a_gateway_would_have(db, database_url, monkeypatch
 async def entries_of(database_url: str, tenant_id: str, entity: str) -> list[dict[str, object]]:
     conn = await asyncpg.connect(driver_url(database_url))
     try:
+        await conn.execute("SELECT backsaas_audit.seal($1::uuid)", tenant_id)
         return [{"action": r["action"], "changes": json.loads(r["changes"])} for r in await conn.fetch(
             "SELECT action, changes FROM system.audit_log WHERE chain = $1::uuid AND entity = $2 "
             "ORDER BY created_at, id", tenant_id, entity)]

@@ -12,7 +12,7 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from engine import catalog
+from engine import audit_trail, catalog
 from engine.database import Database
 from engine.errors import Unauthorized
 from engine.identity.signing import Keyring, rotate_signing_key
@@ -167,6 +167,7 @@ async def test_wrong_passwords_are_rate_limited_and_audited(base, keys, db):
     locked = httpx.post(url, headers=anon(keys), json={"email": "locked@example.com", "password": PASSWORD})
     assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
     audit_log = catalog.platform_tables()["audit_log"]
+    await audit_trail.seal(db)
     async with db.begin() as conn:
         events = await conn.scalar(sa.select(sa.func.count()).select_from(audit_log).where(
             audit_log.c.action == "auth.login_failed", audit_log.c.data["email_sha256"].astext == EMAIL_SHA256))

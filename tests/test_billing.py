@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 import stripe
 
-from engine import catalog
+from engine import audit_trail, catalog
 from engine.database import Database
 from functions.users import create_platform_admin
 from tests.fake_stripe import local_stripe
@@ -154,6 +154,7 @@ def backsaas_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[s
 async def audit_actions(db: Database, slug: str) -> list[str]:
     tables = catalog.platform_tables()
     audit_log, tenants = tables["audit_log"], tables["tenants"]
+    await audit_trail.seal(db)
     async with db.engine.connect() as conn:
         return list((await conn.scalars(sa.select(audit_log.c.action).join(tenants, tenants.c.id == audit_log.c.tenant_id)
                                         .where(tenants.c.slug == slug).order_by(audit_log.c.created_at))).all())

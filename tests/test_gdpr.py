@@ -14,7 +14,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from engine import catalog
+from engine import audit_trail, catalog
 from engine.database import Database
 from engine.storage import naming
 from functions.keys import create_api_key
@@ -222,6 +222,7 @@ async def test_an_erasure_leaves_no_personal_value_and_keeps_referencing_rows_re
     assert refresh.status_code == 400
     assert httpx.get(f"{api(base)}/auth/v1/user", headers=bearer(cat)).status_code == 403
 
+    await audit_trail.seal(db)
     async with db.engine.connect() as conn:
         entries = (await conn.execute(sa.text(
             "SELECT action, data FROM system.audit_log WHERE action LIKE 'privacy.%' AND record_id = :id"),
@@ -482,6 +483,7 @@ async def test_an_erasures_changes_are_audited_with_the_admin_who_carried_it_out
     assert done.status_code == 200 and done.json()["status"] == "completed", done.text
     conn = await asyncpg.connect(driver_url(database_url))
     try:
+        await conn.execute("SELECT backsaas_audit.seal(NULL)")
         entries = await conn.fetch("SELECT action, key_name FROM system.audit_log WHERE entity = 'profile' "
                                    "AND record_id = $1::uuid ORDER BY created_at, id", made.json()[0]["id"])
     finally:
