@@ -524,7 +524,7 @@ BEGIN
   -- a statement after the locks: it sees what a sealer that held them before us moved (read committed).
   -- Per entry its hash alone is worked out: its seq is the next, its prev_hash the hash before it (`moved`
   -- numbers them), so an entry costs four plpgsql statements, not eight.
-  FOR r IN SELECT p.* FROM {PENDING} p WHERE p.chain = ANY (chains)
+  FOR r IN SELECT p.* FROM {PENDING} p WHERE p.chain IN (SELECT unnest(chains))  -- hashed: chains may be many
             ORDER BY p.chain, p.created_at, p.id LIMIT most LOOP
     IF r.chain IS DISTINCT FROM open_chain THEN
       sealed := sealed + {SCHEMA}.moved(open_chain, start_seq, start_hash, ids, hashes);

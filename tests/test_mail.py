@@ -33,7 +33,7 @@ import structlog
 from aiosmtpd.controller import Controller
 from structlog.testing import capture_logs
 
-from engine import catalog, mailer
+from engine import audit_trail, catalog, mailer
 from engine.database import Database
 from engine.identity.mailflows import TOKEN_KEY_PURPOSE, code_digest, link_digest
 from engine.identity.signing import derive_key, rotate_signing_key
@@ -205,6 +205,7 @@ def verify(base: str, keys: dict[str, str], slug: str = "shop", **body: str) -> 
 
 async def audit_actions(db: Database, slug: str) -> list[str]:
     tenants, log = catalog.platform_tables()["tenants"], catalog.platform_tables()["audit_log"]
+    await audit_trail.seal(db)
     async with db.engine.connect() as conn:
         return list((await conn.execute(sa.select(log.c.action).join(tenants, tenants.c.id == log.c.tenant_id)
                                         .where(tenants.c.slug == slug).order_by(log.c.seq))).scalars())
