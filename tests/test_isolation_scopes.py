@@ -349,6 +349,19 @@ def test_rest_requests_of_one_shape_reach_only_each_callers_rows(base, keys, peo
     assert [stored(base, keys, "post", row) for row in posts["ann"]] == [None, None]
 
 
+def test_a_write_the_caller_may_not_make_is_refused_before_its_body_is_read(base, keys, people, stranger):
+    """A refused caller learns nothing of the entity's fields: not which are required, not their rules (the
+    permission is asked before the body is validated, as PostgREST's 42501 comes before any check)."""
+    bad = {"body": 42, "nosuch": True}  # comment: body is required text, nosuch no field
+    for outsider in ({"apikey": keys["anon"]}, stranger):
+        for method, entity, body in (("POST", "comment", bad), ("POST", "comment", [bad, {}]),
+                                     ("PATCH", "guestbook", {"line": ["not", "a", "string"]})):
+            answer = httpx.request(method, f"{base}/rest/v1/{entity}", params={"id": "eq.x"} if method == "PATCH" else None,
+                                   headers=outsider, json=body)
+            assert answer.status_code in (401, 403), (method, entity, answer.status_code, answer.text)
+            assert "nosuch" not in answer.text and "line" not in answer.text and not answer.json().get("details")
+
+
 def test_writes_through_hooks_return_only_rows_the_caller_may_read(base, keys, people):
     ann, bob = people["ann"], people["bob"]
     locker = create(base, ann["headers"], "locker", {"note": "ann's"})

@@ -322,6 +322,7 @@ class RestApi:
 
     async def insert(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
+        self.permissions.of(entity.name, "create")  # a caller refused learns nothing of the fields' rules below
         media = self.write_media(headers)
         payload = self.body(entity, headers, body)
         objects = payload if isinstance(payload, list) else [payload]
@@ -417,6 +418,7 @@ class RestApi:
                      body: bytes) -> Answer:
         if not has_root_filters(params):
             raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
+        self.permissions.of(entity.name, "update")  # before the body: see `insert`
         media = self.write_media(headers)
         payload = self.body(entity, headers, body)
         if not isinstance(payload, dict) or not payload:
