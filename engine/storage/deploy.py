@@ -7,7 +7,7 @@ of it back (PostgreSQL DDL is transactional), so the database is exactly as befo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -198,50 +198,53 @@ async def ensure_bounds_checks(conn: AsyncConnection, db: Database, slug: str, m
     return [f"{t}.{c}" for t, c in missing]
 
 
-async def ensure_every_tenants_bounds_checks(conn: AsyncConnection, db: Database) -> None:
-    """Once per database (recorded in `backsaas_private.upgrades`): `ensure_bounds_checks` for every tenant
-    with a deployed version, so that tables of an older engine are checked without waiting for a deploy."""
+async def upgrade_once(conn: AsyncConnection, name: str,
+                       upgrade: Callable[[str, str, catalog.SchemaVersion], Awaitable[None]]) -> None:
+    """Once per database (recorded as `name` in `backsaas_private.upgrades`): `upgrade(tenant id, slug,
+    current version)` for every tenant with a deployed version, in the platform deploy's transaction: what
+    tables of an older engine need and no later deploy of theirs would plan."""
     driver = await driver_of(conn)
     await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
                          "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
-    if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", BOUNDS_UPGRADE):
-        return
-    tenants = catalog.platform_tables()["tenants"]
-    for tenant_id, slug in (await conn.execute(sa.select(tenants.c.id, tenants.c.slug)
-                                               .where(tenants.c.status.not_in(["deleted", "pending", "failed"])))).all():
-        current = await catalog.current_version(conn, str(tenant_id))
-        if current is not None:
-            await ensure_bounds_checks(conn, db, slug, load_schema(current.source, f"{slug} v{current.version}",
-                                                                    tenant=slug != naming.SYSTEM_TENANT))
-    await driver.execute("INSERT INTO backsaas_private.upgrades (name) VALUES ($1) ON CONFLICT DO NOTHING",
-                         BOUNDS_UPGRADE)
-
-
-METADATA_UPGRADE = "users_user_metadata"
-
-
-async def ensure_user_metadata_columns(conn: AsyncConnection, db: Database) -> None:
-    """Once per database (recorded in `backsaas_private.upgrades`): the `users` table of every tenant deployed
-    by an engine before the built-in `user_metadata` field (Supabase Auth's free metadata) gets its column;
-    a model that has it plans nothing for it, so no later deploy would add it. Its audit capture functions
-    are made again for the columns it now has (a capture names the columns it was made for)."""
-    driver = await driver_of(conn)
-    await driver.execute("CREATE SCHEMA IF NOT EXISTS backsaas_private; CREATE TABLE IF NOT EXISTS "
-                         "backsaas_private.upgrades (name text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())")
-    if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", METADATA_UPGRADE):
+    if await driver.fetchval("SELECT 1 FROM backsaas_private.upgrades WHERE name = $1", name):
         return
     tenants = catalog.platform_tables()["tenants"]
     for tenant_id, slug in (await conn.execute(sa.select(tenants.c.id, tenants.c.slug)
                                                .where(tenants.c.status.not_in(["deleted", "pending", "failed"])))).all():
         version = await catalog.current_version(conn, str(tenant_id))
         if version is not None:
-            users = f"{quote(naming.schema_name(slug))}.{quote('users')}"
-            await driver.execute(f"SET LOCAL ROLE {quote(db.role(slug))}; "
-                                 f"ALTER TABLE {users} ADD COLUMN IF NOT EXISTS user_metadata jsonb; RESET ROLE")
-            model = load_schema(version.source, slug, tenant=slug != naming.SYSTEM_TENANT)
-            await audit.install_triggers(conn, slug, str(tenant_id), model)
-    await driver.execute("INSERT INTO backsaas_private.upgrades (name) VALUES ($1) ON CONFLICT DO NOTHING",
-                         METADATA_UPGRADE)
+            await upgrade(str(tenant_id), slug, version)
+    await driver.execute("INSERT INTO backsaas_private.upgrades (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
+
+
+async def ensure_every_tenants_bounds_checks(conn: AsyncConnection, db: Database) -> None:
+    """Once per database: `ensure_bounds_checks` for every tenant, so that tables of an older engine are
+    checked without waiting for a deploy."""
+    async def upgrade(tenant_id: str, slug: str, version: catalog.SchemaVersion) -> None:
+        await ensure_bounds_checks(conn, db, slug, load_schema(version.source, f"{slug} v{version.version}",
+                                                               tenant=slug != naming.SYSTEM_TENANT))
+
+    await upgrade_once(conn, BOUNDS_UPGRADE, upgrade)
+
+
+METADATA_UPGRADE = "users_user_metadata"
+
+
+async def ensure_user_metadata_columns(conn: AsyncConnection, db: Database) -> None:
+    """Once per database: the `users` table of every tenant deployed by an engine before the built-in
+    `user_metadata` field (Supabase Auth's free metadata) gets its column; a model that has it plans nothing
+    for it, so no later deploy would add it. Its audit capture functions are made again for the columns it
+    now has (a capture names the columns it was made for)."""
+    driver = await driver_of(conn)
+
+    async def upgrade(tenant_id: str, slug: str, version: catalog.SchemaVersion) -> None:
+        users = f"{quote(naming.schema_name(slug))}.{quote('users')}"
+        await driver.execute(f"SET LOCAL ROLE {quote(db.role(slug))}; "
+                             f"ALTER TABLE {users} ADD COLUMN IF NOT EXISTS user_metadata jsonb; RESET ROLE")
+        model = load_schema(version.source, slug, tenant=slug != naming.SYSTEM_TENANT)
+        await audit.install_triggers(conn, slug, tenant_id, model)
+
+    await upgrade_once(conn, METADATA_UPGRADE, upgrade)
 
 
 async def deploy(db: Database, slug: str, source: str, *, allow_destructive: bool = False,
