@@ -115,6 +115,39 @@ async def test_sealers_and_writers_at_once_leave_one_chain(db, database_url):
     assert len({e["seq"] for e in written}) == len(written) and None not in {e["seq"] for e in written}
 
 
+async def test_sealers_of_every_chain_and_of_one_at_once_leave_each_chain_whole(db, database_url):
+    """The gateway's sealer takes every chain with pending entries (their heads locked in one order) while
+    readers seal the one they read: nobody deadlocks, each entry is sealed once, each chain verifies."""
+    tenants = {slug: await new_tenant(db, slug) for slug in ("every-a", "every-b")}
+    writing = True
+
+    async def writer(slug: str, w: int) -> None:
+        table = f"t_{slug.replace('-', '_')}.item"
+        for n in range(20):
+            async with db.as_role(db.role(slug)) as conn:
+                await conn.execute(f"INSERT INTO {table} (n) VALUES ($1)", w * 100 + n)
+            await asyncio.sleep(0)
+
+    async def sealer(tenant_id: str | None) -> None:
+        while writing:
+            await audit_trail.seal(db, tenant_id)
+            await asyncio.sleep(0)
+
+    sealers = [asyncio.create_task(sealer(t)) for t in (None, None, *tenants.values())]
+    try:
+        await asyncio.gather(*(writer(slug, w) for slug in tenants for w in range(2)))
+    finally:
+        writing = False
+        await asyncio.gather(*sealers)
+    await audit_trail.seal(db)
+    for tenant_id in tenants.values():
+        found = await audit_trail.verify(db, tenant_id)
+        assert found.ok and found.last_seq == found.entries, found.as_dict()
+        written = await items(database_url, tenant_id)
+        assert sorted(e["n"] for e in written) == sorted(w * 100 + n for w in range(2) for n in range(20))
+        assert None not in {e["seq"] for e in written}
+
+
 async def test_the_gateways_sealer_seals_with_no_reader(db, database_url):
     tenant_id = await new_tenant(db, "background")
     sealer = audit_trail.AuditSealer(db, 0.1).start()
