@@ -365,6 +365,7 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
     stderr goes to a file (a pipe nobody reads would stall it, and its workers would hold the pipe open)."""
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log)
+    process.log = log  # type: ignore[attr-defined]  # what `log_tail` reads
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -374,8 +375,14 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
             time.sleep(0.2)
     process.terminate()
     process.wait(timeout=30)
+    raise RuntimeError(f"{command[0]} did not start: {log_tail(process)}")
+
+
+def log_tail(process: subprocess.Popen[bytes], size: int = 4000) -> str:
+    """The last `size` characters a server started by `start` wrote to its stderr (its log, at warning)."""
+    log = process.log  # type: ignore[attr-defined]
     log.seek(0)
-    raise RuntimeError(f"{command[0]} did not start: {log.read().decode(errors='replace')[-4000:]}")
+    return log.read().decode(errors="replace")[-size:]
 
 
 def wrk(url: str, seconds: int, connections: int, lua: str | None, headers: dict[str, str]) -> tuple[float, float, float]:
@@ -629,6 +636,9 @@ def main() -> None:
         anon_rate, jwt_rate = (m[0] for m in best.values())
         print(f"ratio JWT/anon {jwt_rate / anon_rate:.2f} (authentication + authorization cost "
               f"{(1 - jwt_rate / anon_rate) * 100:.0f}% of throughput)")
+    except Exception:  # error answers from wrk, say: what the engine logged about them
+        print(f"\nthe end of the engine's log:\n{log_tail(engine)}", file=sys.stderr)
+        raise
     finally:
         for process in (engine, baseline, plain, webhook_receiver):
             process.terminate()
