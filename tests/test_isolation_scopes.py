@@ -353,11 +353,14 @@ def test_a_write_the_caller_may_not_make_is_refused_before_its_body_is_read(base
     """A refused caller learns nothing of the entity's fields: not which are required, not their rules (the
     permission is asked before the body is validated, as PostgREST's 42501 comes before any check)."""
     bad = {"body": 42, "nosuch": True}  # comment: body is required text, nosuch no field
-    for outsider in ({"apikey": keys["anon"]}, stranger):
-        for method, entity, body in (("POST", "comment", bad), ("POST", "comment", [bad, {}]),
-                                     ("PATCH", "guestbook", {"line": ["not", "a", "string"]})):
-            answer = httpx.request(method, f"{base}/rest/v1/{entity}", params={"id": "eq.x"} if method == "PATCH" else None,
-                                   headers=outsider, json=body)
+    writes = (("POST", "comment", bad, None), ("POST", "comment", [bad, {}], None),
+              ("PATCH", "guestbook", {"line": ["not", "a", "string"]}, {"id": "eq.x"}),
+              ("DELETE", "guestbook", None, {"nosuch": "eq.x", "line": "in.(unclosed"}))
+    for outsider in ({"apikey": keys["anon"]}, stranger, people["ann"]["headers"]):
+        for method, entity, body, params in writes:
+            if outsider is people["ann"]["headers"] and entity == "comment":
+                continue  # a user may comment: the guestbook is what no user may change
+            answer = httpx.request(method, f"{base}/rest/v1/{entity}", params=params, headers=outsider, json=body)
             assert answer.status_code in (401, 403), (method, entity, answer.status_code, answer.text)
             assert "nosuch" not in answer.text and "line" not in answer.text and not answer.json().get("details")
 

@@ -79,6 +79,8 @@ def parse_range(header: str | None) -> tuple[int | None, int | None]:
     return (int(last) - int(first) + 1 if last else None), int(first)
 
 
+WRITE_ACTIONS = {"POST": "create", "PATCH": "update"}  # and DELETE: "delete"
+
 class RestApi:
     """The REST dialect over one tenant runtime (stateless but for the runtime's statement cache)."""
 
@@ -122,6 +124,9 @@ class RestApi:
                                 hint=f"entities: {', '.join(e.name for e in self.runtime.model.entities)}")
         if method in ("GET", "HEAD"):
             return await self.read(entity, query, headers, head=method == "HEAD")
+        # a write the caller may not make is refused before its body or filters are read: a refused caller
+        # learns nothing of the fields' rules or names (the planner asks Casbin the same, memoized, question)
+        self.permissions.of(entity.name, WRITE_ACTIONS.get(method, "delete"))
         params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
         if method == "POST":
             return await self.insert(entity, params, headers, body)
@@ -322,7 +327,6 @@ class RestApi:
 
     async def insert(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
-        self.permissions.of(entity.name, "create")  # a caller refused learns nothing of the fields' rules below
         media = self.write_media(headers)
         payload = self.body(entity, headers, body)
         objects = payload if isinstance(payload, list) else [payload]
@@ -418,7 +422,6 @@ class RestApi:
                      body: bytes) -> Answer:
         if not has_root_filters(params):
             raise UnfilteredWrite("UPDATE requires a WHERE clause", hint="add a filter, e.g. ?id=eq.<id>")
-        self.permissions.of(entity.name, "update")  # before the body: see `insert`
         media = self.write_media(headers)
         payload = self.body(entity, headers, body)
         if not isinstance(payload, dict) or not payload:
