@@ -562,6 +562,70 @@ def test_two_refs_to_one_entity_are_told_apart_by_hint(http, people, base):
     assert unknown.status_code == 400 and unknown.json()["code"] == "PGRST200"
 
 
+def test_a_to_one_embed_is_picked_by_its_foreign_keys_name(http, people):
+    ann = people["ann"]
+    http.post("/doc", json={"title": "fkey to one", "writer_id": ann["person"], "reviewer_id": ann["person"]})
+    rows = http.get("/doc?select=title,person!doc_reviewer_id_fkey(name)&title=eq.fkey to one").json()
+    assert rows == [{"title": "fkey to one", "person": {"name": "Ann"}}]
+
+
+def test_a_relation_hint_and_a_join_hint_go_together(http, people):
+    ann = people["ann"]
+    http.post("/doc", json={"title": "hint and join", "writer_id": ann["person"]})
+    for hint in ("writer", "doc_writer_id_fkey"):
+        rows = http.get(f"/doc?select=title,person!{hint}!inner(name)&person.name=eq.Ann&title=eq.hint and join").json()
+        assert rows == [{"title": "hint and join", "person": {"name": "Ann"}}], hint
+        none = http.get(f"/doc?select=title,person!{hint}!inner(name)&person.name=eq.Nobody&title=eq.hint and join")
+        assert none.json() == [], hint
+    reverse = http.get(f"/person?select=name,doc!writer!inner(title)&doc.title=eq.hint and join&id=eq.{ann['person']}")
+    assert reverse.json() == [{"name": "Ann", "doc": [{"title": "hint and join"}]}]
+    two = http.get("/doc?select=title,person!writer!reviewer(name)")
+    assert two.status_code == 400 and two.json()["code"] == "PGRST100", two.text
+
+
+def test_an_empty_embed_filters_without_being_shown(http, shelves):
+    rows = http.get("/shelf?select=label,books!inner()&books.title=eq.B1").json()
+    assert rows == [{"label": "beta"}]
+    nested = http.get("/book?select=title,shelf!inner()&shelf.label=eq.beta").json()
+    assert nested == [{"title": "B1"}]
+
+
+def test_an_embed_is_filtered_by_is_null_and_not_is_null(http, shelves):
+    having = http.get("/shelf?select=label,books()&books.pages=gt.15&books=not.is.null&order=label").json()
+    assert having == [{"label": "alpha"}]
+    lacking = http.get("/shelf?select=label,books(title)&books.pages=gt.15&books=is.null&order=label").json()
+    assert lacking == [{"label": "beta", "books": []}, {"label": "delta", "books": []}, {"label": "gamma", "books": []}]
+    bad = http.get("/shelf?select=label,books()&books=eq.1")
+    assert bad.status_code == 400 and bad.json()["code"] == "PGRST100", bad.text
+
+
+def test_an_embed_null_filter_sees_only_rows_the_caller_may_read(base, people):
+    """bob's doc whose writer is ann's person row: ann's row is hidden from bob, so for bob it has no writer."""
+    ann, bob = people["ann"], people["bob"]
+    created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": "null-scope", "writer_id": ann["person"]})
+    assert created.status_code == 201, created.text
+    present = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=not.is.null&title=eq.null-scope",
+                        headers=bob["headers"])
+    assert present.json() == []
+    missing = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=is.null&title=eq.null-scope",
+                        headers=bob["headers"])
+    assert missing.json() == [{"title": "null-scope"}]
+
+
+def test_the_older_count_of_an_embed_works_without_aggregates(base, keys):
+    """PostgREST's `books(count)`, kept for older clients whatever db-aggregates-enabled says."""
+    plain = f"{base.removesuffix('/dialect')}/plain/rest/v1"
+    service = key(keys["plain"])
+    shelves = httpx.post(f"{plain}/shelf", headers={**service, "Prefer": "return=representation"},
+                         json=[{"label": "full"}, {"label": "empty"}]).json()
+    full = next(s["id"] for s in shelves if s["label"] == "full")
+    httpx.post(f"{plain}/book", headers=service, json=[{"title": "x", "shelf_id": full}, {"title": "y", "shelf_id": full}])
+    rows = httpx.get(f"{plain}/shelf?select=label,books(count)&label=in.(full,empty)&order=label", headers=service)
+    assert rows.json() == [{"label": "empty", "books": [{"count": 0}]}, {"label": "full", "books": [{"count": 2}]}]
+    refused = httpx.get(f"{plain}/shelf?select=label,books(count())", headers=service)
+    assert refused.status_code == 400 and refused.json()["code"] == "PGRST123", refused.text
+
+
 def test_order_by_a_to_one_embedded_column(http, shelves):
     rows = http.get("/book?select=title,shelf(label)&order=shelf(label).desc,title.asc&title=in.(A1,A2,B1)").json()
     assert [r["title"] for r in rows] == ["B1", "A1", "A2"]

@@ -132,6 +132,7 @@ class ReadParser:
         self.permissions = permissions  # the caller's: each level's row scope and columns
         self.user_id = user_id
         self.values: list[Any] = []
+        self.unshown: set[tuple[str, ...]] = set()  # the paths of empty embeds (`author!inner()`): filters only
 
     def caller_param(self) -> int:
         """The caller's user id as a parameter of the plan (a row scope's)."""
@@ -179,7 +180,19 @@ class ReadParser:
                                   hint="filters, order and limits on an embed need it in select=")
         return RowBudget(self.bounds).admit(plan, truncate_root=action == "read")
 
+    @staticmethod
+    def embed_is(embed: Embed, text: str) -> RelationFilter | Condition:
+        """PostgREST's null filter on an embed (`author=not.is.null`, `author=is.null`): rows with (without) a
+        related row that the embed shows, under its filters and the caller's read scope on it."""
+        if text not in ("is.null", "not.is.null"):
+            raise QueryParseError(f"'{embed.alias}={text}': an embedded resource is filtered by is.null or not.is.null",
+                                  details=[Problem(embed.alias, "an embed, not a column")])
+        related = RelationFilter(embed.relation, embed.plan.where or Condition("and", ()), embed.plan.scope)
+        return related if text == "not.is.null" else Condition("and", (related,), negate=True)
+
     def _used(self, plan: ReadPlan, path: tuple[str, ...]) -> bool:
+        if any(path[:depth] in self.unshown for depth in range(1, len(path) + 1)):
+            return True
         for embed in plan.embeds:
             if embed.alias == path[0]:
                 return len(path) == 1 or self._used(embed.plan, path[1:])
@@ -195,7 +208,11 @@ class ReadParser:
         conditions: list[Filter | Condition] = []
         spec = levels.get(path, _Level())
         selected, embeds, inner = self.select(entity, columns, select or "*", path, levels)
-        conditions += [self.filter(columns, name, value) for name, value in spec.filters]
+        by_alias = {e.alias: e for e in embeds}
+        for name, value in spec.filters:
+            embed = by_alias.get(name) if name not in columns else None
+            conditions.append(self.filter(columns, name, value) if embed is None else self.embed_is(embed, value))
+        embeds = tuple(e for e in embeds if (*path, e.alias) not in self.unshown)
         for kind, value in spec.logic:
             conditions.append(self.logic(columns, kind, value))
         conditions += inner
@@ -224,18 +241,23 @@ class ReadParser:
             head = item.split("(")[0]
             alias, _, rest = item.partition(":") if ":" in head.replace("::", "") else ("", "", item)
             aggregate = AGGREGATE.fullmatch(rest.strip())
-            if aggregate is not None:
+            if path and rest.strip() == "count" and "count" not in columns:
+                # PostgREST's older `authors(count)`: the embed's row count, aggregates enabled or not
+                selected.append(Column(alias.strip() or "count", "", aggregate="count"))
+            elif aggregate is not None:
                 selected.append(self.aggregate(entity, columns, alias.strip(), aggregate))
             elif "(" in rest:
                 if not rest.endswith(")"):
                     raise QueryParseError(f"'{item}' in select= is missing its closing parenthesis")
                 name, inner_text = rest[: rest.index("(")].strip(), rest[rest.index("(") + 1: -1]
-                name, _, hint = name.partition("!")
-                relation = self.relation(entity, name.strip(), hint.strip())
-                alias = alias.strip() or name.strip()
+                name, hint, join = self.embed_name(name)
+                relation = self.relation(entity, name, hint)
+                alias = alias.strip() or name
                 child = self.level(relation.target, (*path, alias), levels, inner_text or "*")
                 embeds.append(Embed(alias, relation, child))
-                if hint.strip() == "inner":  # PostgREST's !inner: only rows with a related row the embed shows
+                if not inner_text.strip():  # PostgREST 11's empty embed: it filters, it is not shown
+                    self.unshown.add((*path, alias))
+                if join == "inner":  # PostgREST's !inner: only rows with a related row the embed shows
                     inner.append(RelationFilter(relation, child.where or Condition("and", ()), child.scope))
             elif rest.strip() == "*":
                 selected += [Column(c, c) for c in columns]  # decimals as JSON numbers, as PostgREST sends numeric
@@ -266,13 +288,24 @@ class ReadParser:
             base, path, _ = self.json_path(columns, name)
         return Column(alias or function, base, path=path, cast=CAST_NAMES[cast] if cast else None, aggregate=function)
 
+    @staticmethod
+    def embed_name(text: str) -> tuple[str, str, str]:
+        """`author`, `author!inner`, `author!writer`, `author!writer!inner` -> (name, the relation's hint, the
+        join hint `inner`/`left`), as PostgREST's grammar has them (the join hint last)."""
+        name, *hints = (part.strip() for part in text.split("!"))
+        join = hints.pop() if hints and hints[-1] in ("inner", "left") else ""
+        if len(hints) > 1 or any(not hint for hint in hints):
+            raise QueryParseError(f"'{text}' in select=: an embed takes one relation hint and one join hint at most, "
+                                  "e.g. author!writer!inner")
+        return name, hints[0] if hints else "", join
+
     def relation(self, entity: Entity, name: str, hint: str) -> Relation:
         """The relation an embed names: by field, column, reverse or entity name, disambiguated by a hint
         (`person!writer`, `person!writer_id`, `person!doc_writer_id_fkey`) as PostgREST's are; `!inner` and
         `!left` are join hints, not names."""
         relations = self.relations[entity.name]
         known = f"relations of {entity.name}: {', '.join(sorted(relations))}"
-        if hint in ("", "inner", "left"):
+        if not hint:
             relation = relations.get(name)
             if relation is not None:
                 return relation
@@ -286,23 +319,18 @@ class ReadParser:
         if relation is not None and relation.kind == "one" and name in (relation.target, relation.name, hint):
             return relation
         for relation in relations.values():
-            if relation.kind == "many" and relation.target == name and hint in self.link_names(relation):
-                return relation
-            if relation.kind == "one" and relation.target == name and hint in self.link_names(relation):
+            if relation.target == name and hint in self.link_names(entity.name, relation):
                 return relation
         raise UnknownRelation(f"could not find a relationship between '{entity.name}' and '{name}' named '{hint}'",
                               hint=known)
 
     @staticmethod
-    def link_names(relation: Relation) -> tuple[str, ...]:
-        """The names a hint may give a relation: its column (`writer_id`), its field (`writer`) and its
-        foreign key as PostgreSQL names it (`doc_writer_id_fkey`)."""
-        column = relation.target_column if relation.kind == "many" else relation.source_column
-        table = relation.target if relation.kind == "many" else ""
-        names = [column, column.removesuffix("_id")]
-        if table:
-            names.append(f"{table}_{column}_fkey")
-        return tuple(names)
+    def link_names(entity: str, relation: Relation) -> tuple[str, str, str]:
+        """The names a hint may give a relation of `entity`: its column (`writer_id`), its field (`writer`)
+        and its foreign key as PostgreSQL names it (`doc_writer_id_fkey`, named from either end)."""
+        table, column = ((relation.target, relation.target_column) if relation.kind == "many"
+                         else (entity, relation.source_column))
+        return column, column.removesuffix("_id"), f"{table}_{column}_fkey"
 
     def candidates(self, entity: str, name: str) -> list[str]:
         """The hints that would each pick one relation from `entity` to the entity `name`."""
