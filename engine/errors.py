@@ -227,14 +227,25 @@ class UnknownEntity(BackSaasError):
     status = 404
 
 
-class NotAcceptable(BackSaasError):
+class PostgrestDetailed(BackSaasError):
+    """A PostgREST error whose `details` is one sentence of text, as PostgREST sends it (clients show it)."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.detail, "hint": None}
+
+
+class NotAcceptable(PostgrestDetailed):
     """`Accept: application/vnd.pgrst.object+json` and the result is not exactly one row."""
 
     code = "PGRST116"
     status = 406
 
 
-class RangeNotSatisfiable(BackSaasError):
+class RangeNotSatisfiable(PostgrestDetailed):
     code = "PGRST103"
     status = 416
 

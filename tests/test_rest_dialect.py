@@ -204,7 +204,7 @@ def labels(rows: list[dict[str, Any]]) -> list[str]:
 def test_patch_asking_for_one_object_without_representation_is_406_and_changes_nothing(http, shelves):
     response = http.patch("/shelf?rank=gte.1", headers={"Accept": OBJECT}, json={"body": "overwritten"})
     assert response.status_code == 406 and response.json()["code"] == "PGRST116", response.text
-    assert "3 rows" in response.text
+    assert response.json()["details"] == "The result contains 3 rows" and response.json()["hint"] is None
     assert "overwritten" not in http.get("/shelf?select=body").text
 
 
@@ -286,6 +286,7 @@ def test_a_range_past_the_end_is_416_with_the_total(http, shelves):
     response = http.get(f"/shelf?offset={total + 5}", headers={"Prefer": "count=exact"})
     assert response.status_code == 416, response.text
     assert response.headers["content-range"] == f"*/{total}" and response.json()["code"] == "PGRST103"
+    assert response.json()["details"] == f"An offset of {total + 5} was requested, but there are only {total} rows."
 
 
 def test_write_ranges_are_star_unless_counted(http, shelves):

@@ -75,7 +75,7 @@ def parse_range(header: str | None) -> tuple[int | None, int | None]:
     if not dash or not _whole(first) or (last and not _whole(last)) or (unit and unit.strip() != "items"):
         raise QueryParseError(f"Range '{header}': expected first-last, e.g. 0-9")
     if last and int(last) < int(first):
-        raise RangeNotSatisfiable(f"Range '{header}': the last item comes before the first")
+        raise RangeNotSatisfiable("Requested range not satisfiable", f"Range '{header}': the last item comes before the first")
     return (int(last) - int(first) + 1 if last else None), int(first)
 
 
@@ -262,7 +262,7 @@ class RestApi:
         applied = prefer.applied(write=False)
         if total is not None and offset > total:
             error = RangeNotSatisfiable("Requested range not satisfiable",
-                                        hint=f"An offset of {offset} was requested, but there are only {total} rows.")
+                                        f"An offset of {offset} was requested, but there are only {total} rows.")
             return Answer(416, [("Content-Range", f"*/{total}"), ("Content-Type", CONTENT_TYPES[JSON]), *applied],
                           orjson.dumps(error.as_dict()))
         span = f"{offset}-{offset + rows - 1}" if rows and total != 0 else "*"

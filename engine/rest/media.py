@@ -38,7 +38,7 @@ PREFERENCES = {  # the preferences PostgREST honours here, in the order it lists
 
 def not_one(rows: int) -> NotAcceptable:
     """PostgREST's PGRST116: the client asked for one object (`vnd.pgrst.object+json`) and `rows` it is not."""
-    return NotAcceptable("Cannot coerce the result to a single JSON object", hint=f"The result contains {rows} rows")
+    return NotAcceptable("Cannot coerce the result to a single JSON object", f"The result contains {rows} rows")
 
 
 class InvalidPreferences(BackSaasError):
