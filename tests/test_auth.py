@@ -115,6 +115,24 @@ def test_supabase_sdk_signs_up_in_refreshes_updates_and_out(base, keys):
     assert stale.status_code == 403 and stale.json()["code"] == "session_not_found"
 
 
+
+def test_health_and_settings_answer_as_gotrue(base, keys):
+    health = httpx.get(f"{auth_url(base)}/health", headers=anon(keys))
+    assert health.status_code == 200 and health.json()["name"] == "GoTrue", health.text
+    settings = httpx.get(f"{auth_url(base)}/settings", headers=anon(keys))
+    assert settings.status_code == 200, settings.text
+    assert settings.json()["external"]["email"] is True and settings.json()["external"]["google"] is False
+    assert settings.json()["disable_signup"] is False and settings.json()["mailer_autoconfirm"] is True
+
+
+def test_an_anonymous_sign_in_is_refused_as_gotrue_refuses_it_when_off(base, keys):
+    from supabase import AuthApiError, create_client
+
+    client = create_client(f"{base}/api/tenants/notes", keys["notes_anon"])
+    with pytest.raises(AuthApiError) as refused:
+        client.auth.sign_in_anonymously()
+    assert refused.value.code == "anonymous_provider_disabled" and refused.value.status == 422
+
 def test_access_token_carries_the_documented_claims(base, keys, tenant_ids):
     session = sign_up(base, keys, "claims@example.com")
     claims = jwt.decode(session["access_token"], options={"verify_signature": False})

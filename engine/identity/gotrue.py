@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from importlib.metadata import version
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -49,6 +50,7 @@ FREE_METADATA = "user_metadata"  # the json column of user_metadata's keys beyon
 MAX_FREE_METADATA = 16_384  # bytes of those keys, as JSON
 JSON = [("Content-Type", "application/json"), ("X-Supabase-Api-Version", "2024-01-01")]
 MAX_EMAIL_LENGTH = 320  # RFC 3696's limit, and the built-in users.email column's
+VERSION = version("backsaas")
 MAIL_ROUTES = frozenset({("POST", "recover"), ("POST", "otp"), ("POST", "verify"), ("GET", "verify"),
                          ("POST", "resend"), ("POST", "invite")})
 
@@ -108,6 +110,11 @@ class AuthApi:
         route = (method, path.strip("/"))
         if route == ("POST", "signup"):
             return await self.signup(self.json(body), headers, params)
+        if route == ("GET", "health"):
+            return _answer(200, {"name": "GoTrue", "version": VERSION,
+                                 "description": "BackSaas's Supabase Auth (GoTrue) protocol"})
+        if route == ("GET", "settings"):
+            return _answer(200, await self.settings())
         if route == ("POST", "token"):
             grant = params.get("grant_type")
             if grant == "password":
@@ -224,7 +231,21 @@ class AuthApi:
 
     # -- routes --
 
+    async def settings(self) -> dict[str, Any]:
+        """GoTrue's `GET /settings`, which SDKs and sign-in UIs read to show what they may offer: email and
+        password only (no external provider, phone, SAML or anonymous sign-in), sign-up open, and
+        confirmation by mail when the tenant's `settings.auth.confirm_email` says so."""
+        providers = ("anonymous_users", "apple", "azure", "bitbucket", "discord", "facebook", "figma", "github",
+                     "gitlab", "google", "keycloak", "kakao", "linkedin_oidc", "notion", "phone", "slack_oidc",
+                     "spotify", "twitch", "twitter", "workos", "zoom")
+        return {"external": {"email": True, **dict.fromkeys(providers, False)}, "disable_signup": False,
+                "mailer_autoconfirm": not (await MailFlows(self).tenant()).confirm_email,
+                "phone_autoconfirm": False, "sms_provider": "", "saml_enabled": False}
+
     async def signup(self, body: dict[str, Any], headers: Mapping[str, str], params: Mapping[str, str]) -> Answer:
+        if not body.get("email") and not body.get("phone") and not body.get("password"):
+            # supabase-js's signInAnonymously(): GoTrue's answer when anonymous sign-ins are off
+            raise AuthFailed("anonymous_provider_disabled", 422, "Anonymous sign-ins are disabled")
         email, password = self.credentials(body)
         problems = password_problems(email, password)
         if problems:
