@@ -342,6 +342,19 @@ def test_an_unsupported_accept_is_406(http, shelves):
     assert http.get("/shelf?label=eq.never").json() == []
 
 
+
+def test_stripped_nulls_leave_null_fields_out_at_every_depth(client, http, shelves):
+    rows = client.from_("shelf").select("label,rank,meta,books(title,pages)").eq("label", "delta").strip_nulls().execute()
+    assert rows.data == [{"label": "delta", "books": []}]
+    one = http.get("/book?select=title,pages,shelf(label,rank)&title=eq.A1",
+                   headers={"Accept": "application/vnd.pgrst.object+json;nulls=stripped"})
+    assert one.status_code == 200 and one.headers["content-type"].startswith(OBJECT), one.text
+    assert "nulls=stripped" in one.headers["content-type"] and one.json() == {
+        "title": "A1", "pages": 10, "shelf": {"label": "alpha", "rank": 1}}
+    written = http.post("/shelf", json={"label": "stripped-write"}, headers={
+        "Accept": "application/vnd.pgrst.array+json;nulls=stripped", "Prefer": "return=representation"})
+    assert written.status_code == 201 and "rank" not in written.json()[0] and written.json()[0]["label"] == "stripped-write"
+
 # -- 9. bodies: CSV, HTML forms, columns= --
 
 

@@ -44,6 +44,7 @@ from engine.rest.media import (
     CONTENT_TYPES,
     CSV,
     JSON,
+    NULLS_STRIPPED,
     OBJECT,
     MediaNotAvailable,
     Prefer,
@@ -51,6 +52,7 @@ from engine.rest.media import (
     not_one,
     parse_body,
     typed,
+    without_nulls,
 )
 from engine.rest.params import ReadParser, has_root_filters, shaping, unquote
 from engine.rest.shapes import Shape, filled, placed, shape_of
@@ -112,7 +114,15 @@ class RestApi:
 
     async def handle(self, method: str, entity_name: str, query: bytes, headers: Mapping[str, str],
                      body: bytes) -> Answer:
-        """Answer one request; `query` is the raw query string (parsed only when no cached read has it)."""
+        """Answer one request; `query` is the raw query string (parsed only when no cached read has it).
+        `Accept: ...;nulls=stripped` (supabase-js's `stripNulls()`) leaves the null fields out of the answer."""
+        answer = await self.answer(method, entity_name, query, headers, body)
+        if NULLS_STRIPPED in headers.get("accept", ""):
+            return without_nulls(answer)
+        return answer
+
+    async def answer(self, method: str, entity_name: str, query: bytes, headers: Mapping[str, str],
+                     body: bytes) -> Answer:
         profile = headers.get("accept-profile" if method in ("GET", "HEAD") else "content-profile", "")
         if profile not in EXPOSED_PROFILES:
             raise SchemaNotExposed(f"schema '{profile}' is not exposed", hint="use the profile 'public' or none")

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from engine.answer import Answer
 from engine.errors import BackSaasError, InvalidBody, NotAcceptable
 
 JSON = "json"
@@ -60,6 +61,29 @@ class UnsupportedMedia(BackSaasError):
 
     code = "PGRST102"
     status = 415
+
+
+NULLS_STRIPPED = "nulls=stripped"  # PostgREST 11.2's media parameter (`stripNulls()`): no null fields
+
+
+def without_nulls(answer: Answer) -> Answer:
+    """A JSON answer whose objects leave out their null fields, at every depth (PostgreSQL's
+    `json_strip_nulls`, as PostgREST applies it: null items of arrays stay), said in its Content-Type."""
+    kind = dict(answer.headers).get("Content-Type", "")
+    if not answer.body or not answer.status < 300 or not kind.startswith(("application/json", OBJECT_MEDIA)):
+        return answer
+    media = OBJECT_MEDIA if kind.startswith(OBJECT_MEDIA) else "application/vnd.pgrst.array+json"
+    headers = [(name, value) for name, value in answer.headers if name != "Content-Type"]
+    return Answer(answer.status, [*headers, ("Content-Type", f"{media}; {NULLS_STRIPPED}; charset=utf-8")],
+                  orjson.dumps(_stripped(orjson.loads(answer.body))))
+
+
+def _stripped(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _stripped(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_stripped(item) for item in value]
+    return value
 
 
 @functools.lru_cache(maxsize=256)  # a pure function of a header that clients repeat on every request
