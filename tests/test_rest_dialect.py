@@ -673,6 +673,18 @@ def test_rpc_post_with_json_arguments(http, shelves):
     assert response.headers["content-range"] == "0-2/*"
 
 
+
+def test_rpc_counts_its_result_when_asked(http, client, shelves):
+    counted = http.post("/rpc/numbers", json={"count": 4, "word": "n"}, headers={"Prefer": "count=exact"})
+    assert counted.status_code == 200 and counted.headers["content-range"] == "0-3/4", counted.text
+    assert counted.headers["preference-applied"] == "count=exact"
+    paged = http.get("/rpc/numbers?count=6&limit=2&offset=1", headers={"Prefer": "count=exact"})
+    assert paged.headers["content-range"] == "1-2/6" and len(paged.json()) == 2
+    filtered = http.get("/rpc/numbers?count=6&n=in.(0,1,9)", headers={"Prefer": "count=exact"})
+    assert filtered.headers["content-range"] == "0-1/2", filtered.text
+    through_client = client.rpc("numbers", {"count": 5}, count="exact").execute()
+    assert through_client.count == 5 and len(through_client.data) == 5
+
 def test_rpc_get_with_query_arguments_for_a_read_only_function(http, shelves):
     response = http.get("/rpc/numbers?count=4")
     assert response.status_code == 200, response.text

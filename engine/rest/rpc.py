@@ -24,7 +24,7 @@ from engine.answer import Answer
 from engine.errors import BackSaasError, Problem, QueryParseError
 from engine.invoke import FunctionNotFound, invoke
 from engine.query.sql import compile_statement
-from engine.rest.media import CONTENT_TYPES, CSV, JSON, OBJECT, MediaNotAvailable, negotiate, not_one
+from engine.rest.media import CONTENT_TYPES, CSV, JSON, OBJECT, MediaNotAvailable, Prefer, negotiate, not_one
 from engine.rest.params import split_top, unquote
 
 SHAPING = ("select", "order", "limit", "offset")
@@ -117,7 +117,9 @@ class ResultQuery:
                                   details=[Problem(name, f"operator '{op}' on a function's result")])
         return sa.not_(expression) if negate else expression
 
-    def statement(self) -> sa.Select[Any]:
+    def statement(self, counted: bool = False) -> sa.Select[Any]:
+        """The function's result shaped by the query string: its page of objects (`body`, `page_rows`) and,
+        `counted`, how many objects the filters keep before limit and offset (`total`)."""
         self.result = self.value(None)  # the function's result, a parameter set by the caller
         rows = sa.func.jsonb_array_elements(
             sa.cast(sa.bindparam(f"v{self.result}", type_=sa.Text()), postgresql.JSONB)
@@ -141,6 +143,7 @@ class ResultQuery:
                 raise QueryParseError(f"'{name}=' on a function's result: only column filters apply there",
                                       details=[Problem(name, "not supported on rpc results")])
             statement = statement.where(self.condition(name, text, rows))
+        filtered = statement
         for raw in split_top(options["order"]) if options.get("order") else []:
             name, *modifiers = raw.strip().split(".")
             clause = self.key(name, rows)
@@ -157,8 +160,10 @@ class ResultQuery:
                     raise QueryParseError(f"{option}={text}: expected a whole number")
                 statement = getattr(statement, option)(sa.literal_column(str(int(text))))
         page = statement.subquery("page")
+        total = sa.select(sa.func.count()).select_from(filtered.subquery("counted")).scalar_subquery()
         return sa.select(sa.cast(sa.func.coalesce(sa.func.jsonb_agg(page.c.o), sa.literal_column("'[]'::jsonb")),
-                                 sa.Text).label("body"), sa.func.count().label("page_rows")).select_from(page)
+                                 sa.Text).label("body"), sa.func.count().label("page_rows"),
+                         (total if counted else sa.null()).label("total")).select_from(page)
 
 
 async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[str, str], body: bytes) -> Answer:
@@ -182,6 +187,8 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
         body = orjson.dumps(arguments)
     elif method != "POST":
         raise MethodNotAllowed(f"{method} is not a way to call a function", hint="POST, or GET when read_only")
+    prefer = Prefer.parse(headers.get("prefer", ""))
+    counted = prefer.count is not None  # every count is exact here: the result is in hand
     status, result = await invoke(runtime, api.db, api.caller, name, body)
     if params:
         decoded = orjson.loads(result) if result else None
@@ -190,16 +197,19 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
                                   "filters, order and limit do not apply", details=[Problem(k, "not applicable")
                                                                                     for k, _ in params])
         shaping = ResultQuery(params)
-        compiled = compile_statement(shaping.statement())
+        compiled = compile_statement(shaping.statement(counted))
         values = shaping.values
         values[shaping.result] = result.decode()
         async with api.connection() as conn:
             row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
-        result, rows = row["body"].encode(), row["page_rows"]
+        result, rows, total = row["body"].encode(), row["page_rows"], row["total"]
     else:
         decoded = orjson.loads(result) if result else None
         rows = len(decoded) if isinstance(decoded, list) else 1
-    response_headers = [("Content-Range", f"0-{rows - 1}/*" if rows else "*/*")]
+        total = rows if counted and isinstance(decoded, list) else None
+    offset = int(dict(params).get("offset", "0") or 0) if params else 0
+    span = f"{offset}-{offset + rows - 1}" if rows else "*"
+    response_headers = [("Content-Range", f"{span}/{'*' if total is None else total}"), *prefer.applied(write=False)]
     if status == 204:
         return Answer(204, response_headers, b"")
     if media == OBJECT:
