@@ -176,6 +176,9 @@ def value_errors(field: Field, value: Any) -> list[str]:
 
 
 READ_ONLY = ("id", "created_at", "updated_at", OWNER_COLUMN)
+# A create may name its row's id (a UUID), as PostgREST takes any column: clients make ids up front (an
+# optimistic UI, supabase-js's upsert, whose conflict target is the primary key); an update never changes it.
+ID_ON_CREATE = {"type": "string", "format": "uuid"}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +205,7 @@ def entity_json_schema(entity: Entity, *, partial: bool) -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
-        "properties": {f.column: column_json_schema(f) for f in writable},
+        "properties": {**({} if partial else {"id": ID_ON_CREATE}), **{f.column: column_json_schema(f) for f in writable}},
         "required": required,
         "additionalProperties": False,
     }

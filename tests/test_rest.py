@@ -258,12 +258,12 @@ def test_write_errors_have_their_status(http, base, entity, body, status, code):
 
 def test_validation_lists_every_field_error(http, base):
     response = http.post(f"{base}/api/tenants/blog/rest/v1/post",
-                          json={"rating": 5.5, "status": "gone", "id": "x", "extra": 1, "tags": "no"})
+                          json={"rating": 5.5, "status": "gone", "id": "x", "created_at": "x", "extra": 1, "tags": "no"})
     assert response.status_code == 422
     details = {d["field"]: d["message"] for d in response.json()["details"]}
     assert details == {
         "title": "is required", "rating": "5.5 is greater than the maximum of 5",
-        "status": "'gone' is not one of ['draft', 'published']", "id": "is read-only",
+        "status": "'gone' is not one of ['draft', 'published']", "id": "'x' is not a 'uuid'", "created_at": "is read-only",
         "extra": "is not a field of this entity", "tags": "'no' is not of type 'array', 'null'"}
 
 

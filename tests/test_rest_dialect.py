@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -331,6 +332,47 @@ def test_an_upsert_that_only_updated_is_200_and_one_that_inserted_is_201(client,
         "rank"] == 9
     http.delete("/shelf?label=eq.upserted")
 
+
+
+def test_an_insert_may_name_its_rows_id(http, shelves):
+    chosen = str(uuid.uuid4())
+    created = http.post("/shelf", json={"id": chosen, "label": "chosen-id"}, headers={"Prefer": "return=representation"})
+    assert created.status_code == 201 and created.json()[0]["id"] == chosen, created.text
+    bad = http.post("/shelf", json={"id": "not-a-uuid", "label": "bad-id"})
+    assert bad.status_code == 422 and bad.json()["details"][0]["field"] == "id", bad.text
+    moved = http.patch(f"/shelf?id=eq.{chosen}", json={"id": str(uuid.uuid4())})
+    assert moved.status_code == 422 and "read-only" in moved.text
+    http.delete(f"/shelf?id=eq.{chosen}")
+
+
+def test_an_upsert_without_on_conflict_merges_on_the_id(client, shelves):
+    """supabase-js's and supabase-py's upsert() name no conflict target: PostgREST's is the primary key."""
+    chosen = str(uuid.uuid4())
+    first = client.from_("shelf").upsert({"id": chosen, "label": "by-id", "rank": 1}).execute()
+    assert first.data[0]["id"] == chosen
+    again = client.from_("shelf").upsert({"id": chosen, "label": "by-id", "rank": 2}).execute()
+    assert again.data == [{**first.data[0], "rank": 2, "updated_at": again.data[0]["updated_at"]}]
+    client.from_("shelf").delete().eq("id", chosen).execute()
+
+
+def test_an_upsert_on_the_id_of_a_row_outside_the_callers_update_scope_changes_nothing(base, people, keys):
+    ann, bob = people["ann"], people["bob"]
+    doc = httpx.post(f"{base}/rest/v1/doc", headers={**ann["headers"], "Prefer": "return=representation"},
+                     json={"title": "ann's own"}).json()[0]
+    merge = {**bob["headers"], "Prefer": "resolution=merge-duplicates, return=representation"}
+    taken = httpx.post(f"{base}/rest/v1/doc", headers=merge, json={"id": doc["id"], "title": "bob was here"})
+    assert taken.status_code == 403 and "bob was here" not in taken.text, taken.text
+    ignored = httpx.post(f"{base}/rest/v1/doc", json={"id": doc["id"], "title": "bob again"},
+                         headers={**bob["headers"], "Prefer": "resolution=ignore-duplicates, return=representation"})
+    assert ignored.status_code == 201 and ignored.json() == [], ignored.text
+    anonymous = httpx.post(f"{base}/rest/v1/doc", json={"id": doc["id"], "title": "anon"},
+                           headers={**key(keys["anon"]), "Prefer": "resolution=merge-duplicates"})
+    assert anonymous.status_code in (401, 403), anonymous.text
+    elsewhere = httpx.post(f"{base.removesuffix('/dialect')}/elsewhere/rest/v1/doc", json={"id": doc["id"], "title": "x"},
+                           headers={**key(keys["elsewhere"]), "Prefer": "resolution=merge-duplicates"})
+    assert elsewhere.status_code == 201, elsewhere.text  # another tenant's table: a row of its own, nothing of ann's
+    mine = httpx.get(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=ann["headers"]).json()
+    assert [d["title"] for d in mine] == ["ann's own"] and mine[0]["owner_id"] == ann["id"]
 
 def test_an_unsupported_accept_is_406(http, shelves):
     response = http.get("/shelf", headers={"Accept": "application/xml"})

@@ -350,9 +350,10 @@ class RestApi:
             if len(set(keys)) != len(keys) or not all(keys):
                 raise QueryParseError(f"columns={columns_param}: each column once, none empty",
                                       details=[Problem("columns", "a column listed twice or an empty name")])
-            if any(k in READ_ONLY for k in keys):  # body keys are checked by the validator
+            fixed = [k for k in keys if k in READ_ONLY and k != "id"]  # body keys are checked by the validator
+            if fixed:
                 raise ValidationFailed("read-only fields cannot be written",
-                                       details=[Problem(k, "is read-only") for k in keys if k in READ_ONLY])
+                                       details=[Problem(k, "is read-only") for k in fixed])
             visible = self.runtime.columns[entity.name]
             for column in keys:
                 if column not in visible:
