@@ -33,7 +33,7 @@ from engine.billing.sweeper import BillingSweeper
 from engine.database import Database
 from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, TenantNotFound, is_outage
 from engine.gdpr import RestrictedUsers
-from engine.graphql.api import GraphQLApi
+from engine.graphql.api import GraphQLApi, refused_credentials
 from engine.identity.gotrue import AuthApi
 from engine.identity.throttle import LoginThrottle
 from engine.invoke import invoke
@@ -342,6 +342,9 @@ class TenantApp:
                 if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
                     await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
                 response, refused = error_response(error), True
+                if error.status == 401 and scope["path"][len(scope["root_path"]):] in GRAPHQL_PATHS:
+                    answer = refused_credentials(error)
+                    response = RawResponse(answer.status, answer.headers, answer.body)
         except Exception as exc:
             if is_outage(exc):  # the database went away under the request: a 503 to retry, not a bug
                 log.warning("request.database_unavailable", path=scope["path"], tenant=scope.get("backsaas.tenant"),

@@ -4,7 +4,8 @@ A document is parsed and validated against the caller's role's schema once, and 
 once per (runtime version, roles, document, operation, shaping variables): a repeated query costs two
 dict lookups and one SQL statement. Introspection runs in graphql-core over the same schema. Mutations
 run their root fields in order in one transaction (`engine.graphql.mutations`). Errors answer 200 with
-`errors[].extensions.code`, as GraphQL servers do; only a malformed HTTP request is a 4xx.
+`errors[].extensions.code`, as GraphQL servers do, refused credentials too (`invalid-jwt`, as Hasura);
+only a malformed HTTP request is a 4xx.
 """
 
 from __future__ import annotations
@@ -168,6 +169,19 @@ def json_object_text(parts: list[Any]) -> Any:
 
 def error_body(errors: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"errors": errors})
+
+
+# Credentials refused before the query runs, as Hasura words them (HTTP 200): `invalid-jwt` for a token that
+# a refresh may mend (Apollo's and urql's token-refresh links look for it), else `access-denied` (a key, or
+# another tenant's credentials)
+JWT_REFUSALS = frozenset(("invalid_token", "token_expired", "session_ended", "credentials_changed", "no_signing_key"))
+
+
+def refused_credentials(error: BackSaasError) -> Answer:
+    """A 401 of the gateway's authentication on the GraphQL surface, as Hasura answers it."""
+    code = "invalid-jwt" if error.code in JWT_REFUSALS else "access-denied"
+    body = {"message": error.message, "extensions": {"code": code, "path": "$", "reason": error.code}}
+    return Answer(200, JSON, error_body([body]))
 
 
 def problem(code: str, message: str, path: list[str | int] | None = None) -> dict[str, Any]:
