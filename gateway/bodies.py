@@ -42,6 +42,9 @@ from engine.errors import BackSaasError, InvalidBody, Problem, TooManyItems
 from engine.limits import Bounds
 
 MAX_BODY_VALUES = 100_000  # JSON values and object keys in one body: at most ~40 ms of parsing here
+# Arrays and objects nested in one another in a body: orjson parses 1,024 levels but writes only 254, and a
+# body's values are written again (as SQL parameters, to hooks and functions), so deeper ones must not pass
+MAX_BODY_DEPTH = 128
 CLOSE_CONNECTION = "backsaas.close_connection"  # in the scope: a body refused before its end, whose rest is unread
 SCAN_SLICE = 16 * 1024  # bytes counted between checks of the bounds
 WHITESPACE = b" \t\r\n"
@@ -65,6 +68,11 @@ def _refusal(limit: int, size: str) -> BodyTooLarge:
     return BodyTooLarge(f"the body is larger than this tenant's plan allows ({limit} bytes)",
                         details=[Problem("body", f"{size}, more than {limit} bytes")],
                         hint="send fewer objects per request (the plan's limits.max_body_bytes)")
+
+
+def too_deep() -> BodyTooComplex:
+    return BodyTooComplex(f"the body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep",
+                          details=[Problem("body", f"at most {MAX_BODY_DEPTH} levels")])
 
 
 class BodyShape:
@@ -105,6 +113,8 @@ class BodyShape:
                 self.array = first == b"["
         if self.array:
             self._count_items(structure)
+        else:
+            self._track_depth(structure)
         self._check()
 
     def _structure(self, chunk: bytes) -> bytes:
@@ -152,6 +162,8 @@ class BodyShape:
             for byte in structure:
                 if byte == 91 or byte == 123:  # [ {
                     depth += 1
+                    if depth > MAX_BODY_DEPTH:
+                        raise too_deep()
                 elif byte == 93 or byte == 125:  # ] }
                     depth -= 1
                 elif byte == 44 and depth == 1:  # ,
@@ -159,6 +171,21 @@ class BodyShape:
                     if commas >= self.max_items:
                         break  # refused by _check: the depth no longer matters
         self.depth, self.commas = depth, commas
+
+    def _track_depth(self, structure: bytes) -> None:
+        """The nesting depth of a body that is not an array, across chunks: the chunk's brackets are walked
+        one by one only when they could pass `MAX_BODY_DEPTH` (an object rarely nests that many)."""
+        opened = structure.count(b"[") + structure.count(b"{")
+        if self.depth + opened > MAX_BODY_DEPTH:
+            depth = self.depth
+            for byte in structure:
+                if byte == 91 or byte == 123:  # [ {
+                    depth += 1
+                    if depth > MAX_BODY_DEPTH:
+                        raise too_deep()
+                elif byte == 93 or byte == 125:  # ] }
+                    depth -= 1
+        self.depth += opened - structure.count(b"]") - structure.count(b"}")
 
     def _check(self) -> None:
         if self.commas >= self.max_items:

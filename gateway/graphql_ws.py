@@ -32,6 +32,7 @@ from engine.graphql.compiler import GraphQLError
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.streams import StreamGuard, TooManyStreams, TooManySubscriptions, stream_limits
 from gateway.auth import authenticate, stream_guard
+from gateway.bodies import MAX_BODY_VALUES, BodyShape
 
 PROTOCOL = "graphql-transport-ws"
 INIT_TIMEOUT = 10.0
@@ -101,12 +102,21 @@ class Connection:
             self.guard.close()
 
     async def receive(self) -> dict[str, Any] | None:
-        try:
-            text = await self.websocket.receive_text()
-        except WebSocketDisconnect:
+        """The next message, a JSON object in a text frame, bounded as a request's body is (its values and
+        its depth, gateway/bodies.py); anything else closes the socket with 4400, as the protocol says."""
+        frame = await self.websocket.receive()
+        if frame["type"] == "websocket.disconnect":
+            return None
+        text = frame.get("text")
+        if text is None:
+            await self.websocket.close(4400, "Invalid message: graphql-transport-ws messages are text frames")
             return None
         try:
+            BodyShape(MAX_BODY_VALUES).feed(text.encode())
             message = orjson.loads(text)
+        except BackSaasError as error:
+            await self.websocket.close(4400, close_reason(error))
+            return None
         except orjson.JSONDecodeError:
             message = None
         if not isinstance(message, dict):

@@ -16,10 +16,11 @@ import pytest
 
 from engine import catalog
 from engine.database import Database
+from engine.errors import BackSaasError
 from engine.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_ITEMS
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
-from gateway.bodies import MAX_BODY_VALUES, BodyShape
+from gateway.bodies import MAX_BODY_DEPTH, MAX_BODY_VALUES, BodyShape
 from tests.server import running_gateway
 
 SCHEMA = """
@@ -203,3 +204,35 @@ def test_the_count_is_the_same_wherever_the_body_is_cut_into_chunks():
         for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
             shape.feed(body[start:end])
         assert (shape.values, shape.commas, shape.in_string) == (whole.values, whole.commas, False), cuts
+
+
+@pytest.mark.parametrize("surface", ["rest/v1/note", "functions/v1/whoami", "graphql/v1", "auth/v1/signup"])
+def test_a_body_nested_deeper_than_can_be_written_again_is_413_on_every_surface(base, keys, surface):
+    """orjson reads 1,024 levels and writes 254: a body is written again (SQL parameters, hooks, functions)."""
+    deep = b"[" * (MAX_BODY_DEPTH + 1) + b"]" * (MAX_BODY_DEPTH + 1)
+    for body in (b'{"text": ' + deep + b"}", b"[" + b'{"text": ' + deep + b"}" + b"]"):
+        answer = httpx.post(f"{base}/api/tenants/roomy/{surface}", content=body,
+                            headers={"apikey": keys["roomy"], "Content-Type": "application/json"})
+        assert answer.status_code == 413 and answer.json()["code"] == "body_too_complex", answer.text[:300]
+
+
+def test_a_body_nested_as_deep_as_allowed_is_read(base, keys):
+    deep = "[" * (MAX_BODY_DEPTH - 2) + "]" * (MAX_BODY_DEPTH - 2)
+    answer = httpx.post(f"{base}/api/tenants/roomy/functions/v1/whoami", content=f'{{"a": {deep}}}'.encode(),
+                        headers={"apikey": keys["roomy"], "Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text[:300]
+
+
+def test_the_depth_is_the_same_wherever_the_body_is_cut_into_chunks():
+    deep = b'{"a": "[[[", "b": ' + b"[" * (MAX_BODY_DEPTH - 1) + b"]" * (MAX_BODY_DEPTH - 1) + b"}"
+    for size in (1, 7, 64, len(deep)):
+        shape = BodyShape(10**6)
+        for piece in chunks(deep, size):
+            shape.feed(piece)
+        assert shape.depth == 0
+    deeper = deep.replace(b'"b": ', b'"b": [', 1) + b"]"
+    for size in (1, 7, 64, len(deeper)):
+        shape = BodyShape(10**6)
+        with pytest.raises(BackSaasError):
+            for piece in chunks(deeper, size):
+                shape.feed(piece)

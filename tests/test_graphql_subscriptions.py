@@ -161,3 +161,17 @@ async def test_one_cached_query_answers_each_user_with_their_own_rows(base, keys
                                          json={"query": "{ note { text } }"},
                                          headers={"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"})
         assert answer.json() == {"data": {"note": [{"text": who["user"]["email"]}]}}
+
+
+@pytest.mark.parametrize("frame", [b'{"type": "connection_init"}',
+                                   '{"type": "connection_init", "payload": ' + "[" * 300 + "]" * 300 + "}"],
+                         ids=["binary", "nested too deep"])
+async def test_a_frame_the_protocol_does_not_allow_closes_the_socket_with_4400(base, keys, frame):
+    from websockets.asyncio.client import connect
+
+    url = base.replace("http://", "ws://") + "/api/tenants/live/graphql/v1"
+    async with connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        await socket.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 10)
+    assert closed.value.rcvd.code == 4400
