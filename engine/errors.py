@@ -352,7 +352,7 @@ _CHECK_MESSAGE = re.compile(r'violates check constraint "([a-z0-9_]{1,63})"')
 BOUNDS_SUFFIX = "_bounds"
 
 SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23001": 409, "23502": 400, "23514": 422, "42501": 403, "42P10": 400,
-                   "42883": 400, "42804": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503,
+                   "42883": 400, "42804": 400, "42846": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503,
                    # a batch that meets one row twice (ON CONFLICT DO UPDATE), and a statement past PostgreSQL's
                    # program limits (target list, stack depth): the request's shape, not the server
                    "21000": 400, "54001": 400, "54011": 400, "54023": 400}

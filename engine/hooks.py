@@ -47,10 +47,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from engine.authz import Caller
-from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, Problem, ValidationFailed, is_outage
+from engine.errors import (
+    BackSaasError,
+    DatabaseUnavailable,
+    Forbidden,
+    Problem,
+    ValidationFailed,
+    database_error_of,
+    is_outage,
+)
 from engine.schema.model import HOOK_EVENTS, Schema
 from engine.storage.naming import SYSTEM_TENANT
 
@@ -328,6 +338,10 @@ async def call(fn: HookFunction, name: str, timeout: float, context: HookContext
     except Exception as exc:  # the operator's code failed: report which, log the trace, write nothing
         if is_outage(exc):  # ...unless the database went away under it: a 503 to retry, like any request's
             raise DatabaseUnavailable() from exc
+        if isinstance(exc, asyncpg.PostgresError | DBAPIError):  # ...or it refused the input (a NUL, a
+            refusal = database_error_of(exc)  # duplicate): the catalogue's 4xx, as a REST write's
+            if refusal.status < 500:
+                raise refusal from exc
         structlog.get_logger("backsaas.hooks").exception("hook.failed", hook=name)
         raise HookFailed(f"'{name}' failed: {type(exc).__name__}; nothing was written") from exc
 

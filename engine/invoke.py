@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from jsonschema import ValidationError
@@ -20,7 +21,7 @@ from jsonschema import ValidationError
 from engine.authz import Caller, function_object, unrestricted
 from engine.data import DataApi
 from engine.database import quote_identifier
-from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed
+from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed, database_error_of
 from engine.hooks import HookContext, HookFailed, call, check_binding, resolve
 from engine.schema.model import thaw
 from engine.validation import FORMAT_CHECKER, TenantValidator
@@ -80,10 +81,13 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
         problems = [Problem(_where(e), e.message) for e in validator.iter_errors(payload)]
         if problems:
             raise ValidationFailed(f"{len(problems)} problem(s) with the input of {name}", details=problems)
-    async with db.as_role(runtime.role) as conn, conn.transaction():
-        if not granted:
-            await check_membership(conn, runtime, caller, name, payload, member_roles)
-        context = HookContext(runtime.slug, caller, f"function:{name}", DataApi(runtime, db, caller, conn),
-                              structlog.get_logger("backsaas.functions").bind(tenant=runtime.slug, function=name))
-        result = await call(fn, exposed.handler, exposed.timeout, context, payload)
+    try:
+        async with db.as_role(runtime.role) as conn, conn.transaction():
+            if not granted:
+                await check_membership(conn, runtime, caller, name, payload, member_roles)
+            context = HookContext(runtime.slug, caller, f"function:{name}", DataApi(runtime, db, caller, conn),
+                                  structlog.get_logger("backsaas.functions").bind(tenant=runtime.slug, function=name))
+            result = await call(fn, exposed.handler, exposed.timeout, context, payload)
+    except asyncpg.PostgresError as exc:  # the membership check refused the input (a NUL in `tenant`, say)
+        raise database_error_of(exc) from exc
     return (204, b"") if result is None else (200, orjson.dumps(result))

@@ -48,6 +48,7 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # bytes of one request body (10 MiB)
 ASSUMED_LIST_ROWS = 25  # what an array without a limit counts for in the estimate
 MAX_SELECT_ITEMS = 1000  # items of one select= (PostgreSQL: at most 1,664 target entries per SELECT)
 MAX_CONDITION_DEPTH = 16  # parentheses nested in one or=/and= (each is a recursive parse and SQL level)
+MAX_JSON_PATH_STEPS = 32  # steps of one JSON path (`meta->a->>b`): each is a nested SQL expression
 VALIDATE_IN_THREAD_ABOVE = 100  # objects in a body above which validation leaves the event loop
 
 LOGIC_KEYS = ("or", "and")

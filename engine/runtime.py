@@ -242,6 +242,8 @@ class RuntimeRegistry:
         cached = self._states.get(slug)
         if cached is not None and self._listener is not None:
             return cached
+        if len(slug) > naming.MAX_SLUG_LENGTH or not naming.SLUG_PATTERN.match(slug):
+            return None  # no tenant can have this name (a NUL, say, which the database would refuse): none asked
         return await self._shared(("state", slug), lambda: self._load_state(slug))
 
     async def _shared(self, key: Any, load: Callable[[], Awaitable[Any]]) -> Any:

@@ -16,7 +16,6 @@ platform.yaml binds them, and each checks its caller itself first (`functions/ac
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,11 +44,10 @@ from engine.identity import sessions
 from engine.schema import load_schema, load_schema_async
 from engine.storage import naming
 from engine.storage.deploy import DEFAULT_PLAN, Deployment, Progress, create_tenant_schema, deploy_in, lock_tenant
-from engine.storage.naming import SYSTEM_TENANT
+from engine.storage.naming import MAX_SLUG_LENGTH, SLUG_PATTERN, SYSTEM_TENANT
 from functions.access import MANAGERS, OWNERS, PLATFORM_ADMINS_ONLY, authorize, in_platform
 from functions.keys import new_key
 
-SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 RESERVED_SLUGS = frozenset({"system", "api", "admin", "www", "platform", "auth", "rest", "graphql", "functions",
                             "static", "assets", "app", "dashboard", "status", "docs", "mail", "public"})
 INITIAL_KEYS = {"initial-anon": "anon", "initial-service": "service"}  # name -> role
@@ -59,8 +57,8 @@ PLATFORM_ONLY_FIELDS = ("status", "status_reason", "deleted_at", "onboarding", "
 
 def slug_problems(slug: str) -> list[Problem]:
     problems = []
-    if not 3 <= len(slug) <= 40:
-        problems.append(Problem("slug", "must be 3 to 40 characters long"))
+    if not 3 <= len(slug) <= MAX_SLUG_LENGTH:
+        problems.append(Problem("slug", f"must be 3 to {MAX_SLUG_LENGTH} characters long"))
     if not SLUG_PATTERN.match(slug):
         problems.append(Problem("slug", "must start with a lowercase letter and hold only a-z, 0-9 and -"))
     if slug in RESERVED_SLUGS:

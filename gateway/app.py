@@ -31,7 +31,16 @@ from engine.audit_trail import AuditSealer
 from engine.authz import Caller, unrestricted
 from engine.billing.sweeper import BillingSweeper
 from engine.database import Database
-from engine.errors import BackSaasError, DatabaseUnavailable, Forbidden, InvalidInput, Problem, TenantNotFound, is_outage
+from engine.errors import (
+    BackSaasError,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidInput,
+    Problem,
+    QueryParseError,
+    TenantNotFound,
+    is_outage,
+)
 from engine.gdpr import RestrictedUsers
 from engine.graphql.api import GraphQLApi, refused_credentials
 from engine.identity.gotrue import AuthApi
@@ -402,6 +411,9 @@ class TenantApp:
             raise
 
     async def respond(self, request: Request, scope: Scope) -> Response | RawResponse:
+        if b"%00" in scope["query_string"]:  # PostgreSQL's text holds no NUL: refused once, here, not by a query
+            raise QueryParseError("the query string holds a NUL character (%00), which no value may hold",
+                                  details=[Problem("query", "a NUL character")])
         registry = self.starlette.state.registry
         runtime, plan = await self.named_tenant(scope)
         scope["backsaas.limits"], scope["backsaas.plan"] = plan.limits, plan

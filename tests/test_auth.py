@@ -287,3 +287,9 @@ def test_a_token_verified_once_is_still_refused_once_it_expires():
     with pytest.raises(Unauthorized) as expired:
         keyring.verify(token)
     assert expired.value.code == "token_expired"
+
+
+@pytest.mark.parametrize("kind", [[], {}, 1])
+def test_a_verification_type_that_is_not_a_string_is_a_400(base, keys, kind):
+    answer = httpx.post(f"{auth_url(base)}/verify", headers=anon(keys), json={"type": kind, "token_hash": "x"})
+    assert answer.status_code == 400 and answer.json()["code"] == "validation_failed", answer.text

@@ -320,6 +320,15 @@ def test_get_requests_carry_the_query_in_the_url(base, keys, seeded):
     assert response.json() == {"data": {"author": [{"name": "Ann"}, {"name": "Bob"}]}}
 
 
+def test_a_mutation_sent_with_get_is_405_and_writes_nothing(base, keys, seeded, service):
+    """GraphQL over HTTP: a GET is safe (a link, a prefetch may send one), so it never runs a mutation."""
+    response = httpx.get(f"{base}/api/tenants/blog/graphql/v1", headers={"apikey": keys["blog_service"]},
+                         params={"query": 'mutation { insert_author_one(object: {name: "By GET"}) { id } }'})
+    assert response.status_code == 405 and response.headers["allow"] == "POST", response.text
+    assert response.json()["errors"][0]["extensions"]["code"] == "validation-failed"
+    assert service.execute(gql('{ author(where: {name: {_eq: "By GET"}}) { id } }')) == {"author": []}
+
+
 def test_another_tenants_key_is_refused_and_sees_nothing(base, keys, seeded):
     response = httpx.post(f"{base}/api/tenants/blog/graphql/v1", json={"query": "{ post { title } }"},
                           headers={"apikey": keys["other_service"]})

@@ -395,3 +395,9 @@ def test_code_outside_the_platforms_files_cannot_register_a_platform_operation_b
         platform_function(suspend)
     bound = resolve("tenants.suspend", "function", "system")
     assert bound is not None and bound is not suspend
+
+
+@pytest.mark.parametrize("name", ["list_members", "reveal_keys", "usage", "audit_entries", "schema_history"])
+def test_a_nul_in_a_platform_functions_tenant_is_a_400(world, name):
+    answer = call(world["base"], name, world["mallory"], tenant="ev\u0000il")
+    assert answer.status_code == 400 and answer.json()["code"] == "22021", answer.text

@@ -20,7 +20,7 @@ import pytest
 from engine import catalog
 from engine.authz import Caller
 from engine.database import Database
-from engine.limits import DEFAULT_MAX_BODY_ITEMS, DEFAULT_MAX_EMBED_DEPTH, VALIDATE_IN_THREAD_ABOVE
+from engine.limits import DEFAULT_MAX_BODY_ITEMS, DEFAULT_MAX_EMBED_DEPTH, MAX_JSON_PATH_STEPS, VALIDATE_IN_THREAD_ABOVE
 from engine.rest.api import RestApi
 from engine.runtime import RuntimeRegistry
 from engine.validation import BodyValidator
@@ -37,6 +37,7 @@ entities:
       code:   {type: string, max_length: 40, unique: true}
       parent: {type: ref, to: node, reverse: children}
       tags:   {type: array, items: string}
+      meta:   {type: json}
     permissions:
       read: {anon: all}
   bare:
@@ -288,9 +289,9 @@ def test_graphql_order_by_a_null_direction_is_ignored(base, keys, root):
     assert response.status_code == 200 and len(response.json()["data"]["node"]) == 1
 
 
-def test_a_nul_in_a_select_alias_is_a_400(base, keys):
+def test_a_control_character_in_a_select_alias_is_a_400(base, keys):
     with rest(base, keys) as client:
-        response = client.get("/node", params={"select": "a\x00b:id"})
+        response = client.get("/node", params={"select": "a\x01b:id"})
     assert_refused(response, 400, "PGRST100", "select")
 
 
@@ -337,3 +338,24 @@ async def test_a_plan_with_malformed_graphql_limits_keeps_the_defaults_instead_o
     key = (await create_api_key(db, "oddly", "service", "service")).key
     answer = graphql(base, {"oddly": key}, "{ node { id } }", slug="oddly")
     assert answer.status_code == 200 and answer.json() == {"data": {"node": []}}, answer.text
+
+
+def test_a_json_path_of_more_steps_than_allowed_is_a_400(base, keys):
+    path = "meta" + "->a" * (MAX_JSON_PATH_STEPS + 1)
+    with rest(base, keys) as client:
+        for params in ({"select": path}, {path: "eq.1"}, {"order": path}):
+            assert_refused(client.get("/node", params=params), 400, "query_too_complex", "meta")
+        assert client.get("/node", params={"select": "meta" + "->a" * MAX_JSON_PATH_STEPS}).status_code == 200
+
+
+def test_a_cast_postgres_cannot_make_is_a_400(base, keys, root):
+    with rest(base, keys) as client:
+        assert_refused(client.get("/node", params={"select": "tags::integer"}), 400, "42846")
+        assert_refused(client.get("/node", params={"select": "children(tags::integer)"}), 400, "42846")
+
+
+def test_a_nul_in_a_tenants_name_or_in_the_query_string_is_a_4xx(base, keys):
+    assert httpx.get(f"{base}/api/tenants/%00/rest/v1/node").status_code == 404
+    assert httpx.get(f"{base}/api/tenants/tree%00/rest/v1/node", headers={"apikey": keys["tree"]}).status_code == 404
+    with rest(base, keys) as client:
+        assert_refused(client.get("/node", params={"label": "eq.a\x00b"}), 400, "PGRST100", "query")

@@ -195,6 +195,7 @@ class GraphQLApi:
     def __init__(self, runtime: TenantRuntime, db: Database, caller: Caller,
                  limits: Mapping[str, Any] | None = None) -> None:
         self.runtime, self.db, self.caller = runtime, db, caller
+        self.method = "POST"  # the HTTP request's (`handle`): a GET may not run a mutation
         self.permissions = Permissions(runtime.authorizer, caller, runtime.columns)
         given = (limits or {}).get("graphql")
         given = given if isinstance(given, dict) else {}
@@ -219,6 +220,7 @@ class GraphQLApi:
         return value
 
     async def handle(self, method: str, query: Mapping[str, str], body: bytes) -> Answer:
+        self.method = method
         payload = self.payload(method, query, body)
         if isinstance(payload, list):  # a batch (Hasura, Apollo's BatchHttpLink): an array of answers, in order
             if not payload or len(payload) > MAX_BATCH:
@@ -336,6 +338,9 @@ class GraphQLApi:
                 found = self.remember(key, orjson.dumps({"data": result.data, **({"errors": errors} if errors else {})}))
             return Answer(200, JSON, found)
         if operation.operation == ast.OperationType.MUTATION:
+            if self.method != "POST":  # GraphQL over HTTP: a GET is safe, it never writes (a link can be a GET)
+                return Answer(405, [*JSON, ("Allow", "POST")],
+                              error_body([problem("validation-failed", "a mutation is sent with POST, not GET")]))
             runner = MutationRunner(self, schema, document, operation.name.value if operation.name else None, coerced)
             known = self.known_insert(runner, operation)
             objects = known.objects_of(coerced) if known is not None else None

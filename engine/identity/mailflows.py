@@ -544,7 +544,7 @@ class MailFlows:
 
     def verify_params(self, body: dict[str, Any]) -> tuple[tuple[str, ...], str, dict[str, str]]:
         kind = body.get("type")
-        if kind not in KINDS_OF_TYPE:
+        if not isinstance(kind, str) or kind not in KINDS_OF_TYPE:  # a list or an object is not hashable
             raise AuthFailed("validation_failed", 400, f"unsupported verification type {kind!r}",
                              details=[Problem("type", f"must be one of {', '.join(KINDS_OF_TYPE)}")])
         token, token_hash = body.get("token"), body.get("token_hash")

@@ -8,8 +8,11 @@ short hash, so two long names never collide after truncation.
 from __future__ import annotations
 
 import hashlib
+import re
 
 SYSTEM_TENANT = "system"
+SLUG_PATTERN = re.compile(r"[a-z][a-z0-9-]*\Z")  # what a tenant's name may be (`SLUG_PATTERN.match`)
+MAX_SLUG_LENGTH = 40
 MAX_IDENTIFIER = 63
 
 
