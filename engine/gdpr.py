@@ -2,8 +2,8 @@
 portability (an export), erasure, restriction and objection, as requests with a due date.
 
 What is personal is what the schema says: fields marked `pii: true`, and always the account's email. A
-user's data is every row they own (`owner_id`), their `users` row, and, once their email is confirmed
-(`verified`), the `pii` text fields of other rows that hold it (a contact row someone else typed in about
+user's data is every row they own (`owner_id`), their `users` row, and, once a mail to their email proved
+it theirs (`tying_email`), the `pii` text fields of other rows that hold it (a contact row someone else typed in about
 them): of such a row of someone else's, only those fields are theirs, never its other columns. An
 unconfirmed email ties nothing: anyone can type any address into their account (`PUT /auth/v1/user`
 makes it unverified), and it must not read or erase rows about the address's owner. Nothing else is
@@ -191,9 +191,20 @@ async def account_email(conn: AsyncConnection, runtime: Any, user_id: str, db: D
 
 
 async def tying_email(conn: AsyncConnection, runtime: Any, user_id: str, db: Database | None = None) -> str | None:
-    """The email that ties other users' rows to this user: theirs if confirmed, else None."""
+    """The email that ties other users' rows to this user: theirs once a mail to it proved it theirs (a
+    sign-up confirmation, a magic link or code, an invitation, a recovery, an email change: the audit
+    trail's `auth.verified` naming the address), else None. `verified` alone proves nothing: a tenant that
+    confirms no address by mail (the default, Supabase's autoconfirm) marks every sign-up verified, so
+    anyone could sign up with another's address and read or erase the rows naming it."""
     email, verified = await account(conn, runtime, user_id, db)
-    return email if verified else None
+    if not verified:
+        return None
+    log = catalog.platform_tables()["audit_log"]
+    await conn.execute(sa.text(f"SELECT {audit.SCHEMA}.seal(:chain)"), {"chain": runtime.tenant_id})  # pending too
+    proven = await conn.scalar(sa.select(sa.exists().where(
+        log.c.chain == runtime.tenant_id, log.c.record_id == user_id, log.c.action == "auth.verified",
+        log.c.data["address"].astext == email)))
+    return email if proven else None
 
 
 def _rows_json(alias: Any, where: sa.ColumnElement[bool], hidden: list[str],

@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +23,7 @@ from engine.database import Database
 from engine.embedded import EmbeddedPostgres, data_directory
 from engine.storage.deploy import deploy_platform
 from gateway.logs import configure_logging
+from tests.mail_sink import Sink
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,3 +77,21 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await deploy_platform(database)
     yield database
     await database.close()
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    started = Sink().start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def mail_env(sink: Sink) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BACKSAAS_SMTP_URL", f"smtp://127.0.0.1:{sink.port}")
+        patch.setenv("BACKSAAS_MAIL_FROM", "Platform <mail@platform.example>")
+        patch.setenv("BACKSAAS_MAIL_RETRY_SECONDS", "0.2")
+        patch.setenv("BACKSAAS_SMTP_TIMEOUT", "3")
+        patch.setenv("BACKSAAS_PUBLIC_URL", "http://127.0.0.1")  # required with SMTP; the gateway's own URL once it runs
+        yield

@@ -21,6 +21,7 @@ from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
 from tests.conftest import driver_url
+from tests.mail_sink import Sink, code_in
 from tests.server import running_gateway
 
 SCHEMA = """
@@ -83,7 +84,7 @@ async def keys(db: Database) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base(keys: dict[str, str], database_url: str) -> Iterator[str]:
+def base(keys: dict[str, str], database_url: str, mail_env: None) -> Iterator[str]:
     with running_gateway(database_url) as url:
         yield url
 
@@ -101,6 +102,17 @@ def sign_up(base: str, keys: dict[str, str], email: str, slug: str = "crm", **da
                       json={"email": email, "password": PASSWORD, "data": data})
     assert made.status_code == 200, made.text
     return made.json()
+
+
+def prove(base: str, keys: dict[str, str], sink: Sink, email: str, slug: str = "crm") -> None:
+    """The address proved its user's, as its owner proves it: the code of a sign-in mail sent to it."""
+    before = sink.count(email)
+    asked = httpx.post(f"{api(base, slug)}/auth/v1/otp", headers={"apikey": keys[f"{slug}_anon"]},
+                       json={"email": email, "create_user": False})
+    assert asked.status_code == 200, asked.text
+    verified = httpx.post(f"{api(base, slug)}/auth/v1/verify", headers={"apikey": keys[f"{slug}_anon"]},
+                          json={"type": "email", "email": email, "token": code_in(sink.to(email, before + 1))})
+    assert verified.status_code == 200, verified.text
 
 
 def post(base: str, session: dict[str, Any], entity: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +136,11 @@ def complete(base: str, keys: dict[str, str], request: dict[str, Any]) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def people(base: str, keys: dict[str, str]) -> dict[str, Any]:
-    """Cat and Dan, each with a profile; Dan keeps a contact row with Cat's email and a note on her profile."""
+def people(base: str, keys: dict[str, str], sink: Sink) -> dict[str, Any]:
+    """Cat and Dan, each with a profile; Dan keeps a contact row with Cat's email and a note on her profile.
+    Cat's address is proved hers by a mail (an address is theirs who signed up with it only once proved)."""
     cat = sign_up(base, keys, CAT["email"], full_name=CAT["full_name"])
+    prove(base, keys, sink, CAT["email"])
     dan = sign_up(base, keys, "dan@example.com", full_name="Daniel Other")
     cat_profile = post(base, cat, "profile", {"nickname": CAT["nickname"], "phone": CAT["phone"],
                                               "prefs": {"diet": CAT["diet"]}, "bio": "plays guitar",
@@ -383,10 +397,27 @@ async def test_an_email_changed_to_someone_elses_neither_exports_nor_erases_thei
     assert mine(base, bob, "secret") == [bobs]  # nothing of Bob's changed
 
 
-async def test_a_confirmed_email_exports_and_erases_only_the_fields_naming_it_in_others_rows(base, keys, db):
+
+async def test_a_sign_up_with_someone_elses_address_never_proved_neither_exports_nor_erases_their_rows(base, keys, db):
+    """The tenant confirms no address by mail (the default): the sign-up is `verified` at once, yet nothing
+    proved the address the signer's, so it ties no row naming it."""
+    await auto_processing(db)
+    kim = sign_up(base, keys, "kim.keeper@example.com")
+    kims = post(base, kim, "secret", {"text": "KIM ABOUT LEO", "note": "leo.victim@example.com"})
+    mallory = sign_up(base, keys, "leo.victim@example.com")
+    assert mallory["user"]["verified"] is True
+    access = file_request(base, mallory, "access")
+    exported = httpx.get(f"{api(base)}/auth/v1/privacy/requests/{access['id']}/export", headers=bearer(mallory))
+    assert exported.status_code == 200 and "secret" not in exported.json()["data"], exported.text
+    assert "KIM ABOUT LEO" not in exported.text and kims["id"] not in exported.text
+    erasure = file_request(base, mallory, "erasure")
+    assert erasure["status"] == "completed" and "secret" not in erasure["result"]["rows_anonymised"]
+    assert mine(base, kim, "secret") == [kims]  # nothing of Kim's changed
+
+async def test_a_confirmed_email_exports_and_erases_only_the_fields_naming_it_in_others_rows(base, keys, db, sink):
     await auto_processing(db)
     gil = sign_up(base, keys, "gil.legit@example.com")
-    assert gil["user"]["verified"] is True
+    prove(base, keys, sink, "gil.legit@example.com")
     hal = sign_up(base, keys, "hal.keeper@example.com")
     hals = post(base, hal, "secret", {"text": "HAL ABOUT GIL", "note": "Gil.Legit@example.com"})
     gils = post(base, gil, "secret", {"text": "GIL OWN TEXT", "note": "gil's own note"})
@@ -454,8 +485,9 @@ async def test_an_erasure_runs_under_the_plans_statement_timeout_and_stops_clean
         assert (await complete_it(client)).json()["status"] == "completed"
 
 
-async def test_an_export_runs_under_the_plans_statement_timeout_and_stops_cleanly(base, quick, database_url):
+async def test_an_export_runs_under_the_plans_statement_timeout_and_stops_cleanly(base, quick, database_url, sink):
     fay = sign_up(base, quick, "fay@example.com", slug="quickcrm")
+    prove(base, quick, sink, "fay@example.com", slug="quickcrm")
     filed = httpx.post(f"{api(base, 'quickcrm')}/auth/v1/privacy/requests", json={"type": "access"}, headers=bearer(fay))
     done = httpx.post(f"{api(base, 'quickcrm')}/privacy/v1/requests/{filed.json()['id']}/complete",
                       headers={"apikey": quick["quickcrm_service"]})

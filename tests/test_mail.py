@@ -9,19 +9,15 @@ log transport when no SMTP server is configured."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,7 +26,6 @@ import jwt
 import pytest
 import sqlalchemy as sa
 import structlog
-from aiosmtpd.controller import Controller
 from structlog.testing import capture_logs
 
 from engine import audit_trail, catalog, mailer
@@ -41,6 +36,7 @@ from engine.identity.throttle import LoginThrottle
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
+from tests.mail_sink import Sink, body_of, code_in, fragment_of, link_in
 from tests.server import free_port, running_gateway
 
 PASSWORD = "correct horse battery"
@@ -53,91 +49,6 @@ SETTINGS = {
                                      "body": "Hello {{email}}, reset it at {{reset_url}} or type {{code}}."}},
 }
 http = httpx.Client(timeout=60)  # the machine may be loaded: a sign-in hashes with argon2
-LINK = re.compile(r"https?://\S+/verify\?\S+")
-CODE = re.compile(r"\b(\d{6})\b")
-
-
-class Sink:
-    """An SMTP server on localhost that keeps every message it receives."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.messages: list[EmailMessage] = []
-        self.arrived = threading.Condition()
-        self.controller = Controller(self, hostname="127.0.0.1", port=port or free_port())
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.arrived:
-            self.messages.append(message)  # type: ignore[arg-type]
-            self.arrived.notify_all()
-        return "250 OK"
-
-    @property
-    def port(self) -> int:
-        return self.controller.port
-
-    def start(self) -> Sink:
-        self.controller.start()
-        return self
-
-    def stop(self) -> None:
-        self.controller.stop()
-
-    def to(self, address: str, count: int = 1, timeout: float = 20) -> EmailMessage:
-        """The `count`th message to `address`, waiting for it."""
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while True:
-                found = [m for m in self.messages if m["To"] == address]
-                if len(found) >= count:
-                    return found[count - 1]
-                left = deadline - time.monotonic()
-                assert left > 0, f"no mail #{count} to {address}; got {[m['To'] for m in self.messages]}"
-                self.arrived.wait(left)
-
-    def count(self, address: str) -> int:
-        with self.arrived:
-            return sum(1 for m in self.messages if m["To"] == address)
-
-
-def body_of(message: EmailMessage) -> str:
-    part = message.get_body(("plain",))
-    assert part is not None
-    return part.get_content()
-
-
-def link_in(message: EmailMessage) -> str:
-    found = LINK.search(body_of(message))
-    assert found, body_of(message)
-    return found.group(0).rstrip(".)")
-
-
-def code_in(message: EmailMessage) -> str:
-    found = CODE.search(body_of(message).replace(link_in(message), ""))
-    assert found, body_of(message)
-    return found.group(1)
-
-
-def fragment_of(location: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(location).fragment, keep_blank_values=True).items()}
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[Sink]:
-    started = Sink().start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def mail_env(sink: Sink) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BACKSAAS_SMTP_URL", f"smtp://127.0.0.1:{sink.port}")
-        patch.setenv("BACKSAAS_MAIL_FROM", "Platform <mail@platform.example>")
-        patch.setenv("BACKSAAS_MAIL_RETRY_SECONDS", "0.2")
-        patch.setenv("BACKSAAS_SMTP_TIMEOUT", "3")
-        patch.setenv("BACKSAAS_PUBLIC_URL", "http://127.0.0.1")  # required with SMTP; the gateway's own URL once it runs
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -642,7 +642,9 @@ class MailFlows:
                     await self.forget_tokens(conn, str(row.id), except_id=token.id)
                 session = await sessions.start_session(conn, self.tenant_id, str(row.id), ip=api.ip,
                                                        user_agent=audit.header(audit.REQUEST.get() or {}, b"user-agent"))
-                await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id)
+                # `address`: the address this mail proved is the user's (engine/gdpr.py ties rows by it)
+                await self.audit(conn, "auth.verified", str(row.id), type=kind, kind=token.kind, session=session.id,
+                                 address=row.email)
         except AuthFailed as error:
             if by_code:
                 await api.throttle.failed(self.tenant_id, found_by["email"], api.ip)
