@@ -399,3 +399,11 @@ def test_refused_credentials_are_a_graphql_error_as_hasura_words_it(base, keys, 
     assert unknown_key["extensions"]["code"] == "access-denied" and "data" not in unknown_key
     rest = httpx.get(f"{base}/api/tenants/library/rest/v1/book", headers=expired_like)
     assert rest.status_code == 401  # REST keeps PostgREST's status
+
+
+def test_a_required_field_is_a_non_null_type_as_generated_clients_read_it(base, keys):
+    type_query = '{ __type(name: "book") { fields { name type { kind name ofType { name } } } } }'
+    fields = {f["name"]: f["type"] for f in post(base, keys["anon"], type_query)["data"]["__type"]["fields"]}
+    assert fields["title"] == {"kind": "NON_NULL", "name": None, "ofType": {"name": "String"}}
+    assert fields["id"]["kind"] == "NON_NULL" and fields["pages"] == {"kind": "SCALAR", "name": "Int", "ofType": None}
+    assert fields["writer"]["kind"] == "OBJECT"  # a relation may be hidden by its target's row scope: nullable

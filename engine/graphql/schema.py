@@ -246,8 +246,12 @@ class SchemaBuilder:
         return found
 
     def object_type(self, entity: Entity) -> GraphQLObjectType:
+        """Hasura's type of a row: a NOT NULL column (the built-in ones, a `required` field) is non-null, as
+        generated clients type it; a relation stays nullable (the row scope may hide its target)."""
+        not_null = {"id", "created_at", "updated_at", *(f.column for f in entity.fields if f.required)}
+
         def fields() -> dict[str, GraphQLField]:
-            result = {c: GraphQLField(GraphQLNonNull(t) if c in ("id", "created_at", "updated_at") else t)
+            result = {c: GraphQLField(GraphQLNonNull(t) if c in not_null else t)
                       for c, (_, t) in self.columns(entity).items()}
             for name, relation in self.links(entity).items():
                 target = self.entity(relation.target)
