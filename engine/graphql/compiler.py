@@ -80,7 +80,8 @@ def as_graphql_error(exc: asyncpg.PostgresError) -> GraphQLError:
     sqlstate = getattr(exc, "sqlstate", "") or ""
     if is_outage_state(sqlstate):
         raise DatabaseUnavailable() from exc
-    mapped = database_error(sqlstate, str(exc), getattr(exc, "detail", None))
+    message = str(exc.args[0]) if exc.args else str(exc)  # str(exc) adds the DETAIL, which is added once below
+    mapped = database_error(sqlstate, message, getattr(exc, "detail", None))
     code = HASURA_CODES.get(sqlstate, "data-exception" if sqlstate.startswith("22") else "unexpected")
     return GraphQLError(code, mapped.message + (f" ({mapped.detail})" if mapped.detail else ""))
 
