@@ -132,6 +132,15 @@ def test_order_by_an_object_relation_and_distinct_on(service, seeded):
     distinct = service.execute(gql("{ post(distinct_on: [status], order_by: [{status: asc}, {views: desc}]) "
                                    "{ status title } }"))
     assert distinct["post"] == [{"status": "draft", "title": "Second"}, {"status": "published", "title": "First"}]
+    unordered = service.execute(gql("{ post(distinct_on: [status]) { status } }"))  # ordered by its columns
+    assert unordered["post"] == [{"status": "draft"}, {"status": "published"}]
+
+
+def test_distinct_on_columns_that_do_not_lead_the_order_by_are_refused_as_hasura_refuses_them(service, seeded):
+    with pytest.raises(TransportQueryError) as refused:
+        service.execute(gql("{ post(distinct_on: [status], order_by: [{views: desc}, {status: asc}]) { title } }"))
+    error = refused.value.errors[0]
+    assert error["extensions"]["code"] == "validation-failed" and "distinct_on" in error["message"], error
 
 
 def test_variables_fragments_aliases_and_directives(service, seeded):

@@ -289,10 +289,15 @@ class QueryCompiler:
         if args.get("where") is not None:
             conditions.append(self.condition(entity, args["where"]))
         columns, embeds, aggregates = self.selection(entity, selection if selection is not None else node.selection_set)
-        return ReadPlan(entity, columns, embeds, Condition("and", tuple(conditions)) if conditions else None,
-                        self.order(entity, self.values.resolve(args.get("order_by"))),
+        order = self.order(entity, self.values.resolve(args.get("order_by")))
+        distinct = tuple(as_list(self.values.resolve(args.get("distinct_on"))))
+        leading = order[:len(distinct)]
+        if distinct and order and (len(leading) < len(distinct) or any(o.through or o.aggregate or o.path for o in leading)
+                                   or {o.column for o in leading} != set(distinct)):
+            raise GraphQLError("validation-failed", '"distinct_on" columns must match initial "order_by" columns')
+        return ReadPlan(entity, columns, embeds, Condition("and", tuple(conditions)) if conditions else None, order,
                         self.count(args.get("limit"), "limit"), self.count(args.get("offset"), "offset"),
-                        tuple(as_list(self.values.resolve(args.get("distinct_on")))), aggregates, scope=scope)
+                        distinct, aggregates, scope=scope)
 
     def caller_param(self) -> int:
         return self.values.add(Slot(caller=True))
