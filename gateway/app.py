@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -392,8 +393,37 @@ class TenantApp:
             await send({"type": "websocket.close", "code": 4429, "reason": "rate_limited"})
             return
         limits = plan.limits
+        address = client[0] if client else None
+
+        @asynccontextmanager
+        async def operation(caller: Caller) -> AsyncIterator[Caller]:
+            """A query or mutation of the socket, as an HTTP request of the tenant's: its rate windows (a 429
+            as an `error` message), its quotas (402), its share of the tenant's slots, the meter's count as a
+            GraphQL call, and the caller marked restricted whose processing is (GDPR: no writes)."""
+            window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, caller,
+                                                                  address)
+            if window is not None and window.refused:
+                raise window.error()
+            metering: Metering | None = self.starlette.state.metering
+            request = {"path": GRAPHQL_PATHS[0], "root_path": "", "backsaas.limits": limits}
+            usage, token = metering.begin(request) if metering is not None else (None, None)
+            started, status = time.perf_counter(), 200
+            try:
+                await admit(request, runtime, "POST", GRAPHQL_PATHS[0])
+                if caller.user_id is not None and await self.starlette.state.privacy.restricted(runtime, caller.user_id):
+                    caller = dataclasses.replace(caller, restricted=True)
+                registry.note_call(runtime)
+                async with self.gates.slot(*share_of(runtime, plan, caller, address, self.starlette.state.db)):
+                    yield caller
+            except BackSaasError as error:
+                status = error.status
+                raise
+            finally:
+                if metering is not None and usage is not None and token is not None:
+                    metering.end(request, usage, token, status, 0, time.perf_counter() - started)
+
         await serve_graphql_ws(WebSocket(scope, receive, send), registry, runtime, limits, self.starlette.state.db,
-                               request_headers(scope), scope.get("backsaas.tenant_header", False))
+                               request_headers(scope), scope.get("backsaas.tenant_header", False), operation)
 
     async def named_tenant(self, scope: Scope) -> tuple[TenantRuntime, Plan]:
         """The active tenant the request names, and its plan. A name this process does not hold costs a
@@ -649,6 +679,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
                                   Route(metrics.METRICS_PATH, metrics.metrics_endpoint),
                                   Route(STRIPE_WEBHOOK_PATH, stripe_webhook, methods=["POST"])], lifespan=lifespan,
                           exception_handlers={404: unknown_route})
+    starlette.state.metering = Metering(meter, book) if meter is not None and book is not None else None
     routing = TenantRouting(starlette, base_domain)
 
     async def origins_of(scope: Scope) -> tuple[str, ...]:
@@ -660,7 +691,7 @@ def create_app(database_url: str, *, base_domain: str = "localhost", jwt_secret:
         except BackSaasError:  # the database is down: the request itself answers 503, readably
             return ANY_ORIGIN
 
-    return RequestObserver(routing, origins_of, Metering(meter, book) if meter is not None and book is not None else None)
+    return RequestObserver(routing, origins_of, starlette.state.metering)
 
 
 def app_from_env() -> ASGIApp:

@@ -11,13 +11,18 @@ its subscriptions are capped by the same plan (an `error` message `too_many_subs
 like the query it mirrors, sends the current result, then a fresh one after each committed change to
 a table it reads (PostgreSQL NOTIFY, so changes made by any server process count), when the result
 differs. The subscriber's own permissions apply to every result, as they apply to their queries.
+
+A `subscribe` whose operation is a query or a mutation gets one result (`next`, then `complete`), run
+through the gateway's `Operation`: the same rate windows, quotas, fairness slot and meter as an HTTP
+request, so that a socket is no way around the plan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
@@ -38,6 +43,9 @@ PROTOCOL = "graphql-transport-ws"
 INIT_TIMEOUT = 10.0
 MAX_REASON = 123  # bytes: what a WebSocket close frame can carry
 log = structlog.get_logger("backsaas.graphql_ws")
+# What runs one query or mutation of a socket as the gateway runs an HTTP request (gateway/app.py): its rate
+# windows, its quotas, its share of the tenant's slots, the meter; it yields the caller the operation acts as
+Operation = Callable[[Caller], AbstractAsyncContextManager[Caller]]
 
 
 def close_reason(error: BackSaasError) -> str:
@@ -47,8 +55,10 @@ def close_reason(error: BackSaasError) -> str:
 
 class Connection:
     def __init__(self, websocket: WebSocket, registry: RuntimeRegistry, runtime: TenantRuntime,
-                 limits: Mapping[str, Any], db: Database, headers: dict[str, str], tenant_from_header: bool) -> None:
+                 limits: Mapping[str, Any], db: Database, headers: dict[str, str], tenant_from_header: bool,
+                 operation: Operation) -> None:
         self.websocket, self.registry, self.runtime, self.limits, self.db = websocket, registry, runtime, limits, db
+        self.operation = operation
         self.headers, self.tenant_from_header = headers, tenant_from_header
         self.caller: Caller | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -187,8 +197,19 @@ class Connection:
             query, variables = payload.get("query"), payload.get("variables") or {}
             if not isinstance(query, str) or not isinstance(variables, dict):
                 raise GraphQLError("validation-failed", "subscribe needs a `query` string and `variables` object")
-            subscription = api.subscription(query, payload.get("operationName"), variables)
-            await self.stream(ident, api, subscription)
+            name = payload.get("operationName")
+            if api.is_subscription(query, name):
+                await self.stream(ident, api, api.subscription(query, name, variables))
+                return
+            async with self.operation(self.caller) as caller:  # a query or a mutation: one result
+                answer = await GraphQLApi(self.runtime, self.db, caller, self.limits).answer(query, name, variables)
+            result = orjson.loads(answer.body)
+            if "data" not in result:  # refused before it ran (the protocol's `error`)
+                await self.send({"id": ident, "type": "error", "payload": result["errors"]})
+            else:
+                await self.send({"id": ident, "type": "next", "payload": result})
+                await self.send({"id": ident, "type": "complete"})
+            self.tasks.pop(ident, None)
         except GraphQLError as error:
             await self.send({"id": ident, "type": "error", "payload": [problem(error.code, error.message)]})
             self.tasks.pop(ident, None)
@@ -211,7 +232,7 @@ class Connection:
 
 async def serve_graphql_ws(websocket: WebSocket, registry: RuntimeRegistry, runtime: TenantRuntime,
                            limits: Mapping[str, Any], db: Database, headers: dict[str, str],
-                           tenant_from_header: bool) -> None:
-    connection = Connection(websocket, registry, runtime, limits, db, headers, tenant_from_header)
+                           tenant_from_header: bool, operation: Operation) -> None:
+    connection = Connection(websocket, registry, runtime, limits, db, headers, tenant_from_header, operation)
     with contextlib.suppress(RuntimeError):  # the peer went away while we closed
         await connection.serve()

@@ -175,3 +175,21 @@ async def test_a_frame_the_protocol_does_not_allow_closes_the_socket_with_4400(b
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), 10)
     assert closed.value.rcvd.code == 4400
+
+
+async def test_queries_and_mutations_run_over_the_socket_within_the_callers_scope(base, keys):
+    """gql's WebSocket transport fetches the schema (an introspection query) before anything else."""
+    eve, fay = await sign_up(base, keys, "eve@example.com"), await sign_up(base, keys, "fay@example.com")
+    for who in (eve, fay):
+        headers = {"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"}
+        async with Client(transport=transport(base, **headers), fetch_schema_from_transport=True) as session:
+            made = await session.execute(gql('mutation($t: String!) { insert_note_one(object: {text: $t}) { text } }'),
+                                         variable_values={"t": f"by {who['user']['email']}"})
+            assert made == {"insert_note_one": {"text": f"by {who['user']['email']}"}}
+            seen = await session.execute(gql("{ note { text } }"))
+            assert seen == {"note": [{"text": f"by {who['user']['email']}"}]}  # their own row, never the other's
+    async with Client(transport=transport(base, apikey=keys["anon"])) as anonymous:
+        with pytest.raises(TransportQueryError) as refused:
+            await anonymous.execute(gql('mutation { insert_note_one(object: {text: "anon"}) { text } }'))
+        assert refused.value.errors[0]["extensions"]["code"] == "validation-failed"
+        assert "message" in await anonymous.execute(gql("{ message { text } }"))  # what anon may read, it reads

@@ -1,8 +1,10 @@
 """Opening a GraphQL WebSocket spends its tenant's rate-limit windows (and its address's anonymous budget),
-as an HTTP request does: a tenant past its budget opens no new subscriptions, and other tenants still do."""
+as an HTTP request does: a tenant past its budget opens no new subscriptions, and other tenants still do.
+So does each query or mutation sent over an open socket: a socket is no way around the plan."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from engine import catalog
 from engine.database import Database
+from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from tests.server import running_gateway
 
@@ -27,17 +30,20 @@ entities:
 
 
 @pytest.fixture(scope="module")
-async def tenants(db: Database) -> None:
+async def tenants(db: Database) -> dict[str, str]:
     plans = catalog.platform_tables()["plans"]
     async with db.begin() as conn:
         await conn.execute(plans.insert().values(code="ws-two", name="two", limits={"requests_per_minute": 2}))
+        await conn.execute(plans.insert().values(code="ws-three", name="three", limits={"requests_per_minute": 3}))
         await conn.execute(plans.insert().values(code="ws-open", name="open", limits={}))
     await create_tenant(db, "tight", source=SCHEMA, plan="ws-two")
+    await create_tenant(db, "queries", source=SCHEMA, plan="ws-three")
     await create_tenant(db, "roomy", source=SCHEMA, plan="ws-open")
+    return {slug: (await create_api_key(db, slug, "anon", "anon")).key for slug in ("queries", "roomy")}
 
 
 @pytest.fixture(scope="module")
-def base(tenants: None, database_url: str) -> Iterator[str]:
+def base(tenants: dict[str, str], database_url: str) -> Iterator[str]:
     with running_gateway(database_url, rate_limits={"anon_per_address": "100/minute"}) as url:
         yield url
 
@@ -56,3 +62,27 @@ async def test_a_tenant_past_its_window_opens_no_socket_while_another_tenant_doe
         time.sleep(60 - time.time() % 60 + 0.05)
     assert [await opens(base, "tight") for _ in range(3)] == [True, True, False]
     assert await opens(base, "roomy")
+
+
+async def answers(base: str, slug: str, key: str, count: int) -> list[str]:
+    """The kind of answer (`next` or the error's code) to `count` queries sent over one socket."""
+    url = base.replace("http://", "ws://") + f"/api/tenants/{slug}/graphql/v1"
+    found = []
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:  # type: ignore[list-item]
+        await socket.send(json.dumps({"type": "connection_init", "payload": {"apikey": key}}))
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        for number in range(count):
+            await socket.send(json.dumps({"id": str(number), "type": "subscribe",
+                                          "payload": {"query": "{ item { label } }"}}))
+            answer = json.loads(await socket.recv())
+            found.append(answer["type"] if answer["type"] != "error" else answer["payload"][0]["extensions"]["code"])
+            if answer["type"] == "next":
+                assert json.loads(await socket.recv())["type"] == "complete"
+    return found
+
+
+async def test_each_query_over_a_socket_spends_its_tenants_window(base: str, tenants: dict[str, str]) -> None:
+    if 60 - time.time() % 60 < 8:  # the opening and the queries fall in one clock-aligned minute
+        time.sleep(60 - time.time() % 60 + 0.05)
+    assert await answers(base, "queries", tenants["queries"], 3) == ["next", "next", "rate_limited"]
+    assert await answers(base, "roomy", tenants["roomy"], 3) == ["next", "next", "next"]

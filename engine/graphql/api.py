@@ -386,14 +386,18 @@ class GraphQLApi:
         arguments = [values[s] if s is not None else c for s, c in zip(compiled.slots, compiled.constants, strict=True)]
         return await self.fetch(compiled.sql, arguments)
 
+    def is_subscription(self, text: str, operation_name: str | None) -> bool:
+        """Whether the document's operation is a subscription (errors raise `GraphQLError`)."""
+        return self.operation(self.document(text, self.schema()), operation_name).operation \
+            == ast.OperationType.SUBSCRIPTION
+
     def subscription(self, text: str, operation_name: str | None, variables: dict[str, Any]) -> Subscription:
         """A `subscription` document compiled like the query it mirrors (errors raise `GraphQLError`)."""
         schema = self.schema()
         document = self.document(text, schema)
         operation = self.operation(document, operation_name)
         if operation.operation != ast.OperationType.SUBSCRIPTION:
-            raise GraphQLError("validation-failed", "only subscription operations run over this protocol's subscribe "
-                                                    "here; send queries and mutations over HTTP")
+            raise GraphQLError("validation-failed", "not a subscription: run it with `answer`")
         coerced = self.coerce(schema, document, operation, variables)
         compiled = self.compiled(schema, document, operation, coerced)
         tables = frozenset(f"{self.runtime.pg_schema}.{e}" for e in compiled.entities)
