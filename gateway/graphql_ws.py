@@ -1,4 +1,4 @@
-"""GraphQL subscriptions over WebSocket, in the `graphql-transport-ws` protocol (the one `graphql-ws`,
+"""GraphQL over WebSocket, in the `graphql-transport-ws` protocol (the one `graphql-ws`,
 Apollo and `gql` speak), at a tenant's `/graphql/v1`.
 
 `connection_init` carries the credentials (`{"headers": {"Authorization": ...}}`, or `Authorization` /

@@ -189,6 +189,28 @@ def test_past_the_hard_limit_writes_that_grow_rows_are_402_while_reads_work(base
     assert len(http.get(f"{api}/note", headers=service).json()) == stored - 1
 
 
+
+async def test_past_the_hard_limit_a_mutation_over_a_socket_is_refused_while_queries_work(base, keys):
+    import websockets
+
+    service = {"apikey": keys["hard"]["service"]}
+    api = rest(base, "hard")
+    while len(http.get(f"{api}/note", headers=service).json()) < 3:
+        assert http.post(f"{api}/note", json={"body": "filler"}, headers=service).status_code in (201, 402)
+    wait_for(lambda: http.post(f"{api}/note", json={"body": "more"}, headers=service).status_code == 402)
+    url = base.replace("http://", "ws://") + "/api/tenants/hard/graphql/v1"
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:  # type: ignore[list-item]
+        await socket.send(json.dumps({"type": "connection_init", "payload": service}))
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        await socket.send(json.dumps({"id": "1", "type": "subscribe", "payload": {
+            "query": 'mutation { insert_note_one(object: {body: "by socket"}) { id } }'}}))
+        refused = json.loads(await socket.recv())
+        assert refused["type"] == "error" and refused["payload"][0]["extensions"]["code"] == "quota_exceeded", refused
+        await socket.send(json.dumps({"id": "2", "type": "subscribe", "payload": {"query": "{ note { body } }"}}))
+        read = json.loads(await socket.recv())
+        assert read["type"] == "next" and len(read["payload"]["data"]["note"]) >= 3, read
+    assert "by socket" not in http.get(f"{api}/note", headers=service).text
+
 def test_past_the_monthly_requests_every_request_is_402(base, keys):
     anon = {"apikey": keys["busy"]["anon"]}
     answers = [http.get(f"{rest(base, 'busy')}/note", headers=anon).status_code for _ in range(7)]
