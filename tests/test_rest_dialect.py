@@ -686,6 +686,26 @@ def test_the_older_count_of_an_embed_works_without_aggregates(base, keys):
     assert refused.status_code == 400 and refused.json()["code"] == "PGRST123", refused.text
 
 
+
+def test_a_spread_embed_puts_a_to_one_rows_columns_beside_the_parents(http, shelves, client):
+    rows = http.get("/book?select=title,...shelf(shelf_label:label,rank)&title=in.(A1,B1)&order=title").json()
+    assert rows == [{"title": "A1", "shelf_label": "alpha", "rank": 1}, {"title": "B1", "shelf_label": "beta", "rank": 2}]
+    through_client = client.from_("book").select("title,...shelf(label)").eq("title", "B1").execute().data
+    assert through_client == [{"title": "B1", "label": "beta"}]
+    as_csv = http.get("/book?select=title,...shelf(label)&title=eq.A1", headers={"Accept": "text/csv"})
+    assert as_csv.text == "title,label\nA1,alpha"
+    to_many = http.get("/shelf?select=label,...books(title)")
+    assert to_many.status_code == 400 and to_many.json()["code"] == "PGRST100", to_many.text
+
+
+def test_a_spread_embed_shows_nothing_of_a_row_the_caller_may_not_read(base, people):
+    ann, bob = people["ann"], people["bob"]
+    made = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": "spread-scope", "writer_id": ann["person"]})
+    assert made.status_code == 201, made.text
+    rows = httpx.get(f"{base}/rest/v1/doc?select=title,...writer(writer_name:name)&title=eq.spread-scope",
+                     headers=bob["headers"])
+    assert rows.json() == [{"title": "spread-scope", "writer_name": None}], rows.text
+
 def test_order_by_a_to_one_embedded_column(http, shelves):
     rows = http.get("/book?select=title,shelf(label)&order=shelf(label).desc,title.asc&title=in.(A1,A2,B1)").json()
     assert [r["title"] for r in rows] == ["B1", "A1", "A2"]

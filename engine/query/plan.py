@@ -128,6 +128,11 @@ class Embed:
     alias: str
     relation: Relation
     plan: ReadPlan
+    spread: bool = False  # PostgREST's `...author(name)`: a to-one embed's keys are the parent row's own
+
+    def keys(self) -> list[str]:
+        """The keys the embed puts in its parent's object: its alias, or (a spread) its own keys."""
+        return self.plan.keys() if self.spread else [self.alias]
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,12 @@ class ReadPlan:
     distinct: tuple[str, ...] = ()  # DISTINCT ON these columns (GraphQL distinct_on)
     aggregates: tuple[Aggregate, ...] = ()  # aggregate embeds (GraphQL's `posts_aggregate`)
     scope: Condition | None = field(kw_only=True)
+
+    def keys(self) -> list[str]:
+        """The keys of each row's object, in order: columns, embeds (a spread's keys in its place),
+        aggregates."""
+        return [*(c.alias for c in self.columns), *(k for e in self.embeds for k in e.keys()),
+                *(a.alias for a in self.aggregates if a.relation is not None)]
 
     def reach(self) -> Condition | None:
         """The rows the plan reaches: its scope and its where together."""

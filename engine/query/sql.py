@@ -200,11 +200,18 @@ class StatementBuilder:
         a write returned, instead of the entity's table when given)."""
         table = (source if source is not None else self.tables[plan.entity]).alias(f"t{next(self.names)}")
         columns: list[ColumnElement[Any]] = [self.column(c, table).label(c.alias) for c in plan.columns]
-        columns += [self.embed(e.relation.kind, e.plan, (e.relation.target_column, table.c[e.relation.source_column]))
-                    .label(e.alias) for e in plan.embeds]
+        joined: sa.FromClause = table
+        for e in plan.embeds:
+            related = (e.relation.target_column, table.c[e.relation.source_column])
+            if e.spread:  # the to-one row's keys beside the parent's own: one lateral subquery, NULLs without a row
+                spread = self.rows(e.plan, related).lateral(f"s{next(self.names)}")
+                joined = joined.outerjoin(spread, sa.true())
+                columns += [spread.c[k].label(k) for k in e.plan.keys()]
+            else:
+                columns.append(self.embed(e.relation.kind, e.plan, related).label(e.alias))
         columns += [self.aggregate(a, (a.relation.target_column, table.c[a.relation.source_column])).label(a.alias)
                     for a in plan.aggregates if a.relation is not None]
-        statement = sa.select(*columns).select_from(table)
+        statement = sa.select(*columns).select_from(joined)
         if any(c.aggregate for c in plan.columns):  # grouped by every other selected column
             statement = statement.group_by(*(self.column(c, table) for c in plan.columns if not c.aggregate))
         if link is not None:
@@ -377,8 +384,7 @@ def csv_field(name: str) -> str:
 def csv_body(plan: ReadPlan, rows: sa.FromClause) -> ColumnElement[Any]:
     """PostgREST's CSV: a header line of the selected names (a bound value), then each row as PostgreSQL
     writes a record (`(a,"b c",)` without its parentheses: NULL as an empty field, quotes doubled)."""
-    names = [c.alias for c in plan.columns] + [e.alias for e in plan.embeds] + \
-            [a.alias for a in plan.aggregates if a.relation is not None]
+    names = plan.keys()
     header = sa.bindparam("csv_header", value=",".join(csv_field(n) for n in names), type_=sa.Text())
     record = sa.cast(rows.table_valued(), sa.Text)
     line = sa.func.substr(record, 2, sa.func.length(record) - 2)

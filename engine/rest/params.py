@@ -250,11 +250,17 @@ class ReadParser:
                 if not rest.endswith(")"):
                     raise QueryParseError(f"'{item}' in select= is missing its closing parenthesis")
                 name, inner_text = rest[: rest.index("(")].strip(), rest[rest.index("(") + 1: -1]
-                name, hint, join = self.embed_name(name)
+                spread = name.startswith("...")
+                name, hint, join = self.embed_name(name.removeprefix("..."))
                 relation = self.relation(entity, name, hint)
+                if spread and (alias.strip() or relation.kind != "one"):
+                    raise QueryParseError(f"'{item}' in select=: a spread (...) takes a to-one embed, unnamed "
+                                          "(name its columns inside it: ...author(author_name:name))",
+                                          details=[Problem(name, "not a to-one embed" if alias.strip() == ""
+                                                           else "a spread has no alias")])
                 alias = alias.strip() or name
                 child = self.level(relation.target, (*path, alias), levels, inner_text or "*")
-                embeds.append(Embed(alias, relation, child))
+                embeds.append(Embed(alias, relation, child, spread=spread))
                 if not inner_text.strip():  # PostgREST 11's empty embed: it filters, it is not shown
                     self.unshown.add((*path, alias))
                 if join == "inner":  # PostgREST's !inner: only rows with a related row the embed shows
