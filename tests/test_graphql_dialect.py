@@ -40,6 +40,7 @@ entities:
       writer: {type: ref, to: writer, on_delete: cascade, reverse: books}
       tags:   {type: array, items: string}
       meta:   {type: json}
+      prefs:  {type: json, schema: {type: object, properties: {size: {type: integer}}}}
       pages:  {type: integer}
       isbn:   {type: string, unique: true}
       price:  {type: decimal, precision: 10, scale: 2}
@@ -408,3 +409,39 @@ def test_a_required_field_is_a_non_null_type_as_generated_clients_read_it(base, 
     assert fields["title"] == {"kind": "NON_NULL", "name": None, "ofType": {"name": "String"}}
     assert fields["id"]["kind"] == "NON_NULL" and fields["pages"] == {"kind": "SCALAR", "name": "Int", "ofType": None}
     assert fields["writer"]["kind"] == "OBJECT"  # a relation may be hidden by its target's row scope: nullable
+
+
+def test_jsonb_update_operators_change_a_json_field_in_place(service, seeded):
+    made = service.execute(gql('mutation { insert_book_one(object: {title: "J", meta: {a: 1, n: {x: 1, y: 2}}}) { id } }'))
+    book = made["insert_book_one"]["id"]
+
+    def update(arguments: str, declared: str = "") -> str:
+        return (f"mutation($id: uuid!{declared}) {{ update_book_by_pk(pk_columns: {{id: $id}}, {arguments}) "
+                "{ meta } }")
+
+    def run(arguments: str, declared: str = "", **variables: Any) -> Any:
+        request = GraphQLRequest(update(arguments, declared), variable_values={"id": book, **variables})
+        return service.execute(request)["update_book_by_pk"]["meta"]
+
+    assert run("_append: {meta: $v}", ", $v: jsonb", v={"b": 2}) == {"a": 1, "b": 2, "n": {"x": 1, "y": 2}}
+    assert run('_prepend: {meta: {a: 0, c: 3}}') == {"a": 1, "b": 2, "c": 3, "n": {"x": 1, "y": 2}}
+    assert run("_delete_key: {meta: $k}", ", $k: String", k="c") == {"a": 1, "b": 2, "n": {"x": 1, "y": 2}}
+    assert run("_delete_at_path: {meta: $p}", ", $p: [String!]", p=["n", "x"]) == {"a": 1, "b": 2, "n": {"y": 2}}
+    assert run("_set: {meta: [1, 2, 3]}") == [1, 2, 3]
+    assert run("_delete_elem: {meta: 0}") == [2, 3]
+    both = error_of(service, update("_set: {meta: $v}, _append: {meta: $v}", ", $v: jsonb"), {"id": book, "v": {"z": 1}})
+    assert both["extensions"]["code"] == "validation-failed" and "multiple operators" in both["message"]
+    assert run("_append: {meta: [4]}") == [2, 3, 4]
+    schemed = error_of(service, update('_append: {prefs: {size: "big"}}'), {"id": book})
+    assert schemed["extensions"]["code"] == "validation-failed" and "_set" in str(schemed), schemed
+
+
+def test_jsonb_update_operators_reach_only_rows_the_caller_may_update(people, seeded):
+    ann, bob = people["ann"]["client"], people["bob"]["client"]
+    made = ann.execute(gql('mutation { insert_book_one(object: {title: "ann json", meta: {mine: true}}) { id } }'))
+    book = made["insert_book_one"]["id"]
+    tried = bob.execute(GraphQLRequest('mutation($id: uuid!) { update_book(where: {id: {_eq: $id}}, '
+                                       '_append: {meta: {bob: true}}) { affected_rows } }', variable_values={"id": book}))
+    assert tried == {"update_book": {"affected_rows": 0}}
+    mine = ann.execute(GraphQLRequest('query($id: uuid!) { book_by_pk(id: $id) { meta } }', variable_values={"id": book}))
+    assert mine == {"book_by_pk": {"meta": {"mine": True}}}

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql
 from engine import metering, quotas
 from engine.authz import guard_user_fields
 from engine.errors import Forbidden, Problem, ValidationFailed
-from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, as_graphql_error, as_list
+from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, array_literal, as_graphql_error, as_list
 from engine.graphql.schema import conflict_targets
 from engine.limits import RowBudget
 from engine.query.plan import Condition, Filter, ReadPlan, Upsert
@@ -48,9 +48,34 @@ if TYPE_CHECKING:
     from engine.graphql.api import Document, GraphQLApi
 
 # the variables a statement's own values reach it by (no GraphQL name has a space): a flat insert's objects,
-# an update's `_set` (one JSON object) and each of its `_inc` amounts
-OBJECTS, SET, INCREMENT = " objects", " set", " inc "
+# an update's `_set` (one JSON object) and each operand of its column operators (`_inc`, `_append`, ...)
+OBJECTS, SET, OPERAND = " objects", " set", " operand "
+# Hasura's update operators on one column each, beside `_set`: what each takes, and the SQL it makes of the
+# column and its operand (a text parameter, cast)
+COLUMN_OPERATORS: dict[str, tuple[str, Callable[[Any, Any], Any]]] = {
+    "_inc": ("a number", lambda column, operand: column + sa.cast(operand, column.type)),
+    "_append": ("JSON", lambda column, operand: column.op("||")(sa.cast(operand, postgresql.JSONB))),
+    "_prepend": ("JSON", lambda column, operand: sa.cast(operand, postgresql.JSONB).op("||")(column)),
+    "_delete_key": ("a key", lambda column, operand: column.op("-")(operand)),
+    "_delete_elem": ("an index", lambda column, operand: column.op("-")(sa.cast(operand, sa.Integer))),
+    "_delete_at_path": ("a path", lambda column, operand: column.op("#-")(sa.cast(operand, postgresql.ARRAY(sa.Text)))),
+}
+Operations = dict[str, tuple[str, Any]]  # column -> (operator, operand)
 Builder = Callable[[Mapping[str, Any], str | None], list[Any]]  # a request's parameter values (Values.builder)
+
+
+def operators_of(operations: Operations) -> tuple[tuple[str, str], ...]:
+    """What shapes an update's statement: (column, operator) pairs, in order."""
+    return tuple((column, operator) for column, (operator, _) in operations.items())
+
+
+def operand_text(operator: str, operand: Any) -> Any:
+    """An operand as its text parameter: JSON for `_append`/`_prepend`, an array literal for a path."""
+    if operator in ("_append", "_prepend"):
+        return orjson.dumps(operand).decode()
+    if operator == "_delete_at_path":
+        return array_literal(operand)
+    return operand
 
 
 def objects_variable(field: ast.FieldNode) -> str | None:
@@ -123,9 +148,9 @@ class MutationRunner:
         single = variant == "_by_pk"
         if self.runtime.hooks(entity, kind):
             return await self.hooked_write(conn, kind, entity, None, args, field, single)
-        changes, increments = self.changes(entity, args, kind)
-        prepared = self.prepared_write(field, kind, entity, single, tuple(changes), tuple(increments))
-        return await self.run_write(conn, prepared, changes, increments)
+        changes, operations = self.changes(entity, args, kind)
+        prepared = self.prepared_write(field, kind, entity, single, tuple(changes), operators_of(operations))
+        return await self.run_write(conn, prepared, changes, operations)
 
     # -- inserts --
 
@@ -420,30 +445,50 @@ class MutationRunner:
         return Condition("and", (*((scope,) if scope is not None else ()), compiler.condition(entity, where)))
 
     def changes(self, entity: str, args: Mapping[str, Any], kind: str, *, hooked: bool = False
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """An update's `_set` and `_inc`, checked (the permission first, then the quota, then the values:
-        a `hooked` entity's by the write core); none for a delete, whose permission alone is checked."""
+                ) -> tuple[dict[str, Any], Operations]:
+        """An update's `_set` and column operators (`_inc`, `_append`, ...), checked (the permission first,
+        then the quota, then the values: a `hooked` entity's by the write core); none for a delete, whose
+        permission alone is checked."""
         self.api.permissions.of(entity, kind)
         if kind == "delete":
             return {}, {}
         quotas.guard_write("update")
         changes = dict(args.get("_set") or {})
-        increments = dict(args.get("_inc") or {})
-        both = sorted(set(changes) & set(increments))
-        if both:  # Hasura refuses it too: which one would win is not the caller's to guess
-            raise GraphQLError("validation-failed", f"column found in multiple operators: {', '.join(both)}")
+        operations: Operations = {}
+        for operator in COLUMN_OPERATORS:
+            for column, operand in (args.get(operator) or {}).items():
+                if column in changes or column in operations:  # Hasura refuses it too: which would win?
+                    raise GraphQLError("validation-failed", f"column found in multiple operators: {column}")
+                operations[column] = (operator, operand)
         if hooked:
-            if increments:
-                raise GraphQLError("validation-failed", f"_inc is not supported on '{entity}': it has hooks; use _set")
-            return changes, increments
+            if operations:
+                operator = next(iter(operations.values()))[0]
+                raise GraphQLError("validation-failed", f"{operator} is not supported on '{entity}': it has hooks; use _set")
+            return changes, operations
         self.validate(entity, changes, partial=True, prefix="_set.")
-        for column, amount in increments.items():
-            if not isinstance(amount, (int, float)) or isinstance(amount, bool):
-                raise ValidationFailed("_inc takes numbers", details=[Problem(f"_inc.{column}", "must be a number")])
-        return changes, increments
+        self.check_operands(entity, operations)
+        return changes, operations
+
+    def check_operands(self, entity: str, operations: Operations) -> None:
+        """Each operand of the kind its operator takes (GraphQL's types let a variable of `jsonb` through as
+        anything); a json field whose schema constrains its values takes `_set` only, which is validated."""
+        fields = {f.column: f for f in self.runtime.model.entity(entity).fields}  # type: ignore[union-attr]
+        problems = []
+        for column, (operator, operand) in operations.items():
+            wanted = COLUMN_OPERATORS[operator][0]
+            fits = {"a number": isinstance(operand, (int, float)) and not isinstance(operand, bool),
+                    "a key": isinstance(operand, str), "JSON": True,
+                    "an index": isinstance(operand, int) and not isinstance(operand, bool),
+                    "a path": isinstance(operand, list) and all(isinstance(k, str) for k in operand)}[wanted]
+            if not fits:
+                problems.append(Problem(f"{operator}.{column}", f"must be {wanted}"))
+            elif operator != "_inc" and fields[column].schema is not None:
+                problems.append(Problem(f"{operator}.{column}", "the field's values must match its schema: use _set"))
+        if problems:
+            raise ValidationFailed(f"{len(problems)} invalid operand(s)", details=problems)
 
     def prepared_write(self, field: ast.FieldNode, kind: str, entity: str, single: bool, set_columns: tuple[str, ...],
-                       increments: tuple[str, ...]) -> tuple[CompiledRead, Builder]:
+                       operators: tuple[tuple[str, str], ...]) -> tuple[CompiledRead, Builder]:
         """An `update_*`/`delete_*` field's statement and how to make its parameters: compiled once per
         (roles, signed in or not, document, operation, field, plan bounds), then per the variables that
         shape it (as queries are, `GraphQLApi.compiled`) and the columns it sets and increments; what it
@@ -456,16 +501,16 @@ class MutationRunner:
         statements = self.runtime.statements
         shape = statements.get(base)
         if shape is not None:
-            found = statements.get((base, self.shaped(shape), set_columns, increments))
+            found = statements.get((base, self.shaped(shape), set_columns, operators))
             if found is not None:
                 return found
         compiler = self.compiler()
         arguments = {a.name.value: a.value for a in field.arguments or ()}  # AST: its variables become parameters
         statement = self.write_statement(compiler, kind, entity, self.target(compiler, kind, single, arguments),
-                                         set_columns, increments, field, single)
+                                         set_columns, operators, field, single)
         prepared = (compile_statement(statement), compiler.values.builder())
         names = self.api.remember(base, tuple(sorted(compiler.values.shape)))
-        return self.api.remember((base, self.shaped(names), set_columns, increments), prepared)
+        return self.api.remember((base, self.shaped(names), set_columns, operators), prepared)
 
     def shaped(self, names: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
         return tuple((n, orjson.dumps(self.variables.get(n), option=orjson.OPT_SORT_KEYS)) for n in names)
@@ -483,34 +528,35 @@ class MutationRunner:
         return {"id": {"_eq": key}}
 
     def write_statement(self, compiler: QueryCompiler, kind: str, entity: str, where: Any, set_columns: tuple[str, ...],
-                        increments: tuple[str, ...], field: ast.FieldNode, single: bool) -> sa.Select[Any]:
+                        operators: tuple[tuple[str, str], ...], field: ast.FieldNode, single: bool) -> sa.Select[Any]:
         """ONE statement: the UPDATE or DELETE of the rows `where` names within the caller's row scope, and
         the field's answer over the rows it wrote (`written_body`). The values set come in one JSON
-        parameter (`SET`), each increment in its own (`INCREMENT` + column)."""
+        parameter (`SET`), each column operator's operand in its own (`OPERAND` + column)."""
         condition = self.scoped_where(compiler, entity, kind, where)
         table = self.runtime.tables[entity]
         reached = condition_sql(condition, table, self.runtime.tables)
         if kind == "delete":
             written = sa.delete(table).where(reached).returning(*table.c).cte("written")
-        elif not set_columns and not increments:  # Hasura writes nothing and says so: no rows affected
+        elif not set_columns and not operators:  # Hasura writes nothing and says so: no rows affected
             written = sa.select(*table.c).where(sa.false()).cte("written")
         else:
             values: dict[str, Any] = {}
             if set_columns:
                 source = json_source(table, compiler.values.add(Slot(variable=SET)), many=False)
                 values.update({k: sa.select(source.c[k]).scalar_subquery() for k in set_columns})
-            for column in increments:
-                amount = sa.bindparam(f"v{compiler.values.add(Slot(variable=INCREMENT + column))}", type_=sa.Text())
-                values[column] = table.c[column] + sa.cast(amount, table.c[column].type)
+            for column, operator in operators:
+                operand = sa.bindparam(f"v{compiler.values.add(Slot(variable=OPERAND + column))}", type_=sa.Text())
+                values[column] = COLUMN_OPERATORS[operator][1](table.c[column], operand)
             written = sa.update(table).values(values).where(reached).returning(*table.c).cte("written")
         return self.written_body(compiler, entity, written, field, single)
 
     async def run_write(self, conn: asyncpg.Connection, prepared: tuple[CompiledRead, Builder], changes: dict[str, Any],
-                        increments: dict[str, Any]) -> bytes:
+                        operations: Operations) -> bytes:
         """A prepared update or delete with this request's values; the rows it wrote counted for the meter."""
         compiled, build = prepared
         variables = {**self.variables, SET: orjson.dumps(changes).decode(),
-                     **{INCREMENT + column: amount for column, amount in increments.items()}}
+                     **{OPERAND + column: operand_text(operator, operand)
+                        for column, (operator, operand) in operations.items()}}
         body, count = await conn.fetchrow(compiled.sql, *compiled.arguments(build(variables, self.caller.user_id)))
         metering.wrote(count)
         return (body or "null").encode()
@@ -521,10 +567,11 @@ class MutationRunner:
         where = update.get("where") or {}
         if self.runtime.hooks(entity, "update"):
             return await self.hooked_write(conn, "update", entity, where, update, field, False)
-        changes, increments = self.changes(entity, update, "update")
+        changes, operations = self.changes(entity, update, "update")
         compiler = self.compiler()
-        statement = self.write_statement(compiler, "update", entity, where, tuple(changes), tuple(increments), field, False)
-        return await self.run_write(conn, (compile_statement(statement), compiler.values.builder()), changes, increments)
+        statement = self.write_statement(compiler, "update", entity, where, tuple(changes), operators_of(operations),
+                                         field, False)
+        return await self.run_write(conn, (compile_statement(statement), compiler.values.builder()), changes, operations)
 
     async def hooked_write(self, conn: asyncpg.Connection, kind: str, entity: str, where: Any, args: Mapping[str, Any],
                            field: ast.FieldNode, single: bool) -> bytes:

@@ -355,11 +355,25 @@ class SchemaBuilder:
         name = f"{entity.name}_inc_input"
         return self.named(name, lambda: GraphQLInputObjectType(name, numbers))
 
+    def json_inputs(self, entity: Entity) -> dict[str, GraphQLInputObjectType]:
+        """Hasura's jsonb update operators, for an entity with json fields: `_append`/`_prepend` (a value
+        merged in, `||`), `_delete_key` (a key, `-`), `_delete_elem` (an array index, `-`) and
+        `_delete_at_path` (a path, `#-`)."""
+        columns = [c for c, (kind, _) in self.writable_columns(entity).items() if kind == "json"]
+        if not columns:
+            return {}
+        operand = {"_append": JSONB, "_prepend": JSONB, "_delete_key": GraphQLString, "_delete_elem": GraphQLInt,
+                   "_delete_at_path": GraphQLList(GraphQLNonNull(GraphQLString))}
+        return {operator: self.named(f"{entity.name}{operator}_input", lambda o=operator, t=kind: GraphQLInputObjectType(
+                    f"{entity.name}{o}_input", {c: GraphQLInputField(t) for c in columns}))
+                for operator, kind in operand.items()}
+
     def update_args(self, entity: Entity) -> dict[str, GraphQLArgument]:
         args = {"_set": GraphQLArgument(self.set_input(entity))}
         inc = self.inc_input(entity)
         if inc is not None:
             args["_inc"] = GraphQLArgument(inc)
+        args.update({operator: GraphQLArgument(kind) for operator, kind in self.json_inputs(entity).items()})
         return args
 
     def mutation_fields(self) -> dict[str, GraphQLField]:
