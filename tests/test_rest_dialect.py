@@ -97,8 +97,8 @@ from engine.hooks import function
 @function
 async def numbers(ctx, payload):
     payload = payload or {}
-    return [{"n": i, "name": f"{payload.get('word', 'item')} {i}", "even": i % 2 == 0, "half": i / 2}
-            for i in range(payload.get("count", 5))]
+    return [{"n": i, "name": f"{payload.get('word', 'item')} {i}", "even": i % 2 == 0, "half": i / 2,
+             "meta": {"tags": [f"t{i}", "x"], "size": {"w": i}}} for i in range(payload.get("count", 5))]
 
 
 @function
@@ -771,6 +771,11 @@ def test_rpc_list_results_take_filters_order_limit_and_select(http, shelves):
     assert [r["n"] for r in within.json()] == [1, 3]
     bad = http.get("/rpc/numbers?n=fts.x")
     assert bad.status_code == 400 and bad.json()["code"] == "PGRST100"
+    paths = http.get("/rpc/numbers?count=4&select=n,meta->tags->0,wide:meta->size->>w&meta->size->w=gte.2"
+                     "&meta->>tags=like.*t3*")
+    assert paths.json() == [{"n": 3, "0": "t3", "wide": "3"}], paths.text
+    too_long = http.get("/rpc/numbers?select=meta" + "->a" * 40)
+    assert too_long.status_code == 400 and too_long.json()["code"] == "query_too_complex", too_long.text
     not_a_list = http.post("/rpc/stamp?order=label", json={"label": "never-shaped"})
     assert not_a_list.status_code == 400, not_a_list.text
 

@@ -21,11 +21,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from engine.answer import Answer
-from engine.errors import BackSaasError, Problem, QueryParseError
+from engine.errors import BackSaasError, Problem, QueryParseError, QueryTooComplex
 from engine.invoke import FunctionNotFound, invoke
+from engine.limits import MAX_JSON_PATH_STEPS
 from engine.query.sql import compile_statement
 from engine.rest.media import CONTENT_TYPES, CSV, JSON, OBJECT, MediaNotAvailable, Prefer, negotiate, not_one
-from engine.rest.params import split_top, unquote
+from engine.rest.params import JSON_ARROWS, split_top, unquote
 
 SHAPING = ("select", "order", "limit", "offset")
 COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -80,8 +81,25 @@ class ResultQuery:
         return len(self.values) - 1
 
     def key(self, name: str, rows: sa.FromClause) -> ColumnElement[Any]:
-        return rows.c.value.op("->", return_type=postgresql.JSONB())(
-            sa.bindparam(f"v{self.value(unquote(name))}", type_=sa.Text()))
+        """A key of each object (jsonb), or the value at a JSON path (`meta->a->0`, `meta->>b`) in it."""
+        base, *parts = (p.strip() for p in JSON_ARROWS.split(name))
+        if len(parts) // 2 > MAX_JSON_PATH_STEPS:
+            raise QueryTooComplex(f"a JSON path of {base} takes {len(parts) // 2} steps; at most {MAX_JSON_PATH_STEPS} "
+                                  "are allowed", details=[Problem(base, f"at most {MAX_JSON_PATH_STEPS} steps")])
+        found: ColumnElement[Any] = rows.c.value
+        for number, raw in enumerate((base, *parts[1::2])):
+            step = unquote(raw)
+            index = number > 0 and step.lstrip("-").isdigit() and step.isascii()  # an array's item, by position
+            found = found.op("->", return_type=postgresql.JSONB())(
+                sa.bindparam(f"v{self.value(int(step) if index else step)}", type_=sa.Integer() if index else sa.Text()))
+        return found
+
+    def shown(self, name: str, rows: sa.FromClause) -> ColumnElement[Any]:
+        """What select= shows of `name`: its JSON value, or after `->>` its text (as PostgREST's `->>`)."""
+        value = self.key(name, rows)
+        if "->>" in name and JSON_ARROWS.findall(name)[-1] == "->>":
+            return sa.func.to_jsonb(value.op("#>>", return_type=sa.Text())(sa.literal_column("'{}'")))
+        return value
 
     def condition(self, name: str, text: str, rows: sa.FromClause) -> ColumnElement[bool]:
         negate = text.startswith("not.")
@@ -95,8 +113,7 @@ class ResultQuery:
                                         type_=sa.Text()), postgresql.JSONB)
             expression = field.op(COMPARISONS[op], is_comparison=True)(json)
         elif op in PATTERNS:
-            text_value = rows.c.value.op("->>", return_type=sa.Text())(sa.bindparam(f"v{self.value(unquote(name))}",
-                                                                                    type_=sa.Text()))
+            text_value = field.op("#>>", return_type=sa.Text())(sa.literal_column("'{}'"))
             pattern = unquote(value).replace("*", "%") if op in ("like", "ilike") else unquote(value)
             expression = text_value.op(PATTERNS[op], is_comparison=True)(
                 sa.bindparam(f"v{self.value(pattern)}", type_=sa.Text()))
@@ -130,10 +147,11 @@ class ResultQuery:
         if selected != ["*"]:
             pairs: list[ColumnElement[Any]] = []
             for item in selected:
-                alias, _, name = item.partition(":") if ":" in item else (item, "", item)
+                alias, _, name = item.partition(":") if ":" in item else ("", "", item)
                 if not name or "(" in name:
                     raise QueryParseError(f"'{item}' in select=: a function's result selects its keys")
-                pairs += [sa.bindparam(f"v{self.value(unquote(alias))}", type_=sa.Text()), self.key(name, rows)]
+                alias = alias or JSON_ARROWS.split(name)[-1].strip()  # a path's value is named by its last key
+                pairs += [sa.bindparam(f"v{self.value(unquote(alias))}", type_=sa.Text()), self.shown(name, rows)]
             shown = sa.func.jsonb_build_object(*pairs)
         statement = sa.select(shown.label("o")).select_from(rows)
         for name, text in self.params:
