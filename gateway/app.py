@@ -61,7 +61,7 @@ from gateway import metrics, probes
 from gateway.access import RequestObserver
 from gateway.admin_console import CONSOLE_HOST, AdminConsole, is_console
 from gateway.audit import EXPORT_PATH, audit_export
-from gateway.auth import ANONYMOUS, authenticate
+from gateway.auth import ANONYMOUS, RoleNotAllowed, acting_as, authenticate
 from gateway.bodies import read_body
 from gateway.branding import branding_json, branding_stylesheet
 from gateway.cors import ANY_ORIGIN
@@ -352,7 +352,8 @@ class TenantApp:
                 if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
                     await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
                 response, refused = error_response(error), True
-                if error.status == 401 and scope["path"][len(scope["root_path"]):] in GRAPHQL_PATHS:
+                if (error.status == 401 or isinstance(error, RoleNotAllowed)) \
+                        and scope["path"][len(scope["root_path"]):] in GRAPHQL_PATHS:
                     answer = refused_credentials(error)
                     response = RawResponse(answer.status, answer.headers, answer.body)
         except Exception as exc:
@@ -479,11 +480,13 @@ class TenantApp:
             scope["backsaas.ratelimit"] = window
             if window.refused:
                 raise window.error()
+        path = scope["path"][len(scope["root_path"]):]
         caller = scope["backsaas.caller"]
+        if path in GRAPHQL_PATHS:  # Hasura's x-hasura-role: one of the caller's roles (or, for a service key, any)
+            caller = scope["backsaas.caller"] = acting_as(caller, scope["backsaas.headers"], runtime)
         if caller.user_id is not None and await self.starlette.state.privacy.restricted(runtime, caller.user_id):
             scope["backsaas.caller"] = dataclasses.replace(caller, restricted=True)  # GDPR: their writes are refused
         registry.note_call(runtime)
-        path = scope["path"][len(scope["root_path"]):]
         if path.startswith(REST_PREFIX) and path != REST_PREFIX:
             return await rest_entity(request, runtime, path[len(REST_PREFIX):])
         if path.startswith(AUTH_PREFIX):

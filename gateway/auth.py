@@ -21,12 +21,13 @@ the same checks again, plus that the token's session is still live, and ends the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from engine.authz import VIEWER, Caller
+from engine.authz import VIEWER, Caller, unrestricted
 from engine.changes import CREDENTIALS, session_key, tenant_key
 from engine.errors import BackSaasError, TenantNotFound, Unauthorized, outages_as_unavailable
 from engine.identity import sessions
@@ -100,6 +101,35 @@ async def authenticate(registry: RuntimeRegistry, runtime: TenantRuntime, header
     return caller
 
 
+HASURA_ROLE, HASURA_USER_ID = "x-hasura-role", "x-hasura-user-id"
+
+
+class RoleNotAllowed(BackSaasError):
+    code = "access-denied"
+    status = 403
+
+
+def acting_as(caller: Caller, headers: Mapping[str, str], runtime: TenantRuntime) -> Caller:
+    """Hasura's `x-hasura-role` on the GraphQL surface: the request acts as one role of the caller's own,
+    never a wider one (an app, or its developer, seeing what that role sees); a service or admin key may act
+    as any role of the tenant's schema, and with `x-hasura-user-id` as that user (the key may already do
+    anything that user may). Anything else is 403 `access-denied`, as Hasura answers."""
+    role = headers.get(HASURA_ROLE)
+    if role is None:
+        return caller
+    if role in caller.roles:
+        return dataclasses.replace(caller, roles=(role,))
+    if not unrestricted(caller) or role not in runtime.model.all_roles:
+        raise RoleNotAllowed(f"the role '{role}' is not one of the caller's roles")
+    user = headers.get(HASURA_USER_ID)
+    if user is not None:
+        try:
+            user = str(uuid.UUID(user))
+        except ValueError:
+            raise RoleNotAllowed(f"{HASURA_USER_ID} '{user}' is not a user id") from None
+    return Caller((role,), user_id=None if role == "anon" else user, key_name=caller.key_name)
+
+
 async def session_live(registry: RuntimeRegistry, tenant_id: str, session_id: str) -> bool:
     """Whether the session (of the tenant that issued the token) has not been revoked."""
     try:
@@ -112,8 +142,9 @@ async def session_live(registry: RuntimeRegistry, tenant_id: str, session_id: st
 
 
 async def stream_guard(registry: RuntimeRegistry, runtime: TenantRuntime, headers: Mapping[str, str], caller: Caller,
-                       *, tenant_from_header: bool = False) -> StreamGuard:
-    """The guard of a stream opened with `headers` (which `authenticate` made `caller`): it ends the stream
+                       *, tenant_from_header: bool = False, hasura: bool = False) -> StreamGuard:
+    """The guard of a stream opened with `headers` (which `authenticate` made `caller`, then with `hasura`
+    `acting_as`): it ends the stream
     when the tenant is suspended, deleted or replaced, a key is revoked or expires, the access token
     expires or its session ends. Raises now (401 `session_ended`) for a token of an ended session."""
     bearer = bearer_of(headers)
@@ -128,7 +159,8 @@ async def stream_guard(registry: RuntimeRegistry, runtime: TenantRuntime, header
         current = await registry.get(runtime.slug)
         if current.tenant_id != runtime.tenant_id:
             raise TenantNotFound(f"tenant '{runtime.slug}' was deleted")
-        if await authenticate(registry, current, headers, tenant_from_header=tenant_from_header) != caller:
+        now = await authenticate(registry, current, headers, tenant_from_header=tenant_from_header)
+        if (acting_as(now, headers, current) if hasura else now) != caller:
             raise Unauthorized("credentials_changed", "the credentials no longer grant what they did")
         if session is not None and session_too and not await session_live(registry, issuer, session):
             raise Unauthorized("session_ended", "the session has ended (signed out or revoked); sign in again")

@@ -36,7 +36,7 @@ from engine.graphql.api import GraphQLApi, Subscription, problem
 from engine.graphql.compiler import GraphQLError
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.streams import StreamGuard, TooManyStreams, TooManySubscriptions, stream_limits
-from gateway.auth import authenticate, stream_guard
+from gateway.auth import acting_as, authenticate, stream_guard
 from gateway.bodies import MAX_BODY_VALUES, BodyShape
 
 PROTOCOL = "graphql-transport-ws"
@@ -139,10 +139,10 @@ class Connection:
         given = payload.get("headers") if isinstance(payload.get("headers"), dict) else payload
         headers = {**self.headers, **{str(k).lower(): str(v) for k, v in given.items() if isinstance(v, str)}}
         try:
-            self.caller = await authenticate(self.registry, self.runtime, headers,
-                                             tenant_from_header=self.tenant_from_header)
+            self.caller = acting_as(await authenticate(self.registry, self.runtime, headers,
+                                                       tenant_from_header=self.tenant_from_header), headers, self.runtime)
             self.guard = await stream_guard(self.registry, self.runtime, headers, self.caller,
-                                            tenant_from_header=self.tenant_from_header)
+                                            tenant_from_header=self.tenant_from_header, hasura=True)
         except BackSaasError as error:
             await self.websocket.close(4403, f"Forbidden: {error.code}")
             return False

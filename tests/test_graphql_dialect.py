@@ -445,3 +445,24 @@ def test_jsonb_update_operators_reach_only_rows_the_caller_may_update(people, se
     assert tried == {"update_book": {"affected_rows": 0}}
     mine = ann.execute(GraphQLRequest('query($id: uuid!) { book_by_pk(id: $id) { meta } }', variable_values={"id": book}))
     assert mine == {"book_by_pk": {"meta": {"mine": True}}}
+
+
+def test_x_hasura_role_narrows_the_caller_and_never_widens_it(base, keys, people, seeded):
+    url = f"{base}/api/tenants/library/graphql/v1"
+    ann = people["ann"]
+    made = ann["client"].execute(gql('mutation { insert_book_one(object: {title: "ann role"}) { id } }'))
+    as_anon = httpx.post(url, headers={"apikey": keys["service"], "x-hasura-role": "anon"},
+                         json={"query": 'mutation { insert_book_one(object: {title: "x"}) { id } }'}).json()
+    assert as_anon["errors"][0]["extensions"]["code"] == "validation-failed"  # anon's schema has no insert
+    as_ann = httpx.post(url, headers={"apikey": keys["service"], "x-hasura-role": "authenticated",
+                                      "x-hasura-user-id": ann["id"]},
+                        json={"query": '{ book(where: {title: {_eq: "ann role"}}) { id } }'}).json()
+    assert as_ann == {"data": {"book": [{"id": made["insert_book_one"]["id"]}]}}
+    own_role = httpx.post(url, headers={**ann["headers"], "x-hasura-role": "authenticated"},
+                          json={"query": "{ book { title } }"}).json()
+    assert [b["title"] for b in own_role["data"]["book"]] == ["ann role"]
+    for headers in ({**ann["headers"], "x-hasura-role": "service"}, {"apikey": keys["anon"], "x-hasura-role": "admin"},
+                    {"apikey": keys["service"], "x-hasura-role": "nobody"}):
+        refused = httpx.post(url, headers=headers, json={"query": "{ book { title } }"})
+        assert refused.status_code == 200 and "data" not in refused.json(), refused.text
+        assert refused.json()["errors"][0]["extensions"]["code"] == "access-denied"

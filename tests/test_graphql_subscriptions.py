@@ -193,3 +193,16 @@ async def test_queries_and_mutations_run_over_the_socket_within_the_callers_scop
             await anonymous.execute(gql('mutation { insert_note_one(object: {text: "anon"}) { text } }'))
         assert refused.value.errors[0]["extensions"]["code"] == "validation-failed"
         assert "message" in await anonymous.execute(gql("{ message { text } }"))  # what anon may read, it reads
+
+
+async def test_x_hasura_role_in_connection_init_narrows_the_sockets_caller(base, keys):
+    narrowed = transport(base, apikey=keys["service"], **{"x-hasura-role": "anon"})
+    async with Client(transport=narrowed) as session:
+        assert "message" in await session.execute(gql("{ message { text } }"))
+        with pytest.raises(TransportQueryError) as refused:
+            await session.execute(gql("{ note { text } }"))  # anon's schema has no note; the service key's has
+        assert refused.value.errors[0]["extensions"]["code"] == "validation-failed"
+    with pytest.raises(TransportConnectionFailed) as widened:
+        async with Client(transport=transport(base, apikey=keys["anon"], **{"x-hasura-role": "service"})) as session:
+            await session.execute(gql("{ message { text } }"))
+    assert isinstance(widened.value.__cause__, ConnectionClosed) and widened.value.__cause__.rcvd.code == 4403
