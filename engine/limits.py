@@ -159,6 +159,13 @@ def check_query(params: Iterable[tuple[str, str]], bounds: Bounds) -> None:
                                       "are allowed", details=[Problem(key, f"at most {MAX_CONDITION_DEPTH} levels")])
 
 
+def check_json_path(base: str, steps: int) -> None:
+    """Refuse a JSON path of more than `MAX_JSON_PATH_STEPS` steps (REST's and RPC's alike)."""
+    if steps > MAX_JSON_PATH_STEPS:
+        raise QueryTooComplex(f"a JSON path of {base} takes {steps} steps; at most {MAX_JSON_PATH_STEPS} are allowed",
+                              details=[Problem(base, f"at most {MAX_JSON_PATH_STEPS} steps")])
+
+
 def _too_deep(field: str, depth: int, bounds: Bounds) -> EmbedTooDeep:
     return EmbedTooDeep(f"embeds nest {depth} levels deep; the plan allows {bounds.max_embed_depth}",
                         details=[Problem(field, f"at most {bounds.max_embed_depth} nested embeds")],

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.authz.permissions import Permissions
-from engine.errors import BackSaasError, Problem, QueryParseError, QueryTooComplex, UnknownColumn, UnknownRelation
-from engine.limits import DEFAULT_BOUNDS, MAX_JSON_PATH_STEPS, Bounds, RowBudget, check_query
+from engine.errors import BackSaasError, Problem, QueryParseError, UnknownColumn, UnknownRelation
+from engine.limits import DEFAULT_BOUNDS, Bounds, RowBudget, check_json_path, check_query
 from engine.query.plan import (
     CASTS,
     IS_VALUES,
@@ -354,10 +354,7 @@ class ReadParser:
         if columns[base] != "json":
             raise QueryParseError(f"'{text}': JSON paths apply to json columns; '{base}' is a {columns[base]} column",
                                   details=[Problem(base, "not a json column")])
-        if len(parts) // 2 > MAX_JSON_PATH_STEPS:
-            raise QueryTooComplex(f"a JSON path of {base} takes {len(parts) // 2} steps; at most "
-                                  f"{MAX_JSON_PATH_STEPS} are allowed", details=[Problem(base, f"at most "
-                                                                                         f"{MAX_JSON_PATH_STEPS} steps")])
+        check_json_path(base, len(parts) // 2)
         steps = []
         for arrow, key in zip(parts[0::2], parts[1::2], strict=True):
             key = unquote(key)

@@ -21,9 +21,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from engine.answer import Answer
-from engine.errors import BackSaasError, Problem, QueryParseError, QueryTooComplex
+from engine.errors import BackSaasError, Problem, QueryParseError
 from engine.invoke import FunctionNotFound, invoke
-from engine.limits import MAX_JSON_PATH_STEPS
+from engine.limits import check_json_path
 from engine.query.sql import compile_statement
 from engine.rest.media import CONTENT_TYPES, CSV, JSON, OBJECT, MediaNotAvailable, Prefer, negotiate, not_one
 from engine.rest.params import JSON_ARROWS, split_top, unquote
@@ -83,9 +83,7 @@ class ResultQuery:
     def key(self, name: str, rows: sa.FromClause) -> ColumnElement[Any]:
         """A key of each object (jsonb), or the value at a JSON path (`meta->a->0`, `meta->>b`) in it."""
         base, *parts = (p.strip() for p in JSON_ARROWS.split(name))
-        if len(parts) // 2 > MAX_JSON_PATH_STEPS:
-            raise QueryTooComplex(f"a JSON path of {base} takes {len(parts) // 2} steps; at most {MAX_JSON_PATH_STEPS} "
-                                  "are allowed", details=[Problem(base, f"at most {MAX_JSON_PATH_STEPS} steps")])
+        check_json_path(base, len(parts) // 2)
         found: ColumnElement[Any] = rows.c.value
         for number, raw in enumerate((base, *parts[1::2])):
             step = unquote(raw)
