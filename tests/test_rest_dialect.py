@@ -355,6 +355,27 @@ def test_an_upsert_without_on_conflict_merges_on_the_id(client, shelves):
     client.from_("shelf").delete().eq("id", chosen).execute()
 
 
+
+def test_put_creates_or_replaces_the_row_its_url_names(http, shelves, base, people):
+    chosen = str(uuid.uuid4())
+    created = http.put(f"/shelf?id=eq.{chosen}", json={"id": chosen, "label": "put-made", "rank": 5})
+    assert created.status_code == 204, created.text
+    replaced = http.put(f"/shelf?id=eq.{chosen}", json={"id": chosen, "label": "put-made", "rank": 6},
+                        headers={"Prefer": "return=representation"})
+    assert replaced.status_code == 200 and replaced.json()[0]["rank"] == 6, replaced.text
+    mismatch = http.put(f"/shelf?id=eq.{chosen}", json={"id": str(uuid.uuid4()), "label": "x"})
+    assert mismatch.status_code == 400 and mismatch.json()["code"] == "PGRST115", mismatch.text
+    by_label = http.put("/shelf?label=eq.put-made", json={"id": chosen, "label": "put-made"})
+    assert by_label.status_code == 405 and by_label.json()["code"] == "PGRST105", by_label.text
+    http.delete(f"/shelf?id=eq.{chosen}")
+    ann, bob = people["ann"], people["bob"]
+    doc = httpx.post(f"{base}/rest/v1/doc", headers={**ann["headers"], "Prefer": "return=representation"},
+                     json={"title": "ann's put"}).json()[0]
+    taken = httpx.put(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=bob["headers"], json={"id": doc["id"], "title": "bob's"})
+    assert taken.status_code == 403, taken.text
+    assert httpx.get(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=ann["headers"]).json()[0]["title"] == "ann's put"
+    httpx.delete(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=ann["headers"])
+
 def test_an_upsert_on_the_id_of_a_row_outside_the_callers_update_scope_changes_nothing(base, people, keys):
     ann, bob = people["ann"], people["bob"]
     doc = httpx.post(f"{base}/rest/v1/doc", headers={**ann["headers"], "Prefer": "return=representation"},

@@ -54,12 +54,27 @@ from engine.rest.media import (
     typed,
     without_nulls,
 )
-from engine.rest.params import ReadParser, has_root_filters, shaping, unquote
+from engine.rest.params import ReadParser, has_root_filters, is_root_filter, shaping, unquote
 from engine.rest.shapes import Shape, filled, placed, shape_of
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import READ_ONLY
 from engine.writes import HookedWriter
+
+
+class PutFilters(BackSaasError):
+    """PostgREST's PGRST105: a PUT names its row by the primary key, `eq`, and nothing else."""
+
+    code = "PGRST105"
+    status = 405
+
+
+class PutMismatch(BackSaasError):
+    """PostgREST's PGRST115: a PUT's body is another row than its URL names."""
+
+    code = "PGRST115"
+    status = 400
+
 
 PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
 EXPOSED_PROFILES = ("public", "")
@@ -81,7 +96,7 @@ def parse_range(header: str | None) -> tuple[int | None, int | None]:
     return (int(last) - int(first) + 1 if last else None), int(first)
 
 
-WRITE_ACTIONS = {"POST": "create", "PATCH": "update"}  # and DELETE: "delete"
+WRITE_ACTIONS = {"POST": "create", "PUT": "create", "PATCH": "update"}  # and DELETE: "delete"
 
 class RestApi:
     """The REST dialect over one tenant runtime (stateless but for the runtime's statement cache)."""
@@ -140,6 +155,8 @@ class RestApi:
         params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
         if method == "POST":
             return await self.insert(entity, params, headers, body)
+        if method == "PUT":
+            return await self.put(entity, params, headers, body)
         if method == "PATCH":
             return await self.update(entity, query, params, headers, body)
         return await self.delete(entity, query, params, headers)
@@ -334,6 +351,25 @@ class RestApi:
             problems = validator.problems(payload)
         if problems:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in the body", details=problems)
+
+    async def put(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
+                  body: bytes) -> Answer:
+        """PostgREST's PUT: the one row `?id=eq.X` names, as the body gives it whole (its `id` the same),
+        created or replaced: an upsert on the id (`insert`'s: the caller's create permission, and its update
+        scope over a row that exists). 200 with `return=representation`, else 204."""
+        filters = [(k, v) for k, v in params if is_root_filter(k)]
+        if len(filters) != 1 or filters[0][0] != "id" or not filters[0][1].startswith("eq."):
+            raise PutFilters("Filters must include all and only primary key columns with 'eq' operators",
+                             hint="PUT /entity?id=eq.<id> with the whole row as the body")
+        payload = self.body(entity, headers, body)
+        if not isinstance(payload, dict) or str(payload.get("id")).lower() != unquote(filters[0][1][3:]).lower():
+            raise PutMismatch("Payload values do not match URL in primary key column(s)",
+                              details=[Problem("id", "the body's id must be the one the URL names")])
+        prefer = ", ".join(p for p in (headers.get("prefer"), "resolution=merge-duplicates") if p)
+        answer = await self.insert(entity, [*params, ("on_conflict", "id")], {**headers, "prefer": prefer},
+                                   orjson.dumps(payload))
+        kept = [(name, value) for name, value in answer.headers if name not in ("Location", "Preference-Applied")]
+        return Answer(200 if answer.body else 204, kept, answer.body)
 
     async def insert(self, entity: Entity, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
