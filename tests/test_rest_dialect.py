@@ -780,6 +780,8 @@ def test_rpc_get_with_query_arguments_for_a_read_only_function(http, shelves):
     assert refused.status_code == 405 and refused.json()["code"] == "PGRST101", refused.text
     invalid = http.get("/rpc/numbers?count=many")
     assert invalid.status_code == 422 and invalid.json()["details"][0]["field"] == "count"
+    unknown = http.post("/rpc/no_such_function", json={})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "PGRST202", unknown.text
 
 
 def test_rpc_list_results_take_filters_order_limit_and_select(http, shelves):

@@ -182,13 +182,19 @@ class ResultQuery:
                          (total if counted else sa.null()).label("total")).select_from(page)
 
 
+class RpcNotFound(FunctionNotFound):
+    """PostgREST's PGRST202: no function of that name (`/functions/v1` answers `function_not_found`)."""
+
+    code = "PGRST202"
+
+
 async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[str, str], body: bytes) -> Answer:
     """Answer `/rest/v1/rpc/{name}` for `api` (an `engine.rest.api.RestApi`)."""
     runtime = api.runtime
     exposed = next((f for f in runtime.model.functions if f.name == name), None)
     if exposed is None:
-        raise FunctionNotFound(f"Could not find the function '{name}' of tenant '{runtime.slug}'",
-                               hint=", ".join(f.name for f in runtime.model.functions) or None)
+        raise RpcNotFound(f"Could not find the function '{name}' of tenant '{runtime.slug}'",
+                          hint=", ".join(f.name for f in runtime.model.functions) or None)
     media = negotiate(headers.get("accept", ""))
     if media == CSV:
         raise MediaNotAvailable("a function's result is sent as JSON", hint="Accept: application/json")
