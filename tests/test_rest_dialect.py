@@ -628,7 +628,11 @@ def test_two_refs_to_one_entity_are_told_apart_by_hint(http, people, base):
                      json={"title": "two refs", "writer_id": ann["person"], "reviewer_id": ann["person"]}).json()[0]
     ambiguous = http.get(f"/doc?select=title,person(name)&id=eq.{doc['id']}")
     assert ambiguous.status_code == 300 and ambiguous.json()["code"] == "PGRST201", ambiguous.text
-    assert "person!reviewer" in ambiguous.json()["hint"] and "person!writer" in ambiguous.json()["hint"]
+    hint = ambiguous.json()["hint"]
+    assert "'person!doc_reviewer_id_fkey'" in hint and "'person!doc_writer_id_fkey'" in hint
+    assert {d["relationship"] for d in ambiguous.json()["details"]} == {
+        "doc_writer_id_fkey using doc(writer_id) and person(id)", "doc_reviewer_id_fkey using doc(reviewer_id) and person(id)"}
+    assert {d["cardinality"] for d in ambiguous.json()["details"]} == {"many-to-one"}
     for hint in ("writer", "writer_id"):
         rows = http.get(f"/doc?select=title,person!{hint}(name)&id=eq.{doc['id']}").json()
         assert rows == [{"title": "two refs", "person": {"name": "Ann"}}]

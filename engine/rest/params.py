@@ -56,10 +56,18 @@ class AggregatesDisabled(BackSaasError):
 
 
 class AmbiguousEmbed(BackSaasError):
-    """PostgREST's PGRST201 (300 Multiple Choices): more than one relation answers to an embed's name."""
+    """PostgREST's PGRST201 (300 Multiple Choices): more than one relation answers to an embed's name;
+    `details` lists them as PostgREST does (cardinality, embedding, relationship)."""
 
     code = "PGRST201"
     status = 300
+
+    def __init__(self, message: str, hint: str, relationships: list[dict[str, str]]) -> None:
+        super().__init__(message, hint=hint)
+        self.relationships = relationships
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.relationships, "hint": self.hint}
 
 
 def split_top(text: str, separator: str = ",") -> list[str]:
@@ -315,11 +323,14 @@ class ReadParser:
             relation = relations.get(name)
             if relation is not None:
                 return relation
-            candidates = self.candidates(entity.name, name)
-            if len(candidates) > 1:
+            found = [r for r in dict.fromkeys(relations.values()) if r.target == name]
+            if len(found) > 1:
+                keys = sorted(self.link_names(entity.name, r)[2] for r in found)
                 raise AmbiguousEmbed(f"Could not embed because more than one relationship was found for "
                                      f"'{entity.name}' and '{name}'",
-                                     hint=f"name one: {', '.join(f'{name}!{c}' for c in candidates)}")
+                                     f"Try changing '{name}' to one of the following: "
+                                     f"{', '.join(repr(f'{name}!{k}') for k in keys)}. Find the desired relationship in "
+                                     "the 'details' key.", [self.relationship(entity.name, r) for r in found])
             raise UnknownRelation(f"could not find a relationship between '{entity.name}' and '{name}'", hint=known)
         relation = relations.get(hint)  # a field or column of this entity
         if relation is not None and relation.kind == "one" and name in (relation.target, relation.name, hint):
@@ -338,10 +349,14 @@ class ReadParser:
                          else (entity, relation.source_column))
         return column, column.removesuffix("_id"), f"{table}_{column}_fkey"
 
-    def candidates(self, entity: str, name: str) -> list[str]:
-        """The hints that would each pick one relation from `entity` to the entity `name`."""
-        found = [r for r in dict.fromkeys(self.relations[entity].values()) if r.target == name]
-        return sorted({(r.target_column if r.kind == "many" else r.source_column).removesuffix("_id") for r in found})
+    def relationship(self, entity: str, relation: Relation) -> dict[str, str]:
+        """One of PGRST201's `details`: a relation as PostgREST describes it."""
+        table, column = ((relation.target, relation.target_column) if relation.kind == "many"
+                         else (entity, relation.source_column))
+        referenced = entity if relation.kind == "many" else relation.target
+        return {"cardinality": "one-to-many" if relation.kind == "many" else "many-to-one",
+                "embedding": f"{entity} with {relation.target}",
+                "relationship": f"{table}_{column}_fkey using {table}({column}) and {referenced}(id)"}
 
     def json_path(self, columns: Mapping[str, str], text: str) -> tuple[str, tuple[JsonStep, ...], str]:
         """`meta->a->>b` -> (column, its steps, the type of the value: `json` after `->`, `text` after
