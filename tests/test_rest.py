@@ -370,6 +370,13 @@ def test_decimals_are_numbers_and_dates_iso(base, shop):
     assert too_precise.status_code == 422 and too_precise.json()["details"][0]["field"] == "price"
 
 
+def test_a_timestamp_sent_for_a_date_is_its_date_as_postgres_casts_it(base, shop):
+    """What `new Date().toISOString()` sends from a browser."""
+    made = shop.post(f"{base}/api/tenants/shop/rest/v1/item", json={"launch": "2024-03-01T23:30:00.000Z", "big": "7"},
+                     headers={"Prefer": "return=representation"})
+    assert made.status_code == 201 and (made.json()[0]["launch"], made.json()[0]["big"]) == ("2024-03-01", 7), made.text
+
+
 def test_requests_without_a_key_act_as_anon(base, seeded):
     read = httpx.get(f"{base}/api/tenants/blog/rest/v1/post?select=title&limit=1")
     assert read.status_code == 200 and len(read.json()) == 1  # blog.yaml lets anon read posts

@@ -447,6 +447,16 @@ def test_a_csv_body_is_a_bulk_insert_with_typed_fields(http, shelves):
     http.delete("/shelf?label=like.csv*")
 
 
+
+def test_strings_sent_for_numbers_booleans_and_arrays_are_cast_as_postgres_casts_them(http, shelves):
+    made = http.post("/shelf", json={"label": "cast", "rank": "7", "tags": "{a,b}"}, headers={"Prefer": "return=representation"})
+    assert made.status_code == 201 and (made.json()[0]["rank"], made.json()[0]["tags"]) == (7, ["a", "b"]), made.text
+    patched = http.patch("/shelf?label=eq.cast", json={"rank": "8"}, headers={"Prefer": "return=representation"})
+    assert patched.json()[0]["rank"] == 8, patched.text
+    refused = http.post("/shelf", json={"label": "cast-bad", "rank": "seven"})
+    assert refused.status_code == 422 and refused.json()["details"][0]["field"] == "rank", refused.text
+    http.delete("/shelf?label=eq.cast")
+
 def test_a_form_body_is_one_object(http, shelves):
     response = http.post("/shelf", content="label=form+one&rank=4", headers={
         "Content-Type": "application/x-www-form-urlencoded", "Prefer": "return=representation"})

@@ -48,6 +48,7 @@ from engine.rest.media import (
     OBJECT,
     MediaNotAvailable,
     Prefer,
+    cast_strings,
     negotiate,
     not_one,
     parse_body,
@@ -327,13 +328,15 @@ class RestApi:
     # -- writes --
 
     def body(self, entity: Entity, headers: Mapping[str, str], body: bytes) -> Any:
-        """The body as JSON values: JSON, or CSV lines and form fields typed by their columns."""
+        """The body as JSON values: CSV lines and form fields typed by their columns, and in JSON the
+        strings sent for numbers, booleans, arrays and dates cast as PostgreSQL casts them."""
         payload, textual = parse_body(headers.get("content-type", ""), body)
-        if textual:
-            typed_objects = typed(payload if isinstance(payload, list) else [payload],
-                                  dict(self.runtime.columns[entity.name]))
-            return typed_objects if isinstance(payload, list) else typed_objects[0]
-        return payload
+        objects = payload if isinstance(payload, list) else [payload]
+        if not all(isinstance(o, dict) for o in objects):
+            return payload  # refused by the write with its own message
+        columns = self.runtime.columns[entity.name]
+        objects = typed(objects, dict(columns)) if textual else cast_strings(objects, columns)
+        return objects if isinstance(payload, list) else objects[0]
 
     def write_media(self, headers: Mapping[str, str]) -> str:
         media = negotiate(headers.get("accept", ""))

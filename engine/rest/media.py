@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -251,6 +252,27 @@ def _json_or_text(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+
+
+# What PostgreSQL's casts make of a JSON string sent for a column of another type, as PostgREST's
+# `json_populate_recordset` takes it (`{"stock": "3"}`, `{"active": "true"}`, a date column given a
+# timestamp): JSON bodies get these; text bodies (CSV, forms) get every TEXT_COERCIONS
+JSON_STRING_COERCIONS = {**{kind: TEXT_COERCIONS[kind] for kind in ("integer", "bigint", "number", "boolean", "array")},
+                         "date": lambda t: t[:10] if len(t) > 10 and t[10] in "T " else t}
+
+
+def cast_strings(objects: list[dict[str, Any]], columns: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A JSON body's objects with the strings sent for numeric, boolean, array and date columns as the
+    values PostgreSQL would cast them to (one that does not parse stays, for validation to refuse by name);
+    objects with none are kept as they are."""
+    found = []
+    for obj in objects:
+        if any(isinstance(value, str) and columns.get(name) in JSON_STRING_COERCIONS for name, value in obj.items()):
+            obj = {name: JSON_STRING_COERCIONS[columns[name]](value)
+                   if isinstance(value, str) and columns.get(name) in JSON_STRING_COERCIONS else value
+                   for name, value in obj.items()}
+        found.append(obj)
+    return found
 
 
 def typed(objects: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
