@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import re2
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema import _keywords as draft_keywords
@@ -343,5 +344,8 @@ class BodyValidator:
                     found.append(Problem(prefix + where + key, why))
             else:
                 where = ".".join(str(p) for p in error.absolute_path)
-                found.append(Problem(prefix + where, error.message))
+                message = error.message
+                if error.instance is None or isinstance(error.instance, bool):  # JSON's words, not Python's
+                    message = message.replace(repr(error.instance), orjson.dumps(error.instance).decode(), 1)
+                found.append(Problem(prefix + where, message))
         return found

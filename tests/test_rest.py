@@ -267,6 +267,12 @@ def test_validation_lists_every_field_error(http, base):
         "extra": "is not a field of this entity", "tags": "'no' is not of type 'array', 'null'"}
 
 
+def test_a_null_for_a_required_field_is_named_in_jsons_words(http, base):
+    response = http.post(f"{base}/api/tenants/blog/rest/v1/post", json={"title": None})
+    assert response.status_code == 422 and response.json()["details"] == [
+        {"field": "title", "message": "null is not of type 'string'"}], response.text
+
+
 def test_formats_are_checked(http, base):
     response = http.post(f"{base}/api/tenants/blog/rest/v1/author", json={"name": "E", "email": "not-an-email"})
     assert response.status_code == 422 and response.json()["details"][0]["field"] == "email"
