@@ -436,19 +436,35 @@ class RestrictedUsers:
     def __init__(self, registry: Any) -> None:
         self.registry = registry
         self._sets: dict[str, tuple[asyncio.Event, str, frozenset[str]]] = {}
+        self._loads: dict[str, asyncio.Future[frozenset[str]]] = {}  # a tenant's set being read again
 
     async def restricted(self, runtime: Any, user_id: str) -> bool:
+        """Whether the user's processing is restricted. While a tenant's set is read again (after its NOTIFY),
+        every request waits for that read: none answers from the set the notice made stale."""
         hub = self.registry.changes
         found = self._sets.get(runtime.slug)
-        if found is not None and hub.listening and not found[0].is_set() and found[1] == runtime.tenant_id:
+        loading = self._loads.get(runtime.slug)
+        if loading is None and found is not None and hub.listening and not found[0].is_set() \
+                and found[1] == runtime.tenant_id:
             return user_id in found[2]
-        event = found[0] if found is not None else asyncio.Event()
-        if found is None:
-            hub.add([tenant_key(runtime.slug)], event)
-        event.clear()
+        if loading is None:
+            event = found[0] if found is not None else asyncio.Event()
+            if found is None:
+                hub.add([tenant_key(runtime.slug)], event)
+            event.clear()  # before the read: a notice during it makes the next request read again
+            loading = self._loads[runtime.slug] = asyncio.ensure_future(self._load(runtime, event))
+        return user_id in await asyncio.shield(loading)
+
+    async def _load(self, runtime: Any, event: asyncio.Event) -> frozenset[str]:
         flags = catalog.platform_tables()["privacy_flags"]
-        async with self.registry.db.engine.connect() as conn:
-            ids = frozenset(str(i) for i in (await conn.execute(sa.select(flags.c.user_id).where(
-                flags.c.tenant_id == runtime.tenant_id, flags.c.restricted.is_(True)))).scalars())
-        self._sets[runtime.slug] = (event, runtime.tenant_id, ids)
-        return user_id in ids
+        try:
+            async with self.registry.db.engine.connect() as conn:
+                ids = frozenset(str(i) for i in (await conn.execute(sa.select(flags.c.user_id).where(
+                    flags.c.tenant_id == runtime.tenant_id, flags.c.restricted.is_(True)))).scalars())
+            self._sets[runtime.slug] = (event, runtime.tenant_id, ids)
+            return ids
+        except BaseException:
+            event.set()  # not read: the next request reads again rather than trust the stale set
+            raise
+        finally:
+            self._loads.pop(runtime.slug, None)

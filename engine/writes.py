@@ -59,6 +59,17 @@ def compile_hooks(entity: Entity, action: str) -> EntityHooks:
     return EntityHooks(functions(f"before_{action}"), functions(f"after_{action}"), deferred)
 
 
+def upsert_hooks(runtime: Any, entity: str, updates: bool) -> str | None:
+    """Why an upsert may not run on `entity`, or None: it is one statement, which runs no hook, so an
+    entity with create hooks takes none, and one with update hooks none that may update a row it meets
+    (REST's merge-duplicates, GraphQL's update_columns); else its hooks would be a PATCH's alone to pass."""
+    if runtime.hooks(entity, "create"):
+        return f"'{entity}' has create hooks, which an upsert would not run"
+    if updates and runtime.hooks(entity, "update"):
+        return f"'{entity}' has update hooks, which an upsert's update would not run"
+    return None
+
+
 class HookedWriter:
     """Writes of one request on its connection (already in a transaction, acting as the tenant's role)."""
 

@@ -182,7 +182,11 @@ class Connection:
                 error = TooManySubscriptions(f"this socket already runs {cap} subscriptions, its plan's limit")
                 await self.send({"id": ident, "type": "error", "payload": [problem(error.code, error.message)]})
                 return
-            self.tasks[ident] = asyncio.create_task(self.run(ident, message.get("payload") or {}))
+            payload = message.get("payload")
+            if not isinstance(payload, dict):
+                await self.websocket.close(4400, "Invalid message: subscribe's payload is an object")
+                return
+            self.tasks[ident] = asyncio.create_task(self.run(ident, payload))
         elif kind == "complete" and isinstance(ident, str):
             task = self.tasks.pop(ident, None)
             if task is not None:

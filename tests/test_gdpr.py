@@ -5,6 +5,8 @@ referenced theirs still read; consents keep their history; a restricted user's w
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -278,6 +280,20 @@ def test_a_restricted_users_writes_are_refused_until_lifted(base, keys, people):
     complete(base, keys, file_request(base, dan, "lift_restriction"))
     assert httpx.post(f"{api(base)}/rest/v1/contact", json={"label": "x"}, headers=bearer(dan)).status_code == 201
 
+
+
+async def test_writes_sent_together_just_after_a_restriction_are_all_refused(base, keys):
+    """The first request after the notice reads the restricted users again; those arriving meanwhile wait
+    for that read, not answer from the set the notice made stale."""
+    ivan = sign_up(base, keys, "ivan.concurrent@example.com")
+    httpx.get(f"{api(base)}/rest/v1/contact", headers=bearer(ivan))  # the tenant's set is held by now
+    complete(base, keys, file_request(base, ivan, "restriction"))
+    time.sleep(0.3)  # the NOTIFY reaches the server
+    async with httpx.AsyncClient(headers=bearer(ivan), timeout=30) as client:
+        answers = await asyncio.gather(*(client.post(f"{api(base)}/rest/v1/contact", json={"label": f"c{i}"})
+                                         for i in range(8)))
+    assert [a.status_code for a in answers] == [403] * 8, [a.text for a in answers]
+    assert httpx.get(f"{api(base)}/rest/v1/contact?label=like.c*", headers=bearer(ivan)).json() == []
 
 def test_a_platform_admin_processes_requests_from_the_platform_and_strangers_cannot(base, keys):
     fay = sign_up(base, keys, "fay@example.com")

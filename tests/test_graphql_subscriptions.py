@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import jwt
+import orjson
 import pytest
 from gql import Client, gql
 from gql.transport.exceptions import TransportConnectionFailed, TransportQueryError
@@ -164,13 +165,17 @@ async def test_one_cached_query_answers_each_user_with_their_own_rows(base, keys
 
 
 @pytest.mark.parametrize("frame", [b'{"type": "connection_init"}',
-                                   '{"type": "connection_init", "payload": ' + "[" * 300 + "]" * 300 + "}"],
-                         ids=["binary", "nested too deep"])
+                                   '{"type": "connection_init", "payload": ' + "[" * 300 + "]" * 300 + "}",
+                                   '{"type": "subscribe", "id": "p", "payload": [1]}'],
+                         ids=["binary", "nested too deep", "a payload that is no object"])
 async def test_a_frame_the_protocol_does_not_allow_closes_the_socket_with_4400(base, keys, frame):
     from websockets.asyncio.client import connect
 
     url = base.replace("http://", "ws://") + "/api/tenants/live/graphql/v1"
     async with connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        if "subscribe" in str(frame):
+            await socket.send(orjson.dumps({"type": "connection_init", "payload": {"apikey": keys["anon"]}}).decode())
+            assert orjson.loads(await socket.recv())["type"] == "connection_ack"
         await socket.send(frame)
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), 10)

@@ -120,6 +120,16 @@ entities:
       what: {type: text, required: true}
     permissions:
       read: {anon: all}
+  revised:
+    fields:
+      title:    {type: string, required: true, unique: true}
+      revision: {type: integer, default: 0, required: true}
+    permissions:
+      read: {anon: all}
+      create: {anon: all}
+      update: {anon: all}
+    hooks:
+      before_update: [hooktests.keep_history]
   slowpoke:
     fields:
       x: {type: text}
@@ -374,3 +384,21 @@ async def test_hooks_data_api_refuses_an_update_whose_only_filter_is_on_an_embed
         with pytest.raises(UnfilteredWrite):
             await data.update("book", {"select": "*,author(*)", "author.name": "eq.Ann"}, {"title": "overwritten"})
         assert sorted(b["title"] for b in await data.select("book")) == ["one", "two"]
+
+
+def test_an_upsert_that_may_update_an_entity_with_update_hooks_is_refused_and_changes_nothing(rest, base, keys):
+    """An upsert is one statement, which runs no hook: its update would pass `before_update` by."""
+    row = rest.post("/revised", json={"title": "once"}).json()[0]
+    merged = rest.post("/revised?on_conflict=title", json={"title": "once", "revision": 40},
+                       headers={"Prefer": "resolution=merge-duplicates"})
+    assert merged.status_code == 400 and "update hooks" in merged.json()["message"], merged.text
+    put = rest.put(f"/revised?id=eq.{row['id']}", json={"id": row["id"], "title": "once", "revision": 41})
+    assert put.status_code == 400, put.text
+    upsert = graphql(base, keys, 'mutation { insert_revised(objects: [{title: "once", revision: 42}], on_conflict: '
+                                 '{constraint: revised_title_key, update_columns: [revision]}) { affected_rows } }')
+    assert upsert["errors"][0]["extensions"]["code"] == "validation-failed", upsert
+    ignored = rest.post("/revised?on_conflict=title", json={"title": "once"},
+                        headers={"Prefer": "resolution=ignore-duplicates, return=representation"})
+    assert ignored.status_code == 201 and ignored.json() == []  # nothing updated: no update hook passed by
+    assert rest.get(f"/revised?id=eq.{row['id']}").json()[0]["revision"] == 0
+    assert rest.patch(f"/revised?id=eq.{row['id']}", json={"title": "twice"}).json()[0]["revision"] == 1  # the hook ran

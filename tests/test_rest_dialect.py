@@ -345,6 +345,14 @@ def test_an_insert_may_name_its_rows_id(http, shelves):
     http.delete(f"/shelf?id=eq.{chosen}")
 
 
+
+def test_an_upsert_on_another_column_never_changes_the_rows_id(http, shelves):
+    row = http.post("/shelf", json={"label": "keeps-id"}, headers={"Prefer": "return=representation"}).json()[0]
+    merged = http.post("/shelf?on_conflict=label", json={"id": str(uuid.uuid4()), "label": "keeps-id", "rank": 3},
+                       headers={"Prefer": "resolution=merge-duplicates, return=representation"})
+    assert merged.status_code == 200 and merged.json()[0]["id"] == row["id"] and merged.json()[0]["rank"] == 3, merged.text
+    http.delete(f"/shelf?id=eq.{row['id']}")
+
 def test_an_upsert_without_on_conflict_merges_on_the_id(client, shelves):
     """supabase-js's and supabase-py's upsert() name no conflict target: PostgREST's is the primary key."""
     chosen = str(uuid.uuid4())
@@ -732,6 +740,12 @@ def test_a_spread_embed_puts_a_to_one_rows_columns_beside_the_parents(http, shel
     to_many = http.get("/shelf?select=label,...books(title)")
     assert to_many.status_code == 400 and to_many.json()["code"] == "PGRST100", to_many.text
 
+
+
+def test_a_spread_that_repeats_a_name_at_its_level_is_a_400(http, shelves):
+    for select in ("title,...shelf(title:label)", "title,label:pages,...shelf(label)"):
+        answer = http.get("/book", params={"select": select})
+        assert answer.status_code == 400 and answer.json()["code"] == "PGRST100", (select, answer.text)
 
 def test_a_spread_embed_shows_nothing_of_a_row_the_caller_may_not_read(base, people):
     ann, bob = people["ann"], people["bob"]

@@ -30,7 +30,7 @@ from engine.authz import guard_user_fields
 from engine.errors import Forbidden, Problem, ValidationFailed
 from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, array_literal, as_graphql_error, as_list
 from engine.graphql.schema import conflict_targets
-from engine.limits import RowBudget
+from engine.limits import MAX_JSON_PATH_STEPS, RowBudget
 from engine.query.plan import Condition, Filter, ReadPlan, Upsert
 from engine.query.sql import (
     EMPTY_ARRAY,
@@ -42,7 +42,7 @@ from engine.query.sql import (
     json_source,
 )
 from engine.schema.model import OWNER_COLUMN
-from engine.writes import HookedWriter
+from engine.writes import HookedWriter, upsert_hooks
 
 if TYPE_CHECKING:
     from engine.graphql.api import Document, GraphQLApi
@@ -335,7 +335,8 @@ class MutationRunner:
         assert model_entity is not None
         if self.runtime.hooks(entity, "create"):
             if on_conflict:
-                raise GraphQLError("validation-failed", f"on_conflict is not supported on '{entity}': it has hooks")
+                raise GraphQLError("validation-failed", f"on_conflict is not supported here: "
+                                                        f"{upsert_hooks(self.runtime, entity, True)}")
             new_id = (await self.insert_hooked(conn, entity, [columns]))[0]
             for index, (relation, child) in enumerate(children):
                 await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
@@ -374,6 +375,9 @@ class MutationRunner:
         targets = conflict_targets(model_entity)[on_conflict["constraint"]]
         scope = compiler.scope(entity, "update")
         update = tuple(c for c in as_list(on_conflict.get("update_columns")) if c != OWNER_COLUMN)
+        refusal = upsert_hooks(self.runtime, entity, bool(update))
+        if refusal is not None:
+            raise GraphQLError("validation-failed", f"on_conflict is not supported here: {refusal}")
         return Upsert(targets, update, scope, compiler.condition(entity, where) if where is not None else None)
 
     # -- responses --
@@ -479,9 +483,11 @@ class MutationRunner:
             fits = {"a number": isinstance(operand, (int, float)) and not isinstance(operand, bool),
                     "a key": isinstance(operand, str), "JSON": True,
                     "an index": isinstance(operand, int) and not isinstance(operand, bool),
-                    "a path": isinstance(operand, list) and all(isinstance(k, str) for k in operand)}[wanted]
+                    "a path": isinstance(operand, list) and all(isinstance(k, str) for k in operand)
+                    and len(operand) <= MAX_JSON_PATH_STEPS}[wanted]
             if not fits:
-                problems.append(Problem(f"{operator}.{column}", f"must be {wanted}"))
+                bound = f" of at most {MAX_JSON_PATH_STEPS} keys" if wanted == "a path" else ""
+                problems.append(Problem(f"{operator}.{column}", f"must be {wanted}{bound}"))
             elif operator != "_inc" and fields[column].schema is not None:
                 problems.append(Problem(f"{operator}.{column}", "the field's values must match its schema: use _set"))
         if problems:

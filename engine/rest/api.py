@@ -60,7 +60,7 @@ from engine.rest.shapes import Shape, filled, placed, shape_of
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, Entity
 from engine.validation import READ_ONLY
-from engine.writes import HookedWriter
+from engine.writes import HookedWriter, upsert_hooks
 
 
 class PutFilters(BackSaasError):
@@ -403,10 +403,11 @@ class RestApi:
         await validate_sized(len(objects), lambda: self.validate(entity, objects if isinstance(payload, list)
                                                                  else objects[0], partial=False))
         prefer = Prefer.parse(prefer_text := headers.get("prefer", ""))
+        if named.get("on_conflict") or prefer.resolution:
+            refusal = upsert_hooks(self.runtime, entity.name, prefer.resolution == "merge-duplicates")
+            if refusal is not None:
+                raise InvalidBody(f"upserts are not supported here: {refusal}", hint="insert, or update the existing row")
         if self.runtime.hooks(entity.name, "create"):
-            if named.get("on_conflict") or prefer.resolution:
-                raise InvalidBody(f"upserts are not supported on '{entity.name}': it has hooks",
-                                  hint="insert, or update the existing row")
             return await self.hooked_insert(entity, objects, params, headers, media,
                                             single_object=not isinstance(payload, list))
         if entity.owner and self.caller.user_id is not None:  # set from the caller, never from the body
@@ -465,8 +466,8 @@ class RestApi:
             return Upsert(target, (), None)
         if resolution != "merge-duplicates":
             return None
-        scope = self.permissions.scope(entity.name, "update", parser.caller_param)
-        return Upsert(target, tuple(k for k in keys if k not in target and k != OWNER_COLUMN), scope)
+        scope = self.permissions.scope(entity.name, "update", parser.caller_param)  # a row's id never changes
+        return Upsert(target, tuple(k for k in keys if k not in target and k not in (OWNER_COLUMN, "id")), scope)
 
     async def update(self, entity: Entity, query: bytes, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:

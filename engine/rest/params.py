@@ -221,6 +221,13 @@ class ReadParser:
             embed = by_alias.get(name) if name not in columns else None
             conditions.append(self.filter(columns, name, value) if embed is None else self.embed_is(embed, value))
         embeds = tuple(e for e in embeds if (*path, e.alias) not in self.unshown)
+        if any(e.spread for e in embeds):  # a spread's columns sit beside the row's own: one name, one key
+            names = [c.alias for c in selected] + [k for e in embeds for k in e.keys()]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise QueryParseError(f"select= gives '{twice[0]}' twice at one level, a spread's column beside "
+                                      "another", details=[Problem(twice[0], "named twice")],
+                                      hint="rename one inside the spread, e.g. ...author(author_name:name)")
         for kind, value in spec.logic:
             conditions.append(self.logic(columns, kind, value))
         conditions += inner
