@@ -469,3 +469,24 @@ def test_x_hasura_role_narrows_the_caller_and_never_widens_it(base, keys, people
         refused = httpx.post(url, headers=headers, json={"query": "{ book { title } }"})
         assert refused.status_code == 200 and "data" not in refused.json(), refused.text
         assert refused.json()["errors"][0]["extensions"]["code"] == "access-denied"
+
+
+def test_an_aggregate_predicate_filters_by_the_count_of_related_rows(service, seeded):
+    many = service.execute(gql('{ writer(where: {books_aggregate: {count: {predicate: {_gte: 2}}}}, order_by: {name: asc}) '
+                               '{ name } }'))
+    assert {"name": "Ann"} in many["writer"] and {"name": "Bob"} not in many["writer"]
+    long_ones = service.execute(gql('{ writer(where: {books_aggregate: {count: {predicate: {_eq: 1}, '
+                                    'filter: {pages: {_gt: 250}}}}}) { name } }'))
+    assert {"name": "Ann"} in long_ones["writer"]  # A2 alone has more than 250 pages
+    assert {"name": "Bob"} not in long_ones["writer"]  # B1 has 200
+    distinct = service.execute(gql('{ writer(where: {name: {_eq: "Ann"}, books_aggregate: {count: {arguments: [writer_id], '
+                                   'distinct: true, predicate: {_eq: 1}}}}) { name } }'))
+    assert distinct == {"writer": [{"name": "Ann"}]}
+
+
+def test_an_aggregate_predicate_counts_only_rows_the_caller_may_read(people, seeded):
+    """bob's writer row, read by ann: the books of it that ann may read are none of bob's (`own`)."""
+    ann = people["ann"]["client"]
+    seen = ann.execute(gql('{ writer(where: {name: {_eq: "Bob"}, books_aggregate: {count: {predicate: {_gt: 0}}}}) '
+                           '{ name } }'))
+    assert seen == {"writer": []}

@@ -28,6 +28,7 @@ from engine.query.plan import (
     AggregateField,
     Column,
     Condition,
+    CountFilter,
     Embed,
     Filter,
     Membership,
@@ -398,7 +399,7 @@ class QueryCompiler:
 
     def condition(self, entity: str, where: Any) -> Condition:
         """`post_bool_exp` as a condition; comparison values become parameters."""
-        items: list[Filter | Membership | RelationFilter | Condition] = []
+        items: list[Filter | Membership | RelationFilter | CountFilter | Condition] = []
         kinds = self.columns[entity]
         for key, value in self.entries(where):
             if key in ("_and", "_or"):
@@ -411,12 +412,29 @@ class QueryCompiler:
                     raise GraphQLError("validation-failed", f"{key} is an array: _in and _nin compare single values "
                                                             "(use _eq for the whole array)")
                 items += self.comparisons(key, value, kinds[key])
+            elif key not in self.relations[entity] and key.endswith("_aggregate"):
+                items.append(self.count_filter(entity, key.removesuffix("_aggregate"), value))
             else:
                 relation = self.relations[entity][key]
                 self.entities.add(relation.target)
                 items.append(RelationFilter(relation, self.condition(relation.target, value),
                                             self.scope(relation.target, "read")))
         return Condition("and", tuple(items))
+
+    def count_filter(self, entity: str, name: str, aggregate: Any) -> CountFilter:
+        """`{posts_aggregate: {count: {predicate, filter, distinct, arguments}}}`: the count of the related
+        rows the caller may read (their row scope, as every relation's), compared by the predicate."""
+        relation = self.relations[entity][name]
+        self.entities.add(relation.target)
+        spec = dict(self.entries(dict(self.entries(aggregate)).get("count")))
+        if spec.get("predicate") is None:
+            raise GraphQLError("validation-failed", f"{name}_aggregate.count needs a predicate, e.g. {{_gt: 0}}")
+        where = self.condition(relation.target, spec["filter"]) if spec.get("filter") is not None \
+            else Condition("and", ())
+        columns = tuple(as_list(self.values.resolve(spec.get("arguments"))))
+        distinct = self.values.resolve(spec.get("distinct")) is True
+        return CountFilter(relation, where, self.scope(relation.target, "read"),
+                           tuple(self.comparisons("", spec["predicate"], "integer")), columns, distinct)
 
     def comparisons(self, column: str, comparison: Any, kind: str = "") -> list[Filter]:
         """A column's `{_op: value}`: each a filter, its value a parameter encoded for the column (a json

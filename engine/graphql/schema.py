@@ -186,6 +186,8 @@ class SchemaBuilder:
             result = {c: GraphQLInputField(self.comparison(k, t)) for c, (k, t) in self.columns(entity).items()}
             for name, relation in self.links(entity).items():
                 result[name] = GraphQLInputField(self.bool_exp(self.entity(relation.target)))
+                if relation.kind == "many":
+                    result[f"{name}_aggregate"] = GraphQLInputField(self.aggregate_bool_exp(self.entity(relation.target)))
             me = self.bool_exp(entity)
             result["_and"] = result["_or"] = GraphQLInputField(GraphQLList(GraphQLNonNull(me)))
             result["_not"] = GraphQLInputField(me)
@@ -194,6 +196,16 @@ class SchemaBuilder:
         name = f"{entity.name}_bool_exp"
         return self.named(name, lambda: GraphQLInputObjectType(
             name, fields, description=f"Boolean expression to filter rows from the table \"{entity.name}\"."))
+
+    def aggregate_bool_exp(self, entity: Entity) -> GraphQLInputObjectType:
+        """Hasura's `{target}_aggregate_bool_exp`: a predicate on the count of the related rows."""
+        name = f"{entity.name}_aggregate_bool_exp"
+        return self.named(name, lambda: GraphQLInputObjectType(name, lambda: {
+            "count": GraphQLInputField(self.named(f"{name}_count", lambda: GraphQLInputObjectType(f"{name}_count", {
+                "arguments": GraphQLInputField(GraphQLList(GraphQLNonNull(self.select_column(entity)))),
+                "distinct": GraphQLInputField(GraphQLBoolean),
+                "filter": GraphQLInputField(self.bool_exp(entity)),
+                "predicate": GraphQLInputField(GraphQLNonNull(self.comparison("integer", GraphQLInt)))})))}))
 
     def order_by(self, entity: Entity) -> GraphQLInputObjectType:
         def fields() -> dict[str, GraphQLInputField]:

@@ -74,7 +74,7 @@ class Condition:
     """`and` / `or` of filters and nested conditions (an empty `and` holds for every row)."""
 
     kind: str  # and | or
-    items: tuple[Filter | Membership | RelationFilter | Condition, ...]
+    items: tuple[Filter | Membership | RelationFilter | CountFilter | Condition, ...]
     negate: bool = False
 
 
@@ -89,6 +89,21 @@ class RelationFilter:
     relation: Relation
     where: Condition
     scope: Condition | None
+
+
+@dataclass(frozen=True)
+class CountFilter:
+    """Hasura's aggregate predicate (`{posts_aggregate: {count: {predicate: {_gt: 1}, filter: {...}}}}`):
+    rows whose count of related rows (one-to-many; among those the caller may read, `scope`, that `where`
+    keeps; of `columns`' values not null when named, `distinct` or not) meets every one of `predicates`
+    (filters on the count: their column is unused)."""
+
+    relation: Relation
+    where: Condition
+    scope: Condition | None
+    predicates: tuple[Filter, ...]
+    columns: tuple[str, ...] = ()
+    distinct: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from engine.query.plan import (
     AggregateField,
     Column,
     Condition,
+    CountFilter,
     Filter,
     JsonStep,
     Membership,
@@ -155,6 +156,27 @@ def relation_filter_sql(item: RelationFilter, table: sa.FromClause, tables: Mapp
     return sa.exists(sa.select(sa.literal_column("1")).select_from(related).where(*conditions))
 
 
+class _Counted:
+    """The count of a `CountFilter` where `filter_sql` looks for a table's column: its predicates are
+    filters like any other (`_gt`, `_in`, `_is_null`...), over that one value."""
+
+    def __init__(self, count: ColumnElement[Any]) -> None:
+        self.c = {"": count}
+
+
+def count_filter_sql(item: CountFilter, table: sa.FromClause, tables: Mapping[str, sa.Table]) -> ColumnElement[bool]:
+    related = tables[item.relation.target].alias()
+    conditions = [related.c[item.relation.target_column] == table.c[item.relation.source_column],
+                  condition_sql(item.where, related, tables)]
+    if item.scope is not None:
+        conditions.append(condition_sql(item.scope, related, tables))
+    columns = [related.c[c] for c in item.columns]
+    value: ColumnElement[Any] = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
+    counted = sa.func.count(sa.distinct(value) if item.distinct else value) if columns else sa.func.count()
+    count = sa.select(counted).select_from(related).where(*conditions).scalar_subquery()
+    return sa.and_(*(filter_sql(predicate, _Counted(count)) for predicate in item.predicates))  # type: ignore[arg-type]
+
+
 PREPARER = postgresql.dialect().identifier_preparer
 
 
@@ -179,6 +201,7 @@ def condition_sql(condition: Condition, table: sa.FromClause, tables: Mapping[st
     parts = [filter_sql(i, table) if isinstance(i, Filter)
              else membership_sql(i, table, tables) if isinstance(i, Membership)
              else relation_filter_sql(i, table, tables) if isinstance(i, RelationFilter)
+             else count_filter_sql(i, table, tables) if isinstance(i, CountFilter)
              else condition_sql(i, table, tables) for i in condition.items]
     if not parts:  # GraphQL's `{}` and `_and: []` hold for every row
         combined: ColumnElement[bool] = sa.true()
