@@ -138,6 +138,7 @@ def test_set_and_inc_on_the_same_column_are_refused(service, seeded):
     error = error_of(service, 'mutation { update_writer(where: {}, _set: {n: 5}, _inc: {n: 1}) { affected_rows } }')
     assert error["extensions"]["code"] == "validation-failed" and "multiple operators" in error["message"]
     assert "n" in error["message"]
+    assert error["extensions"]["path"] == "$.selectionSet.update_writer"  # where, as Hasura says it
 
 
 def test_affected_rows_counts_nested_inserts(seeded):

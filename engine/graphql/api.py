@@ -185,7 +185,10 @@ def refused_credentials(error: BackSaasError) -> Answer:
 
 
 def problem(code: str, message: str, path: list[str | int] | None = None) -> dict[str, Any]:
-    found: dict[str, Any] = {"message": message, "extensions": {"code": code}}
+    """One of `errors`: the message, Hasura's `extensions` (its code, and where in the request as a JSON
+    path: `$.selectionSet.{field}`, else `$`), and the spec's `path` to the field it is about."""
+    where = "$" + "".join(f".selectionSet.{p}" if isinstance(p, str) else f"[{p}]" for p in path or ())
+    found: dict[str, Any] = {"message": message, "extensions": {"path": where, "code": code}}
     if path:
         found["path"] = path
     return found
