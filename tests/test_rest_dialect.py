@@ -795,6 +795,10 @@ def test_rpc_counts_its_result_when_asked(http, client, shelves):
     assert counted.headers["preference-applied"] == "count=exact"
     paged = http.get("/rpc/numbers?count=6&limit=2&offset=1", headers={"Prefer": "count=exact"})
     assert paged.headers["content-range"] == "1-2/6" and len(paged.json()) == 2
+    ranged = http.get("/rpc/numbers?count=6", headers={"Range": "2-3", "Prefer": "count=exact"})
+    assert ranged.headers["content-range"] == "2-3/6" and [r["n"] for r in ranged.json()] == [2, 3], ranged.text
+    one = http.post("/rpc/stamp", json={"label": "ranged"}, headers={"Range": "0-0"})  # no list: the Range is moot
+    assert one.status_code == 200, one.text
     filtered = http.get("/rpc/numbers?count=6&n=in.(0,1,9)", headers={"Prefer": "count=exact"})
     assert filtered.headers["content-range"] == "0-1/2", filtered.text
     through_client = client.rpc("numbers", {"count": 5}, count="exact").execute()

@@ -52,6 +52,7 @@ from engine.rest.media import (
     negotiate,
     not_one,
     parse_body,
+    parse_range,
     typed,
     without_nulls,
 )
@@ -79,23 +80,6 @@ class PutMismatch(BackSaasError):
 
 PREPARED_CACHE_SIZE = 2048  # prepared requests kept per runtime, by exact request
 EXPOSED_PROFILES = ("public", "")
-
-def _whole(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-def parse_range(header: str | None) -> tuple[int | None, int | None]:
-    """`Range: 0-9` -> (limit 10, offset 0); `10-` -> (None, 10)."""
-    if not header:
-        return None, None
-    unit, _, spec = header.rpartition("=")
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not _whole(first) or (last and not _whole(last)) or (unit and unit.strip() != "items"):
-        raise QueryParseError(f"Range '{header}': expected first-last, e.g. 0-9")
-    if last and int(last) < int(first):
-        raise RangeNotSatisfiable("Requested range not satisfiable", f"Range '{header}': the last item comes before the first")
-    return (int(last) - int(first) + 1 if last else None), int(first)
-
 
 WRITE_ACTIONS = {"POST": "create", "PUT": "create", "PATCH": "update"}  # and DELETE: "delete"
 

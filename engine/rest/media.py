@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from engine.answer import Answer
-from engine.errors import BackSaasError, InvalidBody, NotAcceptable
+from engine.errors import BackSaasError, InvalidBody, NotAcceptable, QueryParseError, RangeNotSatisfiable
 
 JSON = "json"
 OBJECT = "object"
@@ -160,6 +160,23 @@ class Prefer:
                   f"handling={self.handling}" if self.handling else None]
         named = [v for v in values if v]
         return [("Preference-Applied", ", ".join(named))] if named else []
+
+
+def _whole(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def parse_range(header: str | None) -> tuple[int | None, int | None]:
+    """`Range: 0-9` -> (limit 10, offset 0); `10-` -> (None, 10)."""
+    if not header:
+        return None, None
+    unit, _, spec = header.rpartition("=")
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not _whole(first) or (last and not _whole(last)) or (unit and unit.strip() != "items"):
+        raise QueryParseError(f"Range '{header}': expected first-last, e.g. 0-9")
+    if last and int(last) < int(first):
+        raise RangeNotSatisfiable("Requested range not satisfiable", f"Range '{header}': the last item comes before the first")
+    return (int(last) - int(first) + 1 if last else None), int(first)
 
 
 def form_body(body: bytes) -> dict[str, Any]:

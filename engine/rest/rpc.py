@@ -25,7 +25,17 @@ from engine.errors import BackSaasError, Problem, QueryParseError
 from engine.invoke import FunctionNotFound, invoke
 from engine.limits import check_json_path
 from engine.query.sql import compile_statement
-from engine.rest.media import CONTENT_TYPES, CSV, JSON, OBJECT, MediaNotAvailable, Prefer, negotiate, not_one
+from engine.rest.media import (
+    CONTENT_TYPES,
+    CSV,
+    JSON,
+    OBJECT,
+    MediaNotAvailable,
+    Prefer,
+    negotiate,
+    not_one,
+    parse_range,
+)
 from engine.rest.params import JSON_ARROWS, split_top, unquote
 
 SHAPING = ("select", "order", "limit", "offset")
@@ -209,12 +219,19 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
         body = orjson.dumps(arguments)
     elif method != "POST":
         raise MethodNotAllowed(f"{method} is not a way to call a function", hint="POST, or GET when read_only")
+    limit, offset = parse_range(headers.get("range"))  # as on reads, the Range header wins over limit= and offset=
+    if limit is not None or offset is not None:
+        params = [(k, v) for k, v in params if k not in ("limit", "offset")] + \
+                 [(k, str(v)) for k, v in (("limit", limit), ("offset", offset)) if v is not None]
     prefer = Prefer.parse(headers.get("prefer", ""))
     counted = prefer.count is not None  # every count is exact here: the result is in hand
     status, result = await invoke(runtime, api.db, api.caller, name, body)
+    decoded = orjson.loads(result) if result else None
+    listed = isinstance(decoded, list) and all(isinstance(r, dict) for r in decoded)
+    if not listed and "range" in headers and all(k in ("limit", "offset") for k, _ in params):
+        params = []  # a Range over what is no list of objects is ignored, as PostgREST ignores it
     if params:
-        decoded = orjson.loads(result) if result else None
-        if not isinstance(decoded, list) or not all(isinstance(r, dict) for r in decoded):
+        if not listed:
             raise QueryParseError(f"'{name}' does not return a list of objects: the query string's select, "
                                   "filters, order and limit do not apply", details=[Problem(k, "not applicable")
                                                                                     for k, _ in params])
@@ -226,7 +243,6 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
             row = await conn.fetchrow(compiled.sql, *compiled.arguments(values))
         result, rows, total = row["body"].encode(), row["page_rows"], row["total"]
     else:
-        decoded = orjson.loads(result) if result else None
         rows = len(decoded) if isinstance(decoded, list) else 1
         total = rows if counted and isinstance(decoded, list) else None
     offset = int(dict(params).get("offset", "0") or 0) if params else 0
