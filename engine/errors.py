@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from sqlalchemy.exc import DBAPIError
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,16 @@ def database_error_of(exc: BaseException) -> DatabaseError:
     sqlstate = getattr(source, "sqlstate", None) or ("08006" if is_outage(exc) else "XX000")
     message = source.args[0] if getattr(source, "args", None) else str(source)
     return database_error(sqlstate, str(message), getattr(source, "detail", None), getattr(source, "hint", None))
+
+
+def input_refusal(exc: BaseException) -> DatabaseError | None:
+    """The catalogue's 4xx when the database refused a request's input (a NUL, a duplicate, a bad value)
+    under code that is no request handler's (a hook, a function, its checks), else None: a failure of that
+    code stays its own error, without the database's words."""
+    if not isinstance(exc, asyncpg.PostgresError | DBAPIError):
+        return None
+    refusal = database_error_of(exc)
+    return refusal if refusal.status < 500 else None
 
 
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:

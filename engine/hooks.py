@@ -47,9 +47,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from engine.authz import Caller
 from engine.errors import (
@@ -58,7 +56,7 @@ from engine.errors import (
     Forbidden,
     Problem,
     ValidationFailed,
-    database_error_of,
+    input_refusal,
     is_outage,
 )
 from engine.schema.model import HOOK_EVENTS, Schema
@@ -338,10 +336,9 @@ async def call(fn: HookFunction, name: str, timeout: float, context: HookContext
     except Exception as exc:  # the operator's code failed: report which, log the trace, write nothing
         if is_outage(exc):  # ...unless the database went away under it: a 503 to retry, like any request's
             raise DatabaseUnavailable() from exc
-        if isinstance(exc, asyncpg.PostgresError | DBAPIError):  # ...or it refused the input (a NUL, a
-            refusal = database_error_of(exc)  # duplicate): the catalogue's 4xx, as a REST write's
-            if refusal.status < 500:
-                raise refusal from exc
+        refusal = input_refusal(exc)  # ...or the database refused the input: the catalogue's 4xx, as REST's
+        if refusal is not None:
+            raise refusal from exc
         structlog.get_logger("backsaas.hooks").exception("hook.failed", hook=name)
         raise HookFailed(f"'{name}' failed: {type(exc).__name__}; nothing was written") from exc
 

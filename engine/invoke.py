@@ -21,7 +21,7 @@ from jsonschema import ValidationError
 from engine.authz import Caller, function_object, unrestricted
 from engine.data import DataApi
 from engine.database import quote_identifier
-from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed, database_error_of
+from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed, input_refusal
 from engine.hooks import HookContext, HookFailed, call, check_binding, resolve
 from engine.schema.model import thaw
 from engine.validation import FORMAT_CHECKER, TenantValidator
@@ -89,5 +89,8 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
                                   structlog.get_logger("backsaas.functions").bind(tenant=runtime.slug, function=name))
             result = await call(fn, exposed.handler, exposed.timeout, context, payload)
     except asyncpg.PostgresError as exc:  # the membership check refused the input (a NUL in `tenant`, say)
-        raise database_error_of(exc) from exc
+        refusal = input_refusal(exc)
+        if refusal is None:
+            raise
+        raise refusal from exc
     return (204, b"") if result is None else (200, orjson.dumps(result))

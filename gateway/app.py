@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -388,43 +389,46 @@ class TenantApp:
         # opening a socket spends the tenant's windows and its address's as an anonymous request does (the
         # credentials come later, in connection_init): a tenant past its budget opens no new subscriptions
         client = scope.get("client")
-        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, ANONYMOUS,
-                                                              client[0] if client else None)
+        address = client[0] if client else None
+        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, ANONYMOUS, address)
         if window is not None and window.refused:
             await send({"type": "websocket.close", "code": 4429, "reason": "rate_limited"})
             return
-        limits = plan.limits
-        address = client[0] if client else None
+        await serve_graphql_ws(WebSocket(scope, receive, send), registry, runtime, plan.limits, self.starlette.state.db,
+                               request_headers(scope), scope.get("backsaas.tenant_header", False),
+                               functools.partial(self.socket_operation, runtime, plan, address))
 
-        @asynccontextmanager
-        async def operation(caller: Caller) -> AsyncIterator[Caller]:
-            """A query or mutation of the socket, as an HTTP request of the tenant's: its rate windows (a 429
-            as an `error` message), its quotas (402), its share of the tenant's slots, the meter's count as a
-            GraphQL call, and the caller marked restricted whose processing is (GDPR: no writes)."""
-            window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, caller,
-                                                                  address)
-            if window is not None and window.refused:
-                raise window.error()
-            metering: Metering | None = self.starlette.state.metering
-            request = {"path": GRAPHQL_PATHS[0], "root_path": "", "backsaas.limits": limits}
-            usage, token = metering.begin(request) if metering is not None else (None, None)
-            started, status = time.perf_counter(), 200
-            try:
-                await admit(request, runtime, "POST", GRAPHQL_PATHS[0])
-                if caller.user_id is not None and await self.starlette.state.privacy.restricted(runtime, caller.user_id):
-                    caller = dataclasses.replace(caller, restricted=True)
-                registry.note_call(runtime)
-                async with self.gates.slot(*share_of(runtime, plan, caller, address, self.starlette.state.db)):
-                    yield caller
-            except BackSaasError as error:
-                status = error.status
-                raise
-            finally:
-                if metering is not None and usage is not None and token is not None:
-                    metering.end(request, usage, token, status, 0, time.perf_counter() - started)
+    @asynccontextmanager
+    async def socket_operation(self, runtime: TenantRuntime, plan: Plan, address: str | None, caller: Caller
+                               ) -> AsyncIterator[Caller]:
+        """A query or mutation of a GraphQL socket, as an HTTP request of the tenant's: its rate windows (a
+        429 as an `error` message), its quotas (402), its share of the tenant's slots, the meter's count as
+        a GraphQL call; it acts as `caller`, marked restricted whose processing is (GDPR: no writes)."""
+        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, caller, address)
+        if window is not None and window.refused:
+            raise window.error()
+        metering: Metering | None = self.starlette.state.metering
+        request = {"path": GRAPHQL_PATHS[0], "root_path": "", "backsaas.limits": plan.limits}
+        usage, token = metering.begin(request) if metering is not None else (None, None)
+        started, status = time.perf_counter(), 200
+        try:
+            await admit(request, runtime, "POST", GRAPHQL_PATHS[0])
+            caller = await self.as_restricted(runtime, caller)
+            self.starlette.state.registry.note_call(runtime)
+            async with self.gates.slot(*share_of(runtime, plan, caller, address, self.starlette.state.db)):
+                yield caller
+        except BackSaasError as error:
+            status = error.status
+            raise
+        finally:
+            if metering is not None and usage is not None and token is not None:
+                metering.end(request, usage, token, status, 0, time.perf_counter() - started)
 
-        await serve_graphql_ws(WebSocket(scope, receive, send), registry, runtime, limits, self.starlette.state.db,
-                               request_headers(scope), scope.get("backsaas.tenant_header", False), operation)
+    async def as_restricted(self, runtime: TenantRuntime, caller: Caller) -> Caller:
+        """The caller, marked restricted when its user's processing is (GDPR: their writes are refused)."""
+        if caller.user_id is not None and await self.starlette.state.privacy.restricted(runtime, caller.user_id):
+            return dataclasses.replace(caller, restricted=True)
+        return caller
 
     async def named_tenant(self, scope: Scope) -> tuple[TenantRuntime, Plan]:
         """The active tenant the request names, and its plan. A name this process does not hold costs a
@@ -484,8 +488,7 @@ class TenantApp:
         caller = scope["backsaas.caller"]
         if path in GRAPHQL_PATHS:  # Hasura's x-hasura-role: one of the caller's roles (or, for a service key, any)
             caller = scope["backsaas.caller"] = acting_as(caller, scope["backsaas.headers"], runtime)
-        if caller.user_id is not None and await self.starlette.state.privacy.restricted(runtime, caller.user_id):
-            scope["backsaas.caller"] = dataclasses.replace(caller, restricted=True)  # GDPR: their writes are refused
+        scope["backsaas.caller"] = await self.as_restricted(runtime, caller)
         registry.note_call(runtime)
         if path.startswith(REST_PREFIX) and path != REST_PREFIX:
             return await rest_entity(request, runtime, path[len(REST_PREFIX):])

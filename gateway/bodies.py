@@ -155,37 +155,36 @@ class BodyShape:
 
     def _count_items(self, structure: bytes) -> None:
         """Top-level commas (items but the first), tracking the nesting depth across chunks."""
-        depth, commas = self.depth, self.commas
-        if depth == 1 and not structure.translate(None, b",:"):  # no brackets: every comma is a top-level one
-            commas += structure.count(b",")
+        if self.depth == 1 and not structure.translate(None, b",:"):  # no brackets: every comma is a top-level one
+            self.commas += structure.count(b",")
         else:
-            for byte in structure:
-                if byte == 91 or byte == 123:  # [ {
-                    depth += 1
-                    if depth > MAX_BODY_DEPTH:
-                        raise too_deep()
-                elif byte == 93 or byte == 125:  # ] }
-                    depth -= 1
-                elif byte == 44 and depth == 1:  # ,
-                    commas += 1
-                    if commas >= self.max_items:
-                        break  # refused by _check: the depth no longer matters
-        self.depth, self.commas = depth, commas
+            self._walk(structure, count_items=True)
 
     def _track_depth(self, structure: bytes) -> None:
         """The nesting depth of a body that is not an array, across chunks: the chunk's brackets are walked
         one by one only when they could pass `MAX_BODY_DEPTH` (an object rarely nests that many)."""
         opened = structure.count(b"[") + structure.count(b"{")
         if self.depth + opened > MAX_BODY_DEPTH:
-            depth = self.depth
-            for byte in structure:
-                if byte == 91 or byte == 123:  # [ {
-                    depth += 1
-                    if depth > MAX_BODY_DEPTH:
-                        raise too_deep()
-                elif byte == 93 or byte == 125:  # ] }
-                    depth -= 1
-        self.depth += opened - structure.count(b"]") - structure.count(b"}")
+            self._walk(structure, count_items=False)
+        else:
+            self.depth += opened - structure.count(b"]") - structure.count(b"}")
+
+    def _walk(self, structure: bytes, *, count_items: bool) -> None:
+        """The structural bytes one by one: the depth (refused past `MAX_BODY_DEPTH`) and, `count_items`,
+        the commas at depth 1 (stopping once they pass the plan's items: `_check` refuses the body)."""
+        depth, commas = self.depth, self.commas
+        for byte in structure:
+            if byte == 91 or byte == 123:  # [ {
+                depth += 1
+                if depth > MAX_BODY_DEPTH:
+                    raise too_deep()
+            elif byte == 93 or byte == 125:  # ] }
+                depth -= 1
+            elif byte == 44 and depth == 1 and count_items:  # ,
+                commas += 1
+                if commas >= self.max_items:
+                    break
+        self.depth, self.commas = depth, commas
 
     def _check(self) -> None:
         if self.commas >= self.max_items:

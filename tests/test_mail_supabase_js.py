@@ -19,8 +19,8 @@ import pytest
 from engine.database import Database
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
+from tests.mail_sink import Sink, code_in, link_in
 from tests.server import running_gateway
-from tests.test_mail import Sink, code_in, link_in
 
 NODE = shutil.which("node")
 SUPABASE_JS = Path(__file__).parent / "browser/node_modules/@supabase/supabase-js"
@@ -64,13 +64,6 @@ const show = (error, data) => ({
   console.log(JSON.stringify(out));
 })().catch((e) => { console.log(JSON.stringify({ crashed: String(e) })); });
 """
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[Sink]:
-    started = Sink().start()
-    yield started
-    started.stop()
 
 
 @pytest.fixture(scope="module")

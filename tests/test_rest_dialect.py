@@ -702,11 +702,18 @@ def test_an_embed_is_filtered_by_is_null_and_not_is_null(http, shelves):
     assert bad.status_code == 400 and bad.json()["code"] == "PGRST100", bad.text
 
 
+def bobs_doc_written_by_ann(base: str, people: dict[str, dict[str, Any]], title: str) -> dict[str, str]:
+    """A doc of bob's whose writer is ann's person row, which bob may not read: bob's headers."""
+    bob = people["bob"]
+    created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"],
+                         json={"title": title, "writer_id": people["ann"]["person"]})
+    assert created.status_code == 201, created.text
+    return bob
+
+
 def test_an_embed_null_filter_sees_only_rows_the_caller_may_read(base, people):
     """bob's doc whose writer is ann's person row: ann's row is hidden from bob, so for bob it has no writer."""
-    ann, bob = people["ann"], people["bob"]
-    created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": "null-scope", "writer_id": ann["person"]})
-    assert created.status_code == 201, created.text
+    bob = bobs_doc_written_by_ann(base, people, "null-scope")
     present = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=not.is.null&title=eq.null-scope",
                         headers=bob["headers"])
     assert present.json() == []
@@ -729,7 +736,6 @@ def test_the_older_count_of_an_embed_works_without_aggregates(base, keys):
     assert refused.status_code == 400 and refused.json()["code"] == "PGRST123", refused.text
 
 
-
 def test_a_spread_embed_puts_a_to_one_rows_columns_beside_the_parents(http, shelves, client):
     rows = http.get("/book?select=title,...shelf(shelf_label:label,rank)&title=in.(A1,B1)&order=title").json()
     assert rows == [{"title": "A1", "shelf_label": "alpha", "rank": 1}, {"title": "B1", "shelf_label": "beta", "rank": 2}]
@@ -741,19 +747,24 @@ def test_a_spread_embed_puts_a_to_one_rows_columns_beside_the_parents(http, shel
     assert to_many.status_code == 400 and to_many.json()["code"] == "PGRST100", to_many.text
 
 
-
 def test_a_spread_that_repeats_a_name_at_its_level_is_a_400(http, shelves):
     for select in ("title,...shelf(title:label)", "title,label:pages,...shelf(label)"):
         answer = http.get("/book", params={"select": select})
         assert answer.status_code == 400 and answer.json()["code"] == "PGRST100", (select, answer.text)
 
-def test_a_spread_embed_shows_nothing_of_a_row_the_caller_may_not_read(base, people):
-    ann, bob = people["ann"], people["bob"]
-    made = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": "spread-scope", "writer_id": ann["person"]})
-    assert made.status_code == 201, made.text
-    rows = httpx.get(f"{base}/rest/v1/doc?select=title,...writer(writer_name:name)&title=eq.spread-scope",
-                     headers=bob["headers"])
+
+def test_a_spread_embed_shows_nothing_of_a_row_the_caller_may_not_read(base, people, keys):
+    bob = bobs_doc_written_by_ann(base, people, "spread-scope")
+    spread = "/rest/v1/doc?select=title,...writer(writer_name:name)&title=eq.spread-scope"
+    rows = httpx.get(f"{base}{spread}", headers=bob["headers"])
     assert rows.json() == [{"title": "spread-scope", "writer_name": None}], rows.text
+    anonymous = httpx.get(f"{base}{spread}", headers=key(keys["anon"]))  # anon reads no doc at all
+    assert anonymous.status_code in (401, 403) or anonymous.json() == [], anonymous.text
+    elsewhere = httpx.get(f"{base.removesuffix('/dialect')}/elsewhere{spread}", headers=key(keys["elsewhere"]))
+    assert elsewhere.json() == [], elsewhere.text  # another tenant's key reaches its own tenant's rows only
+    foreign = httpx.get(f"{base}{spread}", headers=key(keys["elsewhere"]))
+    assert foreign.status_code == 401, foreign.text
+
 
 def test_order_by_a_to_one_embedded_column(http, shelves):
     rows = http.get("/book?select=title,shelf(label)&order=shelf(label).desc,title.asc&title=in.(A1,A2,B1)").json()

@@ -219,17 +219,15 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
         body = orjson.dumps(arguments)
     elif method != "POST":
         raise MethodNotAllowed(f"{method} is not a way to call a function", hint="POST, or GET when read_only")
-    limit, offset = parse_range(headers.get("range"))  # as on reads, the Range header wins over limit= and offset=
-    if limit is not None or offset is not None:
-        params = [(k, v) for k, v in params if k not in ("limit", "offset")] + \
-                 [(k, str(v)) for k, v in (("limit", limit), ("offset", offset)) if v is not None]
+    limit, offset = parse_range(headers.get("range"))  # before the call: a malformed Range runs nothing
     prefer = Prefer.parse(headers.get("prefer", ""))
     counted = prefer.count is not None  # every count is exact here: the result is in hand
     status, result = await invoke(runtime, api.db, api.caller, name, body)
     decoded = orjson.loads(result) if result else None
     listed = isinstance(decoded, list) and all(isinstance(r, dict) for r in decoded)
-    if not listed and "range" in headers and all(k in ("limit", "offset") for k, _ in params):
-        params = []  # a Range over what is no list of objects is ignored, as PostgREST ignores it
+    if listed and (limit is not None or offset is not None):  # as on reads, it wins over limit= and offset=
+        params = [(k, v) for k, v in params if k not in ("limit", "offset")] + \
+                 [(k, str(v)) for k, v in (("limit", limit), ("offset", offset)) if v is not None]
     if params:
         if not listed:
             raise QueryParseError(f"'{name}' does not return a list of objects: the query string's select, "
