@@ -485,9 +485,14 @@ def test_an_aggregate_predicate_filters_by_the_count_of_related_rows(service, se
     assert distinct == {"writer": [{"name": "Ann"}]}
 
 
-def test_an_aggregate_predicate_counts_only_rows_the_caller_may_read(people, seeded):
+def test_an_aggregate_predicate_counts_only_rows_the_caller_may_read(people, seeded, base, keys):
     """bob's writer row, read by ann: the books of it that ann may read are none of bob's (`own`)."""
     ann = people["ann"]["client"]
     seen = ann.execute(gql('{ writer(where: {name: {_eq: "Bob"}, books_aggregate: {count: {predicate: {_gt: 0}}}}) '
                            '{ name } }'))
     assert seen == {"writer": []}
+    counted = '{ writer(where: {name: {_eq: "Bob"}, books_aggregate: {count: {predicate: {_gt: 0}}}}) { name } }'
+    foreign = post(base, keys["elsewhere"], counted)  # another tenant's key at this tenant: nothing
+    assert "data" not in foreign and foreign["errors"][0]["extensions"]["code"] == "access-denied", foreign
+    anonymous = post(base, keys["anon"], counted)  # anon reads every book (`anon: all`): it counts bob's
+    assert anonymous == {"data": {"writer": [{"name": "Bob"}]}}, anonymous

@@ -364,7 +364,7 @@ def test_an_upsert_without_on_conflict_merges_on_the_id(client, shelves):
 
 
 
-def test_put_creates_or_replaces_the_row_its_url_names(http, shelves, base, people):
+def test_put_creates_or_replaces_the_row_its_url_names(http, shelves, base, people, keys):
     chosen = str(uuid.uuid4())
     created = http.put(f"/shelf?id=eq.{chosen}", json={"id": chosen, "label": "put-made", "rank": 5})
     assert created.status_code == 204, created.text
@@ -381,6 +381,9 @@ def test_put_creates_or_replaces_the_row_its_url_names(http, shelves, base, peop
                      json={"title": "ann's put"}).json()[0]
     taken = httpx.put(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=bob["headers"], json={"id": doc["id"], "title": "bob's"})
     assert taken.status_code == 403, taken.text
+    for stranger in (key(keys["anon"]), key(keys["elsewhere"])):  # anon may not create docs; another tenant's key
+        refused = httpx.put(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=stranger, json={"id": doc["id"], "title": "x"})
+        assert refused.status_code in (401, 403), refused.text
     assert httpx.get(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=ann["headers"]).json()[0]["title"] == "ann's put"
     httpx.delete(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=ann["headers"])
 
@@ -711,7 +714,7 @@ def bobs_doc_written_by_ann(base: str, people: dict[str, dict[str, Any]], title:
     return bob
 
 
-def test_an_embed_null_filter_sees_only_rows_the_caller_may_read(base, people):
+def test_an_embed_null_filter_sees_only_rows_the_caller_may_read(base, people, keys):
     """bob's doc whose writer is ann's person row: ann's row is hidden from bob, so for bob it has no writer."""
     bob = bobs_doc_written_by_ann(base, people, "null-scope")
     present = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=not.is.null&title=eq.null-scope",
@@ -720,6 +723,9 @@ def test_an_embed_null_filter_sees_only_rows_the_caller_may_read(base, people):
     missing = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=is.null&title=eq.null-scope",
                         headers=bob["headers"])
     assert missing.json() == [{"title": "null-scope"}]
+    for stranger in (key(keys["anon"]), key(keys["elsewhere"])):
+        seen = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=is.null&title=eq.null-scope", headers=stranger)
+        assert seen.status_code in (401, 403) or seen.json() == [], seen.text
 
 
 def test_the_older_count_of_an_embed_works_without_aggregates(base, keys):
