@@ -40,6 +40,7 @@ from engine.errors import (
     InvalidInput,
     Problem,
     QueryParseError,
+    RateLimited,
     TenantNotFound,
     is_outage,
 )
@@ -352,6 +353,8 @@ class TenantApp:
             except BackSaasError as error:
                 if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
                     await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
+                if isinstance(error, RateLimited):  # answered after a pause (gateway/ratelimit.py `hold`)
+                    await self.starlette.state.rate_limits.hold(error)
                 response, refused = error_response(error), True
                 if (error.status == 401 or isinstance(error, RoleNotAllowed)) \
                         and scope["path"][len(scope["root_path"]):] in GRAPHQL_PATHS:

@@ -18,6 +18,14 @@ at the minute), kept by the `limits` library's storage: in this process's memory
   client hammering through a refused minute does not spend its day.
 - Refusals are 429 `rate_limited` with `Retry-After`; every answer of a limited tenant carries the IETF
   draft headers `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` of its tightest window.
+- A refusal is answered after a pause (`hold`: its `Retry-After`, at most `hold_seconds`, 1 s by default),
+  as nginx's `limit_req` delays a request past its rate: a client that ignores `Retry-After` and sends again
+  the moment it is refused can then send one request per pause and connection, not as many as the gateway
+  can refuse. A refusal costs the gateway a fraction of an ordinary request, but a client that repeats it
+  thousands of times a second took half a small gateway's capacity from every other tenant (a flood of 8
+  clients refused 1,370 times a second doubled another tenant's p99, bench/noisy_neighbour.py). A held
+  answer is one sleeping coroutine (the request's slot and body reading are released); past `MAX_HELD` of
+  them in the process, refusals are answered at once, so holding never becomes what an attacker exhausts.
 
 Cost: one counter increment per window (a dictionary update in memory, a round trip to Redis), no
 database. A Redis outage does not take the API down: the counters fall back to this process's memory (each
@@ -51,6 +59,8 @@ PERIODS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 MAX_SUSPECTS = 100_000  # (tenant, address) pairs with failed authentications remembered per process
 MAX_CACHED_KEYS = 100_000
 PROBE_SECONDS = 5.0  # how often a Redis that failed is tried again
+HOLD_SECONDS = 1.0  # the longest pause before a refusal is answered (`RateLimits.hold`)
+MAX_HELD = 1024  # refusals held at once in a process; past it they are answered at once
 REDIS_TIMEOUT_SECONDS = 0.5  # a Redis slower than this counts as down
 log = structlog.get_logger("backsaas.ratelimit")
 
@@ -193,11 +203,12 @@ class RateLimits:
     (`BACKSAAS_ANON_RATE_LIMIT`, one or more `limits` windows such as "300/minute;5000/hour"), `key_prefix` of
     the Redis keys
     (`BACKSAAS_RATE_LIMIT_PREFIX`), `probe_seconds` between tries of a Redis that failed
-    (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`)."""
+    (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`), `hold_seconds`, the longest pause before a refusal is answered
+    (`BACKSAAS_RATE_LIMIT_HOLD_SECONDS`, default `HOLD_SECONDS`; 0: answered at once)."""
 
     def __init__(self, redis_url: str | None = None, *, enabled: bool | None = None,
                  anon_per_address: str | None = None, key_prefix: str | None = None, probe_seconds: float | None = None,
-                 on_refused: Callable[[str, str], None] | None = None) -> None:
+                 hold_seconds: float | None = None, on_refused: Callable[[str, str], None] | None = None) -> None:
         self.enabled = enabled if enabled is not None else os.environ.get("BACKSAAS_RATE_LIMITS", "on") != "off"
         prefix = key_prefix or os.environ.get("BACKSAAS_RATE_LIMIT_PREFIX") or "backsaas"
         self.fallback = ProcessCounters()  # in memory: without Redis, and while Redis is down
@@ -212,6 +223,9 @@ class RateLimits:
         self._suspects: dict[tuple[str, str], float] = {}  # (tenant id, address) -> when its last failure is forgotten
         self.probe_seconds = probe_seconds or float(os.environ.get("BACKSAAS_RATE_LIMIT_PROBE_SECONDS") or PROBE_SECONDS)
         self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
+        held = os.environ.get("BACKSAAS_RATE_LIMIT_HOLD_SECONDS")
+        self.hold_seconds = hold_seconds if hold_seconds is not None else float(held) if held else HOLD_SECONDS
+        self.held = 0  # refusals being held now (`hold`)
         # tenant id -> (the plan last seen, its windows' Counted); (tenant id, address) -> the address's Counted
         self._tenants: dict[str, tuple[Plan, tuple[Counted, ...]]] = {}
         self._addresses: dict[tuple[str, str], tuple[Counted, ...]] = {}
@@ -254,6 +268,18 @@ class RateLimits:
                 self.storage = self.shared
                 log.warning("ratelimit.redis_recovered")
                 return
+
+    async def hold(self, refusal: RateLimited) -> None:
+        """Pause before `refusal` is answered (see the module): until its window opens again, at most
+        `hold_seconds`; at once while `MAX_HELD` refusals are held already."""
+        pause = min(self.hold_seconds, refusal.retry_after or self.hold_seconds)
+        if pause <= 0 or self.held >= MAX_HELD:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            self.held -= 1
 
     async def close(self) -> None:
         if self._probe is not None:
