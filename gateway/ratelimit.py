@@ -204,11 +204,13 @@ class RateLimits:
     the Redis keys
     (`BACKSAAS_RATE_LIMIT_PREFIX`), `probe_seconds` between tries of a Redis that failed
     (`BACKSAAS_RATE_LIMIT_PROBE_SECONDS`), `hold_seconds`, the longest pause before a refusal is answered
-    (`BACKSAAS_RATE_LIMIT_HOLD_SECONDS`, default `HOLD_SECONDS`; 0: answered at once)."""
+    (`BACKSAAS_RATE_LIMIT_HOLD_SECONDS`, default `HOLD_SECONDS`; 0: answered at once) and `max_held`, how many
+    refusals may be held at once (`MAX_HELD`)."""
 
     def __init__(self, redis_url: str | None = None, *, enabled: bool | None = None,
                  anon_per_address: str | None = None, key_prefix: str | None = None, probe_seconds: float | None = None,
-                 hold_seconds: float | None = None, on_refused: Callable[[str, str], None] | None = None) -> None:
+                 hold_seconds: float | None = None, max_held: int = MAX_HELD,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self.enabled = enabled if enabled is not None else os.environ.get("BACKSAAS_RATE_LIMITS", "on") != "off"
         prefix = key_prefix or os.environ.get("BACKSAAS_RATE_LIMIT_PREFIX") or "backsaas"
         self.fallback = ProcessCounters()  # in memory: without Redis, and while Redis is down
@@ -225,7 +227,7 @@ class RateLimits:
         self.on_refused = on_refused  # (tenant slug, window key) of each refusal, for /metrics
         held = os.environ.get("BACKSAAS_RATE_LIMIT_HOLD_SECONDS")
         self.hold_seconds = hold_seconds if hold_seconds is not None else float(held) if held else HOLD_SECONDS
-        self.held = 0  # refusals being held now (`hold`)
+        self.held, self.max_held = 0, max_held  # refusals being held now (`hold`), and at most
         # tenant id -> (the plan last seen, its windows' Counted); (tenant id, address) -> the address's Counted
         self._tenants: dict[str, tuple[Plan, tuple[Counted, ...]]] = {}
         self._addresses: dict[tuple[str, str], tuple[Counted, ...]] = {}
@@ -271,9 +273,9 @@ class RateLimits:
 
     async def hold(self, refusal: RateLimited) -> None:
         """Pause before `refusal` is answered (see the module): until its window opens again, at most
-        `hold_seconds`; at once while `MAX_HELD` refusals are held already."""
+        `hold_seconds`; at once while `max_held` refusals are held already."""
         pause = min(self.hold_seconds, refusal.retry_after or self.hold_seconds)
-        if pause <= 0 or self.held >= MAX_HELD:
+        if pause <= 0 or self.held >= self.max_held:
             return
         self.held += 1
         try:

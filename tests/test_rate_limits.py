@@ -1,10 +1,12 @@
-"""Rate limits: each window of a tenant's plan with its `RateLimit-*` headers and the 429 past it, the
+"""Rate limits: each window of a tenant's plan with its `RateLimit-*` headers and the 429 past it, answered
+after a pause that stalls no other tenant (and at once past the process's cap of held refusals), the
 per-address budget of anonymous callers (a minute, an hour and a day window, spent by failed authentications
 too), a plan edit reaching a running gateway, one budget shared by two
 gateway processes through Redis, and a Redis outage degrading to per-process counters (logged) and back."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -19,6 +21,7 @@ import pytest
 
 from engine import catalog
 from engine.database import Database
+from engine.errors import RateLimited
 from functions.keys import create_api_key
 from functions.tenants import create_tenant
 from functions.users import create_platform_admin
@@ -46,7 +49,8 @@ PLANS = {
     "open": {},
 }
 TENANTS = {"second": "per-second", "minute": "per-minute", "hour": "per-hour", "day": "per-day", "anons": "open",
-           "edited": "roomy", "shared": "five", "outage": "five", "unbounded": "open", "hourly": "open", "failures": "open"}
+           "edited": "roomy", "shared": "five", "outage": "five", "unbounded": "open", "hourly": "open", "failures": "open",
+           "held": "per-minute"}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +114,42 @@ def test_a_plans_requests_per_second_refuses_a_burst_its_minute_would_allow(base
     assert int(refused[0].headers["Retry-After"]) == 1 and window_headers(refused[0])[:2] == (3, 0)
     time.sleep(1.05)
     assert items(base, "second", service).status_code == 200
+
+
+async def test_a_refusal_is_answered_after_a_pause_during_which_other_tenants_are_answered(base, keys):
+    """A client that resends the moment it is refused sends one request per pause (gateway/ratelimit.py)."""
+    in_one_window(60)
+    service, other = {"apikey": keys["held"]["service"]}, {"apikey": keys["unbounded"]["service"]}
+    answered: list[tuple[str, int]] = []
+    async with httpx.AsyncClient() as client:
+        async def ask(slug: str, headers: dict[str, str]) -> None:
+            answer = await client.get(f"{base}/api/tenants/{slug}/rest/v1/item", headers=headers)
+            answered.append((slug, answer.status_code))
+
+        for _ in range(3):
+            await ask("held", service)
+        started = time.monotonic()
+        refused = asyncio.create_task(ask("held", service))
+        await asyncio.sleep(0.2)  # the refusal is being held meanwhile
+        await ask("unbounded", other)
+        await refused
+        held_for = time.monotonic() - started
+    assert answered == [("held", 200)] * 3 + [("unbounded", 200), ("held", 429)]
+    assert held_for >= 0.9  # its Retry-After (at least 1 s) bounded by the pause of HOLD_SECONDS, 1 s
+
+
+async def test_past_its_cap_of_held_refusals_a_process_answers_refusals_at_once():
+    limits = RateLimits(hold_seconds=30, max_held=2)
+    refusal = RateLimited("the plan's limit is spent", 30)
+    held = [asyncio.create_task(limits.hold(refusal)) for _ in range(2)]
+    await asyncio.sleep(0)  # both are held now
+    third = asyncio.create_task(limits.hold(refusal))
+    done, _ = await asyncio.wait([third, *held], return_when=asyncio.FIRST_COMPLETED)
+    assert done == {third} and limits.held == 2
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    assert limits.held == 0
 
 
 def test_a_tenant_without_windows_carries_no_rate_limit_headers(base, keys):
