@@ -352,9 +352,10 @@ def value_of(row: str, column: str, hidden: bool) -> str:
 def changes(action: str, columns: Mapping[str, str], hidden: list[str]) -> str:
     """The changed fields {field: {old, new}} of one row of the transition tables (`o` old, `n` new), for a
     table of `columns` (name: type), built as jsonb from the typed columns: no jsonb of the whole row made
-    and read back by key, no text parsed (an update of one field cost 47 µs of database CPU to capture that
-    way, 22 µs like this). An update names the fields whose value differs, compared as their type compares
-    (`updated_at` is no change of its own)."""
+    and read back by key, no text parsed (a single-row update of one field of the blog's `post` took about
+    135 µs of database CPU with the jsonb capture, 112 µs with this one, 60 µs with a trigger doing nothing).
+    An update names the fields whose value differs, compared as their type compares (`updated_at` is no
+    change of its own)."""
     fields = [c for c in columns if c != "updated_at"]
     if not fields:
         return "'{}'::jsonb"
@@ -389,17 +390,18 @@ def captured(action: str, entity: str, tenant_id: str, columns: Mapping[str, str
                 "update": "SELECT n.id, to_jsonb(o.*) AS o, to_jsonb(n.*) AS n FROM new_rows n "
                           "JOIN old_rows o ON o.id = n.id",
                 "delete": "SELECT o.id, to_jsonb(o.*) AS o, NULL::jsonb AS n FROM old_rows o"}[action]
-        row, record, owner = "x.n" if action != "delete" else "x.o", "x.id", "({row} ->> 'tenant_id')::uuid"
+        row, record = "x.n" if action != "delete" else "x.o", "x.id"
+        owner = f"({row} ->> 'tenant_id')::uuid"
         source = f"({rows} OFFSET 0) x"
         fields = f"{SCHEMA}.diff(x.o, x.n, {literal(orjson.dumps(hidden).decode())}::jsonb)"
     else:
         row = "o" if action == "delete" else "n"
-        record, owner = f"{row}.id", "{row}.tenant_id"
+        record, owner = f"{row}.id", f"{row}.tenant_id"
         source = {"create": "new_rows n", "update": "new_rows n JOIN old_rows o ON o.id = n.id",
                   "delete": "old_rows o"}[action]
         fields = changes(action, columns, hidden)
     if routed:  # a platform row of a tenant: its `tenant_id`, or a `tenants` row's own id
-        owners = [owner.format(row=row)] if columns is None or "tenant_id" in columns else []
+        owners = [owner] if columns is None or "tenant_id" in columns else []
         owners += [record] if entity == "tenants" else []
         chain = f"coalesce({', '.join([*owners, chain])})"
     return (f"INSERT INTO {PENDING} ({COLUMNS})\n    SELECT {chain}, {chain}, '{action}', {literal(entity)}, {record}, "
