@@ -74,6 +74,18 @@ entities:
       create: {anon: all}
     hooks:
       after_create: [audittests.remember]
+  typed:
+    fields:
+      tags:  {type: array, items: string}
+      meta:  {type: json}
+      due:   {type: datetime}
+      price: {type: decimal, precision: 8, scale: 2}
+      done:  {type: boolean}
+      day:   {type: date}
+    permissions:
+      read: {anon: all}
+      create: {anon: all}
+      update: {anon: all}
   journal:
     fields:
       what: {type: text, required: true}
@@ -225,6 +237,27 @@ async def test_rest_writes_are_audited_with_old_and_new_values_actor_and_request
         assert entry["ip"] == "127.0.0.1" and entry["user_agent"] == "audit-test/1"
         assert entry["created_at"] is not None
     assert "hunter2" not in orjson.dumps([e["changes"] for e in entries]).decode()
+
+
+async def test_an_update_records_the_fields_whose_value_changed_compared_as_their_type_compares(
+        base, setup, ids, database_url):
+    headers = {**as_key(setup["alpha_anon"]), "Prefer": "return=representation"}
+    made = httpx.post(f"{api(base, 'alpha')}/rest/v1/typed", headers=headers, json={
+        "tags": ["a"], "meta": {"k": [1, 2]}, "due": "2026-01-01T10:00:00Z", "price": 1.5, "done": False,
+        "day": "2026-01-01"})
+    assert made.status_code == 201, made.text
+    row_id = made.json()[0]["id"]
+    same_values_written_otherwise = {"meta": {"k": [1, 2]}, "due": "2026-01-01T11:00:00+01:00", "price": "1.50",
+                                     "day": "2026-01-01"}
+    changed = httpx.patch(f"{api(base, 'alpha')}/rest/v1/typed?id=eq.{row_id}", headers=headers,
+                          json={**same_values_written_otherwise, "tags": ["a", "b"], "done": True})
+    assert changed.status_code == 200, changed.text
+
+    create, update = await trail(database_url, ids["alpha"], entity="typed", record_id=uuid.UUID(row_id))
+    assert {k: v["new"] for k, v in create["changes"].items() if k in ("tags", "meta", "done", "day")} == \
+        {"tags": ["a"], "meta": {"k": [1, 2]}, "done": False, "day": "2026-01-01"}
+    assert create["changes"]["price"] == {"old": None, "new": 1.5}
+    assert update["changes"] == {"tags": {"old": ["a"], "new": ["a", "b"]}, "done": {"old": False, "new": True}}
 
 
 async def test_personal_data_never_enters_the_trail(base, setup, ids, database_url):
