@@ -488,6 +488,10 @@ BEGIN
     PERFORM set_config('{WRITER}', '', true);
   END IF;
 END $pending$;
+-- Before its catalog row is edited (the REVOKE): a sealer's VACUUM of the table, which holds this lock, then
+-- waits for the transaction that edited the row when it records the table's statistics there, and this
+-- transaction's ALTER below waited for its lock: a deadlock, seen when a platform deploy met a sealer.
+LOCK TABLE {PENDING} IN SHARE UPDATE EXCLUSIVE MODE;
 REVOKE ALL ON {PENDING} FROM PUBLIC;
 -- Each entry leaves a dead row once sealed; the sealer vacuums (engine/audit_trail.py seal), and nothing
 -- is given back to the disk at the end of the table, which would take the lock every writer needs.
