@@ -24,8 +24,9 @@ at the minute), kept by the `limits` library's storage: in this process's memory
   can refuse. A refusal costs the gateway a fraction of an ordinary request, but a client that repeats it
   thousands of times a second took half a small gateway's capacity from every other tenant (a flood of 8
   clients refused 1,370 times a second doubled another tenant's p99, bench/noisy_neighbour.py). A held
-  answer is one sleeping coroutine (the request's slot and body reading are released); past `MAX_HELD` of
-  them in the process, refusals are answered at once, so holding never becomes what an attacker exhausts.
+  answer is one sleeping coroutine: it holds no fairness slot and no database connection, and reads no more
+  of a body (the server stops reading past its buffer); past `MAX_HELD` of them in the process, refusals are
+  answered at once, so holding never becomes what an attacker exhausts.
 
 Cost: one counter increment per window (a dictionary update in memory, a round trip to Redis), no
 database. A Redis outage does not take the API down: the counters fall back to this process's memory (each
@@ -272,8 +273,8 @@ class RateLimits:
                 return
 
     async def hold(self, refusal: RateLimited) -> None:
-        """Pause before `refusal` is answered (see the module): until its window opens again, at most
-        `hold_seconds`; at once while `max_held` refusals are held already."""
+        """Pause before `refusal` is answered (see the module): its `Retry-After`, at most `hold_seconds`; no
+        pause while `max_held` refusals are held already."""
         pause = min(self.hold_seconds, refusal.retry_after or self.hold_seconds)
         if pause <= 0 or self.held >= self.max_held:
             return
