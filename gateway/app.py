@@ -405,11 +405,15 @@ class TenantApp:
     async def socket_operation(self, runtime: TenantRuntime, plan: Plan, address: str | None, caller: Caller
                                ) -> AsyncIterator[Caller]:
         """A query or mutation of a GraphQL socket, as an HTTP request of the tenant's: its rate windows (a
-        429 as an `error` message), its quotas (402), its share of the tenant's slots, the meter's count as
+        429 as an `error` message, after the pause an HTTP refusal takes: the operation keeps its place in
+        the socket's cap meanwhile), its quotas (402), its share of the tenant's slots, the meter's count as
         a GraphQL call; it acts as `caller`, marked restricted whose processing is (GDPR: no writes)."""
-        window = await self.starlette.state.rate_limits.admit(runtime.slug, runtime.tenant_id, plan, caller, address)
+        rate_limits: RateLimits = self.starlette.state.rate_limits
+        window = await rate_limits.admit(runtime.slug, runtime.tenant_id, plan, caller, address)
         if window is not None and window.refused:
-            raise window.error()
+            refusal = window.error()
+            await rate_limits.hold(refusal)
+            raise refusal
         metering: Metering | None = self.starlette.state.metering
         request = {"path": GRAPHQL_PATHS[0], "root_path": "", "backsaas.limits": plan.limits}
         usage, token = metering.begin(request) if metering is not None else (None, None)

@@ -26,7 +26,10 @@ at the minute), kept by the `limits` library's storage: in this process's memory
   clients refused 1,370 times a second doubled another tenant's p99, bench/noisy_neighbour.py). A held
   answer is one sleeping coroutine: it holds no fairness slot and no database connection, and reads no more
   of a body (the server stops reading past its buffer); past `MAX_HELD` of them in the process, refusals are
-  answered at once, so holding never becomes what an attacker exhausts.
+  answered at once, so holding never becomes what an attacker exhausts. Both request surfaces take it where
+  they answer a refusal: an HTTP request (gateway/app.py `TenantApp.__call__`) and a query or mutation sent
+  over a GraphQL socket (`TenantApp.socket_operation`), whose held operation keeps its place in the socket's
+  cap of operations, so one socket cannot outpace the pause either.
 
 Cost: one counter increment per window (a dictionary update in memory, a round trip to Redis), no
 database. A Redis outage does not take the API down: the counters fall back to this process's memory (each

@@ -1,9 +1,11 @@
 """Opening a GraphQL WebSocket spends its tenant's rate-limit windows (and its address's anonymous budget),
 as an HTTP request does: a tenant past its budget opens no new subscriptions, and other tenants still do.
-So does each query or mutation sent over an open socket: a socket is no way around the plan."""
+So does each query or mutation sent over an open socket: a socket is no way around the plan, nor around the
+pause before a refusal is answered (gateway/ratelimit.py `hold`), during which other tenants are answered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -39,7 +41,8 @@ async def tenants(db: Database) -> dict[str, str]:
     await create_tenant(db, "tight", source=SCHEMA, plan="ws-two")
     await create_tenant(db, "queries", source=SCHEMA, plan="ws-three")
     await create_tenant(db, "roomy", source=SCHEMA, plan="ws-open")
-    return {slug: (await create_api_key(db, slug, "anon", "anon")).key for slug in ("queries", "roomy")}
+    await create_tenant(db, "paced", source=SCHEMA, plan="ws-two")
+    return {slug: (await create_api_key(db, slug, "anon", "anon")).key for slug in ("queries", "roomy", "paced")}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,14 @@ async def test_a_tenant_past_its_window_opens_no_socket_while_another_tenant_doe
     assert await opens(base, "roomy")
 
 
+async def socket_of(base: str, slug: str, key: str) -> websockets.ClientConnection:
+    socket = await websockets.connect(base.replace("http://", "ws://") + f"/api/tenants/{slug}/graphql/v1",
+                                      subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+    await socket.send(json.dumps({"type": "connection_init", "payload": {"apikey": key}}))
+    assert json.loads(await socket.recv())["type"] == "connection_ack"
+    return socket
+
+
 async def answers(base: str, slug: str, key: str, count: int) -> list[str]:
     """The kind of answer (`next` or the error's code) to `count` queries sent over one socket."""
     url = base.replace("http://", "ws://") + f"/api/tenants/{slug}/graphql/v1"
@@ -86,3 +97,28 @@ async def test_each_query_over_a_socket_spends_its_tenants_window(base: str, ten
         time.sleep(60 - time.time() % 60 + 0.05)
     assert await answers(base, "queries", tenants["queries"], 3) == ["next", "next", "rate_limited"]
     assert await answers(base, "roomy", tenants["roomy"], 3) == ["next", "next", "next"]
+
+
+async def test_a_query_refused_over_a_socket_is_answered_after_a_pause_while_other_tenants_are_answered(
+        base: str, tenants: dict[str, str]) -> None:
+    if 60 - time.time() % 60 < 8:  # the opening and the queries fall in one clock-aligned minute
+        time.sleep(60 - time.time() % 60 + 0.05)
+    query = {"type": "subscribe", "payload": {"query": "{ item { label } }"}}
+    paced, roomy = await socket_of(base, "paced", tenants["paced"]), await socket_of(base, "roomy", tenants["roomy"])
+    try:  # the plan's two requests a minute: the opening, then this query
+        await paced.send(json.dumps({**query, "id": "spends"}))
+        assert json.loads(await paced.recv())["type"] == "next" and json.loads(await paced.recv())["type"] == "complete"
+        started = time.monotonic()
+        await paced.send(json.dumps({**query, "id": "refused"}))
+        refused = asyncio.create_task(paced.recv())
+        await asyncio.sleep(0.2)  # the refusal is being held meanwhile
+        await roomy.send(json.dumps({**query, "id": "elsewhere"}))
+        assert json.loads(await roomy.recv())["type"] == "next"
+        assert not refused.done()
+        answer = json.loads(await refused)
+        held_for = time.monotonic() - started
+    finally:
+        await paced.close()
+        await roomy.close()
+    assert answer["type"] == "error" and answer["payload"][0]["extensions"]["code"] == "rate_limited"
+    assert held_for >= 0.9  # the pause of HOLD_SECONDS, 1 s
