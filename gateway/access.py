@@ -35,6 +35,10 @@ from gateway.metrics import RequestMetrics
 
 log = structlog.get_logger("backsaas.gateway")
 MAX_REQUEST_ID = 128
+# In the scope: the seconds a refusal was held before its answer (gateway/ratelimit.py `hold`), which the
+# latency metrics and the meter leave out: they measure how fast the gateway serves, and a pause taken on
+# purpose would put a rate-limited tenant's refusals at the platform's p95.
+HELD_SECONDS = "backsaas.held_seconds"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -171,9 +175,10 @@ class RequestObserver:
                 self.log = log.bind()  # before it serves, and cached on first use (gateway/logs.py)
             access_line(self.log, scope, status, observed.error, seconds)
             if not preflight:  # a preflight is the browser's, not a request of the API
-                self.metrics.observe(scope, status, seconds)
+                served = seconds - scope.get(HELD_SECONDS, 0.0)
+                self.metrics.observe(scope, status, served)
                 if token is not None and observed.usage is not None and self.metering is not None:
-                    self.metering.end(scope, observed.usage, token, status, observed.sent, seconds)
+                    self.metering.end(scope, observed.usage, token, status, observed.sent, served)
             structlog.contextvars.reset_contextvars(**bound)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -60,7 +60,7 @@ from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.storage.naming import SYSTEM_TENANT
 from functions.keys import platform_public_key
 from gateway import metrics, probes
-from gateway.access import RequestObserver
+from gateway.access import HELD_SECONDS, RequestObserver
 from gateway.admin_console import CONSOLE_HOST, AdminConsole, is_console
 from gateway.audit import EXPORT_PATH, audit_export
 from gateway.auth import ANONYMOUS, RoleNotAllowed, acting_as, authenticate
@@ -354,7 +354,7 @@ class TenantApp:
                 if error.status == 403 and "backsaas.tenant_id" in scope:  # every denial is audited
                     await audit.denied(self.starlette.state.db, scope["backsaas.tenant_id"], error.message, scope)
                 if isinstance(error, RateLimited):  # answered after a pause (gateway/ratelimit.py `hold`)
-                    await self.starlette.state.rate_limits.hold(error)
+                    scope[HELD_SECONDS] = await self.starlette.state.rate_limits.hold(error)
                 response, refused = error_response(error), True
                 if (error.status == 401 or isinstance(error, RoleNotAllowed)) \
                         and scope["path"][len(scope["root_path"]):] in GRAPHQL_PATHS:

@@ -275,17 +275,19 @@ class RateLimits:
                 log.warning("ratelimit.redis_recovered")
                 return
 
-    async def hold(self, refusal: RateLimited) -> None:
+    async def hold(self, refusal: RateLimited) -> float:
         """Pause before `refusal` is answered (see the module): its `Retry-After`, at most `hold_seconds`; no
-        pause while `max_held` refusals are held already."""
+        pause while `max_held` refusals are held already. Returns the pause's seconds (the metrics leave it
+        out: gateway/access.py `HELD_SECONDS`)."""
         pause = min(self.hold_seconds, refusal.retry_after or self.hold_seconds)
         if pause <= 0 or self.held >= self.max_held:
-            return
+            return 0.0
         self.held += 1
         try:
             await asyncio.sleep(pause)
         finally:
             self.held -= 1
+        return pause
 
     async def close(self) -> None:
         if self._probe is not None:

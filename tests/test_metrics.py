@@ -124,6 +124,18 @@ def test_metrics_count_rate_limit_refusals(base, keys, token):
     assert requests_of(samples, "mx-limited").get(("rest", "GET", "429")) == refused
 
 
+def test_the_latency_metrics_leave_out_the_pause_before_a_refusal(base, keys, token):
+    """A refusal is answered after a pause of about a second (gateway/ratelimit.py `hold`); the latency
+    histogram measures how fast the gateway served it, not the pause."""
+    service = {"apikey": keys["mx-limited"]["service"]}
+    for _ in range(2):  # refused and held, unless a new minute began: then answered at once
+        httpx.get(f"{base}/api/tenants/mx-limited/rest/v1/reading", headers=service)
+    samples = scrape(base, token)
+    served = sum(v for (name, labels), v in samples.items() if name == "backsaas_request_duration_seconds_sum"
+                 and dict(labels).get("tenant") == "mx-limited")
+    assert served < 1.0  # six requests, four of them held about a second each
+
+
 async def test_metrics_show_the_outbox_and_the_pools(base, keys, token, db):
     t = catalog.platform_tables()
     async with db.begin() as conn:
