@@ -335,8 +335,8 @@ FIELDS_PER_CALL = 30  # a call takes at most 100 arguments: an entry's fields in
 
 
 # The column types (as format_type names them, arrays of them too) that `IS DISTINCT FROM` compares as they
-# are: every type the engine makes a column of (engine/storage/tables.py). A column of any other type is
-# compared by its JSON.
+# are: the types the engine makes columns of (engine/storage/tables.py) and their narrower or wider kin. A
+# column of any other type (one without `=`, such as json) is compared by its JSON.
 COMPARABLE = frozenset({"uuid", "text", "character varying", "integer", "bigint", "smallint", "double precision",
                         "real", "numeric", "boolean", "date", "timestamp with time zone",
                         "timestamp without time zone", "jsonb"})
