@@ -111,9 +111,11 @@ class HookedWriter:
 
     # -- the three writes --
 
-    async def insert(self, entity: Entity, objects: Sequence[Row]) -> list[Row]:
+    async def insert(self, entity: Entity, objects: Sequence[Row], *, validated: bool = False) -> list[Row]:
         """Insert `objects` for the caller, who must hold the create permission: decided here, for every
-        surface, as no plan carries an insert here (REST's hooked insert asked nobody: anon could insert)."""
+        surface, as no plan carries an insert here (REST's hooked insert asked nobody: anon could insert).
+        `validated`: the surface checked `objects` against the entity's body validator already (REST does,
+        naming each item's place in the body), so only what a before hook returns is checked again."""
         authorize(self.runtime.authorizer, self.caller, entity.name, "create")
         quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing
         hooks = compile_hooks(entity, "create")
@@ -121,7 +123,8 @@ class HookedWriter:
         pending: list[Row] = []  # validated, not yet written
         for obj in objects:
             values = await self.run_hooks(hooks.before, Change(entity.name, "create", dict(obj)), alter=True) or {}
-            self.validate(entity, values, partial=False)
+            if hooks.before or not validated:
+                self.validate(entity, values, partial=False)
             if entity.owner and self.caller.user_id is not None:
                 values = {**values, OWNER_COLUMN: self.caller.user_id}
             pending.append(values)

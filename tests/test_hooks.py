@@ -29,6 +29,8 @@ async def stamp(ctx: HookContext, change: Change) -> dict:
     EVENTS.append(("before_create", change.record["title"]))
     if change.record["title"] == "forbidden":
         raise Refuse("this title is not allowed", field="title")
+    if change.record["title"] == "miscounted":
+        return {**change.record, "revision": "one"}  # not an integer: what a hook returns is checked as a body
     return {**change.record, "slug": change.record["title"].lower().replace(" ", "-")}
 
 
@@ -217,6 +219,13 @@ def test_a_refusing_before_hook_is_a_422_on_its_field_and_writes_nothing(rest):
     kept = rest.delete("/article", params={"title": "eq.Locked"})
     assert kept.status_code == 422 and kept.json()["details"][0]["field"] == "locked"
     assert len(rest.get("/article", params={"title": "eq.Locked"}).json()) == 1
+
+
+def test_what_a_before_hook_returns_is_validated_as_a_body_is_and_writes_nothing(rest):
+    refused = rest.post("/article", json=[{"title": "fine"}, {"title": "miscounted"}])
+    assert refused.status_code == 422 and refused.json()["code"] == "validation_failed", refused.text
+    assert [p["field"] for p in refused.json()["details"]] == ["revision"]
+    assert rest.get("/article", params={"title": "in.(fine,miscounted)"}).json() == []
 
 
 def test_a_failing_after_hook_rolls_the_write_back(rest):

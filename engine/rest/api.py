@@ -507,7 +507,8 @@ class RestApi:
                             headers: Mapping[str, str], media: str, *, single_object: bool) -> Answer:
         prefer = Prefer.parse(headers.get("prefer", ""))
         async with self.connection() as conn, conn.transaction():
-            rows = await HookedWriter(self.runtime, self.caller, conn, self.db).insert(entity, objects)
+            rows = await HookedWriter(self.runtime, self.caller, conn, self.db).insert(entity, objects,
+                                                                                    validated=True)
             ids = [r["id"] for r in rows]
             if media == OBJECT and len(ids) != 1:
                 raise not_one(len(ids))
