@@ -20,6 +20,7 @@ import orjson
 from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.errors import InvalidBody, UnfilteredWrite, UnknownEntity, database_error_of
+from engine.limits import DEFAULT_BOUNDS, Bounds
 from engine.query.plan import ReadPlan
 from engine.query.sql import read_statement
 from engine.rest.params import ReadParser, has_root_filters
@@ -42,12 +43,14 @@ async def database_errors() -> AsyncIterator[None]:
 
 
 class DataApi:
-    def __init__(self, runtime: Any, db: Any, caller: Caller, conn: asyncpg.Connection) -> None:
+    def __init__(self, runtime: Any, db: Any, caller: Caller, conn: asyncpg.Connection,
+                 bounds: Bounds = DEFAULT_BOUNDS) -> None:
         self.runtime, self.db, self.caller, self.conn = runtime, db, caller, conn
+        self.bounds = bounds  # the request's plan's, when there is one (engine.limits)
 
     def elevated(self) -> DataApi:
         """The same API acting as the tenant's `service` role: every entity, every row."""
-        return DataApi(self.runtime, self.db, Caller(("service",)), self.conn)
+        return DataApi(self.runtime, self.db, Caller(("service",)), self.conn, self.bounds)
 
     # -- the four calls --
 
@@ -82,7 +85,7 @@ class DataApi:
         return ReadParser(self.runtime.model, self.runtime.relations, permissions, self.caller.user_id)
 
     def writer(self) -> HookedWriter:
-        return HookedWriter(self.runtime, self.caller, self.conn, self.db)
+        return HookedWriter(self.runtime, self.caller, self.conn, self.db, self.bounds)
 
     def entity(self, name: str) -> Entity:
         found = self.runtime.model.entity(name)
@@ -100,7 +103,7 @@ class DataApi:
         plan = parser.parse(model_entity.name, arguments(params), action)
         writer = self.writer()
         async with database_errors():
-            olds = await writer.lock(model_entity, plan.reach(), list(parser.values))
+            olds = await writer.lock(model_entity, plan.reach(), list(parser.values), action)
             ids = [o["id"] for o in olds]
             if patch is None:
                 shown = await self.shown(parser, plan, ids)  # read before the rows go

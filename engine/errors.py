@@ -318,6 +318,13 @@ class TooManyItems(BackSaasError):
     status = 413
 
 
+class TooManyRows(BackSaasError):
+    """An update or a delete reaching more rows than the plan allows one write to change."""
+
+    code = "too_many_rows"
+    status = 400
+
+
 class DatabaseError(BackSaasError):
     """An error the database raised for a request, mapped to its status; `code` is the SQLSTATE."""
 

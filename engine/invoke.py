@@ -23,6 +23,7 @@ from engine.data import DataApi
 from engine.database import quote_identifier
 from engine.errors import BackSaasError, Forbidden, InvalidBody, Problem, ValidationFailed, input_refusal
 from engine.hooks import HookContext, HookFailed, call, check_binding, resolve
+from engine.limits import DEFAULT_BOUNDS, Bounds
 from engine.schema.model import thaw
 from engine.validation import FORMAT_CHECKER, TenantValidator
 
@@ -55,7 +56,8 @@ async def check_membership(conn: Any, runtime: Any, caller: Caller, name: str, p
         raise Forbidden(f"invoking {name} for tenant '{slug}' needs membership as {' or '.join(roles)}")
 
 
-async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) -> tuple[int, bytes]:
+async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes,
+                 bounds: Bounds = DEFAULT_BOUNDS) -> tuple[int, bytes]:
     exposed = next((f for f in runtime.model.functions if f.name == name), None)
     if exposed is None:
         raise FunctionNotFound(f"tenant '{runtime.slug}' exposes no function '{name}'",
@@ -85,7 +87,7 @@ async def invoke(runtime: Any, db: Any, caller: Caller, name: str, body: bytes) 
         async with db.as_role(runtime.role) as conn, conn.transaction():
             if not granted:
                 await check_membership(conn, runtime, caller, name, payload, member_roles)
-            context = HookContext(runtime.slug, caller, f"function:{name}", DataApi(runtime, db, caller, conn),
+            context = HookContext(runtime.slug, caller, f"function:{name}", DataApi(runtime, db, caller, conn, bounds),
                                   structlog.get_logger("backsaas.functions").bind(tenant=runtime.slug, function=name))
             result = await call(fn, exposed.handler, exposed.timeout, context, payload)
     except asyncpg.PostgresError as exc:  # the membership check refused the input (a NUL in `tenant`, say)

@@ -117,11 +117,11 @@ def require_feature(plan: Plan, name: str) -> None:
 
 
 def _limits(rps: int, rpm: int, rph: int, rpd: int, month: int, rows: int, storage: int, end_users: int,
-            members: int, function_ms: int, webhooks: int, concurrent: int) -> dict[str, int]:
+            members: int, function_ms: int, webhooks: int, concurrent: int, rows_written: int) -> dict[str, int]:
     return {"requests_per_second": rps, "requests_per_minute": rpm, "requests_per_hour": rph, "requests_per_day": rpd,
             "requests_per_month": month, "rows": rows, "storage_bytes": storage, "end_users": end_users,
             "members": members, "function_ms_per_month": function_ms, "webhook_deliveries_per_month": webhooks,
-            "concurrent_requests": concurrent}
+            "concurrent_requests": concurrent, "rows_written_per_second": rows_written}
 
 
 def _features(branding: bool, domain: bool, isolation: bool, sso: bool, audit_days: int) -> dict[str, Any]:
@@ -134,20 +134,21 @@ MB = 1024 * 1024
 SEED_PLANS: tuple[dict[str, Any], ...] = (
     {"code": "free", "name": "Free", "price_monthly_cents": 0, "price_yearly_cents": 0, "trial_days": 0,
      "grace_days": 0,
-     "limits": _limits(25, 600, 10_000, 100_000, 1_000_000, 50_000, 500 * MB, 10_000, 2, 100_000, 1_000, 4),
+     "limits": _limits(25, 600, 10_000, 100_000, 1_000_000, 50_000, 500 * MB, 10_000, 2, 100_000, 1_000, 4, 500),
      "features": _features(False, False, False, False, 7)},
     {"code": "starter", "name": "Starter", "price_monthly_cents": 2_500, "price_yearly_cents": 25_000,
      "trial_days": 14, "grace_days": 7,
-     "limits": _limits(50, 1_200, 50_000, 500_000, 5_000_000, 500_000, 8_192 * MB, 100_000, 5, 1_000_000, 50_000, 8),
+     "limits": _limits(50, 1_200, 50_000, 500_000, 5_000_000, 500_000, 8_192 * MB, 100_000, 5, 1_000_000, 50_000, 8,
+                       2_500),
      "features": _features(True, False, False, False, 30)},
     {"code": "pro", "name": "Pro", "price_monthly_cents": 9_900, "price_yearly_cents": 99_000,
      "trial_days": 14, "grace_days": 14,
      "limits": _limits(250, 6_000, 250_000, 2_500_000, 50_000_000, 10_000_000, 102_400 * MB, 1_000_000, 25, 10_000_000,
-                       500_000, 16),
+                       500_000, 16, 10_000),
      "features": _features(True, True, False, True, 90)},
     {"code": "enterprise", "name": "Enterprise", "price_monthly_cents": 99_900, "price_yearly_cents": 999_000,
      "trial_days": 30, "grace_days": 30,
-     "limits": _limits(*(UNLIMITED,) * 12),
+     "limits": _limits(*(UNLIMITED,) * 13),
      "features": _features(True, True, True, True, UNLIMITED)},
 )
 

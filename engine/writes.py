@@ -31,6 +31,7 @@ from engine.authz import Caller, authorize, guard_user_fields
 from engine.database import quote_identifier
 from engine.errors import BackSaasError, ValidationFailed
 from engine.hooks import Change, HookContext, call, resolve
+from engine.limits import DEFAULT_BOUNDS, Bounds
 from engine.query.plan import Condition
 from engine.query.sql import CompiledRead, condition_sql, insert_statement, json_source
 from engine.schema.model import OWNER_COLUMN, Entity, Hook
@@ -73,14 +74,16 @@ def upsert_hooks(runtime: Any, entity: str, updates: bool) -> str | None:
 class HookedWriter:
     """Writes of one request on its connection (already in a transaction, acting as the tenant's role)."""
 
-    def __init__(self, runtime: Any, caller: Caller, conn: asyncpg.Connection, db: Any) -> None:
+    def __init__(self, runtime: Any, caller: Caller, conn: asyncpg.Connection, db: Any,
+                 bounds: Bounds = DEFAULT_BOUNDS) -> None:
         self.runtime, self.caller, self.conn, self.db = runtime, caller, conn, db
+        self.bounds = bounds  # the plan's (engine.limits): how many rows one update or delete may change
 
     def context(self, event: str) -> HookContext:
         from engine.data import DataApi  # ctx.data runs its plans on this write core (engine.data imports it)
 
         return HookContext(self.runtime.slug, self.caller, event,
-                           DataApi(self.runtime, self.db, self.caller, self.conn),
+                           DataApi(self.runtime, self.db, self.caller, self.conn, self.bounds),
                            structlog.get_logger("backsaas.hooks").bind(tenant=self.runtime.slug, event=event))
 
     async def run_hooks(self, hooks: Sequence[tuple[Hook, Any]], change: Change, *, alter: bool) -> Row | None:
@@ -151,17 +154,22 @@ class HookedWriter:
 
         return await self.rows(("insert", entity.name, keys, defaults), build, [orjson.dumps(rows).decode()])
 
-    async def lock(self, entity: Entity, where: Condition | None, values: Sequence[Any]) -> list[Row]:
-        """The rows a write will touch, locked for it (the condition carries the caller's row scope)."""
+    async def lock(self, entity: Entity, where: Condition | None, values: Sequence[Any], action: str) -> list[Row]:
+        """The rows an `action` (update or delete) will touch, locked for it (the condition carries the
+        caller's row scope); refused (400 `too_many_rows`) past the plan's `max_write_rows`, having locked
+        at most one row more, before any hook runs."""
         table = self.runtime.tables[entity.name]
+        at_most = self.bounds.max_write_rows
 
         def build() -> sa.Executable:
-            statement = sa.select(self.as_json(table)).select_from(table).with_for_update()
+            statement = sa.select(self.as_json(table)).select_from(table).with_for_update().limit(at_most + 1)
             if where is not None:
                 statement = statement.where(condition_sql(where, table, self.runtime.tables))
             return statement
 
-        return await self.rows(("lock", entity.name, where), build, values)
+        rows = await self.rows(("lock", entity.name, where, at_most), build, values)
+        self.bounds.check_reached(len(rows), action)
+        return rows
 
     async def update(self, entity: Entity, olds: Sequence[Row], patch: Row) -> list[Row]:
         quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)

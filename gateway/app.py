@@ -49,7 +49,8 @@ from engine.graphql.api import GraphQLApi, refused_credentials
 from engine.identity.gotrue import AuthApi
 from engine.identity.throttle import LoginThrottle
 from engine.invoke import invoke
-from engine.metering import Meter, metering_enabled
+from engine.limits import Bounds
+from engine.metering import Meter, RequestUsage, metering_enabled
 from engine.outbox import Dispatcher, event_deliveries, list_events, redeliver
 from engine.outbox import settings_from_env as outbox_settings_from_env
 from engine.plans import Plan
@@ -73,7 +74,7 @@ from gateway.graphql_ws import serve_graphql_ws
 from gateway.ide import STATIC_PREFIX, StaticAssets, graphiql_page, swagger_page, wants_html
 from gateway.meter import Metering, admit
 from gateway.privacy import PRIVACY_BASE, privacy_endpoint
-from gateway.ratelimit import RateLimits, with_headers
+from gateway.ratelimit import READ_METHODS, RateLimits, with_headers
 from gateway.sse import event_stream
 from gateway.stripe_webhook import PATH as STRIPE_WEBHOOK_PATH
 from gateway.stripe_webhook import stripe_webhook
@@ -260,7 +261,7 @@ async def function_endpoint(request: Request, runtime: TenantRuntime, name: str)
         return JSONResponse({"code": "method_not_allowed", "message": f"{request.method} is not supported here",
                              "details": None, "hint": "use POST"}, status_code=405, headers={"Allow": "POST"})
     status, body = await invoke(runtime, request.app.state.db, request.scope["backsaas.caller"], name,
-                                await read_body(request))
+                                await read_body(request), Bounds.of_plan(request.scope.get("backsaas.limits")))
     return RawResponse(status, [("Content-Type", "application/json")] if body else [], body)
 
 
@@ -410,8 +411,9 @@ class TenantApp:
         a GraphQL call; it acts as `caller`, marked restricted whose processing is (GDPR: no writes)."""
         rate_limits: RateLimits = self.starlette.state.rate_limits
         window = await rate_limits.admit(runtime.slug, runtime.tenant_id, plan, caller, address)
-        if window is not None and window.refused:
-            refusal = window.error()
+        refusal = window.error() if window is not None and window.refused else \
+            rate_limits.writes_refused(runtime.slug, runtime.tenant_id, plan)  # an operation may be a mutation
+        if refusal is not None:
             await rate_limits.hold(refusal)
             raise refusal
         metering: Metering | None = self.starlette.state.metering
@@ -428,6 +430,8 @@ class TenantApp:
             status = error.status
             raise
         finally:
+            if usage is not None and usage.rows_written:
+                rate_limits.wrote(runtime.slug, runtime.tenant_id, plan, usage.rows_written)
             if metering is not None and usage is not None and token is not None:
                 metering.end(request, usage, token, status, 0, time.perf_counter() - started)
 
@@ -479,7 +483,12 @@ class TenantApp:
             raise
         async with self.gates.slot(*share_of(runtime, plan, scope["backsaas.caller"], address,  # its share
                                              self.starlette.state.db)):
-            return await self.serve(request, scope, runtime, plan, address)
+            try:
+                return await self.serve(request, scope, runtime, plan, address)
+            finally:  # the rows it wrote, whether it then succeeded or not: their work is done
+                usage: RequestUsage | None = scope.get("backsaas.usage")
+                if usage is not None and usage.rows_written:
+                    rate_limits.wrote(runtime.slug, runtime.tenant_id, plan, usage.rows_written)
 
     async def serve(self, request: Request, scope: Scope, runtime: TenantRuntime, plan: Plan, address: str | None
                     ) -> Response | RawResponse:
@@ -491,6 +500,10 @@ class TenantApp:
             scope["backsaas.ratelimit"] = window
             if window.refused:
                 raise window.error()
+        if request.method not in READ_METHODS:  # the rows its writes changed are paid for (gateway/ratelimit.py)
+            spent = rate_limits.writes_refused(runtime.slug, runtime.tenant_id, plan)
+            if spent is not None:
+                raise spent
         path = scope["path"][len(scope["root_path"]):]
         caller = scope["backsaas.caller"]
         if path in GRAPHQL_PATHS:  # Hasura's x-hasura-role: one of the caller's roles (or, for a service key, any)

@@ -47,10 +47,11 @@ PLANS = {
     "roomy": {"requests_per_minute": 1000},
     "five": {"requests_per_minute": 5},
     "open": {},
+    "scribe": {"rows_written_per_second": 10},
 }
 TENANTS = {"second": "per-second", "minute": "per-minute", "hour": "per-hour", "day": "per-day", "anons": "open",
            "edited": "roomy", "shared": "five", "outage": "five", "unbounded": "open", "hourly": "open", "failures": "open",
-           "held": "per-minute"}
+           "held": "per-minute", "scribe": "scribe", "neighbour": "scribe"}
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,22 @@ async def test_past_its_cap_of_held_refusals_a_process_answers_refusals_at_once(
         task.cancel()
     await asyncio.gather(*held, return_exceptions=True)
     assert limits.held == 0
+
+
+def test_a_tenant_past_its_rows_written_per_second_is_refused_writes_while_its_reads_and_other_tenants_go_on(
+        base, keys):
+    service = {"apikey": keys["scribe"]["service"]}
+    url = f"{base}/api/tenants/scribe/rest/v1/item"
+    assert httpx.post(url, json=[{"label": "first"}] * 30, headers=service).status_code == 201  # 3 s of its rows
+    refused = httpx.patch(url, params={"label": "eq.first"}, json={"label": "second"}, headers=service)
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited", refused.text
+    assert "rows written per second" in refused.json()["message"] and int(refused.headers["Retry-After"]) >= 1
+    mutation = httpx.post(f"{base}/api/tenants/scribe/graphql/v1", headers=service,
+                          json={"query": 'mutation { delete_item(where: {label: {_eq: "first"}}) { affected_rows } }'})
+    assert mutation.status_code == 429
+    assert [r["label"] for r in items(base, "scribe", service).json()] == ["first"] * 30  # reads go on; unchanged
+    assert httpx.post(f"{base}/api/tenants/neighbour/rest/v1/item", json=[{"label": "mine"}] * 5,
+                      headers={"apikey": keys["neighbour"]["service"]}).status_code == 201
 
 
 def test_a_tenant_without_windows_carries_no_rate_limit_headers(base, keys):

@@ -36,6 +36,7 @@ from engine.query.sql import (
     EMPTY_ARRAY,
     CompiledRead,
     StatementBuilder,
+    bounded_target,
     compile_statement,
     condition_sql,
     insert_statement,
@@ -262,15 +263,18 @@ class MutationRunner:
                 self.operation, alias, orjson.dumps(on_conflict, option=orjson.OPT_SORT_KEYS), others, self.api.bounds)
 
     def written_body(self, compiler: QueryCompiler, entity: str, written: Any, field: ast.FieldNode,
-                     single: bool) -> sa.Select[Any]:
-        """(the field's answer as JSON text, the number of rows written) over the `written` rows; what they
-        show passes the read scope."""
+                     single: bool, reached: Any = None) -> sa.Select[Any]:
+        """(the field's answer as JSON text, the number of rows written) over the `written` rows, and with
+        `reached` the rows an update or a delete reached (`bounded_target`); what they show passes the read
+        scope."""
+        extra = () if reached is None else (reached,)
         builder = StatementBuilder(self.runtime.tables)
         count = sa.select(sa.func.count()).select_from(written).scalar_subquery()
         if single:
             plan = self.returning_plan(compiler, entity, field.selection_set)
             rows = builder.rows(replace(plan.returned(plan.scope), limit=1), source=written).subquery()
-            return sa.select(sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text)).scalar_subquery(), count)
+            return sa.select(sa.select(sa.cast(sa.func.to_json(rows.table_valued()), sa.Text)).scalar_subquery(), count,
+                             *extra)
         parts, selection = self.response_parts(field, compiler)
         values: list[Any] = []
         for alias, what in parts:
@@ -284,7 +288,7 @@ class MutationRunner:
                 rows = builder.rows(plan.returned(plan.scope), source=written).subquery()
                 values.append(sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY))
                               .scalar_subquery())
-        return sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text), count)
+        return sa.select(sa.cast(sa.func.json_build_object(*values), sa.Text), count, *extra)
 
     def validate(self, entity: str, values: dict[str, Any], *, partial: bool, prefix: str = "") -> None:
         model_entity = self.runtime.model.entity(entity)
@@ -310,7 +314,8 @@ class MutationRunner:
         one statement when it has no before hook: their ids, in order (the write core checks the permission)."""
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
-        written = await HookedWriter(self.runtime, self.caller, conn, self.api.db).insert(model_entity, objects)
+        written = await HookedWriter(self.runtime, self.caller, conn, self.api.db, self.api.bounds).insert(
+            model_entity, objects)
         self.inserted += len(written)
         return [row["id"] for row in written]
 
@@ -535,16 +540,18 @@ class MutationRunner:
 
     def write_statement(self, compiler: QueryCompiler, kind: str, entity: str, where: Any, set_columns: tuple[str, ...],
                         operators: tuple[tuple[str, str], ...], field: ast.FieldNode, single: bool) -> sa.Select[Any]:
-        """ONE statement: the UPDATE or DELETE of the rows `where` names within the caller's row scope, and
-        the field's answer over the rows it wrote (`written_body`). The values set come in one JSON
-        parameter (`SET`), each column operator's operand in its own (`OPERAND` + column)."""
+        """ONE statement: the UPDATE or DELETE of the rows `where` names within the caller's row scope (none
+        past the plan's `max_write_rows`: `bounded_target`), and the field's answer over the rows it wrote
+        (`written_body`). The values set come in one JSON parameter (`SET`), each column operator's operand
+        in its own (`OPERAND` + column)."""
         condition = self.scoped_where(compiler, entity, kind, where)
         table = self.runtime.tables[entity]
-        reached = condition_sql(condition, table, self.runtime.tables)
+        first = sa.select(table.c.id).where(condition_sql(condition, table, self.runtime.tables))
+        ids, reached = bounded_target(table, first, self.api.bounds.max_write_rows)
         if kind == "delete":
-            written = sa.delete(table).where(reached).returning(*table.c).cte("written")
+            written = sa.delete(table).where(table.c.id.in_(ids)).returning(*table.c).cte("written")
         elif not set_columns and not operators:  # Hasura writes nothing and says so: no rows affected
-            written = sa.select(*table.c).where(sa.false()).cte("written")
+            written, reached = sa.select(*table.c).where(sa.false()).cte("written"), sa.literal(0)
         else:
             values: dict[str, Any] = {}
             if set_columns:
@@ -553,8 +560,8 @@ class MutationRunner:
             for column, operator in operators:
                 operand = sa.bindparam(f"v{compiler.values.add(Slot(variable=OPERAND + column))}", type_=sa.Text())
                 values[column] = COLUMN_OPERATORS[operator][1](table.c[column], operand)
-            written = sa.update(table).values(values).where(reached).returning(*table.c).cte("written")
-        return self.written_body(compiler, entity, written, field, single)
+            written = sa.update(table).values(values).where(table.c.id.in_(ids)).returning(*table.c).cte("written")
+        return self.written_body(compiler, entity, written, field, single, reached)
 
     async def run_write(self, conn: asyncpg.Connection, prepared: tuple[CompiledRead, Builder], changes: dict[str, Any],
                         operations: Operations) -> bytes:
@@ -563,7 +570,9 @@ class MutationRunner:
         variables = {**self.variables, SET: orjson.dumps(changes).decode(),
                      **{OPERAND + column: operand_text(operator, operand)
                         for column, (operator, operand) in operations.items()}}
-        body, count = await conn.fetchrow(compiled.sql, *compiled.arguments(build(variables, self.caller.user_id)))
+        body, count, reached = await conn.fetchrow(compiled.sql, *compiled.arguments(build(variables,
+                                                                                           self.caller.user_id)))
+        self.api.bounds.check_reached(reached, "update" if changes or operations else "delete")
         metering.wrote(count)
         return (body or "null").encode()
 
@@ -591,8 +600,9 @@ class MutationRunner:
         condition = self.scoped_where(compiler, entity, kind, where)
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
-        writer = HookedWriter(self.runtime, self.caller, conn, self.api.db)
-        olds = await writer.lock(model_entity, condition, compiler.values.builder()(self.variables, self.caller.user_id))
+        writer = HookedWriter(self.runtime, self.caller, conn, self.api.db, self.api.bounds)
+        olds = await writer.lock(model_entity, condition, compiler.values.builder()(self.variables, self.caller.user_id),
+                                 kind)
         ids = [o["id"] for o in olds]
         if kind == "update":
             await writer.update(model_entity, olds, changes)

@@ -382,10 +382,12 @@ def qualified(table: sa.Table) -> str:
 
 def body_select(builder: StatementBuilder, plan: ReadPlan, source: sa.FromClause,
                 count: ColumnElement[Any] | None = None, *, first_id: ColumnElement[Any] | None = None,
-                representation: bool = True, written: sa.FromClause | None = None, csv: bool = False) -> sa.Select[Any]:
+                representation: bool = True, written: sa.FromClause | None = None, csv: bool = False,
+                reached: ColumnElement[Any] | None = None) -> sa.Select[Any]:
     """body (the rows as JSON text, or CSV text with `csv`, or NULL when not asked for), page_rows, total,
     first_id, written (the rows a write wrote, shown or not), inserted (of those, the new ones: an upsert's
-    others were updated): the one row every REST statement returns."""
+    others were updated): the one row every REST statement returns; an update's or a delete's also
+    `reached` (`bounded_target`)."""
     rows = builder.rows(plan, source=source).subquery("page") if representation else source
     body = (csv_body(plan, rows) if csv else sa.cast(sa.func.coalesce(sa.func.json_agg(rows.table_valued()),
                                                                       EMPTY_ARRAY), sa.Text)) \
@@ -394,10 +396,11 @@ def body_select(builder: StatementBuilder, plan: ReadPlan, source: sa.FromClause
         else sa.null()
     inserted_rows = sa.select(sa.func.count()).select_from(written).where(written.c["inserted"]).scalar_subquery() \
         if written is not None and "inserted" in written.c else sa.null()
+    extra = () if reached is None else (reached.label("reached"),)
     return sa.select(body.label("body"), sa.func.count().label("page_rows"),
                      (count if count is not None else sa.null()).label("total"),
                      (first_id if first_id is not None else sa.null()).label("first_id"),
-                     written_rows.label("written"), inserted_rows.label("inserted")).select_from(rows)
+                     written_rows.label("written"), inserted_rows.label("inserted"), *extra).select_from(rows)
 
 
 def csv_field(name: str) -> str:
@@ -482,27 +485,38 @@ def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequen
 
 
 def rest_update(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, keys: Sequence[str], param: int,
-                representation: bool) -> sa.Select[Any]:
-    """REST's PATCH: the rows `plan` reaches (its scope and filters) set from JSON parameter `param`."""
+                representation: bool, at_most: int) -> sa.Select[Any]:
+    """REST's PATCH: the rows `plan` reaches (its scope and filters) set from JSON parameter `param`, none
+    when they are more than `at_most` (`bounded_target`)."""
     table = tables[plan.entity]
     source = json_source(table, param, many=False)
     statement = sa.update(table).values({k: source.c[k] for k in keys})
-    return _written(tables, plan, returned, statement, representation)
+    return _written(tables, plan, returned, statement, representation, at_most)
 
 
 def rest_delete(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan,
-                representation: bool) -> sa.Select[Any]:
-    return _written(tables, plan, returned, sa.delete(tables[plan.entity]), representation)
+                representation: bool, at_most: int) -> sa.Select[Any]:
+    return _written(tables, plan, returned, sa.delete(tables[plan.entity]), representation, at_most)
+
+
+def bounded_target(table: sa.Table, first: sa.Select[Any], at_most: int) -> tuple[sa.Select[Any], ColumnElement[Any]]:
+    """(the ids an UPDATE or DELETE may write, how many rows it reached) for the ids `first` selects
+    (the caller's row scope and filters applied): `first` is read up to `at_most` + 1 rows, and past
+    `at_most` no id is given, so the write changes nothing and its caller refuses it by the count
+    (`Bounds.check_reached`). One statement, whatever the filters match: the work is the bound's."""
+    target = first.limit(at_most + 1).cte("target")
+    reached = sa.select(sa.func.count()).select_from(target).scalar_subquery()
+    return sa.select(target.c.id).where(reached <= at_most), reached
 
 
 def _written(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, statement: sa.Update | sa.Delete,
-             representation: bool) -> sa.Select[Any]:
+             representation: bool, at_most: int) -> sa.Select[Any]:
     table = tables[plan.entity]
-    reach = plan.reach()
-    if plan.limit is not None or plan.offset is not None:  # PostgREST's limited PATCH/DELETE: the first rows
-        first = StatementBuilder(tables).rows(replace(plan, columns=(Column("id", "id"),), embeds=(), aggregates=()))
-        statement = statement.where(table.c.id.in_(sa.select(first.subquery().c.id)))
-    elif reach is not None:
-        statement = statement.where(condition_sql(reach, table, tables))
+    bounded = plan.limit is None or plan.limit > at_most  # PostgREST's limited PATCH/DELETE: the first rows
+    first = StatementBuilder(tables).rows(replace(plan, columns=(Column("id", "id"),), embeds=(), aggregates=(),
+                                                  limit=None if bounded else plan.limit)).subquery()
+    ids, reached = bounded_target(table, sa.select(first.c.id), at_most)
+    statement = statement.where(table.c.id.in_(ids))
     written = statement.returning(*(table.c if representation else [table.c.id])).cte("written")
-    return body_select(StatementBuilder(tables), returned, written, representation=representation, written=written)
+    return body_select(StatementBuilder(tables), returned, written, representation=representation, written=written,
+                       reached=reached)

@@ -210,30 +210,36 @@ class RestApi:
         return self.runtime.statement(key, build)
 
     async def run(self, compiled: CompiledRead, values: list[Any], *, many: bool = False,
-                  single: bool = False, expect: int | None = None) -> Any:
+                  single: bool = False, expect: int | None = None, bounded: str | None = None) -> Any:
         """Execute one statement as the tenant's role: its one row, or all its rows with `many`.
 
         `single` (a write whose client asked for exactly one object, `Accept: application/vnd.pgrst.object+json`,
         whatever its `return=`) wraps it in a transaction that is rolled back unless exactly one row was
         written (and, with a body, shown), as PostgREST does: a 406 never leaves a change.
         `expect` (an upsert's row count) rolls it back unless every row sent was written: a conflicting
-        row outside the caller's update scope is left alone by the statement, and refused here (403)."""
+        row outside the caller's update scope is left alone by the statement, and refused here (403).
+        `bounded` (an update's or a delete's action) refuses the write its statement left undone for
+        reaching more than the plan's `max_write_rows` (400 `too_many_rows`)."""
         try:  # `connection()` inlined: this is every one-statement request's path
             if self.conn is not None:
-                return await self.run_on(self.conn, compiled, values, many, single, expect)
+                return await self.run_on(self.conn, compiled, values, many, single, expect, bounded)
             async with self.db.as_role(self.runtime.role) as conn:
-                return await self.run_on(conn, compiled, values, many, single, expect)
+                return await self.run_on(conn, compiled, values, many, single, expect, bounded)
         except asyncpg.PostgresError as exc:
             raise database_error_of(exc) from exc
 
-    @staticmethod
-    async def run_on(conn: asyncpg.Connection, compiled: CompiledRead, values: list[Any], many: bool, single: bool,
-                     expect: int | None) -> Any:
+    async def run_on(self, conn: asyncpg.Connection, compiled: CompiledRead, values: list[Any], many: bool,
+                     single: bool, expect: int | None, bounded: str | None) -> Any:
         fetch = conn.fetch if many else conn.fetchrow
         if not single and expect is None:
-            return await fetch(compiled.sql, *compiled.arguments(values))
+            row = await fetch(compiled.sql, *compiled.arguments(values))
+            if bounded is not None:
+                self.bounds.check_reached(row["reached"], bounded)
+            return row
         async with conn.transaction():
             row = await fetch(compiled.sql, *compiled.arguments(values))
+            if bounded is not None:
+                self.bounds.check_reached(row["reached"], bounded)
             if single:
                 written = len(row) if many else row["written"] if row["written"] is not None else row["page_rows"]
                 if written != 1 or (not many and row["page_rows"] != 1):
@@ -469,7 +475,8 @@ class RestApi:
         _, values, compiled = self.prepared_request(("update", entity.name, query, prefer, self.who, keys),
                                                     self.prepare_write, entity, "update", prefer, keys)
         quotas.guard_write("update")  # a tenant at its storage quota updates nothing (deletes still free space)
-        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()], single=media == OBJECT)
+        row = await self.run(compiled, [*values, orjson.dumps(payload).decode()], single=media == OBJECT,
+                             bounded="update")
         metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         return self.respond_write("update", media, prefer, written=row["written"], row=row)
 
@@ -483,7 +490,7 @@ class RestApi:
         prefer = Prefer.parse(headers.get("prefer", ""))
         _, values, compiled = self.prepared_request(("delete", entity.name, query, prefer, self.who),
                                                     self.prepare_write, entity, "delete", prefer, None)
-        row = await self.run(compiled, values, single=media == OBJECT)
+        row = await self.run(compiled, values, single=media == OBJECT, bounded="delete")
         metering.wrote(row["written"])  # an update's or a delete's rows, shown or not
         return self.respond_write("delete", media, prefer, written=row["written"], row=row)
 
@@ -493,13 +500,14 @@ class RestApi:
         params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
         plan, returned, values = self.write_plan(entity, action, params)
         representation = prefer.returns("representation")
+        at_most = self.bounds.max_write_rows
         if keys is None:
-            return returned, values, self.statement(("delete", plan, returned, representation),
+            return returned, values, self.statement(("delete", plan, returned, representation, at_most),
                                                     lambda: rest_delete(self.runtime.tables, plan, returned,
-                                                                        representation))
-        return returned, values, self.statement(("update", plan, returned, keys, representation, len(values)),
+                                                                        representation, at_most))
+        return returned, values, self.statement(("update", plan, returned, keys, representation, len(values), at_most),
                                                 lambda: rest_update(self.runtime.tables, plan, returned, keys,
-                                                                    len(values), representation))
+                                                                    len(values), representation, at_most))
 
     # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --
 
@@ -507,8 +515,8 @@ class RestApi:
                             headers: Mapping[str, str], media: str, *, single_object: bool) -> Answer:
         prefer = Prefer.parse(headers.get("prefer", ""))
         async with self.connection() as conn, conn.transaction():
-            rows = await HookedWriter(self.runtime, self.caller, conn, self.db).insert(entity, objects,
-                                                                                    validated=True)
+            rows = await HookedWriter(self.runtime, self.caller, conn, self.db, self.bounds).insert(
+                entity, objects, validated=True)
             ids = [r["id"] for r in rows]
             if media == OBJECT and len(ids) != 1:
                 raise not_one(len(ids))
@@ -527,8 +535,8 @@ class RestApi:
         prefer = Prefer.parse(headers.get("prefer", ""))
         representation = prefer.returns("representation")
         async with self.connection() as conn, conn.transaction():
-            writer = HookedWriter(self.runtime, self.caller, conn, self.db)
-            olds = await writer.lock(entity, plan.reach(), values)
+            writer = HookedWriter(self.runtime, self.caller, conn, self.db, self.bounds)
+            olds = await writer.lock(entity, plan.reach(), values, action)
             ids = [o["id"] for o in olds]
             if media == OBJECT and len(ids) != 1:
                 raise not_one(len(ids))

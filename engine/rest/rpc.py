@@ -222,7 +222,7 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
     limit, offset = parse_range(headers.get("range"))  # before the call: a malformed Range runs nothing
     prefer = Prefer.parse(headers.get("prefer", ""))
     counted = prefer.count is not None  # every count is exact here: the result is in hand
-    status, result = await invoke(runtime, api.db, api.caller, name, body)
+    status, result = await invoke(runtime, api.db, api.caller, name, body, api.bounds)
     decoded = orjson.loads(result) if result else None
     listed = isinstance(decoded, list) and all(isinstance(r, dict) for r in decoded)
     if listed and (limit is not None or offset is not None):  # as on reads, it wins over limit= and offset=
