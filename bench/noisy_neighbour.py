@@ -17,8 +17,10 @@ windows, B alone then B while A runs, and the figures are medians over the round
 gateway, so one window's p99 moves by half from one window to the next on this machine.
 
 Rate limits are on, as deployed: A is on the plan `--a-plan` (default `free`, whose per-second window, 25,
-bounds its bursts, whose per-minute window stops the flood with cheap 429s and whose `concurrent_requests`,
-4, keeps its flood's excess waiting behind its own requests), B on `enterprise` (no windows, no bound).
+bounds its bursts, whose per-minute window stops the flood with cheap 429s, whose `concurrent_requests`,
+4, keeps its flood's excess waiting behind its own requests, whose `rows_written_per_second`, 500, paces
+the webhooks' 40-row writes, and whose `max_write_rows`, 1,000 by default, refuses the PATCH of 40,000 rows
+having read 1,001), B on `enterprise` (no windows, no bound).
 A's client threads run at nice 19: an attacker's client is on the attacker's machine, and on this small
 one its Python HTTP client would otherwise take the CPU the gateway and PostgreSQL need, which is no
 isolation property of the gateway.

@@ -7,11 +7,15 @@ GraphQL, then checks with the service key that nothing changed that should not h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from engine.database import Database
 from functions.keys import create_api_key
@@ -436,3 +440,42 @@ def test_a_write_returns_the_callers_own_rows_as_before(base, keys, people):
     patched = httpx.patch(f"{base}/rest/v1/box?id=eq.{box['id']}", json={"note": "again"},
                           headers={**bob["headers"], "Prefer": "return=representation"})
     assert [r["note"] for r in patched.json()] == ["again"]
+
+
+# -- a row moved out of the caller's scope while its write waited for it --
+
+
+async def moved_while_waiting(db: Database, post_id: str, owner: str, send: Callable[[], httpx.Response]
+                              ) -> httpx.Response:
+    """`send`'s answer when another transaction gives post `post_id` to `owner` while `send`'s write waits
+    for the row's lock: PostgreSQL rereads the row once the lock is released, and the write must find it
+    outside the caller's scope then (its condition is checked again, not only its ids taken before)."""
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE t_scoped.post SET owner_id = :owner WHERE id = :id"),
+                           {"owner": owner, "id": post_id})
+        answer = asyncio.create_task(asyncio.to_thread(send))
+        deadline = time.monotonic() + 20
+        async with db.engine.connect() as watcher:
+            while not await watcher.scalar(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query ILIKE '%post%'")):
+                assert time.monotonic() < deadline and not answer.done(), "the write never waited for the row"
+                await asyncio.sleep(0.05)
+    return await answer
+
+
+async def test_a_write_waiting_on_a_row_that_leaves_the_callers_scope_meanwhile_leaves_it_alone(db, base, keys, people):
+    ann, bob = people["ann"], people["bob"]
+    edit = 'mutation($id: uuid!) { update_post(where: {id: {_eq: $id}}, _set: {title: "edited"}) { affected_rows } }'
+    for surface in ("rest", "graphql"):
+        post = create(base, ann["headers"], "post", {"title": "before"})
+        send = partial(httpx.patch, f"{base}/rest/v1/post?id=eq.{post['id']}", json={"title": "edited"},
+                       headers={**ann["headers"], "Prefer": "return=representation"}, timeout=30) \
+            if surface == "rest" else \
+            partial(httpx.post, f"{base}/graphql/v1", json={"query": edit, "variables": {"id": post["id"]}},
+                    headers=ann["headers"], timeout=30)
+        answer = await moved_while_waiting(db, post["id"], bob["id"], send)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() in ([], {"data": {"update_post": {"affected_rows": 0}}}), answer.text
+        row = stored(base, keys, "post", post["id"])
+        assert row is not None and (row["title"], row["owner_id"]) == ("before", bob["id"])

@@ -499,11 +499,13 @@ def rest_delete(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPl
     return _written(tables, plan, returned, sa.delete(tables[plan.entity]), representation, at_most)
 
 
-def bounded_target(table: sa.Table, first: sa.Select[Any], at_most: int) -> tuple[sa.Select[Any], ColumnElement[Any]]:
+def bounded_target(first: sa.Select[Any], at_most: int) -> tuple[sa.Select[Any], ColumnElement[Any]]:
     """(the ids an UPDATE or DELETE may write, how many rows it reached) for the ids `first` selects
     (the caller's row scope and filters applied): `first` is read up to `at_most` + 1 rows, and past
     `at_most` no id is given, so the write changes nothing and its caller refuses it by the count
-    (`Bounds.check_reached`). One statement, whatever the filters match: the work is the bound's."""
+    (`Bounds.check_reached`). One statement, whatever the filters match: the work is the bound's. The
+    write keeps its own condition beside these ids, so that a row changed meanwhile by another
+    transaction is checked against the scope again as PostgreSQL rereads it (READ COMMITTED)."""
     target = first.limit(at_most + 1).cte("target")
     reached = sa.select(sa.func.count()).select_from(target).scalar_subquery()
     return sa.select(target.c.id).where(reached <= at_most), reached
@@ -515,8 +517,10 @@ def _written(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan,
     bounded = plan.limit is None or plan.limit > at_most  # PostgREST's limited PATCH/DELETE: the first rows
     first = StatementBuilder(tables).rows(replace(plan, columns=(Column("id", "id"),), embeds=(), aggregates=(),
                                                   limit=None if bounded else plan.limit)).subquery()
-    ids, reached = bounded_target(table, sa.select(first.c.id), at_most)
+    ids, reached = bounded_target(sa.select(first.c.id), at_most)
     statement = statement.where(table.c.id.in_(ids))
+    if (reach := plan.reach()) is not None:
+        statement = statement.where(condition_sql(reach, table, tables))
     written = statement.returning(*(table.c if representation else [table.c.id])).cte("written")
     return body_select(StatementBuilder(tables), returned, written, representation=representation, written=written,
                        reached=reached)
