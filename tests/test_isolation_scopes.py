@@ -468,8 +468,8 @@ async def test_a_write_waiting_on_a_row_that_leaves_the_callers_scope_meanwhile_
     ann, bob = people["ann"], people["bob"]
     edit = 'mutation($id: uuid!) { update_post(where: {id: {_eq: $id}}, _set: {title: "edited"}) { affected_rows } }'
     for surface in ("rest", "graphql"):
-        post = create(base, ann["headers"], "post", {"title": "before"})
-        send = partial(httpx.patch, f"{base}/rest/v1/post?id=eq.{post['id']}", json={"title": "edited"},
+        post = create(base, ann["headers"], "post", {"title": f"before {surface}"})
+        send = partial(httpx.patch, f"{base}/rest/v1/post?title=eq.before%20rest", json={"title": "edited"},
                        headers={**ann["headers"], "Prefer": "return=representation"}, timeout=30) \
             if surface == "rest" else \
             partial(httpx.post, f"{base}/graphql/v1", json={"query": edit, "variables": {"id": post["id"]}},
@@ -478,4 +478,4 @@ async def test_a_write_waiting_on_a_row_that_leaves_the_callers_scope_meanwhile_
         assert answer.status_code == 200, answer.text
         assert answer.json() in ([], {"data": {"update_post": {"affected_rows": 0}}}), answer.text
         row = stored(base, keys, "post", post["id"])
-        assert row is not None and (row["title"], row["owner_id"]) == ("before", bob["id"])
+        assert row is not None and (row["title"], row["owner_id"]) == (f"before {surface}", bob["id"])

@@ -547,9 +547,13 @@ class MutationRunner:
         condition = self.scoped_where(compiler, entity, kind, where)
         table = self.runtime.tables[entity]
         reach = condition_sql(condition, table, self.runtime.tables)
-        ids, reached = bounded_target(sa.select(table.c.id).where(reach), self.api.bounds.max_write_rows)
+        if single:  # by its primary key: one row at most, no bound to keep
+            where, reached = reach, sa.literal(0)
+        else:
+            ids, reached = bounded_target(sa.select(table.c.id).where(reach), self.api.bounds.max_write_rows)
+            where = sa.and_(reach, table.c.id.in_(ids))
         if kind == "delete":
-            written = sa.delete(table).where(reach, table.c.id.in_(ids)).returning(*table.c).cte("written")
+            written = sa.delete(table).where(where).returning(*table.c).cte("written")
         elif not set_columns and not operators:  # Hasura writes nothing and says so: no rows affected
             written, reached = sa.select(*table.c).where(sa.false()).cte("written"), sa.literal(0)
         else:
@@ -560,7 +564,7 @@ class MutationRunner:
             for column, operator in operators:
                 operand = sa.bindparam(f"v{compiler.values.add(Slot(variable=OPERAND + column))}", type_=sa.Text())
                 values[column] = COLUMN_OPERATORS[operator][1](table.c[column], operand)
-            written = sa.update(table).values(values).where(reach, table.c.id.in_(ids)).returning(*table.c).cte("written")
+            written = sa.update(table).values(values).where(where).returning(*table.c).cte("written")
         return self.written_body(compiler, entity, written, field, single, reached)
 
     async def run_write(self, conn: asyncpg.Connection, prepared: tuple[CompiledRead, Builder], changes: dict[str, Any],

@@ -485,9 +485,9 @@ def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequen
 
 
 def rest_update(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, keys: Sequence[str], param: int,
-                representation: bool, at_most: int) -> sa.Select[Any]:
+                representation: bool, at_most: int | None) -> sa.Select[Any]:
     """REST's PATCH: the rows `plan` reaches (its scope and filters) set from JSON parameter `param`, none
-    when they are more than `at_most` (`bounded_target`)."""
+    when they are more than `at_most` (`bounded_target`; None: the filters name one row by its id)."""
     table = tables[plan.entity]
     source = json_source(table, param, many=False)
     statement = sa.update(table).values({k: source.c[k] for k in keys})
@@ -495,7 +495,7 @@ def rest_update(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPl
 
 
 def rest_delete(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan,
-                representation: bool, at_most: int) -> sa.Select[Any]:
+                representation: bool, at_most: int | None) -> sa.Select[Any]:
     return _written(tables, plan, returned, sa.delete(tables[plan.entity]), representation, at_most)
 
 
@@ -512,13 +512,19 @@ def bounded_target(first: sa.Select[Any], at_most: int) -> tuple[sa.Select[Any],
 
 
 def _written(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, statement: sa.Update | sa.Delete,
-             representation: bool, at_most: int) -> sa.Select[Any]:
+             representation: bool, at_most: int | None) -> sa.Select[Any]:
     table = tables[plan.entity]
-    bounded = plan.limit is None or plan.limit > at_most  # PostgREST's limited PATCH/DELETE: the first rows
-    first = StatementBuilder(tables).rows(replace(plan, columns=(Column("id", "id"),), embeds=(), aggregates=(),
-                                                  limit=None if bounded else plan.limit)).subquery()
-    ids, reached = bounded_target(sa.select(first.c.id), at_most)
-    statement = statement.where(table.c.id.in_(ids))
+    reached: ColumnElement[Any] = sa.literal(0)  # a row named by its id: no bound to keep
+    if at_most is not None or plan.limit is not None or plan.offset is not None:
+        # the rows it may reach: PostgREST's limited PATCH/DELETE takes the first of the plan's order (a page
+        # no longer than the bound), and the bound looks at one row past itself
+        page = plan.limit if at_most is None or (plan.limit is not None and plan.limit <= at_most) else None
+        first = StatementBuilder(tables).rows(replace(plan, columns=(Column("id", "id"),), embeds=(), aggregates=(),
+                                                      limit=page)).subquery()
+        ids = sa.select(first.c.id)
+        if at_most is not None:
+            ids, reached = bounded_target(ids, at_most)
+        statement = statement.where(table.c.id.in_(ids))
     if (reach := plan.reach()) is not None:
         statement = statement.where(condition_sql(reach, table, tables))
     written = statement.returning(*(table.c if representation else [table.c.id])).cte("written")
