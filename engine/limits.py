@@ -122,7 +122,6 @@ class Bounds:
                                details=[Problem(field, f"at most {self.max_body_items} items")],
                                hint="send the items in several requests")
 
-
     def check_reached(self, reached: int | None, action: str) -> None:
         """Refuse (400 `too_many_rows`) an update or a delete that reached more rows than `max_write_rows`.
         Its statement looks at no more than one row past the bound and writes nothing when it is past it

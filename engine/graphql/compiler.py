@@ -69,7 +69,7 @@ class GraphQLError(BackSaasError):
 
 ENGINE_CODES = {"permission_denied": "permission-error", "validation_failed": "validation-failed",
                 "embed_too_deep": "query-too-deep", "query_too_costly": "query-too-costly",
-                "too_many_items": "too-many-items"}
+                "too_many_items": "too-many-items", "too_many_rows": "too-many-rows"}
 HASURA_CODES = {"23505": "constraint-violation", "23503": "constraint-violation", "23502": "constraint-violation",
                 "23514": "constraint-violation", "23001": "constraint-violation",  # RESTRICT (PostgreSQL 18)
                 "42501": "permission-error"}
