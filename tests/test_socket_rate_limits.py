@@ -1,7 +1,8 @@
 """Opening a GraphQL WebSocket spends its tenant's rate-limit windows (and its address's anonymous budget),
 as an HTTP request does: a tenant past its budget opens no new subscriptions, and other tenants still do.
 So does each query or mutation sent over an open socket: a socket is no way around the plan, nor around the
-pause before a refusal is answered (gateway/ratelimit.py `hold`), during which other tenants are answered."""
+pause before a refusal is answered (gateway/ratelimit.py `hold`), during which other tenants are answered,
+nor around the plan's rows written per second: a mutation's rows count, and past them the next is refused."""
 
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ async def tenants(db: Database) -> dict[str, str]:
         await conn.execute(plans.insert().values(code="ws-two", name="two", limits={"requests_per_minute": 2}))
         await conn.execute(plans.insert().values(code="ws-three", name="three", limits={"requests_per_minute": 3}))
         await conn.execute(plans.insert().values(code="ws-open", name="open", limits={}))
+        await conn.execute(plans.insert().values(code="ws-rows", name="rows", limits={"rows_written_per_second": 10}))
     await create_tenant(db, "tight", source=SCHEMA, plan="ws-two")
     await create_tenant(db, "queries", source=SCHEMA, plan="ws-three")
     await create_tenant(db, "roomy", source=SCHEMA, plan="ws-open")
     await create_tenant(db, "paced", source=SCHEMA, plan="ws-two")
-    return {slug: (await create_api_key(db, slug, "anon", "anon")).key for slug in ("queries", "roomy", "paced")}
+    await create_tenant(db, "scribbler", source=SCHEMA, plan="ws-rows")
+    keys = {slug: (await create_api_key(db, slug, "anon", "anon")).key for slug in ("queries", "roomy", "paced")}
+    return {**keys, "scribbler": (await create_api_key(db, "scribbler", "service", "service")).key}
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +126,22 @@ async def test_a_query_refused_over_a_socket_is_answered_after_a_pause_while_oth
         await roomy.close()
     assert answer["type"] == "error" and answer["payload"][0]["extensions"]["code"] == "rate_limited"
     assert held_for >= 0.9  # the pause of HOLD_SECONDS, 1 s
+
+
+async def test_mutations_over_a_socket_spend_and_meet_the_plans_rows_written_per_second(
+        base: str, tenants: dict[str, str]) -> None:
+    insert = "mutation($o: [item_insert_input!]!) { insert_item(objects: $o) { affected_rows } }"
+    socket = await socket_of(base, "scribbler", tenants["scribbler"])
+    try:
+        kinds = []
+        for number in range(2):  # 30 rows at 10 a second: the second write is 3 s ahead of the plan
+            await socket.send(json.dumps({"id": str(number), "type": "subscribe", "payload": {
+                "query": insert, "variables": {"o": [{"label": "row"}] * 30}}}))
+            answer = json.loads(await socket.recv())
+            kinds.append(answer["type"] if answer["type"] != "error" else answer["payload"][0]["extensions"]["code"])
+            if answer["type"] == "next":
+                assert answer["payload"]["data"]["insert_item"]["affected_rows"] == 30
+                assert json.loads(await socket.recv())["type"] == "complete"
+    finally:
+        await socket.close()
+    assert kinds == ["next", "rate_limited"]
