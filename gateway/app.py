@@ -430,7 +430,7 @@ class TenantApp:
             status = error.status
             raise
         finally:
-            if usage is not None and usage.rows_written:
+            if usage is not None:
                 rate_limits.wrote(runtime.slug, runtime.tenant_id, plan, usage.rows_written)
             if metering is not None and usage is not None and token is not None:
                 metering.end(request, usage, token, status, 0, time.perf_counter() - started)
@@ -487,7 +487,7 @@ class TenantApp:
                 return await self.serve(request, scope, runtime, plan, address)
             finally:  # the rows it wrote, whether it then succeeded or not: their work is done
                 usage: RequestUsage | None = scope.get("backsaas.usage")
-                if usage is not None and usage.rows_written:
+                if usage is not None:
                     rate_limits.wrote(runtime.slug, runtime.tenant_id, plan, usage.rows_written)
 
     async def serve(self, request: Request, scope: Scope, runtime: TenantRuntime, plan: Plan, address: str | None

@@ -334,10 +334,9 @@ class RateLimits:
 
     def writes_refused(self, slug: str, tenant_id: str, plan: Plan) -> RateLimited | None:
         """Before a request that may write: the 429 of a tenant whose rows written are more than
-        `WRITE_BURST_SECONDS` ahead of its plan's `rows_written_per_second` (see the module), else None.
-        The platform itself (the system tenant) has no such bound, as it has no request window."""
-        rate = plan.limit("rows_written_per_second")
-        if not self.enabled or not rate or slug == SYSTEM_TENANT:  # 0 is no rate: a bad value around the schema
+        `WRITE_BURST_SECONDS` ahead of its plan's `rows_written_per_second` (see the module), else None."""
+        rate = self._rows_rate(slug, plan)
+        if rate is None:
             return None
         ahead = self._paid_until.get(tenant_id, 0.0) - time.monotonic()
         if ahead <= WRITE_BURST_SECONDS:
@@ -348,15 +347,21 @@ class RateLimits:
 
     def wrote(self, slug: str, tenant_id: str, plan: Plan, rows: int) -> None:
         """Count the `rows` a request of the tenant wrote against its `rows_written_per_second`."""
-        if rows <= 0 or not self.enabled or slug == SYSTEM_TENANT:
-            return
-        rate = plan.limit("rows_written_per_second")
-        if not rate:
+        rate = self._rows_rate(slug, plan) if rows > 0 else None
+        if rate is None:
             return
         now = time.monotonic()
-        if len(self._paid_until) >= MAX_CACHED_KEYS:  # those paid up owe nothing: forgotten
+        if len(self._paid_until) >= MAX_CACHED_KEYS:  # those paid up owe nothing: forgotten (all, past the bound)
             self._paid_until = {t: until for t, until in self._paid_until.items() if until > now}
+            if len(self._paid_until) >= MAX_CACHED_KEYS:
+                self._paid_until.clear()
         self._paid_until[tenant_id] = max(self._paid_until.get(tenant_id, now), now) + rows / rate
+
+    def _rows_rate(self, slug: str, plan: Plan) -> int | None:
+        """The tenant's `rows_written_per_second`, or None: unbounded, limits off, or the platform itself (the
+        system tenant has no request window either). 0 is no rate: a bad value written around the schema."""
+        rate = plan.limit("rows_written_per_second")
+        return rate if rate and self.enabled and slug != SYSTEM_TENANT else None
 
     def _tenant_checks(self, tenant_id: str, plan: Plan) -> tuple[Counted, ...]:
         """The tenant's windows as `Counted`, kept with the plan they were made for: made again only when the

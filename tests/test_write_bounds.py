@@ -52,6 +52,16 @@ entities:
     hooks:
       before_update: [writebounds.noted]
       before_delete: [writebounds.noted]
+  note:
+    owner: true
+    fields:
+      label: {type: string}
+      n:     {type: integer, default: 0}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
+      update: {authenticated: own}
+      delete: {authenticated: own}
 functions:
   renumber:
     handler: writebounds.renumber
@@ -68,7 +78,8 @@ async def keys(db: Database) -> Iterator[dict[str, str]]:
         await conn.execute(plans.insert().values(code="narrow", name="Narrow", limits={"max_write_rows": BOUND}))
     await create_tenant(db, "bounded", source=SCHEMA, plan="narrow")
     await create_tenant(db, "roomy", source=SCHEMA)  # the default plan: the default bound (1,000)
-    yield {slug: (await create_api_key(db, slug, "service", "service")).key for slug in ("bounded", "roomy")}
+    made = {slug: (await create_api_key(db, slug, "service", "service")).key for slug in ("bounded", "roomy")}
+    yield {**made, "anon": (await create_api_key(db, "bounded", "anon", "anon")).key}
     del sys.modules["functions.writebounds"]
 
 
@@ -184,3 +195,26 @@ def test_a_functions_data_api_is_held_to_the_same_bound(base, keys):
         done = httpx.post(f"{base}/api/tenants/bounded/functions/v1/renumber", json={"label": "allowed"},
                           headers={"apikey": keys["bounded"]})
         assert done.status_code == 200 and done.json() == {"changed": BOUND}
+
+
+def test_the_bound_counts_only_the_rows_in_the_callers_scope_and_tells_no_one_else_of_the_others(base, keys):
+    signed_in = {}
+    for name in ("ann", "bob"):
+        session = httpx.post(f"{base}/api/tenants/bounded/auth/v1/signup", headers={"apikey": keys["anon"]},
+                             json={"email": f"{name}@bounds.example", "password": "a long enough passphrase"})
+        assert session.status_code == 200, session.text
+        signed_in[name] = {"apikey": keys["anon"], "Authorization": f"Bearer {session.json()['access_token']}"}
+    url = f"{base}/api/tenants/bounded/rest/v1/note"
+    assert httpx.post(url, json=[{"label": "ann's"}] * (BOUND + 1), headers=signed_in["ann"]).status_code == 201
+    mine = {"label": "eq.ann's"}
+    bob = {**signed_in["bob"], "Prefer": "return=representation"}
+    assert httpx.patch(url, params=mine, json={"n": 1}, headers=bob).json() == []  # not too_many_rows
+    assert httpx.delete(url, params=mine, headers=bob).json() == []
+    graphql = httpx.post(f"{base}/api/tenants/bounded/graphql/v1", headers=signed_in["bob"], json={
+        "query": 'mutation { update_note(where: {label: {_eq: "ann\'s"}}, _set: {n: 1}) { affected_rows } }'})
+    assert graphql.json() == {"data": {"update_note": {"affected_rows": 0}}}
+    for stranger in ({"apikey": keys["anon"]}, {"apikey": keys["roomy"], "Authorization": f"Bearer {keys['roomy']}"}):
+        refused = httpx.patch(url, params=mine, json={"n": 1}, headers=stranger)
+        assert refused.status_code in (401, 403) and refused.json()["code"] != "too_many_rows", refused.text
+    assert_too_many_rows(httpx.patch(url, params=mine, json={"n": 1}, headers=signed_in["ann"]))  # she reaches them
+    assert sorted(r["n"] for r in httpx.get(url, params=mine, headers=signed_in["ann"]).json()) == [0] * (BOUND + 1)
