@@ -2,6 +2,7 @@
 same entity with `audit: false`, side by side.
 
     python bench/audit.py [--seconds 5] [--connections 16] [--rounds 2] [--statements 200] [--database-url URL]
+                          [--database-only | --parts]
 
 Two tenants hold the same schema but for `audit: false`. The audit's whole cost is counted: entries are
 written unsealed in the write's transaction and chained by a sealer (engine/audit_trail.py), which runs
@@ -18,6 +19,9 @@ seals what is left before the run's CPU is read. Printed:
    request's is): per statement the backend's CPU time and the wall-clock time (commit and its WAL flush
    included), median of interleaved blocks (and the CPU's least block: what a machine shared with other
    work disturbs least); then what sealing those entries cost per entry.
+3. with `--parts` (alone): where an audited insert's database CPU goes, step by step of a capture (a
+   statement trigger doing nothing, the capture's SECURITY DEFINER and SET clauses, an entry without its
+   changed fields, the engine's capture function), and what sealing costs per entry, split.
 CPU times come from /proc (the database must run on this machine for those columns); they are what a
 machine shared with other work measures reliably, where wall-clock throughput is not.
 """
@@ -282,6 +286,103 @@ async def in_database(url: str, statements: int, blocks: int) -> None:
         await db.close()
 
 
+# Part 3's steps of a capture, each on a copy of the `item` table (no other trigger on any): the trigger
+# function's body (None: no trigger) and options; the last is the engine's own capture function.
+BARE_ENTRY = (f"INSERT INTO {audit.PENDING} ({audit.COLUMNS}) SELECT NULL, '00000000-0000-0000-0000-000000000000', "
+              f"'create', 'item', n.id, '{{}}'::jsonb, '{{}}'::jsonb, {audit.CONTEXT} FROM new_rows n;")
+PARTS = (("no trigger", None, ""),
+         ("an empty statement trigger", "NULL;", ""),
+         ("+ SECURITY DEFINER and SETs", "NULL;", audit.CAPTURE_OPTIONS),
+         ("+ an entry without changes", BARE_ENTRY, audit.CAPTURE_OPTIONS),
+         ("the engine's capture", "engine", ""))
+
+
+async def parts(url: str, statements: int, blocks: int) -> None:
+    """Where an audited insert's database CPU goes: the same insert (the engine's, context CTE included)
+    into copies of the audited table that carry each step of a capture, on one connection each, with
+    `synchronous_commit = off` (the commit's disk flush is the machine's, and swamps the differences);
+    then what sealing the captured entries costs, split into the hashing and the move into the log (each
+    in a transaction rolled back)."""
+    db = await Database.connect(url)
+    admin = await asyncpg.connect(url)
+    role = {slug: db.role(slug) for slug in TENANTS}
+    tenant = await admin.fetchval("SELECT id FROM system.tenants WHERE slug = 'audit-on'")
+    context = json.dumps({"request_id": "bench", "key_name": "bench", "roles": "service", "ip": "127.0.0.1"})
+    print(f"\n3. where the cost goes: {blocks} blocks of {statements} inserts per step, interleaved, one connection "
+          f"each, synchronous_commit off; load average {os.getloadavg()[0]:.1f}")
+    conns: dict[str, Any] = {}
+    statements_of: dict[str, Any] = {}
+    try:
+        await admin.execute("CREATE SCHEMA bench_parts")
+        for number, (label, body, options) in enumerate(PARTS):
+            slug = "audit-on" if body == "engine" else "audit-off"
+            schema = f"t_{slug.replace('-', '_')}"
+            table = f"{schema}.item_part{number}"
+            await admin.execute(f'CREATE TABLE {table} (LIKE {schema}.item INCLUDING DEFAULTS INCLUDING CONSTRAINTS); '
+                                f'ALTER TABLE {table} OWNER TO "{role[slug]}"')
+            function = f"{audit.SCHEMA}.{audit.quote(audit.capture_function(schema, 'item'))}" if body == "engine" \
+                else f"bench_parts.part{number}"
+            if body not in (None, "engine"):
+                await admin.execute(f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql {options} AS $$\n"
+                                    f"{audit.CAPTURE_DECLARE}\nBEGIN\n  {body}\n  RETURN NULL;\nEND $$")
+            if body is not None:
+                await admin.execute(f"CREATE TRIGGER part AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows "
+                                    f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
+            conn = conns[label] = await asyncpg.connect(url)
+            await conn.execute(f'SET synchronous_commit = off; SET ROLE "{role[slug]}"')
+            insert = f"INSERT INTO {table} (name, n, token) VALUES ($1, $2, $3) RETURNING id"
+            statements_of[label] = await conn.prepare(audit.audited(audit.CompiledRead(insert, (0, 1, 2), (None,) * 3)).sql)
+        cpu: dict[str, list[float]] = {}
+        for block in range(blocks + 1):  # block 0 warms up
+            for label, conn in conns.items():
+                pid = conn.get_server_pid()
+                before = schedstat(pid)
+                for n in range(statements):
+                    await statements_of[label].fetchval("bench", n, "t0ken", context)
+                after = schedstat(pid)
+                if block and before is not None and after is not None:
+                    cpu.setdefault(label, []).append((after - before) / statements / 1e3)
+        if not cpu:
+            print("(the database is not on this machine: no CPU figures)")
+            return
+        print(f"{'insert into a table with':36}{'cpu µs':>8}{'step':>8}")
+        previous = None
+        for label in conns:
+            median = statistics.median(cpu[label])
+            step = f"{median - previous:>+8.1f}" if previous is not None and label != PARTS[-1][0] else ""
+            print(f"{label:36}{median:>8.1f}{step}")
+            previous = median
+        pid = admin.get_server_pid()
+        entries = await admin.fetchval(f"SELECT count(*) FROM {audit.PENDING} WHERE chain = $1", tenant)
+        moved = (f"WITH d AS (DELETE FROM {audit.PENDING} p WHERE p.chain = $1 RETURNING p.*) "
+                 f"INSERT INTO system.audit_log ({audit.MOVED}, seq, prev_hash, hash) "
+                 f"SELECT {audit.MOVED}, row_number() OVER (), '', '' FROM d")
+        sealing = (("seal (engine/audit.py), in all", f"SELECT {audit.SCHEMA}.seal($1, {entries + 1})"),
+                   ("of it: canonical forms and hashes, set-based",
+                    f"SELECT count({audit.hashed('p', seq='1', prev_hash=chr(39) * 2)}) FROM {audit.PENDING} p "
+                    "WHERE p.chain = $1"),
+                   ("of it: the move into the log", moved))
+        print(f"sealing those {entries} entries, per entry (each in a transaction rolled back; the rest of seal's "
+              "is its loop, which hashes each entry after the one before it):")
+        for label, sql in sealing:
+            undone = admin.transaction()  # each part from the same entries
+            await undone.start()
+            try:
+                await admin.execute(f"SELECT set_config('{audit.WRITER}', 'on', true)")  # the move writes the log
+                before = schedstat(pid)
+                await admin.execute(sql.replace("$1", f"'{tenant}'::uuid"))
+                after = schedstat(pid)
+            finally:
+                await undone.rollback()
+            await admin.execute(f"VACUUM system.audit_log, {audit.PENDING}")  # its keys, in the log's indexes, dead
+            print(f"  {label:46}{(after - before) / entries / 1e3 if before and after else 0:>8.1f} µs")
+    finally:
+        for conn in conns.values():
+            await conn.close()
+        await admin.close()
+        await db.close()
+
+
 def schedstat(pid: int) -> int | None:
     """Nanoseconds on CPU of process `pid` (a backend), or None when it is not on this machine."""
     try:
@@ -299,6 +400,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=7, help="blocks per side of part 2")
     parser.add_argument("--database-url")
     parser.add_argument("--database-only", action="store_true", help="part 2 alone (no HTTP)")
+    parser.add_argument("--parts", action="store_true", help="part 3 alone: where the capture's and the seal's costs go")
     args = parser.parse_args()
     server = args.database_url or os.environ.get("DATABASE_URL") or \
         EmbeddedPostgres.start(data_directory(REPO, name="bench-pgdata")).url("postgres")
@@ -313,6 +415,9 @@ def main() -> None:
     url = on(server, database)
     try:
         made = asyncio.run(prepare(url))
+        if args.parts:
+            asyncio.run(parts(url, args.statements, args.blocks))
+            return
         if not args.database_only:
             over_http(url, made, args)
         asyncio.run(in_database(url, args.statements, args.blocks))

@@ -408,6 +408,13 @@ def captured(action: str, entity: str, tenant_id: str, columns: Mapping[str, str
             f"{fields}, '{{}}'::jsonb, {CONTEXT}\n      FROM {source};")
 
 
+# A capture function's options and its one variable, the transaction's context (bench/audit.py --parts times
+# them apart). One variable: each plpgsql assignment is an expression evaluated apart, its plan checked.
+CAPTURE_OPTIONS = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_nestloop = off"
+CAPTURE_DECLARE = (f"DECLARE\n  ctx jsonb := nullif(current_setting('{SETTING}', true), '')::jsonb;"
+                   "  -- none: NULL, and so is each ->>")
+
+
 def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, columns: Mapping[str, str] | None,
                 hidden: list[str], routed: bool) -> str:
     """The capture function of one table: one set-based INSERT per statement, whatever its row count, of
@@ -421,9 +428,8 @@ def capture_sql(function: str, pg_schema: str, entity: str, tenant_id: str, colu
     the first call's size."""
     insert, update, delete = (captured(a, entity, tenant_id, columns, hidden, routed) for a in ("create", "update", "delete"))
     return f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_nestloop = off AS $$
-DECLARE  -- one variable: each plpgsql assignment is an expression evaluated apart, its plan checked
-  ctx jsonb := nullif(current_setting('{SETTING}', true), '')::jsonb;  -- none: NULL, and so is each ->>
+LANGUAGE plpgsql {CAPTURE_OPTIONS} AS $$
+{CAPTURE_DECLARE}
 BEGIN
   IF TG_OP = 'INSERT' THEN
     {insert}

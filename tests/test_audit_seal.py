@@ -148,6 +148,31 @@ async def test_sealers_of_every_chain_and_of_one_at_once_leave_each_chain_whole(
         assert None not in {e["seq"] for e in written}
 
 
+async def test_a_seal_of_fewer_entries_than_wait_chains_each_chain_in_order_across_its_calls(db, database_url):
+    """`seal(NULL, most)` takes the first `most` pending entries of the chains in their order, so a call can
+    end inside a chain or between two: the next goes on from each chain's head (the entries' forms are made
+    in one statement, numbered from their chain's head), and every chain verifies in the end."""
+    tenants = {slug: await new_tenant(db, slug) for slug in ("batch-a", "batch-b")}
+    for slug in tenants:
+        async with db.as_role(db.role(slug)) as conn:
+            for n in range(1, 5):  # one entry per statement, in order
+                await conn.execute(f"INSERT INTO t_{slug.replace('-', '_')}.item (n) VALUES ($1)", n)
+    conn = await asyncpg.connect(driver_url(database_url))
+    try:
+        sealed = []
+        while done := await conn.fetchval("SELECT backsaas_audit.seal(NULL, 3)"):
+            sealed.append(done)
+    finally:
+        await conn.close()
+    assert sum(sealed) >= 8 and set(sealed[:-1]) == {3}, sealed  # (`verify` seals first: checked after)
+    for tenant_id in tenants.values():
+        found = await audit_trail.verify(db, tenant_id)
+        assert found.ok and found.last_seq == found.entries, found.as_dict()
+        written = [e for e in await items(database_url, tenant_id) if e["n"] is not None]
+        assert [e["n"] for e in written] == [1, 2, 3, 4]
+        assert [e["seq"] for e in written] == sorted(e["seq"] for e in written)
+
+
 async def test_the_gateways_sealer_seals_with_no_reader(db, database_url):
     tenant_id = await new_tenant(db, "background")
     sealer = audit_trail.AuditSealer(db, 0.1).start()
