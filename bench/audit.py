@@ -290,6 +290,7 @@ async def in_database(url: str, statements: int, blocks: int) -> None:
 # function's body (None: no trigger) and options; the last is the engine's own capture function.
 BARE_ENTRY = (f"INSERT INTO {audit.PENDING} ({audit.COLUMNS}) SELECT NULL, '00000000-0000-0000-0000-000000000000', "
               f"'create', 'item', n.id, '{{}}'::jsonb, '{{}}'::jsonb, {audit.CONTEXT} FROM new_rows n;")
+SPREAD = 2000  # entries part 3 seals over 1, 100 and 1,000 chains
 PARTS = (("no trigger", None, ""),
          ("an empty statement trigger", "NULL;", ""),
          ("+ SECURITY DEFINER and SETs", "NULL;", audit.CAPTURE_OPTIONS),
@@ -297,8 +298,33 @@ PARTS = (("no trigger", None, ""),
          ("the engine's capture", "engine", ""))
 
 
+async def spread(admin: asyncpg.Connection) -> None:
+    """What sealing costs per entry as the entries are spread over more chains (one per tenant that wrote),
+    in a seal of every chain as the gateway's sealer makes, on a database with nothing else pending."""
+    print(f"sealing {SPREAD} entries spread over chains, per entry (a seal of every chain, as the gateway's "
+          "sealer does; each in a transaction rolled back):")
+    await admin.fetchval(f"SELECT {audit.SCHEMA}.seal(NULL, 1000000)")  # what the tenants' making left pending
+    await admin.execute(f"VACUUM {audit.PENDING}")
+    pid = admin.get_server_pid()
+    for chains in (1, 100, 1000):
+        undone = admin.transaction()
+        await undone.start()
+        try:
+            await admin.execute(f"INSERT INTO {audit.PENDING} (chain, action, entity, record_id, changes, data) "
+                                "SELECT c, 'create', 'item', gen_random_uuid(), '{\"n\": {\"new\": 1, \"old\": null}}', "
+                                "'{}' FROM (SELECT gen_random_uuid() AS c FROM generate_series(1, $1)) g, "
+                                "generate_series(1, $2)", chains, SPREAD // chains)
+            before = schedstat(pid)
+            await admin.fetchval(f"SELECT {audit.SCHEMA}.seal(NULL, {SPREAD})")
+            after = schedstat(pid)
+        finally:
+            await undone.rollback()
+        await admin.execute(f"VACUUM system.audit_log, {audit.PENDING}, {audit.SCHEMA}.heads")
+        print(f"  over {chains:>4} chain(s){(after - before) / SPREAD / 1e3 if before and after else 0:>30.1f} µs")
+
+
 async def parts(url: str, statements: int, blocks: int) -> None:
-    """Where an audited insert's database CPU goes: the same insert (the engine's, context CTE included)
+    """First `spread`; then where an audited insert's database CPU goes: the same insert (the engine's, context CTE included)
     into copies of the audited table that carry each step of a capture, on one connection each, with
     `synchronous_commit = off` (the commit's disk flush is the machine's, and swamps the differences);
     then what sealing the captured entries costs, split into the hashing and the move into the log (each
@@ -308,8 +334,11 @@ async def parts(url: str, statements: int, blocks: int) -> None:
     role = {slug: db.role(slug) for slug in TENANTS}
     tenant = await admin.fetchval("SELECT id FROM system.tenants WHERE slug = 'audit-on'")
     context = json.dumps({"request_id": "bench", "key_name": "bench", "roles": "service", "ip": "127.0.0.1"})
-    print(f"\n3. where the cost goes: {blocks} blocks of {statements} inserts per step, interleaved, one connection "
-          f"each, synchronous_commit off; load average {os.getloadavg()[0]:.1f}")
+    print(f"\n3. where the cost goes (PostgreSQL {admin.get_server_version().major}), load average "
+          f"{os.getloadavg()[0]:.1f}")
+    await spread(admin)  # first: on a database with nothing else pending
+    print(f"capture: {blocks} blocks of {statements} inserts per step, interleaved, one connection each, "
+          "synchronous_commit off")
     conns: dict[str, Any] = {}
     statements_of: dict[str, Any] = {}
     try:
@@ -356,7 +385,7 @@ async def parts(url: str, statements: int, blocks: int) -> None:
         entries = await admin.fetchval(f"SELECT count(*) FROM {audit.PENDING} WHERE chain = $1", tenant)
         moved = (f"WITH d AS (DELETE FROM {audit.PENDING} p WHERE p.chain = $1 RETURNING p.*) "
                  f"INSERT INTO system.audit_log ({audit.MOVED}, seq, prev_hash, hash) "
-                 f"SELECT {audit.MOVED}, row_number() OVER (), '', '' FROM d")
+                 f"SELECT {audit.MOVED}, 1000000000 + row_number() OVER (), '', '' FROM d")  # past the chain's seqs
         sealing = (("seal (engine/audit.py), in all", f"SELECT {audit.SCHEMA}.seal($1, {entries + 1})"),
                    ("of it: canonical forms and hashes, set-based",
                     f"SELECT count({audit.hashed('p', seq='1', prev_hash=chr(39) * 2)}) FROM {audit.PENDING} p "

@@ -480,7 +480,8 @@ async def test_a_tenant_role_can_neither_read_nor_forge_edit_or_delete_entries_b
                           "SELECT count(*) FROM backsaas_audit.pending",
                           "INSERT INTO backsaas_audit.pending (chain, action, data) VALUES (gen_random_uuid(), 'forged', '{}')",
                           "DELETE FROM backsaas_audit.pending",
-                          "SELECT backsaas_audit.moved(gen_random_uuid(), 0, '', ARRAY[gen_random_uuid()], ARRAY['x'])",
+                          "SELECT backsaas_audit.moved(ARRAY[gen_random_uuid()], ARRAY[1::bigint], ARRAY[''], ARRAY['x'], "
+                          "ARRAY[gen_random_uuid()], ARRAY[1::bigint], ARRAY['x'])",
                           f"SELECT backsaas_audit.append('[{{\"tenant_id\": \"{ids['beta']}\", \"action\": \"forged\"}}]')",
                           "CREATE TRIGGER forged AFTER INSERT ON t_alpha.journal REFERENCING NEW TABLE AS new_rows "
                           'FOR EACH STATEMENT EXECUTE FUNCTION backsaas_audit."capture.t_beta.journal"()'):
