@@ -19,9 +19,10 @@ seals what is left before the run's CPU is read. Printed:
    request's is): per statement the backend's CPU time and the wall-clock time (commit and its WAL flush
    included), median of interleaved blocks (and the CPU's least block: what a machine shared with other
    work disturbs least); then what sealing those entries cost per entry.
-3. with `--parts` (alone): where an audited insert's database CPU goes, step by step of a capture (a
-   statement trigger doing nothing, the capture's SECURITY DEFINER and SET clauses, an entry without its
-   changed fields, the engine's capture function), and what sealing costs per entry, split.
+3. with `--parts` (alone): what sealing costs per entry as the entries are spread over 1, 100 and 1,000
+   tenants' chains; where an audited insert's database CPU goes, step by step of a capture (a statement
+   trigger doing nothing, the capture's SECURITY DEFINER and SET clauses, an entry without its changed
+   fields, the engine's capture function); and what sealing those entries costs, split.
 CPU times come from /proc (the database must run on this machine for those columns); they are what a
 machine shared with other work measures reliably, where wall-clock throughput is not.
 """
@@ -295,7 +296,7 @@ PARTS = (("no trigger", None, ""),
          ("an empty statement trigger", "NULL;", ""),
          ("+ SECURITY DEFINER and SETs", "NULL;", audit.CAPTURE_OPTIONS),
          ("+ an entry without changes", BARE_ENTRY, audit.CAPTURE_OPTIONS),
-         ("the engine's capture", "engine", ""))
+         ("+ its changed fields: the engine's capture", "engine", ""))
 
 
 async def spread(admin: asyncpg.Connection) -> None:
@@ -324,11 +325,11 @@ async def spread(admin: asyncpg.Connection) -> None:
 
 
 async def parts(url: str, statements: int, blocks: int) -> None:
-    """First `spread`; then where an audited insert's database CPU goes: the same insert (the engine's, context CTE included)
-    into copies of the audited table that carry each step of a capture, on one connection each, with
-    `synchronous_commit = off` (the commit's disk flush is the machine's, and swamps the differences);
-    then what sealing the captured entries costs, split into the hashing and the move into the log (each
-    in a transaction rolled back)."""
+    """`spread` first; then where an audited insert's database CPU goes: the same insert (the engine's, its
+    context CTE included) into copies of the audited table that carry each step of a capture, on one
+    connection each, with `synchronous_commit = off` (the commit's disk flush is the machine's, and swamps
+    the differences); then what sealing the captured entries costs, split into the hashing and the move
+    into the log (each in a transaction rolled back)."""
     db = await Database.connect(url)
     admin = await asyncpg.connect(url)
     role = {slug: db.role(slug) for slug in TENANTS}
@@ -374,12 +375,12 @@ async def parts(url: str, statements: int, blocks: int) -> None:
         if not cpu:
             print("(the database is not on this machine: no CPU figures)")
             return
-        print(f"{'insert into a table with':36}{'cpu µs':>8}{'step':>8}")
+        print(f"{'insert into a table with':44}{'cpu µs':>8}{'step':>8}")
         previous = None
         for label in conns:
             median = statistics.median(cpu[label])
-            step = f"{median - previous:>+8.1f}" if previous is not None and label != PARTS[-1][0] else ""
-            print(f"{label:36}{median:>8.1f}{step}")
+            step = f"{median - previous:>+8.1f}" if previous is not None else ""
+            print(f"{label:44}{median:>8.1f}{step}")
             previous = median
         pid = admin.get_server_pid()
         entries = await admin.fetchval(f"SELECT count(*) FROM {audit.PENDING} WHERE chain = $1", tenant)
