@@ -555,7 +555,7 @@ BEGIN
   -- a statement after the locks: it sees what a sealer that held them before us moved (read committed).
   -- Per entry its seq, previous hash and hash are worked out here; `moved` then moves every chain's entries
   -- with one statement (a statement per chain scanned `pending` once per chain: a seal of 2,000 entries
-  -- spread over a thousand chains cost 7 to 25 times as much per entry as over one, bench/audit.py --parts).
+  -- spread over a thousand chains cost 7 to 26 times as much per entry as over one, bench/audit.py --parts).
   FOR r IN SELECT p.* FROM {PENDING} p WHERE p.chain IN (SELECT unnest(chains))  -- hashed: chains may be many
             ORDER BY p.chain, p.created_at, p.id LIMIT most LOOP
     IF r.chain IS DISTINCT FROM open_chain THEN
