@@ -178,6 +178,14 @@ class ReadPlan:
         parts = tuple(c for c in (self.scope, self.where) if c is not None)
         return parts[0] if len(parts) == 1 else Condition("and", parts) if parts else None
 
+    def names_one_row(self) -> bool:
+        """Whether the request's own filters hold `id = value` among those ANDed at the top (PostgREST's
+        `id=eq.X`): the plan reaches one row at most, whatever else it says."""
+        where = self.where
+        return where is not None and where.kind == "and" and not where.negate and any(
+            isinstance(f, Filter) and f.column == "id" and f.op == "eq" and not f.negate and not f.path
+            and f.quantifier is None for f in where.items)
+
     def returned(self, scope: Condition | None) -> ReadPlan:
         """This plan's selection over the rows a write returned, under `scope` (the caller's READ scope):
         no filters, no order, no paging."""

@@ -500,8 +500,7 @@ class RestApi:
         params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
         plan, returned, values = self.write_plan(entity, action, params)
         representation = prefer.returns("representation")
-        pinned = any(name == "id" and value.startswith("eq.") for name, value in params)  # root filters: ANDed
-        at_most = None if pinned else self.bounds.max_write_rows  # one row by its id needs no bound
+        at_most = None if plan.names_one_row() else self.bounds.max_write_rows  # one row by its id: no bound
         if keys is None:
             return returned, values, self.statement(("delete", plan, returned, representation, at_most),
                                                     lambda: rest_delete(self.runtime.tables, plan, returned,
