@@ -359,6 +359,10 @@ class CheckViolation(DatabaseError):
 _CHECK_MESSAGE = re.compile(r'violates check constraint "([a-z0-9_]{1,63})"')
 BOUNDS_SUFFIX = "_bounds"
 
+# Classes of SQLSTATE that name the request's own mistake, as PostgREST answers them (400): bad values (22:
+# invalid text, out of range, bad date) and syntax or access rule violations (42: a text search query
+# `to_tsquery` cannot parse is a 42601), unless SQLSTATE_STATUS names the code.
+CLIENT_CLASSES = ("22", "42")
 SQLSTATE_STATUS = {"23505": 409, "23503": 409, "23001": 409, "23502": 400, "23514": 422, "42501": 403, "42P10": 400,
                    "42883": 400, "42804": 400, "42846": 400, "54000": 400, "57014": 504, "40001": 503, "40P01": 503,
                    # a batch that meets one row twice (ON CONFLICT DO UPDATE), and a statement past PostgreSQL's
@@ -456,8 +460,8 @@ def input_refusal(exc: BaseException) -> DatabaseError | None:
 
 
 def database_error(sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> DatabaseError:
-    """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values
-    (class 22: invalid text, out of range, bad date), 503 `database_unavailable` for an outage (classes 08
+    """The response to an error PostgreSQL raised for a request: 409 for conflicts, 400 for bad values and
+    bad syntax (CLIENT_CLASSES), 503 `database_unavailable` for an outage (classes 08
     and 53, and 57P01-57P03: shutting down, crashed, starting), 503 for what a retry may fix. PostgreSQL's
     "Failing row contains (...)" detail is dropped: it lists the whole row, columns the caller may not read
     included."""
@@ -468,7 +472,7 @@ def database_error(sqlstate: str, message: str, detail: str | None = None, hint:
     if is_outage_state(sqlstate):
         return DatabaseError(DatabaseUnavailable.code, 503, "the database is unavailable; try again shortly",
                              f"SQLSTATE {sqlstate}: {message}", hint or "retry after the Retry-After seconds")
-    status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith("22") else 500)
+    status = SQLSTATE_STATUS.get(sqlstate) or (400 if sqlstate.startswith(CLIENT_CLASSES) else 500)
     if sqlstate == "57014":  # the statement ran past its statement_timeout (the plan's limit)
         return DatabaseError("statement_timeout", status, "the query ran longer than this tenant's plan allows and "
                              "was canceled", detail or message, hint or "ask for fewer rows or try again later")

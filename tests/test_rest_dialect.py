@@ -334,6 +334,17 @@ def test_an_upsert_that_only_updated_is_200_and_one_that_inserted_is_201(client,
 
 
 
+def test_a_merging_upsert_whose_body_holds_only_its_conflict_columns_returns_the_rows_it_met(client, http, shelves):
+    """PostgREST sets the conflict's own columns then (ON CONFLICT ... DO UPDATE SET label = EXCLUDED.label): the
+    existing row is answered, not dropped from the representation as a DO NOTHING would."""
+    merge = {"Prefer": "resolution=merge-duplicates, return=representation"}
+    met = http.post("/shelf?on_conflict=label&select=label", json={"label": "alpha"}, headers=merge)
+    assert (met.status_code, met.json()) == (200, [{"label": "alpha"}]), met.text
+    mixed = client.from_("shelf").upsert([{"label": "alpha"}, {"label": "only-label"}], on_conflict="label").execute()
+    assert sorted(labels(mixed.data)) == ["alpha", "only-label"]
+    http.delete("/shelf?label=eq.only-label")
+
+
 def test_an_insert_may_name_its_rows_id(http, shelves):
     chosen = str(uuid.uuid4())
     created = http.post("/shelf", json={"id": chosen, "label": "chosen-id"}, headers={"Prefer": "return=representation"})
@@ -566,6 +577,8 @@ def test_text_search_through_supabase_text_search_arguments(client, shelves):
     ("label=match.(", "regular expression"),
     ("tags=cs.nope", "malformed array literal"),
     ('meta=cs.{"a"', "json"),
+    ("body=fts.quick brown", "syntax error in tsquery"),  # PostgreSQL's 42601, as PostgREST: a 400
+    ("body=fts(english).'", "syntax error in tsquery"),
 ])
 def test_bad_operator_input_is_a_400_with_a_code(http, shelves, query, fragment):
     response = http.get(f"/shelf?{query}")

@@ -450,14 +450,17 @@ class RestApi:
                resolution: str | None) -> Upsert | None:
         """`Prefer: resolution=`: ignore-duplicates leaves a conflicting row alone; merge-duplicates is an
         update of it, so it needs the update permission and happens only within the update's row scope,
-        and never sets owner_id (the row stays its owner's)."""
+        and never sets owner_id (the row stays its owner's) nor, but to itself, the id."""
         target = conflict or ("id",)
         if resolution == "ignore-duplicates":
             return Upsert(target, (), None)
         if resolution != "merge-duplicates":
             return None
         scope = self.permissions.scope(entity.name, "update", parser.caller_param)  # a row's id never changes
-        return Upsert(target, tuple(k for k in keys if k not in target and k not in (OWNER_COLUMN, "id")), scope)
+        update = tuple(k for k in keys if k not in target and k not in (OWNER_COLUMN, "id"))
+        # a body of nothing but the conflict's columns sets those to themselves, as PostgREST does: the row met
+        # is updated (within the scope) and answered, where DO NOTHING would leave it out of the answer
+        return Upsert(target, update or tuple(c for c in target if c != OWNER_COLUMN), scope)
 
     async def update(self, entity: Entity, query: bytes, params: list[tuple[str, str]], headers: Mapping[str, str],
                      body: bytes) -> Answer:
