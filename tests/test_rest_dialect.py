@@ -550,6 +550,22 @@ def test_postgrest_operators(http, shelves, query, expected):
     assert labels(response.json()) == sorted(expected)
 
 
+def test_in_lists_read_quotes_as_postgrest_does(client, http, shelves):
+    """A double quote opens a quoted value only at its start, where backslashes escape; inside a bare value
+    it is a character (postgrest-py and supabase-js send `q"x` bare, quoting only values with , : ( or ))."""
+    made = http.post("/shelf", json=[{"label": 'q"x'}, {"label": 'a,"b'}], headers={"Prefer": "return=representation"})
+    assert made.status_code == 201, made.text
+    try:
+        for query, expected in (('label=in.(q"x,alpha)', ["alpha", 'q"x']), ('label=in.("a,\\"b",alpha)', ['a,"b', "alpha"]),
+                                ('or=(label.in.(q"x),label.eq."a,\\"b")', ['a,"b', 'q"x'])):
+            found = http.get(f"/shelf?select=label&{query}&order=label")
+            assert (found.status_code, labels(found.json())) == (200, expected), (query, found.text)
+        assert labels(client.from_("shelf").select("label").in_("label", ['q"x']).execute().data) == ['q"x']
+    finally:
+        http.delete('/shelf?label=in.(q"x,"a,\\"b")')
+        assert http.get('/shelf?label=like.*"*').json() == []
+
+
 def test_is_unknown_on_a_boolean_path_and_a_column(http, shelves):
     assert labels(http.get("/shelf?select=label&label=in.(alpha,beta,gamma,delta)&rank=is.unknown").json()) == [
         "delta"]

@@ -70,15 +70,29 @@ class AmbiguousEmbed(BackSaasError):
         return {"code": self.code, "message": self.message, "details": self.relationships, "hint": self.hint}
 
 
+VALUE_STARTS = ("", "(", ",", ".", "{", ":", " ")  # what a double quote follows where it opens a quoted value
+ESCAPED = re.compile(r"\\(.)", re.S)
+
+
 def split_top(text: str, separator: str = ",") -> list[str]:
-    """Split on `separator` outside parentheses, braces (`eq(any).{a,b}`) and double quotes."""
-    parts, depth, quoted, current = [], 0, False, []
+    """Split on `separator` outside parentheses, braces (`eq(any).{a,b}`) and quoted values. As PostgREST
+    reads them, a double quote opens a quoted value only at a value's start (`in.("a,b",c)`), where a
+    backslash escapes the character after it (`"say \\"hi\\""`); elsewhere it is a character like any other
+    (`in.(q"x)`, which supabase-js sends for the value `q"x`)."""
+    parts, depth, quoted, escaped, previous, current = [], 0, False, False, "", []
     for char in text:
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char in "({":
+        if quoted:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"' and previous in VALUE_STARTS:
+            quoted = True
+        elif char in "({":
             depth += 1
-        elif not quoted and char in ")}":
+        elif char in ")}":
             depth -= 1
             if depth < 0:
                 raise QueryParseError(f"unbalanced parentheses in '{text}'")
@@ -87,6 +101,7 @@ def split_top(text: str, separator: str = ",") -> list[str]:
             current = []
         else:
             current.append(char)
+        previous = char
     if depth or quoted:
         raise QueryParseError(f"unbalanced parentheses or quotes in '{text}'")
     parts.append("".join(current))
@@ -94,7 +109,11 @@ def split_top(text: str, separator: str = ",") -> list[str]:
 
 
 def unquote(value: str) -> str:
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    """A value or name as written, or, in double quotes, what they hold (each backslash escaping the
+    character after it)."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return ESCAPED.sub(r"\1", value[1:-1])
+    return value
 
 
 @dataclass
