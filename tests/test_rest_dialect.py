@@ -925,6 +925,26 @@ def test_aggregates_in_select_group_by_the_other_columns(http, shelves):
     assert embedded == [{"label": "alpha", "books": [{"sum": 60}]}]
 
 
+def test_a_column_cast_before_it_is_aggregated(http, shelves):
+    """PostgREST 12's `order_details->tax_amount::numeric.sum()`: the cast applies to the column, then the sum."""
+    rows = http.get("/book?select=pages::bigint.sum(),pages::text.max()&title=in.(A1,A2,A3)").json()
+    assert rows == [{"sum": 60, "max": "30"}]  # as text, '30' > '20' > '10'
+    path = http.get(f"/shelf?select=total:meta->a->b::integer.sum()&id=in.({shelves['alpha']},{shelves['beta']})")
+    assert path.json() == [{"total": 3}], path.text
+    bad = http.get("/book?select=pages::regclass.sum()")
+    assert bad.status_code == 400 and bad.json()["code"] == "PGRST100" and "cannot cast" in bad.json()["message"]
+
+
+def test_columns_named_in_double_quotes_are_the_columns(http, shelves):
+    """PostgREST's quoted names: in select (and its aliases), filters, logic trees and order."""
+    rows = http.get('/shelf?select="label","the rank":"rank"&"label"=eq.alpha').json()
+    assert rows == [{"label": "alpha", "the rank": 1}]
+    ordered = http.get('/shelf?select=label&or=("label".eq.alpha,"label".eq.beta)&order="rank".desc').json()
+    assert labels(ordered) == ["beta", "alpha"]
+    summed = http.get('/book?select="pages".sum()&title=in.(A1,A2)').json()
+    assert summed == [{"sum": 40}]
+
+
 def test_aggregates_refuse_what_they_cannot_answer(http, shelves):
     for query, code in (("select=title.sum()", "42883"), ("select=sum()", "PGRST100"),
                         ("select=shelf_id,count()&order=title", "PGRST100")):

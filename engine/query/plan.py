@@ -136,6 +136,7 @@ class Column:
     path: tuple[JsonStep, ...] = ()  # PostgREST's `meta->a->>b` in select=
     cast: str | None = None  # PostgREST's `col::text` (a name of CASTS, never input)
     aggregate: str | None = None  # PostgREST's `col.sum()`, `count()` (column ""): the level groups by the others
+    aggregated_as: str | None = None  # PostgREST's `col::numeric.sum()`: the cast of the column before it is aggregated
 
 
 @dataclass(frozen=True)

@@ -267,8 +267,10 @@ class StatementBuilder:
         if column.constant is not None:  # a name of the model (a GraphQL type name), never input
             return sa.literal_column(f"'{column.constant}'", sa.Text)
         if column.aggregate is not None:  # PostgREST's aggregates (count(), col.sum(), ...): a name of the plan
-            value = sa.func.count() if not column.column else \
-                getattr(sa.func, column.aggregate)(target_sql(table.c[column.column], column.path))
+            target = target_sql(table.c[column.column], column.path) if column.column else None
+            if target is not None and column.aggregated_as is not None:
+                target = sa.cast(target, CAST_TYPES[column.aggregated_as])
+            value = sa.func.count() if target is None else getattr(sa.func, column.aggregate)(target)
             return sa.cast(value, CAST_TYPES[column.cast]) if column.cast is not None else value
         value = target_sql(table.c[column.column], column.path)
         if column.cast is not None:

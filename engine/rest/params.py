@@ -116,6 +116,14 @@ def unquote(value: str) -> str:
     return value
 
 
+def unquote_name(text: str) -> str:
+    """A column named in double quotes, as PostgREST allows (`"title"`, `"meta"->a`, `"rank"::text`), as it
+    is named bare: the quotes dropped from its leading name."""
+    if text.startswith('"') and (end := text.find('"', 1)) > 0:
+        return text[1:end] + text[end + 1:]
+    return text
+
+
 @dataclass
 class _Level:
     """What the query string says about one level of the tree (the root or an embed path)."""
@@ -199,7 +207,7 @@ class ReadParser:
             elif last in ("on_conflict", "columns") and not path:
                 continue  # write options, read by the write path
             else:
-                level.filters.append((last, value))
+                level.filters.append((unquote_name(last), value))
         plan = self.level(entity, (), levels, levels[()].select, action)
         unused = [".".join(p) for p in levels if p and not self._used(plan, p)]
         if unused:
@@ -274,12 +282,13 @@ class ReadParser:
                 raise QueryParseError(f"empty item in select='{text}'")
             head = item.split("(")[0]
             alias, _, rest = item.partition(":") if ":" in head.replace("::", "") else ("", "", item)
-            aggregate = AGGREGATE.fullmatch(rest.strip())
-            if path and rest.strip() == "count" and "count" not in columns:
+            alias, rest = unquote(alias.strip()), unquote_name(rest.strip())
+            aggregate = AGGREGATE.fullmatch(rest)
+            if path and rest == "count" and "count" not in columns:
                 # PostgREST's older `authors(count)`: the embed's row count, aggregates enabled or not
-                selected.append(Column(alias.strip() or "count", "", aggregate="count"))
+                selected.append(Column(alias or "count", "", aggregate="count"))
             elif aggregate is not None:
-                selected.append(self.aggregate(entity, columns, alias.strip(), aggregate))
+                selected.append(self.aggregate(entity, columns, alias, aggregate))
             elif "(" in rest:
                 if not rest.endswith(")"):
                     raise QueryParseError(f"'{item}' in select= is missing its closing parenthesis")
@@ -287,37 +296,40 @@ class ReadParser:
                 spread = name.startswith("...")
                 name, hint, join = self.embed_name(name.removeprefix("..."))
                 relation = self.relation(entity, name, hint)
-                if spread and (alias.strip() or relation.kind != "one"):
+                if spread and (alias or relation.kind != "one"):
                     raise QueryParseError(f"'{item}' in select=: a spread (...) takes a to-one embed, unnamed "
                                           "(name its columns inside it: ...author(author_name:name))",
-                                          details=[Problem(name, "not a to-one embed" if alias.strip() == ""
+                                          details=[Problem(name, "not a to-one embed" if alias == ""
                                                            else "a spread has no alias")])
-                alias = alias.strip() or name
+                alias = alias or name
                 child = self.level(relation.target, (*path, alias), levels, inner_text or "*")
                 embeds.append(Embed(alias, relation, child, spread=spread))
                 if not inner_text.strip():  # PostgREST 11's empty embed: it filters, it is not shown
                     self.unshown.add((*path, alias))
                 if join == "inner":  # PostgREST's !inner: only rows with a related row the embed shows
                     inner.append(RelationFilter(relation, child.where or Condition("and", ()), child.scope))
-            elif rest.strip() == "*":
+            elif rest == "*":
                 selected += [Column(c, c) for c in columns]  # decimals as JSON numbers, as PostgREST sends numeric
             else:
-                selected.append(self.column(entity, columns, alias.strip(), rest.strip()))
+                selected.append(self.column(entity, columns, alias, rest))
         if any(c.aggregate for c in selected) and embeds:
             raise QueryParseError("aggregate functions and embedded resources at one level are not supported",
                                   hint="aggregate inside the embed instead, e.g. books(pages.sum())")
         return tuple(dict.fromkeys(selected)), tuple(embeds), inner
 
     def aggregate(self, entity: Entity, columns: Mapping[str, str], alias: str, match: re.Match[str]) -> Column:
-        """`count()`, `col.sum()`, `col.avg()::text`...: allowed when the tenant's schema says
+        """`count()`, `col.sum()`, `col.avg()::text`, `col::numeric.sum()`...: allowed when the tenant's schema says
         `rest: {aggregates: true}` (PostgREST's db-aggregates-enabled)."""
         if not self.model.rest_aggregates:
             raise AggregatesDisabled("Use of aggregate functions is not allowed",
                                      hint="the tenant's schema enables them with `rest: {aggregates: true}` "
                                           "(PostgREST's db-aggregates-enabled)")
         function, name, cast = match["function"], (match["column"] or "").strip(), (match["cast"] or "").strip()
-        if cast and cast not in CAST_NAMES:
-            raise QueryParseError(f"cannot cast {function}() to '{cast}'", hint=f"casts: {', '.join(sorted(CAST_NAMES))}")
+        name, _, before = name.partition("::")  # `pages::bigint.sum()`: the column cast, then aggregated
+        name, before = unquote_name(name.strip()), before.strip().lower()
+        for named in (cast, before):
+            if named and named not in CAST_NAMES:
+                raise QueryParseError(f"cannot cast to '{named}' in {match[0]}", hint=f"casts: {', '.join(sorted(CAST_NAMES))}")
         if not name and function != "count":
             raise QueryParseError(f"{function}() needs a column, e.g. rank.{function}()")
         base, path = "", ()
@@ -326,7 +338,8 @@ class ReadParser:
                 raise UnknownColumn(f"column '{name}' of '{entity.name}' does not exist",
                                     hint=f"columns: {', '.join(columns)}")
             base, path, _ = self.json_path(columns, name)
-        return Column(alias or function, base, path=path, cast=CAST_NAMES[cast] if cast else None, aggregate=function)
+        return Column(alias or function, base, path=path, cast=CAST_NAMES[cast] if cast else None, aggregate=function,
+                      aggregated_as=CAST_NAMES[before] if before else None)
 
     @staticmethod
     def embed_name(text: str) -> tuple[str, str, str]:
@@ -489,7 +502,7 @@ class ReadParser:
                 sub = head.split("(")[0]
                 items.append(self.logic(columns, ("not." if inner_negate else "") + sub, head[len(sub):]))
                 continue
-            name, dot, rest = item.partition(".")
+            name, dot, rest = unquote_name(item).partition(".")
             if not dot:
                 raise QueryParseError(f"'{item}' in {kind}=: expected column.operator.value")
             items.append(self.filter(columns, name, rest))
@@ -513,7 +526,7 @@ class ReadParser:
                                         hint=f"columns: {', '.join(target_columns)}")
                 name, path = name.strip(), ()
             else:
-                name, *modifiers = raw.strip().split(".")
+                name, *modifiers = unquote_name(raw.strip()).split(".")
                 through = ()
                 if not JSON_ARROWS.search(name) and name not in columns:
                     raise UnknownColumn(f"cannot order by '{name}': no such column", hint=f"columns: {', '.join(columns)}")
