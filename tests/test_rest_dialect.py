@@ -840,9 +840,14 @@ def test_rpc_counts_its_result_when_asked(http, client, shelves):
     assert counted.status_code == 200 and counted.headers["content-range"] == "0-3/4", counted.text
     assert counted.headers["preference-applied"] == "count=exact"
     paged = http.get("/rpc/numbers?count=6&limit=2&offset=1", headers={"Prefer": "count=exact"})
-    assert paged.headers["content-range"] == "1-2/6" and len(paged.json()) == 2
+    assert (paged.status_code, paged.headers["content-range"], len(paged.json())) == (206, "1-2/6", 2)  # part: 206
     ranged = http.get("/rpc/numbers?count=6", headers={"Range": "2-3", "Prefer": "count=exact"})
-    assert ranged.headers["content-range"] == "2-3/6" and [r["n"] for r in ranged.json()] == [2, 3], ranged.text
+    assert ranged.status_code == 206 and ranged.headers["content-range"] == "2-3/6", ranged.text
+    assert [r["n"] for r in ranged.json()] == [2, 3]
+    past = http.get("/rpc/numbers?count=6&offset=9", headers={"Prefer": "count=exact"})
+    assert (past.status_code, past.headers["content-range"], past.json()["code"]) == (416, "*/6", "PGRST103")
+    uncounted = http.get("/rpc/numbers?count=6&limit=2")
+    assert (uncounted.status_code, uncounted.headers["content-range"]) == (200, "0-1/*")
     one = http.post("/rpc/stamp", json={"label": "ranged"}, headers={"Range": "0-0"})  # no list: the Range is moot
     assert one.status_code == 200, one.text
     filtered = http.get("/rpc/numbers?count=6&n=in.(0,1,9)", headers={"Prefer": "count=exact"})
@@ -858,6 +863,9 @@ def test_rpc_get_with_query_arguments_for_a_read_only_function(http, shelves):
     assert refused.status_code == 405 and refused.json()["code"] == "PGRST101", refused.text
     invalid = http.get("/rpc/numbers?count=many")
     assert invalid.status_code == 422 and invalid.json()["details"][0]["field"] == "count"
+    undeclared = http.get("/rpc/my_docs?n=3")  # my_docs declares no input: n=3 is no filter and no argument
+    assert undeclared.status_code == 400 and undeclared.json()["code"] == "PGRST100", undeclared.text
+    assert "input.properties" in undeclared.json()["hint"] and undeclared.json()["details"][0]["path"] == "n"
     unknown = http.post("/rpc/no_such_function", json={})
     assert unknown.status_code == 404 and unknown.json()["code"] == "PGRST202", unknown.text
 

@@ -28,7 +28,6 @@ from engine.errors import (
     InvalidBody,
     Problem,
     QueryParseError,
-    RangeNotSatisfiable,
     SchemaNotExposed,
     UnfilteredWrite,
     UnknownColumn,
@@ -43,7 +42,6 @@ from engine.rest import rpc
 from engine.rest.media import (
     CONTENT_TYPES,
     CSV,
-    JSON,
     NULLS_STRIPPED,
     OBJECT,
     MediaNotAvailable,
@@ -53,6 +51,7 @@ from engine.rest.media import (
     not_one,
     parse_body,
     parse_range,
+    read_range,
     typed,
     without_nulls,
 )
@@ -275,18 +274,10 @@ class RestApi:
         """PostgREST's read answer: 200, or 206 when a counted read sends part of the rows, 416 with
         `Content-Range: */N` past the end; `Content-Range: first-last/total` (`*` when not counted)."""
         rows: int = row["page_rows"]
-        total = row["total"] if prefer.counted else None
-        offset = plan.offset or 0
-        applied = prefer.applied(write=False)
-        if total is not None and offset > total:
-            error = RangeNotSatisfiable("Requested range not satisfiable",
-                                        f"An offset of {offset} was requested, but there are only {total} rows.")
-            return Answer(416, [("Content-Range", f"*/{total}"), ("Content-Type", CONTENT_TYPES[JSON]), *applied],
-                          orjson.dumps(error.as_dict()))
-        span = f"{offset}-{offset + rows - 1}" if rows and total != 0 else "*"
-        status = 206 if total is not None and rows < total else 200
-        response_headers = [("Content-Range", f"{span}/{total if total is not None else '*'}"), *applied]
-        return self.shaped(status, response_headers, row["body"], rows, media, head=head)
+        ranged = read_range(rows, row["total"] if prefer.counted else None, plan.offset or 0, prefer.applied(write=False))
+        if isinstance(ranged, Answer):
+            return ranged
+        return self.shaped(*ranged, row["body"], rows, media, head=head)
 
     @staticmethod
     def shaped(status: int, response_headers: list[tuple[str, str]], body: str, rows: int, media: str, *,

@@ -179,6 +179,21 @@ def parse_range(header: str | None) -> tuple[int | None, int | None]:
     return (int(last) - int(first) + 1 if last else None), int(first)
 
 
+def read_range(rows: int, total: int | None, offset: int, applied: list[tuple[str, str]]
+               ) -> tuple[int, list[tuple[str, str]]] | Answer:
+    """PostgREST's status and `Content-Range` of `rows` sent from `offset` of `total` (None: not counted):
+    200, or 206 when a counted answer sends part of the rows (`first-last/total`, `*` when not counted);
+    a 416 answer with `Content-Range: */total` when the offset is past the end."""
+    if total is not None and offset > total:
+        error = RangeNotSatisfiable("Requested range not satisfiable",
+                                    f"An offset of {offset} was requested, but there are only {total} rows.")
+        return Answer(416, [("Content-Range", f"*/{total}"), ("Content-Type", CONTENT_TYPES[JSON]), *applied],
+                      orjson.dumps(error.as_dict()))
+    span = f"{offset}-{offset + rows - 1}" if rows and total != 0 else "*"
+    status = 206 if total is not None and rows < total else 200
+    return status, [("Content-Range", f"{span}/{total if total is not None else '*'}"), *applied]
+
+
 def form_body(body: bytes) -> dict[str, Any]:
     """An `application/x-www-form-urlencoded` body: one object of text values (PostgreSQL casts them)."""
     try:

@@ -11,6 +11,7 @@ pattern runs in a Python regex engine: `like` and `match` are PostgreSQL's, unde
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,10 +36,12 @@ from engine.rest.media import (
     negotiate,
     not_one,
     parse_range,
+    read_range,
 )
 from engine.rest.params import JSON_ARROWS, split_top, unquote
 
 SHAPING = ("select", "order", "limit", "offset")
+FILTER = re.compile(r"(not\.)?[a-z]+(\([a-z]*\))?\.")  # a filter's value: `eq.3`, `not.in.(1,2)`, `like(any).{..}`
 COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 PATTERNS = {"like": "LIKE", "ilike": "ILIKE", "match": "~", "imatch": "~*"}
 SCHEMA_TYPES = {"integer": int, "number": float}
@@ -216,6 +219,13 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
         properties = (exposed.input or {}).get("properties", {}) if isinstance(exposed.input, Mapping) else {}
         arguments = {k: _argument(v, properties.get(k)) for k, v in params if k in properties}
         params = [(k, v) for k, v in params if k not in properties]
+        unnamed = [f"{k}={v}" for k, v in params if k not in SHAPING and not FILTER.match(v)]
+        if unnamed:  # PostgREST knows a function's arguments from its signature; here the schema names them
+            raise QueryParseError(f"'{unnamed[0]}' is neither an argument '{name}' declares nor a filter on its "
+                                  "result (column=operator.value)",
+                                  details=[Problem(k.partition("=")[0], "not a declared argument") for k in unnamed],
+                                  hint="name the arguments under the function's input.properties in the schema, "
+                                       "or call it with POST and a JSON body")
         body = orjson.dumps(arguments)
     elif method != "POST":
         raise MethodNotAllowed(f"{method} is not a way to call a function", hint="POST, or GET when read_only")
@@ -244,8 +254,10 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
         rows = len(decoded) if isinstance(decoded, list) else 1
         total = rows if counted and isinstance(decoded, list) else None
     offset = int(dict(params).get("offset", "0") or 0) if params else 0
-    span = f"{offset}-{offset + rows - 1}" if rows else "*"
-    response_headers = [("Content-Range", f"{span}/{'*' if total is None else total}"), *prefer.applied(write=False)]
+    ranged = read_range(rows, total, offset, prefer.applied(write=False))
+    if isinstance(ranged, Answer):
+        return ranged
+    read_status, response_headers = ranged
     if status == 204:
         return Answer(204, response_headers, b"")
     if media == OBJECT:
@@ -254,5 +266,5 @@ async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[
             if len(decoded) != 1:
                 raise not_one(len(decoded))
             result = orjson.dumps(decoded[0])
-    return Answer(200, [*response_headers, ("Content-Type", CONTENT_TYPES[OBJECT if media == OBJECT else JSON])],
+    return Answer(read_status, [*response_headers, ("Content-Type", CONTENT_TYPES[OBJECT if media == OBJECT else JSON])],
                   b"" if method == "HEAD" else result)
