@@ -150,7 +150,7 @@ EVENTS_BASE = "/events/v1"
 TENANT_SURFACES = ("/rest/v1", "/auth/v1", "/graphql/v1", "/functions/v1")  # what X-Tenant-ID may address
 PLATFORM_BASE = "/api/platform"
 TENANTS_BASE = "/api/tenants/"
-REST_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+REST_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class RawResponse:

@@ -418,6 +418,15 @@ def test_an_upsert_on_the_id_of_a_row_outside_the_callers_update_scope_changes_n
     assert [d["title"] for d in mine] == ["ann's own"] and mine[0]["owner_id"] == ann["id"]
     httpx.delete(f"{base}/rest/v1/doc?id=eq.{doc['id']}", headers=ann["headers"])
 
+def test_options_without_an_origin_answers_the_allowed_methods(http, shelves):
+    """PostgREST answers an OPTIONS that is no CORS preflight with `Allow` (a preflight gets CORS headers)."""
+    table = http.options("/shelf")
+    assert (table.status_code, table.headers["allow"], table.content) == (200, "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE", b"")
+    assert http.options("/rpc/numbers").headers["allow"] == "OPTIONS,GET,HEAD,POST"  # read_only
+    assert http.options("/rpc/stamp").headers["allow"] == "OPTIONS,POST"
+    assert http.options("/nosuch").status_code == 404 and http.options("/rpc/nosuch").json()["code"] == "PGRST202"
+
+
 def test_an_unsupported_accept_is_406(http, shelves):
     response = http.get("/shelf", headers={"Accept": "application/xml"})
     assert response.status_code == 406 and response.json()["code"] == "PGRST107", response.text

@@ -126,11 +126,15 @@ class RestApi:
         if profile not in EXPOSED_PROFILES:
             raise SchemaNotExposed(f"schema '{profile}' is not exposed", hint="use the profile 'public' or none")
         if entity_name.startswith("rpc/"):  # PostgREST's RPC: the tenant's exposed functions (engine/rest/rpc.py)
+            if method == "OPTIONS":
+                return Answer(200, [("Allow", rpc.allowed(self.runtime, entity_name[4:]))], b"")
             return await rpc.call(self, entity_name[4:], method, query, headers, body)
         entity = self.runtime.model.entity(entity_name)
         if entity is None:
             raise UnknownEntity(f"relation '{entity_name}' does not exist",
                                 hint=f"entities: {', '.join(e.name for e in self.runtime.model.entities)}")
+        if method == "OPTIONS":  # PostgREST's answer to an OPTIONS that is no CORS preflight (gateway/cors.py's)
+            return Answer(200, [("Allow", "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE")], b"")
         if method in ("GET", "HEAD"):
             return await self.read(entity, query, headers, head=method == "HEAD")
         # a write the caller may not make is refused before its body or filters are read: a refused caller

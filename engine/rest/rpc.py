@@ -201,13 +201,24 @@ class RpcNotFound(FunctionNotFound):
     code = "PGRST202"
 
 
-async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[str, str], body: bytes) -> Answer:
-    """Answer `/rest/v1/rpc/{name}` for `api` (an `engine.rest.api.RestApi`)."""
-    runtime = api.runtime
+def exposed_function(runtime: Any, name: str) -> Any:
+    """The function the tenant's schema exposes as `name`, or PostgREST's PGRST202."""
     exposed = next((f for f in runtime.model.functions if f.name == name), None)
     if exposed is None:
         raise RpcNotFound(f"Could not find the function '{name}' of tenant '{runtime.slug}'",
                           hint=", ".join(f.name for f in runtime.model.functions) or None)
+    return exposed
+
+
+def allowed(runtime: Any, name: str) -> str:
+    """The `Allow` header of `OPTIONS /rpc/{name}`: GET and HEAD only for a function marked read_only."""
+    return "OPTIONS,GET,HEAD,POST" if exposed_function(runtime, name).read_only else "OPTIONS,POST"
+
+
+async def call(api: Any, name: str, method: str, query: bytes, headers: Mapping[str, str], body: bytes) -> Answer:
+    """Answer `/rest/v1/rpc/{name}` for `api` (an `engine.rest.api.RestApi`)."""
+    runtime = api.runtime
+    exposed = exposed_function(runtime, name)
     media = negotiate(headers.get("accept", ""))
     if media == CSV:
         raise MediaNotAvailable("a function's result is sent as JSON", hint="Accept: application/json")
