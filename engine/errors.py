@@ -149,10 +149,20 @@ class Unauthorized(BackSaasError):
     token of another tenant (`tenant_mismatch`); the code says which."""
 
     status = 401
+    TOKEN_CODES = frozenset({"invalid_token", "token_expired", "session_ended", "credentials_changed", "tenant_mismatch"})
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+    @property
+    def challenge(self) -> str:
+        """The `WWW-Authenticate` a 401 carries (RFC 7235), as PostgREST sends it: RFC 6750's
+        `error="invalid_token"` with the reason when a bearer token was refused."""
+        if self.code not in self.TOKEN_CODES:
+            return "Bearer"
+        reason = "".join(c for c in self.message if " " <= c <= "~" and c not in '"\\')
+        return f'Bearer error="invalid_token", error_description="{reason}"'
 
 
 class TooManyAttempts(BackSaasError):

@@ -42,6 +42,7 @@ from engine.errors import (
     QueryParseError,
     RateLimited,
     TenantNotFound,
+    Unauthorized,
     is_outage,
 )
 from engine.gdpr import RestrictedUsers
@@ -93,8 +94,10 @@ class JSONResponse(Response):
 
 
 def error_response(error: BackSaasError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return JSONResponse(error.as_dict(), status_code=error.status, headers=headers)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = error.challenge
+    return JSONResponse(error.as_dict(), status_code=error.status, headers=headers or None)
 
 
 def not_found(message: str) -> JSONResponse:

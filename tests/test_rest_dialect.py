@@ -427,6 +427,15 @@ def test_options_without_an_origin_answers_the_allowed_methods(http, shelves):
     assert http.options("/nosuch").status_code == 404 and http.options("/rpc/nosuch").json()["code"] == "PGRST202"
 
 
+def test_a_refused_credential_carries_a_bearer_challenge(base, keys):
+    """RFC 7235: a 401 names its scheme; a refused bearer token says why (RFC 6750), as PostgREST does."""
+    token = httpx.get(f"{base}/rest/v1/shelf", headers={"apikey": keys["anon"], "Authorization": "Bearer abc.def.ghi"})
+    assert token.status_code == 401 and token.headers["www-authenticate"].startswith(
+        'Bearer error="invalid_token", error_description="'), token.headers
+    wrong_key = httpx.get(f"{base}/rest/v1/shelf", headers={"apikey": "not-a-key"})
+    assert (wrong_key.status_code, wrong_key.headers["www-authenticate"]) == (401, "Bearer")
+
+
 def test_an_unsupported_accept_is_406(http, shelves):
     response = http.get("/shelf", headers={"Accept": "application/xml"})
     assert response.status_code == 406 and response.json()["code"] == "PGRST107", response.text
