@@ -348,11 +348,24 @@ def test_another_tenants_key_is_refused_and_sees_nothing(base, keys, seeded):
     assert other.json() == {"data": {"post": []}}
 
 
-def test_malformed_http_requests_are_400(base, keys):
-    for body in (b"{nope", b'{"variables": {}}', b'{"query": "{ post { id } }", "variables": [1]}'):
+def test_a_subscription_sent_over_http_is_refused_as_hasura_refuses_it(base, keys, seeded):
+    response = httpx.post(f"{base}/api/tenants/blog/graphql/v1", json={"query": "subscription { post { title } }"},
+                          headers={"apikey": keys["blog_service"]})
+    [error] = response.json()["errors"]
+    assert "data" not in response.json() and error["extensions"]["code"] == "unexpected-payload", response.text
+    assert "websocket" in error["message"]
+
+
+def test_malformed_http_requests_are_400_in_graphqls_error_shape(base, keys):
+    for body, code, where in ((b"{nope", "invalid-json", "$"), (b'{"variables": {}}', "parse-failed", "$"),
+                              (b'{"query": "{ post { id } }", "variables": [1]}', "parse-failed", "$.variables"),
+                              (b'{"query": "{ post { id } }", "variables": "x"}', "parse-failed", "$.variables"),
+                              (b"[]", "validation-failed", "$")):
         response = httpx.post(f"{base}/api/tenants/blog/graphql/v1", content=body,
                               headers={"apikey": keys["blog_service"], "Content-Type": "application/json"})
-        assert response.status_code == 400 and response.json()["code"] == "PGRST102"
+        assert response.status_code == 400, (body, response.text)
+        [error] = response.json()["errors"]
+        assert error["extensions"] == {"code": code, "path": where} and error["message"], (body, error)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from engine.answer import Answer
 from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.database import Database
-from engine.errors import BackSaasError, DatabaseUnavailable, InvalidBody
+from engine.errors import BackSaasError, DatabaseUnavailable
 from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error, as_list
 from engine.graphql.cost import mutation_items
 from engine.graphql.mutations import MutationRunner, objects_variable
@@ -184,6 +184,17 @@ def refused_credentials(error: BackSaasError) -> Answer:
     return Answer(200, JSON, error_body([body]))
 
 
+class MalformedRequest(BackSaasError):
+    """A request that is no GraphQL request (its JSON, its `query` or `variables`): a 400 with Hasura's code
+    (`invalid-json`, `parse-failed`) and where in the request (`$.variables`), in GraphQL's `errors` shape."""
+
+    status = 400
+
+    def __init__(self, code: str, message: str, where: str = "$") -> None:
+        super().__init__(message)
+        self.code, self.where = code, where
+
+
 def problem(code: str, message: str, path: list[str | int] | None = None) -> dict[str, Any]:
     """One of `errors`: the message, Hasura's `extensions` (its code, and where in the request as a JSON
     path: `$.selectionSet.{field}`, else `$`), and the spec's `path` to the field it is about."""
@@ -224,14 +235,21 @@ class GraphQLApi:
 
     async def handle(self, method: str, query: Mapping[str, str], body: bytes) -> Answer:
         self.method = method
-        payload = self.payload(method, query, body)
-        if isinstance(payload, list):  # a batch (Hasura, Apollo's BatchHttpLink): an array of answers, in order
-            if not payload or len(payload) > MAX_BATCH:
-                raise InvalidBody(f"a batch holds 1 to {MAX_BATCH} operations", hint='[{"query": "{ post { id } }"}]')
-            requests = [self.request(p) for p in payload]  # all well-formed, or the whole batch is a 400
+        try:
+            payload = self.payload(method, query, body)
+            if isinstance(payload, list):  # a batch (Hasura, Apollo's BatchHttpLink): an array of answers, in order
+                if not payload or len(payload) > MAX_BATCH:
+                    raise MalformedRequest("validation-failed", f"a batch holds 1 to {MAX_BATCH} operations")
+                requests = [self.request(p) for p in payload]  # all well-formed, or the whole batch is a 400
+            else:
+                requests = [self.request(payload)]
+        except MalformedRequest as error:  # in GraphQL's shape, which GraphQL clients read
+            return Answer(400, JSON, error_body([{"message": error.message,
+                                                  "extensions": {"path": error.where, "code": error.code}}]))
+        if isinstance(payload, list):
             answers = [(await self.answer(*r)).body for r in requests]
             return Answer(200, JSON, b"[" + b",".join(answers) + b"]")
-        return await self.answer(*self.request(payload))
+        return await self.answer(*requests[0])
 
     async def answer(self, document_text: str, operation_name: str | None, variables: dict[str, Any]) -> Answer:
         try:
@@ -259,21 +277,21 @@ class GraphQLApi:
                 try:
                     payload["variables"] = orjson.loads(payload["variables"])
                 except orjson.JSONDecodeError as exc:
-                    raise InvalidBody("variables is not JSON") from exc
+                    raise MalformedRequest("invalid-json", f"variables is not JSON: {exc}", "$.variables") from exc
             return payload
         try:
             return orjson.loads(body or b"null")
         except orjson.JSONDecodeError as exc:
-            raise InvalidBody(f"the body is not valid JSON: {exc}") from exc
+            raise MalformedRequest("invalid-json", f"the body is not valid JSON: {exc}") from exc
 
     @staticmethod
     def request(payload: Any) -> tuple[str, str | None, dict[str, Any]]:
         """(document, operation name, variables) of one operation's JSON object."""
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
-            raise InvalidBody("expected a JSON object with a `query` string", hint='{"query": "{ post { id } }"}')
+            raise MalformedRequest("parse-failed", 'expected a JSON object with a `query` string: {"query": "{ post { id } }"}')
         variables = payload.get("variables") or {}
         if not isinstance(variables, dict):
-            raise InvalidBody("`variables` must be an object")
+            raise MalformedRequest("parse-failed", "`variables` must be an object", "$.variables")
         name = payload.get("operationName")
         return payload["query"], name if isinstance(name, str) else None, variables
 
@@ -327,6 +345,8 @@ class GraphQLApi:
         schema = self.schema()
         document = self.document(text, schema)
         operation = self.operation(document, operation_name)
+        if operation.operation == ast.OperationType.SUBSCRIPTION:  # gateway/graphql_ws.py streams them
+            raise GraphQLError("unexpected-payload", "subscriptions are not supported over HTTP, use websockets instead")
         coerced = self.coerce(schema, document, operation, variables)
         roots = [s for s in operation.selection_set.selections if isinstance(s, ast.FieldNode)]
         introspects = any(f.name.value in ("__schema", "__type") for f in roots)
