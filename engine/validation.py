@@ -176,6 +176,14 @@ def value_errors(field: Field, value: Any) -> list[str]:
     return [e.message for e in validator.iter_errors(thaw(value))]
 
 
+def date_part(value: Any) -> Any:
+    """A `date` field's value as PostgreSQL casts a timestamp to a date (`2020-01-01T23:59:59-10:00` is
+    2020-01-01: its date as written), which PostgREST's and Hasura's inputs both take; anything else as it is."""
+    if isinstance(value, str) and len(value) > 10 and value[10] in "T ":
+        return value[:10]
+    return value
+
+
 READ_ONLY = ("id", "created_at", "updated_at", OWNER_COLUMN)
 # A create may name its row's id (a UUID), as PostgREST takes any column: clients make ids up front (an
 # optimistic UI, supabase-js's upsert, whose conflict target is the primary key); an update never changes it.

@@ -44,6 +44,7 @@ entities:
       pages:  {type: integer}
       isbn:   {type: string, unique: true}
       price:  {type: decimal, precision: 10, scale: 2}
+      published: {type: date}
     permissions:
       read:   {anon: all, authenticated: own}
       create: {authenticated: all}
@@ -180,6 +181,21 @@ def test_single_values_as_variables_are_coerced_too(service, seeded):
     result = service.execute(GraphQLRequest("query($t: [String!]) { book(where: {title: {_in: $t}}) { title } }",
                                             variable_values={"t": "B1"}))
     assert result == {"book": [{"title": "B1"}]}
+
+
+def test_a_date_takes_a_timestamps_date_as_postgresql_casts_it(service, seeded):
+    """Hasura hands the value to PostgreSQL, whose cast of a timestamp to a date keeps its date as written."""
+    made = service.execute(gql('mutation { insert_book_one(object: {title: "Dated", published: "2020-01-01T23:59:59-10:00"}) '
+                               "{ id published } }"))["insert_book_one"]
+    assert made["published"] == "2020-01-01"
+    moved = service.execute(GraphQLRequest("mutation($id: uuid!, $d: date) { update_book_by_pk(pk_columns: {id: $id}, "
+                                           "_set: {published: $d}) { published } }",
+                                           variable_values={"id": made["id"], "d": "2021-06-30 08:00:00+02"}))
+    assert moved["update_book_by_pk"] == {"published": "2021-06-30"}
+    found = service.execute(gql('{ book(where: {published: {_eq: "2021-06-30T00:00:00Z"}}) { title } }'))
+    assert found["book"] == [{"title": "Dated"}]
+    service.execute(GraphQLRequest("mutation($id: uuid!) { delete_book_by_pk(id: $id) { id } }",
+                                   variable_values={"id": made["id"]}))
 
 
 def test_an_empty_set_updates_nothing(service, seeded):

@@ -43,6 +43,7 @@ from engine.query.sql import (
     json_source,
 )
 from engine.schema.model import OWNER_COLUMN
+from engine.validation import date_part
 from engine.writes import HookedWriter, upsert_hooks
 
 if TYPE_CHECKING:
@@ -294,6 +295,8 @@ class MutationRunner:
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
         guard_user_fields(entity, self.caller, [values])
+        columns = self.runtime.columns[entity]  # a date given a timestamp is checked as the date PostgreSQL casts
+        values = {k: date_part(v) if columns.get(k) == "date" else v for k, v in values.items()}
         problems = self.runtime.body_validator(model_entity, partial=partial).problems(values, prefix)
         if problems:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in {entity}", details=problems)

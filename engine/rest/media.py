@@ -18,6 +18,7 @@ import orjson
 
 from engine.answer import Answer
 from engine.errors import BackSaasError, InvalidBody, NotAcceptable, QueryParseError, RangeNotSatisfiable
+from engine.validation import date_part
 
 JSON = "json"
 OBJECT = "object"
@@ -290,7 +291,7 @@ def _json_or_text(text: str) -> Any:
 # `json_populate_recordset` takes it (`{"stock": "3"}`, `{"active": "true"}`, a date column given a
 # timestamp): JSON bodies get these; text bodies (CSV, forms) get every TEXT_COERCIONS
 JSON_STRING_COERCIONS = {**{kind: TEXT_COERCIONS[kind] for kind in ("integer", "bigint", "number", "boolean", "array")},
-                         "date": lambda t: t[:10] if len(t) > 10 and t[10] in "T " else t}
+                         "date": date_part}
 
 
 def cast_strings(objects: list[dict[str, Any]], columns: Mapping[str, str]) -> list[dict[str, Any]]:
