@@ -198,6 +198,21 @@ def test_a_date_takes_a_timestamps_date_as_postgresql_casts_it(service, seeded):
                                    variable_values={"id": made["id"]}))
 
 
+def test_a_json_field_takes_hasuras_path_argument(service, seeded):
+    made = service.execute(gql('mutation { insert_book_one(object: {title: "Pathed", meta: {a: {b: [10, 20]}, k: "x"}}) '
+                               "{ id at: meta(path: \"$.a.b[1]\") } }"))["insert_book_one"]
+    assert made["at"] == 20  # in a mutation's answer too
+    found = service.execute(GraphQLRequest(
+        'query($p: String) { book(where: {title: {_eq: "Pathed"}}) { meta(path: "a.b") k: meta(path: "$[\\"k\\"]") '
+        'none: meta(path: "$.zz.y") whole: meta byVariable: meta(path: $p) } }', variable_values={"p": "$.a.b[0]"}))
+    assert found["book"] == [{"meta": [10, 20], "k": "x", "none": None, "whole": {"a": {"b": [10, 20]}, "k": "x"},
+                              "byVariable": 10}]
+    bad = error_of(service, '{ book { meta(path: "$..a") } }')
+    assert bad["extensions"]["code"] == "validation-failed" and "json path" in bad["message"]
+    service.execute(GraphQLRequest("mutation($id: uuid!) { delete_book_by_pk(id: $id) { id } }",
+                                   variable_values={"id": made["id"]}))
+
+
 def test_an_empty_set_updates_nothing(service, seeded):
     result = service.execute(gql("mutation { update_writer(where: {}, _set: {}) { affected_rows returning { id } } }"))
     assert result["update_writer"] == {"affected_rows": 0, "returning": []}

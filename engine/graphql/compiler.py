@@ -10,6 +10,7 @@ serves every request of the same document. A variable that shapes the statement 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from graphql.utilities import value_from_ast_untyped
 from engine.authz.permissions import Permissions
 from engine.errors import BackSaasError, DatabaseUnavailable, database_error, is_outage_state
 from engine.graphql.cost import as_list
+from engine.limits import MAX_JSON_PATH_STEPS
 from engine.query.plan import (
     Aggregate,
     AggregateField,
@@ -160,6 +162,25 @@ def given(value: Any) -> Any:
     if isinstance(value, list):
         return [None if v is Undefined else given(v) for v in value]
     return value
+
+
+JSON_PATH_STEP = re.compile(r"""\.?([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[(?:"([^"]*)"|'([^']*)')\]""")
+
+
+def json_path(text: Any) -> list[str]:
+    """Hasura's JSON select path (`$.a.b[0]`, `a.b`, `$["a key"]`) as the keys and positions of `#>`."""
+    if not isinstance(text, str):
+        raise GraphQLError("validation-failed", "a json field's path is a string, e.g. \"$.a.b[0]\"")
+    rest, steps = text.removeprefix("$"), []
+    while rest:
+        found = JSON_PATH_STEP.match(rest)
+        if found is None or (not steps and not text.startswith("$") and rest.startswith(".")):
+            raise GraphQLError("validation-failed", f"invalid json path '{text}': expected .key, [index] or [\"key\"]")
+        steps.append(next(g for g in found.groups() if g is not None))
+        rest = rest[found.end():]
+    if len(steps) > MAX_JSON_PATH_STEPS:
+        raise GraphQLError("validation-failed", f"a json path has at most {MAX_JSON_PATH_STEPS} steps")
+    return steps
 
 
 def as_text(value: Any) -> Any:
@@ -329,8 +350,11 @@ class QueryCompiler:
             alias = node.alias.value if node.alias else name
             if name == "__typename":
                 columns.append(Column(alias, "id", constant=entity))
-            elif name in kinds:
-                columns.append(Column(alias, name))  # decimals as JSON numbers, as REST (and PostgREST) send them
+            elif name in kinds:  # decimals as JSON numbers, as REST (and PostgREST) send them
+                path = next((a.value for a in node.arguments or () if a.name.value == "path"), None)
+                at = None if path is None else self.values.add(Slot(constant=json_path(self.values.resolve(path)),
+                                                                    encoding="array"))
+                columns.append(Column(alias, name, at=at))
             elif name in relations:
                 relation = relations[name]
                 embeds.append(Embed(alias, relation, self.plan(relation.target, node)))

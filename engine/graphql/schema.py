@@ -101,6 +101,9 @@ def graph_relations(model: Schema) -> dict[str, dict[str, Relation]]:
     return found
 
 
+JSON_PATH_HELP = "JSON select path: the value at this path in the field (`$.a.b[0]`, `a.b`), or null"
+
+
 def column_types(entity: Entity, enums: dict[str, GraphQLEnumType] | None = None) -> dict[str, tuple[str, Any]]:
     """column -> (field type, GraphQL type of its value). An `enum` field whose values are all GraphQL names
     is the enum type `{entity}_{field}_enum` (one instance per schema, kept in `enums`)."""
@@ -263,8 +266,10 @@ class SchemaBuilder:
         not_null = {"id", "created_at", "updated_at", *(f.column for f in entity.fields if f.required)}
 
         def fields() -> dict[str, GraphQLField]:
-            result = {c: GraphQLField(GraphQLNonNull(t) if c in not_null else t)
-                      for c, (_, t) in self.columns(entity).items()}
+            result = {c: GraphQLField(GraphQLNonNull(t) if c in not_null else t,
+                                      args={"path": GraphQLArgument(GraphQLString, description=JSON_PATH_HELP)}
+                                      if k == "json" else None)
+                      for c, (k, t) in self.columns(entity).items()}
             for name, relation in self.links(entity).items():
                 target = self.entity(relation.target)
                 if relation.kind == "one":

@@ -137,6 +137,7 @@ class Column:
     cast: str | None = None  # PostgREST's `col::text` (a name of CASTS, never input)
     aggregate: str | None = None  # PostgREST's `col.sum()`, `count()` (column ""): the level groups by the others
     aggregated_as: str | None = None  # PostgREST's `col::numeric.sum()`: the cast of the column before it is aggregated
+    at: int | None = None  # Hasura's `meta(path: "$.a[0]")`: the parameter holding the path (text[], `#>`)
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,9 @@ class StatementBuilder:
             value = sa.func.count() if target is None else getattr(sa.func, column.aggregate)(target)
             return sa.cast(value, CAST_TYPES[column.cast]) if column.cast is not None else value
         value = target_sql(table.c[column.column], column.path)
+        if column.at is not None:
+            path = sa.cast(sa.bindparam(f"v{column.at}", type_=sa.Text()), postgresql.ARRAY(sa.Text()))
+            value = value.op("#>", return_type=postgresql.JSONB())(path)
         if column.cast is not None:
             return sa.cast(value, CAST_TYPES[column.cast])
         return sa.cast(value, sa.Text) if column.as_text else value
