@@ -213,6 +213,30 @@ def test_a_json_field_takes_hasuras_path_argument(service, seeded):
                                    variable_values={"id": made["id"]}))
 
 
+def test_a_nested_insert_takes_on_conflict_as_hasura_does(service, seeded, people):
+    first = service.execute(gql('mutation { insert_writer_one(object: {name: "Nesty", books: {data: [{title: "N1", '
+                                'isbn: "nest-1"}]}}) { id } }'))["insert_writer_one"]
+    moved = service.execute(gql('mutation { insert_writer(objects: [{name: "Nesty 2", books: {data: [{title: "N1 again", '
+                                'isbn: "nest-1"}], on_conflict: {constraint: book_isbn_key, update_columns: [title, '
+                                "writer_id]}}}]) { affected_rows returning { id name books { title isbn } } } }"))
+    assert moved["insert_writer"]["affected_rows"] == 2  # the writer inserted, the book it met updated
+    assert moved["insert_writer"]["returning"][0]["books"] == [{"title": "N1 again", "isbn": "nest-1"}]
+    ignored = service.execute(gql('mutation { insert_writer(objects: [{name: "Nesty 3", books: {data: [{title: "N1 lost", '
+                                  'isbn: "nest-1"}], on_conflict: {constraint: book_isbn_key, update_columns: []}}}]) '
+                                  "{ affected_rows } }"))
+    assert ignored["insert_writer"]["affected_rows"] == 1  # the writer only: the book it met is left alone
+    assert service.execute(gql('{ book(where: {isbn: {_eq: "nest-1"}}) { title } }'))["book"] == [{"title": "N1 again"}]
+    types = {t["name"]: t for t in service.execute(gql(
+        "{ __schema { types { name inputFields { name } } } }"))["__schema"]["types"]}
+    assert {f["name"] for f in types["writer_obj_rel_insert_input"]["inputFields"]} == {"data", "on_conflict"}
+    ann = people["ann"]["client"].execute(gql("{ __schema { types { name inputFields { name } } } }"))
+    offered = {t["name"]: t for t in ann["__schema"]["types"]}  # ann may update her own rows: on_conflict is hers
+    assert "on_conflict" in {f["name"] for f in offered["book_arr_rel_insert_input"]["inputFields"]}
+    for name in ("Nesty", "Nesty 2", "Nesty 3"):
+        service.execute(gql(f'mutation {{ delete_writer(where: {{name: {{_eq: "{name}"}}}}) {{ affected_rows }} }}'))
+    assert first["id"]
+
+
 def test_an_empty_set_updates_nothing(service, seeded):
     result = service.execute(gql("mutation { update_writer(where: {}, _set: {}) { affected_rows returning { id } } }"))
     assert result["update_writer"] == {"affected_rows": 0, "returning": []}

@@ -333,12 +333,16 @@ class MutationRunner:
             if key not in relations:
                 continue
             relation = relations[key]
+            nested = nested or {}
             if relation.kind == "one":
-                parent = await self.insert(conn, relation.target, (nested or {}).get("data") or {}, None,
+                parent = await self.insert(conn, relation.target, nested.get("data") or {}, nested.get("on_conflict"),
                                            f"{prefix}{key}.data.")
+                if parent is None:  # its on_conflict left the row it met alone: there is no row to point at
+                    raise GraphQLError("validation-failed", f"cannot proceed to insert object relation '{key}' since "
+                                       f"insert to table '{relation.target}' affects zero rows")
                 columns[relation.source_column] = parent
             else:
-                children += [(relation, child) for child in (nested or {}).get("data") or []]
+                children += [(relation, child, nested.get("on_conflict")) for child in nested.get("data") or []]
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
         if self.runtime.hooks(entity, "create"):
@@ -346,8 +350,8 @@ class MutationRunner:
                 raise GraphQLError("validation-failed", f"on_conflict is not supported here: "
                                                         f"{upsert_hooks(self.runtime, entity, True)}")
             new_id = (await self.insert_hooked(conn, entity, [columns]))[0]
-            for index, (relation, child) in enumerate(children):
-                await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
+            for index, (relation, child, upsert) in enumerate(children):
+                await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, upsert,
                                   f"{prefix}{relation.name}.data[{index}].")
             return new_id
         self.validate(entity, columns, partial=False, prefix=prefix)
@@ -366,10 +370,10 @@ class MutationRunner:
         if new_id is None and upsert is not None and upsert.update and upsert.where is None:
             raise Forbidden(f"the {entity} row this insert conflicts with is outside what the caller may update")
         self.inserted += new_id is not None
-        for index, (relation, child) in enumerate(children):
+        for index, (relation, child, upsert) in enumerate(children):
             if new_id is None:
                 break
-            await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, None,
+            await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, upsert,
                               f"{prefix}{relation.name}.data[{index}].")
         return new_id
 

@@ -329,16 +329,20 @@ class SchemaBuilder:
                 if relation.kind == "one":
                     result[name] = GraphQLInputField(self.named(f"{target.name}_obj_rel_insert_input", lambda t=target:
                         GraphQLInputObjectType(f"{t.name}_obj_rel_insert_input", {
-                            "data": GraphQLInputField(GraphQLNonNull(self.insert_input(t)))})))
+                            "data": GraphQLInputField(GraphQLNonNull(self.insert_input(t))), **self.upserts(t)})))
                 else:
                     result[name] = GraphQLInputField(self.named(f"{target.name}_arr_rel_insert_input", lambda t=target:
                         GraphQLInputObjectType(f"{t.name}_arr_rel_insert_input", {
                             "data": GraphQLInputField(GraphQLNonNull(GraphQLList(GraphQLNonNull(
-                                self.insert_input(t)))))})))
+                                self.insert_input(t))))), **self.upserts(t)})))
             return result
 
         name = f"{entity.name}_insert_input"
         return self.named(name, lambda: GraphQLInputObjectType(name, fields))
+
+    def upserts(self, entity: Entity) -> dict[str, GraphQLInputField]:
+        """A nested insert's `on_conflict`, as its top-level one: offered only to roles that may update."""
+        return {"on_conflict": GraphQLInputField(self.on_conflict(entity))} if self.may(entity.name, "update") else {}
 
     def on_conflict(self, entity: Entity) -> GraphQLInputObjectType:
         constraint = f"{entity.name}_constraint"
