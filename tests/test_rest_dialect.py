@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from postgrest import SyncPostgrestClient
 
@@ -71,6 +72,7 @@ entities:
       title: {type: string, required: true}
       shelf: {type: ref, to: shelf, reverse: books, on_delete: cascade}
       pages: {type: integer}
+      weight: {type: number, minimum: 0}
     permissions:
       read:   {anon: all, authenticated: all}
       create: {anon: all, authenticated: all}
@@ -496,6 +498,29 @@ def test_strings_sent_for_numbers_booleans_and_arrays_are_cast_as_postgres_casts
     refused = http.post("/shelf", json={"label": "cast-bad", "rank": "seven"})
     assert refused.status_code == 422 and refused.json()["details"][0]["field"] == "rank", refused.text
     http.delete("/shelf?label=eq.cast")
+
+def test_number_strings_postgresql_would_not_cast_are_refused_by_name(http, shelves):
+    """Python reads `1_000`, `NaN`, `inf` and `1e400` (an infinity) as numbers; PostgreSQL's casts and JSON do
+    not: each is a 422 naming its field, never a changed value or a null stored in its place."""
+    for field, text in (("pages", "1_000"), ("weight", "1_0"), ("weight", "NaN"), ("weight", "Infinity"),
+                        ("weight", "-inf"), ("weight", "1e400")):
+        for body, headers in ((orjson.dumps({"title": "numbers", field: text}), {"Content-Type": "application/json"}),
+                              (f"title,{field}\nnumbers,{text}\n".encode(), {"Content-Type": "text/csv"})):
+            refused = http.post("/book", content=body, headers=headers)
+            assert refused.status_code == 422, (field, text, refused.text)
+            assert refused.json()["details"][0]["field"] in (field, f"[0].{field}"), refused.text
+    assert http.get("/book?title=eq.numbers").json() == []
+    made = http.post("/book", json={"title": "numbers", "pages": " 12 ", "weight": "1.5e2"},
+                     headers={"Prefer": "return=representation"})
+    assert (made.json()[0]["pages"], made.json()[0]["weight"]) == (12, 150.0), made.text
+    http.delete("/book?title=eq.numbers")
+
+
+def test_a_form_body_that_is_not_utf8_is_refused(http, shelves):
+    refused = http.post("/shelf", content=b"label=ok%C3%A9%FFx", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert refused.status_code == 400 and refused.json()["code"] == "PGRST102", refused.text
+    assert http.get("/shelf?label=like.ok*").json() == []
+
 
 def test_a_form_body_is_one_object(http, shelves):
     response = http.post("/shelf", content="label=form+one&rank=4", headers={

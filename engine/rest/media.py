@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -198,7 +199,8 @@ def read_range(rows: int, total: int | None, offset: int, applied: list[tuple[st
 def form_body(body: bytes) -> dict[str, Any]:
     """An `application/x-www-form-urlencoded` body: one object of text values (PostgreSQL casts them)."""
     try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)))
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
+                              errors="strict"))  # a percent-escape that is not UTF-8 is refused, not replaced
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidBody(f"the body is not a valid form: {exc}") from exc
 
@@ -254,10 +256,16 @@ def parse_body(content_type: str, body: bytes) -> tuple[Any, bool]:
 
 
 def _number(text: str, kind: type) -> Any:
+    """A number's text as the number PostgreSQL's cast makes of it, or the text (for validation to refuse by
+    name): never with Python's extras (`1_000`), and never NaN or an infinity, which JSON cannot hold
+    (`1e400` overflows to one) and the body's JSON would turn into null."""
+    if "_" in text:
+        return text
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         return text
+    return value if kind is int or math.isfinite(value) else text
 
 
 def _array(text: str) -> Any:
