@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from engine.errors import BackSaasError, InvalidBody, Problem, TooManyItems
@@ -228,4 +229,36 @@ async def read_body(request: Request, limits: Mapping[str, Any] | None = None) -
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    if b"\\u0000" in body:  # JSON's only way to write a NUL: the parse and the walk are paid by such bodies alone
+        refuse_nul(body)
+    return body
+
+
+def refuse_nul(body: bytes) -> None:
+    """A JSON body with a NUL character (`\\u0000`) in a string is refused here, naming where, once for every
+    surface: no value the database keeps may hold one (text and jsonb refuse it with an error that names no
+    field). A body that is not JSON is left to its parser."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    path = nul_path(value, "")
+    if path is not None:
+        raise InvalidBody("the body holds a NUL character (\\u0000), which no value may hold",
+                          details=[Problem(path or "body", "a NUL character")])
+
+
+def nul_path(value: Any, path: str) -> str | None:
+    """Where the first string holding a NUL is in a JSON value (`[0].name`, a key's path too), or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        step = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        if isinstance(key, str) and "\x00" in key:
+            return step
+        found = nul_path(item, step)
+        if found is not None:
+            return found
+    return None

@@ -522,6 +522,24 @@ def test_a_form_body_that_is_not_utf8_is_refused(http, shelves):
     assert http.get("/shelf?label=like.ok*").json() == []
 
 
+def test_a_nul_character_in_a_body_is_refused_naming_where(base, http, keys, shelves):
+    """No value PostgreSQL keeps holds a NUL: refused with the field's path (the database's own error names none)."""
+    for content, media, where in ((b'{"label": "x\\u0000y"}', "application/json", "label"),
+                                  (b'[{"label": "ok"}, {"label": "z", "meta": {"k\\u0000": 1}}]', "application/json",
+                                   "[1].meta.k\x00"),
+                                  (b"label=x%00y", "application/x-www-form-urlencoded", "label")):
+        refused = http.post("/shelf", content=content, headers={"Content-Type": media})
+        assert refused.status_code == 400 and refused.json()["code"] == "PGRST102", refused.text
+        assert refused.json()["details"][0]["path"] == where, refused.text
+    signup = httpx.post(f"{base}/auth/v1/signup", headers={"apikey": keys["anon"]},
+                        json={"email": "nul\u0000@example.com", "password": PASSWORD})
+    assert signup.status_code == 400 and signup.json()["details"][0]["path"] == "email", signup.text
+    assert http.get("/shelf?label=in.(ok,z)").json() == []
+    literal = http.post("/shelf", json={"label": "a \\u0000 written out"}, headers={"Prefer": "return=representation"})
+    assert literal.status_code == 201, literal.text  # a backslash and u0000 as text are no NUL
+    http.delete(f"/shelf?id=eq.{literal.json()[0]['id']}")
+
+
 def test_a_form_body_is_one_object(http, shelves):
     response = http.post("/shelf", content="label=form+one&rank=4", headers={
         "Content-Type": "application/x-www-form-urlencoded", "Prefer": "return=representation"})

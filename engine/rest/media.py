@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from engine.answer import Answer
-from engine.errors import BackSaasError, InvalidBody, NotAcceptable, QueryParseError, RangeNotSatisfiable
+from engine.errors import BackSaasError, InvalidBody, NotAcceptable, Problem, QueryParseError, RangeNotSatisfiable
 from engine.validation import date_part
 
 JSON = "json"
@@ -199,10 +199,15 @@ def read_range(rows: int, total: int | None, offset: int, applied: list[tuple[st
 def form_body(body: bytes) -> dict[str, Any]:
     """An `application/x-www-form-urlencoded` body: one object of text values (PostgreSQL casts them)."""
     try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
-                              errors="strict"))  # a percent-escape that is not UTF-8 is refused, not replaced
+        fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
+                                errors="strict"))  # a percent-escape that is not UTF-8 is refused, not replaced
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidBody(f"the body is not a valid form: {exc}") from exc
+    held = [name for name, value in fields.items() if "\x00" in name or "\x00" in value]
+    if held:  # %00: no value the database keeps may hold a NUL
+        raise InvalidBody("the form holds a NUL character (%00), which no value may hold",
+                          details=[Problem(held[0], "a NUL character")])
+    return fields
 
 
 def csv_body(body: bytes) -> list[dict[str, Any]]:
