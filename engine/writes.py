@@ -96,7 +96,7 @@ class HookedWriter:
         return record
 
     def validate(self, entity: Entity, values: Row, *, partial: bool) -> None:
-        guard_user_fields(entity.name, self.caller, [values])
+        guard_user_fields(entity.name, self.caller, [values], self.runtime.model)
         problems = self.runtime.body_validator(entity, partial=partial).problems(values)
         if problems:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in the body (after the hooks)", details=problems)

@@ -285,6 +285,21 @@ def test_internal_fields_are_neither_readable_nor_writable(http, base):
     assert written.status_code == 422
 
 
+def test_a_user_is_given_only_roles_the_tenant_has(http, base):
+    """A role name the schema does not declare would be dropped from the user's token without a word: refused."""
+    users = f"{base}/api/tenants/blog/rest/v1/users"
+    for roles in (["nosuchrole"], ["member", "platform_admin"], ["anon"], [""]):
+        refused = http.post(users, json={"email": "roles@example.com", "roles": roles})
+        assert refused.status_code == 422 and refused.json()["details"][0]["field"] == "roles", (roles, refused.text)
+    made = http.post(users, json={"email": "roles@example.com", "roles": ["member", "editor"]},
+                     headers={"Prefer": "return=representation"})
+    assert made.status_code == 201 and made.json()[0]["roles"] == ["member", "editor"], made.text
+    patched = http.patch(f"{users}?email=eq.roles@example.com", json={"roles": ["editor", "x"]})
+    assert patched.status_code == 422 and http.get(f"{users}?email=eq.roles@example.com&select=roles").json() == [
+        {"roles": ["member", "editor"]}]
+    http.delete(f"{users}?email=eq.roles@example.com")
+
+
 def test_another_tenants_rows_are_not_visible_through_this_tenants_url(base, client, seeded, keys):
     other = SyncPostgrestClient(f"{base}/api/tenants/other/rest/v1", headers=key_headers(keys["other_service"]))
     assert other.from_("post").select("title").execute().data == []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from casbin import Enforcer
 from casbin.model import Model
 
-from engine.errors import Forbidden, Problem, ProcessingRestricted
+from engine.errors import Forbidden, Problem, ProcessingRestricted, ValidationFailed
 from engine.schema.model import USERS, Schema
 
 MODEL = """
@@ -141,14 +141,30 @@ def unrestricted(caller: Caller) -> bool:
 PRIVILEGED_USER_FIELDS = ("roles", "verified")
 
 
-def guard_user_fields(entity: str, caller: Caller, objects: Iterable[object]) -> None:
-    """Whoever may edit users must not grant themselves roles: only unrestricted callers set these fields."""
-    if entity != USERS or unrestricted(caller):
+def assignable_roles(model: Schema) -> frozenset[str]:
+    """The roles a user of a tenant of `model` may hold (their access token carries them): the schema's and
+    the built-in ones but anon (a signed-in user is never anonymous)."""
+    return frozenset(model.all_roles) - {"anon"}
+
+
+def guard_user_fields(entity: str, caller: Caller, objects: Iterable[object], model: Schema) -> None:
+    """Whoever may edit users must not grant themselves roles: only unrestricted callers set these fields;
+    and the roles they give are roles of the tenant (a name it has not would be dropped from the user's
+    token without a word)."""
+    if entity != USERS:
         return
-    privileged = sorted({k for o in objects if isinstance(o, dict) for k in o if k in PRIVILEGED_USER_FIELDS})
-    if privileged:
-        raise Forbidden(f"only admin and service may set {', '.join(privileged)} of users",
-                        details=[Problem(k, "is writable by admin and service only") for k in privileged])
+    objects = list(objects)
+    if not unrestricted(caller):
+        privileged = sorted({k for o in objects if isinstance(o, dict) for k in o if k in PRIVILEGED_USER_FIELDS})
+        if privileged:
+            raise Forbidden(f"only admin and service may set {', '.join(privileged)} of users",
+                            details=[Problem(k, "is writable by admin and service only") for k in privileged])
+    known = assignable_roles(model)
+    unknown = sorted({str(r) for o in objects if isinstance(o, dict) and isinstance(o.get("roles"), list)
+                      for r in o["roles"] if r not in known})
+    if unknown:
+        raise ValidationFailed(f"roles the tenant does not have: {', '.join(unknown)}",
+                               details=[Problem("roles", f"expected roles among {', '.join(sorted(known))}")])
 
 
 def authorize(authorizer: Authorizer, caller: Caller, entity: str, action: str) -> str:

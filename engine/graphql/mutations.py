@@ -294,7 +294,7 @@ class MutationRunner:
     def validate(self, entity: str, values: dict[str, Any], *, partial: bool, prefix: str = "") -> None:
         model_entity = self.runtime.model.entity(entity)
         assert model_entity is not None
-        guard_user_fields(entity, self.caller, [values])
+        guard_user_fields(entity, self.caller, [values], self.runtime.model)
         columns = self.runtime.columns[entity]  # a date given a timestamp is checked as the date PostgreSQL casts
         values = {k: date_part(v) if columns.get(k) == "date" else v for k, v in values.items()}
         problems = self.runtime.body_validator(model_entity, partial=partial).problems(values, prefix)

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit, errors, onboarding
 from engine.answer import Answer
-from engine.authz import Caller, unrestricted
+from engine.authz import Caller, assignable_roles, unrestricted
 from engine.database import Database, act_as_tenant
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
@@ -185,7 +185,7 @@ class AuthApi:
         return [self.users.c[c] for c in (*BUILTIN_USER_COLUMNS, FREE_METADATA, *self.metadata_fields)]
 
     def token_roles(self, row: Any) -> list[str]:
-        known = set(self.runtime.model.all_roles) - {"anon"}
+        known = assignable_roles(self.runtime.model)
         return ["authenticated", *(r for r in row.roles or () if r in known and r != "authenticated")]
 
     def session_json(self, row: Any, session: sessions.Session) -> dict[str, Any]:

@@ -331,7 +331,8 @@ class RestApi:
         return media
 
     def validate(self, entity: Entity, payload: Any, *, partial: bool) -> None:
-        guard_user_fields(entity.name, self.caller, payload if isinstance(payload, list) else [payload])
+        guard_user_fields(entity.name, self.caller, payload if isinstance(payload, list) else [payload],
+                          self.runtime.model)
         validator = self.runtime.body_validator(entity, partial=partial)
         if isinstance(payload, list):
             problems = [p for i, item in enumerate(payload) for p in validator.problems(item, f"[{i}].")]
