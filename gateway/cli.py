@@ -46,7 +46,7 @@ from engine.errors import BackSaasError, InvalidInput, MigrationRefused, Problem
 from engine.hooks import use_functions_dir
 from engine.identity.signing import rotate_signing_key
 from engine.outbox import settings_from_env as outbox_settings_from_env
-from engine.schema import load_schema, load_schema_file
+from engine.schema import load_schema, load_schema_file, read_schema_text
 from engine.storage.deploy import Deployment, PlannedDeploy, deploy_platform, plan_deploy
 from engine.storage.deploy import Progress as StepProgress
 from engine.storage.planner import MigrationPlan
@@ -156,7 +156,7 @@ def print_plan(plan: MigrationPlan, problems: list[Problem]) -> None:
 def read_schema(file: str) -> str:
     """The file's text, checked first: its errors name the file (the engine, given only the text, names the
     tenant), and a bad file is refused before any database is started."""
-    source = Path(file).read_text(encoding="utf-8")
+    source = read_schema_text(file)
     load_schema(source, file)
     return source
 

@@ -271,3 +271,46 @@ def test_a_deploy_counts_its_steps_in_english(backsaas):
     two = write(backsaas.cwd, "count3.yaml", NOTES + "      stars: {type: integer, default: 0}\n      a: {type: text}\n"
                                                      "      b: {type: text}\n")
     assert "(2 steps)." in backsaas("schema", "deploy", "--tenant", "cli-count", two).stdout
+
+
+def test_schema_files_json_cannot_hold_are_schema_errors_in_every_command_not_tracebacks(backsaas):
+    assert backsaas("tenant", "create", "cli-notjson", "--schema", write(backsaas.cwd, "nj.yaml", NOTES)).returncode == 0
+    bad_files = {
+        "nj-null.yaml": ("null\n", "nj-null.yaml:1: a schema is a mapping"),
+        "nj-key.yaml": ("name: notes\nentities:\n  1: {fields: {}}\n", "nj-key.yaml:3: entities[1]: the key 1 is not a string"),
+        "nj-json.yaml": (NOTES + "      meta: {type: json, default: {1: 2}}\n",
+                         "nj-json.yaml:7: entities.note.fields.meta.default[1]: the key 1 is not a string"),
+        "nj-set.yaml": (NOTES + "      meta: {type: json, default: !!set {a, b}}\n",
+                        "nj-set.yaml:7: entities.note.fields.meta.default: a set (!!set) is not JSON data"),
+        "nj-inf.yaml": (NOTES + "      stars: {type: number, default: .inf}\n",
+                        "nj-inf.yaml:7: entities.note.fields.stars.default: .inf is not a finite number"),
+        "nj-nan.yaml": (NOTES + "      stars: {type: number, maximum: .nan}\n",
+                        "nj-nan.yaml:7: entities.note.fields.stars.maximum: .nan is not a finite number"),
+    }
+    for name, (text, expected) in bad_files.items():
+        path = write(backsaas.cwd, name, text)
+        for command in (("schema", "check", path), ("schema", "plan", "--tenant", "cli-notjson", path),
+                        ("schema", "deploy", "--tenant", "cli-notjson", path),
+                        ("tenant", "create", "cli-notjson2", "--schema", path)):
+            result = backsaas(*command)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr)
+            assert result.stderr.startswith(f"{path}: 1 error in schema") and expected in result.stderr, (command, result.stderr)
+    assert [t for t in json.loads(backsaas("tenant", "list", "--json").stdout) if t["slug"] == "cli-notjson2"] == []
+    assert [v["version"] for v in json.loads(backsaas("schema", "history", "--tenant", "cli-notjson", "--json").stdout)] == [1]
+
+
+def test_a_schema_file_that_is_not_utf8_is_a_schema_error_and_the_rest_of_its_directory_is_checked(backsaas):
+    folder = backsaas.cwd / "utf8-dir"
+    folder.mkdir()
+    (folder / "a-binary.yaml").write_bytes(b"\xff\xfe bad bytes\n")
+    write(folder, "b.yaml", NOTES)
+    checked = backsaas("schema", "check", str(folder))
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    assert f"{folder / 'a-binary.yaml'}:1: the file is not UTF-8" in checked.stderr
+    assert f"{folder / 'b.yaml'}: ok" in checked.stdout
+    binary = str(folder / "a-binary.yaml")
+    for command in (("schema", "plan", "--tenant", "cli-notes", binary), ("schema", "deploy", "--tenant", "cli-notes", binary),
+                    ("tenant", "create", "cli-binary", "--schema", binary)):
+        result = backsaas(*command)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert result.stderr.startswith(f"{binary}: 1 error in schema") and "not UTF-8" in result.stderr

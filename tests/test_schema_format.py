@@ -266,3 +266,85 @@ def test_schema_check_refuses_the_platforms_roles_in_a_tenant_schema_unless_told
     platform = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", "--platform", str(REPO / "platform.yaml")],
                               capture_output=True, text=True)
     assert platform.returncode == 0, platform.stderr
+
+
+FIELD = "name: s\nentities:\n  a:\n    fields:\n      {}\n"
+
+
+@pytest.mark.parametrize("text, line, path, fragment", [
+    ("null\n", 1, "", "a schema is a mapping (name: ..., entities: ...), not null"),
+    ("~\n", 1, "", "not null"),
+    ("[name, entities]\n", 1, "", "not a list"),
+    ("name: s\nentities:\n  1: {fields: {}}\n", 3, "entities[1]", "the key 1 is not a string"),
+    ("name: s\nentities:\n  true: {fields: {}}\n", 3, "entities[true]", "the key true is not a string"),
+    ("name: s\nentities:\n  ~: {fields: {}}\n", 3, "entities[null]", "the key null is not a string"),
+    ("name: s\nentities:\n  1.5: {fields: {}}\n", 3, "entities[1.5]", "the key 1.5 is not a string"),
+    ("name: s\nentities:\n  a:\n    fields:\n      1: {type: text}\n", 5, "entities.a.fields[1]", "is not a string"),
+    ("name: s\nentities:\n  a:\n    hooks:\n      1: [{webhook: 'https://x.example'}]\n", 5, "entities.a.hooks[1]",
+     "is not a string"),
+    (FIELD.format("j: {type: json, default: {1: 2}}"), 5, "entities.a.fields.j.default[1]", "the key 1 is not a string"),
+    (FIELD.format("j: {type: json, default: {~: 2}}"), 5, "entities.a.fields.j.default[null]", "is not a string"),
+    (FIELD.format("j: {type: json, default: {x: [{1: 2}]}}"), 5, "entities.a.fields.j.default.x[0][1]", "is not a string"),
+    (FIELD.format("j: {type: json, default: !!set {a, b}}"), 5, "entities.a.fields.j.default", "a set (!!set) is not JSON"),
+    (FIELD.format("j: {type: json, default: !!binary aGk=}"), 5, "entities.a.fields.j.default", "binary data"),
+    (FIELD.format("j: {type: json, default: !!timestamp 2024-01-31}"), 5, "entities.a.fields.j.default", "'2024-01-31'"),
+    (FIELD.format("j: {type: json, schema: {maximum: .inf}}"), 5, "entities.a.fields.j.schema.maximum", "not a finite"),
+    ("name: s\nentities: {}\nfunctions:\n  f: {handler: a.b, input: {1: 2}}\n", 4, "functions.f.input[1]", "not a string"),
+    (FIELD.format("j: {type: json, default: {a: 100000000000000000000000000000}}"), 5, "entities.a.fields.j.default.a",
+     "integers are sent as JSON in 64 bits (write a float: 1.0e+29)"),
+])
+def test_a_schema_that_is_not_json_data_is_refused_at_its_path_and_line(text, line, path, fragment):
+    found = problems_of(text)
+    assert any(at == line and where == path and fragment in message for at, where, message in found), found
+    assert len(found) == 1, found  # said once, not also by the passes that cannot read it
+
+
+@pytest.mark.parametrize("spec, key, shown", [
+    ("n: {type: number, default: .inf}", "default", ".inf"),
+    ("n: {type: number, default: .nan}", "default", ".nan"),
+    ("n: {type: decimal, default: -.inf}", "default", "-.inf"),
+    ("n: {type: integer, default: .inf}", "default", ".inf"),
+    ("n: {type: number, maximum: .nan}", "maximum", ".nan"),
+    ("n: {type: integer, minimum: .inf}", "minimum", ".inf"),
+    ("n: {type: number, minimum: -.inf, maximum: 5}", "minimum", "-.inf"),
+    ("n: {type: array, items: number, default: [1, .inf]}", "default[1]", ".inf"),
+])
+def test_number_defaults_and_bounds_must_be_finite(spec, key, shown):
+    (line, path, message), = problems_of(FIELD.format(spec))
+    assert (line, path) == (5, f"entities.a.fields.n.{key}")
+    assert message == f"{shown} is not a finite number (JSON has no infinity or NaN)"
+
+
+@pytest.mark.parametrize("value, tag", [("!!int abc", "!!int"), ("!!float abc", "!!float"), ("!!bool maybe", "!!bool"),
+                                        ("!!timestamp abc", "!!timestamp")])
+def test_a_value_that_does_not_fit_its_explicit_yaml_tag_is_invalid_yaml_at_its_line(value, tag):
+    (line, path, message), = problems_of(f"name: s\nentities: {{}}\nversion: {value}\n")
+    assert (line, path) == (3, "") and message.startswith("invalid YAML") and f"is not a valid {tag}" in message
+
+
+def test_a_schema_file_that_is_not_utf8_is_a_schema_error_naming_the_file(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: s\n\xff\xfe bad bytes\n")
+    with pytest.raises(SchemaInvalid) as caught:
+        load_schema_file(binary)
+    assert caught.value.source == str(binary)
+    (problem,) = caught.value.details
+    assert problem.line == 2 and "not UTF-8" in problem.message
+
+
+def test_schema_check_cli_refuses_defaults_json_cannot_hold_and_checks_a_whole_directory_past_a_binary_file(tmp_path):
+    (tmp_path / "a.yaml").write_bytes(b"\xff\xfe bad bytes\n")
+    (tmp_path / "b.yaml").write_text(FIELD.format("j: {type: json, default: {1: 2}}"))
+    (tmp_path / "c.yaml").write_text(FIELD.format("j: {type: json, default: !!set {a, b}}"))
+    (tmp_path / "d.yaml").write_text("null\n")
+    (tmp_path / "e.yaml").write_text(FIELD.format("n: {type: number, default: .inf}"))
+    (tmp_path / "f.yaml").write_text(FIELD.format("j: {type: json, default: {a: 1}}"))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "schema", "check", str(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{tmp_path / 'a.yaml'}:1: the file is not UTF-8" in result.stderr
+    assert f"{tmp_path / 'b.yaml'}:5: entities.a.fields.j.default[1]: the key 1 is not a string" in result.stderr
+    assert f"{tmp_path / 'c.yaml'}:5: entities.a.fields.j.default: a set (!!set)" in result.stderr
+    assert f"{tmp_path / 'd.yaml'}:1: a schema is a mapping" in result.stderr
+    assert f"{tmp_path / 'e.yaml'}:5: entities.a.fields.n.default: .inf is not a finite number" in result.stderr
+    assert f"{tmp_path / 'f.yaml'}: ok" in result.stdout and result.stdout.count(": ok") == 1

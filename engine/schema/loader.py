@@ -1,9 +1,12 @@
 """YAML text -> a checked, immutable `Schema`, or `SchemaInvalid` listing every problem with its line.
 
-Three passes, all of which always run so that one report holds everything wrong with a file:
+Four passes, all of which always run so that one report holds everything wrong with a file:
 1. YAML, with the line of every key recorded and duplicate keys caught (PyYAML would silently keep the last);
-2. the published JSON Schema of the format (`schema.json`), for structure;
-3. the semantic rules in `engine.schema.semantics`, which read the raw data defensively.
+2. JSON data: a schema is JSON data written as YAML (it is checked by a JSON Schema, its defaults are stored
+   and sent as JSON, its numbers become SQL), so what YAML has and JSON lacks is refused here, once, for the
+   whole document: keys that are not strings, sets, binary, timestamps, infinities, NaN, huge integers;
+3. the published JSON Schema of the format (`schema.json`), for structure;
+4. the semantic rules in `engine.schema.semantics`, which read the raw data defensively.
 Only a file with no problem at all becomes a model. Nothing here touches a database.
 
 A tenant's schema is untrusted input that the gateway parses while serving every tenant (DESIGN.md, wall 5):
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -48,12 +53,24 @@ MAX_SCHEMA_BYTES = 1024 * 1024  # a schema file's size limit (UTF-8 bytes)
 MAX_YAML_DEPTH = 64  # collections nested deeper than this are refused (a schema needs about 10)
 SCHEMA_CHECK_SECONDS = 5.0  # how long a request may wait for its schema to be checked
 SCHEMA_CHECKERS = 2  # threads checking schemas for requests: more pathological schemas than this queue
+JSON_INTEGERS = (-2**63, 2**64 - 1)  # what the engine's JSON (orjson) can write
 ALIASES_REFUSED = "YAML anchors and aliases (&name, *name) are not allowed in a schema"
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """Safe YAML (libyaml's parser when present) without implicit timestamps: `2024-01-01` stays the
     string the JSON API will see."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's constructors raise plain Python errors for a value that does not fit an explicit tag
+        (`!!int abc`, `!!bool maybe`, `!!timestamp x`): those become YAML errors at the value's line."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {tag}" if isinstance(node.value, str)
+                else f"this value is not a valid {tag}", node.start_mark) from exc
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -75,17 +92,26 @@ def meta_validator() -> Any:
 
 
 def dotted(path: PathKey) -> str:
+    """`entities.post.fields.title`, list items and keys that are not strings in brackets (`roles[0]`,
+    `fields[1]`, `default[null]`)."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, str):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part}]" if isinstance(part, int) and not isinstance(part, bool) else f"[{yaml_text(part)}]"
     return out
 
 
 class LineMap:
-    """The line of each key and list item, so any problem found on the data can be located."""
+    """The line of each key and list item, so any problem found on the data can be located.
 
-    def __init__(self) -> None:
+    Keys are recorded as the data will hold them (`1:` as the int 1) when `construct` is given, so that a
+    problem with such a key is found at its own line."""
+
+    def __init__(self, construct: Callable[[yaml.Node], Any] | None = None) -> None:
         self.lines: dict[PathKey, int] = {}
+        self.construct = construct
 
     def line_of(self, path: PathKey) -> int | None:
         for end in range(len(path), -1, -1):
@@ -95,9 +121,12 @@ class LineMap:
 
     def record(self, node: yaml.Node, path: PathKey, problems: list[Problem]) -> None:
         if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
+            seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+                if self.construct is not None and isinstance(key_node, yaml.ScalarNode):
+                    constructed = self.construct(key_node)
+                    key = constructed if isinstance(constructed, Hashable) else key
                 line = key_node.start_mark.line + 1
                 if key in seen:
                     problems.append(Problem(dotted((*path, key)),
@@ -143,12 +172,15 @@ def bounds_problems(text: str) -> list[Problem]:
 
 
 def parse_yaml(text: str) -> tuple[Any, LineMap, list[Problem]]:
+    """The YAML's data, its lines, and its problems; the data is None when the text is no YAML document
+    (a problem says why), or when the document is YAML's null (then no problem is reported here)."""
     lines = LineMap()
     refused = bounds_problems(text)
     if refused:
         return None, lines, refused
     problems: list[Problem] = []
     loader = _Loader(text)
+    lines.construct = loader.construct_object
     try:
         node = loader.get_single_node()
         if node is None:
@@ -166,10 +198,77 @@ def parse_yaml(text: str) -> tuple[Any, LineMap, list[Problem]]:
     return data, lines, problems
 
 
+def yaml_text(value: Any) -> str:
+    """A scalar as YAML writes it, for messages: `null`, `true`, `.inf`, `1`, `'a'`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    return repr(value)
+
+
+def json_problems(data: Any, lines: LineMap, path: PathKey = ()) -> list[Problem]:
+    """What in `data` JSON cannot hold, each at its path: keys that are not strings, sets, binary,
+    timestamps, ordered mappings, infinities and NaN, integers beyond 64 bits. (Left in, they pass the
+    JSON Schema and the semantic rules, which cannot see them, and then fail where the schema is stored,
+    sent or turned into SQL.)"""
+    refusal = _not_json(data)
+    if refusal:
+        return [Problem(dotted(path), refusal, lines.line_of(path))]
+    problems = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str):
+                problems.append(Problem(dotted((*path, key)),
+                                        f"the key {yaml_text(key)} is not a string (quote it: keys are names)",
+                                        lines.line_of((*path, key))))
+                continue
+            problems += json_problems(value, lines, (*path, key))
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            problems += json_problems(item, lines, (*path, index))
+    return problems
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return "a string" if isinstance(value, str) else yaml_text(value)
+
+
+def _not_json(value: Any) -> str | None:
+    """Why the value itself (not its content) is no JSON value, or None."""
+    if value is None or isinstance(value, str | bool | dict | list):
+        return None
+    if isinstance(value, int):
+        if JSON_INTEGERS[0] <= value <= JSON_INTEGERS[1]:
+            return None
+        mantissa, exponent = f"{float(value):.6e}".split("e")
+        mantissa = mantissa.rstrip("0") + ("0" if mantissa.rstrip("0").endswith(".") else "")
+        return f"{value} is out of range: integers are sent as JSON in 64 bits (write a float: {mantissa}e{exponent})"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{yaml_text(value)} is not a finite number (JSON has no infinity or NaN)"
+    if isinstance(value, set):
+        return "a set (!!set) is not JSON data: use a list"
+    if isinstance(value, bytes):
+        return "binary data (!!binary) is not JSON data: use a string"
+    if isinstance(value, date):
+        return f"a timestamp (!!timestamp) is not JSON data: write it as a string ('{value.isoformat()}')"
+    if isinstance(value, tuple):
+        return "an ordered mapping (!!omap, !!pairs) is not JSON data: use a mapping"
+    return f"a {type(value).__name__} is not JSON data"
+
+
 def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
     problems = []
     for error in meta_validator().iter_errors(data):
         path: PathKey = tuple(error.absolute_path)
+        if not path and error.validator == "type":
+            problems.append(Problem("", f"a schema is a mapping (name: ..., entities: ...), not {_kind(data)}",
+                                    lines.line_of(path)))
+            continue
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = set(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - allowed):
@@ -194,9 +293,13 @@ def structural_problems(data: Any, lines: LineMap) -> list[Problem]:
 def _checked(text: str, tenant: bool) -> Schema | tuple[Problem, ...]:
     """The model of `text`, or every problem with it, in file order (pure, so cached by text)."""
     data, lines, problems = parse_yaml(text)
-    if data is not None:
-        problems += structural_problems(data, lines)
-        problems += [Problem(dotted(p), msg, lines.line_of(p)) for p, msg in semantics.check(data, tenant=tenant)]
+    if data is not None or not problems:  # parsed: a document that is YAML's null is refused by its structure
+        not_json = json_problems(data, lines)
+        refused_at = {p.path for p in not_json}  # said once: the later passes misread what JSON cannot hold
+        problems += not_json
+        problems += [p for p in structural_problems(data, lines) if p.path not in refused_at]
+        problems += [Problem(dotted(p), msg, lines.line_of(p)) for p, msg in semantics.check(data, tenant=tenant)
+                     if dotted(p) not in refused_at]
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.path))
         return tuple(_unique(problems))
@@ -213,9 +316,21 @@ def load_schema(text: str, source: str = "<schema>", *, tenant: bool = False) ->
     return result
 
 
+def read_schema_text(path: str | Path) -> str:
+    """A schema file's text; `SchemaInvalid` (naming the file and the line) when it is not UTF-8, so that a
+    stray binary file is one more schema error, not a crash. OSError as usual when it cannot be read."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SchemaInvalid([Problem("", f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                                         f"{exc.start})", line)], str(path)) from None
+
+
 def load_schema_file(path: str | Path, *, tenant: bool = False) -> Schema:
-    path = Path(path)
-    return load_schema(path.read_text(encoding="utf-8"), source=str(path), tenant=tenant)
+    """`load_schema` of a file's text (`read_schema_text`), its problems naming the file."""
+    return load_schema(read_schema_text(path), source=str(path), tenant=tenant)
 
 
 _checkers = ThreadPoolExecutor(max_workers=SCHEMA_CHECKERS, thread_name_prefix="schema-check")

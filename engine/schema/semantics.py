@@ -1,7 +1,8 @@
 """The rules of a schema that JSON Schema cannot state: names that resolve, fit together and are free.
 
 `check` reads the raw YAML data defensively (it runs even when the structure is wrong, so that one report
-holds every problem) and returns (path, message) pairs; it never raises and never builds SQL.
+holds every problem) and returns (path, message) pairs; it never raises and never builds SQL. Names may be
+any YAML key (`1:`, `~:`): the loader reports those, and the rules here pass over them (`_named`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _named(value: Any) -> Iterator[tuple[str, Any]]:
+    """The items of a mapping whose keys are names (strings); the others are the loader's to report."""
+    return ((name, spec) for name, spec in _mapping(value).items() if isinstance(name, str))
+
+
 def check(data: Any, *, tenant: bool = False) -> list[Finding]:
     """Every semantic problem of `data`; `tenant`: a tenant's schema, which may not declare the platform's roles."""
     if not isinstance(data, dict):
@@ -92,7 +98,7 @@ def check(data: Any, *, tenant: bool = False) -> list[Finding]:
     roles = [r for r in data.get("roles") or () if isinstance(r, str)] if isinstance(data.get("roles"), list) else []
     findings += _check_roles(roles, tenant=tenant)
     known_roles = set(BUILTIN_ROLES) | set(roles)
-    for name, spec in entities.items():
+    for name, spec in _named(entities):
         if not isinstance(spec, dict):
             continue
         at = ("entities", name)
@@ -113,7 +119,7 @@ def check(data: Any, *, tenant: bool = False) -> list[Finding]:
 
 def _check_hooks(at: tuple[str, ...], spec: dict[str, Any]) -> Iterator[Finding]:
     """Webhooks and async functions run after commit: they cannot refuse or alter a change."""
-    for event, items in _mapping(spec.get("hooks")).items():
+    for event, items in _named(spec.get("hooks")):
         for index, item in enumerate(items if isinstance(items, list) else ()):
             after_commit = isinstance(item, dict) and ("webhook" in item or item.get("async") is True)
             if after_commit and not event.startswith("after_"):
@@ -144,7 +150,7 @@ def _check_fields(at: tuple[str, ...], spec: dict[str, Any], entities: dict[str,
     fields = _mapping(spec.get("fields"))
     columns: dict[str, str] = {}
     implicit = (*IMPLICIT_COLUMNS, OWNER_COLUMN)
-    for name, fspec in fields.items():
+    for name, fspec in _named(fields):
         here = (*at, "fields", name)
         if name in implicit:
             yield here, f"'{name}' is an implicit column of every entity and cannot be declared"
