@@ -28,12 +28,13 @@ from sqlalchemy.dialects import postgresql
 
 from engine import metering, quotas
 from engine.authz import Caller, authorize, guard_user_fields
+from engine.authz.permissions import Permissions
 from engine.database import quote_identifier
 from engine.errors import BackSaasError, ValidationFailed
 from engine.hooks import Change, HookContext, call, resolve
 from engine.limits import DEFAULT_BOUNDS, Bounds
-from engine.query.plan import Condition
-from engine.query.sql import CompiledRead, condition_sql, insert_statement, json_source
+from engine.query.plan import Condition, Reference
+from engine.query.sql import CompiledRead, condition_sql, insert_statement, json_source, referenced
 from engine.schema.model import OWNER_COLUMN, Entity, Hook
 
 Row = dict[str, Any]
@@ -101,6 +102,18 @@ class HookedWriter:
         if problems:
             raise ValidationFailed(f"{len(problems)} invalid field(s) in the body (after the hooks)", details=problems)
 
+    def references(self, entity: Entity, keys: Sequence[str], first: int) -> tuple[tuple[Reference, ...], list[Any]]:
+        """The ref columns a write of `keys` sets, each to name a row the caller may read (the permissions'),
+        and the parameters they add after the statement's `first` ones (the caller's id, for a row scope)."""
+        added: list[Any] = []
+
+        def caller_param() -> int:
+            added.append(self.caller.user_id)
+            return first + len(added) - 1
+
+        permissions = Permissions(self.runtime.authorizer, self.caller, self.runtime.columns)
+        return permissions.references(entity.name, self.runtime.relations[entity.name], keys, caller_param), added
+
     def compiled(self, key: Any, build: Callable[[], sa.Executable]) -> CompiledRead:
         return self.runtime.statement(("writes", key), build)
 
@@ -147,12 +160,14 @@ class HookedWriter:
         table = self.runtime.tables[entity.name]
         keys = tuple(dict.fromkeys(key for row in rows for key in row))
         defaults = len(rows) > 1  # one row names every key inserted: no key to look for in each
+        references, added = self.references(entity, keys, 1)
 
         def build() -> sa.Executable:
-            return insert_statement(table, keys, 0, None, self.runtime.tables, defaults=defaults).returning(
-                self.as_json(table))
+            return insert_statement(table, keys, 0, None, self.runtime.tables, defaults=defaults,
+                                    references=references).returning(self.as_json(table))
 
-        return await self.rows(("insert", entity.name, keys, defaults), build, [orjson.dumps(rows).decode()])
+        return await self.rows(("insert", entity.name, keys, defaults, references), build,
+                               [orjson.dumps(rows).decode(), *added])
 
     async def lock(self, entity: Entity, where: Condition | None, values: Sequence[Any], action: str) -> list[Row]:
         """The rows an `action` (update or delete) will touch, locked for it (the condition carries the
@@ -193,15 +208,19 @@ class HookedWriter:
         if not olds:
             return []
         table = self.runtime.tables[entity.name]
+        references, added = self.references(entity, tuple(changes), 2)
 
         def build(keys: tuple[str, ...] = tuple(changes)) -> sa.Executable:
             source = json_source(table, 0, many=False)
             ids = sa.cast(sa.bindparam("v1", type_=postgresql.ARRAY(sa.Text())), postgresql.ARRAY(sa.Uuid()))
-            return (sa.update(table).values({k: sa.select(source.c[k]).scalar_subquery() for k in keys})
-                    .where(table.c.id == sa.any_(ids)).returning(self.as_json(table)))
+            guarded = {r.column: r for r in references}
+            values = {k: sa.select(source.c[k]).scalar_subquery() for k in keys}
+            values.update({k: referenced(v, guarded[k], self.runtime.tables) for k, v in values.items() if k in guarded})
+            return sa.update(table).values(values).where(table.c.id == sa.any_(ids)).returning(self.as_json(table))
 
-        new = {row["id"]: row for row in await self.rows(("update", entity.name, tuple(changes)), build,
-                                                         [orjson.dumps(changes).decode(), [o["id"] for o in olds]])}
+        new = {row["id"]: row for row in await self.rows(("update", entity.name, tuple(changes), references), build,
+                                                         [orjson.dumps(changes).decode(), [o["id"] for o in olds],
+                                                          *added])}
         metering.wrote(len(new))
         return [(new[old["id"]], old) for old in olds if old["id"] in new]
 

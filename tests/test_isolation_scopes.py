@@ -43,6 +43,16 @@ entities:
     permissions:
       read:   {authenticated: all}
       create: {authenticated: all}
+  reply:                      # a user's own reply to a post: it may name only a post its writer may read
+    owner: true
+    fields:
+      text: {type: text}
+      post: {type: ref, to: post, reverse: replies}
+    permissions:
+      read:   {authenticated: own}
+      create: {authenticated: all}
+      update: {authenticated: own}
+      delete: {authenticated: own}
   box:                        # a drop box: anyone signed in may write any box, but reads only their own
     owner: true
     fields:
@@ -243,6 +253,53 @@ def test_graphql_offers_on_conflict_only_to_roles_that_may_update(base, keys, pe
     assert refused["errors"], refused
 
 
+# -- a reference names only a row its writer may read (review of stop 31) --
+
+
+def test_a_write_cannot_name_a_row_its_writer_may_not_read_nor_tell_it_from_a_missing_one(base, keys, people):
+    """Bob may not point his reply at ann's private post: refused exactly as a post that does not exist
+    (no existence oracle), through every write path; so he cannot pin her post either (her delete holds)."""
+    ann, bob = people["ann"], people["bob"]
+    secret = create(base, ann["headers"], "post", {"title": "ann's unseen post"})
+    mine = create(base, bob["headers"], "post", {"title": "bob's own post"})
+    reply = create(base, bob["headers"], "reply", {"text": "on my own post", "post_id": mine["id"]})
+    missing = "00000000-0000-4000-8000-000000000000"
+    answers = {}
+    for target in (secret["id"], missing):
+        attempts = {
+            "POST": httpx.post(f"{base}/rest/v1/reply", headers=bob["headers"], json={"text": "x", "post_id": target}),
+            "POST many": httpx.post(f"{base}/rest/v1/reply", headers=bob["headers"],
+                                    json=[{"text": "a", "post_id": mine["id"]}, {"text": "b", "post_id": target}]),
+            "PATCH": httpx.patch(f"{base}/rest/v1/reply?id=eq.{reply['id']}", headers=bob["headers"],
+                                 json={"post_id": target}),
+            "upsert": httpx.post(f"{base}/rest/v1/reply", json={"id": reply["id"], "text": "x", "post_id": target},
+                                 headers={**bob["headers"], "Prefer": "resolution=merge-duplicates"}),
+        }
+        for name, response in attempts.items():
+            assert response.status_code == 409 and response.json()["code"] == "23503", (name, response.text)
+        answers[target] = {name: (r.json()["message"], r.json()["details"].replace(target, "<id>"))
+                           for name, r in attempts.items()}
+        for query, variables in (
+                ("mutation($p: uuid) { insert_reply_one(object: {text: \"g\", post_id: $p}) { id } }", {"p": target}),
+                ("mutation($id: uuid!, $p: uuid) { update_reply_by_pk(pk_columns: {id: $id}, _set: {post_id: $p}) "
+                 "{ id } }", {"id": reply["id"], "p": target}),
+                ("mutation($id: uuid!, $p: uuid) { update_reply(where: {id: {_eq: $id}}, _set: {post_id: $p}) "
+                 "{ affected_rows } }", {"id": reply["id"], "p": target}),
+                ("mutation($p: uuid) { insert_reply(objects: [{text: \"a\"}, {text: \"b\", post_id: $p}]) "
+                 "{ affected_rows } }", {"p": target})):
+            refused = graphql(base, bob["headers"], query, variables)
+            assert refused.get("errors") and refused["errors"][0]["extensions"]["code"] == "constraint-violation", \
+                (query, refused)
+    assert answers[secret["id"]] == answers[missing]  # ann's post and no post: the same words
+    assert stored(base, keys, "reply", reply["id"])["post_id"] == mine["id"]
+    assert len(httpx.get(f"{base}/rest/v1/reply", headers=bob["headers"]).json()) == 1  # nothing else was written
+    served = httpx.post(f"{base}/rest/v1/reply", headers=key(keys["service"]), json={"post_id": secret["id"]})
+    assert served.status_code == 201, served.text  # the service key reads every post: it may name any
+    httpx.delete(f"{base}/rest/v1/reply?post_id=eq.{secret['id']}", headers=key(keys["service"]))
+    deleted = httpx.delete(f"{base}/rest/v1/post?id=eq.{secret['id']}", headers=ann["headers"])
+    assert deleted.status_code == 204 and stored(base, keys, "post", secret["id"]) is None, deleted.text
+
+
 # -- finding 3: ordering through a relation sees only readable related rows --
 
 
@@ -250,7 +307,7 @@ def test_graphql_order_by_a_related_field_ignores_rows_the_caller_may_not_read(b
     ann, bob = people["ann"], people["bob"]
     secret = create(base, ann["headers"], "post", {"title": "aaa ann's secret"})
     mine = create(base, bob["headers"], "post", {"title": "mmm bob's"})
-    on_secret = create(base, bob["headers"], "comment", {"body": "order-probe on ann's", "post_id": secret["id"]})
+    on_secret = create(base, key(keys["service"]), "comment", {"body": "order-probe on ann's", "post_id": secret["id"]})
     on_mine = create(base, bob["headers"], "comment", {"body": "order-probe on bob's", "post_id": mine["id"]})
     answer = graphql(base, bob["headers"], """{
         comment(where: {body: {_like: "order-probe%"}}, order_by: [{post: {title: asc}}]) { id } }""")

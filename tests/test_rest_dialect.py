@@ -262,11 +262,15 @@ def test_patch_and_delete_answers_honour_top_level_order(http, shelves):
 
 def test_write_answers_shaped_by_embeds_stay_within_the_read_scope(base, people):
     ann, bob = people["ann"], people["bob"]
-    response = httpx.post(f"{base}/rest/v1/doc?select=title,writer(name)&order=title.desc",
+    response = httpx.post(f"{base}/rest/v1/doc?select=title,writer(name),reviewer(name)&order=title.desc",
                           headers={**bob["headers"], "Prefer": "return=representation"},
-                          json=[{"title": "b1", "writer_id": ann["person"]}, {"title": "b2", "writer_id": bob["person"]}])
+                          json=[{"title": "b1", "writer_id": bob["person"]}, {"title": "b2", "writer_id": bob["person"]}])
     assert response.status_code == 201, response.text
-    assert response.json() == [{"title": "b2", "writer": {"name": "Bob"}}, {"title": "b1", "writer": None}]
+    assert response.json() == [{"title": "b2", "writer": {"name": "Bob"}, "reviewer": None},
+                               {"title": "b1", "writer": {"name": "Bob"}, "reviewer": None}]
+    unseen = httpx.post(f"{base}/rest/v1/doc?select=title,writer(name)", headers=bob["headers"],
+                        json=[{"title": "b3", "writer_id": ann["person"]}])  # a row bob may not read: not his to name
+    assert unseen.status_code == 409 and unseen.json()["code"] == "23503", unseen.text
 
 
 # -- 8. statuses and headers --
@@ -795,18 +799,23 @@ def test_an_embed_is_filtered_by_is_null_and_not_is_null(http, shelves):
     assert bad.status_code == 400 and bad.json()["code"] == "PGRST100", bad.text
 
 
-def bobs_doc_written_by_ann(base: str, people: dict[str, dict[str, Any]], title: str) -> dict[str, str]:
-    """A doc of bob's whose writer is ann's person row, which bob may not read: bob's headers."""
+def bobs_doc_written_by_ann(base: str, people: dict[str, dict[str, Any]], keys: dict[str, str], title: str
+                            ) -> dict[str, str]:
+    """A doc of bob's whose writer is ann's person row, which bob may not read: bob's headers. Bob may not name
+    that row himself (tests/test_isolation_scopes.py): the service key, which reads every person, points it there."""
     bob = people["bob"]
-    created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"],
-                         json={"title": title, "writer_id": people["ann"]["person"]})
+    created = httpx.post(f"{base}/rest/v1/doc", headers={**bob["headers"], "Prefer": "return=representation"},
+                         json={"title": title, "writer_id": bob["person"]})
     assert created.status_code == 201, created.text
+    moved = httpx.patch(f"{base}/rest/v1/doc?id=eq.{created.json()[0]['id']}", headers=key(keys["service"]),
+                        json={"writer_id": people["ann"]["person"]})
+    assert moved.status_code == 204, moved.text
     return bob
 
 
 def test_an_embed_null_filter_sees_only_rows_the_caller_may_read(base, people, keys):
     """bob's doc whose writer is ann's person row: ann's row is hidden from bob, so for bob it has no writer."""
-    bob = bobs_doc_written_by_ann(base, people, "null-scope")
+    bob = bobs_doc_written_by_ann(base, people, keys, "null-scope")
     present = httpx.get(f"{base}/rest/v1/doc?select=title,writer()&writer=not.is.null&title=eq.null-scope",
                         headers=bob["headers"])
     assert present.json() == []
@@ -850,7 +859,7 @@ def test_a_spread_that_repeats_a_name_at_its_level_is_a_400(http, shelves):
 
 
 def test_a_spread_embed_shows_nothing_of_a_row_the_caller_may_not_read(base, people, keys):
-    bob = bobs_doc_written_by_ann(base, people, "spread-scope")
+    bob = bobs_doc_written_by_ann(base, people, keys, "spread-scope")
     spread = "/rest/v1/doc?select=title,...writer(writer_name:name)&title=eq.spread-scope"
     rows = httpx.get(f"{base}{spread}", headers=bob["headers"])
     assert rows.json() == [{"title": "spread-scope", "writer_name": None}], rows.text
@@ -869,13 +878,13 @@ def test_order_by_a_to_one_embedded_column(http, shelves):
     assert many.status_code == 400 and "to-one" in many.json()["message"]
 
 
-def test_order_by_an_embedded_column_sees_only_what_the_caller_may_read(base, people):
+def test_order_by_an_embedded_column_sees_only_what_the_caller_may_read(base, people, keys):
     """bob's docs point at ann's person row (which bob may not read) and at his own: ordering by the
     writer's name orders ann's as a missing row, and bob never sees ann's docs through it."""
-    ann, bob = people["ann"], people["bob"]
-    for title, writer in (("by-ann-person", ann["person"]), ("by-bob-person", bob["person"])):
-        created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": title, "writer_id": writer})
-        assert created.status_code == 201, created.text
+    bob = bobs_doc_written_by_ann(base, people, keys, "by-ann-person")
+    created = httpx.post(f"{base}/rest/v1/doc", headers=bob["headers"], json={"title": "by-bob-person",
+                                                                              "writer_id": bob["person"]})
+    assert created.status_code == 201, created.text
     rows = httpx.get(f"{base}/rest/v1/doc?select=title,writer(name)&title=like.by-*&order=writer(name).asc.nullsfirst",
                      headers=bob["headers"]).json()
     assert rows == [{"title": "by-ann-person", "writer": None}, {"title": "by-bob-person", "writer": {"name": "Bob"}}]

@@ -161,7 +161,7 @@ def guard_user_fields(entity: str, caller: Caller, objects: Iterable[object], mo
                             details=[Problem(k, "is writable by admin and service only") for k in privileged])
     known = assignable_roles(model)
     unknown = sorted({str(r) for o in objects if isinstance(o, dict) and isinstance(o.get("roles"), list)
-                      for r in o["roles"] if r not in known})
+                      for r in o["roles"] if isinstance(r, str) and r not in known})  # others: the validator's
     if unknown:
         raise ValidationFailed(f"roles the tenant does not have: {', '.join(unknown)}",
                                details=[Problem("roles", f"expected roles among {', '.join(sorted(known))}")])

@@ -11,13 +11,13 @@ cache key of every request of its shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from engine.authz import MEMBER, Authorizer, Caller, authorize
 from engine.errors import Forbidden
-from engine.query.plan import NO_ROWS, Condition, Filter, Membership
-from engine.schema.model import OWNER_COLUMN
+from engine.query.plan import NO_ROWS, Condition, Filter, Membership, Reference, Relation
+from engine.schema.model import OWNER_COLUMN, USERS
 
 CallerParam = Callable[[], int]  # adds the caller's user id to the plan's parameters; its index
 TENANTS = "tenants"  # a `member` scope's rows are the tenant itself (system tenant), or rows of the tenant
@@ -70,6 +70,24 @@ class Permissions:
             return self.scope(entity, "read", caller_param)
         except Forbidden:
             return NO_ROWS
+
+    def references(self, entity: str, relations: Mapping[str, Relation], columns: Iterable[str],
+                   caller_param: CallerParam) -> tuple[Reference, ...]:
+        """The ref columns among `columns` a write of `entity` sets (its `relations` given), each with
+        the rows of its target the caller may read, which its value must name: every write path's rule
+        (engine/query/sql.py `referenced` puts it in the statement). None for a target the caller reads
+        whole, where the foreign key alone decides; none for `users`, whose ids other rows are meant to
+        name (assigned to, shared with) though a user reads only their own."""
+        written = set(columns)
+        found: dict[str, Reference] = {}
+        for relation in relations.values():
+            if relation.kind != "one" or relation.source_column not in written or relation.target == USERS \
+                    or relation.source_column in found:
+                continue
+            scope = self.shown(relation.target, caller_param)
+            if scope is not None:
+                found[relation.source_column] = Reference(entity, relation.source_column, relation.target, scope)
+        return tuple(found.values())
 
     def may(self, entity: str, action: str) -> bool:
         try:

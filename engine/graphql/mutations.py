@@ -14,7 +14,7 @@ field written by one statement runs without a transaction around it (two round t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from engine.errors import Forbidden, Problem, ValidationFailed
 from engine.graphql.compiler import GraphQLError, QueryCompiler, Slot, array_literal, as_graphql_error, as_list
 from engine.graphql.schema import conflict_targets
 from engine.limits import MAX_JSON_PATH_STEPS, RowBudget
-from engine.query.plan import Condition, Filter, ReadPlan, Upsert
+from engine.query.plan import Condition, Filter, ReadPlan, Reference, Upsert
 from engine.query.sql import (
     EMPTY_ARRAY,
     CompiledRead,
@@ -41,6 +41,7 @@ from engine.query.sql import (
     condition_sql,
     insert_statement,
     json_source,
+    referenced,
 )
 from engine.schema.model import OWNER_COLUMN
 from engine.validation import date_part
@@ -238,7 +239,9 @@ class MutationRunner:
             body = compiler.values.add(Slot(variable=OBJECTS))
             upsert = self.upsert(compiler, entity, on_conflict) if on_conflict else None
             table = self.runtime.tables[entity]
-            written = insert_statement(table, keys, body, upsert, self.runtime.tables).returning(*table.c).cte("written")
+            written = insert_statement(table, keys, body, upsert, self.runtime.tables,
+                                       references=self.references(compiler, entity, keys)
+                                       ).returning(*table.c).cte("written")
             found = self.api.remember(key, (compile_statement(self.written_body(compiler, entity, written, field,
                                                                                 single)),
                                             compiler.values.builder(), upsert))
@@ -361,7 +364,8 @@ class MutationRunner:
         compiler = self.compiler()
         body = compiler.values.add(Slot(constant=orjson.dumps(columns).decode()))
         upsert = self.upsert(compiler, entity, on_conflict) if on_conflict else None
-        statement = insert_statement(table, list(columns), body, upsert, self.runtime.tables, many=False)
+        statement = insert_statement(table, list(columns), body, upsert, self.runtime.tables, many=False,
+                                     references=self.references(compiler, entity, columns))
         compiled = compile_statement(statement.returning(sa.cast(table.c.id, sa.Text)))
         values = compiler.values.builder()(self.variables, self.caller.user_id)
         quotas.guard_write("create")  # a tenant at its rows or storage quota inserts nothing (engine/quotas.py)
@@ -376,6 +380,10 @@ class MutationRunner:
             await self.insert(conn, relation.target, {**child, relation.target_column: new_id}, upsert,
                               f"{prefix}{relation.name}.data[{index}].")
         return new_id
+
+    def references(self, compiler: QueryCompiler, entity: str, columns: Iterable[str]) -> tuple[Reference, ...]:
+        """The ref columns a write of `columns` sets, each to name a row the caller may read (the permissions')."""
+        return self.api.permissions.references(entity, self.api.relations()[entity], columns, compiler.caller_param)
 
     def upsert(self, compiler: QueryCompiler, entity: str, on_conflict: Mapping[str, Any]) -> Upsert:
         """`on_conflict` is an update of the row it meets: the update permission (the schema offers it only
@@ -567,7 +575,9 @@ class MutationRunner:
             values: dict[str, Any] = {}
             if set_columns:
                 source = json_source(table, compiler.values.add(Slot(variable=SET)), many=False)
-                values.update({k: sa.select(source.c[k]).scalar_subquery() for k in set_columns})
+                guarded = {r.column: r for r in self.references(compiler, entity, set_columns)}
+                values.update({k: referenced(sa.select(source.c[k]).scalar_subquery(), guarded[k], self.runtime.tables)
+                               if k in guarded else sa.select(source.c[k]).scalar_subquery() for k in set_columns})
             for column, operator in operators:
                 operand = sa.bindparam(f"v{compiler.values.add(Slot(variable=OPERAND + column))}", type_=sa.Text())
                 values[column] = COLUMN_OPERATORS[operator][1](table.c[column], operand)

@@ -92,6 +92,19 @@ class RelationFilter:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A ref column a write sets, and the rows its value may name: those of `target` the caller may read
+    (`scope`). A value naming a row outside them is refused as one naming no row is, so that a write can
+    neither tie a row to another user's unseen row (whose owner could then not delete it) nor tell
+    whether it exists."""
+
+    table: str  # the entity written
+    column: str
+    target: str
+    scope: Condition
+
+
+@dataclass(frozen=True)
 class CountFilter:
     """Hasura's aggregate predicate (`{posts_aggregate: {count: {predicate: {_gt: 1}, filter: {...}}}}`):
     rows whose count of related rows (one-to-many; among those the caller may read, `scope`, that `where`

@@ -34,6 +34,7 @@ from engine.query.plan import (
     Membership,
     Order,
     ReadPlan,
+    Reference,
     RelationFilter,
     Upsert,
 )
@@ -440,22 +441,48 @@ def missing_as_default(table: sa.Table, keys: Sequence[str], param: int) -> sa.S
         default = table.c[key].server_default
         present = sa.cast(raw.c.value, postgresql.JSONB).op("?", is_comparison=True)(sa.literal_column(f"'{key}'"))
         values.append(sa.case((present, source.c[key]),
-                              else_=default.arg if default is not None else sa.null()))  # type: ignore[attr-defined]
+                              else_=default.arg if default is not None else sa.null()).label(key))  # type: ignore[attr-defined]
     return sa.select(*values).select_from(raw.join(source, sa.true()))
 
 
+def referenced(value: ColumnElement[Any], reference: Reference, tables: Mapping[str, sa.Table]) -> ColumnElement[Any]:
+    """`value` of a ref column a write sets, when it is null or names a row of the target within the
+    reference's scope (the caller's read scope there); else the statement fails with PostgreSQL's foreign
+    key error (23503, `backsaas_write.refused_reference`, engine/storage/deploy.py), worded alike for a row
+    that does not exist and one the caller may not see."""
+    target = tables[reference.target].alias(f"referenced_{reference.column}")
+    visible = sa.exists(sa.select(sa.literal_column("1")).select_from(target)
+                        .where(target.c.id == value, condition_sql(reference.scope, target, tables)))
+    refused = sa.func.backsaas_write.refused_reference(reference.table, reference.column, reference.target,
+                                                       sa.cast(value, sa.Text), type_=value.type)
+    return sa.case((sa.or_(value.is_(None), visible), value), else_=refused)
+
+
+def checked_values(rows: sa.Select[Any], keys: Sequence[str], references: Sequence[Reference],
+                   tables: Mapping[str, sa.Table]) -> sa.Select[Any]:
+    """`rows` (a write's values, a column per key) with each reference's value `referenced`."""
+    if not references:
+        return rows
+    unchecked = rows.subquery("unchecked")
+    guarded = {r.column: r for r in references}
+    return sa.select(*(referenced(unchecked.c[k], guarded[k], tables).label(k) if k in guarded else unchecked.c[k]
+                       for k in keys))
+
+
 def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: Upsert | None,
-                     tables: Mapping[str, sa.Table], *, many: bool = True,
-                     defaults: bool = False) -> postgresql.Insert:
+                     tables: Mapping[str, sa.Table], *, many: bool = True, defaults: bool = False,
+                     references: Sequence[Reference] = ()) -> postgresql.Insert:
     """INSERT the rows of JSON parameter `param` (an array, or one object unless `many`); with `upsert`,
     a conflict updates the existing row only within the update's scope (else the row is left alone and
     not returned: the caller compares what was written with what was sent); with `defaults` (an array),
-    a key an object lacks takes the column's default."""
+    a key an object lacks takes the column's default; each of `references` names a row the caller may read
+    (an upsert's update sets the values checked so)."""
     source = json_source(table, param, many=many)
     # `{}` is a row of defaults (as PostgREST inserts it): the id alone, made as its default makes it
     values = [source.c[k] for k in keys] or [table.c.id.server_default.arg]  # type: ignore[union-attr]
     rows = missing_as_default(table, keys, param) if defaults and keys and many \
         else sa.select(*values).select_from(source)
+    rows = checked_values(rows, keys, references, tables)
     statement = postgresql.insert(table).from_select(list(keys) or ["id"], rows)
     if upsert is None:
         return statement
@@ -475,10 +502,11 @@ def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: U
 
 
 def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequence[str], upsert: Upsert | None,
-                param: int, representation: bool, *, defaults: bool = False) -> sa.Executable:
+                param: int, representation: bool, *, defaults: bool = False,
+                references: Sequence[Reference] = ()) -> sa.Executable:
     """REST's POST: the rows as `returned` shows them (the read scope applied), or the new ids alone."""
     table = tables[returned.entity]
-    statement = insert_statement(table, keys, param, upsert, tables, defaults=defaults)
+    statement = insert_statement(table, keys, param, upsert, tables, defaults=defaults, references=references)
     inserted = sa.literal_column("(xmax = 0)").label("inserted")  # false: an upsert updated the row it met
     if not representation:
         return statement.returning(sa.cast(table.c.id, sa.Text).label("id"), inserted)
@@ -490,12 +518,15 @@ def rest_insert(tables: Mapping[str, sa.Table], returned: ReadPlan, keys: Sequen
 
 
 def rest_update(tables: Mapping[str, sa.Table], plan: ReadPlan, returned: ReadPlan, keys: Sequence[str], param: int,
-                representation: bool, at_most: int | None) -> sa.Select[Any]:
+                representation: bool, at_most: int | None, references: Sequence[Reference] = ()) -> sa.Select[Any]:
     """REST's PATCH: the rows `plan` reaches (its scope and filters) set from JSON parameter `param`, none
-    when they are more than `at_most` (`bounded_target`; None: the filters name one row by its id)."""
+    when they are more than `at_most` (`bounded_target`; None: the filters name one row by its id); each of
+    `references` names a row the caller may read."""
     table = tables[plan.entity]
     source = json_source(table, param, many=False)
-    statement = sa.update(table).values({k: source.c[k] for k in keys})
+    guarded = {r.column: r for r in references}
+    statement = sa.update(table).values({k: referenced(source.c[k], guarded[k], tables) if k in guarded else source.c[k]
+                                         for k in keys})
     return _written(tables, plan, returned, statement, representation, at_most)
 
 

@@ -36,7 +36,7 @@ from engine.errors import (
     database_error_of,
 )
 from engine.limits import Bounds, RowBudget, validate_sized
-from engine.query.plan import ReadPlan, Upsert
+from engine.query.plan import ReadPlan, Reference, Upsert
 from engine.query.sql import CompiledRead, read_statement, rest_delete, rest_insert, rest_update
 from engine.rest import rpc
 from engine.rest.media import (
@@ -160,12 +160,14 @@ class RestApi:
         parser = self.parser()
         return parser.parse(entity.name, params, action), parser.values
 
-    def write_plan(self, entity: Entity, action: str, params: list[tuple[str, str]]
-                   ) -> tuple[ReadPlan, ReadPlan, list[Any]]:
-        """(the rows the write reaches, what it shows of the rows it wrote: under the read scope, values)."""
+    def write_plan(self, entity: Entity, action: str, params: list[tuple[str, str]], keys: tuple[str, ...] = ()
+                   ) -> tuple[ReadPlan, ReadPlan, list[Any], tuple[Reference, ...]]:
+        """(the rows the write reaches, what it shows of the rows it wrote: under the read scope, values, the
+        references setting `keys` makes: each must name a row the caller may read)."""
         parser = self.parser()
         plan = parser.parse(entity.name, params, action)
-        return plan, parser.returned(plan), parser.values
+        references = self.permissions.references(entity.name, parser.relations[entity.name], keys, parser.caller_param)
+        return plan, parser.returned(plan), parser.values, references
 
     def prepared(self, key: Any, prepare: Any, *args: Any) -> Any:
         """What a request needs before the database (plan, values, statement) is a pure function of the
@@ -412,11 +414,14 @@ class RestApi:
             parser = self.parser()
             plan = parser.parse(entity.name, shaping(params), "create")
             upsert = self.upsert(parser, entity, keys, conflict, prefer.resolution)
+            references = self.permissions.references(entity.name, parser.relations[entity.name], keys,
+                                                     parser.caller_param)
             returned = parser.returned(plan)
             values = parser.values
-            compiled = self.statement(("insert", returned, keys, upsert, representation, len(values), defaults),
-                                      lambda: rest_insert(self.runtime.tables, returned, keys, upsert, len(values),
-                                                          representation, defaults=defaults))
+            compiled = self.statement(
+                ("insert", returned, keys, upsert, representation, len(values), defaults, references),
+                lambda: rest_insert(self.runtime.tables, returned, keys, upsert, len(values), representation,
+                                    defaults=defaults, references=references))
             return returned, values, compiled, upsert
 
         _, values, compiled, upsert = self.prepared(("insert", entity.name, tuple(params), prefer_text, self.who, keys),
@@ -497,16 +502,17 @@ class RestApi:
                       ) -> tuple[ReadPlan, list[Any], CompiledRead]:
         """(what the answer shows, values, statement) of a PATCH setting `keys`, or of a DELETE."""
         params = parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
-        plan, returned, values = self.write_plan(entity, action, params)
+        plan, returned, values, references = self.write_plan(entity, action, params, keys or ())
         representation = prefer.returns("representation")
         at_most = None if plan.names_one_row() else self.bounds.max_write_rows  # one row by its id: no bound
         if keys is None:
             return returned, values, self.statement(("delete", plan, returned, representation, at_most),
                                                     lambda: rest_delete(self.runtime.tables, plan, returned,
                                                                         representation, at_most))
-        return returned, values, self.statement(("update", plan, returned, keys, representation, len(values), at_most),
-                                                lambda: rest_update(self.runtime.tables, plan, returned, keys,
-                                                                    len(values), representation, at_most))
+        return returned, values, self.statement(
+            ("update", plan, returned, keys, representation, len(values), at_most, references),
+            lambda: rest_update(self.runtime.tables, plan, returned, keys, len(values), representation, at_most,
+                                references))
 
     # -- writes to entities with hooks (row by row, in one transaction: engine.writes) --
 

@@ -403,6 +403,24 @@ END $$;
 RESET ROLE"""
 
 
+def write_functions_sql(platform_role: str) -> str:
+    """`backsaas_write.refused_reference(table, column, target, value)`: how a tenant's write statement refuses a ref
+    value naming no row the caller may read (engine/query/sql.py `referenced`): PostgreSQL's own foreign key
+    error, worded as the database words it for a row that does not exist. It only raises: any role may call it."""
+    role = quote(platform_role)
+    return f"""
+CREATE SCHEMA IF NOT EXISTS backsaas_write AUTHORIZATION {role};
+GRANT USAGE ON SCHEMA backsaas_write TO PUBLIC;
+SET LOCAL ROLE {role};
+CREATE OR REPLACE FUNCTION backsaas_write.refused_reference(tbl text, col text, target text, val text) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RAISE EXCEPTION 'insert or update on table "%" violates foreign key constraint "%_%_fkey"', tbl, tbl, col
+    USING ERRCODE = 'foreign_key_violation', DETAIL = format('Key (%s)=(%s) is not present in table "%s".', col, val, target);
+END $$;
+RESET ROLE"""
+
+
 # Platform entities a release may reshape, dropping their old columns: rows the engine itself writes and
 # rebuilds (usage_daily went from a column per metric to a row per metric in issue 14). Any other destructive
 # step of a platform deploy is still refused.
@@ -453,6 +471,7 @@ async def deploy_platform(db: Database, progress: Progress | None = None, actor:
         await driver.execute(notify_triggers_sql(CHANGES_CHANNEL))
         await conn.exec_driver_sql("RESET ROLE")
         await driver.execute(outbox_function_sql(db.role(slug)))
+        await driver.execute(write_functions_sql(db.role(slug)))
         system = await catalog.find_tenant(conn, slug)
         await audit.install(conn, db.role(slug), system.id)
         await audit.install_triggers(conn, slug, system.id, load_schema(source, "platform.yaml", tenant=False))
