@@ -33,7 +33,7 @@ from engine.authz import Caller
 from engine.database import Database
 from engine.errors import BackSaasError
 from engine.graphql.api import GraphQLApi, Subscription, problem
-from engine.graphql.compiler import GraphQLError
+from engine.graphql.compiler import STREAM_CURSOR, STREAM_CURSOR_KEY, GraphQLError, StreamRequest
 from engine.runtime import RuntimeRegistry, TenantRuntime
 from engine.streams import StreamGuard, TooManyStreams, TooManySubscriptions, stream_limits
 from gateway.auth import acting_as, authenticate, stream_guard
@@ -222,7 +222,11 @@ class Connection:
             self.tasks.pop(ident, None)
 
     async def stream(self, ident: str, api: GraphQLApi, subscription: Subscription) -> None:
-        """The current result, then a new one after each change that alters it."""
+        """The current result, then a new one after each change that alters it; for a streaming subscription
+        (`{entity}_stream`), each batch of rows past the cursor, then the next as they come."""
+        if subscription.stream is not None:
+            await self.batches(ident, api, subscription, *subscription.stream)
+            return
         last = None
         async with self.registry.changes.watching(api.runtime.role, subscription.tables) as changed:
             while True:
@@ -232,6 +236,24 @@ class Connection:
                     await self.send({"id": ident, "type": "next", "payload": {"data": orjson.loads(data)}})
                     last = data
                 await changed.wait()
+
+    async def batches(self, ident: str, api: GraphQLApi, subscription: Subscription, key: str,
+                      stream: StreamRequest) -> None:
+        """Hasura's streaming subscription: the rows past the cursor, `batch_size` at a time, the cursor moved
+        to the last row sent; once a batch comes back short, the next waits for a change of the tables."""
+        cursor = stream.initial
+        async with self.registry.changes.watching(api.runtime.role, subscription.tables) as changed:
+            while True:
+                changed.clear()
+                data = await api.execute(subscription.compiled, {**subscription.variables, STREAM_CURSOR: cursor})
+                rows = orjson.loads(data)[key]
+                if rows:
+                    cursor = rows[-1][STREAM_CURSOR_KEY]
+                    for row in rows:
+                        del row[STREAM_CURSOR_KEY]
+                    await self.send({"id": ident, "type": "next", "payload": {"data": {key: rows}}})
+                if len(rows) < stream.batch_size:
+                    await changed.wait()
 
 
 async def serve_graphql_ws(websocket: WebSocket, registry: RuntimeRegistry, runtime: TenantRuntime,

@@ -124,6 +124,42 @@ async def test_subscribers_see_only_rows_their_permissions_allow(base, keys):
         await stream.aclose()
 
 
+async def test_a_streaming_subscription_sends_the_callers_rows_past_its_cursor_in_batches(base, keys):
+    """Hasura's `{entity}_stream`: batches of `batch_size` rows after the cursor, in its column's order, then each
+    new row as it comes; only rows of the caller's read scope (bob's notes never reach ann)."""
+    ann, bob = await sign_up(base, keys, "streamer@example.com"), await sign_up(base, keys, "other@example.com")
+
+    async def note(who: dict, text: str) -> None:
+        written = await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/rest/v1/note", json={"text": text},
+                                          headers={"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"})
+        assert written.status_code == 201, written.text
+
+    for text in ("s1", "s2", "s3"):
+        await note(ann, text)
+    query = gql("subscription($from: timestamptz) { note_stream(batch_size: 2, "
+                "cursor: {initial_value: {created_at: $from}, ordering: ASC}) { text } }")
+    async with Client(transport=transport(base, apikey=keys["anon"],
+                                          Authorization=f"Bearer {ann['access_token']}")) as session:
+        stream = session.subscribe(query, variable_values={"from": "2000-01-01T00:00:00Z"})
+        assert await next_result(stream) == {"note_stream": [{"text": "s1"}, {"text": "s2"}]}
+        assert await next_result(stream) == {"note_stream": [{"text": "s3"}]}
+        await note(bob, "bob's")
+        await note(ann, "s4")
+        assert await next_result(stream) == {"note_stream": [{"text": "s4"}]}
+        await stream.aclose()
+    async with Client(transport=transport(base, apikey=keys["anon"])) as anonymous:
+        with pytest.raises(TransportQueryError) as refused:
+            await next_result(anonymous.subscribe(query, variable_values={"from": "2000-01-01T00:00:00Z"}))
+        assert refused.value.errors[0]["extensions"]["code"] == "validation-failed"  # anon reads no note
+    async with Client(transport=transport(base, apikey=keys["anon"],
+                                          Authorization=f"Bearer {ann['access_token']}")) as session:
+        with pytest.raises(TransportQueryError) as two:
+            await next_result(session.subscribe(gql(
+                "subscription { note_stream(batch_size: 1, cursor: [{initial_value: {text: \"a\"}}, "
+                "{initial_value: {text: \"b\"}}]) { text } }")))
+        assert "exactly one cursor" in two.value.errors[0]["message"]
+
+
 async def test_an_expired_access_token_closes_the_socket_with_4401(base, keys, db):
     session = await sign_up(base, keys, "brief@example.com")
     async with db.engine.connect() as conn:

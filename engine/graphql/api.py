@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from graphql import GraphQLError as CoreError
 from graphql import GraphQLSchema, execute, parse, validate
 from graphql.language import ast
+from graphql.utilities import value_from_ast_untyped
 from graphql.validation import ValidationContext, ValidationRule
 
 from engine import audit
@@ -29,7 +30,16 @@ from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.database import Database
 from engine.errors import BackSaasError, DatabaseUnavailable
-from engine.graphql.compiler import ENGINE_CODES, GraphQLError, QueryCompiler, Values, as_graphql_error, as_list
+from engine.graphql.compiler import (
+    ENGINE_CODES,
+    GraphQLError,
+    QueryCompiler,
+    StreamRequest,
+    Values,
+    as_graphql_error,
+    as_list,
+    stream_request,
+)
 from engine.graphql.cost import mutation_items
 from engine.graphql.mutations import MutationRunner, objects_variable
 from engine.graphql.schema import build_schema, graph_relations
@@ -99,6 +109,7 @@ class Subscription:
     compiled: CompiledQuery
     variables: dict[str, Any]
     tables: frozenset[str]
+    stream: tuple[str, StreamRequest] | None = None  # a streaming subscription: its field's key, what it asks for
 
 
 def plan_limits(max_depth: int, max_cost: int) -> type[ValidationRule]:
@@ -424,7 +435,16 @@ class GraphQLApi:
         coerced = self.coerce(schema, document, operation, variables)
         compiled = self.compiled(schema, document, operation, coerced)
         tables = frozenset(f"{self.runtime.pg_schema}.{e}" for e in compiled.entities)
-        return Subscription(compiled, coerced, tables)
+        fields = self.compiler(schema, document, coerced).fields(operation.selection_set)
+        streamed = [f for f in fields if f.name.value.endswith("_stream")]
+        if not streamed:
+            return Subscription(compiled, coerced, tables)
+        if len(fields) != 1:
+            raise GraphQLError("validation-failed", "a streaming subscription has exactly one root field")
+        field = streamed[0]
+        arguments = {a.name.value: value_from_ast_untyped(a.value, coerced) for a in field.arguments or ()}
+        return Subscription(compiled, coerced, tables,
+                            ((field.alias or field.name).value, stream_request(arguments)))
 
     def relations(self) -> Mapping[str, Mapping[str, Relation]]:
         """The relations GraphQL names (entity -> field -> relation), made once per runtime."""
@@ -478,6 +498,9 @@ class GraphQLApi:
             plan = budget.admit(compiler.plan(name[:-6], field, by_pk=True), single=True, field=alias)
             rows = builder.rows(plan).subquery()
             return sa.select(sa.func.to_json(rows.table_valued())).scalar_subquery()
+        if name.endswith("_stream") and name[:-7] in self.runtime.columns:
+            rows = builder.rows(budget.admit(compiler.stream(name[:-7], field), field=alias)).subquery()
+            return sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY)).scalar_subquery()
         if name.endswith("_aggregate") and name[:-10] in self.runtime.columns:
             return builder.aggregate(budget.admit_aggregate(compiler.aggregate(alias, None, name[:-10], field), alias))
         raise GraphQLError("validation-failed", f"no field '{name}' on query_root")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -192,6 +192,34 @@ def as_text(value: Any) -> Any:
     return None if value is None else str(value)
 
 
+STREAM_CURSOR = "__stream_cursor"  # the variable a stream's statement reads the cursor from (gateway/graphql_ws.py)
+STREAM_CURSOR_KEY = "__stream_cursor"  # each streamed row's cursor value, taken out before it is sent
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """Hasura's `{entity}_stream(batch_size, cursor: [{initial_value: {column: value}, ordering}])`."""
+
+    batch_size: int
+    column: str
+    descending: bool
+    initial: Any
+
+
+def stream_request(arguments: Mapping[str, Any]) -> StreamRequest:
+    """The stream a `_stream` field's resolved arguments ask for: one cursor of one column, a positive batch."""
+    batch_size, cursors = arguments.get("batch_size"), as_list(arguments.get("cursor"))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise GraphQLError("validation-failed", "batch_size must be a positive integer")
+    if len(cursors) != 1 or not isinstance(cursors[0], dict):
+        raise GraphQLError("validation-failed", "a stream takes exactly one cursor")
+    initial = cursors[0].get("initial_value")
+    if not isinstance(initial, dict) or len(initial) != 1:
+        raise GraphQLError("validation-failed", "a cursor's initial_value names exactly one column")
+    (column, value), = initial.items()
+    return StreamRequest(batch_size, column, cursors[0].get("ordering") == "DESC", value)
+
+
 @dataclass
 class Values:
     """The parameters of the statement being compiled, and the variables that shape it."""
@@ -320,6 +348,20 @@ class QueryCompiler:
         return ReadPlan(entity, columns, embeds, Condition("and", tuple(conditions)) if conditions else None, order,
                         self.count(args.get("limit"), "limit"), self.count(args.get("offset"), "offset"),
                         distinct, aggregates, scope=scope)
+
+    def stream(self, entity: str, node: ast.FieldNode) -> ReadPlan:
+        """Hasura's `{entity}_stream`: `batch_size` rows of the field's plan (its `where`, the caller's read
+        scope) past the cursor, in the cursor column's order; the cursor is the statement's parameter
+        STREAM_CURSOR, and each row carries its value under STREAM_CURSOR_KEY for the next batch."""
+        args = self.arguments(node)
+        stream = stream_request({k: self.values.resolve(args.get(k)) for k in ("batch_size", "cursor")})
+        if stream.column not in self.columns[entity]:
+            raise GraphQLError("validation-failed", f"no column '{stream.column}' in {entity}")
+        plan = self.plan(entity, node)
+        after = Filter(stream.column, "lt" if stream.descending else "gt", self.values.add(Slot(variable=STREAM_CURSOR)))
+        return replace(plan, columns=(*plan.columns, Column(STREAM_CURSOR_KEY, stream.column)),
+                       where=Condition("and", (*([plan.where] if plan.where else []), after)),
+                       order=(Order(stream.column, descending=stream.descending),), limit=stream.batch_size)
 
     def caller_param(self) -> int:
         return self.values.add(Slot(caller=True))

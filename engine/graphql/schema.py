@@ -68,6 +68,8 @@ ORDER_BY = GraphQLEnumType("order_by", {
     "asc_nulls_last": GraphQLEnumValue("asc_nulls_last"), "desc": GraphQLEnumValue("desc"),
     "desc_nulls_first": GraphQLEnumValue("desc_nulls_first"), "desc_nulls_last": GraphQLEnumValue("desc_nulls_last"),
 }, description="Column ordering options")
+CURSOR_ORDERING = GraphQLEnumType("cursor_ordering", {"ASC": GraphQLEnumValue("ASC"), "DESC": GraphQLEnumValue("DESC")},
+                                  description="ordering argument of a cursor")
 COMPARISONS = ("_eq", "_neq", "_gt", "_gte", "_lt", "_lte")
 TEXT_OPERATORS = ("_like", "_nlike", "_ilike", "_nilike", "_similar", "_nsimilar", "_regex", "_nregex", "_iregex",
                   "_niregex")
@@ -441,6 +443,28 @@ class SchemaBuilder:
             fields[f"{entity.name}_by_pk"] = GraphQLField(object_type, args={"id": GraphQLArgument(GraphQLNonNull(UUID))})
         return fields
 
+    def stream_fields(self) -> dict[str, GraphQLField]:
+        """Hasura's streaming subscriptions: `{entity}_stream(batch_size, cursor, where)`, the rows past the
+        cursor's value of one ordered column, in batches (gateway/graphql_ws.py streams them)."""
+        fields: dict[str, GraphQLField] = {}
+        for entity in self.readable:
+            name = entity.name
+            columns = {c: t for c, (k, t) in self.columns(entity).items() if k in (*ORDERED_TYPES, "uuid")}
+            value = self.named(f"{name}_stream_cursor_value_input", lambda n=name, c=columns: GraphQLInputObjectType(
+                f"{n}_stream_cursor_value_input", {k: GraphQLInputField(t) for k, t in c.items()},
+                description="Initial value of the column from where the streaming should start"))
+            cursor = self.named(f"{name}_stream_cursor_input", lambda n=name, v=value: GraphQLInputObjectType(
+                f"{n}_stream_cursor_input", {"initial_value": GraphQLInputField(GraphQLNonNull(v)),
+                                             "ordering": GraphQLInputField(CURSOR_ORDERING)},
+                description=f"Streaming cursor of the table \"{n}\""))
+            fields[f"{name}_stream"] = GraphQLField(
+                GraphQLNonNull(GraphQLList(GraphQLNonNull(self.object_type(entity)))),
+                args={"batch_size": GraphQLArgument(GraphQLNonNull(GraphQLInt)),
+                      "cursor": GraphQLArgument(GraphQLNonNull(GraphQLList(cursor))),
+                      "where": GraphQLArgument(self.bool_exp(entity))},
+                description=f"fetch data from the table in a streaming manner: \"{name}\"")
+        return fields
+
     def build(self) -> GraphQLSchema:
         queries = self.query_fields()
         # a schema needs a query root with a field: a caller who may read nothing gets only `__typename`-able
@@ -448,7 +472,7 @@ class SchemaBuilder:
         query = GraphQLObjectType("query_root", queries or {"_empty": GraphQLField(GraphQLString)})
         mutations = self.mutation_fields()
         mutation = GraphQLObjectType("mutation_root", mutations) if mutations else None
-        subscription = GraphQLObjectType("subscription_root", dict(queries)) if queries else None
+        subscription = GraphQLObjectType("subscription_root", {**queries, **self.stream_fields()}) if queries else None
         return GraphQLSchema(query, mutation, subscription)
 
 
