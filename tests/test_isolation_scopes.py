@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -48,11 +49,15 @@ entities:
     fields:
       text: {type: text}
       post: {type: ref, to: post, reverse: replies}
+      parent: {type: ref, to: reply, reverse: answers}
     permissions:
       read:   {authenticated: own}
       create: {authenticated: all}
       update: {authenticated: own}
       delete: {authenticated: own}
+  users:                      # a user's favourite post, set through /auth/v1's metadata
+    fields:
+      favorite: {type: ref, to: post}
   box:                        # a drop box: anyone signed in may write any box, but reads only their own
     owner: true
     fields:
@@ -290,9 +295,27 @@ def test_a_write_cannot_name_a_row_its_writer_may_not_read_nor_tell_it_from_a_mi
             refused = graphql(base, bob["headers"], query, variables)
             assert refused.get("errors") and refused["errors"][0]["extensions"]["code"] == "constraint-violation", \
                 (query, refused)
+        auth = f"{base}/auth/v1"
+        favorite = httpx.put(f"{auth}/user", headers={"apikey": keys["anon"], **bob["headers"]},
+                             json={"data": {"favorite_id": target}})
+        assert favorite.status_code == 409 and favorite.json()["code"] == "23503", favorite.text
+        signup = httpx.post(f"{auth}/signup", headers={"apikey": keys["anon"]},
+                            json={"email": f"fan-{target[:8]}@example.com", "password": PASSWORD,
+                                  "data": {"favorite_id": target}})
+        assert signup.status_code == 409 and signup.json()["code"] == "23503", signup.text
     assert answers[secret["id"]] == answers[missing]  # ann's post and no post: the same words
+    own = httpx.put(f"{base}/auth/v1/user", headers={"apikey": keys["anon"], **bob["headers"]},
+                    json={"data": {"favorite_id": mine["id"]}})
+    assert own.status_code == 200 and own.json()["user_metadata"]["favorite_id"] == mine["id"], own.text
+    root, leaf = str(uuid.uuid4()), str(uuid.uuid4())  # a tree in one body names its own rows
+    tree = httpx.post(f"{base}/rest/v1/reply", headers=bob["headers"],
+                      json=[{"id": root, "text": "root", "parent_id": None}, {"id": leaf, "text": "leaf", "parent_id": root}])
+    assert tree.status_code == 201, tree.text
+    foreign = create(base, ann["headers"], "reply", {"text": "ann's reply"})
+    under = httpx.post(f"{base}/rest/v1/reply", headers=bob["headers"], json={"text": "x", "parent_id": foreign["id"]})
+    assert under.status_code == 409 and under.json()["code"] == "23503", under.text
     assert stored(base, keys, "reply", reply["id"])["post_id"] == mine["id"]
-    assert len(httpx.get(f"{base}/rest/v1/reply", headers=bob["headers"]).json()) == 1  # nothing else was written
+    assert len(httpx.get(f"{base}/rest/v1/reply", headers=bob["headers"]).json()) == 3  # his, and the tree
     served = httpx.post(f"{base}/rest/v1/reply", headers=key(keys["service"]), json={"post_id": secret["id"]})
     assert served.status_code == 201, served.text  # the service key reads every post: it may name any
     httpx.delete(f"{base}/rest/v1/reply?post_id=eq.{secret['id']}", headers=key(keys["service"]))

@@ -30,10 +30,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import visitors
 
 from engine import audit, errors, onboarding
 from engine.answer import Answer
 from engine.authz import Caller, assignable_roles, unrestricted
+from engine.authz.permissions import Permissions
 from engine.database import Database, act_as_tenant
 from engine.errors import AuthFailed, InvalidBody, Problem, ProcessingRestricted, Unauthorized, ValidationFailed
 from engine.identity import privacy, sessions
@@ -41,6 +43,7 @@ from engine.identity.mailflows import MailFlows
 from engine.identity.passwords import hash_password, password_problems, verify_password
 from engine.identity.signing import ACCESS_TOKEN_SECONDS, AUDIENCE, Keyring
 from engine.identity.throttle import LoginThrottle
+from engine.query.sql import referenced
 from engine.runtime import TenantRuntime
 from engine.schema.model import OWNER_COLUMN, USERS
 from engine.validation import READ_ONLY
@@ -265,6 +268,30 @@ class AuthApi:
             await onboarding.mark(conn, "first_user", tenant_id=self.runtime.tenant_id)
         return _answer(200, self.session_json(row, session))
 
+    def referenced(self, values: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+        """`values` of a users row an auth endpoint writes, each ref among them (a field the tenant added to
+        `users`) held to name a row `caller` may read, as every write path's are (Permissions.references,
+        sql.referenced), the caller's id bound in."""
+        params: dict[str, Any] = {}
+
+        def caller_param() -> int:
+            params[f"v{len(params)}"] = None if caller.user_id is None else str(caller.user_id)
+            return len(params) - 1
+
+        def bound(parameter: sa.BindParameter[Any]) -> None:  # what `params()` did, which DML does not take
+            if parameter.key in params:
+                parameter.value, parameter.required = params[parameter.key], False
+
+        permissions = Permissions(self.runtime.authorizer, caller, self.runtime.columns)
+        references = permissions.references(USERS, self.runtime.relations[USERS],
+                                            [k for k, v in values.items() if v is not None], caller_param)
+        guarded = dict(values)
+        for reference in references:
+            value = sa.cast(sa.literal(str(values[reference.column])), sa.Uuid())
+            guarded[reference.column] = visitors.cloned_traverse(
+                referenced(value, reference, self.runtime.tables), {}, {"bindparam": bound})
+        return guarded
+
     async def insert_user(self, conn: AsyncConnection, email: str, password_hash: str, *, verified: bool,
                           data: Mapping[str, Any], free: Mapping[str, Any]) -> Any:
         """A new account of the tenant (every sign-up path: password, unconfirmed, OTP, invitation), inserted
@@ -274,8 +301,8 @@ class AuthApi:
         try:
             async with conn.begin_nested():
                 row = (await conn.execute(self.users.insert().values(
-                    email=email, password_hash=password_hash, verified=verified, user_metadata=dict(free), **data)
-                    .returning(*self.user_columns()))).one()
+                    email=email, password_hash=password_hash, verified=verified, user_metadata=dict(free),
+                    **self.referenced(data, self.caller)).returning(*self.user_columns()))).one()
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise AuthFailed("user_already_exists", 422, "User already registered",
@@ -404,7 +431,8 @@ class AuthApi:
                         .op("-")(sa.cast(sa.literal(gone, ARRAY(sa.Text())), ARRAY(sa.Text())))
                 if changes:
                     row = (await conn.execute(self.users.update().where(self.users.c.id == caller.user_id)
-                                              .values(**changes).returning(*self.user_columns()))).one()
+                                              .values(**self.referenced(changes, caller))
+                                              .returning(*self.user_columns()))).one()
                 await self.as_platform(conn)
                 if "password_hash" in changes:  # a link mailed before the change must not undo it
                     await flows.forget_tokens(conn, str(caller.user_id), ("recovery", "magiclink"))

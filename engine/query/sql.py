@@ -445,28 +445,33 @@ def missing_as_default(table: sa.Table, keys: Sequence[str], param: int) -> sa.S
     return sa.select(*values).select_from(raw.join(source, sa.true()))
 
 
-def referenced(value: ColumnElement[Any], reference: Reference, tables: Mapping[str, sa.Table]) -> ColumnElement[Any]:
+def referenced(value: ColumnElement[Any], reference: Reference, tables: Mapping[str, sa.Table],
+               batch: sa.Select[Any] | None = None) -> ColumnElement[Any]:
     """`value` of a ref column a write sets, when it is null or names a row of the target within the
-    reference's scope (the caller's read scope there); else the statement fails with PostgreSQL's foreign
-    key error (23503, `backsaas_write.refused_reference`, engine/storage/deploy.py), worded alike for a row
-    that does not exist and one the caller may not see."""
+    reference's scope (the caller's read scope there), or one of the rows `batch` (their ids) inserts with
+    it; else the statement fails with PostgreSQL's foreign key error (23503,
+    `backsaas_write.refused_reference`, engine/storage/deploy.py), worded alike for a row that does not exist
+    and one the caller may not see."""
     target = tables[reference.target].alias(f"referenced_{reference.column}")
     visible = sa.exists(sa.select(sa.literal_column("1")).select_from(target)
                         .where(target.c.id == value, condition_sql(reference.scope, target, tables)))
+    allowed = [value.is_(None), visible, *([value.in_(batch)] if batch is not None else [])]
     refused = sa.func.backsaas_write.refused_reference(reference.table, reference.column, reference.target,
                                                        sa.cast(value, sa.Text), type_=value.type)
-    return sa.case((sa.or_(value.is_(None), visible), value), else_=refused)
+    return sa.case((sa.or_(*allowed), value), else_=refused)
 
 
 def checked_values(rows: sa.Select[Any], keys: Sequence[str], references: Sequence[Reference],
                    tables: Mapping[str, sa.Table]) -> sa.Select[Any]:
-    """`rows` (a write's values, a column per key) with each reference's value `referenced`."""
+    """`rows` (a write's values, a column per key) with each reference's value `referenced`; a reference to
+    the written entity may name a row of the same insert by the id it gives it (a tree sent in one body)."""
     if not references:
         return rows
-    unchecked = rows.subquery("unchecked")
+    unchecked = rows.cte("unchecked")
+    batch = sa.select(unchecked.alias("batch").c.id) if "id" in keys else None
     guarded = {r.column: r for r in references}
-    return sa.select(*(referenced(unchecked.c[k], guarded[k], tables).label(k) if k in guarded else unchecked.c[k]
-                       for k in keys))
+    return sa.select(*(referenced(unchecked.c[k], guarded[k], tables, batch if guarded[k].target == guarded[k].table
+                                  else None).label(k) if k in guarded else unchecked.c[k] for k in keys))
 
 
 def insert_statement(table: sa.Table, keys: Sequence[str], param: int, upsert: Upsert | None,
