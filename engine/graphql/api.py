@@ -10,6 +10,7 @@ only a malformed HTTP request is a 4xx.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -443,8 +444,9 @@ class GraphQLApi:
             raise GraphQLError("validation-failed", "a streaming subscription has exactly one root field")
         field = streamed[0]
         arguments = {a.name.value: value_from_ast_untyped(a.value, coerced) for a in field.arguments or ()}
-        return Subscription(compiled, coerced, tables,
-                            ((field.alias or field.name).value, stream_request(arguments)))
+        stream = stream_request(arguments)  # a batch holds at most the plan's max_rows, as any list (the statement's)
+        stream = dataclasses.replace(stream, batch_size=min(stream.batch_size, self.bounds.max_rows))
+        return Subscription(compiled, coerced, tables, ((field.alias or field.name).value, stream))
 
     def relations(self) -> Mapping[str, Mapping[str, Relation]]:
         """The relations GraphQL names (entity -> field -> relation), made once per runtime."""
