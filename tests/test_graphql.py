@@ -356,6 +356,13 @@ def test_a_subscription_sent_over_http_is_refused_as_hasura_refuses_it(base, key
     assert "websocket" in error["message"]
 
 
+def test_a_nul_character_in_a_documents_string_is_refused(base, keys):
+    response = httpx.post(f"{base}/api/tenants/blog/graphql/v1", headers={"apikey": keys["blog_service"]},
+                          json={"query": 'mutation { insert_author_one(object: {name: "a\\u0000b"}) { id } }'})
+    [error] = response.json()["errors"]
+    assert error["extensions"]["code"] == "validation-failed" and "NUL" in error["message"], response.text
+
+
 def test_malformed_http_requests_are_400_in_graphqls_error_shape(base, keys):
     for body, code, where in ((b"{nope", "invalid-json", "$"), (b'{"variables": {}}', "parse-failed", "$"),
                               (b'{"query": "{ post { id } }", "variables": [1]}', "parse-failed", "$.variables"),

@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 from graphql import GraphQLError as CoreError
 from graphql import GraphQLSchema, execute, parse, validate
-from graphql.language import ast
+from graphql.language import BREAK, Visitor, ast, visit
 from graphql.utilities import value_from_ast_untyped
 from graphql.validation import ValidationContext, ValidationRule
 
@@ -207,6 +207,18 @@ class MalformedRequest(BackSaasError):
         self.code, self.where = code, where
 
 
+class NulStrings(Visitor):
+    """Finds a string of a document holding a NUL character (which no value PostgreSQL keeps may hold)."""
+
+    found = False
+
+    def enter_string_value(self, node: ast.StringValueNode, *_: Any) -> Any:
+        if "\x00" in node.value:
+            self.found = True
+            return BREAK
+        return None
+
+
 def problem(code: str, message: str, path: list[str | int] | None = None) -> dict[str, Any]:
     """One of `errors`: the message, Hasura's `extensions` (its code, and where in the request as a JSON
     path: `$.selectionSet.{field}`, else `$`), and the spec's `path` to the field it is about."""
@@ -326,6 +338,11 @@ class GraphQLApi:
             node = parse(text)
         except CoreError as error:
             return "parse-failed", error.message
+        nul = NulStrings()
+        if "\\u" in text:  # a NUL is written \u0000 (variables' are refused with the body: gateway/bodies.py)
+            visit(node, nul)
+        if nul.found:
+            return "validation-failed", "a string of the document holds a NUL character, which no value may hold"
         errors = validate(schema, node, rules=None) + validate(schema, node, [plan_limits(*self.limits)])
         if errors:
             first = errors[0]
