@@ -260,11 +260,11 @@ def parse_body(content_type: str, body: bytes) -> tuple[Any, bool]:
                            hint="application/json, text/csv or application/x-www-form-urlencoded")
 
 
-def _number(text: str, kind: type) -> Any:
+def number_of(text: str, kind: type) -> Any:
     """A number's text as the number PostgreSQL's cast makes of it, or the text (for validation to refuse by
-    name): never with Python's extras (`1_000`), and never NaN or an infinity, which JSON cannot hold
-    (`1e400` overflows to one) and the body's JSON would turn into null."""
-    if "_" in text:
+    name): never with Python's extras (`1_000`, digits of other scripts such as `٣`), and never NaN or an
+    infinity, which JSON cannot hold (`1e400` overflows to one) and the body's JSON would turn into null."""
+    if "_" in text or not text.isascii():
         return text
     try:
         value = kind(text)
@@ -287,7 +287,7 @@ def _array(text: str) -> Any:
 
 
 TEXT_COERCIONS = {
-    "integer": lambda t: _number(t, int), "bigint": lambda t: _number(t, int), "number": lambda t: _number(t, float),
+    "integer": lambda t: number_of(t, int), "bigint": lambda t: number_of(t, int), "number": lambda t: number_of(t, float),
     "boolean": lambda t: {"true": True, "t": True, "false": False, "f": False}.get(t.lower(), t),
     "json": lambda t: _json_or_text(t), "array": _array,
 }

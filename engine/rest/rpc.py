@@ -35,6 +35,7 @@ from engine.rest.media import (
     Prefer,
     negotiate,
     not_one,
+    number_of,
     parse_range,
     read_range,
 )
@@ -67,10 +68,7 @@ def _argument(text: str, schema: Any) -> Any:
     """A GET argument typed by the function's input schema (`integer`, `number`, `boolean`), else text."""
     kind = schema.get("type") if isinstance(schema, Mapping) else None
     if kind in SCHEMA_TYPES:
-        try:
-            return SCHEMA_TYPES[kind](text)
-        except ValueError:
-            return text  # the input's validation names it
+        return number_of(text, SCHEMA_TYPES[kind])  # as bodies' number strings: text PostgreSQL would refuse stays text
     if kind == "boolean":
         return {"true": True, "false": False}.get(text, text)
     if kind in ("object", "array"):
