@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -210,15 +211,17 @@ class Connection:
             result = orjson.loads(answer.body)
             if "data" not in result:  # refused before it ran (the protocol's `error`)
                 await self.send({"id": ident, "type": "error", "payload": result["errors"]})
-            else:
-                await self.send({"id": ident, "type": "next", "payload": result})
+            else:  # as written by the database (a decimal's digits are not a float's)
+                await self.send({"id": ident, "type": "next", "payload": orjson.Fragment(answer.body)})
                 await self.send({"id": ident, "type": "complete"})
             self.tasks.pop(ident, None)
-        except GraphQLError as error:
+        except (GraphQLError, BackSaasError) as error:
             await self.send({"id": ident, "type": "error", "payload": [problem(error.code, error.message)]})
             self.tasks.pop(ident, None)
-        except BackSaasError as error:
-            await self.send({"id": ident, "type": "error", "payload": [problem(error.code, error.message)]})
+        except Exception:  # never a subscription that ends without a word: the client hears, the log says why
+            log.exception("graphql_ws.operation_failed", tenant=self.runtime.slug, id=ident)
+            await self.send({"id": ident, "type": "error",
+                             "payload": [problem("unexpected", "the server failed to answer this operation")]})
             self.tasks.pop(ident, None)
 
     async def stream(self, ident: str, api: GraphQLApi, subscription: Subscription) -> None:
@@ -232,8 +235,8 @@ class Connection:
             while True:
                 changed.clear()
                 data = await api.execute(subscription.compiled, subscription.variables)
-                if data != last:
-                    await self.send({"id": ident, "type": "next", "payload": {"data": orjson.loads(data)}})
+                if data != last:  # as written by the database (a decimal's digits are not a float's)
+                    await self.send({"id": ident, "type": "next", "payload": {"data": orjson.Fragment(data)}})
                     last = data
                 await changed.wait()
 
@@ -246,9 +249,9 @@ class Connection:
             while True:
                 changed.clear()
                 data = await api.execute(subscription.compiled, {**subscription.variables, STREAM_CURSOR: cursor})
-                rows = orjson.loads(data)[key]
+                rows = json.loads(data, parse_float=orjson.Fragment)[key]  # numbers sent as the database wrote them
                 if rows:
-                    cursor = rows[-1][STREAM_CURSOR_KEY]
+                    cursor = rows[-1][STREAM_CURSOR_KEY]  # its text, exact whatever the column's type
                     for row in rows:
                         del row[STREAM_CURSOR_KEY]
                     await self.send({"id": ident, "type": "next", "payload": {"data": {key: rows}}})

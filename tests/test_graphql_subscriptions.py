@@ -38,9 +38,15 @@ entities:
     owner: true
     fields:
       text: {type: text, required: true}
+      amount: {type: decimal, precision: 30, scale: 1}
     permissions:
       read:   {authenticated: own}
       create: {authenticated: all}
+  event_stream:               # an entity whose name ends as a streaming field's does: the entity's
+    fields:
+      title: {type: text}
+    permissions:
+      read: {anon: all}
 """
 
 
@@ -158,6 +164,34 @@ async def test_a_streaming_subscription_sends_the_callers_rows_past_its_cursor_i
                 "subscription { note_stream(batch_size: 1, cursor: [{initial_value: {text: \"a\"}}, "
                 "{initial_value: {text: \"b\"}}]) { text } }")))
         assert "exactly one cursor" in two.value.errors[0]["message"]
+
+
+async def test_a_stream_on_a_decimal_sends_each_row_once_with_its_digits(base, keys):
+    """The cursor is kept as the database's text, and numbers go out as it wrote them (a float's 17 digits
+    would skip a row, or send one again and again)."""
+    from websockets.asyncio.client import connect
+
+    who = await sign_up(base, keys, "decimals@example.com")
+    headers = {"apikey": keys["anon"], "Authorization": f"Bearer {who['access_token']}"}
+    amounts = ["1234567890123456789.5", "1234567890123456790.5", "1234567890123456810.5"]
+    for amount in amounts:
+        written = await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/rest/v1/note",
+                                          json={"text": amount, "amount": amount}, headers=headers)
+        assert written.status_code == 201, written.text
+    url = base.replace("http://", "ws://") + "/api/tenants/live/graphql/v1"
+    async with connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        await socket.send(orjson.dumps({"type": "connection_init", "payload": {"headers": headers}}).decode())
+        assert orjson.loads(await socket.recv())["type"] == "connection_ack"
+        await socket.send(orjson.dumps({"type": "subscribe", "id": "d", "payload": {"query": (
+            'subscription { note_stream(batch_size: 1, cursor: {initial_value: {amount: "0"}}) { amount } }')}}).decode())
+        sent = [await asyncio.wait_for(socket.recv(), 10) for _ in amounts]
+        assert [f'"payload":{{"data":{{"note_stream":[{{"amount":{amount}}}]}}}}' in m for m, amount
+                in zip(sent, amounts, strict=True)] == [True] * 3, sent
+        with pytest.raises(TimeoutError):  # each row once: nothing more until a new one comes
+            await asyncio.wait_for(socket.recv(), 1)
+    async with Client(transport=transport(base, apikey=keys["anon"])) as session:  # the entity, not a stream
+        assert await next_result(session.subscribe(gql("subscription { event_stream { title } }"))) == {
+            "event_stream": []}
 
 
 async def test_an_expired_access_token_closes_the_socket_with_4401(base, keys, db):

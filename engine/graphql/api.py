@@ -454,7 +454,7 @@ class GraphQLApi:
         compiled = self.compiled(schema, document, operation, coerced)
         tables = frozenset(f"{self.runtime.pg_schema}.{e}" for e in compiled.entities)
         fields = self.compiler(schema, document, coerced).fields(operation.selection_set)
-        streamed = [f for f in fields if f.name.value.endswith("_stream")]
+        streamed = [f for f in fields if self.streams(f.name.value)]
         if not streamed:
             return Subscription(compiled, coerced, tables)
         if len(fields) != 1:
@@ -464,6 +464,11 @@ class GraphQLApi:
         stream = stream_request(arguments)  # a batch holds at most the plan's max_rows, as any list (the statement's)
         stream = dataclasses.replace(stream, batch_size=min(stream.batch_size, self.bounds.max_rows))
         return Subscription(compiled, coerced, tables, ((field.alias or field.name).value, stream))
+
+    def streams(self, name: str) -> bool:
+        """Whether root field `name` is an entity's streaming subscription (`{entity}_stream`), not an entity
+        of that name (which the schema then gives the field to)."""
+        return name.endswith("_stream") and name not in self.runtime.columns and name[:-7] in self.runtime.columns
 
     def relations(self) -> Mapping[str, Mapping[str, Relation]]:
         """The relations GraphQL names (entity -> field -> relation), made once per runtime."""
@@ -517,7 +522,7 @@ class GraphQLApi:
             plan = budget.admit(compiler.plan(name[:-6], field, by_pk=True), single=True, field=alias)
             rows = builder.rows(plan).subquery()
             return sa.select(sa.func.to_json(rows.table_valued())).scalar_subquery()
-        if name.endswith("_stream") and name[:-7] in self.runtime.columns:
+        if self.streams(name):
             rows = builder.rows(budget.admit(compiler.stream(name[:-7], field), field=alias)).subquery()
             return sa.select(sa.func.coalesce(sa.func.json_agg(rows.table_valued()), EMPTY_ARRAY)).scalar_subquery()
         if name.endswith("_aggregate") and name[:-10] in self.runtime.columns:

@@ -193,7 +193,8 @@ def as_text(value: Any) -> Any:
 
 
 STREAM_CURSOR = "__stream_cursor"  # the variable a stream's statement reads the cursor from (gateway/graphql_ws.py)
-STREAM_CURSOR_KEY = "__stream_cursor"  # each streamed row's cursor value, taken out before it is sent
+STREAM_CURSOR_KEY = "$cursor"  # each streamed row's cursor value as text, taken out before it is sent (no GraphQL
+# name: no alias of the selection can be it)
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class QueryCompiler:
             raise GraphQLError("validation-failed", f"no column '{stream.column}' in {entity}")
         plan = self.plan(entity, node)
         after = Filter(stream.column, "lt" if stream.descending else "gt", self.values.add(Slot(variable=STREAM_CURSOR)))
-        return replace(plan, columns=(*plan.columns, Column(STREAM_CURSOR_KEY, stream.column)),
+        return replace(plan, columns=(*plan.columns, Column(STREAM_CURSOR_KEY, stream.column, as_text=True)),
                        where=Condition("and", (*([plan.where] if plan.where else []), after)),
                        order=(Order(stream.column, descending=stream.descending),), limit=stream.batch_size)
 

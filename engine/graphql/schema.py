@@ -472,7 +472,8 @@ class SchemaBuilder:
         query = GraphQLObjectType("query_root", queries or {"_empty": GraphQLField(GraphQLString)})
         mutations = self.mutation_fields()
         mutation = GraphQLObjectType("mutation_root", mutations) if mutations else None
-        subscription = GraphQLObjectType("subscription_root", {**queries, **self.stream_fields()}) if queries else None
+        streams = {k: v for k, v in self.stream_fields().items() if k not in queries}  # an entity `x_stream` wins
+        subscription = GraphQLObjectType("subscription_root", {**queries, **streams}) if queries else None
         return GraphQLSchema(query, mutation, subscription)
 
 
