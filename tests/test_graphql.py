@@ -126,6 +126,14 @@ def test_aggregates_at_the_root_and_on_array_relations(service, seeded):
     assert result["author"] == [{"posts_aggregate": {"aggregate": {"n": 2}}}]
 
 
+def test_an_aggregate_of_nodes_alone_lists_them(service, seeded):
+    """`x_aggregate { nodes }` without `aggregate`: the rows, whatever their number (not one row per node)."""
+    result = service.execute(gql("{ post_aggregate(order_by: {title: asc}) { nodes { title } } "
+                                 "author(where: {name: {_eq: \"Ann\"}}) { posts_aggregate { nodes { title } } } }"))
+    assert result["post_aggregate"] == {"nodes": [{"title": "First"}, {"title": "Second"}, {"title": "Third"}]}
+    assert sorted(n["title"] for n in result["author"][0]["posts_aggregate"]["nodes"]) == ["First", "Second"]
+
+
 def test_order_by_an_object_relation_and_distinct_on(service, seeded):
     ordered = service.execute(gql("{ post(order_by: [{author: {name: desc}}, {title: asc}]) { title } }"))
     assert [p["title"] for p in ordered["post"]] == ["Third", "First", "Second"]

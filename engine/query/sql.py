@@ -317,7 +317,9 @@ class StatementBuilder:
             nodes = self.rows(node_plan, source=self.rows(base_plan, link).subquery()).subquery(f"r{next(self.names)}")
             parts += [sa.literal_column(f"'{alias}'"),
                       sa.select(sa.func.coalesce(sa.func.json_agg(nodes.table_valued()), EMPTY_ARRAY)).scalar_subquery()]
-        return sa.select(sa.func.json_build_object(*parts)).select_from(base).scalar_subquery()
+        built = sa.select(sa.func.json_build_object(*parts))
+        # the summaries aggregate `base` into one row; `nodes` alone read their rows in their own subqueries
+        return (built.select_from(base) if aggregate.summaries else built).scalar_subquery()
 
     @staticmethod
     def summary(field: AggregateField, rows: sa.FromClause) -> list[ColumnElement[Any]]:
