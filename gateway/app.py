@@ -37,6 +37,7 @@ from engine.errors import (
     BackSaasError,
     DatabaseUnavailable,
     Forbidden,
+    InvalidBody,
     InvalidInput,
     Problem,
     QueryParseError,
@@ -46,7 +47,7 @@ from engine.errors import (
     is_outage,
 )
 from engine.gdpr import RestrictedUsers
-from engine.graphql.api import GraphQLApi, refused_credentials
+from engine.graphql.api import GraphQLApi, MalformedRequest, refused_credentials
 from engine.identity.gotrue import AuthApi
 from engine.identity.throttle import LoginThrottle
 from engine.invoke import invoke
@@ -253,7 +254,11 @@ async def graphql_endpoint(request: Request, runtime: TenantRuntime) -> Response
             and wants_html(scope["backsaas.headers"].get("accept", "")):
         return HTMLResponse(graphiql_page(runtime.slug))
     api = GraphQLApi(runtime, scope["app"].state.db, scope["backsaas.caller"], scope["backsaas.limits"])
-    body = await read_body(request) if method == "POST" else b""
+    try:
+        body = await read_body(request) if method == "POST" else b""
+    except InvalidBody as error:  # a body no GraphQL request can hold: in GraphQL's shape, as the API's own refusals
+        answer = MalformedRequest.of_body(error).answer()
+        return RawResponse(answer.status, answer.headers, answer.body)
     result = await api.handle(method, request.query_params if method == "GET" else {}, body)
     return RawResponse(result.status, result.headers, result.body)
 

@@ -375,6 +375,8 @@ def test_malformed_http_requests_are_400_in_graphqls_error_shape(base, keys):
     for body, code, where in ((b"{nope", "invalid-json", "$"), (b'{"variables": {}}', "parse-failed", "$"),
                               (b'{"query": "{ post { id } }", "variables": [1]}', "parse-failed", "$.variables"),
                               (b'{"query": "{ post { id } }", "variables": "x"}', "parse-failed", "$.variables"),
+                              (b'{"query": "{ post { id } }", "variables": {"a": "\\u0000"}}', "parse-failed",
+                               "$.variables.a"),
                               (b"[]", "validation-failed", "$")):
         response = httpx.post(f"{base}/api/tenants/blog/graphql/v1", content=body,
                               headers={"apikey": keys["blog_service"], "Content-Type": "application/json"})

@@ -206,6 +206,16 @@ class MalformedRequest(BackSaasError):
         super().__init__(message)
         self.code, self.where = code, where
 
+    @classmethod
+    def of_body(cls, error: BackSaasError) -> MalformedRequest:
+        """A body the gateway refused before it was parsed (gateway/bodies.py: a NUL character), located."""
+        path = error.details[0].path if error.details else ""
+        return cls("parse-failed", error.message, "$" + (path if not path or path.startswith("[") else f".{path}"))
+
+    def answer(self) -> Answer:
+        return Answer(400, JSON, error_body([{"message": self.message, "extensions": {"path": self.where,
+                                                                                      "code": self.code}}]))
+
 
 class NulStrings(Visitor):
     """Finds a string of a document holding a NUL character (which no value PostgreSQL keeps may hold)."""
@@ -268,8 +278,7 @@ class GraphQLApi:
             else:
                 requests = [self.request(payload)]
         except MalformedRequest as error:  # in GraphQL's shape, which GraphQL clients read
-            return Answer(400, JSON, error_body([{"message": error.message,
-                                                  "extensions": {"path": error.where, "code": error.code}}]))
+            return error.answer()
         if isinstance(payload, list):
             answers = [(await self.answer(*r)).body for r in requests]
             return Answer(200, JSON, b"[" + b",".join(answers) + b"]")
