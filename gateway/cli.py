@@ -810,10 +810,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except SchemaInvalid as error:
-        err.print(error.report(), highlight=False, markup=False)
-        return 1
     except BackSaasError as error:
+        if getattr(args, "json", False):  # machine-readable: a script reading stdout gets the refusal, not nothing
+            out.print_json(json.dumps({"ok": False, "error": error.as_dict()}, default=str))
+        if isinstance(error, SchemaInvalid):
+            err.print(error.report(), highlight=False, markup=False)
+            return 1
         err.print(f"error ({error.code}): {error.message}", highlight=False, markup=False)
         for problem in error.details:
             err.print(f"  {problem}", highlight=False, markup=False)

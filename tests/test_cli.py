@@ -314,3 +314,14 @@ def test_a_schema_file_that_is_not_utf8_is_a_schema_error_and_the_rest_of_its_di
         result = backsaas(*command)
         assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr)
         assert result.stderr.startswith(f"{binary}: 1 error in schema") and "not UTF-8" in result.stderr
+
+
+def test_a_refusal_with_json_is_json_on_stdout_too(backsaas):
+    """A script reading `--json`'s stdout gets the refusal as JSON (the human text stays on stderr)."""
+    bad = write(backsaas.cwd, "json-refused.yaml", "name: notes\nentities:\n  1: {fields: {}}\n")
+    for command in (("schema", "plan", "--tenant", "cli-json-none", bad, "--json"),
+                    ("key", "create", "--tenant", "no-such-tenant", "--name", "k", "--role", "service", "--json")):
+        result = backsaas(*command)
+        answer = json.loads(result.stdout)
+        assert result.returncode == 1 and answer["ok"] is False and answer["error"]["code"], (command, result.stdout)
+        assert answer["error"]["message"] and result.stderr, command
