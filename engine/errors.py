@@ -144,12 +144,16 @@ class InvalidInput(BackSaasError):
     status = 400
 
 
+# The codes of an `Unauthorized` that refused a bearer access token (one a refresh may mend): GraphQL answers
+# them `invalid-jwt`, HTTP with RFC 6750's `error="invalid_token"`
+TOKEN_REFUSALS = frozenset(("invalid_token", "token_expired", "session_ended", "credentials_changed", "no_signing_key"))
+
+
 class Unauthorized(BackSaasError):
     """Credentials that do not hold: an unknown, revoked or expired key, a bad or expired token, or a
     token of another tenant (`tenant_mismatch`); the code says which."""
 
     status = 401
-    TOKEN_CODES = frozenset({"invalid_token", "token_expired", "session_ended", "credentials_changed", "tenant_mismatch"})
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -159,7 +163,7 @@ class Unauthorized(BackSaasError):
     def challenge(self) -> str:
         """The `WWW-Authenticate` a 401 carries (RFC 7235), as PostgREST sends it: RFC 6750's
         `error="invalid_token"` with the reason when a bearer token was refused."""
-        if self.code not in self.TOKEN_CODES:
+        if self.code not in TOKEN_REFUSALS:
             return "Bearer"
         reason = "".join(c for c in self.message if " " <= c <= "~" and c not in '"\\')
         return f'Bearer error="invalid_token", error_description="{reason}"'

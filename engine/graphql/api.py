@@ -30,7 +30,7 @@ from engine.answer import Answer
 from engine.authz import Caller
 from engine.authz.permissions import Permissions
 from engine.database import Database
-from engine.errors import BackSaasError, DatabaseUnavailable
+from engine.errors import TOKEN_REFUSALS, BackSaasError, DatabaseUnavailable
 from engine.graphql.compiler import (
     ENGINE_CODES,
     GraphQLError,
@@ -183,15 +183,11 @@ def error_body(errors: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"errors": errors})
 
 
-# Credentials refused before the query runs, as Hasura words them (HTTP 200): `invalid-jwt` for a token that
-# a refresh may mend (Apollo's and urql's token-refresh links look for it), else `access-denied` (a key, or
-# another tenant's credentials)
-JWT_REFUSALS = frozenset(("invalid_token", "token_expired", "session_ended", "credentials_changed", "no_signing_key"))
-
-
 def refused_credentials(error: BackSaasError) -> Answer:
-    """A 401 of the gateway's authentication on the GraphQL surface, as Hasura answers it."""
-    code = "invalid-jwt" if error.code in JWT_REFUSALS else "access-denied"
+    """A 401 of the gateway's authentication on the GraphQL surface, as Hasura words it (HTTP 200): `invalid-jwt`
+    for a token a refresh may mend (TOKEN_REFUSALS: Apollo's and urql's token-refresh links look for it), else
+    `access-denied` (a key, or another tenant's credentials)."""
+    code = "invalid-jwt" if error.code in TOKEN_REFUSALS else "access-denied"
     body = {"message": error.message, "extensions": {"code": code, "path": "$", "reason": error.code}}
     return Answer(200, JSON, error_body([body]))
 
