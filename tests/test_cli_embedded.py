@@ -121,6 +121,17 @@ def test_schema_check_needs_no_database(project: Project):
     assert "notes.yaml: ok (2 entities: note, users)" in checked.stdout
 
 
+def test_a_schema_that_is_no_json_data_is_a_schema_error_and_with_json_a_json_refusal(project: Project):
+    """On the embedded default: the checker's refusal of a schema JSON cannot hold (a key that is no string), in
+    `check` and in `plan`, whose `--json` prints the refusal as JSON on stdout."""
+    (project.cwd / "numbered.yaml").write_text("name: numbered\nentities:\n  1: {fields: {}}\n")
+    checked = project("schema", "check", "numbered.yaml")
+    assert checked.returncode == 1 and "the key 1 is not a string" in checked.stderr and "Traceback" not in checked.stderr
+    planned = project("schema", "plan", "--tenant", "demo", "numbered.yaml", "--json")
+    answer = json.loads(planned.stdout)
+    assert planned.returncode == 1 and answer["ok"] is False and answer["error"]["code"] == "schema_invalid", planned
+
+
 def test_tenant_create_list_and_show(project: Project):
     created = project.json("tenant", "create", "notes", "--name", "Notes", "--schema", "notes.yaml")
     assert created["version"] == 1 and set(created["keys"]) == {"anon", "service"}

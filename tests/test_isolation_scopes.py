@@ -261,7 +261,7 @@ def test_graphql_offers_on_conflict_only_to_roles_that_may_update(base, keys, pe
 # -- a reference names only a row its writer may read (review of stop 31) --
 
 
-def test_a_write_cannot_name_a_row_its_writer_may_not_read_nor_tell_it_from_a_missing_one(base, keys, people):
+def test_a_write_cannot_name_a_row_its_writer_may_not_read_nor_tell_it_from_a_missing_one(base, keys, people, stranger):
     """Bob may not point his reply at ann's private post: refused exactly as a post that does not exist
     (no existence oracle), through every write path; so he cannot pin her post either (her delete holds)."""
     ann, bob = people["ann"], people["bob"]
@@ -303,6 +303,13 @@ def test_a_write_cannot_name_a_row_its_writer_may_not_read_nor_tell_it_from_a_mi
                             json={"email": f"fan-{target[:8]}@example.com", "password": PASSWORD,
                                   "data": {"favorite_id": target}})
         assert signup.status_code == 409 and signup.json()["code"] == "23503", signup.text
+    for outsider, refused in ((key(keys["anon"]), 403), (stranger, 401)):  # anon, and another tenant's service key
+        for attempt in (httpx.post(f"{base}/rest/v1/reply", headers=outsider, json={"post_id": secret["id"]}),
+                        httpx.post(f"{base}/graphql/v1", headers=outsider, json={
+                            "query": "mutation($p: uuid) { insert_reply_one(object: {post_id: $p}) { id } }",
+                            "variables": {"p": secret["id"]}})):
+            assert attempt.status_code == refused or "errors" in attempt.json(), attempt.text
+            assert secret["id"] not in attempt.text, attempt.text
     assert answers[secret["id"]] == answers[missing]  # ann's post and no post: the same words
     own = httpx.put(f"{base}/auth/v1/user", headers={"apikey": keys["anon"], **bob["headers"]},
                     json={"data": {"favorite_id": mine["id"]}})
