@@ -53,7 +53,9 @@ entities:
 @pytest.fixture(scope="module")
 async def keys(db: Database) -> dict[str, str]:
     await create_tenant(db, "live", source=SCHEMA)
-    return {role: (await create_api_key(db, "live", role, role)).key for role in ("anon", "service")}
+    await create_tenant(db, "elsewhere", source=SCHEMA.replace("name: live", "name: elsewhere"))
+    made = {role: (await create_api_key(db, "live", role, role)).key for role in ("anon", "service")}
+    return {**made, "elsewhere": (await create_api_key(db, "elsewhere", "service", "service")).key}
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +166,25 @@ async def test_a_streaming_subscription_sends_the_callers_rows_past_its_cursor_i
                 "subscription { note_stream(batch_size: 1, cursor: [{initial_value: {text: \"a\"}}, "
                 "{initial_value: {text: \"b\"}}]) { text } }")))
         assert "exactly one cursor" in two.value.errors[0]["message"]
+
+
+async def test_another_tenants_key_streams_nothing(base, keys):
+    """A stream is refused to another tenant's service key before anything runs (its credentials are bound to its
+    own tenant), and that tenant's own stream sees its rows alone."""
+    query = gql('subscription { message_stream(batch_size: 5, cursor: {initial_value: {text: ""}}) { text } }')
+    with pytest.raises(TransportConnectionFailed) as refused:
+        async with Client(transport=transport(base, apikey=keys["elsewhere"])) as session:
+            await next_result(session.subscribe(query))
+    assert isinstance(refused.value.__cause__, ConnectionClosed) and refused.value.__cause__.rcvd.code in (4401, 4403)
+    url = base.replace("http://", "ws://") + "/api/tenants/elsewhere/graphql/v1"
+    own = WebsocketsTransport(url=url, init_payload={"headers": {"apikey": keys["elsewhere"]}},
+                              subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+    await asyncio.to_thread(httpx.post, f"{base}/api/tenants/live/rest/v1/message", json={"text": "live's"},
+                            headers={"apikey": keys["service"]})
+    await asyncio.to_thread(httpx.post, f"{base}/api/tenants/elsewhere/rest/v1/message", json={"text": "its own"},
+                            headers={"apikey": keys["elsewhere"]})
+    async with Client(transport=own) as session:  # its first batch: its own message, never live's
+        assert await next_result(session.subscribe(query)) == {"message_stream": [{"text": "its own"}]}
 
 
 async def test_a_stream_on_a_decimal_sends_each_row_once_with_its_digits(base, keys):
